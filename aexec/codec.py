@@ -1,0 +1,225 @@
+"""msgpack encoding of step values and wire messages; no pickle anywhere.
+
+Values are plain msgpack (None, bool, int, float, str, bytes, list, dict; tuples arrive as
+lists) plus these extensions: ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``,
+``set`` and ``frozenset``.  Decoding is strict: strings must be UTF-8, and an extension
+code this module does not know is rejected instead of decoded silently.
+
+Three extension codes are internal plumbing:
+
+* ``EXT_SLOT`` — in a step's call template, "the value of input number N";
+* ``EXT_VALUE`` — an already-encoded value embedded as-is (no re-encoding on the way);
+* ``EXT_REF`` — a claim check: the value lives in the object store under this key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from aexec.errors import CodecError
+
+EXT_SLOT = 1
+EXT_VALUE = 2
+EXT_REF = 3
+EXT_DATETIME = 16
+EXT_DATE = 17
+EXT_TIME = 18
+EXT_UUID = 19
+EXT_DECIMAL = 20
+EXT_SET = 21
+EXT_FROZENSET = 22
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""Bodies larger than this are refused before decoding (large values travel by reference)."""
+
+ExtType = msgpack.ExtType
+
+
+class ObjectRef:
+    """A value stored in the object store under ``key`` (a claim check)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(("ObjectRef", self.key))
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.key!r})"
+
+
+class Slot:
+    """Placeholder for input number ``index`` inside a call template."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Slot) and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash(("Slot", self.index))
+
+    def __repr__(self) -> str:
+        return f"Slot({self.index})"
+
+
+def _default(obj: Any) -> Any:
+    # datetime before date: datetime is a subclass of date.
+    if isinstance(obj, dt.datetime):
+        return ExtType(EXT_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, dt.date):
+        return ExtType(EXT_DATE, obj.isoformat().encode())
+    if isinstance(obj, dt.time):
+        return ExtType(EXT_TIME, obj.isoformat().encode())
+    if isinstance(obj, uuid.UUID):
+        return ExtType(EXT_UUID, obj.bytes)
+    if isinstance(obj, decimal.Decimal):
+        return ExtType(EXT_DECIMAL, str(obj).encode())
+    if isinstance(obj, frozenset):
+        return ExtType(EXT_FROZENSET, _pack(list(obj)))
+    if isinstance(obj, set):
+        return ExtType(EXT_SET, _pack(list(obj)))
+    if isinstance(obj, Slot):
+        return ExtType(EXT_SLOT, obj.index.to_bytes(4, "big"))
+    if isinstance(obj, ObjectRef):
+        return ExtType(EXT_REF, obj.key.encode())
+    raise TypeError(f"cannot encode object of type {type(obj).__qualname__}")
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value``; raise :class:`CodecError` naming the type that cannot be encoded."""
+    try:
+        return _pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(str(exc)) from exc
+
+
+def check_encodable(value: Any) -> None:
+    """Raise :class:`CodecError` if ``value`` cannot be encoded."""
+    encode(value)
+
+
+class _Decoder:
+    """One decoding pass: substitutes slots and embedded values, collects references."""
+
+    __slots__ = ("inputs", "refs")
+
+    def __init__(self, inputs: Sequence[Any] | None) -> None:
+        self.inputs = inputs
+        self.refs = False
+
+    def hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_VALUE:
+            return self.unpack(data)
+        if code == EXT_REF:
+            self.refs = True
+            return ObjectRef(data.decode())
+        if code == EXT_SLOT:
+            index = int.from_bytes(data, "big")
+            if self.inputs is None:
+                return Slot(index)
+            if index >= len(self.inputs):
+                raise CodecError(f"input slot {index} out of range ({len(self.inputs)} inputs)")
+            return self.inputs[index]
+        if code == EXT_DATETIME:
+            return dt.datetime.fromisoformat(data.decode())
+        if code == EXT_DATE:
+            return dt.date.fromisoformat(data.decode())
+        if code == EXT_TIME:
+            return dt.time.fromisoformat(data.decode())
+        if code == EXT_UUID:
+            return uuid.UUID(bytes=data)
+        if code == EXT_DECIMAL:
+            return decimal.Decimal(data.decode())
+        if code == EXT_SET:
+            return set(self.unpack(data))
+        if code == EXT_FROZENSET:
+            return frozenset(self.unpack(data))
+        raise CodecError(f"unknown msgpack extension type {code}")
+
+    def unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=self.hook,
+            timestamp=3,
+        )
+
+
+def decode(
+    data: bytes, *, inputs: Sequence[Any] | None = None, max_size: int = DEFAULT_MAX_BODY
+) -> Any:
+    """Decode ``data`` strictly.
+
+    ``inputs`` fills ``EXT_SLOT`` placeholders; without it they decode to :class:`Slot`.
+    ``EXT_REF`` decodes to :class:`ObjectRef` (see :func:`decode_with_refs`).
+    """
+    if len(data) > max_size:
+        raise CodecError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
+    try:
+        return _Decoder(inputs).unpack(data)
+    except CodecError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types on bad input
+        raise CodecError(f"cannot decode body: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_with_refs(data: bytes, *, inputs: Sequence[Any] | None = None) -> tuple[Any, bool]:
+    """Decode ``data`` and tell whether it holds any :class:`ObjectRef`."""
+    if len(data) > DEFAULT_MAX_BODY:
+        raise CodecError(f"body of {len(data)} bytes exceeds the {DEFAULT_MAX_BODY}-byte limit")
+    decoder = _Decoder(inputs)
+    try:
+        return decoder.unpack(data), decoder.refs
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"cannot decode body: {type(exc).__name__}: {exc}") from exc
+
+
+def embed(encoded: bytes) -> Any:
+    """Wrap already-encoded bytes so that packing them again copies, not re-encodes."""
+    return ExtType(EXT_VALUE, encoded)
+
+
+def map_refs(value: Any, resolve: Callable[[ObjectRef], Any]) -> Any:
+    """Return ``value`` with every :class:`ObjectRef` inside replaced by ``resolve(ref)``."""
+    if isinstance(value, ObjectRef):
+        return resolve(value)
+    if isinstance(value, list):
+        return [map_refs(v, resolve) for v in value]
+    if isinstance(value, dict):
+        return {k: map_refs(v, resolve) for k, v in value.items()}
+    return value
+
+
+def collect_refs(value: Any, into: list[ObjectRef]) -> list[ObjectRef]:
+    """Append every :class:`ObjectRef` inside ``value`` to ``into``."""
+    if isinstance(value, ObjectRef):
+        into.append(value)
+    elif isinstance(value, list):
+        for v in value:
+            collect_refs(v, into)
+    elif isinstance(value, dict):
+        for v in value.values():
+            collect_refs(v, into)
+    return into

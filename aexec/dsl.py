@@ -1,0 +1,548 @@
+"""The definition API: ``@step``, ``@pipeline``, ``remote_step``, output handles.
+
+A pipeline body runs once, at compile time, with the parameter values bound.  Calling a
+step inside it records a node and returns an :class:`Output` handle; passing handles to
+other steps makes edges.  Outside a pipeline, calling a step calls its function directly
+(handy in unit tests).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from aexec import codec
+from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
+from aexec.plan import DEFAULT_QUEUE, MAX_PRIORITY, Plan, StepSpec, build
+from aexec.retry import RetryPolicy
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_BUILDER: contextvars.ContextVar[_Builder] = contextvars.ContextVar("aexec_pipeline_builder")
+
+
+def _user_frame() -> FrameType | None:
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return frame
+
+
+def _where() -> str:
+    frame = _user_frame()
+    if frame is None:
+        return "<unknown>"
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _definition_error(message: str, where: str | None = None) -> DefinitionError:
+    return DefinitionError(f"{where or _where()}: {message}")
+
+
+class StepDef(Generic[P, R]):
+    """A step definition: a function plus its execution options.
+
+    ``remote_step`` makes one without a function; its code lives in another code base.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R] | None,
+        *,
+        name: str,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout: float | None = None,
+        where: str = "<unknown>",
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.priority = priority
+        self.retry = retry
+        self.timeout = None if timeout is None else float(timeout)
+        self.where = where
+        self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
+        self.__wrapped__ = fn
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.fn is None
+
+    def alias(self, key: str) -> Callable[..., Any]:
+        """Return a callable that adds this step to the pipeline under ``key``."""
+        if not isinstance(key, str) or not key:
+            raise _definition_error(f"alias of step {self.name!r} must be a non-empty string")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            builder = _BUILDER.get(None)
+            if builder is None:
+                raise _definition_error(
+                    f"step {self.name!r} alias {key!r} can only be called inside a @pipeline"
+                )
+            return builder.add(self, key, args, kwargs)
+
+        return call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        builder = _BUILDER.get(None)
+        if builder is not None:
+            return builder.add(self, None, args, kwargs)
+        if self.fn is None:
+            raise _definition_error(
+                f"remote step {self.name!r} can only be called inside a @pipeline"
+            )
+        for value in (*args, *kwargs.values()):
+            if _holds_output(value):
+                raise _definition_error(
+                    f"an output handle was passed to step {self.name!r} outside its pipeline"
+                )
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        kind = "remote_step" if self.fn is None else "step"
+        return f"<{kind} {self.name!r} queue={self.queue!r}>"
+
+
+def _check_options(
+    name: str, queue: str, priority: int, retries: int, backoff: float, timeout: float | None
+) -> None:
+    if not isinstance(name, str) or not name:
+        raise _definition_error(f"step name must be a non-empty string, not {name!r}")
+    if not isinstance(queue, str) or not queue:
+        raise _definition_error(f"step {name!r}: queue must be a non-empty string")
+    if (
+        not isinstance(priority, int)
+        or isinstance(priority, bool)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise _definition_error(f"step {name!r}: priority must be an integer 0..{MAX_PRIORITY}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise _definition_error(f"step {name!r}: retries must be a non-negative integer")
+    if not isinstance(backoff, int | float) or isinstance(backoff, bool) or backoff < 0:
+        raise _definition_error(f"step {name!r}: retry_backoff must be a non-negative number")
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+    ):
+        raise _definition_error(f"step {name!r}: timeout must be a positive number of seconds")
+
+
+@overload
+def step(fn: Callable[P, R], /) -> StepDef[P, R]: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 60.0,
+    retry_jitter: bool = True,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
+
+
+def step(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 60.0,
+    retry_jitter: bool = True,
+    timeout: float | None = None,
+) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
+    """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
+
+    ``retries`` counts retries after the first attempt; the wait before retry ``n`` is
+    ``retry_backoff · 2^(n-1)`` seconds (capped at ``retry_backoff_max``) with jitter.
+    """
+    where = _where()
+
+    def decorate(func: Callable[P, R]) -> StepDef[P, R]:
+        if not callable(func):
+            raise _definition_error(f"@step expects a function, not {func!r}", where)
+        step_name = name if name is not None else getattr(func, "__name__", "")
+        _check_options(step_name, queue, priority, retries, retry_backoff, timeout)
+        return StepDef(
+            func,
+            name=step_name,
+            queue=queue,
+            priority=priority,
+            retry=RetryPolicy(
+                retries, float(retry_backoff), float(retry_backoff_max), retry_jitter
+            ),
+            timeout=timeout,
+            where=where,
+        )
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+def remote_step(
+    name: str,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 60.0,
+    timeout: float | None = None,
+) -> StepDef[..., Any]:
+    """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs it."""
+    where = _where()
+    _check_options(name, queue, priority, retries, retry_backoff, timeout)
+    return StepDef(
+        None,
+        name=name,
+        queue=queue,
+        priority=priority,
+        retry=RetryPolicy(retries, float(retry_backoff), float(retry_backoff_max)),
+        timeout=timeout,
+        where=where,
+    )
+
+
+class Output:
+    """A handle to a step's output while a pipeline body runs; its value exists at run time."""
+
+    __slots__ = ("_builder", "key")
+
+    def __init__(self, builder: _Builder, key: str) -> None:
+        self._builder = builder
+        self.key = key
+
+    def _misuse(self, what: str) -> DefinitionError:
+        return _definition_error(
+            f"the output of step {self.key!r} is only known at run time; {what} "
+            "is not possible in a pipeline body — pass the handle to a step instead"
+        )
+
+    def __bool__(self) -> bool:
+        raise self._misuse("testing its truth")
+
+    def __iter__(self) -> Any:
+        raise self._misuse("iterating over it")
+
+    def __getitem__(self, item: Any) -> Any:
+        raise self._misuse("indexing it")
+
+    def __repr__(self) -> str:
+        return f"<output of step {self.key!r}>"
+
+
+def _holds_output(value: Any) -> bool:
+    if isinstance(value, Output):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_output(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_output(v) for v in value.values())
+    return False
+
+
+@dataclass(slots=True)
+class _Node:
+    spec: StepSpec
+    where: str
+
+
+@dataclass(slots=True)
+class _Builder:
+    pipeline: str
+    nodes: list[_Node] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, StepDef[Any, Any]] = field(default_factory=dict)
+
+    def _key_for(self, step: StepDef[Any, Any], alias: str | None) -> str:
+        if alias is not None:
+            if alias in self.keys:
+                raise _definition_error(
+                    f"duplicate step key {alias!r} in pipeline {self.pipeline!r}"
+                )
+            return alias
+        n = self.counters.get(step.name, 0)
+        key = step.name if n == 0 else f"{step.name}_{n + 1}"
+        while key in self.keys:
+            n += 1
+            key = f"{step.name}_{n + 1}"
+        self.counters[step.name] = n + 1
+        return key
+
+    def add(
+        self,
+        step: StepDef[Any, Any],
+        alias: str | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Output:
+        known = self.steps.get(step.name)
+        if known is None:
+            self.steps[step.name] = step
+        elif known is not step and not (
+            known.is_remote and step.is_remote and known.queue == step.queue
+        ):
+            raise _definition_error(
+                f"two different steps are named {step.name!r} "
+                f"(defined at {known.where} and {step.where}); give one a name= option"
+            )
+        key = self._key_for(step, alias)
+        if step.fn is not None:
+            _check_signature(step, args, kwargs)
+        deps: dict[str, int] = {}
+        template = [
+            [self._template(a, deps, key) for a in args],
+            {k: self._template(v, deps, key) for k, v in kwargs.items()},
+        ]
+        try:
+            call = codec.encode(template)
+        except CodecError:
+            raise _definition_error(_unencodable(step.name, args, kwargs)) from None
+        self.keys.add(key)
+        self.nodes.append(
+            _Node(
+                StepSpec(
+                    key,
+                    step.name,
+                    step.queue,
+                    step.priority,
+                    step.retry,
+                    step.timeout,
+                    tuple(deps),
+                    call,
+                ),
+                _where(),
+            )
+        )
+        return Output(self, key)
+
+    def _template(self, value: Any, deps: dict[str, int], key: str) -> Any:
+        if isinstance(value, Output):
+            if value._builder is not self:
+                raise _definition_error(
+                    f"the output of step {value.key!r} belongs to another pipeline "
+                    f"and cannot be passed to {key!r}"
+                )
+            slot = deps.get(value.key)
+            if slot is None:
+                slot = deps[value.key] = len(deps)
+            return codec.Slot(slot)
+        if isinstance(value, list | tuple):
+            return [self._template(v, deps, key) for v in value]
+        if isinstance(value, dict):
+            return {k: self._template(v, deps, key) for k, v in value.items()}
+        return value
+
+
+def _check_signature(
+    step: StepDef[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    try:
+        signature = inspect.signature(step.fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise _definition_error(f"step {step.name!r} called with bad arguments: {exc}") from None
+
+
+def _unencodable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    labelled = [(f"argument {i + 1}", a) for i, a in enumerate(args)]
+    labelled += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            codec.check_encodable(_strip_outputs(value))
+        except CodecError as exc:
+            return f"{label} of step {name!r} cannot be encoded: {exc}"
+    return f"an argument of step {name!r} cannot be encoded"
+
+
+def _strip_outputs(value: Any) -> Any:
+    if isinstance(value, Output):
+        return None
+    if isinstance(value, list | tuple):
+        return [_strip_outputs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strip_outputs(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    default: Any = inspect.Parameter.empty
+    annotation: Any = inspect.Parameter.empty
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+
+_CHECKED_TYPES: tuple[type, ...] = (int, float, str, bool, bytes, list, dict)
+
+
+def _check_type(pipeline: str, param: Parameter, value: Any) -> Any:
+    expected = param.annotation
+    if expected not in _CHECKED_TYPES:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = False if expected is int and isinstance(value, bool) else isinstance(value, expected)
+    if not ok:
+        raise ParameterError(
+            f"parameter {param.name!r} of pipeline {pipeline!r} expects {expected.__name__}, "
+            f"got {type(value).__name__} {value!r:.60}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPipeline:
+    """A plan plus the step definitions (with their code, where it is local) it uses."""
+
+    plan: Plan
+    steps: dict[str, StepDef[Any, Any]]
+
+
+class Pipeline:
+    """A pipeline definition; see :func:`pipeline`."""
+
+    def __init__(self, fn: Callable[..., Any], *, name: str, where: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.where = where
+        self.__doc__ = fn.__doc__
+        try:
+            signature = inspect.signature(fn, eval_str=True)
+        except Exception:
+            signature = inspect.signature(fn)
+        params = []
+        for p in signature.parameters.values():
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                raise _definition_error(
+                    f"pipeline {name!r} cannot take *args or **kwargs; name its parameters", where
+                )
+            if p.default is not inspect.Parameter.empty:
+                try:
+                    codec.check_encodable(p.default)
+                except CodecError as exc:
+                    raise _definition_error(
+                        f"default of parameter {p.name!r} of pipeline {name!r} "
+                        f"cannot be encoded: {exc}",
+                        where,
+                    ) from None
+            params.append(Parameter(p.name, p.default, p.annotation))
+        self.parameters: tuple[Parameter, ...] = tuple(params)
+
+    def bind(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``params`` against the signature; fill in defaults."""
+        known = {p.name: p for p in self.parameters}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            names = ", ".join(known) or "none"
+            raise ParameterError(
+                f"unknown parameter {unknown[0]!r} for pipeline {self.name!r} (parameters: {names})"
+            )
+        bound: dict[str, Any] = {}
+        for p in self.parameters:
+            if p.name in params:
+                bound[p.name] = _check_type(self.name, p, params[p.name])
+            elif p.required:
+                raise ParameterError(f"missing parameter {p.name!r} for pipeline {self.name!r}")
+            else:
+                bound[p.name] = p.default
+        try:
+            codec.check_encodable(bound)
+        except CodecError as exc:
+            raise ParameterError(
+                f"parameters of pipeline {self.name!r} cannot be encoded: {exc}"
+            ) from None
+        return bound
+
+    def compile(self, **params: Any) -> CompiledPipeline:
+        """Run the body once with ``params`` and compile the resulting DAG into a plan."""
+        bound = self.bind(params)
+        builder = _Builder(self.name)
+        token = _BUILDER.set(builder)
+        try:
+            returned = self.fn(**bound)
+        except AexecError:
+            raise
+        finally:
+            _BUILDER.reset(token)
+        result_deps: dict[str, int] = {}
+        result_template = builder._template(returned, result_deps, "the pipeline result")
+        try:
+            result = codec.encode(result_template)
+        except CodecError as exc:
+            raise _definition_error(
+                f"result of pipeline {self.name!r} cannot be encoded: {exc}", self.where
+            ) from None
+        try:
+            plan = build(
+                self.name,
+                [node.spec for node in builder.nodes],
+                result_keys=tuple(result_deps),
+                result=result,
+                params=codec.encode(bound),
+            )
+        except PlanError as exc:
+            raise _definition_error(str(exc), self.where) from exc
+        return CompiledPipeline(plan, dict(builder.steps))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Inside another pipeline body, inline this pipeline's steps; elsewhere, an error."""
+        if _BUILDER.get(None) is None:
+            raise _definition_error(
+                f"pipeline {self.name!r} is not called directly: submit it to an Executor "
+                "or run it with `aexec run`"
+            )
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<pipeline {self.name!r}>"
+
+
+@overload
+def pipeline(fn: Callable[..., Any], /) -> Pipeline: ...
+
+
+@overload
+def pipeline(*, name: str | None = None) -> Callable[[Callable[..., Any]], Pipeline]: ...
+
+
+def pipeline(
+    fn: Callable[..., Any] | None = None, /, *, name: str | None = None
+) -> Pipeline | Callable[[Callable[..., Any]], Pipeline]:
+    """Declare a pipeline: its body wires steps together; its parameters have defaults or not."""
+    where = _where()
+
+    def decorate(func: Callable[..., Any]) -> Pipeline:
+        pipeline_name = name if name is not None else getattr(func, "__name__", "")
+        if not isinstance(pipeline_name, str) or not pipeline_name:
+            raise _definition_error("pipeline name must be a non-empty string", where)
+        return Pipeline(func, name=pipeline_name, where=where)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,99 @@
+"""The one exception tree of aexec.
+
+::
+
+    AexecError
+    ├── DefinitionError        a step or pipeline is defined wrongly (names file:line)
+    ├── PlanError              a plan is invalid: a cycle, an unknown step, bad data
+    │   └── ParameterError     an unknown, missing or ill-typed pipeline parameter
+    ├── CodecError             a value cannot be encoded, or a body cannot be decoded
+    ├── ConfigError            a bad URL, flag or configuration file
+    ├── LoadError              a pipeline file or worker module cannot be loaded
+    ├── BackendError           a backend failed or cannot be reached
+    │   ├── TransportError     the broker (RabbitMQ) or the in-memory transport
+    │   ├── StoreError         the run store (PostgreSQL, SQLite, memory)
+    │   └── ObjectStoreError   the object store (S3, a directory, memory)
+    │       └── ObjectNotFoundError
+    ├── StepTimeoutError       a step ran longer than its timeout
+    └── RunFailed              a run ended failed or cancelled; carries the step errors
+
+Backend exceptions are translated at the adapter boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aexec.types import ErrorInfo
+
+
+class AexecError(Exception):
+    """Root of every error aexec raises on purpose."""
+
+
+class DefinitionError(AexecError):
+    """A step or pipeline definition is wrong; the message names the user's file and line."""
+
+
+class PlanError(AexecError):
+    """A plan cannot be compiled or loaded."""
+
+
+class ParameterError(PlanError):
+    """A pipeline parameter is unknown, missing or of the wrong type."""
+
+
+class CodecError(AexecError):
+    """A value cannot be encoded, or bytes cannot be decoded."""
+
+
+class ConfigError(AexecError):
+    """A configuration value (URL, flag, file) is invalid."""
+
+
+class LoadError(AexecError):
+    """A pipeline file or worker module cannot be loaded."""
+
+
+class BackendError(AexecError):
+    """A backend failed or could not be reached."""
+
+
+class TransportError(BackendError):
+    """The message transport failed."""
+
+
+class StoreError(BackendError):
+    """The run store failed."""
+
+
+class ObjectStoreError(BackendError):
+    """The object store failed."""
+
+
+class ObjectNotFoundError(ObjectStoreError):
+    """An object referenced by a step input or output does not exist."""
+
+
+class StepTimeoutError(AexecError):
+    """A step ran longer than its timeout."""
+
+
+class RunFailed(AexecError):
+    """A run ended without succeeding.
+
+    ``errors`` maps each failed step key to its :class:`~aexec.types.ErrorInfo`.
+    """
+
+    def __init__(
+        self, run_id: str, status: str, errors: Mapping[str, ErrorInfo], message: str | None = None
+    ) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.errors = dict(errors)
+        if message is None:
+            parts = [f"{key}: {err.type}: {err.message}" for key, err in self.errors.items()]
+            message = f"run {run_id} {status}" + (" (" + "; ".join(parts) + ")" if parts else "")
+        super().__init__(message)

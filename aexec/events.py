@@ -1,0 +1,58 @@
+"""The event log: every state change of a run is an :class:`Event`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EventKind(StrEnum):
+    RUN_SUBMITTED = "run_submitted"
+    RUN_STARTED = "run_started"
+    RUN_SUCCEEDED = "run_succeeded"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELLED = "run_cancelled"
+    STEP_DISPATCHED = "step_dispatched"
+    STEP_STARTED = "step_started"
+    STEP_PROGRESS = "step_progress"
+    STEP_RETRYING = "step_retrying"
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_FAILED = "step_failed"
+    STEP_SKIPPED = "step_skipped"
+    STEP_CANCELLED = "step_cancelled"
+
+    @property
+    def ends_run(self) -> bool:
+        return self in (EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED, EventKind.RUN_CANCELLED)
+
+
+@dataclass(slots=True)
+class Event:
+    """One entry of a run's event log.
+
+    ``data`` is small and JSON-compatible (messages, error records, progress fractions).
+    ``output`` is the encoded step output (or run result) for ``step_succeeded`` and
+    ``run_succeeded``: stores keep it with the step or run, not in the log.
+    ``seq`` is assigned by the store: increasing within a run.
+    """
+
+    kind: EventKind
+    run_id: str
+    ts: float
+    step: str | None = None
+    attempt: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    output: bytes | None = None
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "kind": str(self.kind),
+            "step": self.step,
+            "attempt": self.attempt,
+            "data": self.data,
+        }

@@ -1,0 +1,293 @@
+"""Execution plans: frozen, validated, topologically ordered, msgpack-serialisable.
+
+A plan is pure data.  Each step carries its key (unique in the plan), the name a worker
+finds its code by, its queue, priority, retry policy, timeout, the keys of the steps whose
+outputs it takes, and its *call template*: the encoded ``[args, kwargs]`` with
+``Slot(i)`` where input ``i`` goes.  The pipeline result is a template of the same kind.
+The plan's digest is the SHA-256 of its canonical encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aexec import codec
+from aexec.errors import CodecError, PlanError
+from aexec.retry import RetryPolicy
+
+PLAN_VERSION = 1
+MAX_PRIORITY = 10
+DEFAULT_QUEUE = "default"
+
+EMPTY_CALL = codec.encode([[], {}])
+NULL_RESULT = codec.encode(None)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """A step as a plan describes it; ``deps`` are step keys."""
+
+    key: str
+    name: str
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float | None = None
+    deps: tuple[str, ...] = ()
+    call: bytes = EMPTY_CALL
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """A step in a compiled plan; ``deps`` and ``dependents`` are step indices."""
+
+    index: int
+    key: str
+    name: str
+    queue: str
+    priority: int
+    retry: RetryPolicy
+    timeout: float | None
+    deps: tuple[int, ...]
+    dependents: tuple[int, ...]
+    call: bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipeline: str
+    steps: tuple[PlanStep, ...]
+    result_deps: tuple[int, ...] = ()
+    result: bytes = NULL_RESULT
+    params: bytes = field(default=codec.encode({}))
+    digest: str = ""
+    index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def step(self, key: str) -> PlanStep:
+        try:
+            return self.steps[self.index[key]]
+        except KeyError:
+            raise PlanError(f"unknown step {key!r} in pipeline {self.pipeline!r}") from None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        value = codec.decode(self.params)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def queues(self) -> frozenset[str]:
+        return frozenset(s.queue for s in self.steps)
+
+    def to_wire(self) -> list[Any]:
+        return _wire(self.pipeline, self.steps, self.result_deps, self.result, self.params)
+
+    def to_bytes(self) -> bytes:
+        return codec.encode(self.to_wire())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Plan:
+        try:
+            wire = codec.decode(data)
+        except CodecError as exc:
+            raise PlanError(f"cannot decode plan: {exc}") from exc
+        return cls.from_wire(wire)
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> Plan:
+        try:
+            version, pipeline, raw_steps, result_keys, result, params = wire
+            if version != PLAN_VERSION:
+                raise PlanError(f"unsupported plan version {version!r}")
+            specs = [
+                StepSpec(
+                    key=s[0],
+                    name=s[1],
+                    queue=s[2],
+                    priority=s[3],
+                    retry=RetryPolicy.from_wire(s[4]),
+                    timeout=s[5],
+                    deps=tuple(s[6]),
+                    call=s[7],
+                )
+                for s in raw_steps
+            ]
+        except PlanError:
+            raise
+        except (TypeError, ValueError, IndexError) as exc:
+            raise PlanError(f"malformed plan: {exc}") from exc
+        return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
+
+
+def _wire(
+    pipeline: str,
+    steps: Sequence[PlanStep],
+    result_deps: Sequence[int],
+    result: bytes,
+    params: bytes,
+) -> list[Any]:
+    return [
+        PLAN_VERSION,
+        pipeline,
+        [
+            [
+                s.key,
+                s.name,
+                s.queue,
+                s.priority,
+                s.retry.to_wire(),
+                s.timeout,
+                [steps[d].key for d in s.deps],
+                s.call,
+            ]
+            for s in steps
+        ],
+        [steps[d].key for d in result_deps],
+        result,
+        params,
+    ]
+
+
+def _validate_spec(spec: StepSpec) -> None:
+    if not isinstance(spec.key, str) or not spec.key:
+        raise PlanError(f"step key must be a non-empty string, not {spec.key!r}")
+    if not isinstance(spec.name, str) or not spec.name:
+        raise PlanError(f"step {spec.key!r}: name must be a non-empty string")
+    if not isinstance(spec.queue, str) or not spec.queue:
+        raise PlanError(f"step {spec.key!r}: queue must be a non-empty string")
+    if (
+        not isinstance(spec.priority, int)
+        or isinstance(spec.priority, bool)
+        or not 0 <= spec.priority <= MAX_PRIORITY
+    ):
+        raise PlanError(f"step {spec.key!r}: priority must be an integer 0..{MAX_PRIORITY}")
+    if spec.timeout is not None and (
+        not isinstance(spec.timeout, int | float)
+        or isinstance(spec.timeout, bool)
+        or spec.timeout <= 0
+    ):
+        raise PlanError(f"step {spec.key!r}: timeout must be a positive number of seconds")
+    if not isinstance(spec.call, bytes):
+        raise PlanError(f"step {spec.key!r}: call template must be bytes")
+
+
+def build(
+    pipeline: str,
+    specs: Sequence[StepSpec],
+    *,
+    result_keys: tuple[str, ...] = (),
+    result: bytes = NULL_RESULT,
+    params: bytes | None = None,
+) -> Plan:
+    """Validate ``specs`` and order them topologically into a :class:`Plan`.
+
+    Raises :class:`PlanError` for duplicate keys, unknown dependencies and cycles.
+    Specs already in dependency order keep their order.
+    """
+    if not isinstance(pipeline, str) or not pipeline:
+        raise PlanError("pipeline name must be a non-empty string")
+    position: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        _validate_spec(spec)
+        if spec.key in position:
+            raise PlanError(f"duplicate step key {spec.key!r}")
+        position[spec.key] = i
+    for spec in specs:
+        for dep in spec.deps:
+            if dep not in position:
+                raise PlanError(f"step {spec.key!r} depends on unknown step {dep!r}")
+    for key in result_keys:
+        if key not in position:
+            raise PlanError(f"pipeline result refers to unknown step {key!r}")
+
+    order = _topological_order(specs, position)
+    new_index = {specs[old].key: new for new, old in enumerate(order)}
+    dependents: list[list[int]] = [[] for _ in order]
+    deps_of: list[tuple[int, ...]] = []
+    for new, old in enumerate(order):
+        deps = tuple(new_index[d] for d in specs[old].deps)
+        deps_of.append(deps)
+        for d in dict.fromkeys(deps):
+            dependents[d].append(new)
+    steps = tuple(
+        PlanStep(
+            index=new,
+            key=specs[old].key,
+            name=specs[old].name,
+            queue=specs[old].queue,
+            priority=specs[old].priority,
+            retry=specs[old].retry,
+            timeout=_seconds(specs[old].timeout),
+            deps=deps_of[new],
+            dependents=tuple(dependents[new]),
+            call=specs[old].call,
+        )
+        for new, old in enumerate(order)
+    )
+    params_bytes = codec.encode({}) if params is None else params
+    result_deps = tuple(new_index[k] for k in result_keys)
+    digest = hashlib.sha256(
+        codec.encode(_wire(pipeline, steps, result_deps, result, params_bytes))
+    ).hexdigest()
+    return Plan(
+        pipeline=pipeline,
+        steps=steps,
+        result_deps=result_deps,
+        result=result,
+        params=params_bytes,
+        digest=digest,
+        index=new_index,
+    )
+
+
+def _topological_order(specs: Sequence[StepSpec], position: dict[str, int]) -> list[int]:
+    """Kahn's algorithm taking the earliest-declared ready step first; names any cycle."""
+    n = len(specs)
+    waiting = [0] * n
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, spec in enumerate(specs):
+        unique = dict.fromkeys(spec.deps)
+        waiting[i] = len(unique)
+        for dep in unique:
+            children[position[dep]].append(i)
+    ready = [i for i in range(n) if waiting[i] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for child in children[i]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, child)
+    if len(order) != n:
+        raise PlanError(
+            "cycle between steps: " + " -> ".join(_find_cycle(specs, position, waiting))
+        )
+    return order
+
+
+def _find_cycle(
+    specs: Sequence[StepSpec], position: dict[str, int], waiting: list[int]
+) -> list[str]:
+    # Walk dependencies among the nodes left over by Kahn's algorithm until one repeats.
+    start = next(i for i, w in enumerate(waiting) if w > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(position[d] for d in specs[node].deps if waiting[position[d]] > 0)
+    cycle = [*path[seen[node] :], node]
+    return [specs[i].key for i in reversed(cycle)]
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,62 @@
+"""The transport port: durable priority queues carrying opaque bytes.
+
+Adapters: :mod:`aexec.transport.memory` (embedded mode, tests) and
+:mod:`aexec.transport.amqp` (RabbitMQ through aio-pika).  Both pass
+``tests/contract/test_transport.py``.
+
+Semantics every adapter keeps:
+
+* ``publish`` returns once the message is safely queued (publisher confirm); publishing to
+  a queue that was never declared raises :class:`~aexec.errors.TransportError` instead of
+  dropping the message.
+* Deliveries are at-least-once: an unacked delivery is redelivered if its consumer goes
+  away; ``reject(requeue=False)`` dead-letters it to :data:`DEAD_LETTER_QUEUE`.
+* Higher ``priority`` (0..max_priority) is delivered first among waiting messages.
+* At most ``prefetch`` deliveries per consumer are unacked at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+DEAD_LETTER_QUEUE = "aexec.dead"
+MAX_PRIORITY = 10
+
+
+class Delivery(Protocol):
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None: ...
+
+    async def reject(self, requeue: bool = False) -> None: ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    async def cancel(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        max_priority: int = MAX_PRIORITY,
+        durable: bool = True,
+        auto_delete: bool = False,
+    ) -> None: ...
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None: ...
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...

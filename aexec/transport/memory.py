@@ -1,0 +1,201 @@
+"""In-memory transport: the embedded mode's broker, with RabbitMQ's delivery semantics.
+
+Priority queues, per-consumer prefetch, at-least-once delivery (unacked deliveries are
+requeued, marked redelivered, when their consumer is cancelled), dead-lettering on
+``reject(requeue=False)``, and an error when publishing to an undeclared queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+from aexec.errors import TransportError
+from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Handler
+
+
+@dataclass(slots=True)
+class _Queue:
+    name: str
+    max_priority: int
+    heap: list[tuple[int, int, bytes, bool]] = field(default_factory=list)
+    consumers: list[_Consumer] = field(default_factory=list)
+    turn: int = 0
+
+
+class _Consumer:
+    __slots__ = ("active", "handler", "prefetch", "queue", "ready", "task", "transport", "unacked")
+
+    def __init__(self, transport: MemoryTransport, queue: _Queue, handler: Handler, prefetch: int):
+        self.transport = transport
+        self.queue = queue
+        self.handler = handler
+        self.prefetch = max(1, prefetch)
+        self.unacked: set[MemoryDelivery] = set()
+        self.ready: list[MemoryDelivery] = []
+        self.active = True
+        self.task: asyncio.Task[None] | None = None
+
+    async def pump(self, wake: asyncio.Event) -> None:
+        while self.active:
+            await wake.wait()
+            wake.clear()
+            while self.ready:
+                batch, self.ready = self.ready, []
+                for delivery in batch:
+                    if delivery.consumer is self and self.active:
+                        await self.handler(delivery)
+
+    async def cancel(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        if self in self.queue.consumers:
+            self.queue.consumers.remove(self)
+        for delivery in list(self.unacked):
+            delivery.consumer = None
+            self.transport._requeue(self.queue, delivery.body, delivery.priority)
+        self.unacked.clear()
+        self.ready.clear()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            await asyncio.wait([self.task])
+        self.transport._dispatch(self.queue)
+
+
+class MemoryDelivery:
+    __slots__ = ("body", "consumer", "priority", "redelivered")
+
+    def __init__(self, body: bytes, priority: int, redelivered: bool, consumer: _Consumer) -> None:
+        self.body = body
+        self.priority = priority
+        self.redelivered = redelivered
+        self.consumer: _Consumer | None = consumer
+
+    async def ack(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        self.consumer = None
+        consumer.unacked.discard(self)
+        consumer.transport._dispatch(consumer.queue)
+
+    async def reject(self, requeue: bool = False) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        self.consumer = None
+        consumer.unacked.discard(self)
+        transport = consumer.transport
+        if requeue:
+            transport._requeue(consumer.queue, self.body, self.priority)
+        else:
+            dead = transport._queues.get(DEAD_LETTER_QUEUE)
+            if dead is not None and dead is not consumer.queue:
+                transport._push(dead, self.body, 0, False)
+        transport._dispatch(consumer.queue)
+
+
+class _Subscription:
+    __slots__ = ("_consumer",)
+
+    def __init__(self, consumer: _Consumer) -> None:
+        self._consumer = consumer
+
+    async def cancel(self) -> None:
+        await self._consumer.cancel()
+
+
+class MemoryTransport:
+    """A broker in this process.  One instance is one broker: share it between peers."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._seq = itertools.count()
+        self._wakes: dict[_Consumer, asyncio.Event] = {}
+        self._open = False
+
+    async def open(self) -> None:
+        self._open = True
+        await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
+
+    async def close(self) -> None:
+        for queue in list(self._queues.values()):
+            for consumer in list(queue.consumers):
+                await consumer.cancel()
+        self._wakes.clear()
+        self._open = False
+
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        max_priority: int = MAX_PRIORITY,
+        durable: bool = True,
+        auto_delete: bool = False,
+    ) -> None:
+        if not self._open:
+            raise TransportError("memory transport is not open")
+        if name not in self._queues:
+            self._queues[name] = _Queue(name, max_priority)
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
+        q = self._queues.get(queue)
+        if q is None:
+            raise TransportError(f"no queue named {queue!r}: the message was not routed")
+        self._push(q, body, priority, False)
+        self._dispatch(q)
+
+    def publish_nowait(self, queue: str, body: bytes, priority: int = 0) -> None:
+        """Synchronous publish (the in-memory broker never blocks)."""
+        q = self._queues.get(queue)
+        if q is None:
+            raise TransportError(f"no queue named {queue!r}: the message was not routed")
+        self._push(q, body, priority, False)
+        self._dispatch(q)
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _Subscription:
+        q = self._queues.get(queue)
+        if q is None:
+            raise TransportError(f"cannot consume from undeclared queue {queue!r}")
+        consumer = _Consumer(self, q, handler, prefetch)
+        wake = asyncio.Event()
+        self._wakes[consumer] = wake
+        consumer.task = asyncio.get_running_loop().create_task(
+            consumer.pump(wake), name=f"aexec-memory-consumer-{queue}"
+        )
+        q.consumers.append(consumer)
+        self._dispatch(q)
+        return _Subscription(consumer)
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting (not delivered) in ``queue``."""
+        q = self._queues.get(queue)
+        return 0 if q is None else len(q.heap)
+
+    def _push(self, q: _Queue, body: bytes, priority: int, redelivered: bool) -> None:
+        priority = min(max(priority, 0), q.max_priority)
+        heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered))
+
+    def _requeue(self, q: _Queue, body: bytes, priority: int) -> None:
+        self._push(q, body, priority, True)
+
+    def _dispatch(self, q: _Queue) -> None:
+        consumers = q.consumers
+        heap = q.heap
+        while heap and consumers:
+            n = len(consumers)
+            for k in range(n):
+                consumer = consumers[(q.turn + k) % n]
+                if len(consumer.unacked) < consumer.prefetch:
+                    break
+            else:
+                return
+            q.turn = (q.turn + k + 1) % n
+            neg_priority, _, body, redelivered = heapq.heappop(heap)
+            delivery = MemoryDelivery(body, -neg_priority, redelivered, consumer)
+            consumer.unacked.add(delivery)
+            consumer.ready.append(delivery)
+            self._wakes[consumer].set()

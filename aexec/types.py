@@ -1,0 +1,91 @@
+"""Small value types shared by every layer: statuses and error records."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"  # waiting for its inputs
+    QUEUED = "queued"  # dispatched to its queue, no worker has reported it yet
+    RUNNING = "running"  # a worker reported it started
+    RETRYING = "retrying"  # failed an attempt, waiting for the backoff to elapse
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an upstream step failed, or the run was cancelled
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED_STEP
+
+
+_FINISHED_STEP = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A step failure as data: it crosses processes and code bases, never as a pickle."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type(exc).__name__, str(exc), tb, retryable)
+
+    def to_wire(self) -> list[Any]:
+        return [self.type, self.message, self.traceback, self.retryable]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ErrorInfo:
+        if (
+            isinstance(data, list)
+            and len(data) == 4
+            and isinstance(data[0], str)
+            and isinstance(data[1], str)
+            and isinstance(data[2], str)
+            and isinstance(data[3], bool)
+        ):
+            return cls(data[0], data[1], data[2], data[3])
+        return cls("MalformedError", f"malformed error record: {data!r:.200}", "", False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "retryable": self.retryable,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+        return cls(
+            str(data.get("type", "Error")),
+            str(data.get("message", "")),
+            str(data.get("traceback", "")),
+            bool(data.get("retryable", True)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
