@@ -1,9 +1,10 @@
 """msgpack encoding of step values and wire messages; no pickle anywhere.
 
 Values are plain msgpack (None, bool, int, float, str, bytes, list, dict; tuples arrive as
-lists) plus these extensions: ``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``,
-``set`` and ``frozenset``.  Decoding is strict: strings must be UTF-8, and an extension
-code this module does not know is rejected instead of decoded silently.
+lists, except as set members and dict keys, where they stay tuples) plus these extensions:
+``datetime``, ``date``, ``time``, ``UUID``, ``Decimal``, ``set`` and ``frozenset``.
+Decoding is strict: strings must be UTF-8, and an extension code this module does not
+know is rejected instead of decoded silently.
 
 Three extension codes are internal plumbing:
 
@@ -150,19 +151,38 @@ class _Decoder:
         if code == EXT_DECIMAL:
             return decimal.Decimal(data.decode())
         if code == EXT_SET:
-            return set(self.unpack(data))
+            return set(map(_hashable, self.unpack(data)))
         if code == EXT_FROZENSET:
-            return frozenset(self.unpack(data))
+            return frozenset(map(_hashable, self.unpack(data)))
         raise CodecError(f"unknown msgpack extension type {code}")
 
     def unpack(self, data: bytes) -> Any:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            ext_hook=self.hook,
-            timestamp=3,
-        )
+        try:
+            return msgpack.unpackb(
+                data, raw=False, strict_map_key=False, ext_hook=self.hook, timestamp=3
+            )
+        except TypeError:
+            # A tuple map key arrives as an unhashable list: decode again (slow path only
+            # for such bodies), turning list keys back into tuples.
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=False,
+                ext_hook=self.hook,
+                timestamp=3,
+                object_pairs_hook=_dict_with_hashable_keys,
+            )
+
+
+def _hashable(value: Any) -> Any:
+    """Turn lists back into tuples where a hashable value is needed (set members, map keys)."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def _dict_with_hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_hashable(k): v for k, v in pairs}
 
 
 def decode(

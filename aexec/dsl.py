@@ -298,9 +298,7 @@ class _Builder:
         known = self.steps.get(step.name)
         if known is None:
             self.steps[step.name] = step
-        elif known is not step and not (
-            known.is_remote and step.is_remote and known.queue == step.queue
-        ):
+        elif known is not step and known.fn is not step.fn:
             raise _definition_error(
                 f"two different steps are named {step.name!r} "
                 f"(defined at {known.where} and {step.where}); give one a name= option"

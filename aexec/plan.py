@@ -105,6 +105,8 @@ class Plan:
             version, pipeline, raw_steps, result_keys, result, params = wire
             if version != PLAN_VERSION:
                 raise PlanError(f"unsupported plan version {version!r}")
+            if not isinstance(params, bytes):
+                raise PlanError("malformed plan: parameters must be encoded bytes")
             specs = [
                 StepSpec(
                     key=s[0],
@@ -170,9 +172,11 @@ def _validate_spec(spec: StepSpec) -> None:
     if spec.timeout is not None and (
         not isinstance(spec.timeout, int | float)
         or isinstance(spec.timeout, bool)
-        or spec.timeout <= 0
+        or not spec.timeout > 0  # also refuses NaN
     ):
         raise PlanError(f"step {spec.key!r}: timeout must be a positive number of seconds")
+    if not isinstance(spec.deps, tuple) or not all(isinstance(d, str) for d in spec.deps):
+        raise PlanError(f"step {spec.key!r}: deps must be a tuple of step keys")
     if not isinstance(spec.call, bytes):
         raise PlanError(f"step {spec.key!r}: call template must be bytes")
 
@@ -192,6 +196,10 @@ def build(
     """
     if not isinstance(pipeline, str) or not pipeline:
         raise PlanError("pipeline name must be a non-empty string")
+    if not isinstance(result, bytes) or not (params is None or isinstance(params, bytes)):
+        raise PlanError("pipeline result and parameters must be encoded bytes")
+    if not all(isinstance(k, str) for k in result_keys):
+        raise PlanError("pipeline result keys must be step keys")
     position: dict[str, int] = {}
     for i, spec in enumerate(specs):
         _validate_spec(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ class RetryPolicy:
             raise PlanError(
                 f"retry backoff max must be a non-negative number, not {self.backoff_max!r}"
             )
+        if not isinstance(self.jitter, bool):
+            raise PlanError(f"retry jitter must be a boolean, not {self.jitter!r}")
 
     @property
     def max_attempts(self) -> int:
@@ -36,20 +39,30 @@ class RetryPolicy:
 
     def delay(self, attempt: int, sample: float) -> float:
         """Seconds to wait after failed ``attempt`` (1-based); ``sample`` is uniform in [0, 1)."""
-        base = min(self.backoff_max, self.backoff * (2.0 ** (attempt - 1)))
+        try:
+            grown = self.backoff * 2.0 ** (attempt - 1)
+        except OverflowError:  # 2.0 ** 1024 and beyond: far past any cap
+            grown = math.inf if self.backoff else 0.0
+        base = min(self.backoff_max, grown)
         if not self.jitter:
             return base
         return base / 2.0 + sample * base / 2.0
 
     def to_wire(self) -> list[Any]:
-        return [self.retries, self.backoff, self.backoff_max, self.jitter]
+        # Floats always, so that equal policies have one wire form (it feeds plan digests).
+        return [self.retries, float(self.backoff), float(self.backoff_max), self.jitter]
 
     @classmethod
     def from_wire(cls, data: Any) -> RetryPolicy:
-        if not isinstance(data, list) or len(data) != 4:
+        if (
+            not isinstance(data, list)
+            or len(data) != 4
+            or not _is_number(data[1])
+            or not _is_number(data[2])
+        ):
             raise PlanError(f"malformed retry policy: {data!r:.100}")
-        return cls(data[0], float(data[1]), float(data[2]), bool(data[3]))
+        return cls(data[0], float(data[1]), float(data[2]), data[3])
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)

@@ -1,0 +1,1 @@
+"""The ``aexec`` command line; the entry point is :func:`aexec.cli.main.main`."""

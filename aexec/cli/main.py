@@ -1,0 +1,482 @@
+"""The ``aexec`` command line: ``run`` a pipeline file, inspect ``runs``.
+
+Exit codes: 0 success, 1 a failed or cancelled run (or a backend failure), 2 bad input,
+130 interrupted.  Bad input prints one line, ``aexec: error: <message>``, and no traceback
+unless ``--traceback`` or ``AEXEC_TRACEBACK=1`` asks for one.
+
+This module is imported on every invocation, ``--help`` included, so it imports only the
+standard library at the top; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from aexec.config import Settings
+    from aexec.dsl import Pipeline
+    from aexec.executor import Executor
+    from aexec.store import RunRecord
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+PROG = "aexec"
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself; exits 2 with its message."""
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage mistake on one line, as every other bad input is reported."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("aexec")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        parser.exit(0, f"{PROG} {text}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more on stderr: -v for INFO, -vv for DEBUG (default: warnings only)",
+    )
+    common.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the traceback of an error (also: AEXEC_TRACEBACK=1)",
+    )
+    backends = _Parser(add_help=False)
+    group = backends.add_argument_group("backends (flags > AEXEC_* environment > -c file)")
+    group.add_argument("--broker", metavar="URL", help="memory:// (embedded) or amqp://...")
+    group.add_argument("--store", metavar="URL", help="sqlite:///path or postgresql://...")
+    group.add_argument("--objects", metavar="URL", help="file:///dir or s3://bucket/prefix")
+    group.add_argument(
+        "-c", "--config", metavar="FILE", help="a YAML file of settings (aexec.yaml)"
+    )
+    parents = [common, backends]
+
+    parser = _Parser(
+        prog=PROG,
+        description="An asyncio-native distributed pipeline executor.",
+    )
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        parents=parents,
+        help="compile and run a pipeline from a Python file",
+        description="Compile and run a pipeline; embedded unless a broker is configured. "
+        "Exit 0 if the run succeeded, 1 if it failed, 2 on bad input.",
+    )
+    run.add_argument("file", metavar="FILE", help="the Python file defining the pipeline")
+    run.add_argument(
+        "-P",
+        "--pipeline",
+        metavar="NAME",
+        help="the pipeline to run, when the file defines several",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a pipeline parameter; VALUE is parsed as JSON when it can be (n=4, "
+        "tags='[\"a\"]'), else taken as a string; repeat for several",
+    )
+    run.add_argument("--priority", type=int, default=0, help="the run's priority (default 0)")
+    run.add_argument(
+        "--json", action="store_true", help="print one JSON report of the run on stdout"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    runs = commands.add_parser(
+        "runs", help="inspect runs, their steps and event logs", description="Inspect runs."
+    )
+    runs_commands = runs.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    runs_list = runs_commands.add_parser(
+        "list", parents=parents, help="list recent runs", description="List recent runs."
+    )
+    runs_list.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)"
+    )
+    runs_list.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    runs_list.add_argument(
+        "--json", action="store_true", help="one JSON object per run, one per line"
+    )
+    runs_list.set_defaults(handler=cmd_runs_list)
+
+    runs_show = runs_commands.add_parser(
+        "show",
+        parents=parents,
+        help="show a run and its steps",
+        description="Show a run and its steps.",
+    )
+    runs_show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    runs_show.add_argument(
+        "--json", action="store_true", help="print the report `run --json` prints"
+    )
+    runs_show.set_defaults(handler=cmd_runs_show)
+
+    runs_logs = runs_commands.add_parser(
+        "logs",
+        parents=parents,
+        help="print a run's event log",
+        description="Print a run's event log, oldest first.",
+    )
+    runs_logs.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    runs_logs.add_argument("--json", action="store_true", help="one JSON event per line")
+    runs_logs.set_defaults(handler=cmd_runs_logs)
+    return parser
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.verbose)
+    show_traceback = args.traceback or os.environ.get("AEXEC_TRACEBACK", "") not in ("", "0")
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`aexec runs logs x | head`): stop quietly.
+        _silence_stdout()
+        return EXIT_FAILED
+    except Exception as exc:
+        return _report_error(exc, show_traceback)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def _report_error(exc: Exception, show_traceback: bool) -> int:
+    from aexec.errors import AexecError, BackendError
+
+    if show_traceback:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, UsageError) or (
+        isinstance(exc, AexecError) and not isinstance(exc, BackendError)
+    ):
+        message, code = str(exc), EXIT_USAGE
+    elif isinstance(exc, AexecError):
+        message, code = str(exc), EXIT_FAILED
+    else:
+        message, code = f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILED
+        if not show_traceback:
+            message += " (run with --traceback to see where)"
+    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    return code
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def run_async(main_coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``main_coro`` on uvloop when it is installed, on the default loop otherwise.
+
+    Ctrl-C cancels ``main_coro`` (which gets to clean up) and then raises KeyboardInterrupt.
+    """
+    import asyncio
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main_coro)
+
+
+def resolve_settings(args: argparse.Namespace) -> Settings:
+    from aexec.config import Settings
+
+    return Settings.resolve(
+        {"broker": args.broker, "store": args.store, "objects": args.objects},
+        config_file=args.config,
+    )
+
+
+# -- run -------------------------------------------------------------------------------
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["n=4", "name=bob"]`` → ``{"n": 4, "name": "bob"}``: JSON when it parses, else text."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"malformed parameter {item!r}: expected -p KEY=VALUE")
+        try:
+            params[key] = json.loads(text)
+        except ValueError:
+            params[key] = text
+    return params
+
+
+def choose_pipeline(module: ModuleType, file: str, name: str | None) -> Pipeline:
+    """The pipeline ``-P NAME`` names, or the file's only one."""
+    from aexec.dsl import Pipeline
+    from aexec.loader import find_pipelines
+
+    pipelines = find_pipelines(module)
+    names = ", ".join(sorted(pipelines))
+    if name is None:
+        if len(pipelines) == 1:
+            return next(iter(pipelines.values()))
+        if not pipelines:
+            raise UsageError(f"{file} defines no pipeline (decorate a function with @pipeline)")
+        raise UsageError(f"{file} defines several pipelines ({names}): choose one with -P NAME")
+    if name in pipelines:
+        return pipelines[name]
+    by_variable = getattr(module, name, None)
+    if isinstance(by_variable, Pipeline):
+        return by_variable
+    raise UsageError(f"no pipeline named {name!r} in {file} (pipelines: {names or 'none'})")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aexec.loader import load_file
+
+    params = parse_params(args.param)
+    settings = resolve_settings(args)
+    out = sys.stdout
+    # Only the result or the report goes to stdout: whatever user code prints, on import
+    # or in a step, goes to stderr.
+    sys.stdout = sys.stderr
+    try:
+        module = load_file(args.file)
+        pipeline = choose_pipeline(module, args.file, args.pipeline)
+        return run_async(_run(pipeline, params, settings, args, out))
+    finally:
+        sys.stdout = out
+
+
+async def _run(
+    pipeline: Pipeline,
+    params: dict[str, Any],
+    settings: Settings,
+    args: argparse.Namespace,
+    out: TextIO,
+) -> int:
+    import asyncio
+
+    from aexec.cli.display import (
+        dump_json,
+        open_display,
+        run_summary_line,
+        short_id,
+        step_failure_lines,
+    )
+    from aexec.cli.report import jsonable, run_report
+    from aexec.errors import AexecError, DefinitionError
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    async with Executor(settings) as ex:
+        try:
+            run = await ex.submit(pipeline, priority=args.priority, **params)
+        except AexecError:
+            raise
+        except Exception as exc:
+            # The pipeline body raised while it was compiled: the user's mistake.
+            raise DefinitionError(
+                f"pipeline {pipeline.name!r} ({pipeline.where}) raised while compiling: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            display = open_display(sys.stderr, title=pipeline.name, total=len(run.plan))
+            with display:
+                if display.live:
+                    async for event in run.events():
+                        display.update(event)
+            record = await run.wait()
+        except asyncio.CancelledError:
+            await run.cancel()
+            sys.stderr.write(f"{PROG}: interrupted: run {short_id(run.run_id)} cancelled\n")
+            raise
+        steps = await ex.get_steps(run.run_id)
+        succeeded = record.status is RunStatus.SUCCEEDED
+        result = await run.result() if succeeded else None
+
+    if args.json:
+        _write_line(out, dump_json(run_report(record, steps, result)))
+    else:
+        if result is not None:
+            _write_line(out, dump_json(jsonable(result)))
+        failures = step_failure_lines(steps)
+        if not failures and not succeeded and record.error:
+            failures = [_one_line(record.error)]
+        for line in [*failures, run_summary_line(record, steps)]:
+            sys.stderr.write(line + "\n")
+    return EXIT_OK if succeeded else EXIT_FAILED
+
+
+def _write_line(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    return run_async(_runs_list(resolve_settings(args), args))
+
+
+async def _runs_list(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, runs_table
+    from aexec.cli.report import run_summary
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    status = RunStatus(args.status) if args.status else None
+    async with Executor(settings) as ex:
+        runs = await ex.list_runs(limit=args.limit, status=status)
+    if args.json:
+        for r in runs:
+            sys.stdout.write(dump_json(run_summary(r)) + "\n")
+    elif runs:
+        sys.stdout.write(runs_table(runs) + "\n")
+    else:
+        sys.stderr.write("no runs\n")
+    return EXIT_OK
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    return run_async(_runs_show(resolve_settings(args), args))
+
+
+async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, run_details
+    from aexec.cli.report import jsonable, run_report
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    async with Executor(settings) as ex:
+        record = await _find_run(ex, args.run_id)
+        steps = await ex.get_steps(record.run_id)
+        result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
+    if args.json:
+        sys.stdout.write(dump_json(run_report(record, steps, result)) + "\n")
+    else:
+        text = run_details(record, steps)
+        if result is not None:
+            head, sep, rest = text.partition("\n\n")
+            text = f"{head}\nresult:   {_clip(dump_json(jsonable(result)), 200)}{sep}{rest}"
+        sys.stdout.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_runs_logs(args: argparse.Namespace) -> int:
+    return run_async(_runs_logs(resolve_settings(args), args))
+
+
+async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, event_line
+    from aexec.executor import Executor
+
+    page = 1000
+    async with Executor(settings) as ex:
+        record = await _find_run(ex, args.run_id)
+        after = 0
+        while True:
+            events = await ex.get_events(record.run_id, after=after, limit=page)
+            for event in events:
+                line = dump_json(event.to_dict()) if args.json else event_line(event)
+                sys.stdout.write(line + "\n")
+            if len(events) < page:
+                break
+            after = events[-1].seq
+    return EXIT_OK
+
+
+async def _find_run(ex: Executor, run_id: str) -> RunRecord:
+    from aexec.errors import StoreError
+
+    try:
+        record = await ex.get_run(run_id)
+    except StoreError as exc:  # an ambiguous prefix
+        raise UsageError(str(exc)) from exc
+    if record is None:
+        raise UsageError(f"no run matches {run_id!r}")
+    return record
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

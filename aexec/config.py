@@ -1,0 +1,156 @@
+"""Settings: which backends to use and how; flags > environment > ``-c aexec.yaml`` > defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aexec.errors import ConfigError
+
+DEFAULT_HOME = ".aexec"
+DEFAULT_INLINE_THRESHOLD = 64 * 1024
+
+_ENV = {
+    "broker": "AEXEC_BROKER",
+    "store": "AEXEC_STORE",
+    "objects": "AEXEC_OBJECTS",
+    "home": "AEXEC_HOME",
+    "inline_threshold": "AEXEC_INLINE_THRESHOLD",
+    "concurrency": "AEXEC_CONCURRENCY",
+    "heartbeat_interval": "AEXEC_HEARTBEAT_INTERVAL",
+}
+
+BROKER_SCHEMES = ("memory", "amqp", "amqps")
+STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
+OBJECTS_SCHEMES = ("memory", "file", "s3")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Backend URLs and engine knobs.  ``None`` URLs mean the embedded defaults under ``home``.
+
+    Durations are float seconds; sizes are bytes.
+    """
+
+    broker: str | None = None
+    store: str | None = None
+    objects: str | None = None
+    home: str = DEFAULT_HOME
+    inline_threshold: int = DEFAULT_INLINE_THRESHOLD
+    concurrency: int = 100
+    thread_pool_size: int = 0  # 0: min(32, cpu_count + 4)
+    heartbeat_interval: float = 1.0
+    fail_fast: bool = False
+
+    def __post_init__(self) -> None:
+        _check_url("broker", self.broker, BROKER_SCHEMES)
+        _check_url("store", self.store, STORE_SCHEMES)
+        _check_url("objects", self.objects, OBJECTS_SCHEMES)
+        if self.inline_threshold < 0:
+            raise ConfigError("inline_threshold must be >= 0")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval must be > 0")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured (or it is ``memory://``): workers run in-process."""
+        return self.broker is None or self.broker.startswith("memory:")
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{Path(self.home) / 'aexec.db'}"
+
+    @property
+    def objects_url(self) -> str:
+        return self.objects or f"file://{(Path(self.home) / 'objects').absolute()}"
+
+    def merged(self, values: Mapping[str, Any]) -> Settings:
+        """A copy with the non-None ``values`` applied."""
+        return _apply(self, values)
+
+    @classmethod
+    def resolve(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        config_file: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Flags win over the environment, which wins over the config file and defaults."""
+        settings = cls()
+        if config_file is not None:
+            settings = _apply(settings, load_file(config_file))
+        env = os.environ if environ is None else environ
+        settings = _apply(settings, {k: env.get(v) for k, v in _ENV.items()})
+        return _apply(settings, flags or {})
+
+
+def load_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
+    types = {f.name: f.type for f in fields(Settings)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key not in types:
+            raise ConfigError(f"unknown setting {key!r}")
+        changes[key] = _coerce(key, value, settings)
+    return replace(settings, **changes) if changes else settings
+
+
+def _coerce(key: str, value: Any, settings: Settings) -> Any:
+    current = getattr(settings, key)
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {key!r} has an invalid value {value!r}") from None
+    return str(value)
+
+
+def _check_url(what: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if url is None:
+        return
+    scheme = urlsplit(url).scheme
+    if scheme not in schemes:
+        raise ConfigError(
+            f"unsupported {what} URL {redact(url)!r}: scheme must be one of "
+            + ", ".join(f"{s}://" for s in schemes)
+        )
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (credentials never reach logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,511 @@
+"""The coordinator: many runs on one event loop, no thread per run, no polling tick.
+
+Workers push completions, progress and heartbeats to the coordinator's reply queue.  The
+coordinator's single scheduler task drains everything that has arrived, applies it to each
+run's pure :class:`~aexec.scheduling.RunState`, writes the resulting events to the store
+in ONE transaction (group commit), acks the consumed messages, and only then publishes
+the newly ready steps — so a step's dependents go out only after its completion is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aexec import codec, messages
+from aexec.errors import AexecError, CodecError, StoreError, TransportError
+from aexec.events import Event, EventKind
+from aexec.plan import MAX_PRIORITY, Plan
+from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.store import RunRecord, Store
+from aexec.transport import Delivery, Subscription, Transport
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.worker import step_queue
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    """Durations in float seconds."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    reply_prefetch: int = 2000
+    fail_fast: bool = False
+    retry_backoff: float = 0.05  # first wait when the store or broker is unavailable
+    retry_backoff_max: float = 5.0
+    durable_replies: bool = True
+
+
+class ActiveRun:
+    """A run this coordinator drives: its schedule, waiters and event subscribers."""
+
+    __slots__ = ("created_at", "done", "plan", "priority", "run_id", "state", "subscribers")
+
+    def __init__(self, run_id: str, plan: Plan, priority: int, state: RunState) -> None:
+        self.run_id = run_id
+        self.plan = plan
+        self.priority = priority
+        self.state = state
+        self.created_at = time.time()
+        self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
+        self.subscribers: list[asyncio.Queue[Any]] = []
+
+    @property
+    def status(self) -> RunStatus:
+        return self.state.run_status
+
+
+class Coordinator:
+    """Drives runs: publishes ready steps, awaits pushed completions, records everything."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        store: Store,
+        config: CoordinatorConfig | None = None,
+        *,
+        on_queue: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.store = store
+        self.config = config or CoordinatorConfig()
+        self.reply_queue = f"reply.{self.config.id}"
+        self._on_queue = on_queue
+        self._runs: dict[str, ActiveRun] = {}
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._wake = asyncio.Event()
+        self._declared: set[str] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._subscription: Subscription | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self.workers_seen: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Coordinator:
+        await self.transport.declare_queue(
+            self.reply_queue,
+            durable=self.config.durable_replies,
+            auto_delete=not self.config.durable_replies,
+        )
+        self._subscription = await self.transport.consume(
+            self.reply_queue, self._on_reply, prefetch=self.config.reply_prefetch
+        )
+        self._scheduler = asyncio.get_running_loop().create_task(
+            self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.wait([self._scheduler])
+            if not self._scheduler.cancelled() and self._scheduler.exception() is not None:
+                log.error("coordinator scheduler failed", exc_info=self._scheduler.exception())
+            self._scheduler = None
+        for run in self._runs.values():
+            for queue in run.subscribers:
+                queue.put_nowait(_END)
+            if not run.done.done():
+                run.done.cancel()
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._runs)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    async def submit(
+        self, plan: Plan, *, priority: int = 0, run_id: str | None = None
+    ) -> ActiveRun:
+        """Record a new run of ``plan`` and start it; returns once it is durable."""
+        if self._scheduler is None:
+            raise AexecError("the coordinator is not running (use `async with`)")
+        run_id = run_id or uuid.uuid4().hex
+        priority = min(max(int(priority), 0), MAX_PRIORITY)
+        now = time.time()
+        record = RunRecord(
+            run_id,
+            plan.pipeline,
+            plan.digest,
+            RunStatus.PENDING,
+            priority,
+            plan.parameters,
+            created_at=now,
+        )
+        for queue in plan.queues:
+            await self._declare(queue)
+        await self._with_retry("create run", lambda: self.store.create_run(record, plan))
+        run = ActiveRun(run_id, plan, priority, RunState(plan, fail_fast=self.config.fail_fast))
+        self._runs[run_id] = run
+        self._post(("start", run_id))
+        return run
+
+    def cancel(self, run_id: str) -> None:
+        self._post(("cancel", run_id))
+
+    def subscribe(self, run_id: str) -> asyncio.Queue[Any] | None:
+        """A queue receiving the run's events as they are committed, then an end marker."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        run.subscribers.append(queue)
+        return queue
+
+    async def events(self, run_id: str) -> AsyncIterator[Event]:
+        """The run's events from the beginning: history from the store, then live ones."""
+        live = self.subscribe(run_id)
+        last = 0
+        for event in await self.store.get_events(run_id):
+            last = event.seq
+            yield event
+            if event.kind.ends_run:
+                return
+        if live is None:
+            return
+        while True:
+            item = await live.get()
+            if item is _END:
+                return
+            if item.seq > last:
+                yield item
+                if item.kind.ends_run:
+                    return
+
+    # -- inbox -----------------------------------------------------------------------------
+
+    def _post(self, item: Any) -> None:
+        self._inbox.append(item)
+        self._wake.set()
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        self._inbox.append(delivery)
+        self._wake.set()
+
+    async def _declare(self, queue: str) -> None:
+        if queue in self._declared:
+            return
+        await self.transport.declare_queue(step_queue(queue))
+        self._declared.add(queue)
+        if self._on_queue is not None:
+            await self._on_queue(queue)
+
+    # -- the scheduler ---------------------------------------------------------------------
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._inbox:
+                await self._schedule_once()
+
+    async def _schedule_once(self) -> None:
+        inbox = self._inbox
+        events: list[Event] = []
+        publish: list[tuple[ActiveRun, int, int]] = []
+        finished: list[ActiveRun] = []
+        acks: list[Delivery] = []
+        now = time.time()
+        # Everything that arrived until now is one batch: one store transaction.
+        for _ in range(len(inbox)):
+            item = inbox.popleft()
+            if isinstance(item, tuple):
+                self._apply_command(item, now, events, publish, finished)
+                continue
+            acks.append(item)
+            try:
+                msg = messages.decode(item.body)
+            except CodecError as exc:
+                log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
+                acks.pop()
+                await item.reject(requeue=False)
+                continue
+            if isinstance(msg, messages.Completion):
+                self._apply_completion(msg, events, publish, finished)
+            elif isinstance(msg, messages.Progress):
+                self._apply_progress(msg, events)
+            elif isinstance(msg, messages.Heartbeat):
+                self._apply_heartbeat(msg, events)
+            else:
+                log.error(
+                    "coordinator %s dead-lettered a step message on its reply queue", self.config.id
+                )
+                acks.pop()
+                await item.reject(requeue=False)
+        if events:
+            await self._with_retry("record events", lambda: self.store.append(events))
+        for delivery in acks:
+            await delivery.ack()
+        for run, index, attempt in publish:
+            await self._publish(run, index, attempt)
+        for event in events:
+            target = self._runs.get(event.run_id)
+            if target is not None and target.subscribers:
+                for queue in target.subscribers:
+                    queue.put_nowait(event)
+        for run in finished:
+            self._runs.pop(run.run_id, None)
+            for queue in run.subscribers:
+                queue.put_nowait(_END)
+            if not run.done.done():
+                run.done.set_result(run.state.run_status)
+
+    def _apply_command(
+        self,
+        item: tuple[Any, ...],
+        now: float,
+        events: list[Event],
+        publish: list[tuple[ActiveRun, int, int]],
+        finished: list[ActiveRun],
+    ) -> None:
+        kind, run_id = item[0], item[1]
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        if kind == "start":
+            events.append(
+                Event(
+                    EventKind.RUN_STARTED,
+                    run_id,
+                    now,
+                    data={"steps": len(run.plan), "priority": run.priority},
+                )
+            )
+            self._apply_actions(run, run.state.start(), now, events, publish, finished)
+        elif kind == "retry":
+            _, _, index, attempt = item
+            self._apply_actions(
+                run, run.state.retry_due(index, attempt), now, events, publish, finished
+            )
+        elif kind == "cancel":
+            self._apply_actions(run, run.state.cancel(), now, events, publish, finished)
+
+    def _apply_completion(
+        self,
+        msg: messages.Completion,
+        events: list[Event],
+        publish: list[tuple[ActiveRun, int, int]],
+        finished: list[ActiveRun],
+    ) -> None:
+        run = self._runs.get(msg.run_id)
+        if run is None:
+            log.debug("completion for a run this coordinator does not drive: %s", msg.run_id)
+            return
+        index = run.plan.index.get(msg.step_key)
+        if index is None:
+            log.warning("completion for unknown step %r of run %s", msg.step_key, msg.run_id)
+            return
+        data: dict[str, Any] = {"worker": msg.worker, "started_at": msg.started_at}
+        if msg.error is None:
+            actions = run.state.succeeded(index, msg.attempt, msg.output)
+            if actions is None:
+                return  # a duplicate or a superseded attempt: recorded once already
+            events.append(
+                Event(
+                    EventKind.STEP_SUCCEEDED,
+                    msg.run_id,
+                    msg.finished_at,
+                    msg.step_key,
+                    msg.attempt,
+                    data,
+                    msg.output,
+                )
+            )
+        else:
+            actions = run.state.failed(index, msg.attempt, msg.error)
+            if actions is None:
+                return
+        self._apply_actions(run, actions, msg.finished_at, events, publish, finished, data)
+
+    def _apply_progress(self, msg: messages.Progress, events: list[Event]) -> None:
+        self.workers_seen[msg.worker] = msg.ts
+        run = self._runs.get(msg.run_id)
+        if run is None:
+            return
+        index = run.plan.index.get(msg.step_key)
+        if index is None or run.state.attempts[index] != msg.attempt:
+            return
+        if run.state.started(index, msg.attempt):
+            events.append(
+                Event(
+                    EventKind.STEP_STARTED,
+                    msg.run_id,
+                    msg.ts,
+                    msg.step_key,
+                    msg.attempt,
+                    {"worker": msg.worker},
+                )
+            )
+        if run.state.status[index] is StepStatus.RUNNING:
+            data: dict[str, Any] = {"worker": msg.worker}
+            if msg.fraction is not None:
+                data["fraction"] = msg.fraction
+            if msg.message is not None:
+                data["message"] = msg.message
+            events.append(
+                Event(EventKind.STEP_PROGRESS, msg.run_id, msg.ts, msg.step_key, msg.attempt, data)
+            )
+
+    def _apply_heartbeat(self, msg: messages.Heartbeat, events: list[Event]) -> None:
+        self.workers_seen[msg.worker] = msg.ts
+        for run_id, key, attempt in msg.running:
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            index = run.plan.index.get(key)
+            if index is not None and run.state.started(index, attempt):
+                events.append(
+                    Event(
+                        EventKind.STEP_STARTED, run_id, msg.ts, key, attempt, {"worker": msg.worker}
+                    )
+                )
+
+    def _apply_actions(
+        self,
+        run: ActiveRun,
+        actions: list[Any],
+        ts: float,
+        events: list[Event],
+        publish: list[tuple[ActiveRun, int, int]],
+        finished: list[ActiveRun],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        run_id, steps = run.run_id, run.plan.steps
+        for action in actions:
+            if type(action) is Dispatch:
+                publish.append((run, action.index, action.attempt))
+                events.append(
+                    Event(
+                        EventKind.STEP_DISPATCHED,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt,
+                    )
+                )
+            elif type(action) is Fail:
+                events.append(
+                    Event(
+                        EventKind.STEP_FAILED,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt,
+                        {**(extra or {}), "error": action.error.to_dict()},
+                    )
+                )
+            elif type(action) is Retry:
+                events.append(
+                    Event(
+                        EventKind.STEP_RETRYING,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt - 1,
+                        {
+                            **(extra or {}),
+                            "error": action.error.to_dict(),
+                            "retry_in": action.delay,
+                        },
+                    )
+                )
+                self._schedule_retry(run_id, action.index, action.attempt, action.delay)
+            elif type(action) is Skip:
+                kind = (
+                    EventKind.STEP_CANCELLED
+                    if action.status is StepStatus.CANCELLED
+                    else EventKind.STEP_SKIPPED
+                )
+                attempts = run.state.attempts
+                for index in action.indices:
+                    events.append(Event(kind, run_id, ts, steps[index].key, attempts[index]))
+            elif type(action) is Finish:
+                events.append(self._finish_event(run, action.status, ts))
+                finished.append(run)
+
+    def _finish_event(self, run: ActiveRun, status: RunStatus, ts: float) -> Event:
+        if status is RunStatus.SUCCEEDED:
+            state = run.state
+            inputs = [codec.embed(state.outputs[d]) for d in run.plan.result_deps]
+            result = codec.encode(codec.decode(run.plan.result, inputs=inputs))
+            return Event(EventKind.RUN_SUCCEEDED, run.run_id, ts, output=result)
+        if status is RunStatus.CANCELLED:
+            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": "run cancelled"})
+        failed = [
+            f"{run.plan.steps[i].key}: {err.type}: {err.message}"
+            for i, err in sorted(run.state.errors.items())
+        ]
+        return Event(
+            EventKind.RUN_FAILED,
+            run.run_id,
+            ts,
+            data={"error": "failed steps: " + "; ".join(failed)},
+        )
+
+    def _schedule_retry(self, run_id: str, index: int, attempt: int, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        holder: list[asyncio.TimerHandle] = []
+
+        def due() -> None:
+            self._timers.discard(holder[0])
+            self._post(("retry", run_id, index, attempt))
+
+        handle = loop.call_later(delay, due)
+        holder.append(handle)
+        self._timers.add(handle)
+
+    async def _publish(self, run: ActiveRun, index: int, attempt: int) -> None:
+        step = run.plan.steps[index]
+        outputs = run.state.outputs
+        body = messages.StepMessage(
+            run.run_id,
+            step.key,
+            attempt,
+            step.name,
+            step.call,
+            [outputs[d] for d in step.deps],
+            step.timeout,
+            self.reply_queue,
+        ).encode()
+        priority = min(MAX_PRIORITY, run.priority + step.priority)
+        queue = step_queue(step.queue)
+        await self._with_retry(
+            "publish step", lambda: self.transport.publish(queue, body, priority=priority)
+        )
+
+    async def _with_retry(self, what: str, call: Callable[[], Any]) -> Any:
+        """Retry ``call`` while its backend is unavailable: a run stalls, it is never lost."""
+        delay = self.config.retry_backoff
+        while True:
+            try:
+                return await call()
+            except (StoreError, TransportError) as exc:
+                log.warning(
+                    "coordinator %s: %s failed, retrying in %.2fs: %s",
+                    self.config.id,
+                    what,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_backoff_max)
+
+
+def step_errors(run: ActiveRun) -> dict[str, ErrorInfo]:
+    return {run.plan.steps[i].key: err for i, err in run.state.errors.items()}

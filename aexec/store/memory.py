@@ -1,0 +1,257 @@
+"""In-memory run store with exactly the SQLite store's semantics, for tests and demos.
+
+It mirrors the database rather than holding live objects: params and event data go
+through JSON as they would into a column (a tuple comes back as a list, a value JSON cannot
+hold is a :class:`~aexec.errors.StoreError`), readers get copies, a batch that fails
+changes nothing, and the data outlives ``close()`` and a later ``open()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Self
+
+from aexec.errors import StoreError
+from aexec.events import Event, EventKind
+from aexec.plan import Plan
+from aexec.store import RunRecord, StepRecord
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+_STEP_STATUS: dict[EventKind, StepStatus] = {
+    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
+    EventKind.STEP_STARTED: StepStatus.RUNNING,
+    EventKind.STEP_RETRYING: StepStatus.RETRYING,
+    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    EventKind.STEP_FAILED: StepStatus.FAILED,
+    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
+    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
+}
+_RUN_STATUS: dict[EventKind, RunStatus] = {
+    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
+    EventKind.RUN_FAILED: RunStatus.FAILED,
+    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _LoggedEvent:
+    """An event as the log keeps it: no output, data as JSON text (None when empty)."""
+
+    seq: int
+    kind: EventKind
+    ts: float
+    step: str | None
+    attempt: int
+    data: str | None
+
+
+@dataclass(slots=True)
+class _Run:
+    record: RunRecord  # its ``params`` stay empty: the JSON text is kept in ``params``
+    params: str
+    order: int
+    steps: dict[str, StepRecord]  # in plan order
+    events: list[_LoggedEvent] = field(default_factory=list)
+
+
+class MemoryStore:
+    """The run store in a few dictionaries; nothing is shared between instances."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._plans: dict[str, bytes] = {}
+        self._runs: dict[str, _Run] = {}
+        self._last_seq = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(runs={len(self._runs)})"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+        self._check_open()
+        if run.plan_digest != plan.digest:
+            raise StoreError(
+                f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
+            )
+        params = _dump_json(run.params, "run params")
+        if run.run_id in self._runs:
+            raise StoreError(f"run {run.run_id!r} already exists")
+        if plan.digest not in self._plans:
+            self._plans[plan.digest] = plan.to_bytes()
+        steps = {
+            s.key: StepRecord(run_id=run.run_id, key=s.key, name=s.name, queue=s.queue)
+            for s in plan.steps
+        }
+        record = replace(run, params={})
+        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps)
+
+    async def append(self, events: Sequence[Event]) -> None:
+        self._check_open()
+        # Everything that can fail is checked before anything changes, as a rollback would.
+        logged_data = [
+            _dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events
+        ]
+        runs: list[_Run] = []
+        for event in events:
+            run = self._runs.get(event.run_id)
+            if run is None:
+                raise StoreError(f"cannot append events: unknown run {event.run_id!r}")
+            runs.append(run)
+        first = self._last_seq + 1
+        for i, (event, run, data) in enumerate(zip(events, runs, logged_data, strict=True)):
+            run.events.append(
+                _LoggedEvent(first + i, event.kind, event.ts, event.step, event.attempt, data)
+            )
+            if event.kind in _STEP_STATUS:
+                step = run.steps.get(event.step) if event.step is not None else None
+                if step is not None:
+                    _apply_to_step(step, event)
+            else:
+                _apply_to_run(run.record, event)
+        self._last_seq = first + len(events) - 1
+        for i, event in enumerate(events):
+            event.seq = first + i
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        self._check_open()
+        run = self._runs.get(run_id)
+        if run is None and len(run_id) >= 4:
+            matches = [rid for rid in self._runs if rid.startswith(run_id)]
+            if len(matches) > 1:
+                raise StoreError(f"run id prefix {run_id!r} is ambiguous")
+            if matches:
+                run = self._runs[matches[0]]
+        return None if run is None else _copy_run(run)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        self._check_open()
+        _check_limit(limit)
+        runs = [r for r in self._runs.values() if status is None or r.record.status == status]
+        runs.sort(key=lambda r: (r.record.created_at, r.order), reverse=True)
+        return [_copy_run(r) for r in runs[:limit]]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        self._check_open()
+        run = self._runs.get(run_id)
+        return [] if run is None else [replace(s) for s in run.steps.values()]
+
+    async def get_events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        self._check_open()
+        if limit is not None:
+            _check_limit(limit)
+        run = self._runs.get(run_id)
+        if run is None:
+            return []
+        start = bisect.bisect_right(run.events, after, key=lambda e: e.seq)
+        stop = len(run.events) if limit is None else start + limit
+        return [
+            Event(
+                kind=e.kind,
+                run_id=run_id,
+                ts=e.ts,
+                step=e.step,
+                attempt=e.attempt,
+                data={} if e.data is None else json.loads(e.data),
+                seq=e.seq,
+            )
+            for e in run.events[start:stop]
+        ]
+
+    async def get_plan(self, digest: str) -> Plan | None:
+        self._check_open()
+        data = self._plans.get(digest)
+        return None if data is None else Plan.from_bytes(data)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError(f"{self!r} is not open")
+
+
+def _apply_to_step(step: StepRecord, event: Event) -> None:
+    """Compare-and-set: only the current (or a newer) attempt of an unfinished step."""
+    if step.status.finished or event.attempt < step.attempts:
+        return
+    kind = event.kind
+    step.status = _STEP_STATUS[kind]
+    step.attempts = event.attempt
+    if kind is EventKind.STEP_STARTED:
+        step.started_at = event.ts
+        step.worker = _text(event.data.get("worker"))
+    elif kind is EventKind.STEP_RETRYING:
+        step.error = _error_info(event.data.get("error"))
+    elif kind is EventKind.STEP_SUCCEEDED:
+        step.output = event.output
+        step.finished_at = event.ts
+        step.error = None
+    elif kind is EventKind.STEP_FAILED:
+        step.error = _error_info(event.data.get("error"))
+        step.finished_at = event.ts
+
+
+def _apply_to_run(run: RunRecord, event: Event) -> None:
+    """A finished run never changes; run_started only moves a pending run."""
+    kind = event.kind
+    if kind is EventKind.RUN_STARTED and run.status == RunStatus.PENDING:
+        run.status = RunStatus.RUNNING
+        run.started_at = event.ts
+    elif kind.ends_run and not run.status.finished:
+        run.status = _RUN_STATUS[kind]
+        run.finished_at = event.ts
+        if kind is EventKind.RUN_SUCCEEDED:
+            run.result = event.output
+        else:
+            run.error = _text(event.data.get("error"))
+
+
+def _copy_run(run: _Run) -> RunRecord:
+    return replace(run.record, params=json.loads(run.params))
+
+
+def _error_info(value: Any) -> ErrorInfo | None:
+    """A step event's ``data["error"]``: ``ErrorInfo.to_dict()``, or a bare message."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return ErrorInfo.from_dict(value)
+    return ErrorInfo("Error", str(value))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _dump_json(value: dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")

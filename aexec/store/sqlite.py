@@ -1,0 +1,492 @@
+"""SQLite run store: the embedded mode's source of truth.
+
+It calls the stdlib :mod:`sqlite3` module synchronously on the event loop thread (aexec
+starts no threads).  Calls stay short because writers batch: one :meth:`SqliteStore.append`
+is one transaction however many events it carries.  The database runs in WAL mode with
+``synchronous=NORMAL``, so readers (``aexec runs list`` in another process) never block the
+writer.
+
+The schema comes from the numbered plain-SQL files in ``migrations/sqlite/``.  ``open()``
+applies the missing ones in a ``BEGIN IMMEDIATE`` transaction (two processes opening the
+same new file do not race) and records the schema version in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from importlib import resources
+from itertools import groupby
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote
+
+from aexec.errors import ConfigError, StoreError
+from aexec.events import Event, EventKind
+from aexec.plan import Plan
+from aexec.store import RunRecord, StepRecord
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+log = logging.getLogger(__name__)
+
+URL_PREFIX = "sqlite:///"
+IN_MEMORY = ":memory:"
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a writer waits for another process's write lock before failing."""
+
+_MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
+
+# -- writes -------------------------------------------------------------------------------
+
+INSERT_PLAN = "INSERT INTO plans (digest, pipeline, data) VALUES (?, ?, ?)"
+PLAN_EXISTS = "SELECT 1 FROM plans WHERE digest = ?"
+RUN_EXISTS = "SELECT 1 FROM runs WHERE run_id = ?"
+INSERT_RUN = """
+INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
+                  started_at, finished_at, result, error)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+INSERT_STEP = """
+INSERT INTO steps (run_id, position, key, name, queue, status)
+VALUES (?, ?, ?, ?, ?, 'pending')
+"""
+LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+INSERT_EVENT = """
+INSERT INTO events (seq, run_id, ts, kind, step, attempt, data)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+
+# Each event's row change.  Step changes are compare-and-set: only the current (or a newer)
+# attempt of an unfinished step moves it.  A finished run never changes again.
+_STEP_IS_CURRENT = """
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND status IN ('pending', 'queued', 'running', 'retrying')
+"""
+_RUN_IS_UNFINISHED = "WHERE run_id = :run_id AND status IN ('pending', 'running')"
+
+ROW_UPDATES: dict[EventKind, str] = {
+    EventKind.RUN_STARTED: """
+        UPDATE runs SET status = 'running', started_at = :ts
+        WHERE run_id = :run_id AND status = 'pending'
+    """,
+    EventKind.RUN_SUCCEEDED: """
+        UPDATE runs SET status = 'succeeded', result = :output, finished_at = :ts
+    """
+    + _RUN_IS_UNFINISHED,
+    EventKind.RUN_FAILED: """
+        UPDATE runs SET status = 'failed', error = :error, finished_at = :ts
+    """
+    + _RUN_IS_UNFINISHED,
+    EventKind.RUN_CANCELLED: """
+        UPDATE runs SET status = 'cancelled', error = :error, finished_at = :ts
+    """
+    + _RUN_IS_UNFINISHED,
+    EventKind.STEP_DISPATCHED: """
+        UPDATE steps SET status = 'queued', attempts = :attempt
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_STARTED: """
+        UPDATE steps SET status = 'running', attempts = :attempt, started_at = :ts,
+                         worker = :worker
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_RETRYING: """
+        UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_SUCCEEDED: """
+        UPDATE steps SET status = 'succeeded', attempts = :attempt, output = :output,
+                         finished_at = :ts, error = NULL
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_FAILED: """
+        UPDATE steps SET status = 'failed', attempts = :attempt, error = :error,
+                         finished_at = :ts
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_SKIPPED: """
+        UPDATE steps SET status = 'skipped', attempts = :attempt
+    """
+    + _STEP_IS_CURRENT,
+    EventKind.STEP_CANCELLED: """
+        UPDATE steps SET status = 'cancelled', attempts = :attempt
+    """
+    + _STEP_IS_CURRENT,
+}
+"""Kinds missing here (run_submitted, step_progress) are logged and change no row."""
+
+# -- reads --------------------------------------------------------------------------------
+
+_RUN_COLUMNS = """
+run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+finished_at, result, error
+"""
+GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+# Ids sharing a prefix sort together, right after the prefix itself.
+RUN_IDS_FROM = "SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2"
+LIST_RUNS = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?"
+LIST_RUNS_BY_STATUS = f"""
+SELECT {_RUN_COLUMNS} FROM runs WHERE status = ?
+ORDER BY created_at DESC, rowid DESC LIMIT ?
+"""
+GET_STEPS = """
+SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
+       output
+FROM steps WHERE run_id = ? ORDER BY position
+"""
+GET_EVENTS = """
+SELECT seq, run_id, ts, kind, step, attempt, data
+FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?
+"""
+GET_PLAN = "SELECT data FROM plans WHERE digest = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        """The file's statements, one per item, in order (comment-only lines dropped)."""
+        statements: list[str] = []
+        buffer = ""
+        for line in self.sql.splitlines(keepends=True):
+            if not buffer and (not line.strip() or line.lstrip().startswith("--")):
+                continue
+            buffer += line
+            if sqlite3.complete_statement(buffer):
+                statements.append(buffer.strip())
+                buffer = ""
+        if buffer.strip():
+            raise StoreError(f"migration {self.name}: incomplete statement at the end")
+        return statements
+
+
+def migrations() -> list[Migration]:
+    """Every SQLite migration shipped with aexec, in order; numbers must run 1, 2, 3…"""
+    folder = resources.files("aexec.store").joinpath("migrations").joinpath("sqlite")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.fullmatch(entry.name)
+        if match is not None:
+            sql = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(match.group(1)), entry.name, sql))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StoreError(f"SQLite migrations are not numbered 1..N: {migration.name}")
+    return found
+
+
+def from_url(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> SqliteStore:
+    """Same as :meth:`SqliteStore.from_url`."""
+    return SqliteStore.from_url(url, timeout=timeout)
+
+
+class SqliteStore:
+    """The run store in one SQLite file (or ``":memory:"``); parent folders are created."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> SqliteStore:
+        """A store for ``sqlite:///path/to/file.db`` (relative), ``sqlite:////abs/file.db``
+        (absolute) or ``sqlite:///:memory:``; other URLs are a :class:`ConfigError`."""
+        if not url.startswith(URL_PREFIX):
+            raise ConfigError(f"not a SQLite URL (expected sqlite:///path): {url!r}")
+        if "?" in url or "#" in url:
+            raise ConfigError(f"SQLite URL takes no query or fragment: {url!r}")
+        path = unquote(url[len(URL_PREFIX) :])
+        if not path:
+            raise ConfigError(f"SQLite URL names no database file: {url!r}")
+        return cls(path, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._conn is None:
+            self._conn = self._connect()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with self._errors("close the database"):
+                conn.execute("PRAGMA optimize")
+                conn.close()
+
+    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+        if run.plan_digest != plan.digest:
+            raise StoreError(
+                f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
+            )
+        params = _dump_json(run.params, "run params")
+        conn = self._connection()
+        with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
+            if conn.execute(RUN_EXISTS, (run.run_id,)).fetchone() is not None:
+                raise StoreError(f"run {run.run_id!r} already exists")
+            if conn.execute(PLAN_EXISTS, (plan.digest,)).fetchone() is None:
+                conn.execute(INSERT_PLAN, (plan.digest, plan.pipeline, plan.to_bytes()))
+            conn.execute(
+                INSERT_RUN,
+                (
+                    run.run_id,
+                    run.pipeline,
+                    run.plan_digest,
+                    run.status.value,
+                    run.priority,
+                    params,
+                    run.created_at,
+                    run.started_at,
+                    run.finished_at,
+                    run.result,
+                    run.error,
+                ),
+            )
+            conn.executemany(
+                INSERT_STEP,
+                ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
+            )
+
+    async def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
+        updates = [(ROW_UPDATES[e.kind], _row_params(e)) for e in events if e.kind in ROW_UPDATES]
+        conn = self._connection()
+        with self._errors("append events"), self._transaction(conn):
+            for run_id in {e.run_id for e in events}:
+                if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
+                    raise StoreError(f"cannot append events: unknown run {run_id!r}")
+            row = conn.execute(LAST_SEQ).fetchone()
+            first = (row[0] if row is not None else 0) + 1
+            conn.executemany(INSERT_EVENT, ((first + i, *entry) for i, entry in enumerate(logged)))
+            # Consecutive events of one kind share a statement; order is kept.
+            for sql, group in groupby(updates, key=lambda update: update[0]):
+                conn.executemany(sql, (params for _, params in group))
+        for i, event in enumerate(events):
+            event.seq = first + i
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        conn = self._connection()
+        with self._errors(f"read run {run_id!r}"):
+            row = conn.execute(GET_RUN, (run_id,)).fetchone()
+            if row is None and len(run_id) >= 4:
+                following = conn.execute(RUN_IDS_FROM, (run_id,)).fetchall()
+                matches = [rid for (rid,) in following if rid.startswith(run_id)]
+                if len(matches) > 1:
+                    raise StoreError(f"run id prefix {run_id!r} is ambiguous")
+                if matches:
+                    row = conn.execute(GET_RUN, (matches[0],)).fetchone()
+        return None if row is None else _run_record(row)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        _check_limit(limit)
+        conn = self._connection()
+        with self._errors("list runs"):
+            if status is None:
+                rows = conn.execute(LIST_RUNS, (limit,)).fetchall()
+            else:
+                rows = conn.execute(LIST_RUNS_BY_STATUS, (status.value, limit)).fetchall()
+        return [_run_record(row) for row in rows]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        conn = self._connection()
+        with self._errors(f"read the steps of run {run_id!r}"):
+            rows = conn.execute(GET_STEPS, (run_id,)).fetchall()
+        return [
+            StepRecord(
+                run_id=row[0],
+                key=row[1],
+                name=row[2],
+                queue=row[3],
+                status=StepStatus(row[4]),
+                attempts=row[5],
+                started_at=row[6],
+                finished_at=row[7],
+                worker=row[8],
+                error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
+                output=row[10],
+            )
+            for row in rows
+        ]
+
+    async def get_events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        if limit is not None:
+            _check_limit(limit)
+        conn = self._connection()
+        with self._errors(f"read the events of run {run_id!r}"):
+            rows = conn.execute(GET_EVENTS, (run_id, after, -1 if limit is None else limit))
+            return [
+                Event(
+                    kind=EventKind(row[3]),
+                    run_id=row[1],
+                    ts=row[2],
+                    step=row[4],
+                    attempt=row[5],
+                    data={} if row[6] is None else json.loads(row[6]),
+                    seq=row[0],
+                )
+                for row in rows
+            ]
+
+    async def get_plan(self, digest: str) -> Plan | None:
+        conn = self._connection()
+        with self._errors(f"read plan {digest!r}"):
+            row = conn.execute(GET_PLAN, (digest,)).fetchone()
+        return None if row is None else Plan.from_bytes(row[0])
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"{self!r} is not open")
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != IN_MEMORY:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of {self.path!r}: {exc}") from exc
+        with self._errors("open the database"):
+            # isolation_level=None: no implicit transactions; this module issues BEGIN itself.
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        available = migrations()
+        with self._transaction(conn):
+            current: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(available):
+                raise StoreError(
+                    f"{self.path}: schema version {current} is newer than this aexec "
+                    f"supports ({len(available)}); upgrade aexec"
+                )
+            for migration in available[current:]:
+                log.info("applying migration %s to %s", migration.name, self.path)
+                for statement in migration.statements():
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.version:d}")
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            message = " ".join(str(exc).split())
+            raise StoreError(f"SQLite store {self.path}: cannot {action}: {message}") from exc
+
+    @staticmethod
+    @contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+
+def _run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        pipeline=row[1],
+        plan_digest=row[2],
+        status=RunStatus(row[3]),
+        priority=row[4],
+        params=json.loads(row[5]),
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        result=row[9],
+        error=row[10],
+    )
+
+
+def _row_params(event: Event) -> dict[str, Any]:
+    kind = event.kind
+    error: str | None = None
+    if kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
+        info = _error_info(event.data.get("error"))
+        error = None if info is None else json.dumps(info.to_dict())
+    elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
+        error = _text(event.data.get("error"))
+    return {
+        "run_id": event.run_id,
+        "step": event.step,
+        "attempt": event.attempt,
+        "ts": event.ts,
+        "worker": _text(event.data.get("worker")),
+        "error": error,
+        "output": event.output,
+    }
+
+
+def _error_info(value: Any) -> ErrorInfo | None:
+    """A step event's ``data["error"]``: ``ErrorInfo.to_dict()``, or a bare message."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return ErrorInfo.from_dict(value)
+    return ErrorInfo("Error", str(value))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _dump_data(event: Event) -> str | None:
+    return _dump_json(event.data, f"{event.kind} event data") if event.data else None
+
+
+def _dump_json(value: dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, not {limit}")

@@ -1,0 +1,451 @@
+"""RabbitMQ transport through aio-pika's robust connection.
+
+Topology and channels::
+
+    connection (robust: reconnects, then re-declares queues and re-registers consumers)
+    ├── topology channel    declares queues (a failed declare closes only this channel)
+    ├── publish channel     publisher confirms + ``on_return_raises``; ``mandatory`` publishes
+    └── one channel per subscription, with its own ``basic.qos`` prefetch
+
+Queue names given to the port are logical; on the broker they are ``f"{prefix}.{name}"``, so
+a test run isolates itself with a random prefix.  Every queue except the dead-letter queue
+dead-letters through the default exchange to ``f"{prefix}.{DEAD_LETTER_QUEUE}"``.  Queues
+are classic queues with ``x-max-priority`` (quorum queues have no priorities before
+RabbitMQ 4.0); messages are persistent.
+
+aio-pika and aiormq exceptions are translated to :class:`~aexec.errors.TransportError` at
+this boundary.  Credentials never appear in messages or logs: the broker is named as
+``amqp://host:port/vhost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aio_pika
+import aiormq.exceptions
+import pamqp.exceptions
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
+from yarl import URL
+
+from aexec.errors import ConfigError, TransportError
+from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Handler
+
+__all__ = ["AmqpDelivery", "AmqpSubscription", "AmqpTransport", "from_url"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "aexec"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# aio-pika waits 5 s between reconnection attempts by default; a worker should be back sooner.
+DEFAULT_RECONNECT_INTERVAL = 1.0
+
+# What aio-pika, aiormq and the socket raise when the broker misbehaves or goes away.
+# (ChannelInvalidStateError is a RuntimeError; TimeoutError is an OSError.)
+_BROKER_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    pamqp.exceptions.PAMQPException,
+    OSError,
+)
+
+_AMQP_PRIORITY_LIMIT = 255
+
+_T = TypeVar("_T")
+
+
+def from_url(url: str) -> AmqpTransport:
+    """Same as :meth:`AmqpTransport.from_url`."""
+    return AmqpTransport.from_url(url)
+
+
+@dataclass(frozen=True, slots=True)
+class _QueueSpec:
+    """How a queue was declared, so a consumer channel can re-declare it identically."""
+
+    name: str  # on the broker, prefixed
+    durable: bool
+    auto_delete: bool
+    arguments: dict[str, Any]
+
+
+class AmqpDelivery:
+    """One message handed to a handler.  Settling it twice is a no-op, as in memory."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self._message.redelivered)
+
+    async def ack(self) -> None:
+        if self._message.processed:
+            return
+        try:
+            await self._message.ack()
+        except _BROKER_ERRORS as exc:
+            raise TransportError(
+                f"cannot ack: {_reason(exc)} (the broker will redeliver the message)"
+            ) from exc
+
+    async def reject(self, requeue: bool = False) -> None:
+        if self._message.processed:
+            return
+        try:
+            await self._message.reject(requeue=requeue)
+        except _BROKER_ERRORS as exc:
+            raise TransportError(
+                f"cannot reject: {_reason(exc)} (the broker will redeliver the message)"
+            ) from exc
+
+
+class AmqpSubscription:
+    """A consumer on its own channel.  ``cancel()`` cancels running handlers and closes the
+    channel; RabbitMQ then requeues every unacked delivery, marked redelivered."""
+
+    def __init__(
+        self,
+        queue: str,
+        handler: Handler,
+        channel: AbstractRobustChannel,
+        owner: set[AmqpSubscription],
+    ) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._channel = channel
+        self._owner = owner
+        self._running: set[asyncio.Task[Any]] = set()
+        self._active = True
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """aio-pika's callback: runs in a task of its own for each delivery."""
+        if not self._active:
+            return  # left unacked: requeued when the channel closes
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        delivery = AmqpDelivery(message)
+        try:
+            await self._handler(delivery)
+        except Exception:
+            logger.exception(
+                "handler for queue %r failed; dead-lettering its delivery", self._queue
+            )
+            try:
+                await delivery.reject(requeue=False)
+            except TransportError as exc:
+                logger.warning("cannot dead-letter the delivery: %s", exc)
+        finally:
+            if task is not None:
+                self._running.discard(task)
+
+    async def cancel(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        self._owner.discard(self)
+        current = asyncio.current_task()
+        running = [task for task in self._running if task is not current]
+        for task in running:
+            task.cancel()
+        try:
+            if running:
+                await asyncio.wait(running)
+        finally:
+            try:
+                await self._channel.close()
+            except _BROKER_ERRORS as exc:
+                logger.debug("closing the consumer channel of %r: %s", self._queue, _reason(exc))
+
+
+class AmqpTransport:
+    """The transport port over RabbitMQ.  One instance holds one robust connection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._display = _display(url)
+        self._prefix = prefix
+        self._connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._topology: AbstractRobustChannel | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._queues: dict[str, _QueueSpec] = {}
+        self._subscriptions: set[AmqpSubscription] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> AmqpTransport:
+        """An :class:`AmqpTransport` for ``amqp://`` or ``amqps://`` URLs.
+
+        Besides aio-pika's own query parameters (``heartbeat``, ``name``, ``reconnect_interval``,
+        TLS options), two are read here and removed from the URL: ``prefix`` (default
+        ``aexec``) and ``connect_timeout`` (float seconds, default 10).
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ConfigError(
+                f"not a RabbitMQ URL: {_display(url)!r} (expected amqp:// or amqps://)"
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options = dict(query)
+        rest = [(key, value) for key, value in query if key not in ("prefix", "connect_timeout")]
+        prefix = options.get("prefix", DEFAULT_PREFIX)
+        try:
+            connect_timeout = float(options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+        except ValueError:
+            raise ConfigError(
+                f"connect_timeout in {_display(url)!r} must be a number of seconds"
+            ) from None
+        if not prefix:
+            raise ConfigError(f"prefix in {_display(url)!r} must not be empty")
+        if connect_timeout <= 0:
+            raise ConfigError(f"connect_timeout in {_display(url)!r} must be > 0")
+        clean = parts._replace(query=urlencode(rest)).geturl()
+        return cls(clean, prefix=prefix, connect_timeout=connect_timeout)
+
+    def __repr__(self) -> str:
+        return f"AmqpTransport({self._display!r}, prefix={self._prefix!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def broker_name(self, queue: str) -> str:
+        """The name of logical queue ``queue`` on the broker."""
+        return f"{self._prefix}.{queue}"
+
+    async def open(self) -> None:
+        if self._connection is not None:
+            return
+        connection = await self._connect()
+        try:
+            self._topology = await self._open_channel(connection, confirms=False)
+            self._publisher = await self._open_channel(connection, confirms=True)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+        await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
+        logger.info("connected to RabbitMQ at %s (prefix %r)", self._display, self._prefix)
+
+    async def close(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            for subscription in list(self._subscriptions):
+                await subscription.cancel()
+        finally:
+            self._connection = self._topology = self._publisher = None
+            self._queues.clear()
+            try:
+                await connection.close()
+            except _BROKER_ERRORS as exc:
+                logger.debug("closing the connection to %s: %s", self._display, _reason(exc))
+
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        max_priority: int = MAX_PRIORITY,
+        durable: bool = True,
+        auto_delete: bool = False,
+    ) -> None:
+        channel = self._require(self._topology)
+        if name in self._queues:
+            return
+        arguments: dict[str, Any] = {}
+        if name != DEAD_LETTER_QUEUE:
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = self.broker_name(DEAD_LETTER_QUEUE)
+        if max_priority > 0:
+            arguments["x-max-priority"] = max_priority
+        spec = _QueueSpec(self.broker_name(name), durable, auto_delete, arguments)
+        try:
+            await self._ready(channel)
+            # Declared on a robust channel, the queue is re-declared after a reconnect.
+            await channel.declare_queue(
+                spec.name, durable=durable, auto_delete=auto_delete, arguments=arguments
+            )
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot declare queue {spec.name!r}: {_reason(exc)}") from exc
+        self._queues[name] = spec
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
+        channel = self._require(self._publisher)
+        routing_key = self.broker_name(queue)
+        message = aio_pika.Message(
+            body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT),
+        )
+        try:
+            if channel.is_closed:  # reconnecting: wait (bounded) for the channel to come back
+                await self._ready(channel)
+            await channel.default_exchange.publish(message, routing_key, mandatory=True)
+        except aiormq.exceptions.PublishError as exc:
+            raise TransportError(
+                f"no queue named {queue!r} ({routing_key!r}): the message was not routed"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise TransportError(f"RabbitMQ refused a message for {routing_key!r}") from exc
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot publish to {routing_key!r}: {_reason(exc)}") from exc
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> AmqpSubscription:
+        connection = self._require(self._connection)
+        spec = self._queues.get(queue)
+        channel = await self._open_channel(connection, confirms=False)
+        subscription = AmqpSubscription(queue, handler, channel, self._subscriptions)
+        try:
+            await channel.set_qos(prefetch_count=max(1, prefetch))
+            amqp_queue = await self._consumer_queue(channel, queue, spec)
+            # A robust queue re-registers this consumer (same tag, same callback) after a
+            # reconnect, on the restored channel with the same prefetch.
+            await amqp_queue.consume(subscription.on_message)
+        except BaseException as exc:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await channel.close()
+            if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                raise TransportError(f"cannot consume from undeclared queue {queue!r}") from exc
+            if isinstance(exc, _BROKER_ERRORS):
+                raise TransportError(f"cannot consume from {queue!r}: {_reason(exc)}") from exc
+            raise
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def delete_queues(self, names: Iterable[str] | None = None) -> None:
+        """Delete logical queues ``names`` (default: every queue this transport declared,
+        the dead-letter queue included) with their messages.  Consumers this transport has
+        on them are cancelled first.  Meant for tests and tear-downs."""
+        channel = self._require(self._topology)
+        targets = list(self._queues) if names is None else list(names)
+        for subscription in [s for s in self._subscriptions if s._queue in targets]:
+            await subscription.cancel()
+        for name in targets:
+            self._queues.pop(name, None)
+            try:
+                await self._ready(channel)
+                await channel.queue_delete(self.broker_name(name))
+            except _BROKER_ERRORS as exc:
+                raise TransportError(
+                    f"cannot delete queue {self.broker_name(name)!r}: {_reason(exc)}"
+                ) from exc
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _connect(self) -> AbstractRobustConnection:
+        url = URL(self._url)
+        if "name" not in url.query:  # shown by rabbitmqctl list_connections / the management UI
+            url = url.update_query(name=self._prefix)
+        if "reconnect_interval" not in url.query:
+            url = url.update_query(reconnect_interval=DEFAULT_RECONNECT_INTERVAL)
+        # Built by hand rather than through aio_pika.connect_robust so that a connection that
+        # failed (or timed out) is closed here, stopping its background reconnection task.
+        connection = aio_pika.RobustConnection(url)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await connection.connect(timeout=self._connect_timeout)
+        except (TimeoutError, *_BROKER_ERRORS) as exc:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await connection.close()
+            reason = (
+                f"no answer within {self._connect_timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else _reason(exc)
+            )
+            raise TransportError(
+                f"cannot connect to RabbitMQ at {self._display}: {self._scrub(reason)}"
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await connection.close()
+            raise
+        return connection
+
+    async def _open_channel(
+        self, connection: AbstractRobustConnection, *, confirms: bool
+    ) -> AbstractRobustChannel:
+        # on_return_raises: an unroutable mandatory publish raises PublishError; aio-pika's
+        # default (False) reports it as a success and the message is gone.
+        channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await channel
+        except TimeoutError as exc:
+            raise TransportError(f"cannot open a channel to {self._display}: timed out") from exc
+        except _BROKER_ERRORS as exc:
+            raise TransportError(
+                f"cannot open a channel to {self._display}: {_reason(exc)}"
+            ) from exc
+        return channel
+
+    async def _consumer_queue(
+        self, channel: AbstractRobustChannel, queue: str, spec: _QueueSpec | None
+    ) -> AbstractRobustQueue:
+        await self._ready(channel)
+        if spec is None:  # declared by someone else: it must exist already
+            return await channel.declare_queue(self.broker_name(queue), passive=True)
+        # Declared again on this channel so that restoring the channel alone restores it.
+        return await channel.declare_queue(
+            spec.name, durable=spec.durable, auto_delete=spec.auto_delete, arguments=spec.arguments
+        )
+
+    async def _ready(self, channel: AbstractRobustChannel) -> None:
+        """Wait for a reconnecting channel to be restored, at most ``connect_timeout``."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await channel.ready()
+        except TimeoutError as exc:
+            raise TransportError(
+                f"RabbitMQ at {self._display} is unreachable: no connection within "
+                f"{self._connect_timeout:g} s"
+            ) from exc
+
+    def _require(self, value: _T | None) -> _T:
+        if value is None:
+            raise TransportError("the amqp transport is not open")
+        return value
+
+    def _scrub(self, text: str) -> str:
+        password = urlsplit(self._url).password
+        return text.replace(password, "***") if password else text
+
+
+def _display(url: str) -> str:
+    """``scheme://host:port/vhost`` of a broker URL: no user, no password, no query."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        host = parts.hostname or "localhost"
+    except ValueError:
+        return "<invalid URL>"
+    return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

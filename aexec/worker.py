@@ -1,0 +1,391 @@
+"""The worker: consumes step messages, runs step code, publishes completions.
+
+Async steps run concurrently on the worker's loop; sync steps run in a bounded thread pool
+(created on first use, so a worker serving only async steps starts no thread).  Bad input
+never takes the worker down: a malformed message is dead-lettered; a step name the worker
+does not serve, undecodable inputs or an unencodable return value become a failed
+completion (an error event at the coordinator) and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aexec import codec, context, messages
+from aexec.dsl import StepDef
+from aexec.errors import AexecError, CodecError, ObjectStoreError, StepTimeoutError
+from aexec.objects import ObjectStore
+from aexec.transport import Delivery, Subscription, Transport
+from aexec.types import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+STEP_QUEUE_PREFIX = "step."
+
+
+def step_queue(queue: str) -> str:
+    """The transport queue that carries the messages of steps declared with ``queue``."""
+    return STEP_QUEUE_PREFIX + queue
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """``concurrency`` bounds in-flight steps per queue (it is the prefetch); durations in s."""
+
+    name: str = field(default_factory=default_worker_name)
+    concurrency: int = 100
+    thread_pool_size: int = 0  # 0: min(32, cpu_count + 4)
+    inline_threshold: int = 64 * 1024
+    heartbeat_interval: float = 1.0
+    progress_interval: float = 0.1  # at most one progress message per step per interval
+
+
+@dataclass(slots=True)
+class _Attempt:
+    msg: messages.StepMessage
+    started_at: float
+    last_progress: float = 0.0
+    task: asyncio.Task[None] | None = None
+    discard: bool = False  # cancelled because its run was: ack, do not requeue
+
+
+class Worker:
+    """Serves ``steps`` (by name) from the queues it is told to consume."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        objects: ObjectStore,
+        steps: Mapping[str, StepDef[Any, Any]] | None = None,
+        config: WorkerConfig | None = None,
+    ) -> None:
+        self.transport = transport
+        self.objects = objects
+        self.config = config or WorkerConfig()
+        self.name = self.config.name
+        self._steps: dict[str, StepDef[Any, Any]] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[tuple[str, str, int], _Attempt] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._drained = asyncio.Event()
+        if steps:
+            self.add_steps(steps.values())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._heartbeat = self._loop.create_task(self._heartbeat_loop(), name="aexec-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.drain()
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted(self._subscriptions)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def add_steps(self, steps: Iterable[StepDef[Any, Any]]) -> None:
+        """Serve these step definitions (remote declarations without code are ignored)."""
+        for step in steps:
+            if step.fn is not None:
+                self._steps[step.name] = step
+
+    async def serve(self, queue: str) -> None:
+        """Start consuming the step queue for ``queue`` (idempotent)."""
+        if queue in self._subscriptions:
+            return
+        name = step_queue(queue)
+        await self.transport.declare_queue(name)
+        self._subscriptions[queue] = await self.transport.consume(
+            name, self._on_delivery, prefetch=self.config.concurrency
+        )
+        log.debug("worker %s serving queue %s", self.name, queue)
+
+    async def stop_consuming(self) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, {}
+        for subscription in subscriptions.values():
+            await subscription.cancel()
+
+    def cancel_run(self, run_id: str) -> int:
+        """Cancel this worker's in-flight attempts of ``run_id``; returns how many."""
+        cancelled = 0
+        for (rid, _, _), attempt in list(self._running.items()):
+            if rid == run_id and attempt.task is not None:
+                attempt.discard = True
+                attempt.task.cancel()
+                cancelled += 1
+        return cancelled
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop consuming and let in-flight steps finish (for at most ``grace`` seconds:
+        the rest are cancelled and requeued); then stop the heartbeat and the pool."""
+        await self.stop_consuming()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        for attempt in list(self._running.values()):
+            if attempt.task is not None:
+                attempt.task.cancel()
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.wait([self._heartbeat])
+            self._heartbeat = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # -- deliveries ------------------------------------------------------------------------
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.error("worker %s dead-lettered a malformed message: %s", self.name, exc)
+            await delivery.reject(requeue=False)
+            return
+        if not isinstance(msg, messages.StepMessage):
+            log.error(
+                "worker %s dead-lettered a %s message on a step queue",
+                self.name,
+                type(msg).__name__,
+            )
+            await delivery.reject(requeue=False)
+            return
+        step = self._steps.get(msg.name)
+        if step is None:
+            error = ErrorInfo(
+                "UnknownStepError",
+                f"worker {self.name} does not serve step {msg.name!r} "
+                f"(it serves: {', '.join(sorted(self._steps)) or 'nothing'})",
+                retryable=False,
+            )
+            now = time.time()
+            await self._complete(msg, None, error, now, now)
+            await delivery.reject(requeue=False)
+            return
+        attempt = _Attempt(msg, time.time())
+        key = (msg.run_id, msg.step_key, msg.attempt)
+        self._running[key] = attempt
+        task = asyncio.get_running_loop().create_task(self._execute(attempt, step, delivery))
+        attempt.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(
+        self, attempt: _Attempt, step: StepDef[Any, Any], delivery: Delivery
+    ) -> None:
+        msg = attempt.msg
+        started = attempt.started_at
+        key = (msg.run_id, msg.step_key, msg.attempt)
+        output: bytes | None = None
+        error: ErrorInfo | None = None
+        try:
+            output = await self._run(msg, step, attempt)
+        except asyncio.CancelledError:
+            self._running.pop(key, None)
+            # Our own cancellation: a cancelled run's attempt is dropped, a stopping
+            # worker's attempt goes back to its queue for another worker.
+            if attempt.discard:
+                await delivery.ack()
+            else:
+                await delivery.reject(requeue=True)
+            raise
+        except _StepFailure as failure:
+            error = failure.info
+        except BaseException as exc:  # the step's own exception, whatever it is
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            error = ErrorInfo.from_exception(exc)
+        finally:
+            self._running.pop(key, None)
+        await self._complete(msg, output, error, started, time.time())
+        await delivery.ack()
+
+    async def _run(
+        self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
+    ) -> bytes:
+        try:
+            inputs = [await self._load_input(blob) for blob in msg.inputs]
+            call = codec.decode(msg.call, inputs=inputs)
+            args, kwargs = call
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CodecError("call template is not [args, kwargs]")
+        except (CodecError, ValueError, TypeError) as exc:
+            raise _StepFailure(
+                ErrorInfo("InputError", f"cannot decode inputs: {exc}", retryable=False)
+            ) from None
+        except ObjectStoreError as exc:
+            raise _StepFailure(
+                ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
+            ) from None
+
+        ctx = context.StepContext(
+            msg.run_id,
+            msg.step_key,
+            msg.attempt,
+            msg.name,
+            functools.partial(self._progress_sink, attempt),
+        )
+        fn = step.fn
+        assert fn is not None
+        try:
+            if step.is_async:
+                token = context.bind(ctx)
+                try:
+                    if msg.timeout is None:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        async with asyncio.timeout(msg.timeout):
+                            result = await fn(*args, **kwargs)
+                finally:
+                    context.unbind(token)
+            else:
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(
+                    self._thread_pool(),
+                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
+                )
+                result = await (
+                    future if msg.timeout is None else asyncio.wait_for(future, msg.timeout)
+                )
+        except TimeoutError:
+            ctx.cancel()
+            raise StepTimeoutError(
+                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
+            ) from None
+
+        try:
+            encoded = codec.encode(result)
+        except CodecError as exc:
+            raise _StepFailure(
+                ErrorInfo(
+                    "CodecError",
+                    f"step {msg.step_key!r} returned a value that cannot be encoded: {exc}",
+                    retryable=False,
+                )
+            ) from None
+        if len(encoded) > self.config.inline_threshold:
+            object_key = f"outputs/{msg.run_id}/{msg.step_key}/{msg.attempt}"
+            try:
+                await self.objects.put(object_key, encoded)
+            except ObjectStoreError as exc:
+                raise _StepFailure(
+                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
+                ) from None
+            encoded = codec.encode(codec.ObjectRef(object_key))
+        return encoded
+
+    async def _load_input(self, blob: bytes) -> Any:
+        value, has_refs = codec.decode_with_refs(blob)
+        if not has_refs:
+            return value
+        refs = codec.collect_refs(value, [])
+        loaded = {ref.key: codec.decode(await self.objects.get(ref.key)) for ref in refs}
+        return codec.map_refs(value, lambda ref: loaded[ref.key])
+
+    async def _complete(
+        self,
+        msg: messages.StepMessage,
+        output: bytes | None,
+        error: ErrorInfo | None,
+        started: float,
+        finished: float,
+    ) -> None:
+        completion = messages.Completion(
+            msg.run_id, msg.step_key, msg.attempt, output, error, self.name, started, finished
+        )
+        await self.transport.publish(msg.reply_to, completion.encode())
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            size = self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
+            self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="aexec-step")
+        return self._pool
+
+    # -- progress and heartbeats -----------------------------------------------------------
+
+    def _progress_sink(
+        self, attempt: _Attempt, fraction: float | None, message: str | None
+    ) -> None:
+        """Called by ``StepContext.progress``; may run in a step's thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._send_progress(attempt, fraction, message)
+        else:
+            loop.call_soon_threadsafe(self._send_progress, attempt, fraction, message)
+
+    def _send_progress(
+        self, attempt: _Attempt, fraction: float | None, message: str | None
+    ) -> None:
+        now = time.time()
+        if fraction is None and message is None:
+            return  # a bare heartbeat: the periodic heartbeat already reports this attempt
+        if now - attempt.last_progress < self.config.progress_interval and not (
+            fraction is not None and fraction >= 1.0
+        ):
+            return
+        attempt.last_progress = now
+        msg = attempt.msg
+        body = messages.Progress(
+            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
+        ).encode()
+        task = asyncio.get_running_loop().create_task(self._publish_quietly(msg.reply_to, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_quietly(self, queue: str, body: bytes) -> None:
+        try:
+            await self.transport.publish(queue, body)
+        except AexecError as exc:
+            log.warning("worker %s could not report progress: %s", self.name, exc)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            now = time.time()
+            by_reply: dict[str, list[tuple[str, str, int]]] = {}
+            for (run_id, key, n), attempt in list(self._running.items()):
+                by_reply.setdefault(attempt.msg.reply_to, []).append((run_id, key, n))
+            for reply_to, running in by_reply.items():
+                await self._publish_quietly(
+                    reply_to, messages.Heartbeat(self.name, now, running).encode()
+                )
+
+
+class _StepFailure(Exception):
+    """A failure of the step's plumbing (inputs, output), carried as an ErrorInfo."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info

@@ -1,0 +1,6 @@
+"""Shared fixtures.  Service fixtures live in ``tests/plugins``: they skip with a visible
+reason when a service is absent locally, and fail when ``CI=true``."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.plugins.services"]
