@@ -78,6 +78,16 @@ class Slot:
         return f"Slot({self.index})"
 
 
+_SLOTS = [ExtType(EXT_SLOT, i.to_bytes(4, "big")) for i in range(64)]
+
+
+def slot(index: int) -> Any:
+    """The encodable placeholder for input ``index`` (what :class:`Slot` encodes to)."""
+    if index < len(_SLOTS):
+        return _SLOTS[index]
+    return ExtType(EXT_SLOT, index.to_bytes(4, "big"))
+
+
 def _default(obj: Any) -> Any:
     # datetime before date: datetime is a subclass of date.
     if isinstance(obj, dt.datetime):

@@ -72,6 +72,7 @@ class StepDef(Generic[P, R]):
         self.timeout = None if timeout is None else float(timeout)
         self.where = where
         self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
+        self._signature: inspect.Signature | None = None
         self.__wrapped__ = fn
         self.__doc__ = getattr(fn, "__doc__", None)
 
@@ -132,9 +133,19 @@ def _check_options(
     if not isinstance(backoff, int | float) or isinstance(backoff, bool) or backoff < 0:
         raise _definition_error(f"step {name!r}: retry_backoff must be a non-negative number")
     if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0
     ):
         raise _definition_error(f"step {name!r}: timeout must be a positive number of seconds")
+
+
+def _retry_policy(
+    name: str, retries: int, backoff: float, backoff_max: float, jitter: bool = True
+) -> RetryPolicy:
+    try:
+        policy = RetryPolicy(retries, backoff, backoff_max, jitter)
+    except PlanError as exc:
+        raise _definition_error(f"step {name!r}: {exc}") from None
+    return RetryPolicy(policy.retries, float(policy.backoff), float(policy.backoff_max), jitter)
 
 
 @overload
@@ -185,9 +196,7 @@ def step(
             name=step_name,
             queue=queue,
             priority=priority,
-            retry=RetryPolicy(
-                retries, float(retry_backoff), float(retry_backoff_max), retry_jitter
-            ),
+            retry=_retry_policy(step_name, retries, retry_backoff, retry_backoff_max, retry_jitter),
             timeout=timeout,
             where=where,
         )
@@ -215,7 +224,7 @@ def remote_step(
         name=name,
         queue=queue,
         priority=priority,
-        retry=RetryPolicy(retries, float(retry_backoff), float(retry_backoff_max)),
+        retry=_retry_policy(name, retries, retry_backoff, retry_backoff_max),
         timeout=timeout,
         where=where,
     )
@@ -260,15 +269,9 @@ def _holds_output(value: Any) -> bool:
 
 
 @dataclass(slots=True)
-class _Node:
-    spec: StepSpec
-    where: str
-
-
-@dataclass(slots=True)
 class _Builder:
     pipeline: str
-    nodes: list[_Node] = field(default_factory=list)
+    nodes: list[StepSpec] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     steps: dict[str, StepDef[Any, Any]] = field(default_factory=dict)
@@ -317,18 +320,8 @@ class _Builder:
             raise _definition_error(_unencodable(step.name, args, kwargs)) from None
         self.keys.add(key)
         self.nodes.append(
-            _Node(
-                StepSpec(
-                    key,
-                    step.name,
-                    step.queue,
-                    step.priority,
-                    step.retry,
-                    step.timeout,
-                    tuple(deps),
-                    call,
-                ),
-                _where(),
+            StepSpec(
+                key, step.name, step.queue, step.priority, step.retry, step.timeout, tuple(deps), call
             )
         )
         return Output(self, key)
@@ -343,7 +336,7 @@ class _Builder:
             slot = deps.get(value.key)
             if slot is None:
                 slot = deps[value.key] = len(deps)
-            return codec.Slot(slot)
+            return codec.slot(slot)
         if isinstance(value, list | tuple):
             return [self._template(v, deps, key) for v in value]
         if isinstance(value, dict):
@@ -354,10 +347,12 @@ class _Builder:
 def _check_signature(
     step: StepDef[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    try:
-        signature = inspect.signature(step.fn)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return
+    signature = step._signature
+    if signature is None:
+        try:
+            signature = step._signature = inspect.signature(step.fn)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -499,7 +494,7 @@ class Pipeline:
         try:
             plan = build(
                 self.name,
-                [node.spec for node in builder.nodes],
+                builder.nodes,
                 result_keys=tuple(result_deps),
                 result=result,
                 params=codec.encode(bound),

@@ -157,6 +157,8 @@ def short_id(run_id: str) -> str:
 def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 0.1:
+        return f"{seconds:.3f} s"
     if seconds < 10:
         return f"{seconds:.2f} s"
     if seconds < 120:
@@ -276,10 +278,19 @@ def event_message(event: Event) -> str:
     message = data.get("message")
     if message:
         parts.append(str(message))
-    rest = {k: v for k, v in data.items() if k not in ("error", "fraction", "message")}
-    if rest:
-        parts.append(" ".join(f"{k}={json.dumps(v, default=repr)}" for k, v in rest.items()))
+    rest = {k: v for k, v in data.items() if k not in _SHOWN_APART}
+    parts += [f"{k}={_field(v)}" for k, v in rest.items()]
     return _one_line(" ".join(parts))
+
+
+# Fields an event line shows on their own, or not at all (the line has its own time).
+_SHOWN_APART = frozenset({"error", "fraction", "message", "started_at"})
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a pipeline parameter; VALUE is parsed as JSON when it can be (n=4, "
         "tags='[\"a\"]'), else taken as a string; repeat for several",
     )
-    run.add_argument("--priority", type=int, default=0, help="the run's priority (default 0)")
+    run.add_argument(
+        "--priority", type=int, default=0, metavar="N", help="the run's priority (default 0)"
+    )
     run.add_argument(
         "--json", action="store_true", help="print one JSON report of the run on stdout"
     )
@@ -226,8 +228,14 @@ def _report_error(exc: Exception, show_traceback: bool) -> int:
         message, code = f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILED
         if not show_traceback:
             message += " (run with --traceback to see where)"
-    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    sys.stderr.write(f"{PROG}: error: {_one_line(_relative_paths(message))}\n")
     return code
+
+
+def _relative_paths(message: str) -> str:
+    """Shorten absolute paths under the current directory, as in ``/cwd/pipe.py:3: ...``."""
+    cwd = os.getcwd().rstrip(os.sep) + os.sep
+    return message.replace(cwd, "") if len(cwd) > 1 else message
 
 
 def _silence_stdout() -> None:
@@ -310,8 +318,11 @@ def choose_pipeline(module: ModuleType, file: str, name: str | None) -> Pipeline
 
 def cmd_run(args: argparse.Namespace) -> int:
     from aexec.loader import load_file
+    from aexec.plan import MAX_PRIORITY
 
     params = parse_params(args.param)
+    if not 0 <= args.priority <= MAX_PRIORITY:
+        raise UsageError(f"--priority must be an integer 0..{MAX_PRIORITY}")
     settings = resolve_settings(args)
     out = sys.stdout
     # Only the result or the report goes to stdout: whatever user code prints, on import
@@ -354,8 +365,8 @@ async def _run(
         except Exception as exc:
             # The pipeline body raised while it was compiled: the user's mistake.
             raise DefinitionError(
-                f"pipeline {pipeline.name!r} ({pipeline.where}) raised while compiling: "
-                f"{type(exc).__name__}: {exc}"
+                f"{_raised_where(exc, pipeline)}: pipeline {pipeline.name!r} raised "
+                f"{type(exc).__name__} while compiling: {exc}"
             ) from exc
         try:
             display = open_display(sys.stderr, title=pipeline.name, total=len(run.plan))
@@ -383,6 +394,13 @@ async def _run(
         for line in [*failures, run_summary_line(record, steps)]:
             sys.stderr.write(line + "\n")
     return EXIT_OK if succeeded else EXIT_FAILED
+
+
+def _raised_where(exc: BaseException, pipeline: Pipeline) -> str:
+    """``file:line`` of the innermost frame of ``exc`` in the pipeline's file."""
+    file = pipeline.where.rpartition(":")[0]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == file]
+    return f"{file}:{frames[-1].lineno}" if frames else pipeline.where
 
 
 def _write_line(stream: TextIO, text: str) -> None:

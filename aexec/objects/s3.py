@@ -17,8 +17,10 @@ message (``raise ... from exc``); a missing key is :class:`~aexec.errors.ObjectN
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +49,22 @@ _BACKEND_ERRORS: tuple[type[Exception], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class S3Timeouts:
-    """Bounds on every S3 call: seconds to connect, seconds between reads, total attempts."""
+    """Bounds on every S3 call, in seconds.
+
+    ``connect`` and ``read`` bound each connection attempt and each wait for data (socket
+    timeouts); ``max_attempts`` counts tries per call, the first included; ``call`` bounds one
+    API call (one ``PutObject``, one part of a multipart upload, ``GetObject`` up to its
+    headers), retries included, and so also covers sending to a peer that stopped reading,
+    which no socket timeout does.  A body being downloaded is bounded by ``read`` per chunk.
+    """
 
     connect: float = 5.0
     read: float = 60.0
     max_attempts: int = 3
+    call: float = 300.0
 
     def __post_init__(self) -> None:
-        if self.connect <= 0 or self.read <= 0 or self.max_attempts < 1:
+        if min(self.connect, self.read, self.call) <= 0 or self.max_attempts < 1:
             raise ConfigError(f"invalid S3 timeouts: {self}")
 
 
@@ -154,6 +164,10 @@ class S3ObjectStore:
         except _BACKEND_ERRORS as exc:
             await stack.aclose()
             raise ObjectStoreError(f"cannot open {self!r}: {_one_line(exc)}") from exc
+        # botocore asks for "Expect: 100-continue" on uploads, and aiohttp then waits for the
+        # interim response with no timeout at all: a silent server would hang a put forever.
+        # Without the header the wait for the response is bounded by the read timeout.
+        self._client.meta.events.register_last("before-call.s3", _drop_expect_header)
         self._stack = stack
         logger.debug("opened %r (region %s)", self, self._region or "default")
 
@@ -172,14 +186,14 @@ class S3ObjectStore:
             if len(data) > self._multipart_threshold:
                 await self._put_multipart(client, name, data)
             else:
-                await client.put_object(Bucket=self._bucket, Key=name, Body=data)
+                await self._call(client.put_object, Bucket=self._bucket, Key=name, Body=data)
         except _BACKEND_ERRORS as exc:
             raise self._failed("put", key, exc) from exc
 
     async def get(self, key: str) -> bytes:
         client, name = self._client_for(key)
         try:
-            reply = await client.get_object(Bucket=self._bucket, Key=name)
+            reply = await self._call(client.get_object, Bucket=self._bucket, Key=name)
             body = reply["Body"]
             async with body:  # releases the connection however the read ends
                 chunks = [chunk async for chunk in body.iter_chunks(_READ_CHUNK)]
@@ -194,18 +208,19 @@ class S3ObjectStore:
     async def delete(self, key: str) -> None:
         client, name = self._client_for(key)
         try:
-            await client.delete_object(Bucket=self._bucket, Key=name)
+            await self._call(client.delete_object, Bucket=self._bucket, Key=name)
         except _BACKEND_ERRORS as exc:
             raise self._failed("delete", key, exc) from exc
 
     async def _put_multipart(self, client: Any, name: str, data: bytes) -> None:
         part_size = max(self._part_size, -(-len(data) // MAX_PARTS))
-        upload = await client.create_multipart_upload(Bucket=self._bucket, Key=name)
+        upload = await self._call(client.create_multipart_upload, Bucket=self._bucket, Key=name)
         upload_id: str = upload["UploadId"]
         try:
             parts: list[dict[str, Any]] = []
             for number, offset in enumerate(range(0, len(data), part_size), start=1):
-                reply = await client.upload_part(
+                reply = await self._call(
+                    client.upload_part,
                     Bucket=self._bucket,
                     Key=name,
                     UploadId=upload_id,
@@ -213,7 +228,8 @@ class S3ObjectStore:
                     Body=data[offset : offset + part_size],
                 )
                 parts.append({"ETag": reply["ETag"], "PartNumber": number})
-            await client.complete_multipart_upload(
+            await self._call(
+                client.complete_multipart_upload,
                 Bucket=self._bucket,
                 Key=name,
                 UploadId=upload_id,
@@ -225,11 +241,25 @@ class S3ObjectStore:
 
     async def _abort_multipart(self, client: Any, name: str, upload_id: str) -> None:
         try:
-            await client.abort_multipart_upload(Bucket=self._bucket, Key=name, UploadId=upload_id)
+            await self._call(
+                client.abort_multipart_upload, Bucket=self._bucket, Key=name, UploadId=upload_id
+            )
         except _BACKEND_ERRORS as exc:
             logger.warning(
                 "could not abort multipart upload of %s in %s: %s", name, self.url, _one_line(exc)
             )
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
+        """``await method(**params)`` within ``timeouts.call`` seconds."""
+        limit = self._timeouts.call
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                return await method(**params)
+        except TimeoutError:
+            if scope.expired():
+                raise TimeoutError(f"no answer within {limit:g}s") from None
+            raise
 
     def _client_for(self, key: str) -> tuple[Any, str]:
         if not key:
@@ -240,6 +270,10 @@ class S3ObjectStore:
 
     def _failed(self, operation: str, key: str, exc: BaseException) -> ObjectStoreError:
         return ObjectStoreError(f"S3 {operation} of {key!r} in {self.url} failed: {_one_line(exc)}")
+
+
+def _drop_expect_header(params: dict[str, Any], **kwargs: Any) -> None:
+    params.get("headers", {}).pop("Expect", None)
 
 
 def _error_code(exc: ClientError) -> str:

@@ -8,7 +8,7 @@ from aexec import pipeline, step
 
 @step
 async def wait_long(marker: str) -> None:
-    Path(marker).touch()
+    await asyncio.to_thread(Path(marker).touch)
     await asyncio.sleep(60)
 
 

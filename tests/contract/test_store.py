@@ -1,0 +1,806 @@
+"""The run store contract: every adapter behaves the same.
+
+The ``store`` fixture is parametrised over every adapter; to add one, add its name to
+``ADAPTERS`` and a branch to ``make_store`` (a PostgreSQL one would take its database from
+a service fixture through ``request.getfixturevalue``).  Tests at the end of the file are
+specific to SQLite files and migrations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aexec.errors import ConfigError, StoreError
+from aexec.events import Event, EventKind
+from aexec.plan import Plan, StepSpec, build
+from aexec.store import RunRecord, StepRecord, Store
+from aexec.store.memory import MemoryStore
+from aexec.store.sqlite import SqliteStore, from_url, migrations
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+ADAPTERS = ["memory", "sqlite"]
+
+K = EventKind
+PLAN = build("p", [StepSpec("a", "add"), StepSpec("b", "add", deps=("a",))])
+BOOM = ErrorInfo("ValueError", "boom", "Traceback ...\nValueError: boom\n", retryable=False)
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "runs.db")
+    raise AssertionError(f"unknown store adapter {kind!r}")
+
+
+@pytest.fixture(params=ADAPTERS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = make_store(request.param, request, tmp_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def new_run(run_id: str = "run-0001", plan: Plan = PLAN, **fields: Any) -> RunRecord:
+    fields.setdefault("created_at", 100.0)
+    fields.setdefault("plan_digest", plan.digest)
+    return RunRecord(run_id=run_id, pipeline=plan.pipeline, **fields)
+
+
+def ev(
+    kind: EventKind,
+    step: str | None = None,
+    attempt: int = 0,
+    *,
+    run_id: str = "run-0001",
+    ts: float = 200.0,
+    output: bytes | None = None,
+    **data: Any,
+) -> Event:
+    return Event(kind, run_id, ts, step=step, attempt=attempt, data=data, output=output)
+
+
+async def started_run(store: Store, run_id: str = "run-0001") -> None:
+    await store.create_run(new_run(run_id), PLAN)
+    await store.append([ev(K.RUN_STARTED, run_id=run_id, ts=150.0)])
+
+
+async def step_row(store: Store, key: str, run_id: str = "run-0001") -> StepRecord:
+    steps = {s.key: s for s in await store.get_steps(run_id)}
+    return steps[key]
+
+
+async def run_row(store: Store, run_id: str = "run-0001") -> RunRecord:
+    run = await store.get_run(run_id)
+    assert run is not None
+    return run
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+async def test_a_created_run_reads_back_with_every_field(store: Store) -> None:
+    run = new_run(priority=7, params={"url": "s3://x", "n": 4, "tags": ["a", "b"]})
+    await store.create_run(run, PLAN)
+    assert await store.get_run("run-0001") == run
+
+
+async def test_run_params_come_back_as_json_would_return_them(store: Store) -> None:
+    await store.create_run(new_run(params={"pair": (1, 2), "nested": {"k": [None]}}), PLAN)
+    assert (await run_row(store)).params == {"pair": [1, 2], "nested": {"k": [None]}}
+
+
+async def test_run_params_that_json_cannot_hold_are_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="JSON"):
+        await store.create_run(new_run(params={"when": object()}), PLAN)
+    assert await store.get_run("run-0001") is None
+
+
+async def test_records_read_back_are_copies(store: Store) -> None:
+    await store.create_run(new_run(params={"xs": [1]}), PLAN)
+    run = await run_row(store)
+    run.params["xs"].append(2)
+    run.status = RunStatus.FAILED
+    (await store.get_steps("run-0001"))[0].status = StepStatus.FAILED
+    assert await run_row(store) == new_run(params={"xs": [1]})
+    assert (await step_row(store, "a")).status is StepStatus.PENDING
+
+
+async def test_creating_a_run_twice_is_a_store_error(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    with pytest.raises(StoreError, match="already exists"):
+        await store.create_run(new_run(priority=3), PLAN)
+    assert (await run_row(store)).priority == 0
+
+
+async def test_a_run_must_name_the_digest_of_its_plan(store: Store) -> None:
+    with pytest.raises(StoreError, match="plan"):
+        await store.create_run(new_run(plan_digest="0" * 64), PLAN)
+
+
+async def test_an_unknown_run_id_reads_as_none(store: Store) -> None:
+    assert await store.get_run("nope-nope") is None
+    assert await store.get_steps("nope-nope") == []
+    assert await store.get_events("nope-nope") == []
+
+
+async def test_a_unique_prefix_of_four_or_more_characters_finds_the_run(store: Store) -> None:
+    await store.create_run(new_run("3f9a61c2"), PLAN)
+    await store.create_run(new_run("77aa0000"), PLAN)
+    assert (await run_row(store, "3f9a")).run_id == "3f9a61c2"
+    assert (await run_row(store, "3f9a61")).run_id == "3f9a61c2"
+
+
+async def test_a_prefix_shorter_than_four_characters_finds_nothing(store: Store) -> None:
+    await store.create_run(new_run("3f9a61c2"), PLAN)
+    assert await store.get_run("3f9") is None
+    assert await store.get_run("") is None
+
+
+async def test_a_prefix_of_several_runs_is_ambiguous(store: Store) -> None:
+    await store.create_run(new_run("abcd1111"), PLAN)
+    await store.create_run(new_run("abcd2222"), PLAN)
+    with pytest.raises(StoreError, match="run id prefix 'abcd' is ambiguous"):
+        await store.get_run("abcd")
+    assert (await run_row(store, "abcd2")).run_id == "abcd2222"
+
+
+async def test_an_exact_id_wins_over_longer_ids_it_prefixes(store: Store) -> None:
+    await store.create_run(new_run("abcd"), PLAN)
+    await store.create_run(new_run("abcde"), PLAN)
+    await store.create_run(new_run("abcdef"), PLAN)
+    assert (await run_row(store, "abcd")).run_id == "abcd"
+
+
+async def test_prefix_lookup_is_case_sensitive_and_takes_no_wildcards(store: Store) -> None:
+    await store.create_run(new_run("abcd1111"), PLAN)
+    assert await store.get_run("ABCD") is None
+    assert await store.get_run("ab%d") is None
+    assert await store.get_run("ab_d") is None
+
+
+async def test_list_runs_returns_the_most_recent_first(store: Store) -> None:
+    for run_id, created in [("r1", 10.0), ("r3", 30.0), ("r2", 20.0)]:
+        await store.create_run(new_run(run_id, created_at=created), PLAN)
+    assert [r.run_id for r in await store.list_runs()] == ["r3", "r2", "r1"]
+
+
+async def test_runs_created_at_the_same_time_list_newest_insert_first(store: Store) -> None:
+    for run_id in ["b", "a", "c"]:
+        await store.create_run(new_run(run_id, created_at=5.0), PLAN)
+    assert [r.run_id for r in await store.list_runs()] == ["c", "a", "b"]
+
+
+async def test_list_runs_stops_at_the_limit(store: Store) -> None:
+    for i in range(5):
+        await store.create_run(new_run(f"r{i}", created_at=float(i)), PLAN)
+    assert [r.run_id for r in await store.list_runs(limit=2)] == ["r4", "r3"]
+    assert await store.list_runs(limit=0) == []
+    assert len(await store.list_runs()) == 5
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_runs(limit=-1)
+
+
+async def test_list_runs_filters_by_status(store: Store) -> None:
+    for i in range(4):
+        await store.create_run(new_run(f"r{i}", created_at=float(i)), PLAN)
+    await store.append([ev(K.RUN_STARTED, run_id="r1"), ev(K.RUN_STARTED, run_id="r3")])
+    running = await store.list_runs(status=RunStatus.RUNNING)
+    assert [r.run_id for r in running] == ["r3", "r1"]
+    assert [r.run_id for r in await store.list_runs(status=RunStatus.PENDING, limit=1)] == ["r2"]
+    assert await store.list_runs(status=RunStatus.FAILED) == []
+
+
+# -- plans and steps ----------------------------------------------------------------------
+
+
+async def test_the_plan_round_trips_by_digest(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    plan = await store.get_plan(PLAN.digest)
+    assert plan == PLAN
+    assert plan is not None and plan.digest == PLAN.digest
+    assert await store.get_plan("0" * 64) is None
+
+
+async def test_runs_of_one_plan_share_it(store: Store) -> None:
+    await store.create_run(new_run("r1"), PLAN)
+    await store.create_run(new_run("r2"), PLAN)
+    assert await store.get_plan(PLAN.digest) == PLAN
+    assert (await run_row(store, "r2")).plan_digest == PLAN.digest
+
+
+async def test_steps_are_created_pending_in_plan_order(store: Store) -> None:
+    plan = build(
+        "q",
+        [
+            StepSpec("total", "sum", queue="cpu", deps=("x", "y")),
+            StepSpec("y", "load"),
+            StepSpec("x", "load", queue="io"),
+        ],
+    )
+    await store.create_run(new_run(plan=plan), plan)
+    steps = await store.get_steps("run-0001")
+    assert [s.key for s in steps] == [s.key for s in plan.steps] == ["y", "x", "total"]
+    assert steps[2] == StepRecord(run_id="run-0001", key="total", name="sum", queue="cpu")
+    assert {s.status for s in steps} == {StepStatus.PENDING}
+    assert {s.attempts for s in steps} == {0}
+
+
+# -- event effects ------------------------------------------------------------------------
+
+
+async def test_run_submitted_is_logged_and_changes_no_row(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    await store.append([ev(K.RUN_SUBMITTED)])
+    assert await run_row(store) == new_run()
+    assert [e.kind for e in await store.get_events("run-0001")] == [K.RUN_SUBMITTED]
+
+
+async def test_run_started_makes_the_run_running(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    await store.append([ev(K.RUN_STARTED, ts=150.0)])
+    run = await run_row(store)
+    assert (run.status, run.started_at, run.finished_at) == (RunStatus.RUNNING, 150.0, None)
+
+
+async def test_run_started_again_keeps_the_first_start_time(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.RUN_STARTED, ts=999.0)])
+    assert (await run_row(store)).started_at == 150.0
+
+
+async def test_step_dispatched_queues_the_step_at_its_attempt(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1)])
+    a = await step_row(store, "a")
+    assert (a.status, a.attempts) == (StepStatus.QUEUED, 1)
+    assert (await step_row(store, "b")).status is StepStatus.PENDING
+
+
+async def test_step_started_records_start_time_and_worker(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_STARTED, "a", 1, worker="w-1")])
+    a = await step_row(store, "a")
+    assert (a.status, a.started_at, a.worker, a.attempts) == (
+        StepStatus.RUNNING,
+        200.0,
+        "w-1",
+        1,
+    )
+
+
+async def test_step_progress_is_logged_and_changes_no_row(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_STARTED, "a", 1)])
+    before = await step_row(store, "a")
+    await store.append([ev(K.STEP_PROGRESS, "a", 1, ts=300.0, fraction=0.5, message="half")])
+    assert await step_row(store, "a") == before
+    last = (await store.get_events("run-0001"))[-1]
+    assert (last.kind, last.data) == (K.STEP_PROGRESS, {"fraction": 0.5, "message": "half"})
+
+
+async def test_step_retrying_keeps_the_error(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_RETRYING, "a", 1, error=BOOM.to_dict())]
+    )
+    a = await step_row(store, "a")
+    assert (a.status, a.error, a.finished_at) == (StepStatus.RETRYING, BOOM, None)
+
+
+async def test_a_retried_step_is_queued_at_the_next_attempt_keeping_the_last_error(
+    store: Store,
+) -> None:
+    await started_run(store)
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_RETRYING, "a", 1, error=BOOM.to_dict()),
+            ev(K.STEP_DISPATCHED, "a", 2),
+        ]
+    )
+    a = await step_row(store, "a")
+    assert (a.status, a.attempts, a.error) == (StepStatus.QUEUED, 2, BOOM)
+
+
+async def test_step_succeeded_keeps_the_output_and_clears_the_error(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_RETRYING, "a", 1, error=BOOM.to_dict()),
+            ev(K.STEP_DISPATCHED, "a", 2),
+            ev(K.STEP_SUCCEEDED, "a", 2, ts=250.0, output=b"\x92\x01\x02"),
+        ]
+    )
+    a = await step_row(store, "a")
+    assert (a.status, a.attempts, a.output, a.finished_at, a.error) == (
+        StepStatus.SUCCEEDED,
+        2,
+        b"\x92\x01\x02",
+        250.0,
+        None,
+    )
+
+
+async def test_step_failed_keeps_the_error_as_error_info(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_FAILED, "a", 1, ts=260.0, error=BOOM.to_dict())]
+    )
+    a = await step_row(store, "a")
+    assert (a.status, a.error, a.finished_at) == (StepStatus.FAILED, BOOM, 260.0)
+    assert isinstance(a.error, ErrorInfo)
+    assert a.error.traceback == BOOM.traceback
+    assert a.error.retryable is False
+
+
+async def test_a_bare_error_message_becomes_an_error_info(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_FAILED, "a", 1, error="gone")])
+    assert (await step_row(store, "a")).error == ErrorInfo("Error", "gone")
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [(K.STEP_SKIPPED, StepStatus.SKIPPED), (K.STEP_CANCELLED, StepStatus.CANCELLED)],
+)
+async def test_skipped_and_cancelled_steps_take_that_status(
+    store: Store, kind: EventKind, status: StepStatus
+) -> None:
+    await started_run(store)
+    await store.append([ev(kind, "b")])
+    b = await step_row(store, "b")
+    assert (b.status, b.attempts, b.finished_at) == (status, 0, None)
+
+
+async def test_run_succeeded_keeps_the_result_in_the_run(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.RUN_SUCCEEDED, ts=300.0, output=b"\xa2ok")])
+    run = await run_row(store)
+    assert (run.status, run.result, run.finished_at, run.error) == (
+        RunStatus.SUCCEEDED,
+        b"\xa2ok",
+        300.0,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [(K.RUN_FAILED, RunStatus.FAILED), (K.RUN_CANCELLED, RunStatus.CANCELLED)],
+)
+async def test_a_failed_or_cancelled_run_keeps_its_error_message(
+    store: Store, kind: EventKind, status: RunStatus
+) -> None:
+    await started_run(store)
+    await store.append([ev(kind, ts=300.0, error="a: ValueError: boom")])
+    run = await run_row(store)
+    assert (run.status, run.error, run.finished_at, run.result) == (
+        status,
+        "a: ValueError: boom",
+        300.0,
+        None,
+    )
+
+
+async def test_a_finished_run_never_changes_again(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.RUN_SUCCEEDED, ts=300.0, output=b"\x01")])
+    await store.append(
+        [
+            ev(K.RUN_FAILED, ts=400.0, error="late"),
+            ev(K.RUN_STARTED, ts=401.0),
+            ev(K.RUN_SUCCEEDED, ts=402.0, output=b"\x02"),
+        ]
+    )
+    run = await run_row(store)
+    assert (run.status, run.result, run.error, run.finished_at, run.started_at) == (
+        RunStatus.SUCCEEDED,
+        b"\x01",
+        None,
+        300.0,
+        150.0,
+    )
+    assert len(await store.get_events("run-0001")) == 5
+
+
+async def test_events_of_one_batch_apply_in_order(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    await store.append(
+        [
+            ev(K.RUN_STARTED),
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_STARTED, "a", 1, worker="w"),
+            ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01"),
+            ev(K.STEP_DISPATCHED, "b", 1),
+            ev(K.STEP_FAILED, "b", 1, error=BOOM.to_dict()),
+            ev(K.RUN_FAILED, error="b failed"),
+        ]
+    )
+    steps = await store.get_steps("run-0001")
+    assert [(s.key, s.status, s.attempts) for s in steps] == [
+        ("a", StepStatus.SUCCEEDED, 1),
+        ("b", StepStatus.FAILED, 1),
+    ]
+    assert (await run_row(store)).status is RunStatus.FAILED
+
+
+async def test_one_batch_may_carry_events_of_several_runs(store: Store) -> None:
+    await store.create_run(new_run("r1"), PLAN)
+    await store.create_run(new_run("r2"), PLAN)
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1, run_id="r1"),
+            ev(K.STEP_DISPATCHED, "a", 3, run_id="r2"),
+            ev(K.STEP_SUCCEEDED, "a", 1, run_id="r1", output=b"\x01"),
+        ]
+    )
+    assert (await step_row(store, "a", "r1")).status is StepStatus.SUCCEEDED
+    r2a = await step_row(store, "a", "r2")
+    assert (r2a.status, r2a.attempts) == (StepStatus.QUEUED, 3)
+    assert [e.kind for e in await store.get_events("r2")] == [K.STEP_DISPATCHED]
+
+
+async def test_an_event_for_an_unknown_step_is_logged_and_changes_no_row(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_SUCCEEDED, "zzz", 1, output=b"\x01")])
+    assert {s.status for s in await store.get_steps("run-0001")} == {StepStatus.PENDING}
+    assert (await store.get_events("run-0001"))[-1].step == "zzz"
+
+
+# -- compare-and-set on the attempt -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        K.STEP_DISPATCHED,
+        K.STEP_STARTED,
+        K.STEP_RETRYING,
+        K.STEP_SUCCEEDED,
+        K.STEP_FAILED,
+        K.STEP_SKIPPED,
+        K.STEP_CANCELLED,
+    ],
+)
+async def test_an_event_of_an_older_attempt_is_logged_but_changes_no_row(
+    store: Store, kind: EventKind
+) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_DISPATCHED, "a", 2)])
+    before = await step_row(store, "a")
+    stale = ev(kind, "a", 1, ts=300.0, output=b"\x01", worker="old", error=BOOM.to_dict())
+    await store.append([stale])
+    assert await step_row(store, "a") == before
+    logged = (await store.get_events("run-0001"))[-1]
+    assert (logged.kind, logged.attempt, logged.seq) == (kind, 1, stale.seq)
+
+
+async def test_an_event_of_a_newer_attempt_moves_the_step_to_that_attempt(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_STARTED, "a", 2, worker="w")])
+    a = await step_row(store, "a")
+    assert (a.status, a.attempts) == (StepStatus.RUNNING, 2)
+
+
+async def test_a_duplicate_success_keeps_the_first_output(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_SUCCEEDED, "a", 1, ts=210.0, output=b"\x01")]
+    )
+    await store.append([ev(K.STEP_SUCCEEDED, "a", 1, ts=220.0, output=b"\x02")])
+    a = await step_row(store, "a")
+    assert (a.output, a.finished_at) == (b"\x01", 210.0)
+    assert [e.kind for e in await store.get_events("run-0001")].count(K.STEP_SUCCEEDED) == 2
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        K.STEP_DISPATCHED,
+        K.STEP_STARTED,
+        K.STEP_RETRYING,
+        K.STEP_FAILED,
+        K.STEP_SKIPPED,
+        K.STEP_CANCELLED,
+    ],
+)
+async def test_a_succeeded_step_ignores_later_events_even_of_newer_attempts(
+    store: Store, kind: EventKind
+) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01")]
+    )
+    before = await step_row(store, "a")
+    await store.append([ev(kind, "a", 2, error=BOOM.to_dict(), worker="w")])
+    assert await step_row(store, "a") == before
+
+
+async def test_a_failed_step_is_not_revived_by_a_late_success(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_FAILED, "a", 1, error=BOOM.to_dict())]
+    )
+    await store.append([ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01")])
+    a = await step_row(store, "a")
+    assert (a.status, a.output, a.error) == (StepStatus.FAILED, None, BOOM)
+
+
+# -- the log ------------------------------------------------------------------------------
+
+
+async def test_append_assigns_increasing_seqs_to_the_events_given(store: Store) -> None:
+    await started_run(store)
+    first = [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_STARTED, "a", 1)]
+    second = [ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01")]
+    await store.append(first)
+    await store.append(second)
+    seqs = [e.seq for e in first + second]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 3
+    assert seqs[0] > 0
+
+
+async def test_seqs_increase_within_each_run_of_an_interleaved_log(store: Store) -> None:
+    await store.create_run(new_run("r1"), PLAN)
+    await store.create_run(new_run("r2"), PLAN)
+    for _ in range(3):
+        await store.append([ev(K.STEP_PROGRESS, "a", run_id="r1")])
+        await store.append([ev(K.STEP_PROGRESS, "a", run_id="r2")])
+    for run_id in ("r1", "r2"):
+        seqs = [e.seq for e in await store.get_events(run_id)]
+        assert len(seqs) == 3
+        assert seqs == sorted(set(seqs))
+
+
+async def test_get_events_returns_what_was_appended_oldest_first(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    appended = [
+        ev(K.RUN_STARTED, ts=1.5),
+        ev(K.STEP_DISPATCHED, "a", 1, ts=2.5, queue="default"),
+        ev(K.STEP_STARTED, "a", 1, ts=3.5, worker="w-1", pid=42),
+    ]
+    await store.append(appended)
+    events = await store.get_events("run-0001")
+    assert events == appended
+    assert all(isinstance(e.kind, EventKind) for e in events)
+
+
+async def test_get_events_pages_with_after_and_limit(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    batch = [ev(K.STEP_PROGRESS, "a", ts=float(i), i=i) for i in range(10)]
+    await store.append(batch)
+    seqs = [e.seq for e in batch]
+    assert [e.seq for e in await store.get_events("run-0001", limit=3)] == seqs[:3]
+    page = await store.get_events("run-0001", after=seqs[2], limit=4)
+    assert [e.data["i"] for e in page] == [3, 4, 5, 6]
+    assert [e.seq for e in await store.get_events("run-0001", after=seqs[6])] == seqs[7:]
+    assert await store.get_events("run-0001", after=seqs[-1]) == []
+    assert await store.get_events("run-0001", limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.get_events("run-0001", limit=-1)
+
+
+async def test_outputs_and_results_stay_in_rows_not_in_the_log(store: Store) -> None:
+    await started_run(store)
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_SUCCEEDED, "a", 1, output=b"step-out"),
+            ev(K.RUN_SUCCEEDED, output=b"run-out"),
+        ]
+    )
+    assert all(e.output is None for e in await store.get_events("run-0001"))
+    assert (await step_row(store, "a")).output == b"step-out"
+    assert (await run_row(store)).result == b"run-out"
+
+
+async def test_logged_error_data_round_trips(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_FAILED, "a", 0, error=BOOM.to_dict())])
+    logged = (await store.get_events("run-0001"))[-1]
+    assert ErrorInfo.from_dict(logged.data["error"]) == BOOM
+
+
+async def test_an_empty_batch_is_a_no_op(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    await store.append([])
+    assert await store.get_events("run-0001") == []
+
+
+async def test_a_batch_naming_an_unknown_run_fails_whole(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    batch = [ev(K.RUN_STARTED), ev(K.RUN_STARTED, run_id="ghost-run")]
+    with pytest.raises(StoreError, match="ghost-run"):
+        await store.append(batch)
+    assert await store.get_events("run-0001") == []
+    assert (await run_row(store)).status is RunStatus.PENDING
+    assert [e.seq for e in batch] == [0, 0]
+
+
+async def test_a_batch_with_data_json_cannot_hold_fails_whole(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    with pytest.raises(StoreError, match="JSON"):
+        await store.append([ev(K.RUN_STARTED), ev(K.STEP_PROGRESS, "a", blob=b"\x00")])
+    assert await store.get_events("run-0001") == []
+    assert (await run_row(store)).status is RunStatus.PENDING
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=ADAPTERS)
+def unopened_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request.param, request, tmp_path)
+
+
+async def test_a_store_that_is_not_open_raises_store_error(unopened_store: Store) -> None:
+    s = unopened_store
+    with pytest.raises(StoreError, match="not open"):
+        await s.get_run("run-0001")
+    await s.open()
+    await s.create_run(new_run(), PLAN)
+    await s.close()
+    with pytest.raises(StoreError, match="not open"):
+        await s.append([ev(K.RUN_STARTED)])
+
+
+async def test_close_and_open_again_keeps_the_data(store: Store) -> None:
+    await started_run(store)
+    await store.close()
+    await store.open()
+    assert (await run_row(store)).status is RunStatus.RUNNING
+
+
+# -- SQLite specifics ---------------------------------------------------------------------
+
+
+def schema(path: Path) -> list[tuple[str, str, str | None]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
+            "ORDER BY type, name"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def pragma(path: Path, name: str) -> Any:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def test_a_reopened_sqlite_file_keeps_runs_steps_events_and_plans(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path) as first:
+        await started_run(first)
+        batch = [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01")]
+        await first.append(batch)
+    async with SqliteStore(path) as again:
+        assert (await run_row(again)).status is RunStatus.RUNNING
+        assert (await step_row(again, "a")).output == b"\x01"
+        assert await again.get_plan(PLAN.digest) == PLAN
+        assert [e.seq for e in await again.get_events("run-0001")][-2:] == [e.seq for e in batch]
+        later = ev(K.RUN_SUCCEEDED)
+        await again.append([later])
+        assert later.seq > batch[-1].seq
+
+
+async def test_two_sqlite_stores_on_one_file_see_each_others_commits(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path) as writer, SqliteStore(path) as reader:
+        await started_run(writer)
+        assert (await run_row(reader)).status is RunStatus.RUNNING
+
+
+async def test_a_sqlite_plan_is_stored_once_per_digest(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path) as s:
+        for i in range(3):
+            await s.create_run(new_run(f"r{i}"), PLAN)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM plans").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "runs.db"):
+        assert pragma(tmp_path / "runs.db", "journal_mode") == "wal"
+
+
+async def test_sqlite_parent_folders_are_created(tmp_path: Path) -> None:
+    path = tmp_path / ".aexec" / "deep" / "runs.db"
+    async with SqliteStore(path):
+        pass
+    assert path.is_file()
+
+
+def test_from_url_takes_relative_absolute_and_in_memory_paths() -> None:
+    assert from_url("sqlite:///.aexec/runs.db").path == ".aexec/runs.db"
+    assert from_url("sqlite:////var/lib/aexec/runs.db").path == "/var/lib/aexec/runs.db"
+    assert from_url("sqlite:///:memory:").path == ":memory:"
+    assert SqliteStore.from_url("sqlite:///my%20runs.db").path == "my runs.db"
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://localhost/x", "sqlite://host/x.db", "sqlite:///", "sqlite:///x.db?a=1"]
+)
+def test_from_url_rejects_other_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        from_url(url)
+
+
+async def test_an_in_memory_sqlite_store_works(tmp_path: Path) -> None:
+    async with from_url("sqlite:///:memory:") as s:
+        await started_run(s)
+        assert (await run_row(s)).status is RunStatus.RUNNING
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"this is not a database, just some text " * 100)
+    with pytest.raises(StoreError, match="not a database") as info:
+        await SqliteStore(path).open()
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert "\n" not in str(info.value)
+
+
+async def test_migrations_set_user_version_to_the_number_of_migration_files(
+    tmp_path: Path,
+) -> None:
+    files = sorted((Path(__file__).parents[2] / "aexec/store/migrations/sqlite").glob("*.sql"))
+    assert [m.name for m in migrations()] == [f.name for f in files]
+    async with SqliteStore(tmp_path / "runs.db"):
+        pass
+    assert pragma(tmp_path / "runs.db", "user_version") == len(files) >= 1
+
+
+async def test_reopening_a_migrated_database_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path):
+        pass
+    first = schema(path)
+    async with SqliteStore(path):
+        pass
+    assert schema(path) == first
+    assert pragma(path, "user_version") == len(migrations())
+
+
+async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
+    tmp_path: Path,
+) -> None:
+    async with SqliteStore(tmp_path / "migrated.db"):
+        pass
+    conn = sqlite3.connect(tmp_path / "scripted.db")
+    try:
+        for migration in migrations():
+            conn.executescript(migration.sql)
+    finally:
+        conn.close()
+    assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
+    tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
+    assert tables == {"plans", "runs", "steps", "events"}
+
+
+async def test_a_database_from_a_newer_aexec_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(migrations()) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore(path).open()

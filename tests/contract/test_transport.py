@@ -1,0 +1,445 @@
+"""The transport port contract: the in-memory broker and RabbitMQ deliver alike.
+
+One suite runs over the memory adapter and the AMQP adapter (marked ``rabbitmq``; each test
+gets its own random queue prefix).  Conditions are awaited with bounded timeouts; the only
+sleeps are short, bounded waits asserting that something does *not* happen.  AMQP-only
+behaviour (connection failures, reconnection) follows the shared part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from aexec.errors import ConfigError, TransportError
+from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Transport
+from aexec.transport.amqp import AmqpTransport, from_url
+from aexec.transport.memory import MemoryTransport
+from tests.plugins.rabbitmq import close_connections
+
+WAIT = 10.0  # bound on every wait for something that should happen
+QUIET = 0.3  # how long to watch for something that should not happen
+
+ADAPTERS = [
+    pytest.param("memory"),
+    pytest.param("amqp", marks=pytest.mark.rabbitmq),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    kind: str
+    url: str = ""
+    prefix: str = ""
+
+    def make(self) -> Transport:
+        if self.kind == "memory":
+            return MemoryTransport()
+        return AmqpTransport(self.url, prefix=self.prefix, connect_timeout=5.0)
+
+
+@pytest.fixture(params=ADAPTERS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    kind: str = request.param
+    if kind == "memory":
+        return Backend(kind)
+    return Backend(
+        kind, request.getfixturevalue("amqp_url"), request.getfixturevalue("amqp_prefix")
+    )
+
+
+@pytest.fixture
+async def transport(backend: Backend) -> AsyncIterator[Transport]:
+    transport = backend.make()
+    await transport.open()
+    try:
+        yield transport
+    finally:
+        if isinstance(transport, AmqpTransport):
+            await transport.delete_queues()
+        await transport.close()
+
+
+class Inbox:
+    """A handler that records its deliveries (and acks them unless told not to)."""
+
+    def __init__(self, *, ack: bool = True) -> None:
+        self.deliveries: list[Delivery] = []
+        self._ack = ack
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        async with self._changed:
+            self.deliveries.append(delivery)
+            self._changed.notify_all()
+        if self._ack:
+            await delivery.ack()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [d.body for d in self.deliveries]
+
+    async def wait_for(self, count: int) -> list[Delivery]:
+        """The first ``count`` deliveries, once they have arrived (at most ``WAIT`` s)."""
+        async with asyncio.timeout(WAIT), self._changed:
+            await self._changed.wait_for(lambda: len(self.deliveries) >= count)
+        return self.deliveries[:count]
+
+
+async def publish_all(transport: Transport, queue: str, bodies: list[bytes]) -> None:
+    await asyncio.gather(*(transport.publish(queue, body) for body in bodies))
+
+
+# -- the shared contract ---------------------------------------------------------------------
+
+
+async def test_a_published_message_is_delivered_to_a_consumer(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=10)
+    await transport.publish("work", b"hello")
+    [delivery] = await inbox.wait_for(1)
+    assert delivery.body == b"hello"
+    assert delivery.redelivered is False
+
+
+async def test_waiting_messages_are_delivered_highest_priority_first(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work", max_priority=10)
+    for priority in range(10):
+        await transport.publish("work", f"p{priority}".encode(), priority=priority)
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=1)
+    await inbox.wait_for(10)
+    assert inbox.bodies == [f"p{priority}".encode() for priority in reversed(range(10))]
+
+
+async def test_equal_priorities_are_delivered_in_publication_order(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    bodies = [str(i).encode() for i in range(20)]
+    for body in bodies:
+        await transport.publish("work", body, priority=3)
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=1)
+    await inbox.wait_for(20)
+    assert inbox.bodies == bodies
+
+
+async def test_no_more_than_prefetch_deliveries_are_unacked_at_once(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    await publish_all(transport, "work", [b"1", b"2", b"3", b"4", b"5"])
+    inbox = Inbox(ack=False)
+    await transport.consume("work", inbox, prefetch=2)
+    first = await inbox.wait_for(2)
+    await asyncio.sleep(QUIET)
+    assert len(inbox.deliveries) == 2
+    await first[0].ack()
+    await inbox.wait_for(3)
+    await asyncio.sleep(QUIET)
+    assert len(inbox.deliveries) == 3
+
+
+async def test_an_acked_message_is_not_delivered_again(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    await transport.publish("work", b"once")
+    inbox = Inbox()
+    subscription = await transport.consume("work", inbox, prefetch=1)
+    await inbox.wait_for(1)
+    await subscription.cancel()
+    later = Inbox()
+    await transport.consume("work", later, prefetch=1)
+    await transport.publish("work", b"marker")
+    assert [d.body for d in await later.wait_for(1)] == [b"marker"]
+    await asyncio.sleep(QUIET)
+    assert later.bodies == [b"marker"]
+
+
+async def test_reject_with_requeue_redelivers_the_message_marked_redelivered(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    seen: list[tuple[bytes, bool]] = []
+    done = asyncio.Event()
+
+    async def reject_first(delivery: Delivery) -> None:
+        seen.append((delivery.body, delivery.redelivered))
+        if len(seen) == 1:
+            await delivery.reject(requeue=True)
+        else:
+            await delivery.ack()
+            done.set()
+
+    await transport.consume("work", reject_first, prefetch=1)
+    await transport.publish("work", b"again")
+    await asyncio.wait_for(done.wait(), WAIT)
+    assert seen == [(b"again", False), (b"again", True)]
+
+
+async def test_reject_without_requeue_dead_letters_the_message(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    await transport.consume("work", reject_all, prefetch=1)
+    dead = Inbox()
+    await transport.consume(DEAD_LETTER_QUEUE, dead, prefetch=10)
+    await transport.publish("work", b"poison \x00\xff")
+    [delivery] = await dead.wait_for(1)
+    assert delivery.body == b"poison \x00\xff"
+
+
+async def test_a_handler_that_raises_dead_letters_its_delivery_and_consuming_goes_on(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    handled: list[bytes] = []
+    two_handled = asyncio.Event()
+
+    async def fail_on_bad(delivery: Delivery) -> None:
+        if delivery.body == b"bad":
+            raise ValueError("cannot handle this")
+        handled.append(delivery.body)
+        await delivery.ack()
+        if len(handled) == 2:
+            two_handled.set()
+
+    dead = Inbox()
+    await transport.consume(DEAD_LETTER_QUEUE, dead, prefetch=10)
+    await transport.consume("work", fail_on_bad, prefetch=1)
+    for body in (b"good 1", b"bad", b"good 2"):
+        await transport.publish("work", body)
+    await asyncio.wait_for(two_handled.wait(), WAIT)
+    assert [d.body for d in await dead.wait_for(1)] == [b"bad"]
+    assert handled == [b"good 1", b"good 2"]
+
+
+async def test_publishing_to_an_undeclared_queue_raises_and_keeps_the_transport_usable(
+    transport: Transport,
+) -> None:
+    with pytest.raises(TransportError, match="nowhere"):
+        await transport.publish("nowhere", b"lost?")
+    await transport.declare_queue("work")
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=1)
+    await transport.publish("work", b"still works")
+    assert [d.body for d in await inbox.wait_for(1)] == [b"still works"]
+
+
+async def test_consuming_from_an_undeclared_queue_raises(transport: Transport) -> None:
+    with pytest.raises(TransportError, match="nowhere"):
+        await transport.consume("nowhere", Inbox(), prefetch=1)
+
+
+async def test_cancelling_a_consumer_hands_its_unacked_deliveries_to_another_marked_redelivered(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    await publish_all(transport, "work", [b"a", b"b", b"c"])
+    holder = Inbox(ack=False)
+    subscription = await transport.consume("work", holder, prefetch=3)
+    await holder.wait_for(3)
+    other = Inbox()
+    await transport.consume("work", other, prefetch=10)
+    await asyncio.sleep(QUIET)
+    assert other.deliveries == []  # all three are still held by the first consumer
+    await subscription.cancel()
+    redelivered = await other.wait_for(3)
+    assert sorted(d.body for d in redelivered) == [b"a", b"b", b"c"]
+    assert all(d.redelivered for d in redelivered)
+
+
+async def test_two_consumers_on_one_queue_share_the_work(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    first, second = Inbox(ack=False), Inbox(ack=False)
+    await transport.consume("work", first, prefetch=1)
+    await transport.consume("work", second, prefetch=1)
+    await publish_all(transport, "work", [b"1", b"2", b"3", b"4"])
+    # Holding one unacked delivery each, neither can take the other's share.
+    [one] = await first.wait_for(1)
+    [two] = await second.wait_for(1)
+    await one.ack()
+    await two.ack()
+    await first.wait_for(2)
+    await second.wait_for(2)
+    assert sorted(first.bodies + second.bodies) == [b"1", b"2", b"3", b"4"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        bytes(range(256)) * 4,
+        b"\x00" * 1000,
+        b"\r\n\x1b[0m\xff\xfe",
+        os.urandom(1024 * 1024 + 7),  # several AMQP frames
+    ],
+    ids=["empty", "all-bytes", "nul", "controls", "1MiB-random"],
+)
+async def test_bodies_arrive_byte_identical(transport: Transport, body: bytes) -> None:
+    await transport.declare_queue("work")
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=1)
+    await transport.publish("work", body)
+    [delivery] = await inbox.wait_for(1)
+    assert delivery.body == body
+
+
+async def test_many_messages_all_arrive_exactly_once(transport: Transport) -> None:
+    count = 2000
+    await transport.declare_queue("work")
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=50)
+    bodies = [i.to_bytes(4, "big") for i in range(count)]
+    for start in range(0, count, 200):
+        await publish_all(transport, "work", bodies[start : start + 200])
+    await inbox.wait_for(count)
+    await asyncio.sleep(QUIET)
+    counts = Counter(inbox.bodies)
+    assert len(counts) == count
+    assert set(counts) == set(bodies)
+    assert max(counts.values()) == 1
+
+
+async def test_a_subscription_cancelled_twice_is_cancelled_once(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    subscription = await transport.consume("work", Inbox(), prefetch=1)
+    await subscription.cancel()
+    await subscription.cancel()
+
+
+async def reject_all(delivery: Delivery) -> None:
+    await delivery.reject(requeue=False)
+
+
+# -- AMQP only -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[tuple[str, int]]:
+    """A TCP server that accepts connections and never answers (a hung broker)."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        yield host, port
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_broker_raises_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = closed_port()
+    transport = AmqpTransport(f"amqp://guest:s3cr3t-pw@127.0.0.1:{port}/", connect_timeout=2.0)
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG), pytest.raises(TransportError) as raised:
+        await transport.open()
+    assert time.monotonic() - started < 2.0 + 1.0
+    message = str(raised.value)
+    assert message.startswith(f"cannot connect to RabbitMQ at amqp://127.0.0.1:{port}/: ")
+    assert_no_secret("s3cr3t-pw", message, caplog.text)
+
+
+async def test_a_broker_that_never_answers_raises_within_the_connect_timeout(
+    silent_server: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = silent_server
+    transport = AmqpTransport(f"amqp://admin:s3cr3t-pw@{host}:{port}/%2Fprod", connect_timeout=0.5)
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG), pytest.raises(TransportError) as raised:
+        await transport.open()
+    assert time.monotonic() - started < 0.5 + 1.0
+    assert str(raised.value).startswith(f"cannot connect to RabbitMQ at amqp://{host}:{port}/")
+    assert_no_secret("s3cr3t-pw", str(raised.value), caplog.text)
+
+
+def assert_no_secret(secret: str, *texts: str) -> None:
+    for text in texts:
+        assert secret not in text
+
+
+async def test_using_a_transport_that_is_not_open_raises() -> None:
+    transport = AmqpTransport("amqp://guest:guest@127.0.0.1:1/")
+    with pytest.raises(TransportError, match="not open"):
+        await transport.publish("work", b"x")
+
+
+def test_from_url_reads_prefix_and_connect_timeout_and_rejects_other_schemes() -> None:
+    transport = from_url("amqp://u:pw@broker:5673/vh?prefix=p1&connect_timeout=2.5&heartbeat=5")
+    assert transport.prefix == "p1"
+    assert transport.broker_name("work") == "p1.work"
+    assert AmqpTransport.from_url("amqps://broker/").prefix == "aexec"
+    assert "pw" not in repr(transport)
+    with pytest.raises(ConfigError):
+        from_url("redis://u:pw@broker/")
+    with pytest.raises(ConfigError):
+        from_url("amqp://broker/?connect_timeout=soon")
+
+
+@pytest.mark.rabbitmq
+async def test_after_the_connection_is_forced_closed_publishing_and_consuming_resume(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        held = Inbox(ack=False)
+        await transport.consume("work", held, prefetch=1)
+        await transport.publish("work", b"before")
+        [stale] = await held.wait_for(1)
+
+        assert await close_connections(amqp_prefix) == 1
+
+        await publish_with_retry(transport, "work", b"after")
+        # The consumer was restored: the unacked delivery comes back, then the new message.
+        deliveries = await held.wait_for(3)
+        assert [(d.body, d.redelivered) for d in deliveries[1:]] == [
+            (b"before", True),
+            (b"after", False),
+        ]
+        with pytest.raises(TransportError, match="redeliver"):
+            await stale.ack()  # its channel is gone; the broker already requeued it
+        await deliveries[1].ack()
+        await deliveries[2].ack()
+        # Topology and the publish channel are intact too: undeclared queues still raise.
+        with pytest.raises(TransportError, match="not routed"):
+            await transport.publish("nowhere", b"x")
+    finally:
+        await transport.delete_queues()
+        await transport.close()
+
+
+async def publish_with_retry(transport: Transport, queue: str, body: bytes) -> None:
+    """Publish, retrying while the connection is being re-established (at most ``WAIT`` s).
+
+    A publish racing the connection loss may fail: the caller retries (duplicates are
+    possible in general; here the first attempt either failed or was never sent)."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            try:
+                await transport.publish(queue, body)
+                return
+            except TransportError:
+                await asyncio.sleep(0.1)
