@@ -23,6 +23,8 @@ STEP = "step"
 DONE = "done"
 PROGRESS = "progress"
 HEARTBEAT = "heartbeat"
+CONTROL = "control"
+WORKER_INFO = "worker_info"
 
 
 @dataclass(slots=True)
@@ -135,7 +137,55 @@ class Heartbeat:
         )
 
 
-Message = StepMessage | Completion | Progress | Heartbeat
+@dataclass(slots=True)
+class Control:
+    """A command broadcast to workers: ``ping`` (answer with WorkerInfo) or ``terminate``.
+
+    ``target`` is a worker name, or None for every worker.
+    """
+
+    command: str
+    target: str | None = None
+    reply_to: str | None = None
+
+    def encode(self) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            [VERSION, CONTROL, self.command, self.target, self.reply_to], use_bin_type=True
+        )
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A worker's answer to ``ping``; durations in seconds."""
+
+    name: str
+    host: str
+    pid: int
+    queues: list[str]
+    in_flight: int
+    heartbeat_age: float
+    started_at: float
+
+    def encode(self) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            [VERSION, WORKER_INFO, self.name, self.host, self.pid, self.queues, self.in_flight,
+             self.heartbeat_age, self.started_at],
+            use_bin_type=True,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "queues": self.queues,
+            "in_flight": self.in_flight,
+            "heartbeat_age": self.heartbeat_age,
+            "started_at": self.started_at,
+        }
+
+
+Message = StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -233,5 +283,22 @@ def decode(body: bytes) -> Message:
             raise CodecError("malformed message: heartbeat running list")
         return Heartbeat(
             _str(worker, "worker"), _num(ts, "ts"), [(r[0], r[1], r[2]) for r in running]
+        )
+    if kind == CONTROL and len(m) == 5:
+        _, _, command, target, reply_to = m
+        if command not in ("ping", "terminate"):
+            raise CodecError(f"malformed message: unknown control command {command!r}")
+        return Control(
+            command,
+            None if target is None else _str(target, "target"),
+            None if reply_to is None else _str(reply_to, "reply_to"),
+        )
+    if kind == WORKER_INFO and len(m) == 9:
+        _, _, name, host, pid, queues, in_flight, age, started = m
+        if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
+            raise CodecError("malformed message: worker queues must be a list of strings")
+        return WorkerInfo(
+            _str(name, "name"), _str(host, "host"), _int(pid, "pid"), queues,
+            _int(in_flight, "in_flight"), _num(age, "heartbeat_age"), _num(started, "started_at"),
         )
     raise CodecError(f"malformed message: unknown kind {kind!r} or wrong length {len(m)}")

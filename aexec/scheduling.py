@@ -72,6 +72,9 @@ class Finish:
 
 Action = Dispatch | Retry | Fail | Skip | Finish
 
+MAX_LOST = 5
+"""A step whose worker vanished this many times fails instead of being dispatched again."""
+
 
 class RunState:
     """One run's schedule.  ``outputs`` holds each succeeded step's (opaque) output."""
@@ -79,6 +82,7 @@ class RunState:
     __slots__ = (
         "attempts",
         "errors",
+        "lost",
         "fail_fast",
         "outputs",
         "plan",
@@ -101,6 +105,7 @@ class RunState:
         self.waiting: list[int] = [len(set(s.deps)) for s in plan.steps]
         self.outputs: list[Any] = [None] * n
         self.errors: dict[int, ErrorInfo] = {}
+        self.lost: dict[int, int] = {}  # attempts whose worker vanished, per step
         self.unfinished = n
         self.run_status = RunStatus.PENDING
 
@@ -163,8 +168,9 @@ class RunState:
         retry = self.plan.steps[index].retry
         if (
             error.retryable
-            and attempt < retry.max_attempts
+            and attempt - self.lost.get(index, 0) < retry.max_attempts
             and self.run_status is RunStatus.RUNNING
+            and not (self.fail_fast and self.errors)  # a fail-fast run starts nothing new
         ):
             status[index] = _RETRYING
             self.attempts[index] = attempt + 1
@@ -203,6 +209,29 @@ class RunState:
             actions.append(Skip(tuple(cancelled), StepStatus.CANCELLED))
         actions.append(Finish(RunStatus.CANCELLED))
         return actions
+
+    def lost_worker(self, index: int, attempt: int) -> list[Action] | None:
+        """The worker running ``attempt`` of step ``index`` vanished: dispatch a new attempt.
+
+        A lost attempt does not use up the step's retries (the step did not fail), but a
+        step whose workers keep vanishing fails after :data:`MAX_LOST` lost attempts.
+        """
+        status = self.status
+        if self.attempts[index] != attempt or (
+            status[index] is not _QUEUED and status[index] is not _RUNNING
+        ):
+            return None
+        lost = self.lost[index] = self.lost.get(index, 0) + 1
+        if lost > MAX_LOST:
+            error = ErrorInfo(
+                "WorkerLostError",
+                f"the worker running this step vanished {lost} times",
+                retryable=False,
+            )
+            return self.failed(index, attempt, error)
+        self.attempts[index] = attempt + 1
+        status[index] = _QUEUED
+        return [Dispatch(index, attempt + 1)]
 
     def in_flight(self) -> list[int]:
         """Steps dispatched and not yet finished (queued or running)."""

@@ -1,10 +1,17 @@
 """The worker: consumes step messages, runs step code, publishes completions.
 
 Async steps run concurrently on the worker's loop; sync steps run in a bounded thread pool
-(created on first use, so a worker serving only async steps starts no thread).  Bad input
-never takes the worker down: a malformed message is dead-lettered; a step name the worker
-does not serve, undecodable inputs or an unencodable return value become a failed
-completion (an error event at the coordinator) and the worker keeps serving.
+(created on first use, so a worker serving only async steps starts no thread), or in a
+process pool for CPU-bound code.  Bad input never takes the worker down: a malformed
+message is dead-lettered; a step name the worker does not serve, undecodable inputs or an
+unencodable return value become a failed completion (an error event at the coordinator)
+and the worker keeps serving.
+
+Delivery and liveness: a step message stays unacked while its step runs, so a worker that
+dies is replaced by the broker's redelivery.  A step that runs longer than ``ack_after``
+is reported in a heartbeat to its coordinator and *then* acked — from there on the
+coordinator's lease on the worker's heartbeats is what protects it, so a step may outlive
+RabbitMQ's ``consumer_timeout`` without being requeued and run twice.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +33,14 @@ from aexec import codec, context, messages
 from aexec.dsl import StepDef
 from aexec.errors import AexecError, CodecError, ObjectStoreError, StepTimeoutError
 from aexec.objects import ObjectStore
+from aexec.pool import ProcessPool
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
 
 log = logging.getLogger(__name__)
 
 STEP_QUEUE_PREFIX = "step."
+CONTROL_TOPIC = "control"
 
 
 def step_queue(queue: str) -> str:
@@ -40,27 +49,39 @@ def step_queue(queue: str) -> str:
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """``concurrency`` bounds in-flight steps per queue (it is the prefetch); durations in s."""
+    """``concurrency`` bounds in-flight steps per queue (it is the prefetch).
+
+    Durations are float seconds.  ``pool`` is ``"thread"`` or ``"process"`` (sync steps in
+    child processes that load ``modules``).
+    """
 
     name: str = field(default_factory=default_worker_name)
     concurrency: int = 100
     thread_pool_size: int = 0  # 0: min(32, cpu_count + 4)
+    pool: str = "thread"
+    process_pool_size: int = 0  # 0: cpu_count
+    modules: tuple[str, ...] = ()
     inline_threshold: int = 64 * 1024
     heartbeat_interval: float = 1.0
+    ack_after: float = 10.0
     progress_interval: float = 0.1  # at most one progress message per step per interval
+    publish_retry_max: float = 5.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Attempt:
     msg: messages.StepMessage
+    delivery: Delivery
     started_at: float
     last_progress: float = 0.0
     task: asyncio.Task[None] | None = None
+    acked: bool = False
+    reported: bool = False  # named in a heartbeat the coordinator has received
     discard: bool = False  # cancelled because its run was: ack, do not requeue
 
 
@@ -78,15 +99,19 @@ class Worker:
         self.objects = objects
         self.config = config or WorkerConfig()
         self.name = self.config.name
+        self.started_at = time.time()
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
+        self._control: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[tuple[str, str, int], _Attempt] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._drained = asyncio.Event()
+        self.terminated = asyncio.Event()
         if steps:
             self.add_steps(steps.values())
 
@@ -109,6 +134,10 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._running)
 
+    @property
+    def step_names(self) -> list[str]:
+        return sorted(self._steps)
+
     def add_steps(self, steps: Iterable[StepDef[Any, Any]]) -> None:
         """Serve these step definitions (remote declarations without code are ignored)."""
         for step in steps:
@@ -124,7 +153,12 @@ class Worker:
         self._subscriptions[queue] = await self.transport.consume(
             name, self._on_delivery, prefetch=self.config.concurrency
         )
-        log.debug("worker %s serving queue %s", self.name, queue)
+        log.info("worker %s serving queue %s", self.name, queue)
+
+    async def listen_for_control(self) -> None:
+        """Answer ``aexec worker list`` and obey ``aexec worker terminate`` (broadcasts)."""
+        if self._control is None:
+            self._control = await self.transport.subscribe(CONTROL_TOPIC, self._on_control)
 
     async def stop_consuming(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, {}
@@ -143,7 +177,7 @@ class Worker:
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop consuming and let in-flight steps finish (for at most ``grace`` seconds:
-        the rest are cancelled and requeued); then stop the heartbeat and the pool."""
+        the rest are cancelled and requeued); then stop the heartbeat and the pools."""
         await self.stop_consuming()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
@@ -152,13 +186,19 @@ class Worker:
                 attempt.task.cancel()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
+        if self._control is not None:
+            await self._control.cancel()
+            self._control = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.wait([self._heartbeat])
             self._heartbeat = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        if self._processes is not None:
+            self._processes.shutdown()
+            self._processes = None
 
     # -- deliveries ------------------------------------------------------------------------
 
@@ -167,7 +207,7 @@ class Worker:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("worker %s dead-lettered a malformed message: %s", self.name, exc)
-            await delivery.reject(requeue=False)
+            await self._settle(delivery, requeue=False, reject=True)
             return
         if not isinstance(msg, messages.StepMessage):
             log.error(
@@ -175,7 +215,7 @@ class Worker:
                 self.name,
                 type(msg).__name__,
             )
-            await delivery.reject(requeue=False)
+            await self._settle(delivery, requeue=False, reject=True)
             return
         step = self._steps.get(msg.name)
         if step is None:
@@ -185,23 +225,38 @@ class Worker:
                 f"(it serves: {', '.join(sorted(self._steps)) or 'nothing'})",
                 retryable=False,
             )
+            log.error("worker %s: %s", self.name, error.message)
             now = time.time()
             await self._complete(msg, None, error, now, now)
-            await delivery.reject(requeue=False)
+            await self._settle(delivery, requeue=False, reject=True)
             return
-        attempt = _Attempt(msg, time.time())
         key = (msg.run_id, msg.step_key, msg.attempt)
+        if key in self._running:  # the broker redelivered what this worker already runs
+            await self._settle(delivery)
+            return
+        attempt = _Attempt(msg, delivery, time.time())
         self._running[key] = attempt
-        task = asyncio.get_running_loop().create_task(self._execute(attempt, step, delivery))
+        task = asyncio.get_running_loop().create_task(self._execute(attempt, step))
         attempt.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(
-        self, attempt: _Attempt, step: StepDef[Any, Any], delivery: Delivery
+    async def _settle(
+        self, delivery: Delivery, *, requeue: bool = False, reject: bool = False
     ) -> None:
+        """Ack or reject; a delivery whose channel died meanwhile is redelivered anyway."""
+        try:
+            if reject:
+                await delivery.reject(requeue=requeue)
+            else:
+                await delivery.ack()
+        except AexecError as exc:
+            log.info(
+                "worker %s could not settle a delivery (it will be redelivered): %s", self.name, exc
+            )
+
+    async def _execute(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg
-        started = attempt.started_at
         key = (msg.run_id, msg.step_key, msg.attempt)
         output: bytes | None = None
         error: ErrorInfo | None = None
@@ -211,31 +266,27 @@ class Worker:
             self._running.pop(key, None)
             # Our own cancellation: a cancelled run's attempt is dropped, a stopping
             # worker's attempt goes back to its queue for another worker.
-            if attempt.discard:
-                await delivery.ack()
-            else:
-                await delivery.reject(requeue=True)
+            if not attempt.acked:
+                await self._settle(
+                    attempt.delivery, requeue=not attempt.discard, reject=not attempt.discard
+                )
             raise
         except _StepFailure as failure:
             error = failure.info
-        except BaseException as exc:  # the step's own exception, whatever it is
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
+        except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
         finally:
             self._running.pop(key, None)
-        await self._complete(msg, output, error, started, time.time())
-        await delivery.ack()
+        await self._complete(msg, output, error, attempt.started_at, time.time())
+        if not attempt.acked:
+            attempt.acked = True
+            await self._settle(attempt.delivery)
 
     async def _run(
         self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
     ) -> bytes:
         try:
             inputs = [await self._load_input(blob) for blob in msg.inputs]
-            call = codec.decode(msg.call, inputs=inputs)
-            args, kwargs = call
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise CodecError("call template is not [args, kwargs]")
         except (CodecError, ValueError, TypeError) as exc:
             raise _StepFailure(
                 ErrorInfo("InputError", f"cannot decode inputs: {exc}", retryable=False)
@@ -244,7 +295,36 @@ class Worker:
             raise _StepFailure(
                 ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
             ) from None
+        if self.config.pool == "process" and not step.is_async:
+            encoded = await self._run_in_process(msg, inputs)
+        else:
+            encoded = await self._run_here(msg, step, attempt, inputs)
+        if len(encoded) > self.config.inline_threshold:
+            object_key = f"outputs/{msg.run_id}/{msg.step_key}/{msg.attempt}"
+            try:
+                await self.objects.put(object_key, encoded)
+            except ObjectStoreError as exc:
+                raise _StepFailure(
+                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
+                ) from None
+            encoded = codec.encode(codec.ObjectRef(object_key))
+        return encoded
 
+    async def _run_here(
+        self,
+        msg: messages.StepMessage,
+        step: StepDef[Any, Any],
+        attempt: _Attempt,
+        inputs: list[Any],
+    ) -> bytes:
+        try:
+            args, kwargs = codec.decode(msg.call, inputs=inputs)
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CodecError("call template is not [args, kwargs]")
+        except (CodecError, ValueError, TypeError) as exc:
+            raise _StepFailure(
+                ErrorInfo("InputError", f"cannot decode the call: {exc}", retryable=False)
+            ) from None
         ctx = context.StepContext(
             msg.run_id,
             msg.step_key,
@@ -266,22 +346,18 @@ class Worker:
                 finally:
                     context.unbind(token)
             else:
-                loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(
+                future = asyncio.get_running_loop().run_in_executor(
                     self._thread_pool(),
                     functools.partial(context.run_with, ctx, fn, *args, **kwargs),
                 )
-                result = await (
-                    future if msg.timeout is None else asyncio.wait_for(future, msg.timeout)
-                )
+                result = await _within(future, msg.timeout)
         except TimeoutError:
             ctx.cancel()
             raise StepTimeoutError(
                 f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
             ) from None
-
         try:
-            encoded = codec.encode(result)
+            return codec.encode(result)
         except CodecError as exc:
             raise _StepFailure(
                 ErrorInfo(
@@ -290,16 +366,28 @@ class Worker:
                     retryable=False,
                 )
             ) from None
-        if len(encoded) > self.config.inline_threshold:
-            object_key = f"outputs/{msg.run_id}/{msg.step_key}/{msg.attempt}"
-            try:
-                await self.objects.put(object_key, encoded)
-            except ObjectStoreError as exc:
-                raise _StepFailure(
-                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
-                ) from None
-            encoded = codec.encode(codec.ObjectRef(object_key))
-        return encoded
+
+    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
+        if self._processes is None:
+            size = self.config.process_pool_size or (os.cpu_count() or 1)
+            self._processes = ProcessPool(self.config.modules, size)
+        blobs = [codec.encode(value) for value in inputs]
+        try:
+            output, error = await _within(
+                self._processes.run(
+                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt
+                ),
+                msg.timeout,
+            )
+        except TimeoutError:
+            raise StepTimeoutError(
+                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
+            ) from None
+        if error is not None:
+            raise _StepFailure(error)
+        if not isinstance(output, bytes):
+            raise _StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
+        return output
 
     async def _load_input(self, blob: bytes) -> Any:
         value, has_refs = codec.decode_with_refs(blob)
@@ -320,15 +408,33 @@ class Worker:
         completion = messages.Completion(
             msg.run_id, msg.step_key, msg.attempt, output, error, self.name, started, finished
         )
-        await self.transport.publish(msg.reply_to, completion.encode())
+        await self._publish_until_sent(msg.reply_to, completion.encode())
+
+    async def _publish_until_sent(self, queue: str, body: bytes) -> None:
+        """Publish, retrying while the broker is away: a completion is never dropped."""
+        delay = 0.05
+        while True:
+            try:
+                await self.transport.publish(queue, body)
+                return
+            except AexecError as exc:
+                log.warning(
+                    "worker %s: publish to %s failed, retrying in %.2fs: %s",
+                    self.name,
+                    queue,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.publish_retry_max)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
+        if self._threads is None:
             size = self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
-            self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="aexec-step")
-        return self._pool
+            self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="aexec-step")
+        return self._threads
 
-    # -- progress and heartbeats -----------------------------------------------------------
+    # -- progress, heartbeats, control -----------------------------------------------------
 
     def _progress_sink(
         self, attempt: _Attempt, fraction: float | None, message: str | None
@@ -345,42 +451,90 @@ class Worker:
     def _send_progress(
         self, attempt: _Attempt, fraction: float | None, message: str | None
     ) -> None:
-        now = time.time()
         if fraction is None and message is None:
             return  # a bare heartbeat: the periodic heartbeat already reports this attempt
-        if now - attempt.last_progress < self.config.progress_interval and not (
-            fraction is not None and fraction >= 1.0
-        ):
+        now = time.time()
+        final = fraction is not None and fraction >= 1.0
+        if now - attempt.last_progress < self.config.progress_interval and not final:
             return
         attempt.last_progress = now
         msg = attempt.msg
         body = messages.Progress(
             msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
         ).encode()
-        task = asyncio.get_running_loop().create_task(self._publish_quietly(msg.reply_to, body))
+        self._spawn(self._publish_quietly(msg.reply_to, body))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish_quietly(self, queue: str, body: bytes) -> None:
+    async def _publish_quietly(self, queue: str, body: bytes) -> bool:
         try:
             await self.transport.publish(queue, body)
+            return True
         except AexecError as exc:
-            log.warning("worker %s could not report progress: %s", self.name, exc)
+            log.warning("worker %s could not report to %s: %s", self.name, queue, exc)
+            return False
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            if not self._running:
+            self._last_heartbeat = time.monotonic()
+            if self._running:
+                await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Report every in-flight attempt to its coordinator; then ack the long ones."""
+        now = time.time()
+        by_reply: dict[str, list[_Attempt]] = {}
+        for attempt in list(self._running.values()):
+            by_reply.setdefault(attempt.msg.reply_to, []).append(attempt)
+        for reply_to, attempts in by_reply.items():
+            running = [(a.msg.run_id, a.msg.step_key, a.msg.attempt) for a in attempts]
+            if not await self._publish_quietly(
+                reply_to, messages.Heartbeat(self.name, now, running).encode()
+            ):
                 continue
-            now = time.time()
-            by_reply: dict[str, list[tuple[str, str, int]]] = {}
-            for (run_id, key, n), attempt in list(self._running.items()):
-                by_reply.setdefault(attempt.msg.reply_to, []).append((run_id, key, n))
-            for reply_to, running in by_reply.items():
-                await self._publish_quietly(
-                    reply_to, messages.Heartbeat(self.name, now, running).encode()
-                )
+            for attempt in attempts:
+                attempt.reported = True
+                if not attempt.acked and now - attempt.started_at >= self.config.ack_after:
+                    # The coordinator now knows who runs it: its lease protects the step,
+                    # and the broker's consumer_timeout no longer applies.
+                    attempt.acked = True
+                    await self._settle(attempt.delivery)
+
+    async def _on_control(self, delivery: Delivery) -> None:
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.warning("worker %s ignored a malformed control message: %s", self.name, exc)
+            return
+        if not isinstance(msg, messages.Control):
+            return
+        if msg.target is not None and msg.target != self.name:
+            return
+        if msg.command == "ping" and msg.reply_to:
+            info = messages.WorkerInfo(
+                self.name,
+                socket.gethostname(),
+                os.getpid(),
+                self.queues,
+                self.in_flight,
+                time.monotonic() - self._last_heartbeat,
+                self.started_at,
+            )
+            await self._publish_quietly(msg.reply_to, info.encode())
+        elif msg.command == "terminate":
+            log.warning("worker %s asked to terminate: draining", self.name)
+            self.terminated.set()
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
+    if seconds is None:
+        return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 class _StepFailure(Exception):
@@ -389,3 +543,6 @@ class _StepFailure(Exception):
     def __init__(self, info: ErrorInfo) -> None:
         super().__init__(info.message)
         self.info = info
+
+
+__all__ = ["CONTROL_TOPIC", "Worker", "WorkerConfig", "default_worker_name", "step_queue"]

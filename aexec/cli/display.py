@@ -70,6 +70,7 @@ class LiveDisplay:
 
     def __init__(self, stream: TextIO, *, title: str, total: int) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -80,6 +81,7 @@ class LiveDisplay:
         )
 
         self._console = Console(file=stream)
+        self._escape = escape
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -119,10 +121,11 @@ class LiveDisplay:
         elif event.kind is EventKind.STEP_RETRYING:
             if key is not None:
                 self._running.discard(key)
+            error = event.data.get("error")
+            reason = str(ErrorInfo.from_dict(error)) if isinstance(error, dict) else ""
             self._console.print(
-                f"[yellow]step {key!r} attempt {event.attempt} failed, retrying[/]: "
-                f"{event_message(event)}",
-                markup=True,
+                f"[yellow]step {self._escape(repr(key))} attempt {event.attempt} failed, "
+                f"retrying[/] {self._escape(_one_line(reason))}",
                 highlight=False,
             )
         else:
@@ -220,8 +223,11 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
     return table(["RUN ID", "PIPELINE", "STATUS", "CREATED", "DURATION"], rows)
 
 
-def run_details(run: RunRecord, steps: Sequence[StepRecord]) -> str:
-    """The header of a run and a table of its steps, for ``runs show``."""
+def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None = None) -> str:
+    """The header of a run and a table of its steps, for ``runs show``.
+
+    ``result`` is the run's result as JSON text, if it has one; it is clipped to a line.
+    """
     header = [
         ("run", run.run_id),
         ("pipeline", run.pipeline),
@@ -233,6 +239,8 @@ def run_details(run: RunRecord, steps: Sequence[StepRecord]) -> str:
         ("finished", format_time(run.finished_at)),
         ("duration", format_seconds(duration(run))),
     ]
+    if result is not None:
+        header.append(("result", _clip(result, 200)))
     if run.error:
         header.append(("error", _one_line(run.error)))
     width = max(len(label) for label, _ in header)

@@ -328,10 +328,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Only the result or the report goes to stdout: whatever user code prints, on import
     # or in a step, goes to stderr.
     sys.stdout = sys.stderr
+    cancelled: list[str] = []
     try:
         module = load_file(args.file)
         pipeline = choose_pipeline(module, args.file, args.pipeline)
-        return run_async(_run(pipeline, params, settings, args, out))
+        return run_async(_run(pipeline, params, settings, args, out, cancelled))
+    except KeyboardInterrupt:
+        what = f"run {cancelled[0][:8]} cancelled" if cancelled else "no run started"
+        sys.stderr.write(f"{PROG}: interrupted: {what}\n")
+        return EXIT_INTERRUPTED
     finally:
         sys.stdout = out
 
@@ -342,14 +347,15 @@ async def _run(
     settings: Settings,
     args: argparse.Namespace,
     out: TextIO,
+    cancelled: list[str],
 ) -> int:
+    """Submit and follow the run; on cancellation (Ctrl-C) cancel it, note its id, re-raise."""
     import asyncio
 
     from aexec.cli.display import (
         dump_json,
         open_display,
         run_summary_line,
-        short_id,
         step_failure_lines,
     )
     from aexec.cli.report import jsonable, run_report
@@ -377,7 +383,7 @@ async def _run(
             record = await run.wait()
         except asyncio.CancelledError:
             await run.cancel()
-            sys.stderr.write(f"{PROG}: interrupted: run {short_id(run.run_id)} cancelled\n")
+            cancelled.append(run.run_id)
             raise
         steps = await ex.get_steps(run.run_id)
         succeeded = record.status is RunStatus.SUCCEEDED
@@ -453,11 +459,8 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(dump_json(run_report(record, steps, result)) + "\n")
     else:
-        text = run_details(record, steps)
-        if result is not None:
-            head, sep, rest = text.partition("\n\n")
-            text = f"{head}\nresult:   {_clip(dump_json(jsonable(result)), 200)}{sep}{rest}"
-        sys.stdout.write(text + "\n")
+        shown = None if result is None else dump_json(jsonable(result))
+        sys.stdout.write(run_details(record, steps, shown) + "\n")
     return EXIT_OK
 
 
@@ -492,9 +495,6 @@ async def _find_run(ex: Executor, run_id: str) -> RunRecord:
     except StoreError as exc:  # an ambiguous prefix
         raise UsageError(str(exc)) from exc
     if record is None:
-        raise UsageError(f"no run matches {run_id!r}")
+        hint = " (a prefix needs at least 4 characters)" if len(run_id) < 4 else ""
+        raise UsageError(f"no run matches {run_id!r}{hint}")
     return record
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

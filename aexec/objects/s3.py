@@ -137,7 +137,8 @@ class S3ObjectStore:
         return f"s3://{self._bucket}/{self._prefix}" if self._prefix else f"s3://{self._bucket}"
 
     def __repr__(self) -> str:
-        endpoint = f", endpoint_url={self._endpoint_url!r}" if self._endpoint_url else ""
+        endpoint = self._endpoint_url and _without_password(self._endpoint_url)
+        endpoint = f", endpoint_url={endpoint!r}" if endpoint else ""
         return f"S3ObjectStore({self.url!r}{endpoint})"
 
     async def open(self) -> None:
@@ -274,6 +275,13 @@ class S3ObjectStore:
 
 def _drop_expect_header(params: dict[str, Any], **kwargs: Any) -> None:
     params.get("headers", {}).pop("Expect", None)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def _error_code(exc: ClientError) -> str:

@@ -13,6 +13,8 @@ Semantics every adapter keeps:
   away; ``reject(requeue=False)`` dead-letters it to :data:`DEAD_LETTER_QUEUE`.
 * Higher ``priority`` (0..max_priority) is delivered first among waiting messages.
 * At most ``prefetch`` deliveries per consumer are unacked at a time.
+* ``broadcast(topic, body)`` reaches every current ``subscribe(topic, ...)`` handler once
+  (fire-and-forget control traffic: nothing is kept for subscribers that come later).
 """
 
 from __future__ import annotations
@@ -60,3 +62,7 @@ class Transport(Protocol):
     async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None: ...
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...
+
+    async def broadcast(self, topic: str, body: bytes) -> None: ...
+
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...

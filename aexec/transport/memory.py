@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from aexec.errors import TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Handler
+from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Delivery, Handler
 
 
 @dataclass(slots=True)
@@ -108,6 +108,19 @@ class _Subscription:
         await self._consumer.cancel()
 
 
+class _TopicSubscription:
+    __slots__ = ("_consumer", "_topic")
+
+    def __init__(self, consumer: _Consumer, topic: list[_Queue]) -> None:
+        self._consumer = consumer
+        self._topic = topic
+
+    async def cancel(self) -> None:
+        if self._consumer.queue in self._topic:
+            self._topic.remove(self._consumer.queue)
+        await self._consumer.cancel()
+
+
 class MemoryTransport:
     """A broker in this process.  One instance is one broker: share it between peers."""
 
@@ -115,6 +128,7 @@ class MemoryTransport:
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count()
         self._wakes: dict[_Consumer, asyncio.Event] = {}
+        self._topics: dict[str, list[_Queue]] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -169,6 +183,29 @@ class MemoryTransport:
         q.consumers.append(consumer)
         self._dispatch(q)
         return _Subscription(consumer)
+
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        for q in list(self._topics.get(topic, ())):
+            self._push(q, body, 0, False)
+            self._dispatch(q)
+
+    async def subscribe(self, topic: str, handler: Handler) -> _TopicSubscription:
+        """Every broadcast on ``topic`` reaches ``handler`` once, as an auto-acked delivery."""
+        q = _Queue(f"broadcast.{topic}.{next(self._seq)}", 0)
+        self._topics.setdefault(topic, []).append(q)
+
+        async def deliver(delivery: Delivery) -> None:
+            await delivery.ack()
+            await handler(delivery)
+
+        consumer = _Consumer(self, q, deliver, 100)
+        wake = asyncio.Event()
+        self._wakes[consumer] = wake
+        consumer.task = asyncio.get_running_loop().create_task(
+            consumer.pump(wake), name=f"aexec-memory-subscriber-{topic}"
+        )
+        q.consumers.append(consumer)
+        return _TopicSubscription(consumer, self._topics[topic])
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting (not delivered) in ``queue``."""

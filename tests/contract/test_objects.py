@@ -412,15 +412,18 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_REGION", "us-east-1")
 
 
-@pytest.fixture(params=["refused", "silent"])
-async def unreachable_endpoint(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """An http endpoint on 127.0.0.1 where nothing listens, or that never answers."""
-    if request.param == "refused":
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-        return
+@pytest.fixture
+def refused_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def silent_endpoint() -> AsyncIterator[str]:
+    """An http endpoint that accepts connections, then neither reads nor answers."""
     writers: list[asyncio.StreamWriter] = []
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -437,33 +440,62 @@ async def unreachable_endpoint(request: pytest.FixtureRequest) -> AsyncIterator[
         await server.wait_closed()
 
 
-SHORT = S3Timeouts(connect=0.5, read=0.5, max_attempts=2)
+@pytest.fixture(params=["refused", "silent"])
+def unreachable_endpoint(
+    request: pytest.FixtureRequest, refused_endpoint: str, silent_endpoint: str
+) -> str:
+    return refused_endpoint if request.param == "refused" else silent_endpoint
+
+
+SHORT = S3Timeouts(connect=0.5, read=0.5, max_attempts=2, call=3.0)
 
 
 @pytest.mark.s3
 async def test_s3_unreachable_endpoint_fails_within_the_timeouts(
     fake_aws: None, unreachable_endpoint: str
 ) -> None:
-    store = S3ObjectStore("bucket", "p", endpoint_url=unreachable_endpoint, timeouts=SHORT)
+    store = S3ObjectStore(
+        "bucket", "p", endpoint_url=unreachable_endpoint, multipart_threshold=MiB, timeouts=SHORT
+    )
+    operations = {
+        "put": lambda: store.put("k", b"v"),
+        "multipart put": lambda: store.put("big", bytes(2 * MiB)),
+        "get": lambda: store.get("k"),
+        "delete": lambda: store.delete("k"),
+    }
+    await store.open()
+    try:
+        for name, operation in operations.items():
+            started = time.monotonic()
+            async with asyncio.timeout(10):  # a hang fails the test instead of the run
+                with pytest.raises(ObjectStoreError) as caught:
+                    await operation()
+            assert time.monotonic() - started < 5, name
+            message = str(caught.value)
+            assert "\n" not in message
+            assert "testing-secret-value" not in message
+            assert not isinstance(caught.value, ObjectNotFoundError)
+    finally:
+        await store.close()
+
+
+@pytest.mark.s3
+async def test_s3_upload_to_a_peer_that_stops_reading_fails_within_the_call_timeout(
+    fake_aws: None, silent_endpoint: str
+) -> None:
+    timeouts = S3Timeouts(connect=0.5, read=30.0, max_attempts=1, call=1.0)
+    store = S3ObjectStore(
+        "bucket", endpoint_url=silent_endpoint, multipart_threshold=64 * MiB, timeouts=timeouts
+    )
     await store.open()
     started = time.monotonic()
     try:
-        async with asyncio.timeout(15):  # a hang fails the test instead of blocking the run
-            operations = (
-                lambda: store.put("k", b"v"),
-                lambda: store.get("k"),
-                lambda: store.delete("k"),
-            )
-            for operation in operations:
-                with pytest.raises(ObjectStoreError) as caught:
-                    await operation()
-                message = str(caught.value)
-                assert "\n" not in message
-                assert "testing-secret-value" not in message
-                assert not isinstance(caught.value, ObjectNotFoundError)
+        async with asyncio.timeout(10):  # a hang fails the test instead of the run
+            with pytest.raises(ObjectStoreError, match="no answer within 1s"):
+                await store.put("k", bytes(48 * MiB))  # far more than the socket buffers hold
     finally:
         await store.close()
-    assert time.monotonic() - started < 12
+    assert time.monotonic() - started < 5
 
 
 def test_s3_from_url_takes_bucket_and_prefix(fake_aws: None) -> None:
@@ -507,3 +539,6 @@ def test_s3_repr_names_the_location_but_no_credentials(fake_aws: None) -> None:
     text = repr(S3ObjectStore("b", "p", endpoint_url="http://127.0.0.1:9000"))
     assert "s3://b/p" in text
     assert "testing" not in text
+    text = repr(S3ObjectStore("b", endpoint_url="http://user:hunter2@minio:9000"))
+    assert "hunter2" not in text
+    assert "minio:9000" in text

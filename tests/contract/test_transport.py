@@ -23,7 +23,7 @@ from aexec.errors import ConfigError, TransportError
 from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Transport
 from aexec.transport.amqp import AmqpTransport, from_url
 from aexec.transport.memory import MemoryTransport
-from tests.plugins.rabbitmq import close_connections
+from tests.plugins.rabbitmq import close_connections, delete_queues
 
 WAIT = 10.0  # bound on every wait for something that should happen
 QUIET = 0.3  # how long to watch for something that should not happen
@@ -413,19 +413,41 @@ async def test_after_the_connection_is_forced_closed_publishing_and_consuming_re
         assert await close_connections(amqp_prefix) == 1
 
         await publish_with_retry(transport, "work", b"after")
-        # The consumer was restored: the unacked delivery comes back, then the new message.
-        deliveries = await held.wait_for(3)
-        assert [(d.body, d.redelivered) for d in deliveries[1:]] == [
-            (b"before", True),
-            (b"after", False),
-        ]
+        # The consumer was restored with its prefetch of 1: the unacked delivery comes back
+        # first, and the new message once that one is acked.
+        again = (await held.wait_for(2))[1]
+        assert (again.body, again.redelivered) == (b"before", True)
         with pytest.raises(TransportError, match="redeliver"):
             await stale.ack()  # its channel is gone; the broker already requeued it
-        await deliveries[1].ack()
-        await deliveries[2].ack()
+        await again.ack()
+        after = (await held.wait_for(3))[2]
+        assert (after.body, after.redelivered) == (b"after", False)
+        await after.ack()
         # Topology and the publish channel are intact too: undeclared queues still raise.
         with pytest.raises(TransportError, match="not routed"):
             await transport.publish("nowhere", b"x")
+    finally:
+        await transport.delete_queues()
+        await transport.close()
+
+
+@pytest.mark.rabbitmq
+async def test_queues_deleted_behind_the_transports_back_are_declared_again_on_reconnect(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        await transport.consume("work", reject_all, prefetch=1)
+        dead = Inbox()
+        await transport.consume(DEAD_LETTER_QUEUE, dead, prefetch=1)
+        names = [transport.broker_name(q) for q in ("work", DEAD_LETTER_QUEUE)]
+        await delete_queues(amqp_url, names)
+        await close_connections(amqp_prefix)
+
+        await publish_with_retry(transport, "work", b"lost and found")
+        assert [d.body for d in await dead.wait_for(1)] == [b"lost and found"]
     finally:
         await transport.delete_queues()
         await transport.close()

@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.services import port_open, service_unavailable
-
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0  # seconds for moto to answer on its port
 STOP_TIMEOUT = 10.0
@@ -54,6 +52,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str] | str:
     """The running server and its endpoint, or the reason it could not start."""
+    from tests.plugins.services import port_open  # late: ``-p tests.plugins.s3`` must work
+
     port = _free_port()
     with log_path.open("wb") as log:
         try:
@@ -82,6 +82,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     started = _start_moto(log_path)
     if isinstance(started, str):
+        from tests.plugins.services import service_unavailable
+
         service_unavailable(started)
         raise AssertionError("unreachable")  # service_unavailable always raises
     process, endpoint = started

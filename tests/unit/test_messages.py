@@ -1,0 +1,272 @@
+"""Wire messages: every kind round-trips; anything malformed is a CodecError, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aexec import codec, messages
+from aexec.errors import CodecError
+from aexec.messages import (
+    Completion,
+    Control,
+    Heartbeat,
+    Progress,
+    StepMessage,
+    WorkerInfo,
+)
+from aexec.types import ErrorInfo
+
+STEP = StepMessage(
+    run_id="run-1",
+    step_key="render_2",
+    attempt=3,
+    name="render",
+    call=codec.encode([[codec.Slot(0)], {"size": 512}]),
+    inputs=[codec.encode(b"scene"), codec.encode(codec.ObjectRef("outputs/r/s/1"))],
+    timeout=600.0,
+    reply_to="aexec.replies.coordinator-1",
+)
+DONE_OK = Completion("run-1", "render_2", 3, codec.encode(b"png"), None, "w1", 10.0, 12.5)
+DONE_ERROR = Completion(
+    "run-1", "render_2", 3, None, ErrorInfo("ValueError", "bad", "Traceback...", False), "w1",
+    10.0, 12.5,
+)  # fmt: skip
+
+EXAMPLES: dict[str, Any] = {
+    "step": STEP,
+    "step without timeout or inputs": StepMessage("r", "k", 1, "n", b"\x92\x90\x80", [], None, "q"),
+    "completion with output": DONE_OK,
+    "completion with error": DONE_ERROR,
+    "completion with empty output": Completion("r", "k", 0, b"", None, "w", 0.0, 0.0),
+    "progress": Progress("run-1", "k", 1, "w1", 11.0, 0.5, "half way"),
+    "progress started": Progress("run-1", "k", 1, "w1", 11.0),
+    "heartbeat": Heartbeat("w1", 13.0, [("run-1", "a", 1), ("run-2", "b", 4)]),
+    "heartbeat idle": Heartbeat("w1", 13.0, []),
+    "control ping": Control("ping", None, "reply-queue"),
+    "control terminate": Control("terminate", "w1"),
+    "worker info": WorkerInfo("w1", "host", 1234, ["default", "gpu"], 2, 0.5, 100.0),
+}
+
+
+@pytest.mark.parametrize("message", EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_every_message_kind_round_trips(message: Any) -> None:
+    decoded = messages.decode(message.encode())
+    assert decoded == message
+    assert type(decoded) is type(message)
+
+
+def test_integer_times_decode_as_floats() -> None:
+    body = msgpack.packb([1, "done", "r", "k", 1, b"", None, "w", 10, 12])
+    decoded = messages.decode(body)
+    assert isinstance(decoded, Completion)
+    assert (decoded.started_at, decoded.finished_at) == (10.0, 12.0)
+    assert isinstance(decoded.started_at, float)
+
+
+def test_a_step_message_carries_no_dag() -> None:
+    # One attempt of one step: a small array whose size does not depend on the plan.
+    assert len(msgpack.unpackb(STEP.encode())) == 10
+
+
+def test_a_malformed_error_record_still_reports_a_failure() -> None:
+    body = msgpack.packb([1, "done", "r", "k", 1, None, ["only", "two"], "w", 1.0, 2.0])
+    decoded = messages.decode(body)
+    assert isinstance(decoded, Completion)
+    assert decoded.output is None
+    assert decoded.error is not None
+    assert decoded.error.type == "MalformedError"
+    assert decoded.error.retryable is False
+
+
+def packed(*fields: Any) -> bytes:
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+def step_fields(**changes: Any) -> list[Any]:
+    fields = {
+        "v": 1,
+        "kind": "step",
+        "run_id": "r",
+        "key": "k",
+        "attempt": 1,
+        "name": "n",
+        "call": b"",
+        "inputs": [],
+        "timeout": None,
+        "reply_to": "q",
+    }
+    fields.update(changes)
+    return list(fields.values())
+
+
+def done_fields(**changes: Any) -> list[Any]:
+    fields = {
+        "v": 1,
+        "kind": "done",
+        "run_id": "r",
+        "key": "k",
+        "attempt": 1,
+        "output": b"",
+        "error": None,
+        "worker": "w",
+        "started": 1.0,
+        "finished": 2.0,
+    }
+    fields.update(changes)
+    return list(fields.values())
+
+
+def test_the_field_helpers_build_valid_messages() -> None:
+    assert isinstance(messages.decode(packed(*step_fields())), StepMessage)
+    assert isinstance(messages.decode(packed(*done_fields())), Completion)
+
+
+MALFORMED: dict[str, bytes] = {
+    "empty": b"",
+    "not msgpack": b"\xc1",
+    "truncated": STEP.encode()[:-4],
+    "trailing bytes": DONE_OK.encode() + b"\x00",
+    "invalid utf-8": b"\x92\x01\xa4\xff\xfe\xfd\xfc",  # [1, <4 bytes of bad UTF-8>]
+    "not a list": msgpack.packb({"v": 1, "kind": "step"}),
+    "a bare string": msgpack.packb("step"),
+    "too short": packed(1),
+    "no kind": packed(),
+    "wrong version": packed(*step_fields(v=2)),
+    "version as a string": packed(*step_fields(v="1")),
+    "unknown kind": packed(*step_fields(kind="launch")),
+    "kind of wrong type": packed(*step_fields(kind=["step"])),
+    "wrong length": packed(*step_fields()[:-1]),
+    "one field too many": packed(*step_fields(), "extra"),
+    "run id not a string": packed(*step_fields(run_id=5)),
+    "step key not a string": packed(*step_fields(key=b"k")),
+    "attempt not an int": packed(*step_fields(attempt="1")),
+    "attempt a bool": packed(*step_fields(attempt=True)),
+    "attempt negative": packed(*step_fields(attempt=-1)),
+    "attempt a float": packed(*step_fields(attempt=1.0)),
+    "name not a string": packed(*step_fields(name=None)),
+    "call not bytes": packed(*step_fields(call="call")),
+    "inputs not a list": packed(*step_fields(inputs=b"")),
+    "inputs not bytes": packed(*step_fields(inputs=[b"", "x"])),
+    "timeout not a number": packed(*step_fields(timeout="10")),
+    "timeout a bool": packed(*step_fields(timeout=True)),
+    "reply_to not a string": packed(*step_fields(reply_to=None)),
+    "extension in the envelope": packed(*step_fields(call=msgpack.ExtType(5, b"x"))),
+    "extension nested in the envelope": packed(*step_fields(inputs=[msgpack.ExtType(1, b"")])),
+    "codec extension in the envelope": packed(
+        *step_fields(run_id=msgpack.ExtType(codec.EXT_REF, b"k"))
+    ),
+    "timestamp extension in the envelope": packed(*step_fields(run_id=msgpack.Timestamp(1, 0))),
+    "non-string map key": msgpack.packb([1, "step", {1: 2}]),
+    "completion with output and error": packed(
+        *done_fields(output=b"", error=["E", "m", "", True])
+    ),
+    "completion with neither output nor error": packed(*done_fields(output=None, error=None)),
+    "completion output not bytes": packed(*done_fields(output="text")),
+    "completion worker not a string": packed(*done_fields(worker=1)),
+    "completion started not a number": packed(*done_fields(started="now")),
+    "completion finished a bool": packed(*done_fields(finished=False)),
+    "progress message not a string": packed(1, "progress", "r", "k", 1, "w", 1.0, 0.5, 5),
+    "progress fraction not a number": packed(1, "progress", "r", "k", 1, "w", 1.0, "half", None),
+    "progress ts missing": packed(1, "progress", "r", "k", 1, "w", None, None, None),
+    "heartbeat running not a list": packed(1, "heartbeat", "w", 1.0, "r"),
+    "heartbeat entry too short": packed(1, "heartbeat", "w", 1.0, [["r", "k"]]),
+    "heartbeat attempt not an int": packed(1, "heartbeat", "w", 1.0, [["r", "k", "1"]]),
+    "heartbeat attempt a bool": packed(1, "heartbeat", "w", 1.0, [["r", "k", True]]),
+    "heartbeat attempt negative": packed(1, "heartbeat", "w", 1.0, [["r", "k", -1]]),
+    "heartbeat worker not a string": packed(1, "heartbeat", None, 1.0, []),
+    "control unknown command": packed(1, "control", "reboot", None, None),
+    "control command unhashable": packed(1, "control", ["ping"], None, None),
+    "control target not a string": packed(1, "control", "ping", 5, None),
+    "worker info queues not strings": packed(1, "worker_info", "w", "h", 1, [1], 0, 0.0, 0.0),
+    "worker info pid not an int": packed(1, "worker_info", "w", "h", "1", [], 0, 0.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_bodies_raise_codec_error(body: bytes) -> None:
+    with pytest.raises(CodecError):
+        messages.decode(body)
+
+
+def test_oversized_body_is_refused_before_decoding() -> None:
+    body = bytes(messages.MAX_BODY + 1)  # would not decode anyway: the size check comes first
+    with pytest.raises(CodecError, match="exceeds"):
+        messages.decode(body)
+
+
+def test_codec_error_names_the_problem() -> None:
+    with pytest.raises(CodecError, match="attempt"):
+        messages.decode(packed(*step_fields(attempt="x")))
+    with pytest.raises(CodecError, match="version"):
+        messages.decode(packed(*step_fields(v=9)))
+
+
+# -- fuzzing ---------------------------------------------------------------------------
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+)
+structures = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+kinds = st.sampled_from(["step", "done", "progress", "heartbeat", "control", "worker_info", "x"])
+# Arrays shaped like messages (right version and kind, random fields) reach the validators.
+message_like = st.builds(
+    lambda version, kind, fields: [version, kind, *fields],
+    st.sampled_from([1, 1, 1, 0, "1"]),
+    kinds,
+    st.lists(structures, max_size=10),
+)
+
+
+def decode_or_codec_error(body: bytes) -> None:
+    try:
+        message = messages.decode(body)
+    except CodecError:
+        return
+    assert isinstance(
+        message, StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo
+    )
+    # Anything accepted encodes again to a body that decodes to the same message.
+    again = messages.decode(message.encode())
+    assert repr(again) == repr(message)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_codec_error(body: bytes) -> None:
+    decode_or_codec_error(body)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(structures | message_like)
+def test_arbitrary_msgpack_structures_decode_or_raise_codec_error(value: Any) -> None:
+    decode_or_codec_error(msgpack.packb(value, use_bin_type=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(list(EXAMPLES.values())), st.data())
+def test_mutated_valid_messages_decode_or_raise_codec_error(
+    message: Any, data: st.DataObject
+) -> None:
+    body = bytearray(message.encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(body) - 1))
+        body[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    decode_or_codec_error(bytes(body[:cut]))
