@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -22,6 +23,10 @@ _ENV = {
     "inline_threshold": "AEXEC_INLINE_THRESHOLD",
     "concurrency": "AEXEC_CONCURRENCY",
     "heartbeat_interval": "AEXEC_HEARTBEAT_INTERVAL",
+    "worker_timeout": "AEXEC_WORKER_TIMEOUT",
+    "ack_after": "AEXEC_ACK_AFTER",
+    "queue_prefix": "AEXEC_QUEUE_PREFIX",
+    "remote": "AEXEC_REMOTE",
 }
 
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
@@ -44,6 +49,10 @@ class Settings:
     concurrency: int = 100
     thread_pool_size: int = 0  # 0: min(32, cpu_count + 4)
     heartbeat_interval: float = 1.0
+    worker_timeout: float = 10.0  # a worker silent this long loses its running steps
+    ack_after: float = 10.0  # a step running this long is acked and protected by heartbeats
+    queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
+    remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
     fail_fast: bool = False
 
     def __post_init__(self) -> None:
@@ -56,6 +65,10 @@ class Settings:
             raise ConfigError("concurrency must be >= 1")
         if self.heartbeat_interval <= 0:
             raise ConfigError("heartbeat_interval must be > 0")
+        if self.worker_timeout <= self.heartbeat_interval:
+            raise ConfigError("worker_timeout must be longer than heartbeat_interval")
+        if self.remote and self.embedded:
+            raise ConfigError("submitting to a remote coordinator needs a broker (--broker)")
 
     @property
     def embedded(self) -> bool:
@@ -139,7 +152,10 @@ def _coerce(key: str, value: Any, settings: Settings) -> Any:
 def _check_url(what: str, url: str | None, schemes: tuple[str, ...]) -> None:
     if url is None:
         return
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise ConfigError(f"invalid {what} URL {redact(url)!r}") from None
     if scheme not in schemes:
         raise ConfigError(
             f"unsupported {what} URL {redact(url)!r}: scheme must be one of "
@@ -149,7 +165,10 @@ def _check_url(what: str, url: str | None, schemes: tuple[str, ...]) -> None:
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***`` (credentials never reach logs)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparseable: hide all of the user information
+        return re.sub(r"(?<=://)[^/?#]*@", "***@", url, count=1)
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)

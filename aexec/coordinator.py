@@ -19,18 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aexec import codec, messages
-from aexec.errors import AexecError, CodecError, StoreError, TransportError
-from aexec.events import Event, EventKind
+from aexec.errors import AexecError, CodecError, PlanError, StoreError, TransportError
+from aexec.events import Event, EventKind, to_record
 from aexec.plan import MAX_PRIORITY, Plan
 from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
 from aexec.store import RunRecord, Store
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, RunStatus, StepStatus
-from aexec.worker import step_queue
+from aexec.worker import CONTROL_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
 
 _END = object()
+
+SUBMIT_QUEUE = "coordinator.submit"
+"""Library clients submit runs here; every coordinator service consumes it."""
+COORDINATOR_TOPIC = "coordinators"
+"""Broadcast commands for coordinators (cancel a run, wherever it is driven)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +48,23 @@ class CoordinatorConfig:
     retry_backoff: float = 0.05  # first wait when the store or broker is unavailable
     retry_backoff_max: float = 5.0
     durable_replies: bool = True
+    worker_timeout: float = 10.0  # a worker silent this long has lost its running steps
 
 
 class ActiveRun:
     """A run this coordinator drives: its schedule, waiters and event subscribers."""
 
-    __slots__ = ("created_at", "done", "plan", "priority", "run_id", "state", "subscribers")
+    __slots__ = (
+        "created_at",
+        "done",
+        "notify",
+        "plan",
+        "priority",
+        "run_id",
+        "running_on",
+        "state",
+        "subscribers",
+    )
 
     def __init__(self, run_id: str, plan: Plan, priority: int, state: RunState) -> None:
         self.run_id = run_id
@@ -58,6 +74,8 @@ class ActiveRun:
         self.created_at = time.time()
         self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
         self.subscribers: list[asyncio.Queue[Any]] = []
+        self.running_on: dict[int, str] = {}  # step index → the worker that reported it
+        self.notify: str | None = None  # a remote client's queue for this run's events
 
     @property
     def status(self) -> RunStatus:
@@ -86,8 +104,11 @@ class Coordinator:
         self._declared: set[str] = set()
         self._timers: set[asyncio.TimerHandle] = set()
         self._subscription: Subscription | None = None
+        self._submissions: Subscription | None = None
+        self._commands: Subscription | None = None
         self._scheduler: asyncio.Task[None] | None = None
-        self.workers_seen: dict[str, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+        self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -100,18 +121,29 @@ class Coordinator:
         self._subscription = await self.transport.consume(
             self.reply_queue, self._on_reply, prefetch=self.config.reply_prefetch
         )
-        self._scheduler = asyncio.get_running_loop().create_task(
+        self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
+        loop = asyncio.get_running_loop()
+        self._scheduler = loop.create_task(
             self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
         )
+        self._watchdog = loop.create_task(self._watch_workers(), name="aexec-worker-watchdog")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        await self.stop_accepting()
+        if self._commands is not None:
+            await self._commands.cancel()
+            self._commands = None
         if self._subscription is not None:
             await self._subscription.cancel()
             self._subscription = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.wait([self._watchdog])
+            self._watchdog = None
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.wait([self._scheduler])
@@ -129,6 +161,45 @@ class Coordinator:
         return len(self._runs)
 
     # -- submitting ------------------------------------------------------------------------
+
+    async def accept_submissions(self) -> None:
+        """Serve runs submitted by library clients through the broker."""
+        if self._submissions is None:
+            await self.transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
+            self._submissions = await self.transport.consume(
+                SUBMIT_QUEUE, self._on_submit, prefetch=16
+            )
+
+    async def stop_accepting(self) -> None:
+        if self._submissions is not None:
+            await self._submissions.cancel()
+            self._submissions = None
+
+    async def _on_submit(self, delivery: Delivery) -> None:
+        try:
+            msg = messages.decode(delivery.body)
+            if not isinstance(msg, messages.Submit):
+                raise CodecError(f"expected a submission, got a {type(msg).__name__} message")
+            plan = Plan.from_bytes(msg.plan)
+        except (CodecError, PlanError) as exc:
+            log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
+            await delivery.reject(requeue=False)
+            return
+        if msg.run_id not in self._runs and await self.store.get_run(msg.run_id) is None:
+            run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
+            run.notify = msg.notify
+        await delivery.ack()
+
+    async def _on_command(self, delivery: Delivery) -> None:
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.warning("coordinator ignored a malformed command: %s", exc)
+            return
+        if not isinstance(msg, messages.Control) or msg.command != "cancel":
+            return
+        if msg.run_id is not None and msg.run_id in self._runs:
+            await self.cancel(msg.run_id)
 
     async def submit(
         self, plan: Plan, *, priority: int = 0, run_id: str | None = None
@@ -156,8 +227,17 @@ class Coordinator:
         self._post(("start", run_id))
         return run
 
-    def cancel(self, run_id: str) -> None:
-        self._post(("cancel", run_id))
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a run: here if this coordinator drives it, else through the broadcast."""
+        if run_id in self._runs:
+            self._post(("cancel", run_id))
+            await self.transport.broadcast(
+                CONTROL_TOPIC, messages.Control("cancel", run_id=run_id).encode()
+            )
+        else:
+            await self.transport.broadcast(
+                COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
+            )
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Any] | None:
         """A queue receiving the run's events as they are committed, then an end marker."""
@@ -254,11 +334,17 @@ class Coordinator:
             await delivery.ack()
         for run, index, attempt in publish:
             await self._publish(run, index, attempt)
+        notify: dict[str, list[Event]] = {}
         for event in events:
             target = self._runs.get(event.run_id)
-            if target is not None and target.subscribers:
-                for queue in target.subscribers:
-                    queue.put_nowait(event)
+            if target is None:
+                continue
+            for queue in target.subscribers:
+                queue.put_nowait(event)
+            if target.notify is not None:
+                notify.setdefault(target.run_id, []).append(event)
+        for run_id, batch in notify.items():
+            await self._notify(self._runs[run_id], batch)
         for run in finished:
             self._runs.pop(run.run_id, None)
             for queue in run.subscribers:
@@ -295,6 +381,26 @@ class Coordinator:
             )
         elif kind == "cancel":
             self._apply_actions(run, run.state.cancel(), now, events, publish, finished)
+        elif kind == "lost":
+            _, _, index, attempt, worker = item
+            actions = run.state.lost_worker(index, attempt)
+            if actions is None:
+                return
+            run.running_on.pop(index, None)
+            error = ErrorInfo(
+                "WorkerLostError", f"worker {worker} stopped heartbeating while running this step"
+            )
+            events.append(
+                Event(
+                    EventKind.STEP_RETRYING,
+                    run_id,
+                    now,
+                    run.plan.steps[index].key,
+                    attempt,
+                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
+                )
+            )
+            self._apply_actions(run, actions, now, events, publish, finished, {"worker": worker})
 
     def _apply_completion(
         self,
@@ -312,6 +418,8 @@ class Coordinator:
             log.warning("completion for unknown step %r of run %s", msg.step_key, msg.run_id)
             return
         data: dict[str, Any] = {"worker": msg.worker, "started_at": msg.started_at}
+        if run.running_on and run.state.attempts[index] == msg.attempt:
+            run.running_on.pop(index, None)
         if msg.error is None:
             actions = run.state.succeeded(index, msg.attempt, msg.output)
             if actions is None:
@@ -334,13 +442,15 @@ class Coordinator:
         self._apply_actions(run, actions, msg.finished_at, events, publish, finished, data)
 
     def _apply_progress(self, msg: messages.Progress, events: list[Event]) -> None:
-        self.workers_seen[msg.worker] = msg.ts
+        self.workers_seen[msg.worker] = time.monotonic()
         run = self._runs.get(msg.run_id)
         if run is None:
             return
         index = run.plan.index.get(msg.step_key)
         if index is None or run.state.attempts[index] != msg.attempt:
             return
+        if not run.state.status[index].finished:
+            run.running_on[index] = msg.worker
         if run.state.started(index, msg.attempt):
             events.append(
                 Event(
@@ -363,13 +473,17 @@ class Coordinator:
             )
 
     def _apply_heartbeat(self, msg: messages.Heartbeat, events: list[Event]) -> None:
-        self.workers_seen[msg.worker] = msg.ts
+        self.workers_seen[msg.worker] = time.monotonic()
         for run_id, key, attempt in msg.running:
             run = self._runs.get(run_id)
             if run is None:
                 continue
             index = run.plan.index.get(key)
-            if index is not None and run.state.started(index, attempt):
+            if index is None or run.state.attempts[index] != attempt:
+                continue
+            if not run.state.status[index].finished:
+                run.running_on[index] = msg.worker
+            if run.state.started(index, attempt):
                 events.append(
                     Event(
                         EventKind.STEP_STARTED, run_id, msg.ts, key, attempt, {"worker": msg.worker}
@@ -457,6 +571,34 @@ class Coordinator:
             ts,
             data={"error": "failed steps: " + "; ".join(failed)},
         )
+
+    async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
+        """Send a remote client its run's events; a client that went away stops the sends."""
+        if run.notify is None:
+            return
+        body = messages.Events(run.run_id, [to_record(e) for e in events]).encode()
+        try:
+            await self.transport.publish(run.notify, body)
+        except TransportError as exc:
+            log.info("client of run %s is gone (%s); not notifying it any more", run.run_id, exc)
+            run.notify = None
+
+    async def _watch_workers(self) -> None:
+        """Re-dispatch the steps of workers whose heartbeats lapsed (a liveness timer)."""
+        timeout = self.config.worker_timeout
+        while True:
+            await asyncio.sleep(timeout / 4)
+            now = time.monotonic()
+            lapsed = {w for w, seen in self.workers_seen.items() if now - seen > timeout}
+            if not lapsed:
+                continue
+            for worker in lapsed:
+                del self.workers_seen[worker]
+                log.warning("worker %s stopped heartbeating; re-dispatching its steps", worker)
+            for run in list(self._runs.values()):
+                for index, worker in list(run.running_on.items()):
+                    if worker in lapsed:
+                        self._post(("lost", run.run_id, index, run.state.attempts[index], worker))
 
     def _schedule_retry(self, run_id: str, index: int, attempt: int, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -43,6 +43,18 @@ def _where() -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
+def _raise_site(exc: BaseException, default: str) -> str:
+    """``file:line`` of the innermost user frame in ``exc``'s traceback."""
+    site = default
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE_DIR):
+            site = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return site
+
+
 def _definition_error(message: str, where: str | None = None) -> DefinitionError:
     return DefinitionError(f"{where or _where()}: {message}")
 
@@ -481,6 +493,11 @@ class Pipeline:
             returned = self.fn(**bound)
         except AexecError:
             raise
+        except Exception as exc:
+            raise DefinitionError(
+                f"{_raise_site(exc, self.where)}: pipeline {self.name!r} raised while "
+                f"compiling: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             _BUILDER.reset(token)
         result_deps: dict[str, int] = {}

@@ -56,3 +56,24 @@ class Event:
             "attempt": self.attempt,
             "data": self.data,
         }
+
+
+def to_record(event: Event) -> list[Any]:
+    """The wire form of an event: ``[seq, ts, kind, step, attempt, data, output]``."""
+    return [
+        event.seq,
+        event.ts,
+        str(event.kind),
+        event.step,
+        event.attempt,
+        event.data,
+        event.output,
+    ]
+
+
+def from_record(run_id: str, record: list[Any]) -> Event:
+    """Inverse of :func:`to_record`; raises ValueError for a malformed record."""
+    seq, ts, kind, step, attempt, data, output = record
+    if not isinstance(data, dict) or (output is not None and not isinstance(output, bytes)):
+        raise ValueError("malformed event record")
+    return Event(EventKind(kind), run_id, float(ts), step, int(attempt), data, output, int(seq))

@@ -2,30 +2,37 @@
 
 ``Executor()`` is the embedded mode: in-memory transport, an in-process worker on the same
 event loop, the SQLite store and a directory for large outputs under ``AEXEC_HOME``.
-``Executor.from_url(broker="amqp://...")`` drives runs through RabbitMQ with workers
-elsewhere.  Either way it runs on the caller's event loop and starts no thread (sync steps
-of the embedded worker run in a bounded pool created on first use).
+``Executor.from_url(broker="amqp://...")`` embeds a coordinator that drives runs through
+RabbitMQ, with workers elsewhere; with ``remote=True`` it instead submits runs to a
+long-lived ``aexec coordinator`` and follows them through the broker.  Either way it runs
+on the caller's event loop and starts no thread (sync steps of the embedded worker run in
+a bounded pool created on first use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from aexec import codec
+from aexec import codec, messages
 from aexec.config import Settings
-from aexec.coordinator import ActiveRun, Coordinator, CoordinatorConfig
+from aexec.coordinator import SUBMIT_QUEUE, ActiveRun, Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
-from aexec.errors import AexecError, ConfigError, PlanError, RunFailed
-from aexec.events import Event
+from aexec.errors import AexecError, CodecError, ConfigError, PlanError, RunFailed
+from aexec.events import Event, EventKind, from_record
 from aexec.objects import ObjectStore
-from aexec.plan import Plan
+from aexec.plan import MAX_PRIORITY, Plan
 from aexec.store import RunRecord, StepRecord, Store
-from aexec.transport import Transport
-from aexec.types import RunStatus
+from aexec.transport import Delivery, Transport
+from aexec.types import ErrorInfo, RunStatus
 from aexec.worker import Worker, WorkerConfig
+
+_END = object()
 
 
 def make_store(url: str) -> Store:
@@ -58,31 +65,69 @@ def make_objects(url: str) -> ObjectStore:
     raise ConfigError(f"unsupported objects URL scheme {scheme}://")
 
 
-def make_transport(url: str | None) -> Transport:
+def make_transport(url: str | None, *, prefix: str | None = None) -> Transport:
+    """The transport for ``url``: in-memory for None or ``memory://``, else RabbitMQ.
+
+    ``prefix`` names every broker queue (``?prefix=`` in the URL wins over it).
+    """
     if url is None or url.startswith("memory:"):
         from aexec.transport.memory import MemoryTransport
 
         return MemoryTransport()
     from aexec.transport.amqp import AmqpTransport
 
+    parts = urlsplit(url)
+    if prefix is not None and "prefix" not in dict(parse_qsl(parts.query)):
+        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("prefix", prefix)])
+        url = urlunsplit(parts._replace(query=query))
     return AmqpTransport.from_url(url)
 
 
 class Run:
     """A submitted run: await its result, stream its events, cancel it."""
 
-    def __init__(self, executor: Executor, active: ActiveRun) -> None:
+    run_id: str
+    plan: Plan
+
+    @property
+    def status(self) -> RunStatus:
+        raise NotImplementedError
+
+    async def wait(self) -> RunRecord:
+        """Wait for the run to end; return its final record (never raises RunFailed)."""
+        raise NotImplementedError
+
+    async def result(self) -> Any:
+        """The pipeline's result; raises :class:`~aexec.errors.RunFailed` unless it succeeded."""
+        raise NotImplementedError
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event of the run, from its submission until its end."""
+        raise NotImplementedError
+
+    async def cancel(self) -> None:
+        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
+
+
+class LocalRun(Run):
+    """A run driven by the coordinator inside this executor."""
+
+    def __init__(self, executor: Executor, coordinator: Coordinator, active: ActiveRun) -> None:
         self._executor = executor
+        self._coordinator = coordinator
         self._active = active
         self.run_id = active.run_id
-        self.plan: Plan = active.plan
+        self.plan = active.plan
 
     @property
     def status(self) -> RunStatus:
         return self._active.status
 
     async def wait(self) -> RunRecord:
-        """Wait for the run to end; return its final record (never raises RunFailed)."""
         await asyncio.shield(self._active.done)
         record = await self._executor.get_run(self.run_id)
         if record is None:  # pragma: no cover - the store lost a run it acknowledged
@@ -90,20 +135,103 @@ class Run:
         return record
 
     async def result(self) -> Any:
-        """The pipeline's result; raises :class:`~aexec.errors.RunFailed` unless it succeeded."""
-        record = await self.wait()
-        return await self._executor.load_result(record)
+        return await self._executor.load_result(await self.wait())
 
     def events(self) -> AsyncIterator[Event]:
-        """Every event of the run, from its submission until its end."""
-        return self._executor._events(self.run_id)
+        return self._coordinator.events(self.run_id)
 
     async def cancel(self) -> None:
-        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
-        self._executor._cancel(self.run_id)
+        await self._coordinator.cancel(self.run_id)
 
-    def __repr__(self) -> str:
-        return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
+
+class RemoteRun(Run):
+    """A run submitted to a coordinator service; its events arrive through the broker."""
+
+    def __init__(self, executor: Executor, run_id: str, plan: Plan, priority: int) -> None:
+        self._executor = executor
+        self.run_id = run_id
+        self.plan = plan
+        self._record = RunRecord(
+            run_id,
+            plan.pipeline,
+            plan.digest,
+            RunStatus.PENDING,
+            priority,
+            plan.parameters,
+            created_at=time.time(),
+        )
+        self._history: list[Event] = []
+        self._errors: dict[str, ErrorInfo] = {}
+        self._listeners: list[asyncio.Queue[Any]] = []
+        self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+
+    @property
+    def status(self) -> RunStatus:
+        return self._record.status
+
+    def _receive(self, events: list[Event]) -> None:
+        record = self._record
+        for event in events:
+            if event.seq and self._history and event.seq <= self._history[-1].seq:
+                continue  # a redelivered batch
+            self._history.append(event)
+            kind = event.kind
+            if kind is EventKind.RUN_STARTED:
+                record.status, record.started_at = RunStatus.RUNNING, event.ts
+            elif kind is EventKind.STEP_FAILED and event.step is not None:
+                error = event.data.get("error")
+                if isinstance(error, dict):
+                    self._errors[event.step] = ErrorInfo.from_dict(error)
+            elif kind.ends_run:
+                record.finished_at = event.ts
+                record.status = {
+                    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
+                    EventKind.RUN_FAILED: RunStatus.FAILED,
+                    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
+                }[kind]
+                record.result = event.output
+                error = event.data.get("error")
+                record.error = error if isinstance(error, str) else None
+            for queue in self._listeners:
+                queue.put_nowait(event)
+        if record.status.finished and not self._done.done():
+            self._done.set_result(record)
+            for queue in self._listeners:
+                queue.put_nowait(_END)
+
+    async def wait(self) -> RunRecord:
+        return await asyncio.shield(self._done)
+
+    async def result(self) -> Any:
+        record = await self.wait()
+        if record.status is not RunStatus.SUCCEEDED:
+            raise RunFailed(
+                self.run_id,
+                str(record.status),
+                self._errors,
+                None if self._errors else f"run {self.run_id} {record.status}",
+            )
+        return await self._executor._decode_result(record.result)
+
+    async def events(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        history = list(self._history)
+        if not self._done.done():
+            self._listeners.append(queue)
+        try:
+            for event in history:
+                yield event
+            if self._done.done():
+                return
+            while (item := await queue.get()) is not _END:
+                if item not in history:
+                    yield item
+        finally:
+            if queue in self._listeners:
+                self._listeners.remove(queue)
+
+    async def cancel(self) -> None:
+        await self._executor._broadcast_cancel(self.run_id)
 
 
 class Executor:
@@ -120,6 +248,8 @@ class Executor:
         self._transport: Transport | None = None
         self._coordinator: Coordinator | None = None
         self._worker: Worker | None = None
+        self._notify_queue: str | None = None
+        self._remote_runs: dict[str, RemoteRun] = {}
         self._engine_lock = asyncio.Lock()
 
     @classmethod
@@ -140,16 +270,19 @@ class Executor:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            store = make_store(self.settings.store_url)
-            await store.open()
-            stack.push_async_callback(store.close)
+            if not self.settings.remote or self.settings.store is not None:
+                store = make_store(self.settings.store_url)
+                await store.open()
+                stack.push_async_callback(store.close)
+                self._store = store
             objects = make_objects(self.settings.objects_url)
             await objects.open()
             stack.push_async_callback(objects.close)
         except BaseException:
             await stack.aclose()
+            self._store = None
             raise
-        self._stack, self._store, self._objects = stack, store, objects
+        self._stack, self._objects = stack, objects
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -158,40 +291,44 @@ class Executor:
             return
         try:
             if self._coordinator is not None and self.settings.embedded:
-                await self._cancel_active()
+                await self._cancel_active(self._coordinator)
         finally:
             await stack.aclose()
             self._store = self._objects = self._transport = None
             self._coordinator = self._worker = None
 
-    async def _cancel_active(self) -> None:
-        coordinator = self._coordinator
-        assert coordinator is not None
+    async def _cancel_active(self, coordinator: Coordinator) -> None:
         pending = list(coordinator._runs.values())
         for run in pending:
-            coordinator.cancel(run.run_id)
-            if self._worker is not None:
-                self._worker.cancel_run(run.run_id)
+            await coordinator.cancel(run.run_id)
         if pending:
             await asyncio.wait([asyncio.shield(run.done) for run in pending], timeout=5.0)
+
+    async def _open_transport(self) -> Transport:
+        if self._transport is None:
+            stack = self._require_stack()
+            transport = make_transport(self.settings.broker, prefix=self.settings.queue_prefix)
+            await transport.open()
+            stack.push_async_callback(transport.close)
+            self._transport = transport
+        return self._transport
+
+    def _require_stack(self) -> contextlib.AsyncExitStack:
+        if self._stack is None:
+            raise AexecError("the executor is not open (use `async with Executor() as ex`)")
+        return self._stack
 
     async def _start_engine(self) -> Coordinator:
         async with self._engine_lock:
             if self._coordinator is not None:
                 return self._coordinator
-            stack, store = self._stack, self._store
-            if stack is None or store is None or self._objects is None:
-                raise AexecError("the executor is not open (use `async with Executor() as ex`)")
+            stack, store, objects = self._require_stack(), self.store, self.objects
             settings = self.settings
-            transport = make_transport(settings.broker)
-            await transport.open()
-            stack.push_async_callback(transport.close)
-            self._transport = transport
-            worker: Worker | None = None
+            transport = await self._open_transport()
             if settings.embedded:
                 worker = Worker(
                     transport,
-                    self._objects,
+                    objects,
                     None,
                     WorkerConfig(
                         name="embedded",
@@ -199,55 +336,98 @@ class Executor:
                         thread_pool_size=settings.thread_pool_size,
                         inline_threshold=settings.inline_threshold,
                         heartbeat_interval=settings.heartbeat_interval,
+                        ack_after=settings.ack_after,
                     ),
                 )
                 worker.add_steps(self._extra_steps)
-                # Exits run in reverse: the worker drains before the coordinator stops.
                 coordinator = Coordinator(
                     transport,
                     store,
-                    CoordinatorConfig(fail_fast=settings.fail_fast, durable_replies=False),
+                    CoordinatorConfig(
+                        fail_fast=settings.fail_fast,
+                        durable_replies=False,
+                        worker_timeout=settings.worker_timeout,
+                    ),
                     on_queue=worker.serve,
                 )
+                # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
                 await stack.enter_async_context(worker)
+                await worker.listen_for_control()
+                self._worker = worker
             else:
                 coordinator = Coordinator(
-                    transport, store, CoordinatorConfig(fail_fast=settings.fail_fast)
+                    transport,
+                    store,
+                    CoordinatorConfig(
+                        fail_fast=settings.fail_fast,
+                        worker_timeout=settings.worker_timeout,
+                    ),
                 )
                 await stack.enter_async_context(coordinator)
-            self._worker = worker
             self._coordinator = coordinator
             return coordinator
 
-    def _cancel(self, run_id: str) -> None:
-        self._require_coordinator().cancel(run_id)
-        if self._worker is not None:
-            self._worker.cancel_run(run_id)
+    async def _start_client(self) -> Transport:
+        async with self._engine_lock:
+            transport = await self._open_transport()
+            if self._notify_queue is None:
+                queue = f"client.{uuid.uuid4().hex[:12]}"
+                await transport.declare_queue(
+                    queue, max_priority=0, durable=False, auto_delete=True
+                )
+                await transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
+                subscription = await transport.consume(queue, self._on_events, prefetch=100)
+                self._require_stack().push_async_callback(subscription.cancel)
+                self._notify_queue = queue
+            return transport
 
-    def _require_coordinator(self) -> Coordinator:
-        if self._coordinator is None:
-            raise AexecError("no run has been submitted through this executor")
-        return self._coordinator
+    async def serve(self, stop: asyncio.Event, *, grace: float = 30.0) -> None:
+        """Be a coordinator service: drive runs submitted by clients until ``stop`` is set,
+        then stop accepting and let the runs in flight finish (for at most ``grace`` s)."""
+        if self.settings.embedded:
+            raise ConfigError("a coordinator service needs a broker (--broker amqp://...)")
+        coordinator = await self._start_engine()
+        await coordinator.accept_submissions()
+        await stop.wait()
+        await coordinator.stop_accepting()
+        pending = [run.done for run in coordinator._runs.values()]
+        if pending:
+            await asyncio.wait([asyncio.shield(done) for done in pending], timeout=grace)
 
     # -- submitting ------------------------------------------------------------------------
 
     async def submit(
-        self, pipeline: Pipeline | CompiledPipeline, /, *, priority: int = 0, **params: Any
+        self,
+        pipeline: Pipeline | CompiledPipeline,
+        /,
+        *,
+        priority: int = 0,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Run:
-        """Compile ``pipeline`` with ``params`` and start a run of it."""
+        """Compile ``pipeline`` with its parameters (``params`` and/or keyword arguments)
+        and start a run of it with ``priority`` (0..10)."""
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not (0 <= priority <= MAX_PRIORITY)
+        ):
+            raise PlanError(f"run priority must be an integer 0..{MAX_PRIORITY}, not {priority!r}")
+        values = {**(params or {}), **kwargs}
         if isinstance(pipeline, Pipeline):
-            compiled = pipeline.compile(**params)
-        elif params:
+            compiled = pipeline.compile(**values)
+        elif values:
             raise PlanError("parameters are bound at compile time: pass the Pipeline, not a plan")
         else:
             compiled = pipeline
+        if self.settings.remote:
+            return await self._submit_remote(compiled.plan, priority)
         coordinator = await self._start_engine()
         if self._worker is not None:
+            local = {s.name for s in self._extra_steps}
             missing = sorted(
-                name
-                for name, step in compiled.steps.items()
-                if step.fn is None and name not in {s.name for s in self._extra_steps}
+                n for n, s in compiled.steps.items() if s.fn is None and n not in local
             )
             if missing:
                 raise PlanError(
@@ -256,14 +436,45 @@ class Executor:
                 )
             self._worker.add_steps(compiled.steps.values())
         active = await coordinator.submit(compiled.plan, priority=priority)
-        return Run(self, active)
+        return LocalRun(self, coordinator, active)
+
+    async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
+        transport = await self._start_client()
+        run = RemoteRun(self, uuid.uuid4().hex, plan, priority)
+        self._remote_runs[run.run_id] = run
+        body = messages.Submit(run.run_id, plan.to_bytes(), priority, self._notify_queue).encode()
+        await transport.publish(SUBMIT_QUEUE, body)
+        return run
+
+    async def _on_events(self, delivery: Delivery) -> None:
+        await delivery.ack()
+        try:
+            msg = messages.decode(delivery.body)
+            if not isinstance(msg, messages.Events):
+                return
+            events = [from_record(msg.run_id, r) for r in msg.records]
+        except (CodecError, ValueError, TypeError):
+            return
+        run = self._remote_runs.get(msg.run_id)
+        if run is not None:
+            run._receive(events)
+            if run.status.finished:
+                self._remote_runs.pop(msg.run_id, None)
+
+    async def _broadcast_cancel(self, run_id: str) -> None:
+        from aexec.coordinator import COORDINATOR_TOPIC
+
+        transport = await self._open_transport()
+        await transport.broadcast(
+            COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise AexecError("the executor is not open (use `async with Executor() as ex`)")
+            raise AexecError("the executor has no open store (use `async with Executor() as ex`)")
         return self._store
 
     @property
@@ -295,28 +506,17 @@ class Executor:
                 raise AexecError(f"run {record.run_id} has not finished ({record.status})")
             steps = await self.store.get_steps(record.run_id)
             errors = {s.key: s.error for s in steps if s.error is not None and s.status == "failed"}
-            raise RunFailed(
-                record.run_id,
-                str(record.status),
-                errors,
-                None
-                if errors
-                else f"run {record.run_id} {record.status}: {record.error or ''}".strip(),
-            )
-        if record.result is None:
+            message = None if errors else f"run {record.run_id} {record.status}"
+            raise RunFailed(record.run_id, str(record.status), errors, message)
+        return await self._decode_result(record.result)
+
+    async def _decode_result(self, result: bytes | None) -> Any:
+        if result is None:
             return None
-        value, has_refs = codec.decode_with_refs(record.result)
+        value, has_refs = codec.decode_with_refs(result)
         if not has_refs:
             return value
         loaded = {}
         for ref in codec.collect_refs(value, []):
             loaded[ref.key] = codec.decode(await self.objects.get(ref.key))
         return codec.map_refs(value, lambda ref: loaded[ref.key])
-
-    async def _events(self, run_id: str) -> AsyncIterator[Event]:
-        if self._coordinator is not None:
-            async for event in self._coordinator.events(run_id):
-                yield event
-            return
-        for event in await self.store.get_events(run_id):
-            yield event

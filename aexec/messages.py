@@ -25,6 +25,8 @@ PROGRESS = "progress"
 HEARTBEAT = "heartbeat"
 CONTROL = "control"
 WORKER_INFO = "worker_info"
+SUBMIT = "submit"
+EVENTS = "events"
 
 
 @dataclass(slots=True)
@@ -139,18 +141,22 @@ class Heartbeat:
 
 @dataclass(slots=True)
 class Control:
-    """A command broadcast to workers: ``ping`` (answer with WorkerInfo) or ``terminate``.
+    """A command broadcast to workers or coordinators.
 
-    ``target`` is a worker name, or None for every worker.
+    ``ping`` (answer with WorkerInfo on ``reply_to``), ``terminate`` (drain and exit), or
+    ``cancel`` (stop the in-flight attempts of run ``run_id``).  ``target`` is a worker
+    name, or None for every one.
     """
 
     command: str
     target: str | None = None
     reply_to: str | None = None
+    run_id: str | None = None
 
     def encode(self) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]
-            [VERSION, CONTROL, self.command, self.target, self.reply_to], use_bin_type=True
+            [VERSION, CONTROL, self.command, self.target, self.reply_to, self.run_id],
+            use_bin_type=True,
         )
 
 
@@ -168,8 +174,17 @@ class WorkerInfo:
 
     def encode(self) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]
-            [VERSION, WORKER_INFO, self.name, self.host, self.pid, self.queues, self.in_flight,
-             self.heartbeat_age, self.started_at],
+            [
+                VERSION,
+                WORKER_INFO,
+                self.name,
+                self.host,
+                self.pid,
+                self.queues,
+                self.in_flight,
+                self.heartbeat_age,
+                self.started_at,
+            ],
             use_bin_type=True,
         )
 
@@ -185,7 +200,42 @@ class WorkerInfo:
         }
 
 
-Message = StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo
+@dataclass(slots=True)
+class Submit:
+    """A library client asks a coordinator service to run ``plan`` (its encoded bytes).
+
+    Events of the run are sent to ``notify`` (the client's queue) as they are recorded.
+    """
+
+    run_id: str
+    plan: bytes
+    priority: int
+    notify: str | None
+
+    def encode(self) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            [VERSION, SUBMIT, self.run_id, self.plan, self.priority, self.notify],
+            use_bin_type=True,
+        )
+
+
+@dataclass(slots=True)
+class Events:
+    """Recorded events of one run, for the client that submitted it.
+
+    Each record is ``[seq, ts, kind, step, attempt, data, output]``.
+    """
+
+    run_id: str
+    records: list[list[Any]]
+
+    def encode(self) -> bytes:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            [VERSION, EVENTS, self.run_id, self.records], use_bin_type=True
+        )
+
+
+Message = StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -278,27 +328,52 @@ def decode(body: bytes) -> Message:
             and isinstance(r[0], str)
             and isinstance(r[1], str)
             and isinstance(r[2], int)
+            and not isinstance(r[2], bool)
+            and r[2] >= 0
             for r in running
         ):
             raise CodecError("malformed message: heartbeat running list")
         return Heartbeat(
             _str(worker, "worker"), _num(ts, "ts"), [(r[0], r[1], r[2]) for r in running]
         )
-    if kind == CONTROL and len(m) == 5:
-        _, _, command, target, reply_to = m
-        if command not in ("ping", "terminate"):
+    if kind == CONTROL and len(m) == 6:
+        _, _, command, target, reply_to, run_id = m
+        if command not in ("ping", "terminate", "cancel"):
             raise CodecError(f"malformed message: unknown control command {command!r}")
         return Control(
             command,
             None if target is None else _str(target, "target"),
             None if reply_to is None else _str(reply_to, "reply_to"),
+            None if run_id is None else _str(run_id, "run id"),
         )
+    if kind == SUBMIT and len(m) == 6:
+        _, _, run_id, plan, priority, notify = m
+        if not isinstance(plan, bytes):
+            raise CodecError("malformed message: plan must be bytes")
+        return Submit(
+            _str(run_id, "run id"),
+            plan,
+            _int(priority, "priority"),
+            None if notify is None else _str(notify, "notify"),
+        )
+    if kind == EVENTS and len(m) == 4:
+        _, _, run_id, events = m
+        if not isinstance(events, list) or not all(
+            isinstance(e, list) and len(e) == 7 for e in events
+        ):
+            raise CodecError("malformed message: events must be a list of event records")
+        return Events(_str(run_id, "run id"), events)
     if kind == WORKER_INFO and len(m) == 9:
         _, _, name, host, pid, queues, in_flight, age, started = m
         if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
             raise CodecError("malformed message: worker queues must be a list of strings")
         return WorkerInfo(
-            _str(name, "name"), _str(host, "host"), _int(pid, "pid"), queues,
-            _int(in_flight, "in_flight"), _num(age, "heartbeat_age"), _num(started, "started_at"),
+            _str(name, "name"),
+            _str(host, "host"),
+            _int(pid, "pid"),
+            queues,
+            _int(in_flight, "in_flight"),
+            _num(age, "heartbeat_age"),
+            _num(started, "started_at"),
         )
     raise CodecError(f"malformed message: unknown kind {kind!r} or wrong length {len(m)}")

@@ -526,6 +526,8 @@ class Worker:
                 self.started_at,
             )
             await self._publish_quietly(msg.reply_to, info.encode())
+        elif msg.command == "cancel" and msg.run_id is not None:
+            self.cancel_run(msg.run_id)
         elif msg.command == "terminate":
             log.warning("worker %s asked to terminate: draining", self.name)
             self.terminated.set()

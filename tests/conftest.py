@@ -3,4 +3,4 @@ reason when a service is absent locally, and fail when ``CI=true``."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.plugins.services"]
+pytest_plugins = ["tests.plugins.services", "tests.plugins.s3"]

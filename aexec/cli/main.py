@@ -20,11 +20,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 if TYPE_CHECKING:
+    import asyncio
     from types import ModuleType
 
     from aexec.config import Settings
     from aexec.dsl import Pipeline
     from aexec.executor import Executor
+    from aexec.messages import WorkerInfo
     from aexec.store import RunRecord
 
 T = TypeVar("T")
@@ -33,6 +35,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
 
 PROG = "aexec"
 RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -173,7 +177,107 @@ def build_parser() -> argparse.ArgumentParser:
     runs_logs.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     runs_logs.add_argument("--json", action="store_true", help="one JSON event per line")
     runs_logs.set_defaults(handler=cmd_runs_logs)
+
+    _add_worker_commands(commands, common)
+
+    coordinator = commands.add_parser(
+        "coordinator",
+        parents=parents,
+        help="run a long-lived coordinator for runs submitted by library clients",
+        description="Serve the runs that library clients submit through the broker, until "
+        "SIGTERM or Ctrl-C; runs in flight are resumed by the next coordinator.",
+    )
+    coordinator.set_defaults(handler=cmd_coordinator)
     return parser
+
+
+def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    # -c is the concurrency of `worker start` (as in Celery): its config file is --config.
+    backends = _Parser(add_help=False)
+    group = backends.add_argument_group("backends (flags > AEXEC_* environment > --config file)")
+    group.add_argument("--broker", metavar="URL", help="amqp://... (a worker needs a broker)")
+    group.add_argument("--config", metavar="FILE", help="a YAML file of settings (aexec.yaml)")
+    objects = _Parser(add_help=False)
+    objects.add_argument_group("backends").add_argument(
+        "--objects", metavar="URL", help="file:///dir or s3://bucket/prefix, for large values"
+    )
+
+    worker = commands.add_parser(
+        "worker", help="start, list and terminate workers", description="Manage workers."
+    )
+    worker_commands = worker.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    start = worker_commands.add_parser(
+        "start",
+        parents=[common, backends, objects],
+        help="serve the steps defined in modules or files",
+        description="Serve the steps defined in the given modules until SIGTERM, Ctrl-C or "
+        "`aexec worker terminate`; steps in flight finish first. With -v it logs "
+        "'worker NAME ready: ...' once it consumes its queues.",
+    )
+    start.add_argument(
+        "-A",
+        "--app",
+        dest="modules",
+        metavar="MODULE_OR_FILE",
+        action="append",
+        required=True,
+        help="a dotted module name or a .py file defining steps; repeat for several",
+    )
+    start.add_argument(
+        "-Q",
+        "--queues",
+        metavar="Q1,Q2",
+        action="append",
+        default=[],
+        help="serve only these queues (default: every queue named by the loaded steps)",
+    )
+    start.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="at most N steps in flight per queue (default 100, or AEXEC_CONCURRENCY)",
+    )
+    start.add_argument(
+        "-n", "--name", metavar="NAME", help="the worker's name (default: HOST.PID.RANDOM)"
+    )
+    start.add_argument(
+        "--pool",
+        choices=("thread", "process"),
+        default="thread",
+        help="where sync steps run: a thread pool (default) or child processes",
+    )
+    start.set_defaults(handler=cmd_worker_start)
+
+    listing = worker_commands.add_parser(
+        "list",
+        parents=[common, backends],
+        help="list live workers",
+        description="List the workers that answer a ping through the broker.",
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per worker, one per line"
+    )
+    listing.add_argument(
+        "--wait",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="how long to collect answers (default 0.5)",
+    )
+    listing.set_defaults(handler=cmd_worker_list)
+
+    terminate = worker_commands.add_parser(
+        "terminate",
+        parents=[common, backends],
+        help="stop workers gracefully",
+        description="Ask a worker (or every worker) to finish its in-flight steps and exit.",
+    )
+    terminate.add_argument("name", metavar="NAME", nargs="?", help="the worker to stop")
+    terminate.add_argument("--all", action="store_true", help="stop every worker")
+    terminate.set_defaults(handler=cmd_worker_terminate)
 
 
 # -- entry point -----------------------------------------------------------------------
@@ -268,13 +372,13 @@ def run_async(main_coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(main_coro)
 
 
-def resolve_settings(args: argparse.Namespace) -> Settings:
+def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
+    """Settings from the backend flags ``args`` has (and ``flags``), the environment and
+    the config file."""
     from aexec.config import Settings
 
-    return Settings.resolve(
-        {"broker": args.broker, "store": args.store, "objects": args.objects},
-        config_file=args.config,
-    )
+    backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects")}
+    return Settings.resolve({**backends, **flags}, config_file=args.config)
 
 
 # -- run -------------------------------------------------------------------------------
@@ -498,3 +602,145 @@ async def _find_run(ex: Executor, run_id: str) -> RunRecord:
         hint = " (a prefix needs at least 4 characters)" if len(run_id) < 4 else ""
         raise UsageError(f"no run matches {run_id!r}{hint}")
     return record
+
+
+# -- worker, coordinator ---------------------------------------------------------------
+
+
+def cmd_worker_start(args: argparse.Namespace) -> int:
+    from aexec.service import run_worker, with_connect_timeout
+
+    queues = [q.strip() for item in args.queues for q in item.split(",") if q.strip()]
+    if args.queues and not queues:
+        raise UsageError("-Q needs at least one queue name (-Q q1,q2)")
+    if args.name is not None and not args.name.strip():
+        raise UsageError("-n needs a non-empty worker name")
+    settings = with_connect_timeout(resolve_settings(args, concurrency=args.concurrency))
+
+    def serve(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
+        return run_worker(
+            settings,
+            args.modules,
+            queues=queues or None,
+            concurrency=settings.concurrency,
+            name=args.name,
+            pool=args.pool,
+            stop=stop,
+            ready=ready,
+        )
+
+    return run_async(_serve_until_signalled(serve))
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from aexec.service import run_coordinator, with_connect_timeout
+
+    settings = with_connect_timeout(resolve_settings(args))
+
+    def serve(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
+        # The coordinator never reports ready: any broker failure that ends it exits 2.
+        return run_coordinator(settings, stop=stop)
+
+    return run_async(_serve_until_signalled(serve))
+
+
+async def _serve_until_signalled(
+    serve: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, int]],
+) -> int:
+    """Run ``serve(stop, ready)``; SIGTERM and SIGINT set ``stop`` for a graceful exit.
+
+    A broker that cannot be reached before ``ready`` is set is bad input (exit 2).
+    """
+    import asyncio
+    import signal
+
+    from aexec.errors import TransportError
+
+    loop = asyncio.get_running_loop()
+    stop, ready = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s: already stopping, steps in flight are finishing", signum.name)
+        else:
+            log.warning("%s: stopping (steps in flight finish first)", signum.name)
+            stop.set()
+
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except NotImplementedError:  # pragma: no cover - Windows: Ctrl-C interrupts
+            continue
+        handled.append(signum)
+    try:
+        return await serve(stop, ready)
+    except TransportError as exc:
+        if ready.is_set():
+            raise
+        raise UsageError(str(exc)) from exc
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def cmd_worker_list(args: argparse.Namespace) -> int:
+    import math
+
+    from aexec.service import find_workers, with_connect_timeout
+
+    if not (args.wait > 0 and math.isfinite(args.wait)):
+        raise UsageError("--wait must be a positive number of seconds")
+    settings = with_connect_timeout(resolve_settings(args))
+    workers = run_async(_broker_command(find_workers(settings, wait=args.wait)))
+    if args.json:
+        from aexec.cli.display import dump_json
+
+        for info in workers:
+            sys.stdout.write(dump_json(info.to_dict()) + "\n")
+    elif workers:
+        sys.stdout.write(workers_table(workers) + "\n")
+    else:
+        sys.stderr.write(f"no worker answered within {args.wait:g} s\n")
+    return EXIT_OK
+
+
+def workers_table(workers: Sequence[WorkerInfo]) -> str:
+    from aexec.cli.display import format_seconds, table
+
+    rows = [
+        [
+            w.name,
+            w.host,
+            str(w.pid),
+            ",".join(w.queues) or "-",
+            str(w.in_flight),
+            format_seconds(w.heartbeat_age),
+        ]
+        for w in workers
+    ]
+    return table(["NAME", "HOST", "PID", "QUEUES", "IN-FLIGHT", "HEARTBEAT AGE"], rows)
+
+
+def cmd_worker_terminate(args: argparse.Namespace) -> int:
+    from aexec.service import terminate, with_connect_timeout
+
+    if args.all == (args.name is not None):
+        raise UsageError("name one worker to terminate, or pass --all (not both)")
+    if args.name is not None and not args.name.strip():
+        raise UsageError("the worker name must not be empty")
+    settings = with_connect_timeout(resolve_settings(args))
+    run_async(_broker_command(terminate(settings, args.name)))
+    who = "every worker" if args.all else f"worker {args.name}"
+    sys.stdout.write(f"asked {who} to finish its steps in flight and exit\n")
+    return EXIT_OK
+
+
+async def _broker_command(command: Coroutine[Any, Any, T]) -> T:
+    """A short command over the broker: a broker it cannot use is bad input (exit 2)."""
+    from aexec.errors import TransportError
+
+    try:
+        return await command
+    except TransportError as exc:
+        raise UsageError(str(exc)) from exc

@@ -56,19 +56,22 @@ INSERT_STEP = """
 INSERT INTO steps (run_id, position, key, name, queue, status)
 VALUES (?, ?, ?, ?, ?, 'pending')
 """
-LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 INSERT_EVENT = """
-INSERT INTO events (seq, run_id, ts, kind, step, attempt, data)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO events (run_id, ts, kind, step, attempt, data) VALUES (?, ?, ?, ?, ?, ?)
 """
+LAST_INSERT = "SELECT last_insert_rowid()"
 
 # Each event's row change.  Step changes are compare-and-set: only the current (or a newer)
 # attempt of an unfinished step moves it.  A finished run never changes again.
+# (ORs, not IN: SQLite builds a temporary table for an IN list on every execution, which
+# doubled the cost of these hot-path updates.)
 _STEP_IS_CURRENT = """
 WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
-  AND status IN ('pending', 'queued', 'running', 'retrying')
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 """
-_RUN_IS_UNFINISHED = "WHERE run_id = :run_id AND status IN ('pending', 'running')"
+_RUN_IS_UNFINISHED = """
+WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
+"""
 
 ROW_UPDATES: dict[EventKind, str] = {
     EventKind.RUN_STARTED: """
@@ -276,15 +279,19 @@ class SqliteStore:
         if not events:
             return
         logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
-        updates = [(ROW_UPDATES[e.kind], _row_params(e)) for e in events if e.kind in ROW_UPDATES]
+        updates: list[tuple[str, dict[str, Any]]] = []
+        for event in events:
+            sql = ROW_UPDATES.get(event.kind)
+            if sql is not None:
+                updates.append((sql, _row_params(event)))
         conn = self._connection()
         with self._errors("append events"), self._transaction(conn):
             for run_id in {e.run_id for e in events}:
                 if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
                     raise StoreError(f"cannot append events: unknown run {run_id!r}")
-            row = conn.execute(LAST_SEQ).fetchone()
-            first = (row[0] if row is not None else 0) + 1
-            conn.executemany(INSERT_EVENT, ((first + i, *entry) for i, entry in enumerate(logged)))
+            conn.executemany(INSERT_EVENT, logged)
+            # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
+            first = conn.execute(LAST_INSERT).fetchone()[0] - len(logged) + 1
             # Consecutive events of one kind share a statement; order is kept.
             for sql, group in groupby(updates, key=lambda update: update[0]):
                 conn.executemany(sql, (params for _, params in group))
@@ -446,21 +453,23 @@ def _run_record(row: Any) -> RunRecord:
 
 def _row_params(event: Event) -> dict[str, Any]:
     kind = event.kind
-    error: str | None = None
-    if kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
-        info = _error_info(event.data.get("error"))
-        error = None if info is None else json.dumps(info.to_dict())
-    elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-        error = _text(event.data.get("error"))
-    return {
+    params = {
         "run_id": event.run_id,
         "step": event.step,
         "attempt": event.attempt,
         "ts": event.ts,
-        "worker": _text(event.data.get("worker")),
-        "error": error,
         "output": event.output,
+        "worker": None,
+        "error": None,
     }
+    if kind is EventKind.STEP_STARTED:
+        params["worker"] = _text(event.data.get("worker"))
+    elif kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
+        info = _error_info(event.data.get("error"))
+        params["error"] = None if info is None else json.dumps(info.to_dict())
+    elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
+        params["error"] = _text(event.data.get("error"))
+    return params
 
 
 def _error_info(value: Any) -> ErrorInfo | None:

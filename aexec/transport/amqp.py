@@ -4,14 +4,18 @@ Topology and channels::
 
     connection (robust: reconnects, then re-declares queues and re-registers consumers)
     ├── topology channel    declares queues (a failed declare closes only this channel)
-    ├── publish channel     publisher confirms + ``on_return_raises``; ``mandatory`` publishes
-    └── one channel per subscription, with its own ``basic.qos`` prefetch
+    ├── publish channel     publisher confirms + ``on_return_raises``; ``mandatory`` publishes;
+    │                       declares the broadcast exchange it publishes to
+    └── one channel per subscription: a queue consumer with its own ``basic.qos`` prefetch,
+                            or a topic subscriber's exclusive queue bound to the exchange
 
 Queue names given to the port are logical; on the broker they are ``f"{prefix}.{name}"``, so
 a test run isolates itself with a random prefix.  Every queue except the dead-letter queue
 dead-letters through the default exchange to ``f"{prefix}.{DEAD_LETTER_QUEUE}"``.  Queues
 are classic queues with ``x-max-priority`` (quorum queues have no priorities before
-RabbitMQ 4.0); messages are persistent.
+RabbitMQ 4.0); messages are persistent.  Broadcasts go through the direct exchange
+``f"{prefix}.broadcast"`` with the topic as routing key, to one exclusive auto-acked queue per
+subscriber (fire and forget: a broadcast nobody listens to is dropped).
 
 aio-pika and aiormq exceptions are translated to :class:`~aexec.errors.TransportError` at
 this boundary.  Credentials never appear in messages or logs: the broker is named as
@@ -27,11 +31,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
+from uuid import uuid4
 
 import aio_pika
 import aiormq.exceptions
 import pamqp.exceptions
 from aio_pika.abc import (
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -123,12 +129,14 @@ class AmqpSubscription:
 
     def __init__(
         self,
-        queue: str,
+        queue: str | None,
+        label: str,
         handler: Handler,
         channel: AbstractRobustChannel,
         owner: set[AmqpSubscription],
     ) -> None:
-        self._queue = queue
+        self.queue = queue  # logical queue consumed; None for a topic subscriber
+        self._label = label
         self._handler = handler
         self._channel = channel
         self._owner = owner
@@ -146,13 +154,14 @@ class AmqpSubscription:
         try:
             await self._handler(delivery)
         except Exception:
-            logger.exception(
-                "handler for queue %r failed; dead-lettering its delivery", self._queue
-            )
-            try:
-                await delivery.reject(requeue=False)
-            except TransportError as exc:
-                logger.warning("cannot dead-letter the delivery: %s", exc)
+            if message.processed:  # settled by the handler, or auto-acked (a broadcast)
+                logger.exception("handler for %s failed", self._label)
+            else:
+                logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
+                try:
+                    await delivery.reject(requeue=False)
+                except TransportError as exc:
+                    logger.warning("cannot dead-letter the delivery: %s", exc)
         finally:
             if task is not None:
                 self._running.discard(task)
@@ -173,7 +182,7 @@ class AmqpSubscription:
             try:
                 await self._channel.close()
             except _BROKER_ERRORS as exc:
-                logger.debug("closing the consumer channel of %r: %s", self._queue, _reason(exc))
+                logger.debug("closing the channel of %s: %s", self._label, _reason(exc))
 
 
 class AmqpTransport:
@@ -193,6 +202,7 @@ class AmqpTransport:
         self._connection: AbstractRobustConnection | None = None
         self._topology: AbstractRobustChannel | None = None
         self._publisher: AbstractRobustChannel | None = None
+        self._exchange: AbstractExchange | None = None
         self._queues: dict[str, _QueueSpec] = {}
         self._subscriptions: set[AmqpSubscription] = set()
 
@@ -233,21 +243,39 @@ class AmqpTransport:
     def prefix(self) -> str:
         return self._prefix
 
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
     def broker_name(self, queue: str) -> str:
         """The name of logical queue ``queue`` on the broker."""
         return f"{self._prefix}.{queue}"
+
+    @property
+    def broadcast_exchange(self) -> str:
+        """The name of the exchange that carries broadcasts."""
+        return f"{self._prefix}.broadcast"
 
     async def open(self) -> None:
         if self._connection is not None:
             return
         connection = await self._connect()
         try:
-            self._topology = await self._open_channel(connection, confirms=False)
-            self._publisher = await self._open_channel(connection, confirms=True)
+            topology = await self._open_channel(connection, confirms=False)
+            publisher = await self._open_channel(connection, confirms=True)
+            # Declared on the publish channel, so restoring that channel alone restores it.
+            self._exchange = await publisher.declare_exchange(
+                self.broadcast_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+        except _BROKER_ERRORS as exc:
+            await connection.close()
+            raise TransportError(
+                f"cannot declare exchange {self.broadcast_exchange!r}: {_reason(exc)}"
+            ) from exc
         except BaseException:
             await connection.close()
             raise
-        self._connection = connection
+        self._connection, self._topology, self._publisher = connection, topology, publisher
         await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
         logger.info("connected to RabbitMQ at %s (prefix %r)", self._display, self._prefix)
 
@@ -259,7 +287,7 @@ class AmqpTransport:
             for subscription in list(self._subscriptions):
                 await subscription.cancel()
         finally:
-            self._connection = self._topology = self._publisher = None
+            self._connection = self._topology = self._publisher = self._exchange = None
             self._queues.clear()
             try:
                 await connection.close()
@@ -319,7 +347,9 @@ class AmqpTransport:
         connection = self._require(self._connection)
         spec = self._queues.get(queue)
         channel = await self._open_channel(connection, confirms=False)
-        subscription = AmqpSubscription(queue, handler, channel, self._subscriptions)
+        subscription = AmqpSubscription(
+            queue, f"queue {queue!r}", handler, channel, self._subscriptions
+        )
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
             amqp_queue = await self._consumer_queue(channel, queue, spec)
@@ -327,8 +357,7 @@ class AmqpTransport:
             # reconnect, on the restored channel with the same prefetch.
             await amqp_queue.consume(subscription.on_message)
         except BaseException as exc:
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await channel.close()
+            await self._abandon(channel)
             if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
                 raise TransportError(f"cannot consume from undeclared queue {queue!r}") from exc
             if isinstance(exc, _BROKER_ERRORS):
@@ -337,13 +366,49 @@ class AmqpTransport:
         self._subscriptions.add(subscription)
         return subscription
 
-    async def delete_queues(self, names: Iterable[str] | None = None) -> None:
-        """Delete logical queues ``names`` (default: every queue this transport declared,
-        the dead-letter queue included) with their messages.  Consumers this transport has
-        on them are cancelled first.  Meant for tests and tear-downs."""
+    async def broadcast(self, topic: str, body: bytes) -> None:
+        channel = self._require(self._publisher)
+        exchange = self._require(self._exchange)
+        try:
+            if channel.is_closed:
+                await self._ready(channel)
+            # Not mandatory: a broadcast nobody subscribes to is dropped, not an error.
+            await exchange.publish(aio_pika.Message(body), topic, mandatory=False)
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot broadcast on {topic!r}: {_reason(exc)}") from exc
+
+    async def subscribe(self, topic: str, handler: Handler) -> AmqpSubscription:
+        """Every broadcast on ``topic`` reaches ``handler`` once, as an auto-acked delivery."""
+        connection = self._require(self._connection)
+        exchange = self.broadcast_exchange
+        channel = await self._open_channel(connection, confirms=False)
+        subscription = AmqpSubscription(
+            None, f"broadcasts on {topic!r}", handler, channel, self._subscriptions
+        )
+        # Named here (not by the server) so that the robust channel re-declares the same
+        # queue, re-binds it and re-registers the consumer after a reconnect.
+        name = f"{exchange}.{topic}.{uuid4().hex[:12]}"
+        try:
+            await self._ready(channel)
+            queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key=topic)
+            await queue.consume(subscription.on_message, no_ack=True)
+        except BaseException as exc:
+            await self._abandon(channel)
+            if isinstance(exc, _BROKER_ERRORS):
+                raise TransportError(
+                    f"cannot subscribe to broadcasts on {topic!r}: {_reason(exc)}"
+                ) from exc
+            raise
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def delete_queues(self, names: Iterable[str]) -> None:
+        """Delete logical queues ``names`` with their messages, cancelling this transport's
+        consumers on them first.  For tests and tear-downs."""
         channel = self._require(self._topology)
-        targets = list(self._queues) if names is None else list(names)
-        for subscription in [s for s in self._subscriptions if s._queue in targets]:
+        targets = set(names)
+        for subscription in [s for s in self._subscriptions if s.queue in targets]:
             await subscription.cancel()
         for name in targets:
             self._queues.pop(name, None)
@@ -354,6 +419,21 @@ class AmqpTransport:
                 raise TransportError(
                     f"cannot delete queue {self.broker_name(name)!r}: {_reason(exc)}"
                 ) from exc
+
+    async def delete_topology(self) -> None:
+        """Cancel every subscription, then delete every queue this transport declared (the
+        dead-letter queue included) and the broadcast exchange.  For tests and tear-downs."""
+        channel = self._require(self._topology)
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        await self.delete_queues(list(self._queues))
+        try:
+            await self._ready(channel)
+            await channel.exchange_delete(self.broadcast_exchange)
+        except _BROKER_ERRORS as exc:
+            raise TransportError(
+                f"cannot delete exchange {self.broadcast_exchange!r}: {_reason(exc)}"
+            ) from exc
 
     # -- internals -------------------------------------------------------------------------
 
@@ -413,6 +493,13 @@ class AmqpTransport:
         return await channel.declare_queue(
             spec.name, durable=spec.durable, auto_delete=spec.auto_delete, arguments=spec.arguments
         )
+
+    async def _abandon(self, channel: AbstractRobustChannel) -> None:
+        """Close a channel whose setup failed (the broker may have closed it already)."""
+        try:
+            await channel.close()
+        except _BROKER_ERRORS as exc:
+            logger.debug("closing an abandoned channel: %s", _reason(exc))
 
     async def _ready(self, channel: AbstractRobustChannel) -> None:
         """Wait for a reconnecting channel to be restored, at most ``connect_timeout``."""

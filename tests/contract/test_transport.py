@@ -64,7 +64,7 @@ async def transport(backend: Backend) -> AsyncIterator[Transport]:
         yield transport
     finally:
         if isinstance(transport, AmqpTransport):
-            await transport.delete_queues()
+            await transport.delete_topology()
         await transport.close()
 
 
@@ -315,6 +315,65 @@ async def test_a_subscription_cancelled_twice_is_cancelled_once(transport: Trans
     await subscription.cancel()
 
 
+async def test_a_broadcast_reaches_every_current_subscriber_of_its_topic_once(
+    transport: Transport,
+) -> None:
+    first, second, elsewhere = Inbox(), Inbox(), Inbox()
+    await transport.subscribe("control", first)
+    await transport.subscribe("control", second)
+    await transport.subscribe("other", elsewhere)
+    await transport.broadcast("control", b"ping")
+    assert [d.body for d in await first.wait_for(1)] == [b"ping"]
+    assert [d.body for d in await second.wait_for(1)] == [b"ping"]
+    await asyncio.sleep(QUIET)
+    assert (first.bodies, second.bodies, elsewhere.bodies) == ([b"ping"], [b"ping"], [])
+
+
+async def test_a_broadcast_nobody_hears_is_dropped_without_error(transport: Transport) -> None:
+    await transport.broadcast("control", b"into the void")
+    late = Inbox()
+    await transport.subscribe("control", late)
+    await transport.broadcast("control", b"heard")
+    assert [d.body for d in await late.wait_for(1)] == [b"heard"]
+    await asyncio.sleep(QUIET)
+    assert late.bodies == [b"heard"]
+
+
+async def test_a_cancelled_subscriber_hears_no_more_broadcasts(transport: Transport) -> None:
+    gone, staying = Inbox(), Inbox()
+    subscription = await transport.subscribe("control", gone)
+    await transport.subscribe("control", staying)
+    await subscription.cancel()
+    await transport.broadcast("control", b"after")
+    await staying.wait_for(1)
+    await asyncio.sleep(QUIET)
+    assert gone.bodies == []
+
+
+async def test_broadcast_deliveries_are_already_settled(transport: Transport) -> None:
+    """Rejecting a broadcast neither requeues nor dead-letters it, and a failing handler
+    does not stop the subscription."""
+    dead = Inbox()
+    await transport.consume(DEAD_LETTER_QUEUE, dead, prefetch=10)
+    seen: list[bytes] = []
+    second_seen = asyncio.Event()
+
+    async def reject_then_fail(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        if len(seen) == 2:
+            second_seen.set()
+        await delivery.reject(requeue=len(seen) == 1)
+        await delivery.reject(requeue=False)
+        raise ValueError("a failing control handler")
+
+    await transport.subscribe("control", reject_then_fail)
+    await transport.broadcast("control", b"1")
+    await transport.broadcast("control", b"2")
+    await asyncio.wait_for(second_seen.wait(), WAIT)
+    await asyncio.sleep(QUIET)
+    assert (seen, dead.bodies) == ([b"1", b"2"], [])
+
+
 async def reject_all(delivery: Delivery) -> None:
     await delivery.reject(requeue=False)
 
@@ -407,6 +466,8 @@ async def test_after_the_connection_is_forced_closed_publishing_and_consuming_re
         await transport.declare_queue("work")
         held = Inbox(ack=False)
         await transport.consume("work", held, prefetch=1)
+        listener = Inbox()
+        await transport.subscribe("control", listener)
         await transport.publish("work", b"before")
         [stale] = await held.wait_for(1)
 
@@ -426,8 +487,10 @@ async def test_after_the_connection_is_forced_closed_publishing_and_consuming_re
         # Topology and the publish channel are intact too: undeclared queues still raise.
         with pytest.raises(TransportError, match="not routed"):
             await transport.publish("nowhere", b"x")
+        # The topic subscriber's exclusive queue and binding were restored.
+        await broadcast_until_heard(transport, "control", listener)
     finally:
-        await transport.delete_queues()
+        await transport.delete_topology()
         await transport.close()
 
 
@@ -449,11 +512,28 @@ async def test_queues_deleted_behind_the_transports_back_are_declared_again_on_r
         await publish_with_retry(transport, "work", b"lost and found")
         assert [d.body for d in await dead.wait_for(1)] == [b"lost and found"]
     finally:
-        await transport.delete_queues()
+        await transport.delete_topology()
         await transport.close()
 
 
-async def publish_with_retry(transport: Transport, queue: str, body: bytes) -> None:
+async def broadcast_until_heard(transport: Transport, topic: str, listener: Inbox) -> None:
+    """Broadcast until ``listener`` hears one (at most ``WAIT`` s): broadcasts sent before the
+    subscriber's queue is restored are dropped, by design."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            heard = len(listener.deliveries)
+            await publish_with_retry(transport, topic, b"are you there?", broadcast=True)
+            try:
+                async with asyncio.timeout(0.2):
+                    await listener.wait_for(heard + 1)
+                return
+            except TimeoutError:
+                continue
+
+
+async def publish_with_retry(
+    transport: Transport, queue: str, body: bytes, *, broadcast: bool = False
+) -> None:
     """Publish, retrying while the connection is being re-established (at most ``WAIT`` s).
 
     A publish racing the connection loss may fail: the caller retries (duplicates are
@@ -461,7 +541,10 @@ async def publish_with_retry(transport: Transport, queue: str, body: bytes) -> N
     async with asyncio.timeout(WAIT):
         while True:
             try:
-                await transport.publish(queue, body)
+                if broadcast:
+                    await transport.broadcast(queue, body)
+                else:
+                    await transport.publish(queue, body)
                 return
             except TransportError:
                 await asyncio.sleep(0.1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import unquote, urlsplit
 from uuid import uuid4
 
@@ -35,37 +35,43 @@ def amqp_url() -> str:
 
 @pytest.fixture
 async def amqp_prefix(amqp_url: str) -> AsyncIterator[str]:
-    """A fresh queue prefix; the test's queues (``<prefix>.*``) are deleted afterwards.
+    """A fresh queue prefix; the test's queues and exchanges (``<prefix>.*``) are deleted
+    afterwards.
 
-    Queues a test's transports declared are found with ``rabbitmqctl list_queues`` when the
-    broker is local and ``rabbitmqctl`` is on PATH (this also catches queues declared by
-    subprocesses); otherwise tests delete their own queues (``AmqpTransport.delete_queues``).
+    They are found with ``rabbitmqctl`` when the broker is local and ``rabbitmqctl`` is on
+    PATH (this also catches those declared by subprocesses); otherwise tests delete their own
+    (``AmqpTransport.delete_topology``).
     """
     prefix = f"aexec-test-{uuid4().hex[:8]}"
     yield prefix
-    names = await list_queues(amqp_url, prefix)
-    if names:
-        await delete_queues(amqp_url, names)
+    queues = await list_entities(amqp_url, prefix, "list_queues")
+    exchanges = await list_entities(amqp_url, prefix, "list_exchanges")
+    if queues or exchanges:
+        await delete_queues(amqp_url, queues, exchanges=exchanges)
 
 
-async def list_queues(amqp_url: str, prefix: str) -> list[str]:
-    """Broker queue names starting with ``prefix + "."``; empty if they cannot be listed."""
+async def list_entities(amqp_url: str, prefix: str, command: str) -> list[str]:
+    """Names of broker queues (``list_queues``) or exchanges (``list_exchanges``) starting
+    with ``prefix + "."``; empty if they cannot be listed."""
     parts = urlsplit(amqp_url)
     rabbitmqctl = shutil.which("rabbitmqctl")
     if rabbitmqctl is None or (parts.hostname or "localhost") not in LOCAL_HOSTS:
         return []
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    output = await rabbitmqctl_output(rabbitmqctl, "-s", "list_queues", "-p", vhost, "name")
+    output = await rabbitmqctl_output(rabbitmqctl, "-s", command, "-p", vhost, "name")
     return [line for line in output.splitlines() if line.startswith(prefix + ".")]
 
 
-async def delete_queues(amqp_url: str, names: list[str]) -> None:
-    """Delete broker queues ``names`` (full names, prefix included) with their messages."""
+async def delete_queues(amqp_url: str, names: list[str], *, exchanges: Iterable[str] = ()) -> None:
+    """Delete broker queues ``names`` (full names, prefix included) with their messages, and
+    ``exchanges``."""
     connection = await aio_pika.connect(urlsplit(amqp_url)._replace(query="").geturl(), timeout=10)
     async with connection:
         channel = await connection.channel()
         for name in names:
             await channel.queue_delete(name)
+        for name in exchanges:
+            await channel.exchange_delete(name)
 
 
 async def close_connections(connection_name: str) -> int:

@@ -15,6 +15,7 @@ from aexec.plan import DEFAULT_QUEUE, Plan, PlanStep
 from aexec.retry import RetryPolicy
 
 HERE = __file__
+UNENCODABLE = object()
 
 
 def here() -> int:
@@ -509,7 +510,7 @@ def test_unknown_parameter_is_a_parameter_error() -> None:
     @pipeline
     def p(url: str) -> None: ...
 
-    with pytest.raises(ParameterError, match="unknown parameter 'urll'.*parameters: url"):
+    with pytest.raises(ParameterError, match=r"unknown parameter 'urll'.*parameters: url"):
         p.compile(url="x", urll="y")
 
 
@@ -581,7 +582,7 @@ def test_unencodable_parameter_default_is_a_definition_error() -> None:
     with pytest.raises(DefinitionError, match="default of parameter 'x'") as info:
 
         @pipeline
-        def p(x: Any = object()) -> None: ...
+        def p(x: Any = UNENCODABLE) -> None: ...
 
     assert f"{HERE}:" in str(info.value)
 
@@ -694,7 +695,7 @@ def test_iterating_over_a_handle_is_a_definition_error() -> None:
 def test_unpacking_a_handle_is_a_definition_error() -> None:
     @pipeline
     def p() -> None:
-        a, b = source()
+        _a, _b = source()
 
     with pytest.raises(DefinitionError, match="iterating over it"):
         p.compile()
@@ -770,13 +771,35 @@ def test_one_function_decorated_twice_may_be_used_together() -> None:
     assert compiled.steps["fn"].fn is fn
 
 
-def test_errors_in_a_pipeline_body_propagate_unchanged() -> None:
+def test_an_error_raised_by_a_body_is_a_definition_error_naming_its_line() -> None:
+    lines: list[int] = []
+
     @pipeline
     def p() -> None:
+        lines.append(here() + 1)
         raise ValueError("user bug")
 
-    with pytest.raises(ValueError, match="user bug"):
+    with pytest.raises(DefinitionError) as info:
         p.compile()
+    assert f"{HERE}:{lines[0]}:" in str(info.value)
+    assert "pipeline 'p' raised while compiling: ValueError: user bug" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_an_error_raised_in_a_helper_names_the_helper_line() -> None:
+    lines: list[int] = []
+
+    def helper() -> None:
+        lines.append(here() + 1)
+        raise KeyError("missing")
+
+    @pipeline
+    def p() -> None:
+        helper()
+
+    with pytest.raises(DefinitionError, match="KeyError") as info:
+        p.compile()
+    assert f"{HERE}:{lines[0]}:" in str(info.value)
 
 
 def test_a_failed_compile_leaves_no_pipeline_active() -> None:
@@ -785,7 +808,7 @@ def test_a_failed_compile_leaves_no_pipeline_active() -> None:
         source()
         raise ValueError("boom")
 
-    with pytest.raises(ValueError):
+    with pytest.raises(DefinitionError):
         p.compile()
     assert add(1, 2) == 3  # outside a pipeline again: calls the function
 

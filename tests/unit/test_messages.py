@@ -14,9 +14,11 @@ from aexec.errors import CodecError
 from aexec.messages import (
     Completion,
     Control,
+    Events,
     Heartbeat,
     Progress,
     StepMessage,
+    Submit,
     WorkerInfo,
 )
 from aexec.types import ErrorInfo
@@ -49,7 +51,12 @@ EXAMPLES: dict[str, Any] = {
     "heartbeat idle": Heartbeat("w1", 13.0, []),
     "control ping": Control("ping", None, "reply-queue"),
     "control terminate": Control("terminate", "w1"),
+    "control cancel": Control("cancel", None, None, "run-1"),
     "worker info": WorkerInfo("w1", "host", 1234, ["default", "gpu"], 2, 0.5, 100.0),
+    "submit": Submit("run-1", b"plan bytes", 5, "client-queue"),
+    "submit without notify": Submit("run-1", b"", 0, None),
+    "events": Events("run-1", [[1, 10.0, "step_succeeded", "a", 1, {"k": "v"}, b"out"]]),
+    "no events": Events("run-1", []),
 }
 
 
@@ -179,9 +186,14 @@ MALFORMED: dict[str, bytes] = {
     "heartbeat attempt a bool": packed(1, "heartbeat", "w", 1.0, [["r", "k", True]]),
     "heartbeat attempt negative": packed(1, "heartbeat", "w", 1.0, [["r", "k", -1]]),
     "heartbeat worker not a string": packed(1, "heartbeat", None, 1.0, []),
-    "control unknown command": packed(1, "control", "reboot", None, None),
-    "control command unhashable": packed(1, "control", ["ping"], None, None),
-    "control target not a string": packed(1, "control", "ping", 5, None),
+    "control unknown command": packed(1, "control", "reboot", None, None, None),
+    "control command unhashable": packed(1, "control", ["ping"], None, None, None),
+    "control target not a string": packed(1, "control", "ping", 5, None, None),
+    "control run id not a string": packed(1, "control", "cancel", None, None, 5),
+    "submit plan not bytes": packed(1, "submit", "r", "plan", 0, None),
+    "submit priority negative": packed(1, "submit", "r", b"", -1, None),
+    "events not a list": packed(1, "events", "r", "x"),
+    "event record too short": packed(1, "events", "r", [[1, 2.0]]),
     "worker info queues not strings": packed(1, "worker_info", "w", "h", 1, [1], 0, 0.0, 0.0),
     "worker info pid not an int": packed(1, "worker_info", "w", "h", "1", [], 0, 0.0, 0.0),
 }
@@ -215,16 +227,20 @@ scalars = (
     | st.floats(allow_nan=True)
     | st.text(max_size=8)
     | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**32), st.integers(0, 999_999_999))
 )
 structures = st.recursive(
     scalars,
     lambda children: (
         st.lists(children, max_size=5)
-        | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.integers(-5, 5), children, max_size=4)
     ),
     max_leaves=20,
 )
-kinds = st.sampled_from(["step", "done", "progress", "heartbeat", "control", "worker_info", "x"])
+kinds = st.sampled_from(
+    ["step", "done", "progress", "heartbeat", "control", "worker_info", "submit", "events", "x"]
+)
 # Arrays shaped like messages (right version and kind, random fields) reach the validators.
 message_like = st.builds(
     lambda version, kind, fields: [version, kind, *fields],
@@ -240,7 +256,8 @@ def decode_or_codec_error(body: bytes) -> None:
     except CodecError:
         return
     assert isinstance(
-        message, StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo
+        message,
+        StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events,
     )
     # Anything accepted encodes again to a body that decodes to the same message.
     again = messages.decode(message.encode())
