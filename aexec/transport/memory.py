@@ -95,6 +95,7 @@ class MemoryDelivery:
             dead = transport._queues.get(DEAD_LETTER_QUEUE)
             if dead is not None and dead is not consumer.queue:
                 transport._push(dead, self.body, 0, False)
+                transport._dispatch(dead)
         transport._dispatch(consumer.queue)
 
 

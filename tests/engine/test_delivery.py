@@ -1,0 +1,156 @@
+"""Delivery semantics on the in-memory transport: lost workers, duplicates, bad messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aexec import messages, pipeline, step
+from aexec.coordinator import Coordinator, CoordinatorConfig
+from aexec.events import EventKind
+from aexec.objects.memory import MemoryObjectStore
+from aexec.store.memory import MemoryStore
+from aexec.transport import DEAD_LETTER_QUEUE, Delivery
+from aexec.transport.memory import MemoryTransport
+from aexec.types import RunStatus, StepStatus
+from aexec.worker import Worker, WorkerConfig, step_queue
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[MemoryTransport]:
+    t = MemoryTransport()
+    await t.open()
+    yield t
+    await t.close()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    s = MemoryStore()
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_steps_of_a_worker_that_stops_heartbeating_run_again_elsewhere(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    calls: list[str] = []
+    never = asyncio.Event()
+
+    @step
+    async def long() -> str:
+        calls.append("x")
+        if len(calls) == 1:
+            await never.wait()  # the first worker "dies" while running this
+        return "done"
+
+    @pipeline
+    def p() -> object:
+        return long()
+
+    compiled = p.compile()
+    objects = MemoryObjectStore()
+    config = CoordinatorConfig(worker_timeout=0.3)
+    quick = dict(heartbeat_interval=0.05, ack_after=0.05)
+    async with Coordinator(transport, store, config) as coordinator:
+        doomed = Worker(transport, objects, compiled.steps, WorkerConfig(name="doomed", **quick))
+        async with doomed:
+            await doomed.serve("default")
+            run = await coordinator.submit(compiled.plan)
+            while not calls or doomed._running and not next(iter(doomed._running.values())).acked:
+                await asyncio.sleep(0.01)
+            # Simulate SIGKILL: no more heartbeats, no completion, the delivery already acked.
+            assert doomed._heartbeat is not None
+            doomed._heartbeat.cancel()
+            await doomed.stop_consuming()
+            survivor = Worker(
+                transport, objects, compiled.steps, WorkerConfig(name="survivor", **quick)
+            )
+            async with survivor:
+                await survivor.serve("default")
+                status = await asyncio.wait_for(run.done, 10)
+            never.set()
+    assert status is RunStatus.SUCCEEDED
+    assert calls == ["x", "x"]
+    (record,) = await store.get_steps(run.run_id)
+    assert record.status is StepStatus.SUCCEEDED and record.attempts == 2
+    events = await store.get_events(run.run_id)
+    lost = [e for e in events if e.kind is EventKind.STEP_RETRYING]
+    assert len(lost) == 1 and lost[0].data["error"]["type"] == "WorkerLostError"
+    assert [e.kind for e in events].count(EventKind.STEP_SUCCEEDED) == 1
+
+
+async def test_duplicate_completions_never_run_a_dependent_twice(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    @step
+    async def first() -> int:
+        return 1
+
+    @step
+    async def second(x: int) -> int:
+        runs.append("second")
+        await release.wait()
+        return x + 1
+
+    @pipeline
+    def p() -> object:
+        return second(first())
+
+    compiled = p.compile()
+    async with Coordinator(transport, store) as coordinator:
+        async with Worker(transport, MemoryObjectStore(), compiled.steps) as worker:
+            await worker.serve("default")
+            run = await coordinator.submit(compiled.plan)
+            while not runs:
+                await asyncio.sleep(0.005)
+            duplicate = messages.Completion(run.run_id, "first", 1, b"\x01", None, "ghost", 0, 0)
+            for _ in range(3):
+                await transport.publish(coordinator.reply_queue, duplicate.encode())
+            await asyncio.sleep(0.05)
+            release.set()
+            assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
+    assert runs == ["second"]
+    kinds = [(e.kind, e.step) for e in await store.get_events(run.run_id)]
+    assert kinds.count((EventKind.STEP_SUCCEEDED, "first")) == 1
+    assert kinds.count((EventKind.STEP_DISPATCHED, "second")) == 1
+
+
+async def test_malformed_and_unknown_messages_are_dead_lettered_and_the_worker_keeps_serving(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    @step
+    async def ok() -> str:
+        return "ok"
+
+    @pipeline
+    def p() -> object:
+        return ok()
+
+    compiled = p.compile()
+    dead: list[bytes] = []
+
+    async def collect(delivery: Delivery) -> None:
+        dead.append(delivery.body)
+        await delivery.ack()
+
+    await transport.consume(DEAD_LETTER_QUEUE, collect, prefetch=10)
+    async with Coordinator(transport, store) as coordinator:
+        async with Worker(transport, MemoryObjectStore(), compiled.steps) as worker:
+            await worker.serve("default")
+            await transport.publish(step_queue("default"), b"\xc1 not msgpack")
+            await transport.publish(
+                step_queue("default"),
+                messages.StepMessage(
+                    "r", "k", 1, "no_such_step", b"\x92\x90\x80", [], None, coordinator.reply_queue
+                ).encode(),
+            )
+            run = await coordinator.submit(compiled.plan)
+            assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
+    assert len(dead) == 2
