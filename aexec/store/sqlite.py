@@ -239,8 +239,10 @@ class SqliteStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             with self._errors("close the database"):
-                conn.execute("PRAGMA optimize")
-                conn.close()
+                try:
+                    conn.execute("PRAGMA optimize")
+                finally:
+                    conn.close()
 
     async def create_run(self, run: RunRecord, plan: Plan) -> None:
         if run.plan_digest != plan.digest:

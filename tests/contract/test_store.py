@@ -87,7 +87,16 @@ async def run_row(store: Store, run_id: str = "run-0001") -> RunRecord:
 
 
 async def test_a_created_run_reads_back_with_every_field(store: Store) -> None:
-    run = new_run(priority=7, params={"url": "s3://x", "n": 4, "tags": ["a", "b"]})
+    run = new_run(
+        status=RunStatus.RUNNING,
+        priority=7,
+        params={"url": "s3://x", "n": 4, "tags": ["a", "b"]},
+        created_at=1.25,
+        started_at=2.5,
+        finished_at=None,
+        result=b"\x01",
+        error="earlier",
+    )
     await store.create_run(run, PLAN)
     assert await store.get_run("run-0001") == run
 
@@ -748,6 +757,27 @@ def test_from_url_rejects_other_urls(url: str) -> None:
 async def test_an_in_memory_sqlite_store_works(tmp_path: Path) -> None:
     async with from_url("sqlite:///:memory:") as s:
         await started_run(s)
+        assert (await run_row(s)).status is RunStatus.RUNNING
+
+
+async def test_a_writer_locked_out_by_another_process_gets_a_store_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    async with SqliteStore(path, timeout=0.05) as s:
+        await s.create_run(new_run(), PLAN)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="locked"):
+                await s.append([ev(K.RUN_STARTED)])
+            with pytest.raises(StoreError, match="locked"):
+                await SqliteStore(path, timeout=0.05).open()
+            assert (await run_row(s)).status is RunStatus.PENDING  # readers are not blocked
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await s.append([ev(K.RUN_STARTED)])
         assert (await run_row(s)).status is RunStatus.RUNNING
 
 

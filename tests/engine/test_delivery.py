@@ -60,8 +60,9 @@ async def test_steps_of_a_worker_that_stops_heartbeating_run_again_elsewhere(
         async with doomed:
             await doomed.serve("default")
             run = await coordinator.submit(compiled.plan)
-            while not calls or doomed._running and not next(iter(doomed._running.values())).acked:
-                await asyncio.sleep(0.01)
+            async for event in coordinator.events(run.run_id):
+                if event.kind is EventKind.STEP_STARTED:
+                    break  # reported in a heartbeat, so the worker has acked the delivery
             # Simulate SIGKILL: no more heartbeats, no completion, the delivery already acked.
             assert doomed._heartbeat is not None
             doomed._heartbeat.cancel()
@@ -87,6 +88,7 @@ async def test_duplicate_completions_never_run_a_dependent_twice(
     transport: MemoryTransport, store: MemoryStore
 ) -> None:
     release = asyncio.Event()
+    started = asyncio.Event()
     runs: list[str] = []
 
     @step
@@ -96,6 +98,7 @@ async def test_duplicate_completions_never_run_a_dependent_twice(
     @step
     async def second(x: int) -> int:
         runs.append("second")
+        started.set()
         await release.wait()
         return x + 1
 
@@ -104,18 +107,19 @@ async def test_duplicate_completions_never_run_a_dependent_twice(
         return second(first())
 
     compiled = p.compile()
-    async with Coordinator(transport, store) as coordinator:
-        async with Worker(transport, MemoryObjectStore(), compiled.steps) as worker:
-            await worker.serve("default")
-            run = await coordinator.submit(compiled.plan)
-            while not runs:
-                await asyncio.sleep(0.005)
-            duplicate = messages.Completion(run.run_id, "first", 1, b"\x01", None, "ghost", 0, 0)
-            for _ in range(3):
-                await transport.publish(coordinator.reply_queue, duplicate.encode())
-            await asyncio.sleep(0.05)
-            release.set()
-            assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
+    async with (
+        Coordinator(transport, store) as coordinator,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        run = await coordinator.submit(compiled.plan)
+        await asyncio.wait_for(started.wait(), 5)
+        duplicate = messages.Completion(run.run_id, "first", 1, b"\x01", None, "ghost", 0, 0)
+        for _ in range(3):
+            await transport.publish(coordinator.reply_queue, duplicate.encode())
+        await asyncio.sleep(0.05)  # let the coordinator take the duplicates in
+        release.set()
+        assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
     assert runs == ["second"]
     kinds = [(e.kind, e.step) for e in await store.get_events(run.run_id)]
     assert kinds.count((EventKind.STEP_SUCCEEDED, "first")) == 1
@@ -141,16 +145,16 @@ async def test_malformed_and_unknown_messages_are_dead_lettered_and_the_worker_k
         await delivery.ack()
 
     await transport.consume(DEAD_LETTER_QUEUE, collect, prefetch=10)
-    async with Coordinator(transport, store) as coordinator:
-        async with Worker(transport, MemoryObjectStore(), compiled.steps) as worker:
-            await worker.serve("default")
-            await transport.publish(step_queue("default"), b"\xc1 not msgpack")
-            await transport.publish(
-                step_queue("default"),
-                messages.StepMessage(
-                    "r", "k", 1, "no_such_step", b"\x92\x90\x80", [], None, coordinator.reply_queue
-                ).encode(),
-            )
-            run = await coordinator.submit(compiled.plan)
-            assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
+    async with (
+        Coordinator(transport, store) as coordinator,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        await transport.publish(step_queue("default"), b"\xc1 not msgpack")
+        unknown = messages.StepMessage(
+            "r", "k", 1, "no_such_step", b"\x92\x90\x80", [], None, coordinator.reply_queue
+        )
+        await transport.publish(step_queue("default"), unknown.encode())
+        run = await coordinator.submit(compiled.plan)
+        assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
     assert len(dead) == 2
