@@ -333,7 +333,14 @@ class _Builder:
         self.keys.add(key)
         self.nodes.append(
             StepSpec(
-                key, step.name, step.queue, step.priority, step.retry, step.timeout, tuple(deps), call
+                key,
+                step.name,
+                step.queue,
+                step.priority,
+                step.retry,
+                step.timeout,
+                tuple(deps),
+                call,
             )
         )
         return Output(self, key)

@@ -82,8 +82,8 @@ class RunState:
     __slots__ = (
         "attempts",
         "errors",
-        "lost",
         "fail_fast",
+        "lost",
         "outputs",
         "plan",
         "run_status",

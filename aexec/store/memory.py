@@ -194,7 +194,7 @@ class MemoryStore:
 
 def _apply_to_step(step: StepRecord, event: Event) -> None:
     """Compare-and-set: only the current (or a newer) attempt of an unfinished step."""
-    if step.status.finished or event.attempt < step.attempts:
+    if step.status.finished or event.attempt <= step.attempts - 1 and event.kind is not EventKind.STEP_STARTED:
         return
     kind = event.kind
     step.status = _STEP_STATUS[kind]

@@ -245,12 +245,12 @@ class SqliteStore:
                     conn.close()
 
     async def create_run(self, run: RunRecord, plan: Plan) -> None:
+        conn = self._connection()
         if run.plan_digest != plan.digest:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
         params = _dump_json(run.params, "run params")
-        conn = self._connection()
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
             if conn.execute(RUN_EXISTS, (run.run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run.run_id!r} already exists")
@@ -278,6 +278,7 @@ class SqliteStore:
             )
 
     async def append(self, events: Sequence[Event]) -> None:
+        conn = self._connection()
         if not events:
             return
         logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
@@ -286,7 +287,6 @@ class SqliteStore:
             sql = ROW_UPDATES.get(event.kind)
             if sql is not None:
                 updates.append((sql, _row_params(event)))
-        conn = self._connection()
         with self._errors("append events"), self._transaction(conn):
             for run_id in {e.run_id for e in events}:
                 if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
@@ -316,8 +316,8 @@ class SqliteStore:
     async def list_runs(
         self, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRecord]:
-        _check_limit(limit)
         conn = self._connection()
+        _check_limit(limit)
         with self._errors("list runs"):
             if status is None:
                 rows = conn.execute(LIST_RUNS, (limit,)).fetchall()
@@ -349,9 +349,9 @@ class SqliteStore:
     async def get_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[Event]:
+        conn = self._connection()
         if limit is not None:
             _check_limit(limit)
-        conn = self._connection()
         with self._errors(f"read the events of run {run_id!r}"):
             rows = conn.execute(GET_EVENTS, (run_id, after, -1 if limit is None else limit))
             return [

@@ -8,12 +8,15 @@ specific to SQLite files and migrations.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aexec.errors import ConfigError, StoreError
 from aexec.events import Event, EventKind
@@ -668,6 +671,49 @@ async def test_close_and_open_again_keeps_the_data(store: Store) -> None:
     await store.close()
     await store.open()
     assert (await run_row(store)).status is RunStatus.RUNNING
+
+
+# -- the memory store mirrors SQLite ------------------------------------------------------
+
+_event_specs = st.tuples(
+    st.sampled_from(list(EventKind)),
+    st.sampled_from(["a", "b", "unknown"]),
+    st.integers(min_value=0, max_value=3),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(_event_specs, max_size=6), max_size=6))
+def test_the_memory_store_matches_sqlite_on_any_event_sequence(
+    batches: list[list[tuple[EventKind, str, int, bool]]],
+) -> None:
+    async def replay(s: Store) -> tuple[Any, ...]:
+        await s.open()
+        try:
+            await s.create_run(new_run(), PLAN)
+            ts = 0.0
+            for batch in batches:
+                events = []
+                for kind, step, attempt, with_data in batch:
+                    ts += 1.0
+                    data = {"error": BOOM.to_dict(), "worker": "w"} if with_data else {}
+                    events.append(
+                        Event(kind, "run-0001", ts, step, attempt, data, output=f"{ts}".encode())
+                    )
+                await s.append(events)
+            return (
+                await s.get_run("run-0001"),
+                await s.get_steps("run-0001"),
+                await s.get_events("run-0001"),
+            )
+        finally:
+            await s.close()
+
+    async def both() -> None:
+        assert await replay(MemoryStore()) == await replay(SqliteStore(":memory:"))
+
+    asyncio.run(both())
 
 
 # -- SQLite specifics ---------------------------------------------------------------------
