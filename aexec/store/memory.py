@@ -1,9 +1,9 @@
 """In-memory run store with exactly the SQLite store's semantics, for tests and demos.
 
 It mirrors the database rather than holding live objects: params and event data go
-through JSON as they would into a column (a tuple comes back as a list, a value JSON cannot
-hold is a :class:`~aexec.errors.StoreError`), readers get copies, a batch that fails
-changes nothing, and the data outlives ``close()`` and a later ``open()``.
+through JSON as they would into a column (a tuple comes back as a list, a datetime as its
+text), readers get copies, a batch that fails changes nothing, and the data outlives
+``close()`` and a later ``open()``.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ class MemoryStore:
 
 def _apply_to_step(step: StepRecord, event: Event) -> None:
     """Compare-and-set: only the current (or a newer) attempt of an unfinished step."""
-    if step.status.finished or event.attempt <= step.attempts - 1 and event.kind is not EventKind.STEP_STARTED:
+    if step.status.finished or event.attempt < step.attempts:
         return
     kind = event.kind
     step.status = _STEP_STATUS[kind]
@@ -246,10 +246,13 @@ def _text(value: Any) -> str | None:
 
 
 def _dump_json(value: dict[str, Any], what: str) -> str:
+    """JSON text of ``value``; values JSON has no type for (datetime, bytes, sets, the
+    codec's other extensions) are kept as their ``str()``: rows and the log are for reading,
+    and a value that can never be stored must not stall a writer that retries."""
     try:
-        return json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from exc
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError) as exc:  # keys JSON cannot hold, or a reference cycle
+        raise StoreError(f"{what} cannot be stored as JSON: {exc}") from exc
 
 
 def _check_limit(limit: int) -> None:
