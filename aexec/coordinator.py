@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aexec import codec, messages
-from aexec.errors import AexecError, CodecError, PlanError, StoreError, TransportError
+from aexec.errors import (
+    AexecError,
+    CodecError,
+    PlanError,
+    StoreError,
+    StoreUnavailableError,
+    TransportError,
+)
 from aexec.events import Event, EventKind, to_record
 from aexec.plan import MAX_PRIORITY, Plan
 from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
@@ -185,7 +192,11 @@ class Coordinator:
             log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
             await delivery.reject(requeue=False)
             return
-        if msg.run_id not in self._runs and await self.store.get_run(msg.run_id) is None:
+        known = msg.run_id in self._runs
+        if not known:
+            record = await self.store.get_run(msg.run_id)
+            known = record is not None and record.run_id == msg.run_id
+        if not known:
             run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
             run.notify = msg.notify
         await delivery.ack()
@@ -638,7 +649,9 @@ class Coordinator:
             try:
                 return await call()
             except (StoreError, TransportError) as exc:
-                log.warning(
+                transient = isinstance(exc, StoreUnavailableError | TransportError)
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
                     "coordinator %s: %s failed, retrying in %.2fs: %s",
                     self.config.id,
                     what,

@@ -12,6 +12,7 @@
     ├── BackendError           a backend failed or cannot be reached
     │   ├── TransportError     the broker (RabbitMQ) or the in-memory transport
     │   ├── StoreError         the run store (PostgreSQL, SQLite, memory)
+    │   │   └── StoreUnavailableError   transient: locked, disconnected, timed out
     │   └── ObjectStoreError   the object store (S3, a directory, memory)
     │       └── ObjectNotFoundError
     ├── StepTimeoutError       a step ran longer than its timeout
@@ -67,6 +68,10 @@ class TransportError(BackendError):
 
 class StoreError(BackendError):
     """The run store failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store is unavailable for now (locked, disconnected, timed out): try again."""
 
 
 class ObjectStoreError(BackendError):

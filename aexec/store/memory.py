@@ -13,13 +13,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.store import rows as shared
+from aexec.types import RunStatus, StepStatus
 
 _STEP_STATUS: dict[EventKind, StepStatus] = {
     EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
@@ -94,7 +95,7 @@ class MemoryStore:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
-        params = _dump_json(run.params, "run params")
+        params = shared.dump_json(run.params, "run params")
         if run.run_id in self._runs:
             raise StoreError(f"run {run.run_id!r} already exists")
         if plan.digest not in self._plans:
@@ -110,7 +111,7 @@ class MemoryStore:
         self._check_open()
         # Everything that can fail is checked before anything changes, as a rollback would.
         logged_data = [
-            _dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events
+            shared.dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events
         ]
         runs: list[_Run] = []
         for event in events:
@@ -148,7 +149,7 @@ class MemoryStore:
         self, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRecord]:
         self._check_open()
-        _check_limit(limit)
+        shared.check_limit(limit)
         runs = [r for r in self._runs.values() if status is None or r.record.status == status]
         runs.sort(key=lambda r: (r.record.created_at, r.order), reverse=True)
         return [_copy_run(r) for r in runs[:limit]]
@@ -163,7 +164,7 @@ class MemoryStore:
     ) -> list[Event]:
         self._check_open()
         if limit is not None:
-            _check_limit(limit)
+            shared.check_limit(limit)
         run = self._runs.get(run_id)
         if run is None:
             return []
@@ -201,15 +202,15 @@ def _apply_to_step(step: StepRecord, event: Event) -> None:
     step.attempts = event.attempt
     if kind is EventKind.STEP_STARTED:
         step.started_at = event.ts
-        step.worker = _text(event.data.get("worker"))
+        step.worker = shared.text(event.data.get("worker"))
     elif kind is EventKind.STEP_RETRYING:
-        step.error = _error_info(event.data.get("error"))
+        step.error = shared.error_info(event.data.get("error"))
     elif kind is EventKind.STEP_SUCCEEDED:
         step.output = event.output
         step.finished_at = event.ts
         step.error = None
     elif kind is EventKind.STEP_FAILED:
-        step.error = _error_info(event.data.get("error"))
+        step.error = shared.error_info(event.data.get("error"))
         step.finished_at = event.ts
 
 
@@ -225,36 +226,8 @@ def _apply_to_run(run: RunRecord, event: Event) -> None:
         if kind is EventKind.RUN_SUCCEEDED:
             run.result = event.output
         else:
-            run.error = _text(event.data.get("error"))
+            run.error = shared.text(event.data.get("error"))
 
 
 def _copy_run(run: _Run) -> RunRecord:
     return replace(run.record, params=json.loads(run.params))
-
-
-def _error_info(value: Any) -> ErrorInfo | None:
-    """A step event's ``data["error"]``: ``ErrorInfo.to_dict()``, or a bare message."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return ErrorInfo.from_dict(value)
-    return ErrorInfo("Error", str(value))
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _dump_json(value: dict[str, Any], what: str) -> str:
-    """JSON text of ``value``; values JSON has no type for (datetime, bytes, sets, the
-    codec's other extensions) are kept as their ``str()``: rows and the log are for reading,
-    and a value that can never be stored must not stall a writer that retries."""
-    try:
-        return json.dumps(value, default=str)
-    except (TypeError, ValueError) as exc:  # keys JSON cannot hold, or a reference cycle
-        raise StoreError(f"{what} cannot be stored as JSON: {exc}") from exc
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")

@@ -22,22 +22,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
-from itertools import groupby
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote
 
-from aexec.errors import ConfigError, StoreError
+from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
+from aexec.store import rows as shared
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "sqlite:///"
 IN_MEMORY = ":memory:"
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 0.2  # a busy wait blocks the event loop: retry asynchronously instead
 """Seconds a writer waits for another process's write lock before failing."""
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
@@ -73,56 +73,36 @@ _RUN_IS_UNFINISHED = """
 WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
 """
 
+
+def _update_step(assignments: str) -> str:
+    return f"UPDATE steps SET attempts = :attempt, {assignments}{_STEP_IS_CURRENT}"
+
+
+def _finish_run(assignments: str) -> str:
+    return f"UPDATE runs SET finished_at = :ts, {assignments}{_RUN_IS_UNFINISHED}"
+
+
 ROW_UPDATES: dict[EventKind, str] = {
     EventKind.RUN_STARTED: """
         UPDATE runs SET status = 'running', started_at = :ts
         WHERE run_id = :run_id AND status = 'pending'
     """,
-    EventKind.RUN_SUCCEEDED: """
-        UPDATE runs SET status = 'succeeded', result = :output, finished_at = :ts
-    """
-    + _RUN_IS_UNFINISHED,
-    EventKind.RUN_FAILED: """
-        UPDATE runs SET status = 'failed', error = :error, finished_at = :ts
-    """
-    + _RUN_IS_UNFINISHED,
-    EventKind.RUN_CANCELLED: """
-        UPDATE runs SET status = 'cancelled', error = :error, finished_at = :ts
-    """
-    + _RUN_IS_UNFINISHED,
-    EventKind.STEP_DISPATCHED: """
-        UPDATE steps SET status = 'queued', attempts = :attempt
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_STARTED: """
-        UPDATE steps SET status = 'running', attempts = :attempt, started_at = :ts,
-                         worker = :worker
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_RETRYING: """
-        UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_SUCCEEDED: """
-        UPDATE steps SET status = 'succeeded', attempts = :attempt, output = :output,
-                         finished_at = :ts, error = NULL
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_FAILED: """
-        UPDATE steps SET status = 'failed', attempts = :attempt, error = :error,
-                         finished_at = :ts
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_SKIPPED: """
-        UPDATE steps SET status = 'skipped', attempts = :attempt
-    """
-    + _STEP_IS_CURRENT,
-    EventKind.STEP_CANCELLED: """
-        UPDATE steps SET status = 'cancelled', attempts = :attempt
-    """
-    + _STEP_IS_CURRENT,
+    EventKind.RUN_SUCCEEDED: _finish_run("status = 'succeeded', result = :output"),
+    EventKind.RUN_FAILED: _finish_run("status = 'failed', error = :error"),
+    EventKind.RUN_CANCELLED: _finish_run("status = 'cancelled', error = :error"),
+    EventKind.STEP_DISPATCHED: _update_step("status = 'queued'"),
+    EventKind.STEP_STARTED: _update_step("status = 'running', started_at = :ts, worker = :worker"),
+    EventKind.STEP_RETRYING: _update_step("status = 'retrying', error = :error"),
+    EventKind.STEP_SUCCEEDED: _update_step(
+        "status = 'succeeded', output = :output, finished_at = :ts, error = NULL"
+    ),
+    EventKind.STEP_FAILED: _update_step("status = 'failed', error = :error, finished_at = :ts"),
+    EventKind.STEP_SKIPPED: _update_step("status = 'skipped'"),
+    EventKind.STEP_CANCELLED: _update_step("status = 'cancelled'"),
 }
 """Kinds missing here (run_submitted, step_progress) are logged and change no row."""
+
+_STEP_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("step_"))
 
 # -- reads --------------------------------------------------------------------------------
 
@@ -239,10 +219,7 @@ class SqliteStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             with self._errors("close the database"):
-                try:
-                    conn.execute("PRAGMA optimize")
-                finally:
-                    conn.close()
+                conn.close()
 
     async def create_run(self, run: RunRecord, plan: Plan) -> None:
         conn = self._connection()
@@ -250,7 +227,7 @@ class SqliteStore:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
-        params = _dump_json(run.params, "run params")
+        params = shared.dump_json(run.params, "run params")
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
             if conn.execute(RUN_EXISTS, (run.run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run.run_id!r} already exists")
@@ -282,21 +259,19 @@ class SqliteStore:
         if not events:
             return
         logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
-        updates: list[tuple[str, dict[str, Any]]] = []
-        for event in events:
-            sql = ROW_UPDATES.get(event.kind)
-            if sql is not None:
-                updates.append((sql, _row_params(event)))
+        updates = _row_updates(events)
         with self._errors("append events"), self._transaction(conn):
-            for run_id in {e.run_id for e in events}:
-                if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
-                    raise StoreError(f"cannot append events: unknown run {run_id!r}")
-            conn.executemany(INSERT_EVENT, logged)
+            try:
+                conn.executemany(INSERT_EVENT, logged)
+            except sqlite3.IntegrityError as exc:  # events.run_id is a foreign key
+                for run_id in dict.fromkeys(e.run_id for e in events):
+                    if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
+                        raise StoreError(f"cannot append events: unknown run {run_id!r}") from exc
+                raise
             # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
             first = conn.execute(LAST_INSERT).fetchone()[0] - len(logged) + 1
-            # Consecutive events of one kind share a statement; order is kept.
-            for sql, group in groupby(updates, key=lambda update: update[0]):
-                conn.executemany(sql, (params for _, params in group))
+            for sql, rows in updates:
+                conn.executemany(sql, rows)
         for i, event in enumerate(events):
             event.seq = first + i
 
@@ -317,7 +292,7 @@ class SqliteStore:
         self, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRecord]:
         conn = self._connection()
-        _check_limit(limit)
+        shared.check_limit(limit)
         with self._errors("list runs"):
             if status is None:
                 rows = conn.execute(LIST_RUNS, (limit,)).fetchall()
@@ -351,7 +326,7 @@ class SqliteStore:
     ) -> list[Event]:
         conn = self._connection()
         if limit is not None:
-            _check_limit(limit)
+            shared.check_limit(limit)
         with self._errors(f"read the events of run {run_id!r}"):
             rows = conn.execute(GET_EVENTS, (run_id, after, -1 if limit is None else limit))
             return [
@@ -402,18 +377,24 @@ class SqliteStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         available = migrations()
+        if self._schema_version(conn, len(available)) == len(available):
+            return  # up to date: no write lock needed, so readers open while a writer works
         with self._transaction(conn):
-            current: int = conn.execute("PRAGMA user_version").fetchone()[0]
-            if current > len(available):
-                raise StoreError(
-                    f"{self.path}: schema version {current} is newer than this aexec "
-                    f"supports ({len(available)}); upgrade aexec"
-                )
+            current = self._schema_version(conn, len(available))  # again, under the lock
             for migration in available[current:]:
                 log.info("applying migration %s to %s", migration.name, self.path)
                 for statement in migration.statements():
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {migration.version:d}")
+
+    def _schema_version(self, conn: sqlite3.Connection, supported: int) -> int:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > supported:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this aexec "
+                f"supports ({supported}); upgrade aexec"
+            )
+        return version
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -421,7 +402,11 @@ class SqliteStore:
             yield
         except sqlite3.Error as exc:
             message = " ".join(str(exc).split())
-            raise StoreError(f"SQLite store {self.path}: cannot {action}: {message}") from exc
+            transient = isinstance(exc, sqlite3.OperationalError) and (
+                "locked" in message or "busy" in message
+            )
+            error = StoreUnavailableError if transient else StoreError
+            raise error(f"SQLite store {self.path}: cannot {action}: {message}") from exc
 
     @staticmethod
     @contextmanager
@@ -453,6 +438,29 @@ def _run_record(row: Any) -> RunRecord:
     )
 
 
+def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The batch's row changes as ``(statement, parameter rows)`` pairs for ``executemany``,
+    in an order with the same effect as applying the events one by one.
+
+    Changes to different rows commute, so the n-th change to each row goes in round n, and
+    within a round changes are grouped by statement: a batch that touches each step once
+    costs one ``executemany`` per event kind instead of one per event.
+    """
+    rounds: list[dict[str, list[dict[str, Any]]]] = []
+    changes: dict[tuple[str, str | None], int] = {}
+    for event in events:
+        sql = ROW_UPDATES.get(event.kind)
+        if sql is None:
+            continue
+        row = (event.run_id, event.step if event.kind in _STEP_KINDS else None)
+        n = changes.get(row, 0)
+        changes[row] = n + 1
+        if n == len(rounds):
+            rounds.append({})
+        rounds[n].setdefault(sql, []).append(_row_params(event))
+    return [(sql, rows) for changes_in_round in rounds for sql, rows in changes_in_round.items()]
+
+
 def _row_params(event: Event) -> dict[str, Any]:
     kind = event.kind
     params = {
@@ -465,39 +473,14 @@ def _row_params(event: Event) -> dict[str, Any]:
         "error": None,
     }
     if kind is EventKind.STEP_STARTED:
-        params["worker"] = _text(event.data.get("worker"))
+        params["worker"] = shared.text(event.data.get("worker"))
     elif kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
-        info = _error_info(event.data.get("error"))
+        info = shared.error_info(event.data.get("error"))
         params["error"] = None if info is None else json.dumps(info.to_dict())
     elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-        params["error"] = _text(event.data.get("error"))
+        params["error"] = shared.text(event.data.get("error"))
     return params
 
 
-def _error_info(value: Any) -> ErrorInfo | None:
-    """A step event's ``data["error"]``: ``ErrorInfo.to_dict()``, or a bare message."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return ErrorInfo.from_dict(value)
-    return ErrorInfo("Error", str(value))
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _dump_data(event: Event) -> str | None:
-    return _dump_json(event.data, f"{event.kind} event data") if event.data else None
-
-
-def _dump_json(value: dict[str, Any], what: str) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} is not JSON-serialisable: {exc}") from exc
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, not {limit}")
+    return shared.dump_json(event.data, f"{event.kind} event data") if event.data else None

@@ -124,8 +124,14 @@ class AmqpDelivery:
 
 
 class AmqpSubscription:
-    """A consumer on its own channel.  ``cancel()`` cancels running handlers and closes the
-    channel; RabbitMQ then requeues every unacked delivery, marked redelivered."""
+    """A consumer on its own channel, owning the tasks that run its handler.
+
+    Handlers run in tasks of this subscription, not in aiormq's consumer tasks, so a
+    connection loss does not cancel a running handler (its ack then fails with
+    :class:`~aexec.errors.TransportError`, and the broker redelivers the message).
+    ``cancel()`` cancels running handlers and closes the channel; RabbitMQ then requeues
+    every unacked delivery, marked redelivered.
+    """
 
     def __init__(
         self,
@@ -140,31 +146,31 @@ class AmqpSubscription:
         self._handler = handler
         self._channel = channel
         self._owner = owner
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._active = True
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        """aio-pika's callback: runs in a task of its own for each delivery."""
+        """aio-pika's callback.  Tasks start in creation order, so handlers start in
+        delivery order."""
         if not self._active:
             return  # left unacked: requeued when the channel closes
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         delivery = AmqpDelivery(message)
         try:
             await self._handler(delivery)
         except Exception:
             if message.processed:  # settled by the handler, or auto-acked (a broadcast)
                 logger.exception("handler for %s failed", self._label)
-            else:
-                logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
-                try:
-                    await delivery.reject(requeue=False)
-                except TransportError as exc:
-                    logger.warning("cannot dead-letter the delivery: %s", exc)
-        finally:
-            if task is not None:
-                self._running.discard(task)
+                return
+            logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
+            try:
+                await delivery.reject(requeue=False)
+            except TransportError as exc:
+                logger.warning("cannot dead-letter the delivery: %s", exc)
 
     async def cancel(self) -> None:
         if not self._active:
@@ -276,7 +282,11 @@ class AmqpTransport:
             await connection.close()
             raise
         self._connection, self._topology, self._publisher = connection, topology, publisher
-        await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
+        try:
+            await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
+        except BaseException:
+            await self.close()
+            raise
         logger.info("connected to RabbitMQ at %s (prefix %r)", self._display, self._prefix)
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ specific to SQLite files and migrations.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -109,9 +110,15 @@ async def test_run_params_come_back_as_json_would_return_them(store: Store) -> N
     assert (await run_row(store)).params == {"pair": [1, 2], "nested": {"k": [None]}}
 
 
-async def test_run_params_that_json_cannot_hold_are_a_store_error(store: Store) -> None:
+async def test_run_params_json_has_no_type_for_are_kept_as_text(store: Store) -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5)
+    await store.create_run(new_run(params={"when": when, "blob": b"\x00"}), PLAN)
+    assert (await run_row(store)).params == {"when": str(when), "blob": str(b"\x00")}
+
+
+async def test_run_params_with_keys_json_cannot_hold_are_a_store_error(store: Store) -> None:
     with pytest.raises(StoreError, match="JSON"):
-        await store.create_run(new_run(params={"when": object()}), PLAN)
+        await store.create_run(new_run(params={(1, 2): "tuple key"}), PLAN)
     assert await store.get_run("run-0001") is None
 
 
@@ -639,10 +646,19 @@ async def test_a_batch_naming_an_unknown_run_fails_whole(store: Store) -> None:
     assert [e.seq for e in batch] == [0, 0]
 
 
+async def test_event_data_json_has_no_type_for_is_logged_as_text(store: Store) -> None:
+    await store.create_run(new_run(), PLAN)
+    await store.append([ev(K.STEP_PROGRESS, "a", tags={"x"}, blob=b"\x00")])
+    assert (await store.get_events("run-0001"))[0].data == {"tags": "{'x'}", "blob": "b'\\x00'"}
+
+
 async def test_a_batch_with_data_json_cannot_hold_fails_whole(store: Store) -> None:
     await store.create_run(new_run(), PLAN)
+    bad = ev(K.STEP_PROGRESS, "a")
+    tuple_keyed: dict[Any, Any] = {(1, 2): "tuple key"}
+    bad.data = tuple_keyed
     with pytest.raises(StoreError, match="JSON"):
-        await store.append([ev(K.RUN_STARTED), ev(K.STEP_PROGRESS, "a", blob=b"\x00")])
+        await store.append([ev(K.RUN_STARTED), bad])
     assert await store.get_events("run-0001") == []
     assert (await run_row(store)).status is RunStatus.PENDING
 
@@ -817,9 +833,9 @@ async def test_a_writer_locked_out_by_another_process_gets_a_store_error(
             other.execute("BEGIN IMMEDIATE")
             with pytest.raises(StoreError, match="locked"):
                 await s.append([ev(K.RUN_STARTED)])
-            with pytest.raises(StoreError, match="locked"):
-                await SqliteStore(path, timeout=0.05).open()
             assert (await run_row(s)).status is RunStatus.PENDING  # readers are not blocked
+            async with SqliteStore(path, timeout=0.05) as reader:
+                assert (await run_row(reader)).status is RunStatus.PENDING
             other.execute("ROLLBACK")
         finally:
             other.close()
@@ -871,6 +887,21 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
     assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
     tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
     assert tables == {"plans", "runs", "steps", "events"}
+
+
+async def test_a_new_database_waits_for_the_write_lock_to_migrate(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError, match="locked"):
+            await SqliteStore(path, timeout=0.05).open()
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    async with SqliteStore(path):
+        pass
+    assert pragma(path, "user_version") == len(migrations())
 
 
 async def test_a_database_from_a_newer_aexec_is_refused(tmp_path: Path) -> None:

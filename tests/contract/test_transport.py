@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from aexec.errors import ConfigError, TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Transport
+from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Subscription, Transport
 from aexec.transport.amqp import AmqpTransport, from_url
 from aexec.transport.memory import MemoryTransport
 from tests.plugins.rabbitmq import close_connections, delete_queues
@@ -256,6 +256,46 @@ async def test_cancelling_a_consumer_hands_its_unacked_deliveries_to_another_mar
     assert all(d.redelivered for d in redelivered)
 
 
+async def test_cancelling_a_consumer_cancels_its_running_handlers(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def block(delivery: Delivery) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    subscription = await transport.consume("work", block, prefetch=1)
+    await transport.publish("work", b"stuck")
+    await asyncio.wait_for(started.wait(), WAIT)
+    await asyncio.wait_for(subscription.cancel(), WAIT)
+    assert cancelled.is_set()
+    other = Inbox()
+    await transport.consume("work", other, prefetch=1)
+    [delivery] = await other.wait_for(1)
+    assert (delivery.body, delivery.redelivered) == (b"stuck", True)
+
+
+async def test_a_handler_may_cancel_its_own_subscription_and_carry_on(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    subscriptions: list[Subscription] = []
+    finished = asyncio.Event()
+
+    async def stop_after_one(delivery: Delivery) -> None:
+        await subscriptions[0].cancel()
+        await asyncio.sleep(0)
+        finished.set()
+
+    subscriptions.append(await transport.consume("work", stop_after_one, prefetch=1))
+    await transport.publish("work", b"last")
+    await asyncio.wait_for(finished.wait(), WAIT)
+
+
 async def test_two_consumers_on_one_queue_share_the_work(transport: Transport) -> None:
     await transport.declare_queue("work")
     first, second = Inbox(ack=False), Inbox(ack=False)
@@ -489,6 +529,45 @@ async def test_after_the_connection_is_forced_closed_publishing_and_consuming_re
             await transport.publish("nowhere", b"x")
         # The topic subscriber's exclusive queue and binding were restored.
         await broadcast_until_heard(transport, "control", listener)
+    finally:
+        await transport.delete_topology()
+        await transport.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_handler_running_when_the_connection_drops_finishes_and_its_message_returns(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        started, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        outcome: list[str] = []
+        again = Inbox()
+
+        async def slow(delivery: Delivery) -> None:
+            if delivery.redelivered:
+                await again(delivery)
+                return
+            started.set()
+            await release.wait()
+            try:
+                await delivery.ack()
+                outcome.append("acked")
+            except TransportError:
+                outcome.append("ack failed")
+            finished.set()
+
+        await transport.consume("work", slow, prefetch=2)
+        await transport.publish("work", b"long step")
+        await asyncio.wait_for(started.wait(), WAIT)
+        await close_connections(amqp_prefix)
+        [delivery] = await again.wait_for(1)  # the broker requeued it; the restored consumer
+        assert delivery.body == b"long step"  # got it back while the first handler still runs
+        release.set()
+        await asyncio.wait_for(finished.wait(), WAIT)
+        assert outcome == ["ack failed"]
     finally:
         await transport.delete_topology()
         await transport.close()
