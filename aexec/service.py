@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from aexec.config import Settings
+from aexec.config import Settings, redact
 from aexec.control import list_workers, terminate_workers
 from aexec.errors import ConfigError, LoadError
 from aexec.executor import Executor, make_objects, make_transport
@@ -98,8 +98,14 @@ async def run_coordinator(settings: Settings, *, stop: asyncio.Event) -> int:
     """Serve runs submitted by library clients through the broker until ``stop`` is set;
     then let the runs in flight finish (for a bounded time) and return 0."""
     _require_broker(settings, "coordinator")
+    log.info(
+        "coordinator starting: store %s, objects %s",
+        redact(settings.store_url),
+        redact(settings.objects_url),
+    )
     async with Executor(settings) as ex:
         await ex.serve(stop)
+    log.info("coordinator stopped")
     return 0
 
 

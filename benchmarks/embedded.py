@@ -2,9 +2,9 @@
 
     python -m benchmarks.embedded [--n 1000] [--repeat 5] [--json FILE]
 
-Measures, for the chain of chords (noop, n × [10 parallel → 1], noop; n=1000 → 11,002
+Measures, for the chain of chords (noop, n x [10 parallel -> 1], noop; n=1000: 11,002
 steps): compile time, run time inside the process (store included), and the whole
-`python -m aexec run examples/chords.py -p n=N` process.  Reports medians with min–max.
+`python -m aexec run examples/chords.py -p n=N` process.  Reports medians with min-max.
 """
 
 from __future__ import annotations
@@ -46,8 +46,19 @@ def _process(n: int, home: str) -> float:
     env = {**os.environ, "AEXEC_HOME": home}
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "aexec", "run", str(ROOT / "examples" / "chords.py"), "-p", f"n={n}"],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "aexec",
+            "run",
+            str(ROOT / "examples" / "chords.py"),
+            "-p",
+            f"n={n}",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - t0
 
@@ -86,10 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"embedded chain of chords: n={args.n}, {steps} steps, {args.repeat} repetitions")
     for name, s in rows.items():
-        print(f"  {name:32s} {s['median']:7.3f} s   ({s['min']:.3f}–{s['max']:.3f})")
-    print(f"  {'steps per second (run)':32s} {steps / rows['run (in process, SQLite store)']['median']:7.0f}")
+        print(f"  {name:32s} {s['median']:7.3f} s   ({s['min']:.3f}-{s['max']:.3f})")
+    per_second = steps / rows["run (in process, SQLite store)"]["median"]
+    print(f"  {'steps per second (run)':32s} {per_second:7.0f}")
     if args.json_file:
-        Path(args.json_file).write_text(json.dumps({"steps": steps, "n": args.n, "results": rows}, indent=2))
+        Path(args.json_file).write_text(
+            json.dumps({"steps": steps, "n": args.n, "results": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

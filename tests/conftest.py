@@ -3,4 +3,8 @@ reason when a service is absent locally, and fail when ``CI=true``."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.plugins.services", "tests.plugins.s3"]
+pytest_plugins = [
+    "tests.plugins.services",
+    "tests.plugins.s3",
+    "tests.plugins.rabbitmq",
+]

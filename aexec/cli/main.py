@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinator",
         parents=parents,
         help="run a long-lived coordinator for runs submitted by library clients",
-        description="Serve the runs that library clients submit through the broker, until "
-        "SIGTERM or Ctrl-C; runs in flight are resumed by the next coordinator.",
+        description="Serve the runs that library clients submit through the broker until "
+        "SIGTERM or Ctrl-C; runs in flight then get a grace period to finish, and the next "
+        "coordinator resumes the rest.",
     )
     coordinator.set_defaults(handler=cmd_coordinator)
     return parser
@@ -193,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     # -c is the concurrency of `worker start` (as in Celery): its config file is --config.
-    backends = _Parser(add_help=False)
-    group = backends.add_argument_group("backends (flags > AEXEC_* environment > --config file)")
-    group.add_argument("--broker", metavar="URL", help="amqp://... (a worker needs a broker)")
-    group.add_argument("--config", metavar="FILE", help="a YAML file of settings (aexec.yaml)")
-    objects = _Parser(add_help=False)
-    objects.add_argument_group("backends").add_argument(
-        "--objects", metavar="URL", help="file:///dir or s3://bucket/prefix, for large values"
-    )
+    def backends(*, objects: bool) -> argparse.ArgumentParser:
+        parser = _Parser(add_help=False)
+        group = parser.add_argument_group("backends (flags > AEXEC_* environment > --config)")
+        group.add_argument("--broker", metavar="URL", help="amqp://... (workers need a broker)")
+        if objects:
+            group.add_argument("--objects", metavar="URL", help="file:///dir or s3://bucket/prefix")
+        group.add_argument("--config", metavar="FILE", help="a YAML file of settings (aexec.yaml)")
+        return parser
 
     worker = commands.add_parser(
         "worker", help="start, list and terminate workers", description="Manage workers."
@@ -210,7 +211,7 @@ def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None
     )
     start = worker_commands.add_parser(
         "start",
-        parents=[common, backends, objects],
+        parents=[common, backends(objects=True)],
         help="serve the steps defined in modules or files",
         description="Serve the steps defined in the given modules until SIGTERM, Ctrl-C or "
         "`aexec worker terminate`; steps in flight finish first. With -v it logs "
@@ -253,7 +254,7 @@ def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None
 
     listing = worker_commands.add_parser(
         "list",
-        parents=[common, backends],
+        parents=[common, backends(objects=False)],
         help="list live workers",
         description="List the workers that answer a ping through the broker.",
     )
@@ -271,7 +272,7 @@ def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None
 
     terminate = worker_commands.add_parser(
         "terminate",
-        parents=[common, backends],
+        parents=[common, backends(objects=False)],
         help="stop workers gracefully",
         description="Ask a worker (or every worker) to finish its in-flight steps and exit.",
     )
@@ -315,6 +316,9 @@ def configure_logging(verbosity: int) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+    # aiormq logs every failed connection attempt as an ERROR of its own; the AMQP transport
+    # reports the same failure as one aexec error, so it is shown only with -v.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL if verbosity <= 0 else logging.NOTSET)
 
 
 def _report_error(exc: Exception, show_traceback: bool) -> int:

@@ -1,7 +1,7 @@
 """The store port: runs, steps with their attempts, and the event log.
 
-Adapters: :mod:`aexec.store.memory`, :mod:`aexec.store.sqlite` (embedded mode) and, later,
-PostgreSQL.  All pass ``tests/contract/test_store.py``.
+Adapters: :mod:`aexec.store.memory`, :mod:`aexec.store.sqlite` (embedded mode) and
+:mod:`aexec.store.postgres`.  All pass ``tests/contract/test_store.py``.
 
 Writes go through :meth:`Store.append`: one call is one transaction (group commit), and the
 store applies each event to the run and step rows it concerns:
@@ -23,11 +23,19 @@ run_failed / cancelled  run → failed / cancelled, error, finished_at
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
 the step's current one changes no row (it is still logged).
+
+Run leases let several coordinators share the unfinished runs and take over those of one
+that crashed: a run is *claimable* while it is unfinished (pending or running) and has no
+owner, no lease end, or a lease that ended.  :meth:`Store.acquire_runs` claims, the owner
+calls :meth:`Store.renew_leases` well within the lease, and :meth:`Store.release_runs` hands
+runs back at once on a clean shutdown.  A finished run keeps its owner and is never claimed.
+Lease times are float seconds since the epoch: PostgreSQL reads its own clock (one clock
+for every coordinator), the embedded stores read ``time.time()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +57,8 @@ class RunRecord:
     finished_at: float | None = None
     result: bytes | None = None
     error: str | None = None
+    owner: str | None = None  # the coordinator holding the run's lease
+    lease_until: float | None = None  # when that lease ends (seconds since the epoch)
 
 
 @dataclass(slots=True)
@@ -72,7 +82,10 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create_run(self, run: RunRecord, plan: Plan) -> None:
-        """Record a new run, its pending steps, and its plan (stored once per digest)."""
+        """Record a new run, its pending steps, and its plan (stored once per digest).
+
+        ``run.owner`` and ``run.lease_until`` are stored as given: a coordinator creating a
+        run usually owns it from the start."""
 
     async def append(self, events: Sequence[Event]) -> None:
         """Log ``events`` and apply them to run and step rows, in one transaction."""
@@ -94,3 +107,33 @@ class Store(Protocol):
         """Events with ``seq > after``, oldest first."""
 
     async def get_plan(self, digest: str) -> Plan | None: ...
+
+    def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """The run's events with ``seq > after`` as they are recorded, oldest first.
+
+        The iterator ends after the run's ending event (run_succeeded, run_failed or
+        run_cancelled); for a run that already ended it yields the rest and ends.  A run
+        that does not exist is a :class:`~aexec.errors.StoreError`; so is a store that
+        fails (:class:`~aexec.errors.StoreUnavailableError` when transient: follow again
+        with ``after`` set to the last seq seen).  Close the iterator when done with it
+        early (``contextlib.aclosing``): a follower may hold a connection.
+        """
+
+    async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:
+        """Claim up to ``limit`` claimable runs for ``owner`` until ``lease`` seconds from
+        now, and return them as claimed, oldest first.
+
+        Atomic: two callers, even in different processes, never claim the same run.
+        """
+
+    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+        """Extend to ``lease`` seconds from now the lease of every unfinished run ``owner``
+        still owns, and return their ids.
+
+        A run another owner has taken over (after this owner's lease ended) is neither
+        renewed nor returned: its new owner drives it now.
+        """
+
+    async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
+        """End at once ``owner``'s lease on those unfinished runs (all of them for None), so
+        that another coordinator can claim them without waiting; the owner is kept."""

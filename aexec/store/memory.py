@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self
@@ -20,22 +21,8 @@ from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
 from aexec.store import rows as shared
-from aexec.types import RunStatus, StepStatus
-
-_STEP_STATUS: dict[EventKind, StepStatus] = {
-    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
-    EventKind.STEP_STARTED: StepStatus.RUNNING,
-    EventKind.STEP_RETRYING: StepStatus.RETRYING,
-    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
-    EventKind.STEP_FAILED: StepStatus.FAILED,
-    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
-    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
-}
-_RUN_STATUS: dict[EventKind, RunStatus] = {
-    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
-    EventKind.RUN_FAILED: RunStatus.FAILED,
-    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
-}
+from aexec.store.follow import TicketWatch, Wakeups, follow_log
+from aexec.types import RunStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +54,7 @@ class MemoryStore:
         self._plans: dict[str, bytes] = {}
         self._runs: dict[str, _Run] = {}
         self._last_seq = 0
+        self._wakeups = Wakeups()
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -124,7 +112,7 @@ class MemoryStore:
             run.events.append(
                 _LoggedEvent(first + i, event.kind, event.ts, event.step, event.attempt, data)
             )
-            if event.kind in _STEP_STATUS:
+            if event.kind in shared.STEP_STATUS:
                 step = run.steps.get(event.step) if event.step is not None else None
                 if step is not None:
                     _apply_to_step(step, event)
@@ -133,6 +121,8 @@ class MemoryStore:
         self._last_seq = first + len(events) - 1
         for i, event in enumerate(events):
             event.seq = first + i
+        for run_id in dict.fromkeys(e.run_id for e in events):
+            self._wakeups.notify(run_id)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         self._check_open()
@@ -188,6 +178,67 @@ class MemoryStore:
         data = self._plans.get(digest)
         return None if data is None else Plan.from_bytes(data)
 
+    async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        async def read(last: int) -> list[Event]:
+            return await self.get_events(run_id, after=last)
+
+        async def finished() -> bool:
+            self._check_open()
+            run = self._runs.get(run_id)
+            if run is None:
+                raise StoreError(f"cannot follow run {run_id!r}: no such run")
+            return run.record.status.finished
+
+        watch = TicketWatch(self._wakeups, run_id)
+        async for event in follow_log(watch, read, finished, after=after):
+            yield event
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:
+        self._check_open()
+        shared.check_lease(lease)
+        shared.check_limit(limit)
+        now = time.time()
+        claimable = [
+            run
+            for run in self._runs.values()
+            if not run.record.status.finished
+            and (
+                run.record.owner is None
+                or run.record.lease_until is None
+                or run.record.lease_until < now
+            )
+        ]
+        claimable.sort(key=lambda r: (r.record.created_at, r.order))
+        for run in claimable[:limit]:
+            run.record.owner, run.record.lease_until = owner, now + lease
+        return [_copy_run(run) for run in claimable[:limit]]
+
+    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+        self._check_open()
+        shared.check_lease(lease)
+        until = time.time() + lease
+        renewed = set()
+        for run in self._owned(owner):
+            run.record.lease_until = until
+            renewed.add(run.record.run_id)
+        return renewed
+
+    async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
+        self._check_open()
+        chosen = None if run_ids is None else set(run_ids)
+        for run in self._owned(owner):
+            if chosen is None or run.record.run_id in chosen:
+                run.record.lease_until = 0.0
+
+    def _owned(self, owner: str) -> list[_Run]:
+        return [
+            run
+            for run in self._runs.values()
+            if run.record.owner == owner and not run.record.status.finished
+        ]
+
     def _check_open(self) -> None:
         if not self._open:
             raise StoreError(f"{self!r} is not open")
@@ -198,7 +249,7 @@ def _apply_to_step(step: StepRecord, event: Event) -> None:
     if step.status.finished or event.attempt < step.attempts:
         return
     kind = event.kind
-    step.status = _STEP_STATUS[kind]
+    step.status = shared.STEP_STATUS[kind]
     step.attempts = event.attempt
     if kind is EventKind.STEP_STARTED:
         step.started_at = event.ts
@@ -221,7 +272,7 @@ def _apply_to_run(run: RunRecord, event: Event) -> None:
         run.status = RunStatus.RUNNING
         run.started_at = event.ts
     elif kind.ends_run and not run.status.finished:
-        run.status = _RUN_STATUS[kind]
+        run.status = shared.RUN_STATUS[kind]
         run.finished_at = event.ts
         if kind is EventKind.RUN_SUCCEEDED:
             run.result = event.output

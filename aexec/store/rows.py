@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aexec.errors import StoreError
-from aexec.types import ErrorInfo
+from aexec.events import Event, EventKind
+from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
 def error_info(value: Any) -> ErrorInfo | None:
@@ -35,3 +37,53 @@ def dump_json(value: dict[str, Any], what: str) -> str:
 def check_limit(limit: int) -> None:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, not {limit}")
+
+
+def check_lease(lease: float) -> None:
+    if not lease > 0:  # NaN too
+        raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+
+
+STEP_STATUS: dict[EventKind, StepStatus] = {
+    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
+    EventKind.STEP_STARTED: StepStatus.RUNNING,
+    EventKind.STEP_RETRYING: StepStatus.RETRYING,
+    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    EventKind.STEP_FAILED: StepStatus.FAILED,
+    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
+    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
+}
+"""The status each step event moves its step to (when its attempt is current)."""
+
+RUN_STATUS: dict[EventKind, RunStatus] = {
+    EventKind.RUN_STARTED: RunStatus.RUNNING,
+    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
+    EventKind.RUN_FAILED: RunStatus.FAILED,
+    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
+}
+"""The status each run event moves its run to (run_started: only a pending run)."""
+
+
+def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
+    """The events of a batch that change a row, in rounds: the n-th change to each row goes
+    in round n, in batch order.
+
+    Changes to different rows commute, so applying the rounds in order, the changes of one
+    round in any order (or in one statement), has the same effect as applying the events
+    one by one.  A batch that touches each row once is one round.
+    """
+    rounds: list[list[Event]] = []
+    changes: dict[tuple[str, str | None], int] = {}
+    for event in events:
+        if event.kind in STEP_STATUS and event.step is not None:
+            row: tuple[str, str | None] = (event.run_id, event.step)
+        elif event.kind in RUN_STATUS:
+            row = (event.run_id, None)
+        else:
+            continue  # logged only: run_submitted, step_progress, a step event naming no step
+        n = changes.get(row, 0)
+        changes[row] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(event)
+    return rounds

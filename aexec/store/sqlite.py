@@ -8,7 +8,12 @@ writer.
 
 The schema comes from the numbered plain-SQL files in ``migrations/sqlite/``.  ``open()``
 applies the missing ones in a ``BEGIN IMMEDIATE`` transaction (two processes opening the
-same new file do not race) and records the schema version in ``PRAGMA user_version``.
+same new file do not race) and records the schema version in ``PRAGMA user_version``;
+``migrations/sqlite/schema.sql`` is the schema they add up to, for reading.
+
+SQLite has no notifications: :meth:`SqliteStore.follow` is woken by this store's own
+appends, and notices other connections' commits by polling ``PRAGMA data_version`` (one
+cheap call, no read of the log unless the file changed).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +37,7 @@ from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
 from aexec.store import rows as shared
+from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,8 @@ URL_PREFIX = "sqlite:///"
 IN_MEMORY = ":memory:"
 DEFAULT_TIMEOUT = 0.2  # a busy wait blocks the event loop: retry asynchronously instead
 """Seconds a writer waits for another process's write lock before failing."""
+FOLLOW_POLL_INTERVAL = 0.2
+"""Seconds between two looks at ``PRAGMA data_version`` by a follower."""
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
 
@@ -49,8 +58,8 @@ PLAN_EXISTS = "SELECT 1 FROM plans WHERE digest = ?"
 RUN_EXISTS = "SELECT 1 FROM runs WHERE run_id = ?"
 INSERT_RUN = """
 INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
-                  started_at, finished_at, result, error)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  started_at, finished_at, result, error, owner, lease_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 INSERT_STEP = """
 INSERT INTO steps (run_id, position, key, name, queue, status)
@@ -102,13 +111,15 @@ ROW_UPDATES: dict[EventKind, str] = {
 }
 """Kinds missing here (run_submitted, step_progress) are logged and change no row."""
 
-_STEP_KINDS = frozenset(kind for kind in EventKind if kind.value.startswith("step_"))
 
+# -- leases -------------------------------------------------------------------------------
+
+_UNFINISHED = "(status = 'pending' OR status = 'running')"  # as in the partial indexes
 # -- reads --------------------------------------------------------------------------------
 
 _RUN_COLUMNS = """
 run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-finished_at, result, error
+finished_at, result, error, owner, lease_until
 """
 GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
 # Ids sharing a prefix sort together, right after the prefix itself.
@@ -128,6 +139,18 @@ SELECT seq, run_id, ts, kind, step, attempt, data
 FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?
 """
 GET_PLAN = "SELECT data FROM plans WHERE digest = ?"
+RUN_STATUS = "SELECT status FROM runs WHERE run_id = ?"
+CLAIMABLE_RUNS = f"""
+SELECT {_RUN_COLUMNS} FROM runs
+WHERE {_UNFINISHED} AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)
+ORDER BY created_at, rowid LIMIT ?
+"""
+CLAIM_RUN = "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?"
+RENEW_LEASES = f"""
+UPDATE runs SET lease_until = ? WHERE owner = ? AND {_UNFINISHED} RETURNING run_id
+"""
+RELEASE_RUNS = f"UPDATE runs SET lease_until = 0 WHERE owner = ? AND {_UNFINISHED}"
+RELEASE_RUN = f"{RELEASE_RUNS} AND run_id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +205,7 @@ class SqliteStore:
         self.path = os.fspath(path)
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None
+        self._wakeups = Wakeups()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> SqliteStore:
@@ -247,6 +271,8 @@ class SqliteStore:
                     run.finished_at,
                     run.result,
                     run.error,
+                    run.owner,
+                    run.lease_until,
                 ),
             )
             conn.executemany(
@@ -274,6 +300,8 @@ class SqliteStore:
                 conn.executemany(sql, rows)
         for i, event in enumerate(events):
             event.seq = first + i
+        for run_id in dict.fromkeys(e.run_id for e in events):
+            self._wakeups.notify(run_id)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         conn = self._connection()
@@ -348,7 +376,58 @@ class SqliteStore:
             row = conn.execute(GET_PLAN, (digest,)).fetchone()
         return None if row is None else Plan.from_bytes(row[0])
 
+    async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        async def read(last: int) -> list[Event]:
+            return await self.get_events(run_id, after=last)
+
+        async def finished() -> bool:
+            conn = self._connection()
+            with self._errors(f"read run {run_id!r}"):
+                row = conn.execute(RUN_STATUS, (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"cannot follow run {run_id!r}: no such run")
+            return RunStatus(row[0]).finished
+
+        async for event in follow_log(_SqliteWatch(self, run_id), read, finished, after=after):
+            yield event
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:
+        conn = self._connection()
+        shared.check_lease(lease)
+        shared.check_limit(limit)
+        with self._errors("acquire runs"), self._transaction(conn):
+            now = time.time()  # read under the write lock: no other claim is in between
+            claimed = [_run_record(row) for row in conn.execute(CLAIMABLE_RUNS, (now, limit))]
+            for run in claimed:
+                run.owner, run.lease_until = owner, now + lease
+            conn.executemany(CLAIM_RUN, ((owner, now + lease, r.run_id) for r in claimed))
+        return claimed
+
+    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+        conn = self._connection()
+        shared.check_lease(lease)
+        with self._errors("renew leases"), self._transaction(conn):
+            rows = conn.execute(RENEW_LEASES, (time.time() + lease, owner)).fetchall()
+        return {run_id for (run_id,) in rows}
+
+    async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
+        conn = self._connection()
+        with self._errors("release runs"), self._transaction(conn):
+            if run_ids is None:
+                conn.execute(RELEASE_RUNS, (owner,))
+            else:
+                conn.executemany(RELEASE_RUN, ((owner, run_id) for run_id in run_ids))
+
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _data_version(self) -> int:
+        """Changes when another connection commits to the file (not when this one does)."""
+        conn = self._connection()
+        with self._errors("poll the database"):
+            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        return version
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -435,30 +514,24 @@ def _run_record(row: Any) -> RunRecord:
         finished_at=row[8],
         result=row[9],
         error=row[10],
+        owner=row[11],
+        lease_until=row[12],
     )
 
 
 def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The batch's row changes as ``(statement, parameter rows)`` pairs for ``executemany``,
-    in an order with the same effect as applying the events one by one.
-
-    Changes to different rows commute, so the n-th change to each row goes in round n, and
-    within a round changes are grouped by statement: a batch that touches each step once
-    costs one ``executemany`` per event kind instead of one per event.
+    in an order with the same effect as applying the events one by one: round by round
+    (:func:`~aexec.store.rows.change_rounds`), grouped by statement within a round, so a
+    batch that touches each step once costs one ``executemany`` per event kind.
     """
-    rounds: list[dict[str, list[dict[str, Any]]]] = []
-    changes: dict[tuple[str, str | None], int] = {}
-    for event in events:
-        sql = ROW_UPDATES.get(event.kind)
-        if sql is None:
-            continue
-        row = (event.run_id, event.step if event.kind in _STEP_KINDS else None)
-        n = changes.get(row, 0)
-        changes[row] = n + 1
-        if n == len(rounds):
-            rounds.append({})
-        rounds[n].setdefault(sql, []).append(_row_params(event))
-    return [(sql, rows) for changes_in_round in rounds for sql, rows in changes_in_round.items()]
+    updates: list[tuple[str, list[dict[str, Any]]]] = []
+    for changes in shared.change_rounds(events):
+        by_statement: dict[str, list[dict[str, Any]]] = {}
+        for event in changes:
+            by_statement.setdefault(ROW_UPDATES[event.kind], []).append(_row_params(event))
+        updates.extend(by_statement.items())
+    return updates
 
 
 def _row_params(event: Event) -> dict[str, Any]:
@@ -484,3 +557,22 @@ def _row_params(event: Event) -> dict[str, Any]:
 
 def _dump_data(event: Event) -> str | None:
     return shared.dump_json(event.data, f"{event.kind} event data") if event.data else None
+
+
+class _SqliteWatch:
+    """Woken by this store's appends; notices other connections' commits by polling."""
+
+    def __init__(self, store: SqliteStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._ticket = store._wakeups.ticket(run_id)
+        self._version = 0
+
+    def arm(self) -> None:
+        self._ticket = self._store._wakeups.ticket(self._run_id)
+        self._version = self._store._data_version()
+
+    async def wait(self) -> None:
+        while not await wait_for_ticket(self._ticket, FOLLOW_POLL_INTERVAL):
+            if self._store._data_version() != self._version:
+                return

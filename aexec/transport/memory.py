@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 from aexec.errors import TransportError
 from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Delivery, Handler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -46,7 +49,14 @@ class _Consumer:
                 batch, self.ready = self.ready, []
                 for delivery in batch:
                     if delivery.consumer is self and self.active:
-                        await self.handler(delivery)
+                        try:
+                            await self.handler(delivery)
+                        except Exception:
+                            log.exception(
+                                "handler for queue %r failed; dead-lettering its delivery",
+                                self.queue.name,
+                            )
+                            await delivery.reject(requeue=False)
 
     async def cancel(self) -> None:
         if not self.active:

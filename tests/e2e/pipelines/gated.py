@@ -1,7 +1,6 @@
 """A step that announces it started (creates ``marker``) and finishes once ``release``
 exists: a test controls exactly when it ends."""
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -9,13 +8,13 @@ from aexec import pipeline, step
 
 
 @step(queue="gated")
-async def wait_for_release(marker: str, release: str) -> str:
+def wait_for_release(marker: str, release: str) -> str:
     Path(marker).touch()
     deadline = time.monotonic() + 60.0
     while not Path(release).exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{release} never appeared")
-        await asyncio.sleep(0.02)
+        time.sleep(0.02)
     return "released"
 
 

@@ -1,0 +1,604 @@
+"""PostgreSQL run store: the distributed mode's source of truth, over an asyncpg pool.
+
+Same semantics as the SQLite store (both pass ``tests/contract/test_store.py``).  The
+statements live in ``sql/postgres.sql``, one named section each; the schema comes from the
+numbered files in ``migrations/postgres/``, which :meth:`PostgresStore.open` applies in one
+transaction under an advisory lock and records in ``aexec_migrations``
+(``migrations/postgres/schema.sql`` is what they add up to, for reading).
+
+Every call runs under ``timeout`` seconds, pool acquisition included: a dead connection can
+leave asyncpg waiting forever.  Failures that say the database cannot be reached now
+(connection lost or refused, timeouts, too many connections, server shutting down,
+deadlock or serialization failure) raise :class:`~aexec.errors.StoreUnavailableError`,
+which callers retry; other database errors raise :class:`~aexec.errors.StoreError`.  A
+connection whose call failed that way is closed, never reused.  Messages name the database
+as ``user@host:port/db``, never with a password.
+
+:meth:`PostgresStore.append` is one transaction of a handful of statements however many
+events it carries (the changes go in as arrays), and sends ``pg_notify('aexec_events',
+run_id)`` once per run; :meth:`PostgresStore.follow` listens on a connection of its own and
+re-reads the log on each wake-up, and at least every ``FOLLOW_FALLBACK`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from aexec.errors import ConfigError, StoreError, StoreUnavailableError
+from aexec.events import Event, EventKind
+from aexec.plan import Plan
+from aexec.store import RunRecord, StepRecord
+from aexec.store import rows as shared
+from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+log = logging.getLogger(__name__)
+
+URL_SCHEMES = ("postgresql", "postgres")
+DEFAULT_TIMEOUT = 10.0
+"""Seconds any one store call may take, waiting for a pool connection included."""
+FOLLOW_FALLBACK = 1.0
+"""Seconds after which a follower re-reads the log even without a notification."""
+CHANNEL = "aexec_events"
+"""The ``LISTEN``/``NOTIFY`` channel: its payload is the id of a run that has new events."""
+MIGRATION_LOCK = 0x6165786563
+"""The ``pg_advisory_xact_lock`` key held while migrating ("aexec" in ASCII)."""
+
+_MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
+_SECTION = re.compile(r"--\s*name:\s*(\w+)\s*")
+
+# Failures that say "not now" rather than "never": the caller retries them.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError and SQLSTATE class 08
+    asyncpg.InterfaceError,  # e.g. "connection is closed"
+    asyncpg.InternalClientError,  # a broken protocol stream
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    OSError,  # refused, reset, unreachable
+    TimeoutError,
+)
+
+
+class Queries(NamedTuple):
+    """The named sections of ``sql/postgres.sql``; a missing or unknown name fails at
+    import."""
+
+    lock_migrations: str
+    create_migrations_table: str
+    applied_migrations: str
+    record_migration: str
+    insert_plan: str
+    insert_run: str
+    insert_steps: str
+    get_run: str
+    run_ids_from: str
+    list_runs: str
+    list_runs_by_status: str
+    run_status: str
+    get_steps: str
+    get_plan: str
+    lock_runs: str
+    insert_events: str
+    update_steps: str
+    update_runs: str
+    get_events: str
+    acquire_runs: str
+    renew_leases: str
+    release_runs: str
+
+    @classmethod
+    def parse(cls, text: str) -> Queries:
+        sections: dict[str, list[str]] = {}
+        lines: list[str] | None = None
+        for line in text.splitlines():
+            match = _SECTION.fullmatch(line)
+            if match is not None:
+                lines = sections.setdefault(match.group(1), [])
+            elif lines is not None:
+                lines.append(line)
+        names = set(sections)
+        if names != set(cls._fields):
+            missing, unknown = set(cls._fields) - names, names - set(cls._fields)
+            raise RuntimeError(f"postgres.sql: missing {missing or '{}'}, unknown {unknown or '{}'}")
+        return cls(**{name: "\n".join(body).strip() for name, body in sections.items()})
+
+
+def _read_queries() -> Queries:
+    path = resources.files("aexec.store").joinpath("sql").joinpath("postgres.sql")
+    return Queries.parse(path.read_text(encoding="utf-8"))
+
+
+SQL = _read_queries()
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration file, run as one script."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every PostgreSQL migration shipped with aexec, in order; numbers must run 1, 2, 3…"""
+    folder = resources.files("aexec.store").joinpath("migrations").joinpath("postgres")
+    found = [
+        Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if (match := _MIGRATION_FILE.fullmatch(entry.name)) is not None
+    ]
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise StoreError(f"PostgreSQL migrations are not numbered 1..N: {migration.name}")
+    return found
+
+
+def from_url(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
+    """Same as :meth:`PostgresStore.from_url`."""
+    return PostgresStore.from_url(url, timeout=timeout)
+
+
+def display_dsn(dsn: str) -> str:
+    """``user@host:port/db`` of a DSN: no password, no query (which may hold one)."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable DSN>"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{user}{host}{port}{parts.path}"
+
+
+class PostgresStore:
+    """The run store in a PostgreSQL database, through a pool of ``min_size``..``max_size``
+    connections (plus one for followers, while any follow)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self._name = display_dsn(dsn)
+        self._pool: Any = None  # asyncpg.Pool once open
+        self._listener: Any = None  # the LISTEN connection, opened by the first follower
+        self._listener_lock = asyncio.Lock()
+        self._wakeups = Wakeups()
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
+        """A store for ``postgresql://user[:password]@host[:port]/db[?options]`` (or
+        ``postgres://``); the URL goes to asyncpg as it is.  Other URLs are a
+        :class:`ConfigError`."""
+        scheme = url.split(":", 1)[0]
+        if scheme not in URL_SCHEMES or not url.startswith(f"{scheme}://"):
+            raise ConfigError(f"not a PostgreSQL URL (expected postgresql://...): {url[:12]!r}")
+        return cls(url, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._name!r})"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    timeout=self.timeout,  # to connect
+                    reset=_keep_session,
+                )
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error("connect", exc) from exc
+        self._pool = pool
+        try:
+            await self._migrate()
+        except BaseException:
+            self._pool = None
+            pool.terminate()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        self._wakeups.notify_all()  # followers wake up and find the store closed
+        if listener is not None:
+            listener.terminate()
+        if pool is not None:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pool.close()
+            except (Exception, asyncio.CancelledError):
+                pool.terminate()
+                raise
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+        self._check_open()
+        if run.plan_digest != plan.digest:
+            raise StoreError(
+                f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
+            )
+        params = shared.dump_json(run.params, "run params")
+        steps = plan.steps
+        async with self._transaction(f"create run {run.run_id!r}") as conn:
+            await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
+            created = await conn.fetchval(
+                SQL.insert_run,
+                run.run_id,
+                run.pipeline,
+                run.plan_digest,
+                run.status.value,
+                run.priority,
+                params,
+                run.created_at,
+                run.started_at,
+                run.finished_at,
+                run.result,
+                run.error,
+                run.owner,
+                run.lease_until,
+            )
+            if created is None:
+                raise StoreError(f"run {run.run_id!r} already exists")
+            await conn.execute(
+                SQL.insert_steps,
+                run.run_id,
+                [s.index for s in steps],
+                [s.key for s in steps],
+                [s.name for s in steps],
+                [s.queue for s in steps],
+            )
+
+    async def append(self, events: Sequence[Event]) -> None:
+        self._check_open()
+        if not events:
+            return
+        logged = _event_columns(events)
+        rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
+        run_ids = sorted({e.run_id for e in events})
+        async with self._transaction("append events") as conn:
+            found = {row[0] for row in await conn.fetch(SQL.lock_runs, run_ids)}
+            for run_id in run_ids:
+                if run_id not in found:
+                    raise StoreError(f"cannot append events: unknown run {run_id!r}")
+            seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
+            for step_columns, run_columns in rounds:
+                if step_columns[0]:
+                    await conn.execute(SQL.update_steps, *step_columns)
+                if run_columns[0]:
+                    await conn.execute(SQL.update_runs, *run_columns)
+        for event, seq in zip(events, seqs, strict=True):
+            event.seq = seq
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async with self._connection(f"read run {run_id!r}") as conn:
+            row = await conn.fetchrow(SQL.get_run, run_id)
+            if row is None and len(run_id) >= 4:
+                following = await conn.fetch(SQL.run_ids_from, run_id)
+                matches = [r[0] for r in following if r[0].startswith(run_id)]
+                if len(matches) > 1:
+                    raise StoreError(f"run id prefix {run_id!r} is ambiguous")
+                if matches:
+                    row = await conn.fetchrow(SQL.get_run, matches[0])
+        return None if row is None else _run_record(row)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        shared.check_limit(limit)
+        async with self._connection("list runs") as conn:
+            if status is None:
+                rows = await conn.fetch(SQL.list_runs, limit)
+            else:
+                rows = await conn.fetch(SQL.list_runs_by_status, status.value, limit)
+        return [_run_record(row) for row in rows]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        async with self._connection(f"read the steps of run {run_id!r}") as conn:
+            rows = await conn.fetch(SQL.get_steps, run_id)
+        return [
+            StepRecord(
+                run_id=row[0],
+                key=row[1],
+                name=row[2],
+                queue=row[3],
+                status=StepStatus(row[4]),
+                attempts=row[5],
+                started_at=row[6],
+                finished_at=row[7],
+                worker=row[8],
+                error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
+                output=row[10],
+            )
+            for row in rows
+        ]
+
+    async def get_events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        if limit is not None:
+            shared.check_limit(limit)
+        async with self._connection(f"read the events of run {run_id!r}") as conn:
+            rows = await conn.fetch(SQL.get_events, run_id, after, limit)
+        return [
+            Event(
+                kind=EventKind(row[3]),
+                run_id=row[1],
+                ts=row[2],
+                step=row[4],
+                attempt=row[5],
+                data={} if row[6] is None else json.loads(row[6]),
+                seq=row[0],
+            )
+            for row in rows
+        ]
+
+    async def get_plan(self, digest: str) -> Plan | None:
+        async with self._connection(f"read plan {digest!r}") as conn:
+            data = await conn.fetchval(SQL.get_plan, digest)
+        return None if data is None else Plan.from_bytes(data)
+
+    async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        self._check_open()
+
+        async def read(last: int) -> list[Event]:
+            return await self.get_events(run_id, after=last)
+
+        async def finished() -> bool:
+            async with self._connection(f"read run {run_id!r}") as conn:
+                status = await conn.fetchval(SQL.run_status, run_id)
+            if status is None:
+                raise StoreError(f"cannot follow run {run_id!r}: no such run")
+            return RunStatus(status).finished
+
+        await self._listen()
+        async for event in follow_log(_ListenWatch(self, run_id), read, finished, after=after):
+            yield event
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:
+        shared.check_lease(lease)
+        shared.check_limit(limit)
+        async with self._connection("acquire runs") as conn:
+            rows = await conn.fetch(SQL.acquire_runs, owner, lease, limit)
+        rows.sort(key=lambda row: (row["created_at"], row["serial"]))
+        return [_run_record(row[1:]) for row in rows]
+
+    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+        shared.check_lease(lease)
+        async with self._connection("renew leases") as conn:
+            rows = await conn.fetch(SQL.renew_leases, owner, lease)
+        return {row[0] for row in rows}
+
+    async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
+        chosen = None if run_ids is None else list(run_ids)
+        async with self._connection("release runs") as conn:
+            await conn.execute(SQL.release_runs, owner, chosen)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _check_open(self) -> Any:
+        if self._pool is None:
+            raise StoreError(f"{self!r} is not open")
+        return self._pool
+
+    @asynccontextmanager
+    async def _connection(self, action: str) -> AsyncIterator[Any]:
+        """A pool connection for one call, all of it under ``timeout``; failures come out
+        as store errors, and a connection in an unknown state is closed, not reused."""
+        pool = self._check_open()
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await pool.acquire()
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if not isinstance(exc, StoreError | asyncpg.PostgresError) or isinstance(
+                        exc, _UNAVAILABLE
+                    ):
+                        conn.terminate()  # mid-query or broken: its state is unknown
+                    raise
+                finally:
+                    await pool.release(conn)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(action, exc) from exc
+
+    @asynccontextmanager
+    async def _transaction(self, action: str) -> AsyncIterator[Any]:
+        async with self._connection(action) as conn, conn.transaction():
+            yield conn
+
+    def _error(self, action: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, TimeoutError):
+            detail = f"no answer within {self.timeout:g} s"
+        else:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+        error = StoreUnavailableError if isinstance(exc, _UNAVAILABLE) else StoreError
+        return error(f"PostgreSQL store {self._name}: cannot {action}: {detail}")
+
+    async def _migrate(self) -> None:
+        available = migrations()
+        async with self._transaction("migrate the schema") as conn:
+            await conn.execute(SQL.lock_migrations, MIGRATION_LOCK)
+            await conn.execute(SQL.create_migrations_table)
+            applied = [row[0] for row in await conn.fetch(SQL.applied_migrations)]
+            if applied and applied[-1] > len(available):
+                raise StoreError(
+                    f"PostgreSQL store {self._name}: schema version {applied[-1]} is newer "
+                    f"than this aexec supports ({len(available)}); upgrade aexec"
+                )
+            for migration in available:
+                if migration.version not in applied:
+                    log.info("applying migration %s to %s", migration.name, self._name)
+                    await conn.execute(migration.sql)
+                    await conn.execute(SQL.record_migration, migration.version)
+
+    async def _listen(self) -> bool:
+        """Make sure the ``LISTEN`` connection is up; True if it was (re)opened just now (a
+        notification may have been missed before).  Best effort: without it, followers
+        poll every ``FOLLOW_FALLBACK`` seconds."""
+        if self._listener is not None and not self._listener.is_closed():
+            return False
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return False
+            self._listener = None
+            self._check_open()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    listener = await asyncpg.connect(self.dsn, timeout=self.timeout)
+                    try:
+                        await listener.add_listener(CHANNEL, self._notified)
+                    except BaseException:
+                        listener.terminate()
+                        raise
+            except Exception as exc:
+                log.warning("%s; following by polling", self._error("listen", exc))
+                return False
+            if self._pool is None:  # closed meanwhile
+                listener.terminate()
+                return False
+            listener.add_termination_listener(self._listener_lost)
+            self._listener = listener
+            self._wakeups.notify_all()
+            return True
+
+    def _notified(self, connection: Any, pid: int, channel: str, run_id: str) -> None:
+        self._wakeups.notify(run_id)
+
+    def _listener_lost(self, connection: Any) -> None:
+        self._wakeups.notify_all()  # re-read now; the next wait reconnects
+
+
+class _ListenWatch:
+    """Woken by ``NOTIFY``; re-reads at least every ``FOLLOW_FALLBACK`` seconds anyway, in
+    case a notification was lost with a connection."""
+
+    def __init__(self, store: PostgresStore, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._ticket = asyncio.Event()
+
+    def arm(self) -> None:
+        self._ticket = self._store._wakeups.ticket(self._run_id)
+
+    async def wait(self) -> None:
+        if await self._store._listen():
+            return
+        await wait_for_ticket(self._ticket, FOLLOW_FALLBACK)
+
+
+async def _keep_session(connection: Any) -> None:
+    """Pool reset on release, instead of asyncpg's default ``RESET ALL; UNLISTEN *; ...``
+    round trip: this store never changes session state on pool connections (its ``LISTEN``
+    has a connection of its own), and any transaction has ended by release."""
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        pipeline=row[1],
+        plan_digest=row[2],
+        status=RunStatus(row[3]),
+        priority=row[4],
+        params=json.loads(row[5]),
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        result=row[9],
+        error=row[10],
+        owner=row[11],
+        lease_until=row[12],
+    )
+
+
+def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
+    """The ``insert_events`` arrays: run_id, ts, kind, step, attempt, data."""
+    return [
+        [e.run_id for e in events],
+        [e.ts for e in events],
+        [e.kind.value for e in events],
+        [e.step for e in events],
+        [e.attempt for e in events],
+        [
+            shared.dump_json(e.data, f"{e.kind} event data") if e.data else None
+            for e in events
+        ],
+    ]
+
+
+def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any]]]:
+    """One round of row changes as the ``update_steps`` and ``update_runs`` arrays."""
+    steps: list[list[Any]] = [[] for _ in range(8)]
+    runs: list[list[Any]] = [[] for _ in range(5)]
+    for event in changes:
+        kind = event.kind
+        if kind in shared.STEP_STATUS:
+            error = None
+            if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
+                info = shared.error_info(event.data.get("error"))
+                error = None if info is None else json.dumps(info.to_dict())
+            worker = shared.text(event.data.get("worker")) if kind is EventKind.STEP_STARTED else None
+            row = (
+                event.run_id,
+                event.step,
+                shared.STEP_STATUS[kind].value,
+                event.attempt,
+                event.ts,
+                worker,
+                error,
+                event.output,
+            )
+            for column, value in zip(steps, row, strict=True):
+                column.append(value)
+        else:
+            run_error = None
+            if kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
+                run_error = shared.text(event.data.get("error"))
+            row_ = (event.run_id, shared.RUN_STATUS[kind].value, event.ts, run_error, event.output)
+            for column, value in zip(runs, row_, strict=True):
+                column.append(value)
+    return steps, runs

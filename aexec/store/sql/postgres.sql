@@ -1,0 +1,201 @@
+-- Every statement of the PostgreSQL run store, one named section each ("-- name: ..."),
+-- loaded once by aexec.store.postgres.  The schema lives in ../migrations/postgres/.
+--
+-- Locks: every statement that may wait for a run row locks run rows in run_id order
+-- (append, renew, release), and claiming skips locked rows, so no two of them deadlock.
+
+-- == migrations =============================================================================
+
+-- name: lock_migrations
+-- Held until the migrating transaction ends: two stores opening one new database migrate
+-- it once.
+SELECT pg_advisory_xact_lock($1)
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS aexec_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version FROM aexec_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO aexec_migrations (version) VALUES ($1)
+
+-- == runs ===================================================================================
+
+-- name: insert_plan
+INSERT INTO aexec_plans (digest, pipeline, data) VALUES ($1, $2, $3)
+ON CONFLICT (digest) DO NOTHING
+
+-- name: insert_run
+-- Returns nothing when the run already exists.
+INSERT INTO aexec_runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
+                        started_at, finished_at, result, error, owner, lease_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (run_id) DO NOTHING
+RETURNING serial
+
+-- name: insert_steps
+INSERT INTO aexec_steps (run_id, position, key, name, queue, status)
+SELECT $1, step.position, step.key, step.name, step.queue, 'pending'
+FROM unnest($2::integer[], $3::text[], $4::text[], $5::text[])
+     AS step (position, key, name, queue)
+
+-- name: get_run
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM aexec_runs WHERE run_id = $1
+
+-- name: run_ids_from
+-- Ids sharing a prefix sort together, right after the prefix itself (COLLATE "C").
+SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
+
+-- name: list_runs
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM aexec_runs
+ORDER BY created_at DESC, serial DESC
+LIMIT $1
+
+-- name: list_runs_by_status
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM aexec_runs
+WHERE status = $1
+ORDER BY created_at DESC, serial DESC
+LIMIT $2
+
+-- name: run_status
+SELECT status FROM aexec_runs WHERE run_id = $1
+
+-- name: get_steps
+SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
+       output
+FROM aexec_steps WHERE run_id = $1 ORDER BY position
+
+-- name: get_plan
+SELECT data FROM aexec_plans WHERE digest = $1
+
+-- == the event log ==========================================================================
+
+-- name: lock_runs
+-- The first statement of an append: lock the batch's runs in id order, so that two appends
+-- to one run commit in seq order (a follower reading "seq > last" misses nothing), and
+-- queue one wake-up per run for followers (sent at commit, dropped at rollback).  Returns
+-- the ids that exist.
+SELECT locked.run_id
+FROM (
+    SELECT run_id FROM aexec_runs
+    WHERE run_id = ANY($1::text[])
+    ORDER BY run_id
+    FOR NO KEY UPDATE
+) AS locked
+CROSS JOIN LATERAL pg_notify('aexec_events', locked.run_id)
+
+-- name: insert_events
+-- Inserted in batch order, so the batch's seqs, sorted, are its events' seqs in order.
+WITH logged AS (
+    INSERT INTO aexec_events (run_id, ts, kind, step, attempt, data)
+    SELECT event.run_id, event.ts, event.kind, event.step, event.attempt, event.data
+    FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[], $5::integer[], $6::text[])
+         WITH ORDINALITY AS event (run_id, ts, kind, step, attempt, data, n)
+    ORDER BY event.n
+    RETURNING seq
+)
+SELECT seq FROM logged ORDER BY seq
+
+-- name: update_steps
+-- One round of step changes (each step at most once): compare-and-set on the attempt,
+-- only an unfinished step moves.  The new status says which columns change.
+UPDATE aexec_steps AS step
+SET status = change.status,
+    attempts = change.attempt,
+    started_at = CASE WHEN change.status = 'running' THEN change.ts ELSE step.started_at END,
+    worker = CASE WHEN change.status = 'running' THEN change.worker ELSE step.worker END,
+    output = CASE WHEN change.status = 'succeeded' THEN change.output ELSE step.output END,
+    finished_at = CASE WHEN change.status IN ('succeeded', 'failed') THEN change.ts
+                       ELSE step.finished_at END,
+    error = CASE WHEN change.status IN ('retrying', 'failed') THEN change.error
+                 WHEN change.status = 'succeeded' THEN NULL
+                 ELSE step.error END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[], $6::text[],
+            $7::text[], $8::bytea[])
+     AS change (run_id, key, status, attempt, ts, worker, error, output)
+WHERE step.run_id = change.run_id AND step.key = change.key
+  AND step.attempts <= change.attempt
+  AND step.status IN ('pending', 'queued', 'running', 'retrying')
+
+-- name: update_runs
+-- One round of run changes (each run at most once): run_started moves only a pending run,
+-- an ending event only an unfinished one; a finished run never changes.
+UPDATE aexec_runs AS run
+SET status = change.status,
+    started_at = CASE WHEN change.status = 'running' THEN change.ts ELSE run.started_at END,
+    finished_at = CASE WHEN change.status = 'running' THEN run.finished_at ELSE change.ts END,
+    result = CASE WHEN change.status = 'succeeded' THEN change.output ELSE run.result END,
+    error = CASE WHEN change.status IN ('failed', 'cancelled') THEN change.error
+                 ELSE run.error END
+FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::bytea[])
+     AS change (run_id, status, ts, error, output)
+WHERE run.run_id = change.run_id
+  AND (run.status = 'pending' OR (run.status = 'running' AND change.status <> 'running'))
+
+-- name: get_events
+-- LIMIT NULL is no limit.
+SELECT seq, run_id, ts, kind, step, attempt, data
+FROM aexec_events
+WHERE run_id = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3
+
+-- == leases =================================================================================
+-- "Now" is the database's clock: one clock for every coordinator.
+
+-- name: acquire_runs
+-- Claimable: unfinished, and no owner, no lease end, or a lease that ended.  SKIP LOCKED:
+-- a concurrent claimer (or an append) holds those rows; they are not ours to take now.
+WITH claimable AS (
+    SELECT run_id FROM aexec_runs
+    WHERE status IN ('pending', 'running')
+      AND (owner IS NULL OR lease_until IS NULL
+           OR lease_until < extract(epoch FROM clock_timestamp())::float8)
+    ORDER BY created_at, serial
+    LIMIT $3
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE aexec_runs AS run
+SET owner = $1, lease_until = extract(epoch FROM clock_timestamp())::float8 + $2
+FROM claimable
+WHERE run.run_id = claimable.run_id
+RETURNING run.serial, run.run_id, run.pipeline, run.plan_digest, run.status, run.priority,
+          run.params, run.created_at, run.started_at, run.finished_at, run.result, run.error,
+          run.owner, run.lease_until
+
+-- name: renew_leases
+WITH owned AS (
+    SELECT run_id FROM aexec_runs
+    WHERE owner = $1 AND status IN ('pending', 'running')
+    ORDER BY run_id
+    FOR NO KEY UPDATE
+)
+UPDATE aexec_runs AS run
+SET lease_until = extract(epoch FROM clock_timestamp())::float8 + $2
+FROM owned
+WHERE run.run_id = owned.run_id
+RETURNING run.run_id
+
+-- name: release_runs
+-- $2 NULL: every unfinished run of the owner.
+WITH owned AS (
+    SELECT run_id FROM aexec_runs
+    WHERE owner = $1 AND status IN ('pending', 'running')
+      AND ($2::text[] IS NULL OR run_id = ANY($2::text[]))
+    ORDER BY run_id
+    FOR NO KEY UPDATE
+)
+UPDATE aexec_runs AS run
+SET lease_until = 0
+FROM owned
+WHERE run.run_id = owned.run_id

@@ -1,0 +1,200 @@
+"""aexec beside the raw aio-pika floor, Celery and Dask, on one RabbitMQ, in one run.
+
+    python -m benchmarks [--quick] [--broker URL] [--json FILE] [--only WORKLOAD]
+
+Starts its own worker processes (and coordinator, for ``many_runs``) for each system in
+turn, runs every workload's repetitions, prints a table (median seconds, min-max and steps
+per second) and the issue-5 targets, and writes the JSON
+``{"machine": {...}, "results": [{"workload", "system", "seconds", "steps",
+"repetitions", ...}]}``.  Every queue it declares is named with a random prefix and deleted
+at the end.  Celery and Dask are measured when installed (``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import broker, machine, table
+from benchmarks.runner import run_system
+from benchmarks.spec import BY_NAME, WORKLOADS, Workload
+from benchmarks.systems import ROOT, BenchConfig, System
+from benchmarks.systems.aexec_system import AexecSystem
+from benchmarks.systems.celery_system import CelerySystem
+from benchmarks.systems.dask_system import DaskSystem
+from benchmarks.systems.raw import RawSystem
+
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (AexecSystem, RawSystem, CelerySystem, DaskSystem)
+}
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="aexec beside a raw aio-pika floor, Celery and Dask, on one RabbitMQ.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (minutes, not tens of minutes)"
+    )
+    parser.add_argument("--broker", default=broker.DEFAULT_BROKER, metavar="URL")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, metavar="FILE", help=f"default {DEFAULT_JSON}"
+    )
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="WORKLOAD",
+        help=f"run only these workloads (repeat or comma-separate): {', '.join(BY_NAME)}",
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        metavar="LIST",
+        help=f"comma-separated, default {','.join(SYSTEMS)}",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--concurrency", type=int, default=100, help="prefetch per worker process (default 100)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="cap on one repetition, s (default 120)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="profile aexec's coordinator (cProfile) and workers (py-spy) into DIR",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def select_workloads(only: Sequence[str]) -> list[Workload]:
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise SystemExit(f"unknown workload {unknown[0]!r}: choose from {', '.join(BY_NAME)}")
+    return [w for w in WORKLOADS if not names or w.name in names]
+
+
+def select_systems(text: str) -> list[type[System]]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown system {unknown[0]!r}: choose from {', '.join(SYSTEMS)}")
+    return [SYSTEMS[n] for n in names]
+
+
+def progress(line: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {line}\n")
+    sys.stderr.flush()
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    workloads = select_workloads(args.only)
+    systems = select_systems(args.systems)
+    if await broker.server_version(args.broker) is None:
+        raise SystemExit(f"RabbitMQ is not reachable at {broker.plain_url(args.broker)}")
+    prefix = broker.new_prefix()
+    config = BenchConfig(
+        broker=broker.plain_url(args.broker),
+        prefix=prefix,
+        workdir=workdir,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        redis=args.redis,
+        profile_dir=args.profile.absolute() if args.profile else None,
+    )
+    described = await machine.describe(args.broker, args.redis)
+    progress(
+        f"{described['cpu_count']} x {described['cpu_model']}, {described['python']}, "
+        f"RabbitMQ {described['rabbitmq']}; queue prefix {prefix}; work dir {workdir}"
+    )
+    rows: list[dict[str, Any]] = []
+    setups: dict[str, Any] = {}
+    try:
+        for cls in systems:
+            found, setup = await run_system(
+                cls, config, workloads, quick=args.quick, progress=progress
+            )
+            rows += found
+            setups[cls.name] = setup
+    finally:
+        deleted = await broker.delete_prefixed(args.broker, prefix)
+        progress(f"deleted {deleted} queues and exchanges named {prefix}.*")
+    return {
+        "machine": described,
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "quick": args.quick,
+        "config": {
+            "worker_processes": args.workers,
+            "concurrency": args.concurrency,
+            "timeout": args.timeout,
+            "systems": setups,
+        },
+        "results": rows,
+        "targets": table.targets(rows),
+    }
+
+
+def report(document: dict[str, Any]) -> str:
+    rows = document["results"]
+    lines = [
+        f"median seconds (min-max) steps/s; {'quick' if document['quick'] else 'full'} run",
+        "",
+        table.text_table(rows),
+        "",
+    ]
+    lines += table.notes(rows)
+    lines += ["", *table.targets_text(document["targets"])]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        loop_factory = None
+    workdir = Path(tempfile.mkdtemp(prefix="aexec-bench-"))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            document = runner.run(run(args, workdir))
+    finally:
+        if args.keep:
+            progress(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report(document))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table.markdown_table(document["results"]) + "\n")
+    progress(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
