@@ -96,12 +96,22 @@ class Settings:
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Flags win over the environment, which wins over the config file and defaults."""
-        settings = cls()
+        values: dict[str, Any] = {}
         if config_file is not None:
-            settings = _apply(settings, load_file(config_file))
+            values.update(_known(load_file(config_file)))
         env = os.environ if environ is None else environ
-        settings = _apply(settings, {k: env.get(v) for k, v in _ENV.items()})
-        return _apply(settings, flags or {})
+        values.update({k: env[v] for k, v in _ENV.items() if env.get(v) is not None})
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        # One construction at the end: a combination is checked only once it is complete.
+        return _apply(cls(), values)
+
+
+def _known(values: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(Settings)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown setting {key!r}")
+    return dict(values)
 
 
 def load_file(path: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -115,6 +116,7 @@ class Coordinator:
         self._commands: Subscription | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -151,12 +153,21 @@ class Coordinator:
             self._watchdog.cancel()
             await asyncio.wait([self._watchdog])
             self._watchdog = None
+        if self._publishing:
+            await asyncio.wait(list(self._publishing), timeout=5.0)
+            for task in self._publishing:
+                task.cancel()
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.wait([self._scheduler])
             if not self._scheduler.cancelled() and self._scheduler.exception() is not None:
                 log.error("coordinator scheduler failed", exc_info=self._scheduler.exception())
             self._scheduler = None
+        if not self._runs and self.config.durable_replies:
+            # Nothing can still answer to this coordinator: its reply queue may go.  With
+            # runs in flight it stays, for whichever coordinator takes them over.
+            with contextlib.suppress(TransportError):
+                await self.transport.delete_queues([self.reply_queue])
         for run in self._runs.values():
             for queue in run.subscribers:
                 queue.put_nowait(_END)
@@ -343,8 +354,13 @@ class Coordinator:
             await self._with_retry("record events", lambda: self.store.append(events))
         for delivery in acks:
             await delivery.ack()
-        for run, index, attempt in publish:
-            await self._publish(run, index, attempt)
+        if publish:
+            # The dispatches are durable already; the scheduler does not wait for the broker's
+            # confirms (a round trip) before taking the next completions in.
+            outgoing = [self._step_message(run, i, attempt) for run, i, attempt in publish]
+            task = asyncio.get_running_loop().create_task(self._publish(outgoing))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
         notify: dict[str, list[Event]] = {}
         for event in events:
             target = self._runs.get(event.run_id)
@@ -623,7 +639,10 @@ class Coordinator:
         holder.append(handle)
         self._timers.add(handle)
 
-    async def _publish(self, run: ActiveRun, index: int, attempt: int) -> None:
+    async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
+        await self._with_retry("publish steps", lambda: self.transport.publish_many(outgoing))
+
+    def _step_message(self, run: ActiveRun, index: int, attempt: int) -> tuple[str, bytes, int]:
         step = run.plan.steps[index]
         outputs = run.state.outputs
         body = messages.StepMessage(
@@ -636,11 +655,7 @@ class Coordinator:
             step.timeout,
             self.reply_queue,
         ).encode()
-        priority = min(MAX_PRIORITY, run.priority + step.priority)
-        queue = step_queue(step.queue)
-        await self._with_retry(
-            "publish step", lambda: self.transport.publish(queue, body, priority=priority)
-        )
+        return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
 
     async def _with_retry(self, what: str, call: Callable[[], Any]) -> Any:
         """Retry ``call`` while its backend is unavailable: a run stalls, it is never lost."""

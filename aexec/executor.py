@@ -29,7 +29,7 @@ from aexec.objects import ObjectStore
 from aexec.plan import MAX_PRIORITY, Plan
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
-from aexec.types import ErrorInfo, RunStatus
+from aexec.types import ErrorInfo, RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
 
 _END = object()
@@ -45,7 +45,11 @@ def make_store(url: str) -> Store:
         from aexec.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
-    raise ConfigError(f"store backend {scheme}:// is not available in this version of aexec")
+    if scheme in ("postgresql", "postgres"):
+        from aexec.store.postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ConfigError(f"unsupported store URL scheme {scheme}://")
 
 
 def make_objects(url: str) -> ObjectStore:
@@ -105,6 +109,10 @@ class Run:
         """Every event of the run, from its submission until its end."""
         raise NotImplementedError
 
+    async def steps(self) -> list[StepRecord]:
+        """The run's steps with their status and attempts, in plan order."""
+        raise NotImplementedError
+
     async def cancel(self) -> None:
         """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
         raise NotImplementedError
@@ -139,6 +147,9 @@ class LocalRun(Run):
 
     def events(self) -> AsyncIterator[Event]:
         return self._coordinator.events(self.run_id)
+
+    async def steps(self) -> list[StepRecord]:
+        return await self._executor.get_steps(self.run_id)
 
     async def cancel(self) -> None:
         await self._coordinator.cancel(self.run_id)
@@ -230,8 +241,46 @@ class RemoteRun(Run):
             if queue in self._listeners:
                 self._listeners.remove(queue)
 
+    async def steps(self) -> list[StepRecord]:
+        """Step statuses as the events received so far tell them."""
+        records = {s.key: StepRecord(self.run_id, s.key, s.name, s.queue) for s in self.plan.steps}
+        for event in self._history:
+            record = records.get(event.step or "")
+            if record is not None:
+                _apply_step_event(record, event)
+        return list(records.values())
+
     async def cancel(self) -> None:
         await self._executor._broadcast_cancel(self.run_id)
+
+
+_STEP_STATUS = {
+    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
+    EventKind.STEP_STARTED: StepStatus.RUNNING,
+    EventKind.STEP_RETRYING: StepStatus.RETRYING,
+    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    EventKind.STEP_FAILED: StepStatus.FAILED,
+    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
+    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
+}
+
+
+def _apply_step_event(record: StepRecord, event: Event) -> None:
+    status = _STEP_STATUS.get(event.kind)
+    if status is None or record.status.finished or event.attempt < record.attempts:
+        return
+    record.status = status
+    record.attempts = max(record.attempts, event.attempt)
+    if event.kind is EventKind.STEP_STARTED:
+        record.started_at = event.ts
+        worker = event.data.get("worker")
+        record.worker = worker if isinstance(worker, str) else None
+    elif event.kind in (EventKind.STEP_FAILED, EventKind.STEP_RETRYING):
+        error = event.data.get("error")
+        record.error = ErrorInfo.from_dict(error) if isinstance(error, dict) else None
+    if status.finished:
+        record.finished_at = event.ts
+        record.output = event.output
 
 
 class Executor:
@@ -382,13 +431,18 @@ class Executor:
                 self._notify_queue = queue
             return transport
 
-    async def serve(self, stop: asyncio.Event, *, grace: float = 30.0) -> None:
+    async def serve(
+        self, stop: asyncio.Event, *, grace: float = 30.0, ready: asyncio.Event | None = None
+    ) -> None:
         """Be a coordinator service: drive runs submitted by clients until ``stop`` is set,
-        then stop accepting and let the runs in flight finish (for at most ``grace`` s)."""
+        then stop accepting and let the runs in flight finish (for at most ``grace`` s).
+        ``ready`` is set once submissions are being accepted."""
         if self.settings.embedded:
             raise ConfigError("a coordinator service needs a broker (--broker amqp://...)")
         coordinator = await self._start_engine()
         await coordinator.accept_submissions()
+        if ready is not None:
+            ready.set()
         await stop.wait()
         await coordinator.stop_accepting()
         pending = [run.done for run in coordinator._runs.values()]

@@ -94,7 +94,9 @@ async def run_worker(
     return 0
 
 
-async def run_coordinator(settings: Settings, *, stop: asyncio.Event) -> int:
+async def run_coordinator(
+    settings: Settings, *, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> int:
     """Serve runs submitted by library clients through the broker until ``stop`` is set;
     then let the runs in flight finish (for a bounded time) and return 0."""
     _require_broker(settings, "coordinator")
@@ -104,7 +106,7 @@ async def run_coordinator(settings: Settings, *, stop: asyncio.Event) -> int:
         redact(settings.objects_url),
     )
     async with Executor(settings) as ex:
-        await ex.serve(stop)
+        await ex.serve(stop, ready=ready)
     log.info("coordinator stopped")
     return 0
 

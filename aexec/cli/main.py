@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", action="store_true", help="print one JSON report of the run on stdout"
     )
+    run.add_argument(
+        "--remote",
+        action="store_true",
+        default=None,
+        help="submit to a running `aexec coordinator` (through --broker) instead of "
+        "coordinating the run in this process (also: AEXEC_REMOTE=1)",
+    )
     run.set_defaults(handler=cmd_run)
 
     runs = commands.add_parser(
@@ -381,7 +388,7 @@ def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
     the config file."""
     from aexec.config import Settings
 
-    backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects")}
+    backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects", "remote")}
     return Settings.resolve({**backends, **flags}, config_file=args.config)
 
 
@@ -493,7 +500,7 @@ async def _run(
             await run.cancel()
             cancelled.append(run.run_id)
             raise
-        steps = await ex.get_steps(run.run_id)
+        steps = await run.steps()
         succeeded = record.status is RunStatus.SUCCEEDED
         result = await run.result() if succeeded else None
 
@@ -642,8 +649,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     settings = with_connect_timeout(resolve_settings(args))
 
     def serve(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
-        # The coordinator never reports ready: any broker failure that ends it exits 2.
-        return run_coordinator(settings, stop=stop)
+        return run_coordinator(settings, stop=stop, ready=ready)
 
     return run_async(_serve_until_signalled(serve))
 

@@ -112,7 +112,9 @@ class Queries(NamedTuple):
         names = set(sections)
         if names != set(cls._fields):
             missing, unknown = set(cls._fields) - names, names - set(cls._fields)
-            raise RuntimeError(f"postgres.sql: missing {missing or '{}'}, unknown {unknown or '{}'}")
+            raise RuntimeError(
+                f"postgres.sql: missing {missing or '{}'}, unknown {unknown or '{}'}"
+            )
         return cls(**{name: "\n".join(body).strip() for name, body in sections.items()})
 
 
@@ -224,8 +226,6 @@ class PostgresStore:
                     timeout=self.timeout,  # to connect
                     reset=_keep_session,
                 )
-        except StoreError:
-            raise
         except Exception as exc:
             raise self._error("connect", exc) from exc
         self._pool = pool
@@ -434,9 +434,7 @@ class PostgresStore:
                 try:
                     yield conn
                 except BaseException as exc:
-                    if not isinstance(exc, StoreError | asyncpg.PostgresError) or isinstance(
-                        exc, _UNAVAILABLE
-                    ):
+                    if not _connection_is_sound(exc):
                         conn.terminate()  # mid-query or broken: its state is unknown
                     raise
                 finally:
@@ -448,8 +446,20 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _transaction(self, action: str) -> AsyncIterator[Any]:
-        async with self._connection(action) as conn, conn.transaction():
-            yield conn
+        """:meth:`_connection` in a transaction.  A connection that failed is closed
+        without a ROLLBACK (which could wait forever on it): the server rolls back."""
+        async with self._connection(action) as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                yield conn
+            except BaseException as exc:
+                if _connection_is_sound(exc):
+                    await transaction.rollback()
+                else:
+                    conn.terminate()
+                raise
+            await transaction.commit()
 
     def _error(self, action: str, exc: BaseException) -> StoreError:
         if isinstance(exc, TimeoutError):
@@ -531,6 +541,13 @@ class _ListenWatch:
         await wait_for_ticket(self._ticket, FOLLOW_FALLBACK)
 
 
+def _connection_is_sound(exc: BaseException) -> bool:
+    """After ``exc``, is the connection still usable?  Yes after an error the server
+    reported (a constraint, a bad statement) or one of ours; not after a connection
+    failure, a timeout or a cancellation (a query may be half-way through the wire)."""
+    return isinstance(exc, StoreError | asyncpg.PostgresError) and not isinstance(exc, _UNAVAILABLE)
+
+
 async def _keep_session(connection: Any) -> None:
     """Pool reset on release, instead of asyncpg's default ``RESET ALL; UNLISTEN *; ...``
     round trip: this store never changes session state on pool connections (its ``LISTEN``
@@ -563,10 +580,7 @@ def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
         [e.kind.value for e in events],
         [e.step for e in events],
         [e.attempt for e in events],
-        [
-            shared.dump_json(e.data, f"{e.kind} event data") if e.data else None
-            for e in events
-        ],
+        [shared.dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events],
     ]
 
 
@@ -581,7 +595,9 @@ def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any
             if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
                 info = shared.error_info(event.data.get("error"))
                 error = None if info is None else json.dumps(info.to_dict())
-            worker = shared.text(event.data.get("worker")) if kind is EventKind.STEP_STARTED else None
+            worker = (
+                shared.text(event.data.get("worker")) if kind is EventKind.STEP_STARTED else None
+            )
             row = (
                 event.run_id,
                 event.step,

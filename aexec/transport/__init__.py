@@ -19,7 +19,7 @@ Semantics every adapter keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 DEAD_LETTER_QUEUE = "aexec.dead"
@@ -61,7 +61,14 @@ class Transport(Protocol):
 
     async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None: ...
 
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        """Publish ``(queue, body, priority)`` messages; returns once all are confirmed."""
+
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...
+
+    async def delete_queues(self, names: Iterable[str]) -> None:
+        """Delete these queues and their messages (a coordinator's reply queue it no longer
+        needs; test tear-downs)."""
 
     async def broadcast(self, topic: str, body: bytes) -> None: ...
 

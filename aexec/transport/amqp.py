@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -352,6 +352,14 @@ class AmqpTransport:
             raise TransportError(f"RabbitMQ refused a message for {routing_key!r}") from exc
         except _BROKER_ERRORS as exc:
             raise TransportError(f"cannot publish to {routing_key!r}: {_reason(exc)}") from exc
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        """Publish concurrently: the broker confirms the batch in about one round trip."""
+        if len(messages) == 1:
+            queue, body, priority = messages[0]
+            await self.publish(queue, body, priority=priority)
+        elif messages:
+            await asyncio.gather(*(self.publish(q, b, priority=p) for q, b, p in messages))
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> AmqpSubscription:
         connection = self._require(self._connection)

@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aexec.errors import TransportError
@@ -173,13 +174,13 @@ class MemoryTransport:
         self._push(q, body, priority, False)
         self._dispatch(q)
 
-    def publish_nowait(self, queue: str, body: bytes, priority: int = 0) -> None:
-        """Synchronous publish (the in-memory broker never blocks)."""
-        q = self._queues.get(queue)
-        if q is None:
-            raise TransportError(f"no queue named {queue!r}: the message was not routed")
-        self._push(q, body, priority, False)
-        self._dispatch(q)
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        for queue, body, priority in messages:
+            q = self._queues.get(queue)
+            if q is None:
+                raise TransportError(f"no queue named {queue!r}: the message was not routed")
+            self._push(q, body, priority, False)
+            self._dispatch(q)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _Subscription:
         q = self._queues.get(queue)
@@ -194,6 +195,14 @@ class MemoryTransport:
         q.consumers.append(consumer)
         self._dispatch(q)
         return _Subscription(consumer)
+
+    async def delete_queues(self, names: Iterable[str]) -> None:
+        for name in names:
+            q = self._queues.pop(name, None)
+            if q is not None:
+                for consumer in list(q.consumers):
+                    await consumer.cancel()
+                q.heap.clear()
 
     async def broadcast(self, topic: str, body: bytes) -> None:
         for q in list(self._topics.get(topic, ())):

@@ -1,8 +1,10 @@
 """The run store contract: every adapter behaves the same.
 
 The ``store`` fixture is parametrised over every adapter; to add one, add its name to
-``ADAPTERS`` and a branch to ``make_store`` (a PostgreSQL one would take its database from
-a service fixture through ``request.getfixturevalue``).  Tests at the end of the file are
+``ADAPTERS`` and a branch to the ``adapter`` fixture.  ``other_store`` is a second store on
+the same data (another connection or pool; for the memory store, the store itself), for
+what two coordinators or a coordinator and a CLI see of each other.  PostgreSQL tests take
+a fresh database from ``tests/plugins/postgres.py``.  Tests at the end of the file are
 specific to SQLite files and migrations.
 """
 
@@ -10,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +29,48 @@ from aexec.events import Event, EventKind
 from aexec.plan import Plan, StepSpec, build
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.store.memory import MemoryStore
+from aexec.store.postgres import PostgresStore
 from aexec.store.sqlite import SqliteStore, from_url, migrations
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
-ADAPTERS = ["memory", "sqlite"]
+ADAPTERS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+WAIT = 10.0  # seconds: the bound of every wait for something to happen
 
 K = EventKind
 PLAN = build("p", [StepSpec("a", "add"), StepSpec("b", "add", deps=("a",))])
 BOOM = ErrorInfo("ValueError", "boom", "Traceback ...\nValueError: boom\n", retryable=False)
 
 
-def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / "runs.db")
-    raise AssertionError(f"unknown store adapter {kind!r}")
-
-
 @pytest.fixture(params=ADAPTERS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = make_store(request.param, request, tmp_path)
+def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Makes unopened stores of one adapter, all on the same data."""
+    if request.param == "memory":
+        memory = MemoryStore()
+        return lambda: memory
+    if request.param == "sqlite":
+        return lambda: SqliteStore(tmp_path / "runs.db")
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        return lambda: PostgresStore(dsn)
+    raise AssertionError(f"unknown store adapter {request.param!r}")
+
+
+@pytest.fixture
+async def store(adapter: Callable[[], Store]) -> AsyncIterator[Store]:
+    s = adapter()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def other_store(adapter: Callable[[], Store], store: Store) -> AsyncIterator[Store]:
+    s = adapter()
+    if s is store:
+        yield s
+        return
     await s.open()
     try:
         yield s
@@ -100,6 +126,8 @@ async def test_a_created_run_reads_back_with_every_field(store: Store) -> None:
         finished_at=None,
         result=b"\x01",
         error="earlier",
+        owner="coordinator-1",
+        lease_until=12.5,
     )
     await store.create_run(run, PLAN)
     assert await store.get_run("run-0001") == run
@@ -663,12 +691,243 @@ async def test_a_batch_with_data_json_cannot_hold_fails_whole(store: Store) -> N
     assert (await run_row(store)).status is RunStatus.PENDING
 
 
+# -- leases -------------------------------------------------------------------------------
+
+LEASE = 30.0
+
+
+async def runs_created(store: Store, *specs: tuple[str, float], **fields: Any) -> None:
+    for run_id, created_at in specs:
+        await store.create_run(new_run(run_id, created_at=created_at, **fields), PLAN)
+
+
+async def test_acquire_claims_unowned_unfinished_runs_oldest_first(store: Store) -> None:
+    await runs_created(store, ("new", 3.0), ("old", 1.0), ("mid", 2.0))
+    await store.append([ev(K.RUN_STARTED, run_id="mid")])
+    before = time.time()
+    claimed = await store.acquire_runs("c1", LEASE)
+    after = time.time()
+    assert [r.run_id for r in claimed] == ["old", "mid", "new"]
+    assert {r.owner for r in claimed} == {"c1"}
+    for run in claimed:
+        assert run.lease_until is not None
+        assert before + LEASE - 1.0 <= run.lease_until <= after + LEASE + 1.0
+        assert run == await run_row(store, run.run_id)
+    assert claimed[1].status is RunStatus.RUNNING
+
+
+async def test_runs_created_at_the_same_time_are_acquired_in_insert_order(store: Store) -> None:
+    await runs_created(store, ("b", 5.0), ("a", 5.0), ("c", 5.0))
+    assert [r.run_id for r in await store.acquire_runs("c1", LEASE)] == ["b", "a", "c"]
+
+
+async def test_acquire_stops_at_the_limit(store: Store) -> None:
+    await runs_created(store, *[(f"r{i}", float(i)) for i in range(5)])
+    assert [r.run_id for r in await store.acquire_runs("c1", LEASE, limit=2)] == ["r0", "r1"]
+    assert [r.run_id for r in await store.acquire_runs("c2", LEASE, limit=2)] == ["r2", "r3"]
+    assert await store.acquire_runs("c3", LEASE, limit=0) == []
+    with pytest.raises(ValueError, match="limit"):
+        await store.acquire_runs("c3", LEASE, limit=-1)
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0, math.nan])
+async def test_a_lease_must_be_a_positive_number_of_seconds(store: Store, lease: float) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        await store.acquire_runs("c1", lease)
+    with pytest.raises(ValueError, match="lease"):
+        await store.renew_leases("c1", lease)
+
+
+async def test_a_run_under_a_live_lease_is_not_acquired(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0))
+    assert [r.run_id for r in await store.acquire_runs("c1", LEASE)] == ["r1"]
+    assert await store.acquire_runs("c2", LEASE) == []
+    assert await store.acquire_runs("c1", LEASE) == []  # the owner too: it has it already
+    assert (await run_row(store, "r1")).owner == "c1"
+
+
+async def test_a_run_created_with_a_live_lease_is_not_acquired(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() + LEASE)
+    assert await store.acquire_runs("c2", LEASE) == []
+
+
+async def test_a_run_whose_lease_ended_is_taken_over(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() - 1.0)
+    await runs_created(store, ("r2", 2.0), owner="c1", lease_until=None)
+    claimed = await store.acquire_runs("c2", LEASE)
+    assert [(r.run_id, r.owner) for r in claimed] == [("r1", "c2"), ("r2", "c2")]
+    assert await store.renew_leases("c1", LEASE) == set()
+    assert (await run_row(store, "r1")).owner == "c2"
+
+
+async def test_a_lease_that_runs_out_lets_another_owner_take_the_run(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0))
+    [run] = await store.acquire_runs("c1", 0.5)
+    assert await store.acquire_runs("c2", LEASE) == []
+    assert run.lease_until is not None
+    await asyncio.sleep(run.lease_until - time.time() + 0.05)  # the lease running out
+    claimed = await store.acquire_runs("c2", LEASE)
+    assert [(r.run_id, r.owner) for r in claimed] == [("r1", "c2")]
+
+
+async def test_finished_runs_keep_their_owner_and_are_never_acquired(store: Store) -> None:
+    await runs_created(store, ("ok", 1.0), ("bad", 2.0), ("off", 3.0))
+    await store.acquire_runs("c1", LEASE)
+    await store.append(
+        [
+            ev(K.RUN_SUCCEEDED, run_id="ok"),
+            ev(K.RUN_FAILED, run_id="bad", error="x"),
+            ev(K.RUN_CANCELLED, run_id="off"),
+        ]
+    )
+    await store.release_runs("c1")
+    assert await store.acquire_runs("c2", LEASE) == []
+    assert {r.owner for r in await store.list_runs()} == {"c1"}
+    assert await store.renew_leases("c1", LEASE) == set()
+
+
+async def test_renew_extends_the_unfinished_runs_the_owner_still_holds(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), ("r2", 2.0), ("done", 3.0))
+    await runs_created(store, ("theirs", 4.0), owner="c2", lease_until=time.time() + LEASE)
+    first = {r.run_id: r.lease_until for r in await store.acquire_runs("c1", 1.0)}
+    await store.append([ev(K.RUN_SUCCEEDED, run_id="done")])
+    assert await store.renew_leases("c1", LEASE) == {"r1", "r2"}
+    for run_id in ("r1", "r2"):
+        lease_until = (await run_row(store, run_id)).lease_until
+        assert lease_until is not None and lease_until > (first[run_id] or 0.0) + LEASE / 2
+    assert (await run_row(store, "done")).lease_until == first["done"]
+    assert await store.renew_leases("nobody", LEASE) == set()
+
+
+async def test_release_ends_the_leases_at_once_keeping_the_owner(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), ("r2", 2.0), ("r3", 3.0))
+    await runs_created(store, ("theirs", 4.0), owner="c2", lease_until=time.time() + LEASE)
+    await store.acquire_runs("c1", LEASE)
+    await store.release_runs("c1", ["r2", "theirs", "ghost-run"])
+    released = await run_row(store, "r2")
+    assert (released.owner, released.lease_until) == ("c1", 0.0)
+    assert [r.run_id for r in await store.acquire_runs("c3", LEASE)] == ["r2"]
+    assert await store.renew_leases("c1", LEASE) == {"r1", "r3"}
+    await store.release_runs("c1")
+    assert [r.run_id for r in await store.acquire_runs("c3", LEASE)] == ["r1", "r3"]
+    assert (await run_row(store, "theirs")).owner == "c2"
+
+
+async def test_concurrent_acquirers_never_share_a_run(store: Store, other_store: Store) -> None:
+    run_ids = [f"r{i:02d}" for i in range(40)]
+    await runs_created(store, *[(run_id, float(i)) for i, run_id in enumerate(run_ids)])
+
+    async def acquirer(s: Store, owner: str) -> list[str]:
+        won: list[str] = []
+        while claimed := await s.acquire_runs(owner, LEASE, limit=3):
+            won.extend(r.run_id for r in claimed)
+        return won
+
+    async with asyncio.timeout(WAIT):
+        results = await asyncio.gather(
+            *[acquirer(s, f"c{i}") for i in range(4) for s in (store, other_store)]
+        )
+    won = [run_id for result in results for run_id in result]
+    assert sorted(won) == run_ids
+    owners = {r.run_id: r.owner for r in await store.list_runs(limit=100)}
+    for i, result in enumerate(results):
+        assert {owners[run_id] for run_id in result} <= {f"c{i // 2}"}
+
+
+# -- following ----------------------------------------------------------------------------
+
+
+async def collect(store: Store, run_id: str = "run-0001", after: int = 0) -> list[Event]:
+    async with asyncio.timeout(WAIT), aclosing(store.follow(run_id, after=after)) as events:
+        return [event async for event in events]
+
+
+async def test_a_follower_sees_every_event_as_it_comes_and_stops_at_the_end(
+    store: Store, other_store: Store
+) -> None:
+    await store.create_run(new_run(), PLAN)
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def follow() -> None:
+        async with aclosing(store.follow("run-0001")) as events:
+            async for event in events:
+                await seen.put(event)
+
+    batches = [
+        [ev(K.RUN_STARTED)],
+        [ev(K.STEP_DISPATCHED, "a", 1), ev(K.STEP_STARTED, "a", 1)],
+        [ev(K.STEP_SUCCEEDED, "a", 1, output=b"\x01")],
+        [ev(K.STEP_DISPATCHED, "b", 1), ev(K.RUN_SUCCEEDED), ev(K.STEP_PROGRESS, "b", 1)],
+    ]
+    async with asyncio.timeout(WAIT), asyncio.TaskGroup() as tasks:
+        follower = tasks.create_task(follow())
+        for batch in batches:
+            await other_store.append(batch)  # another connection: no in-process wake-up
+            wanted = [(e.seq, e.kind) for e in batch if e.kind is not K.STEP_PROGRESS]
+            assert [(e.seq, e.kind) for e in [await seen.get() for _ in wanted]] == wanted
+        await follower
+    assert seen.empty()
+
+
+async def test_a_follower_of_a_finished_run_gets_the_rest_and_stops(store: Store) -> None:
+    await started_run(store)
+    batch = [ev(K.STEP_DISPATCHED, "a", 1), ev(K.RUN_FAILED, error="x"), ev(K.STEP_PROGRESS)]
+    await store.append(batch)
+    logged = await store.get_events("run-0001")
+    assert await collect(store) == logged[:3]  # run_started, step_dispatched, run_failed
+    assert await collect(store, after=batch[0].seq) == [batch[1]]
+
+
+async def test_a_follower_from_after_the_end_gets_only_later_events(store: Store) -> None:
+    await started_run(store)
+    end, late = ev(K.RUN_CANCELLED, error="x"), ev(K.STEP_PROGRESS, "a")
+    await store.append([end, late])
+    assert await collect(store, after=end.seq) == [late]
+    assert await collect(store, after=late.seq) == []
+
+
+async def test_a_follower_starts_after_the_seq_given(store: Store) -> None:
+    await started_run(store)
+    first = await store.get_events("run-0001")
+    follower = asyncio.create_task(collect(store, after=first[-1].seq))
+    later = [ev(K.STEP_DISPATCHED, "a", 1), ev(K.RUN_SUCCEEDED)]
+    await store.append(later)
+    assert await follower == later
+
+
+async def test_following_an_unknown_run_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="ghost-run"):
+        await collect(store, "ghost-run")
+
+
+async def test_a_follower_ends_with_a_store_error_when_its_store_closes(
+    unopened_store: Store,
+) -> None:
+    s = unopened_store
+    await s.open()
+    await s.create_run(new_run(), PLAN)
+    await s.append([ev(K.RUN_STARTED)])
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def follow() -> None:
+        async with aclosing(s.follow("run-0001")) as events:
+            async for event in events:
+                await seen.put(event)
+
+    follower = asyncio.create_task(follow())
+    async with asyncio.timeout(WAIT):
+        assert (await seen.get()).kind is K.RUN_STARTED
+        await s.close()
+        with pytest.raises(StoreError, match="not open"):
+            await follower
+
+
 # -- lifecycle ----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=ADAPTERS)
-def unopened_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    return make_store(request.param, request, tmp_path)
+@pytest.fixture
+def unopened_store(adapter: Callable[[], Store]) -> Store:
+    return adapter()
 
 
 async def test_a_store_that_is_not_open_raises_store_error(unopened_store: Store) -> None:
