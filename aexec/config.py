@@ -27,6 +27,7 @@ _ENV = {
     "ack_after": "AEXEC_ACK_AFTER",
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
+    "lease": "AEXEC_LEASE",
 }
 
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
@@ -51,6 +52,7 @@ class Settings:
     heartbeat_interval: float = 1.0
     worker_timeout: float = 10.0  # a worker silent this long loses its running steps
     ack_after: float = 10.0  # a step running this long is acked and protected by heartbeats
+    lease: float = 15.0  # a coordinator's hold on its runs; a dead one's runs wait this long
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
     fail_fast: bool = False
@@ -65,6 +67,8 @@ class Settings:
             raise ConfigError("concurrency must be >= 1")
         if self.heartbeat_interval <= 0:
             raise ConfigError("heartbeat_interval must be > 0")
+        if self.lease <= 0:
+            raise ConfigError("lease must be > 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
         if self.remote and self.embedded:

@@ -57,6 +57,8 @@ class CoordinatorConfig:
     retry_backoff_max: float = 5.0
     durable_replies: bool = True
     worker_timeout: float = 10.0  # a worker silent this long has lost its running steps
+    lease: float = 15.0  # how long a run stays this coordinator's without a renewal
+    adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
 
 
 class ActiveRun:
@@ -117,6 +119,9 @@ class Coordinator:
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._publishing: set[asyncio.Task[None]] = set()
+        self._leases: asyncio.Task[None] | None = None
+        self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
+        self._adopted_subscriptions: dict[str, Subscription] = {}
         self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -136,6 +141,7 @@ class Coordinator:
             self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
         )
         self._watchdog = loop.create_task(self._watch_workers(), name="aexec-worker-watchdog")
+        self._leases = loop.create_task(self._keep_leases(), name="aexec-leases")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -149,10 +155,14 @@ class Coordinator:
         if self._subscription is not None:
             await self._subscription.cancel()
             self._subscription = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.wait([self._watchdog])
-            self._watchdog = None
+        for task in (self._watchdog, self._leases):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        self._watchdog = self._leases = None
+        for subscription in self._adopted_subscriptions.values():
+            await subscription.cancel()
+        self._adopted_subscriptions.clear()
         if self._publishing:
             await asyncio.wait(list(self._publishing), timeout=5.0)
             for task in self._publishing:
@@ -240,6 +250,8 @@ class Coordinator:
             priority,
             plan.parameters,
             created_at=now,
+            owner=self.config.id,
+            lease_until=now + self.config.lease,
         )
         for queue in plan.queues:
             await self._declare(queue)
@@ -248,6 +260,107 @@ class Coordinator:
         self._runs[run_id] = run
         self._post(("start", run_id))
         return run
+
+    async def adopt(self, record: RunRecord) -> ActiveRun | None:
+        """Take over a run whose coordinator died (its lease is now ours): rebuild its
+        schedule from the store, consume what is still waiting in the old coordinator's reply
+        queue, and carry on.  Returns None for a run that cannot be resumed."""
+        plan = await self.store.get_plan(record.plan_digest)
+        if plan is None:
+            log.error(
+                "cannot resume run %s: its plan %s is missing", record.run_id, record.plan_digest
+            )
+            return None
+        steps = await self.store.get_steps(record.run_id)
+        for queue in plan.queues:
+            await self._declare(queue)
+        run = ActiveRun(
+            record.run_id, plan, record.priority, RunState(plan, fail_fast=self.config.fail_fast)
+        )
+        actions = run.state.restore(
+            [(s.status, s.attempts, s.output, s.error) for s in steps],
+            started=record.status is not RunStatus.PENDING,
+        )
+        now = time.monotonic()
+        for index, step in enumerate(steps):
+            if step.status is StepStatus.RUNNING:
+                # Its worker's heartbeats (to the old reply queue, consumed below) keep it;
+                # silence for worker_timeout re-dispatches it.
+                worker = step.worker or f"unknown-worker-of-{record.owner}"
+                run.running_on[index] = worker
+                self.workers_seen.setdefault(worker, now)
+        previous = await self._last_driver(record.run_id)
+        if previous and previous != self.config.id:
+            await self._adopt_replies(f"reply.{previous}", record.run_id)
+        self._runs[record.run_id] = run
+        self._post(("resume", record.run_id, actions, previous))
+        log.warning(
+            "coordinator %s took over run %s from %s", self.config.id, record.run_id, previous
+        )
+        return run
+
+    async def _last_driver(self, run_id: str) -> str | None:
+        """The coordinator that drove the run last, as its event log tells."""
+        driver = None
+        for event in await self.store.get_events(run_id):
+            if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
+                coordinator = event.data.get("coordinator")
+                driver = coordinator if isinstance(coordinator, str) else driver
+        return driver
+
+    async def _adopt_replies(self, queue: str, run_id: str) -> None:
+        runs = self._adopted.get(queue)
+        if runs is None:
+            await self.transport.declare_queue(queue)
+            subscription = await self.transport.consume(
+                queue, self._on_reply, prefetch=self.config.reply_prefetch
+            )
+            self._adopted[queue] = runs = set()
+            self._adopted_subscriptions[queue] = subscription
+        runs.add(run_id)
+
+    async def _release_adopted(self, run_id: str) -> None:
+        for queue, runs in list(self._adopted.items()):
+            runs.discard(run_id)
+            if not runs:
+                del self._adopted[queue]
+                await self._adopted_subscriptions.pop(queue).cancel()
+                with contextlib.suppress(TransportError):
+                    await self.transport.delete_queues([queue])
+
+    async def _keep_leases(self) -> None:
+        """Renew this coordinator's leases; let go of runs another one took over; adopt the
+        runs whose coordinators stopped renewing (when this is a service)."""
+        lease = self.config.lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                owned = await self.store.renew_leases(self.config.id, lease)
+                for run_id, run in list(self._runs.items()):
+                    if run_id not in owned and not run.state.finished:
+                        self._lose(run)
+                if self.config.adopt:
+                    for record in await self.store.acquire_runs(self.config.id, lease):
+                        if record.run_id not in self._runs:
+                            await self.adopt(record)
+            except (StoreError, TransportError) as exc:
+                log.warning("coordinator %s could not keep its leases: %s", self.config.id, exc)
+
+    def _lose(self, run: ActiveRun) -> None:
+        log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
+        self._runs.pop(run.run_id, None)
+        for queue in run.subscribers:
+            queue.put_nowait(_END)
+        if not run.done.done():
+            run.done.set_exception(
+                AexecError(f"run {run.run_id} was taken over by another coordinator")
+            )
+
+    async def release(self) -> None:
+        """Hand this coordinator's unfinished runs over at once (a clean shutdown)."""
+        if self._runs:
+            with contextlib.suppress(StoreError):
+                await self.store.release_runs(self.config.id, list(self._runs))
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: here if this coordinator drives it, else through the broadcast."""
@@ -374,6 +487,8 @@ class Coordinator:
             await self._notify(self._runs[run_id], batch)
         for run in finished:
             self._runs.pop(run.run_id, None)
+            if self._adopted:
+                await self._release_adopted(run.run_id)
             for queue in run.subscribers:
                 queue.put_nowait(_END)
             if not run.done.done():
@@ -397,7 +512,11 @@ class Coordinator:
                     EventKind.RUN_STARTED,
                     run_id,
                     now,
-                    data={"steps": len(run.plan), "priority": run.priority},
+                    data={
+                        "steps": len(run.plan),
+                        "priority": run.priority,
+                        "coordinator": self.config.id,
+                    },
                 )
             )
             self._apply_actions(run, run.state.start(), now, events, publish, finished)
@@ -408,6 +527,17 @@ class Coordinator:
             )
         elif kind == "cancel":
             self._apply_actions(run, run.state.cancel(), now, events, publish, finished)
+        elif kind == "resume":
+            _, _, actions, previous = item
+            events.append(
+                Event(
+                    EventKind.RUN_RESUMED,
+                    run_id,
+                    now,
+                    data={"coordinator": self.config.id, "previous": previous},
+                )
+            )
+            self._apply_actions(run, actions, now, events, publish, finished)
         elif kind == "lost":
             _, _, index, attempt, worker = item
             actions = run.state.lost_worker(index, attempt)

@@ -10,6 +10,7 @@ from typing import Any
 class EventKind(StrEnum):
     RUN_SUBMITTED = "run_submitted"
     RUN_STARTED = "run_started"
+    RUN_RESUMED = "run_resumed"  # another coordinator took the run over
     RUN_SUCCEEDED = "run_succeeded"
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"

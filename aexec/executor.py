@@ -367,7 +367,7 @@ class Executor:
             raise AexecError("the executor is not open (use `async with Executor() as ex`)")
         return self._stack
 
-    async def _start_engine(self) -> Coordinator:
+    async def _start_engine(self, *, adopt: bool = False) -> Coordinator:
         async with self._engine_lock:
             if self._coordinator is not None:
                 return self._coordinator
@@ -411,6 +411,8 @@ class Executor:
                     CoordinatorConfig(
                         fail_fast=settings.fail_fast,
                         worker_timeout=settings.worker_timeout,
+                        lease=settings.lease,
+                        adopt=adopt,
                     ),
                 )
                 await stack.enter_async_context(coordinator)
@@ -439,7 +441,7 @@ class Executor:
         ``ready`` is set once submissions are being accepted."""
         if self.settings.embedded:
             raise ConfigError("a coordinator service needs a broker (--broker amqp://...)")
-        coordinator = await self._start_engine()
+        coordinator = await self._start_engine(adopt=True)
         await coordinator.accept_submissions()
         if ready is not None:
             ready.set()
@@ -448,6 +450,7 @@ class Executor:
         pending = [run.done for run in coordinator._runs.values()]
         if pending:
             await asyncio.wait([asyncio.shield(done) for done in pending], timeout=grace)
+        await coordinator.release()  # what is still running goes to another coordinator now
 
     # -- submitting ------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ the in-memory half of exactly-once completion.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,56 @@ class RunState:
         if self.unfinished == 0:
             actions.append(self._finish())
         return actions
+
+    def restore(
+        self,
+        steps: Sequence[tuple[StepStatus, int, Any, ErrorInfo | None]],
+        *,
+        started: bool,
+    ) -> list[Action]:
+        """Rebuild the schedule of a run another coordinator drove, from its recorded steps
+        ``(status, attempts, output, error)`` in plan order, and return what to do now.
+
+        Steps recorded as queued may never have reached the broker: they are dispatched
+        again as new attempts (a stale attempt's completion is ignored when it arrives).
+        Running steps stay running: their worker's heartbeats, or their absence, decide.
+        Retrying steps lost their backoff timer and are dispatched again at once.
+        """
+        if self.run_status is not RunStatus.PENDING:
+            return []
+        if not started:
+            return self.start()
+        self.run_status = RunStatus.RUNNING
+        plan_steps = self.plan.steps
+        actions: list[Action] = []
+        for i, (status, attempts, output, error) in enumerate(steps):
+            self.attempts[i] = attempts
+            if status.finished:
+                self.status[i] = status
+                self.unfinished -= 1
+                if status is _SUCCEEDED:
+                    self.outputs[i] = output
+                    for d in plan_steps[i].dependents:
+                        self.waiting[d] -= 1
+                elif status is _FAILED and error is not None:
+                    self.errors[i] = error
+            elif status is _RUNNING:
+                self.status[i] = _RUNNING
+        for i, (status, attempts, _, _) in enumerate(steps):
+            if (
+                status is _QUEUED
+                or status is _RETRYING
+                or (status is _PENDING and self.waiting[i] == 0 and self._inputs_ok(i))
+            ):
+                self.status[i] = _QUEUED
+                self.attempts[i] = attempts + 1
+                actions.append(Dispatch(i, attempts + 1))
+        if self.unfinished == 0:
+            actions.append(self._finish())
+        return actions
+
+    def _inputs_ok(self, index: int) -> bool:
+        return all(self.status[d] is _SUCCEEDED for d in self.plan.steps[index].deps)
 
     def started(self, index: int, attempt: int) -> bool:
         """A worker reported the step running; True if that changed its status."""

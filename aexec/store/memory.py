@@ -76,6 +76,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._open = False
+        self._wakeups.notify_all()  # followers wake up and find the store closed
 
     async def create_run(self, run: RunRecord, plan: Plan) -> None:
         self._check_open()

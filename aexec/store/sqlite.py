@@ -241,6 +241,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._wakeups.notify_all()  # followers wake up and find the store closed
         if conn is not None:
             with self._errors("close the database"):
                 conn.close()

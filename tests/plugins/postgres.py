@@ -83,17 +83,17 @@ def random_name(prefix: str) -> str:
     return f"{prefix}_{uuid4().hex[:12]}"
 
 
-def database_url(
-    server_url: str, name: str, *, host: str | None = None, port: int | None = None
-) -> str:
-    """``server_url`` naming database ``name`` instead (and ``host:port``, when given)."""
-    parts = urlsplit(server_url)
-    netloc = parts.netloc
-    if host is not None or port is not None:
-        credentials = netloc.rpartition("@")[0]
-        address = f"{host or parts.hostname}:{port or parts.port or 5432}"
-        netloc = f"{credentials}@{address}" if credentials else address
-    return parts._replace(netloc=netloc, path=f"/{name}").geturl()
+def database_url(server_url: str, name: str) -> str:
+    """``server_url`` naming database ``name`` instead."""
+    return urlsplit(server_url)._replace(path=f"/{name}").geturl()
+
+
+def with_address(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (to go through a proxy), credentials kept."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    address = f"{host}:{port}"
+    return parts._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
 
 
 async def create_database(server_url: str, name: str, *, template: str = "template0") -> None:

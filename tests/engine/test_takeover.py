@@ -1,0 +1,136 @@
+"""Coordinator crash recovery on the in-memory adapters: leases, takeover, reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aexec import pipeline, step
+from aexec.coordinator import Coordinator, CoordinatorConfig
+from aexec.events import EventKind
+from aexec.objects.memory import MemoryObjectStore
+from aexec.store.memory import MemoryStore
+from aexec.transport.memory import MemoryTransport
+from aexec.types import RunStatus, StepStatus
+from aexec.worker import Worker, WorkerConfig
+
+
+async def crash(coordinator: Coordinator) -> None:
+    """Stop a coordinator the way SIGKILL would: no release, no clean-up, nothing acked."""
+    for task in (coordinator._scheduler, coordinator._leases, coordinator._watchdog):
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert coordinator._subscription is not None
+    await coordinator._subscription.cancel()
+    coordinator._scheduler = coordinator._leases = coordinator._watchdog = None
+    coordinator._subscription = None
+    coordinator._runs.clear()
+
+
+async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None:
+    gate = asyncio.Event()
+    started = asyncio.Event()
+    executions: list[str] = []
+
+    @step
+    async def first() -> int:
+        executions.append("first")
+        return 1
+
+    @step
+    async def second(x: int) -> int:
+        executions.append("second")
+        started.set()
+        await gate.wait()
+        return x + 1
+
+    @step
+    async def third(x: int) -> int:
+        executions.append("third")
+        return x * 10
+
+    @pipeline
+    def p() -> object:
+        return third(second(first()))
+
+    compiled = p.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    worker = Worker(
+        transport,
+        MemoryObjectStore(),
+        compiled.steps,
+        WorkerConfig(name="w", heartbeat_interval=0.05, ack_after=0.1),
+    )
+    async with worker:
+        await worker.serve("default")
+        doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
+        await doomed.__aenter__()
+        run = await doomed.submit(compiled.plan)
+        await asyncio.wait_for(started.wait(), 5)
+        async for event in store.follow(run.run_id):
+            if event.kind is EventKind.STEP_STARTED and event.step == "second":
+                break  # recorded as running, on worker w: its heartbeats will vouch for it
+        await crash(doomed)
+
+        heir = Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast))
+        async with heir:
+            followed: list[EventKind] = []
+
+            async def follow() -> None:
+                async for event in store.follow(run.run_id):
+                    followed.append(event.kind)
+                    if event.kind is EventKind.RUN_RESUMED:
+                        gate.set()  # the step finishes only once the heir drives the run
+
+            await asyncio.wait_for(follow(), 10)
+    record = await store.get_run(run.run_id)
+    assert record is not None and record.status is RunStatus.SUCCEEDED
+    assert record.owner == "heir"
+    assert executions == ["first", "second", "third"]  # nothing ran twice
+    steps = {s.key: s for s in await store.get_steps(run.run_id)}
+    assert all(s.status is StepStatus.SUCCEEDED for s in steps.values())
+    assert steps["second"].attempts == 1  # its completion reached the heir via the old queue
+    assert followed.count(EventKind.RUN_RESUMED) == 1
+    assert followed[-1] is EventKind.RUN_SUCCEEDED
+    await store.close()
+    await transport.close()
+
+
+async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() -> None:
+    @step
+    async def only() -> str:
+        return "done"
+
+    @pipeline
+    def p() -> object:
+        return only()
+
+    compiled = p.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
+    await doomed.__aenter__()
+    run = await doomed.submit(compiled.plan)  # no worker yet: the step stays queued
+    async for event in store.follow(run.run_id):
+        if event.kind is EventKind.STEP_DISPATCHED:
+            break
+    await crash(doomed)
+    await transport.delete_queues(["step.default"])  # as if the dispatch never reached it
+    async with (
+        Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast)),
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        kinds = [e.kind async for e in store.follow(run.run_id)]
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+    (record,) = await store.get_steps(run.run_id)
+    assert record.status is StepStatus.SUCCEEDED and record.attempts == 2
+    await store.close()
+    await transport.close()
