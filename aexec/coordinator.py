@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aexec import codec, messages
+from aexec import messages
+from aexec.batch import END, ActiveRun, Batch
 from aexec.errors import (
     AexecError,
     CodecError,
@@ -30,7 +31,7 @@ from aexec.errors import (
 )
 from aexec.events import Event, EventKind, to_record
 from aexec.plan import MAX_PRIORITY, Plan
-from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -38,7 +39,6 @@ from aexec.worker import CONTROL_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
 
-_END = object()
 
 SUBMIT_QUEUE = "coordinator.submit"
 """Library clients submit runs here; every coordinator service consumes it."""
@@ -59,37 +59,6 @@ class CoordinatorConfig:
     worker_timeout: float = 10.0  # a worker silent this long has lost its running steps
     lease: float = 15.0  # how long a run stays this coordinator's without a renewal
     adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
-
-
-class ActiveRun:
-    """A run this coordinator drives: its schedule, waiters and event subscribers."""
-
-    __slots__ = (
-        "created_at",
-        "done",
-        "notify",
-        "plan",
-        "priority",
-        "run_id",
-        "running_on",
-        "state",
-        "subscribers",
-    )
-
-    def __init__(self, run_id: str, plan: Plan, priority: int, state: RunState) -> None:
-        self.run_id = run_id
-        self.plan = plan
-        self.priority = priority
-        self.state = state
-        self.created_at = time.time()
-        self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
-        self.subscribers: list[asyncio.Queue[Any]] = []
-        self.running_on: dict[int, str] = {}  # step index → the worker that reported it
-        self.notify: str | None = None  # a remote client's queue for this run's events
-
-    @property
-    def status(self) -> RunStatus:
-        return self.state.run_status
 
 
 class Coordinator:
@@ -180,7 +149,7 @@ class Coordinator:
                 await self.transport.delete_queues([self.reply_queue])
         for run in self._runs.values():
             for queue in run.subscribers:
-                queue.put_nowait(_END)
+                queue.put_nowait(END)
             if not run.done.done():
                 run.done.cancel()
 
@@ -350,7 +319,7 @@ class Coordinator:
         log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
         self._runs.pop(run.run_id, None)
         for queue in run.subscribers:
-            queue.put_nowait(_END)
+            queue.put_nowait(END)
         if not run.done.done():
             run.done.set_exception(
                 AexecError(f"run {run.run_id} was taken over by another coordinator")
@@ -396,7 +365,7 @@ class Coordinator:
             return
         while True:
             item = await live.get()
-            if item is _END:
+            if item is END:
                 return
             if item.seq > last:
                 yield item
@@ -432,48 +401,49 @@ class Coordinator:
 
     async def _schedule_once(self) -> None:
         inbox = self._inbox
-        events: list[Event] = []
-        publish: list[tuple[ActiveRun, int, int]] = []
-        finished: list[ActiveRun] = []
+        batch = Batch(self._runs, self.config.id, self.workers_seen)
         acks: list[Delivery] = []
-        now = time.time()
         # Everything that arrived until now is one batch: one store transaction.
         for _ in range(len(inbox)):
             item = inbox.popleft()
             if isinstance(item, tuple):
-                self._apply_command(item, now, events, publish, finished)
+                batch.command(item)
                 continue
-            acks.append(item)
             try:
                 msg = messages.decode(item.body)
             except CodecError as exc:
                 log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
-                acks.pop()
                 await item.reject(requeue=False)
                 continue
             if isinstance(msg, messages.Completion):
-                self._apply_completion(msg, events, publish, finished)
+                batch.completion(msg)
             elif isinstance(msg, messages.Progress):
-                self._apply_progress(msg, events)
+                batch.progress(msg)
             elif isinstance(msg, messages.Heartbeat):
-                self._apply_heartbeat(msg, events)
+                batch.heartbeat(msg)
             else:
                 log.error(
-                    "coordinator %s dead-lettered a step message on its reply queue", self.config.id
+                    "coordinator %s dead-lettered a %s message on its reply queue",
+                    self.config.id,
+                    type(msg).__name__,
                 )
-                acks.pop()
                 await item.reject(requeue=False)
+                continue
+            acks.append(item)
+        events = batch.events
         if events:
             await self._with_retry("record events", lambda: self.store.append(events))
         for delivery in acks:
             await delivery.ack()
-        if publish:
+        if batch.publish:
             # The dispatches are durable already; the scheduler does not wait for the broker's
             # confirms (a round trip) before taking the next completions in.
-            outgoing = [self._step_message(run, i, attempt) for run, i, attempt in publish]
+            outgoing = [self._step_message(run, i, attempt) for run, i, attempt in batch.publish]
             task = asyncio.get_running_loop().create_task(self._publish(outgoing))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
+        for run_id, index, attempt, delay in batch.retries:
+            self._schedule_retry(run_id, index, attempt, delay)
         notify: dict[str, list[Event]] = {}
         for event in events:
             target = self._runs.get(event.run_id)
@@ -483,251 +453,16 @@ class Coordinator:
                 queue.put_nowait(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, batch in notify.items():
-            await self._notify(self._runs[run_id], batch)
-        for run in finished:
+        for run_id, run_events in notify.items():
+            await self._notify(self._runs[run_id], run_events)
+        for run in batch.finished:
             self._runs.pop(run.run_id, None)
             if self._adopted:
                 await self._release_adopted(run.run_id)
             for queue in run.subscribers:
-                queue.put_nowait(_END)
+                queue.put_nowait(END)
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
-
-    def _apply_command(
-        self,
-        item: tuple[Any, ...],
-        now: float,
-        events: list[Event],
-        publish: list[tuple[ActiveRun, int, int]],
-        finished: list[ActiveRun],
-    ) -> None:
-        kind, run_id = item[0], item[1]
-        run = self._runs.get(run_id)
-        if run is None:
-            return
-        if kind == "start":
-            events.append(
-                Event(
-                    EventKind.RUN_STARTED,
-                    run_id,
-                    now,
-                    data={
-                        "steps": len(run.plan),
-                        "priority": run.priority,
-                        "coordinator": self.config.id,
-                    },
-                )
-            )
-            self._apply_actions(run, run.state.start(), now, events, publish, finished)
-        elif kind == "retry":
-            _, _, index, attempt = item
-            self._apply_actions(
-                run, run.state.retry_due(index, attempt), now, events, publish, finished
-            )
-        elif kind == "cancel":
-            self._apply_actions(run, run.state.cancel(), now, events, publish, finished)
-        elif kind == "resume":
-            _, _, actions, previous = item
-            events.append(
-                Event(
-                    EventKind.RUN_RESUMED,
-                    run_id,
-                    now,
-                    data={"coordinator": self.config.id, "previous": previous},
-                )
-            )
-            self._apply_actions(run, actions, now, events, publish, finished)
-        elif kind == "lost":
-            _, _, index, attempt, worker = item
-            actions = run.state.lost_worker(index, attempt)
-            if actions is None:
-                return
-            run.running_on.pop(index, None)
-            error = ErrorInfo(
-                "WorkerLostError", f"worker {worker} stopped heartbeating while running this step"
-            )
-            events.append(
-                Event(
-                    EventKind.STEP_RETRYING,
-                    run_id,
-                    now,
-                    run.plan.steps[index].key,
-                    attempt,
-                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
-                )
-            )
-            self._apply_actions(run, actions, now, events, publish, finished, {"worker": worker})
-
-    def _apply_completion(
-        self,
-        msg: messages.Completion,
-        events: list[Event],
-        publish: list[tuple[ActiveRun, int, int]],
-        finished: list[ActiveRun],
-    ) -> None:
-        run = self._runs.get(msg.run_id)
-        if run is None:
-            log.debug("completion for a run this coordinator does not drive: %s", msg.run_id)
-            return
-        index = run.plan.index.get(msg.step_key)
-        if index is None:
-            log.warning("completion for unknown step %r of run %s", msg.step_key, msg.run_id)
-            return
-        data: dict[str, Any] = {"worker": msg.worker, "started_at": msg.started_at}
-        if run.running_on and run.state.attempts[index] == msg.attempt:
-            run.running_on.pop(index, None)
-        if msg.error is None:
-            actions = run.state.succeeded(index, msg.attempt, msg.output)
-            if actions is None:
-                return  # a duplicate or a superseded attempt: recorded once already
-            events.append(
-                Event(
-                    EventKind.STEP_SUCCEEDED,
-                    msg.run_id,
-                    msg.finished_at,
-                    msg.step_key,
-                    msg.attempt,
-                    data,
-                    msg.output,
-                )
-            )
-        else:
-            actions = run.state.failed(index, msg.attempt, msg.error)
-            if actions is None:
-                return
-        self._apply_actions(run, actions, msg.finished_at, events, publish, finished, data)
-
-    def _apply_progress(self, msg: messages.Progress, events: list[Event]) -> None:
-        self.workers_seen[msg.worker] = time.monotonic()
-        run = self._runs.get(msg.run_id)
-        if run is None:
-            return
-        index = run.plan.index.get(msg.step_key)
-        if index is None or run.state.attempts[index] != msg.attempt:
-            return
-        if not run.state.status[index].finished:
-            run.running_on[index] = msg.worker
-        if run.state.started(index, msg.attempt):
-            events.append(
-                Event(
-                    EventKind.STEP_STARTED,
-                    msg.run_id,
-                    msg.ts,
-                    msg.step_key,
-                    msg.attempt,
-                    {"worker": msg.worker},
-                )
-            )
-        if run.state.status[index] is StepStatus.RUNNING:
-            data: dict[str, Any] = {"worker": msg.worker}
-            if msg.fraction is not None:
-                data["fraction"] = msg.fraction
-            if msg.message is not None:
-                data["message"] = msg.message
-            events.append(
-                Event(EventKind.STEP_PROGRESS, msg.run_id, msg.ts, msg.step_key, msg.attempt, data)
-            )
-
-    def _apply_heartbeat(self, msg: messages.Heartbeat, events: list[Event]) -> None:
-        self.workers_seen[msg.worker] = time.monotonic()
-        for run_id, key, attempt in msg.running:
-            run = self._runs.get(run_id)
-            if run is None:
-                continue
-            index = run.plan.index.get(key)
-            if index is None or run.state.attempts[index] != attempt:
-                continue
-            if not run.state.status[index].finished:
-                run.running_on[index] = msg.worker
-            if run.state.started(index, attempt):
-                events.append(
-                    Event(
-                        EventKind.STEP_STARTED, run_id, msg.ts, key, attempt, {"worker": msg.worker}
-                    )
-                )
-
-    def _apply_actions(
-        self,
-        run: ActiveRun,
-        actions: list[Any],
-        ts: float,
-        events: list[Event],
-        publish: list[tuple[ActiveRun, int, int]],
-        finished: list[ActiveRun],
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        run_id, steps = run.run_id, run.plan.steps
-        for action in actions:
-            if type(action) is Dispatch:
-                publish.append((run, action.index, action.attempt))
-                events.append(
-                    Event(
-                        EventKind.STEP_DISPATCHED,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt,
-                    )
-                )
-            elif type(action) is Fail:
-                events.append(
-                    Event(
-                        EventKind.STEP_FAILED,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt,
-                        {**(extra or {}), "error": action.error.to_dict()},
-                    )
-                )
-            elif type(action) is Retry:
-                events.append(
-                    Event(
-                        EventKind.STEP_RETRYING,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt - 1,
-                        {
-                            **(extra or {}),
-                            "error": action.error.to_dict(),
-                            "retry_in": action.delay,
-                        },
-                    )
-                )
-                self._schedule_retry(run_id, action.index, action.attempt, action.delay)
-            elif type(action) is Skip:
-                kind = (
-                    EventKind.STEP_CANCELLED
-                    if action.status is StepStatus.CANCELLED
-                    else EventKind.STEP_SKIPPED
-                )
-                attempts = run.state.attempts
-                for index in action.indices:
-                    events.append(Event(kind, run_id, ts, steps[index].key, attempts[index]))
-            elif type(action) is Finish:
-                events.append(self._finish_event(run, action.status, ts))
-                finished.append(run)
-
-    def _finish_event(self, run: ActiveRun, status: RunStatus, ts: float) -> Event:
-        if status is RunStatus.SUCCEEDED:
-            state = run.state
-            inputs = [codec.embed(state.outputs[d]) for d in run.plan.result_deps]
-            result = codec.encode(codec.decode(run.plan.result, inputs=inputs))
-            return Event(EventKind.RUN_SUCCEEDED, run.run_id, ts, output=result)
-        if status is RunStatus.CANCELLED:
-            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": "run cancelled"})
-        failed = [
-            f"{run.plan.steps[i].key}: {err.type}: {err.message}"
-            for i, err in sorted(run.state.errors.items())
-        ]
-        return Event(
-            EventKind.RUN_FAILED,
-            run.run_id,
-            ts,
-            data={"error": "failed steps: " + "; ".join(failed)},
-        )
 
     async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
         """Send a remote client its run's events; a client that went away stops the sends."""

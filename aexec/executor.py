@@ -20,8 +20,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aexec import codec, messages
+from aexec.batch import ActiveRun
 from aexec.config import Settings
-from aexec.coordinator import SUBMIT_QUEUE, ActiveRun, Coordinator, CoordinatorConfig
+from aexec.coordinator import SUBMIT_QUEUE, Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError, RunFailed
 from aexec.events import Event, EventKind, from_record

@@ -51,7 +51,9 @@ async def direct(postgres_dsn: str) -> AsyncIterator[PostgresStore]:
 
 
 @pytest.fixture
-async def proxied(postgres_dsn: str, proxy: TcpProxy, direct: PostgresStore) -> AsyncIterator[PostgresStore]:
+async def proxied(
+    postgres_dsn: str, proxy: TcpProxy, direct: PostgresStore
+) -> AsyncIterator[PostgresStore]:
     dsn = with_address(postgres_dsn, "127.0.0.1", proxy.port)
     async with PostgresStore(dsn, timeout=TIMEOUT, max_size=4) as store:
         yield store
@@ -103,25 +105,22 @@ async def test_an_append_cut_off_half_way_leaves_nothing_applied(
     postgres_dsn: str, proxy: TcpProxy, proxied: PostgresStore, direct: PostgresStore
 ) -> None:
     batch = [ev(K.STEP_PROGRESS, "a"), ev(K.STEP_DISPATCHED, "a", 1), ev(K.RUN_CANCELLED)]
+    patient = PostgresStore(with_address(postgres_dsn, "127.0.0.1", proxy.port), timeout=WAIT)
     blocker = await asyncpg.connect(postgres_dsn)
     try:
         # Hold step a's row: the append logs its events, then waits to update the step.
         holding = blocker.transaction()
         await holding.start()
-        await blocker.execute("SELECT 1 FROM aexec_steps WHERE run_id = 'run-1' AND key = 'a' FOR UPDATE")
-        appending = asyncio.create_task(
-            PostgresStore(proxied.dsn, timeout=WAIT).__aenter__()
+        await blocker.execute(
+            "SELECT 1 FROM aexec_steps WHERE run_id = 'run-1' AND key = 'a' FOR UPDATE"
         )
-        store = await appending
-        try:
-            append = asyncio.create_task(store.append(batch))
+        async with patient:
+            append = asyncio.create_task(patient.append(batch))
             await waiting_for_a_lock(blocker)
             proxy.cut()
             async with asyncio.timeout(WAIT):
                 with pytest.raises(StoreUnavailableError):
                     await append
-        finally:
-            await store.close()
         await holding.rollback()
         await backends_gone(blocker)
     finally:
@@ -134,6 +133,70 @@ async def test_an_append_cut_off_half_way_leaves_nothing_applied(
     await proxied.append(batch)  # the retry, once the database is back
     logged = await direct.get_events("run-1")
     assert [e.kind for e in logged] == [K.RUN_STARTED, *[e.kind for e in batch]]
+    assert (await direct.get_run("run-1")).status is RunStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def follower(store: PostgresStore, seen: asyncio.Queue[Event]) -> None:
+    async with aclosing(store.follow("run-1")) as events:
+        async for event in events:
+            await seen.put(event)
+
+
+async def test_a_follower_fails_fast_when_the_database_goes_away(
+    proxy: TcpProxy, proxied: PostgresStore
+) -> None:
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+    task = asyncio.create_task(follower(proxied, seen))
+    try:
+        async with asyncio.timeout(WAIT):
+            assert (await seen.get()).kind is K.RUN_STARTED
+            proxy.refuse()
+            proxy.cut()
+            with pytest.raises(StoreUnavailableError):
+                await task
+    finally:
+        task.cancel()
+
+
+async def test_a_follower_carries_on_across_a_dropped_connection(
+    proxy: TcpProxy, proxied: PostgresStore, direct: PostgresStore
+) -> None:
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+    task = asyncio.create_task(follower(proxied, seen))
+    try:
+        async with asyncio.timeout(WAIT):
+            assert (await seen.get()).kind is K.RUN_STARTED
+            accepted = proxy.accepted
+            proxy.cut()  # the LISTEN connection and the pool's go; the database stays up
+            await direct.append([ev(K.STEP_DISPATCHED, "a", 1)])
+            assert (await seen.get()).kind is K.STEP_DISPATCHED
+            await direct.append([ev(K.RUN_SUCCEEDED)])
+            assert (await seen.get()).kind is K.RUN_SUCCEEDED
+            await task
+        assert proxy.accepted > accepted  # it did reconnect
+    finally:
+        task.cancel()
+
+
+async def test_opening_a_store_on_a_database_that_is_down_fails_fast_without_the_password(
+    postgres_dsn: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = urlsplit(postgres_dsn)
+    secret = "s3cret-Pa55word"
+    dsn = f"postgresql://{parts.username or 'postgres'}:{secret}@127.0.0.1:{proxy.port}{parts.path}"
+    proxy.refuse()
+    store = PostgresStore(dsn, timeout=TIMEOUT)
+    caplog.set_level(logging.DEBUG)
+    async with asyncio.timeout(WAIT):
+        with pytest.raises(StoreUnavailableError) as info:
+            await store.open()
+    assert f"127.0.0.1:{proxy.port}{parts.path}" in str(info.value)
+    assert secret not in str(info.value)
+    assert secret not in repr(store)
+    assert secret not in caplog.text
+    proxy.restore()
+    async with store:
+        assert await store.get_run("run-1") is None  # an empty (migrated) database
 
 
 async def waiting_for_a_lock(conn: asyncpg.Connection) -> None:

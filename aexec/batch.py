@@ -1,0 +1,302 @@
+"""One scheduler batch: messages and commands in, events to record and steps to publish out.
+
+The coordinator drains everything that has arrived into a :class:`Batch`, which applies it
+to each run's pure :class:`~aexec.scheduling.RunState` and turns the resulting actions into
+events.  The coordinator then records the events in one transaction and only afterwards
+publishes the steps, arms the retry timers and finishes the runs the batch collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aexec import codec, messages
+from aexec.events import Event, EventKind
+from aexec.plan import Plan
+from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+log = logging.getLogger(__name__)
+
+END = object()
+"""Put on an event subscriber's queue after the last event it will get."""
+
+
+class ActiveRun:
+    """A run this coordinator drives: its schedule, waiters and event subscribers."""
+
+    __slots__ = (
+        "created_at",
+        "done",
+        "notify",
+        "plan",
+        "priority",
+        "run_id",
+        "running_on",
+        "state",
+        "subscribers",
+    )
+
+    def __init__(self, run_id: str, plan: Plan, priority: int, state: RunState) -> None:
+        self.run_id = run_id
+        self.plan = plan
+        self.priority = priority
+        self.state = state
+        self.created_at = time.time()
+        self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
+        self.subscribers: list[asyncio.Queue[Any]] = []
+        self.running_on: dict[int, str] = {}  # step index → the worker that reported it
+        self.notify: str | None = None  # a remote client's queue for this run's events
+
+    @property
+    def status(self) -> RunStatus:
+        return self.state.run_status
+
+
+class Batch:
+    """What one pass of the scheduler decided; ``runs`` are the coordinator's active runs."""
+
+    __slots__ = (
+        "coordinator_id",
+        "events",
+        "finished",
+        "now",
+        "publish",
+        "retries",
+        "runs",
+        "workers_seen",
+    )
+
+    def __init__(
+        self, runs: dict[str, ActiveRun], coordinator_id: str, workers_seen: dict[str, float]
+    ) -> None:
+        self.runs = runs
+        self.coordinator_id = coordinator_id
+        self.workers_seen = workers_seen
+        self.now = time.time()
+        self.events: list[Event] = []
+        self.publish: list[tuple[ActiveRun, int, int]] = []  # (run, step index, attempt)
+        self.finished: list[ActiveRun] = []
+        self.retries: list[tuple[str, int, int, float]] = []  # (run id, index, attempt, delay)
+
+    def command(self, item: tuple[Any, ...]) -> None:
+        """``("start" | "retry" | "cancel" | "resume" | "lost", run_id, ...)``."""
+        now = self.now
+        kind, run_id = item[0], item[1]
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        if kind == "start":
+            self.events.append(
+                Event(
+                    EventKind.RUN_STARTED,
+                    run_id,
+                    now,
+                    data={
+                        "steps": len(run.plan),
+                        "priority": run.priority,
+                        "coordinator": self.coordinator_id,
+                    },
+                )
+            )
+            self.actions(run, run.state.start(), now)
+        elif kind == "retry":
+            _, _, index, attempt = item
+            self.actions(run, run.state.retry_due(index, attempt), now)
+        elif kind == "cancel":
+            self.actions(run, run.state.cancel(), now)
+        elif kind == "resume":
+            _, _, actions, previous = item
+            self.events.append(
+                Event(
+                    EventKind.RUN_RESUMED,
+                    run_id,
+                    now,
+                    data={"coordinator": self.coordinator_id, "previous": previous},
+                )
+            )
+            self.actions(run, actions, now)
+        elif kind == "lost":
+            _, _, index, attempt, worker = item
+            actions = run.state.lost_worker(index, attempt)
+            if actions is None:
+                return
+            run.running_on.pop(index, None)
+            error = ErrorInfo(
+                "WorkerLostError", f"worker {worker} stopped heartbeating while running this step"
+            )
+            self.events.append(
+                Event(
+                    EventKind.STEP_RETRYING,
+                    run_id,
+                    now,
+                    run.plan.steps[index].key,
+                    attempt,
+                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
+                )
+            )
+            self.actions(run, actions, now, {"worker": worker})
+
+    def completion(self, msg: messages.Completion) -> None:
+        run = self.runs.get(msg.run_id)
+        if run is None:
+            log.debug("completion for a run this coordinator does not drive: %s", msg.run_id)
+            return
+        index = run.plan.index.get(msg.step_key)
+        if index is None:
+            log.warning("completion for unknown step %r of run %s", msg.step_key, msg.run_id)
+            return
+        data: dict[str, Any] = {"worker": msg.worker, "started_at": msg.started_at}
+        if run.running_on and run.state.attempts[index] == msg.attempt:
+            run.running_on.pop(index, None)
+        if msg.error is None:
+            actions = run.state.succeeded(index, msg.attempt, msg.output)
+            if actions is None:
+                return  # a duplicate or a superseded attempt: recorded once already
+            self.events.append(
+                Event(
+                    EventKind.STEP_SUCCEEDED,
+                    msg.run_id,
+                    msg.finished_at,
+                    msg.step_key,
+                    msg.attempt,
+                    data,
+                    msg.output,
+                )
+            )
+        else:
+            actions = run.state.failed(index, msg.attempt, msg.error)
+            if actions is None:
+                return
+        self.actions(run, actions, msg.finished_at, data)
+
+    def progress(self, msg: messages.Progress) -> None:
+        self.workers_seen[msg.worker] = time.monotonic()
+        run = self.runs.get(msg.run_id)
+        if run is None:
+            return
+        index = run.plan.index.get(msg.step_key)
+        if index is None or run.state.attempts[index] != msg.attempt:
+            return
+        if not run.state.status[index].finished:
+            run.running_on[index] = msg.worker
+        if run.state.started(index, msg.attempt):
+            self.events.append(
+                Event(
+                    EventKind.STEP_STARTED,
+                    msg.run_id,
+                    msg.ts,
+                    msg.step_key,
+                    msg.attempt,
+                    {"worker": msg.worker},
+                )
+            )
+        if run.state.status[index] is StepStatus.RUNNING:
+            data: dict[str, Any] = {"worker": msg.worker}
+            if msg.fraction is not None:
+                data["fraction"] = msg.fraction
+            if msg.message is not None:
+                data["message"] = msg.message
+            self.events.append(
+                Event(EventKind.STEP_PROGRESS, msg.run_id, msg.ts, msg.step_key, msg.attempt, data)
+            )
+
+    def heartbeat(self, msg: messages.Heartbeat) -> None:
+        self.workers_seen[msg.worker] = time.monotonic()
+        for run_id, key, attempt in msg.running:
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            index = run.plan.index.get(key)
+            if index is None or run.state.attempts[index] != attempt:
+                continue
+            if not run.state.status[index].finished:
+                run.running_on[index] = msg.worker
+            if run.state.started(index, attempt):
+                self.events.append(
+                    Event(
+                        EventKind.STEP_STARTED, run_id, msg.ts, key, attempt, {"worker": msg.worker}
+                    )
+                )
+
+    def actions(
+        self,
+        run: ActiveRun,
+        actions: list[Any],
+        ts: float,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        run_id, steps = run.run_id, run.plan.steps
+        for action in actions:
+            if type(action) is Dispatch:
+                self.publish.append((run, action.index, action.attempt))
+                self.events.append(
+                    Event(
+                        EventKind.STEP_DISPATCHED,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt,
+                    )
+                )
+            elif type(action) is Fail:
+                self.events.append(
+                    Event(
+                        EventKind.STEP_FAILED,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt,
+                        {**(extra or {}), "error": action.error.to_dict()},
+                    )
+                )
+            elif type(action) is Retry:
+                self.events.append(
+                    Event(
+                        EventKind.STEP_RETRYING,
+                        run_id,
+                        ts,
+                        steps[action.index].key,
+                        action.attempt - 1,
+                        {
+                            **(extra or {}),
+                            "error": action.error.to_dict(),
+                            "retry_in": action.delay,
+                        },
+                    )
+                )
+                self.retries.append((run_id, action.index, action.attempt, action.delay))
+            elif type(action) is Skip:
+                kind = (
+                    EventKind.STEP_CANCELLED
+                    if action.status is StepStatus.CANCELLED
+                    else EventKind.STEP_SKIPPED
+                )
+                attempts = run.state.attempts
+                for index in action.indices:
+                    self.events.append(Event(kind, run_id, ts, steps[index].key, attempts[index]))
+            elif type(action) is Finish:
+                self.events.append(self._finish_event(run, action.status, ts))
+                self.finished.append(run)
+
+    def _finish_event(self, run: ActiveRun, status: RunStatus, ts: float) -> Event:
+        if status is RunStatus.SUCCEEDED:
+            state = run.state
+            inputs = [codec.embed(state.outputs[d]) for d in run.plan.result_deps]
+            result = codec.encode(codec.decode(run.plan.result, inputs=inputs))
+            return Event(EventKind.RUN_SUCCEEDED, run.run_id, ts, output=result)
+        if status is RunStatus.CANCELLED:
+            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": "run cancelled"})
+        failed = [
+            f"{run.plan.steps[i].key}: {err.type}: {err.message}"
+            for i, err in sorted(run.state.errors.items())
+        ]
+        return Event(
+            EventKind.RUN_FAILED,
+            run.run_id,
+            ts,
+            data={"error": "failed steps: " + "; ".join(failed)},
+        )
