@@ -180,7 +180,7 @@ class Coordinator:
             plan = Plan.from_bytes(msg.plan)
         except (CodecError, PlanError) as exc:
             log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
-            await delivery.reject(requeue=False)
+            await self._settle(delivery, reject=True)
             return
         known = msg.run_id in self._runs
         if not known:
@@ -189,7 +189,7 @@ class Coordinator:
         if not known:
             run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
             run.notify = msg.notify
-        await delivery.ack()
+        await self._settle(delivery)
 
     async def _on_command(self, delivery: Delivery) -> None:
         try:
@@ -397,7 +397,10 @@ class Coordinator:
             await self._wake.wait()
             self._wake.clear()
             while self._inbox:
-                await self._schedule_once()
+                try:
+                    await self._schedule_once()
+                except Exception:  # a bug must not stop every run this coordinator drives
+                    log.exception("coordinator %s: a scheduler pass failed", self.config.id)
 
     async def _schedule_once(self) -> None:
         inbox = self._inbox
@@ -413,7 +416,7 @@ class Coordinator:
                 msg = messages.decode(item.body)
             except CodecError as exc:
                 log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
-                await item.reject(requeue=False)
+                await self._settle(item, reject=True)
                 continue
             if isinstance(msg, messages.Completion):
                 batch.completion(msg)
@@ -427,14 +430,14 @@ class Coordinator:
                     self.config.id,
                     type(msg).__name__,
                 )
-                await item.reject(requeue=False)
+                await self._settle(item, reject=True)
                 continue
             acks.append(item)
         events = batch.events
         if events:
             await self._with_retry("record events", lambda: self.store.append(events))
         for delivery in acks:
-            await delivery.ack()
+            await self._settle(delivery)
         if batch.publish:
             # The dispatches are durable already; the scheduler does not wait for the broker's
             # confirms (a round trip) before taking the next completions in.
@@ -463,6 +466,18 @@ class Coordinator:
                 queue.put_nowait(END)
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
+
+    async def _settle(self, delivery: Delivery, *, reject: bool = False) -> None:
+        """Ack a consumed message (dead-letter it with ``reject``).  If its channel died
+        meanwhile (a broker restart, a closed connection) the broker redelivers it: its effect
+        is committed already, and the run state ignores the duplicate."""
+        try:
+            if reject:
+                await delivery.reject(requeue=False)
+            else:
+                await delivery.ack()
+        except TransportError as exc:
+            log.info("coordinator %s could not settle a delivery: %s", self.config.id, exc)
 
     async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
         """Send a remote client its run's events; a client that went away stops the sends."""

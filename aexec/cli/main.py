@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs_logs.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     runs_logs.add_argument("--json", action="store_true", help="one JSON event per line")
+    runs_logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing events as they are recorded, until the run ends",
+    )
     runs_logs.set_defaults(handler=cmd_runs_logs)
 
     _add_worker_commands(commands, common)
@@ -596,9 +602,19 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
             for event in events:
                 line = dump_json(event.to_dict()) if args.json else event_line(event)
                 sys.stdout.write(line + "\n")
+            if events:
+                after = events[-1].seq
             if len(events) < page:
                 break
-            after = events[-1].seq
+        if args.follow:
+            follower = ex.store.follow(record.run_id, after=after)
+            try:
+                async for event in follower:
+                    line = dump_json(event.to_dict()) if args.json else event_line(event)
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            finally:
+                await follower.aclose()  # type: ignore[attr-defined]
     return EXIT_OK
 
 
