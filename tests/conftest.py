@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.plugins.services",
     "tests.plugins.s3",
     "tests.plugins.rabbitmq",
+    "tests.plugins.postgres",
 ]

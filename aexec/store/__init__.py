@@ -115,8 +115,8 @@ class Store(Protocol):
         run_cancelled); for a run that already ended it yields the rest and ends.  A run
         that does not exist is a :class:`~aexec.errors.StoreError`; so is a store that
         fails (:class:`~aexec.errors.StoreUnavailableError` when transient: follow again
-        with ``after`` set to the last seq seen).  Close the iterator when done with it
-        early (``contextlib.aclosing``): a follower may hold a connection.
+        with ``after`` set to the last seq seen).  Close the iterator when leaving it
+        early (``contextlib.aclosing``), as any async generator.
         """
 
     async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:

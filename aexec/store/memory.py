@@ -211,20 +211,19 @@ class MemoryStore:
                 or run.record.lease_until < now
             )
         ]
-        claimable.sort(key=lambda r: (r.record.created_at, r.order))
-        for run in claimable[:limit]:
+        claimed = sorted(claimable, key=lambda r: (r.record.created_at, r.order))[:limit]
+        for run in claimed:
             run.record.owner, run.record.lease_until = owner, now + lease
-        return [_copy_run(run) for run in claimable[:limit]]
+        return [_copy_run(run) for run in claimed]
 
     async def renew_leases(self, owner: str, lease: float) -> set[str]:
         self._check_open()
         shared.check_lease(lease)
         until = time.time() + lease
-        renewed = set()
-        for run in self._owned(owner):
+        owned = self._owned(owner)
+        for run in owned:
             run.record.lease_until = until
-            renewed.add(run.record.run_id)
-        return renewed
+        return {run.record.run_id for run in owned}
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         self._check_open()

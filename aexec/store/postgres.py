@@ -26,12 +26,12 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -53,6 +53,9 @@ FOLLOW_FALLBACK = 1.0
 """Seconds after which a follower re-reads the log even without a notification."""
 CHANNEL = "aexec_events"
 """The ``LISTEN``/``NOTIFY`` channel: its payload is the id of a run that has new events."""
+MIGRATION_TIMEOUT = 300.0
+"""Seconds :meth:`PostgresStore.open` may spend migrating (or waiting for another store
+that migrates the same database)."""
 MIGRATION_LOCK = 0x6165786563
 """The ``pg_advisory_xact_lock`` key held while migrating ("aexec" in ASCII)."""
 
@@ -70,6 +73,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable
     TimeoutError,
 )
+# Failures that say the connection was dead when used (not that the database is down).
+_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+T = TypeVar("T")
 
 
 class Queries(NamedTuple):
@@ -169,7 +180,7 @@ def display_dsn(dsn: str) -> str:
 
 class PostgresStore:
     """The run store in a PostgreSQL database, through a pool of ``min_size``..``max_size``
-    connections (plus one for followers, while any follow)."""
+    connections, plus one that ``LISTEN``s from the first :meth:`follow` until :meth:`close`."""
 
     def __init__(
         self,
@@ -187,6 +198,7 @@ class PostgresStore:
         self._pool: Any = None  # asyncpg.Pool once open
         self._listener: Any = None  # the LISTEN connection, opened by the first follower
         self._listener_lock = asyncio.Lock()
+        self._listen_failed = False  # warn once per outage of the LISTEN connection
         self._wakeups = Wakeups()
 
     @classmethod
@@ -196,7 +208,11 @@ class PostgresStore:
         :class:`ConfigError`."""
         scheme = url.split(":", 1)[0]
         if scheme not in URL_SCHEMES or not url.startswith(f"{scheme}://"):
-            raise ConfigError(f"not a PostgreSQL URL (expected postgresql://...): {url[:12]!r}")
+            raise ConfigError(f"not a PostgreSQL URL (expected postgresql://...): {scheme}:...")
+        try:
+            urlsplit(url).port  # noqa: B018 - parses the host and port
+        except ValueError as exc:
+            raise ConfigError(f"invalid PostgreSQL URL: {exc}") from None
         return cls(url, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -246,7 +262,9 @@ class PostgresStore:
             try:
                 async with asyncio.timeout(self.timeout):
                     await pool.close()
-            except (Exception, asyncio.CancelledError):
+            except Exception:  # a connection that cannot close politely: the database is gone
+                pool.terminate()
+            except BaseException:
                 pool.terminate()
                 raise
 
@@ -311,7 +329,7 @@ class PostgresStore:
             event.seq = seq
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        async with self._connection(f"read run {run_id!r}") as conn:
+        async def lookup(conn: Any) -> Any:
             row = await conn.fetchrow(SQL.get_run, run_id)
             if row is None and len(run_id) >= 4:
                 following = await conn.fetch(SQL.run_ids_from, run_id)
@@ -320,22 +338,28 @@ class PostgresStore:
                     raise StoreError(f"run id prefix {run_id!r} is ambiguous")
                 if matches:
                     row = await conn.fetchrow(SQL.get_run, matches[0])
+            return row
+
+        row = await self._read(f"read run {run_id!r}", lookup)
         return None if row is None else _run_record(row)
 
     async def list_runs(
         self, *, limit: int = 50, status: RunStatus | None = None
     ) -> list[RunRecord]:
         shared.check_limit(limit)
-        async with self._connection("list runs") as conn:
-            if status is None:
-                rows = await conn.fetch(SQL.list_runs, limit)
-            else:
-                rows = await conn.fetch(SQL.list_runs_by_status, status.value, limit)
+        if status is None:
+            rows = await self._read("list runs", lambda conn: conn.fetch(SQL.list_runs, limit))
+        else:
+            rows = await self._read(
+                "list runs",
+                lambda conn: conn.fetch(SQL.list_runs_by_status, status.value, limit),
+            )
         return [_run_record(row) for row in rows]
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
-        async with self._connection(f"read the steps of run {run_id!r}") as conn:
-            rows = await conn.fetch(SQL.get_steps, run_id)
+        rows = await self._read(
+            f"read the steps of run {run_id!r}", lambda conn: conn.fetch(SQL.get_steps, run_id)
+        )
         return [
             StepRecord(
                 run_id=row[0],
@@ -358,8 +382,10 @@ class PostgresStore:
     ) -> list[Event]:
         if limit is not None:
             shared.check_limit(limit)
-        async with self._connection(f"read the events of run {run_id!r}") as conn:
-            rows = await conn.fetch(SQL.get_events, run_id, after, limit)
+        rows = await self._read(
+            f"read the events of run {run_id!r}",
+            lambda conn: conn.fetch(SQL.get_events, run_id, after, limit),
+        )
         return [
             Event(
                 kind=EventKind(row[3]),
@@ -374,8 +400,9 @@ class PostgresStore:
         ]
 
     async def get_plan(self, digest: str) -> Plan | None:
-        async with self._connection(f"read plan {digest!r}") as conn:
-            data = await conn.fetchval(SQL.get_plan, digest)
+        data = await self._read(
+            f"read plan {digest!r}", lambda conn: conn.fetchval(SQL.get_plan, digest)
+        )
         return None if data is None else Plan.from_bytes(data)
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
@@ -385,8 +412,9 @@ class PostgresStore:
             return await self.get_events(run_id, after=last)
 
         async def finished() -> bool:
-            async with self._connection(f"read run {run_id!r}") as conn:
-                status = await conn.fetchval(SQL.run_status, run_id)
+            status = await self._read(
+                f"read run {run_id!r}", lambda conn: conn.fetchval(SQL.run_status, run_id)
+            )
             if status is None:
                 raise StoreError(f"cannot follow run {run_id!r}: no such run")
             return RunStatus(status).finished
@@ -424,31 +452,47 @@ class PostgresStore:
         return self._pool
 
     @asynccontextmanager
-    async def _connection(self, action: str) -> AsyncIterator[Any]:
-        """A pool connection for one call, all of it under ``timeout``; failures come out
-        as store errors, and a connection in an unknown state is closed, not reused."""
+    async def _connection(self, action: str, within: float | None = None) -> AsyncIterator[Any]:
+        """A pool connection for one call, all of it under ``within`` seconds (default
+        ``timeout``); failures come out as store errors, and a connection in an unknown
+        state is closed, not reused."""
         pool = self._check_open()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(within or self.timeout):
                 conn = await pool.acquire()
                 try:
                     yield conn
                 except BaseException as exc:
                     if not _connection_is_sound(exc):
-                        conn.terminate()  # mid-query or broken: its state is unknown
+                        _discard(conn)  # mid-query or broken: its state is unknown
                     raise
                 finally:
                     await pool.release(conn)
         except StoreError:
             raise
         except Exception as exc:
-            raise self._error(action, exc) from exc
+            raise self._error(action, exc, within) from exc
+
+    async def _read(self, action: str, read: Callable[[Any], Awaitable[T]]) -> T:
+        """``read(connection)`` in :meth:`_connection`, once more on a new connection if the
+        first one turned out to be dead: the pool finds out that a connection died while
+        idle (a database restart, a dropped link) only by using it.  Reads only: a write
+        that failed that way may or may not have committed."""
+        try:
+            async with self._connection(action) as conn:
+                return await read(conn)
+        except StoreUnavailableError as exc:
+            if not isinstance(exc.__cause__, _LOST):
+                raise
+            log.debug("%s; reading again on a new connection", exc)
+        async with self._connection(action) as conn:
+            return await read(conn)
 
     @asynccontextmanager
-    async def _transaction(self, action: str) -> AsyncIterator[Any]:
+    async def _transaction(self, action: str, within: float | None = None) -> AsyncIterator[Any]:
         """:meth:`_connection` in a transaction.  A connection that failed is closed
         without a ROLLBACK (which could wait forever on it): the server rolls back."""
-        async with self._connection(action) as conn:
+        async with self._connection(action, within) as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
@@ -457,21 +501,26 @@ class PostgresStore:
                 if _connection_is_sound(exc):
                     await transaction.rollback()
                 else:
-                    conn.terminate()
+                    _discard(conn)
                 raise
             await transaction.commit()
 
-    def _error(self, action: str, exc: BaseException) -> StoreError:
+    def _error(self, action: str, exc: BaseException, within: float | None = None) -> StoreError:
         if isinstance(exc, TimeoutError):
-            detail = f"no answer within {self.timeout:g} s"
+            detail = f"no answer within {within or self.timeout:g} s"
         else:
             detail = " ".join(str(exc).split()) or type(exc).__name__
-        error = StoreUnavailableError if isinstance(exc, _UNAVAILABLE) else StoreError
+        transient = isinstance(exc, _UNAVAILABLE) and not isinstance(
+            exc,
+            asyncpg.ClientConfigurationError,  # a bad option in the URL: fix, not retry
+        )
+        error = StoreUnavailableError if transient else StoreError
         return error(f"PostgreSQL store {self._name}: cannot {action}: {detail}")
 
     async def _migrate(self) -> None:
         available = migrations()
-        async with self._transaction("migrate the schema") as conn:
+        within = max(self.timeout, MIGRATION_TIMEOUT)
+        async with self._transaction("migrate the schema", within) as conn:
             await conn.execute(SQL.lock_migrations, MIGRATION_LOCK)
             await conn.execute(SQL.create_migrations_table)
             applied = [row[0] for row in await conn.fetch(SQL.applied_migrations)]
@@ -506,11 +555,16 @@ class PostgresStore:
                         listener.terminate()
                         raise
             except Exception as exc:
-                log.warning("%s; following by polling", self._error("listen", exc))
+                level = logging.DEBUG if self._listen_failed else logging.WARNING
+                log.log(level, "%s; followers poll instead", self._error("listen", exc))
+                self._listen_failed = True
                 return False
             if self._pool is None:  # closed meanwhile
                 listener.terminate()
                 return False
+            if self._listen_failed:
+                log.info("PostgreSQL store %s: listening again", self._name)
+                self._listen_failed = False
             listener.add_termination_listener(self._listener_lost)
             self._listener = listener
             self._wakeups.notify_all()
@@ -539,6 +593,12 @@ class _ListenWatch:
         if await self._store._listen():
             return
         await wait_for_ticket(self._ticket, FOLLOW_FALLBACK)
+
+
+def _discard(conn: Any) -> None:
+    """Close a pool connection at once (the pool opens another when needed)."""
+    with suppress(asyncpg.InterfaceError):  # already closed and handed back to the pool
+        conn.terminate()
 
 
 def _connection_is_sound(exc: BaseException) -> bool:

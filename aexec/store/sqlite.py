@@ -18,6 +18,7 @@ cheap call, no read of the log unless the file changed).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -566,7 +567,7 @@ class _SqliteWatch:
     def __init__(self, store: SqliteStore, run_id: str) -> None:
         self._store = store
         self._run_id = run_id
-        self._ticket = store._wakeups.ticket(run_id)
+        self._ticket = asyncio.Event()  # armed before each read
         self._version = 0
 
     def arm(self) -> None:

@@ -1114,7 +1114,9 @@ async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) ->
 async def test_migrations_set_user_version_to_the_number_of_migration_files(
     tmp_path: Path,
 ) -> None:
-    files = sorted((Path(__file__).parents[2] / "aexec/store/migrations/sqlite").glob("*.sql"))
+    files = sorted(
+        (Path(__file__).parents[2] / "aexec/store/migrations/sqlite").glob("[0-9]*_*.sql")
+    )
     assert [m.name for m in migrations()] == [f.name for f in files]
     async with SqliteStore(tmp_path / "runs.db"):
         pass
@@ -1146,6 +1148,49 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
     assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
     tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
     assert tables == {"plans", "runs", "steps", "events"}
+
+
+def structure(path: Path) -> dict[str, Any]:
+    """Tables (columns, keys) and indexes, in a form independent of how they were built:
+    SQLite keeps a table's CREATE text as written, and ALTER TABLE edits that text."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        indexes = conn.execute(
+            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        ).fetchall()
+        return {
+            "tables": {
+                table: (
+                    conn.execute(f"PRAGMA table_xinfo({table})").fetchall(),
+                    conn.execute(f"PRAGMA foreign_key_list({table})").fetchall(),
+                )
+                for table in tables
+            },
+            "indexes": [(n, t, sql and " ".join(sql.split())) for n, t, sql in indexes],
+        }
+    finally:
+        conn.close()
+
+
+async def test_migrating_an_empty_file_gives_the_schema_file(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "migrated.db"):
+        pass
+    schema_sql = Path(__file__).parents[2] / "aexec/store/migrations/sqlite/schema.sql"
+    conn = sqlite3.connect(tmp_path / "expected.db")
+    try:
+        conn.executescript(schema_sql.read_text(encoding="utf-8"))
+    finally:
+        conn.close()
+    migrated, expected = structure(tmp_path / "migrated.db"), structure(tmp_path / "expected.db")
+    assert migrated["tables"] == expected["tables"]
+    assert migrated["indexes"] == expected["indexes"]
 
 
 async def test_a_new_database_waits_for_the_write_lock_to_migrate(tmp_path: Path) -> None:

@@ -36,8 +36,9 @@ def ev(kind: EventKind, step: str | None = None, attempt: int = 0, **data: objec
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    async with TcpProxy("127.0.0.1", 5432) as proxy:
+async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    server = urlsplit(postgres_url)
+    async with TcpProxy(server.hostname or "localhost", server.port or 5432) as proxy:
         yield proxy
 
 

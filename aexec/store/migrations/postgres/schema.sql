@@ -1,0 +1,69 @@
+-- The schema every migration in this folder adds up to, for reading; a test applies the
+-- migrations in order to an empty database and checks that the result is this schema.
+-- Keep it in step with each new migration.  (aexec_migrations is created by the store
+-- itself before the first migration.)
+
+CREATE TABLE aexec_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- A plan is stored once per digest and shared by every run of it.
+CREATE TABLE aexec_plans (
+    digest   text PRIMARY KEY,
+    pipeline text NOT NULL,
+    data     bytea NOT NULL
+);
+
+CREATE TABLE aexec_runs (
+    run_id      text COLLATE "C" PRIMARY KEY,
+    serial      bigserial NOT NULL UNIQUE,   -- insertion order: breaks created_at ties
+    pipeline    text NOT NULL,
+    plan_digest text NOT NULL REFERENCES aexec_plans (digest),
+    status      text NOT NULL,
+    priority    integer NOT NULL DEFAULT 0,
+    params      text NOT NULL DEFAULT '{}',  -- JSON object
+    created_at  double precision NOT NULL,
+    started_at  double precision,
+    finished_at double precision,
+    result      bytea,                       -- the encoded pipeline result
+    error       text,
+    owner       text,                        -- the coordinator holding the lease
+    lease_until double precision             -- when that lease ends
+);
+
+CREATE INDEX aexec_runs_by_created_at ON aexec_runs (created_at, serial);
+CREATE INDEX aexec_runs_by_status ON aexec_runs (status, created_at, serial);
+-- Claiming and renewing leases look only at unfinished runs.
+CREATE INDEX aexec_runs_unfinished_by_owner ON aexec_runs (owner)
+    WHERE status IN ('pending', 'running');
+
+CREATE TABLE aexec_steps (
+    run_id      text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),
+    position    integer NOT NULL,            -- index in the plan
+    key         text NOT NULL,
+    name        text NOT NULL,
+    queue       text NOT NULL,
+    status      text NOT NULL,
+    attempts    integer NOT NULL DEFAULT 0,
+    started_at  double precision,
+    finished_at double precision,
+    worker      text,
+    error       text,                        -- JSON of ErrorInfo.to_dict()
+    output      bytea,                       -- the encoded step output
+    PRIMARY KEY (run_id, key)
+);
+
+-- Step outputs and run results live in their rows, never here.  seq increases within a
+-- run in commit order: an append locks the runs it writes to.
+CREATE TABLE aexec_events (
+    seq     bigserial PRIMARY KEY,
+    run_id  text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),
+    ts      double precision NOT NULL,
+    kind    text NOT NULL,
+    step    text,
+    attempt integer NOT NULL DEFAULT 0,
+    data    text                             -- JSON object; NULL when empty
+);
+
+CREATE INDEX aexec_events_by_run ON aexec_events (run_id, seq);

@@ -1,0 +1,62 @@
+-- The schema every migration in this folder adds up to, for reading; a test applies the
+-- migrations in order to an empty database and checks that the result is this schema.
+-- Keep it in step with each new migration.
+
+-- A plan is stored once per digest and shared by every run of it.
+CREATE TABLE plans (
+    digest   TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    data     BLOB NOT NULL
+);
+
+CREATE TABLE runs (
+    run_id      TEXT PRIMARY KEY,
+    pipeline    TEXT NOT NULL,
+    plan_digest TEXT NOT NULL REFERENCES plans (digest),
+    status      TEXT NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    params      TEXT NOT NULL DEFAULT '{}',  -- JSON object
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    result      BLOB,                        -- the encoded pipeline result
+    error       TEXT,
+    owner       TEXT,                        -- the coordinator holding the lease
+    lease_until REAL                         -- when that lease ends (seconds since the epoch)
+);
+
+CREATE INDEX runs_by_created_at ON runs (created_at);
+-- Claiming and renewing leases look only at unfinished runs (the same WHERE as the queries).
+CREATE INDEX runs_unfinished ON runs (created_at)
+    WHERE status = 'pending' OR status = 'running';
+CREATE INDEX runs_unfinished_by_owner ON runs (owner)
+    WHERE status = 'pending' OR status = 'running';
+
+CREATE TABLE steps (
+    run_id      TEXT NOT NULL REFERENCES runs (run_id),
+    position    INTEGER NOT NULL,            -- index in the plan
+    key         TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL,
+    finished_at REAL,
+    worker      TEXT,
+    error       TEXT,                        -- JSON of ErrorInfo.to_dict()
+    output      BLOB,                        -- the encoded step output
+    PRIMARY KEY (run_id, key)
+);
+
+-- Step outputs and run results live in their rows, never here.
+CREATE TABLE events (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id  TEXT NOT NULL REFERENCES runs (run_id),
+    ts      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    step    TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    data    TEXT                             -- JSON object; NULL when empty
+);
+
+CREATE INDEX events_by_run ON events (run_id, seq);
