@@ -501,11 +501,18 @@ class Coordinator:
                 continue
             for worker in lapsed:
                 del self.workers_seen[worker]
+            # Workers heartbeat only while they run steps: one that went idle is forgotten
+            # quietly, one that fell silent with steps on it has lost them.
+            lost = [
+                (run, index, worker)
+                for run in self._runs.values()
+                for index, worker in run.running_on.items()
+                if worker in lapsed
+            ]
+            for worker in sorted({worker for _, _, worker in lost}):
                 log.warning("worker %s stopped heartbeating; re-dispatching its steps", worker)
-            for run in list(self._runs.values()):
-                for index, worker in list(run.running_on.items()):
-                    if worker in lapsed:
-                        self._post(("lost", run.run_id, index, run.state.attempts[index], worker))
+            for run, index, worker in lost:
+                self._post(("lost", run.run_id, index, run.state.attempts[index], worker))
 
     def _schedule_retry(self, run_id: str, index: int, attempt: int, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.plugins.s3",
     "tests.plugins.rabbitmq",
     "tests.plugins.postgres",
+    "tests.plugins.private_rabbitmq",
 ]

@@ -440,11 +440,12 @@ def choose_pipeline(module: ModuleType, file: str, name: str | None) -> Pipeline
 def cmd_run(args: argparse.Namespace) -> int:
     from aexec.loader import load_file
     from aexec.plan import MAX_PRIORITY
+    from aexec.service import with_connect_timeout
 
     params = parse_params(args.param)
     if not 0 <= args.priority <= MAX_PRIORITY:
         raise UsageError(f"--priority must be an integer 0..{MAX_PRIORITY}")
-    settings = resolve_settings(args)
+    settings = with_connect_timeout(resolve_settings(args))
     out = sys.stdout
     # Only the result or the report goes to stdout: whatever user code prints, on import
     # or in a step, goes to stderr.
@@ -480,13 +481,16 @@ async def _run(
         step_failure_lines,
     )
     from aexec.cli.report import jsonable, run_report
-    from aexec.errors import AexecError, DefinitionError
+    from aexec.errors import AexecError, DefinitionError, TransportError
     from aexec.executor import Executor
     from aexec.types import RunStatus
 
     async with Executor(settings) as ex:
         try:
             run = await ex.submit(pipeline, priority=args.priority, **params)
+        except TransportError as exc:
+            # The broker cannot be used: nothing was submitted (bad input, as for `worker`).
+            raise UsageError(str(exc)) from exc
         except AexecError:
             raise
         except Exception as exc:
