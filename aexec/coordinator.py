@@ -25,6 +25,7 @@ from aexec.errors import (
     AexecError,
     CodecError,
     PlanError,
+    PublishError,
     StoreError,
     StoreUnavailableError,
     TransportError,
@@ -187,7 +188,18 @@ class Coordinator:
             record = await self.store.get_run(msg.run_id)
             known = record is not None and record.run_id == msg.run_id
         if not known:
-            run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
+            try:
+                run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
+            except TransportError as exc:  # e.g. declaring its queues during a broker fault
+                log.warning(
+                    "coordinator %s will take submission %s again: %s",
+                    self.config.id,
+                    msg.run_id,
+                    exc,
+                )
+                with contextlib.suppress(TransportError):
+                    await delivery.reject(requeue=True)
+                return
             run.notify = msg.notify
         await self._settle(delivery)
 
@@ -527,7 +539,19 @@ class Coordinator:
         self._timers.add(handle)
 
     async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
-        await self._with_retry("publish steps", lambda: self.transport.publish_many(outgoing))
+        """Publish until every message is confirmed; after a partial failure only the
+        unconfirmed ones go again (a confirmed one would only be a duplicate)."""
+        pending = outgoing
+
+        async def attempt() -> None:
+            nonlocal pending
+            try:
+                await self.transport.publish_many(pending)
+            except PublishError as exc:
+                pending = exc.unsent
+                raise
+
+        await self._with_retry("publish steps", attempt)
 
     def _step_message(self, run: ActiveRun, index: int, attempt: int) -> tuple[str, bytes, int]:
         step = run.plan.steps[index]

@@ -11,6 +11,7 @@
     ├── LoadError              a pipeline file or worker module cannot be loaded
     ├── BackendError           a backend failed or cannot be reached
     │   ├── TransportError     the broker (RabbitMQ) or the in-memory transport
+    │   │   └── PublishError   some messages of a batch were not confirmed (``unsent``)
     │   ├── StoreError         the run store (PostgreSQL, SQLite, memory)
     │   │   └── StoreUnavailableError   transient: locked, disconnected, timed out
     │   └── ObjectStoreError   the object store (S3, a directory, memory)
@@ -23,7 +24,7 @@ Backend exceptions are translated at the adapter boundary with ``raise ... from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -64,6 +65,14 @@ class BackendError(AexecError):
 
 class TransportError(BackendError):
     """The message transport failed."""
+
+
+class PublishError(TransportError):
+    """Some messages of a batch were not confirmed; ``unsent`` holds them, to publish again."""
+
+    def __init__(self, message: str, unsent: Sequence[tuple[str, bytes, int]]) -> None:
+        super().__init__(message)
+        self.unsent = list(unsent)
 
 
 class StoreError(BackendError):

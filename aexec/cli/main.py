@@ -331,7 +331,11 @@ def configure_logging(verbosity: int) -> None:
     )
     # aiormq logs every failed connection attempt as an ERROR of its own; the AMQP transport
     # reports the same failure as one aexec error, so it is shown only with -v.
-    logging.getLogger("aiormq").setLevel(logging.CRITICAL if verbosity <= 0 else logging.NOTSET)
+    quiet = logging.CRITICAL if verbosity <= 0 else logging.NOTSET
+    logging.getLogger("aiormq").setLevel(quiet)
+    # aio-pika logs each channel it restores after a reconnect as an ERROR; the transport
+    # recovers from those, so they are noise unless asked for.
+    logging.getLogger("aio_pika.tools").setLevel(quiet)
 
 
 def _report_error(exc: Exception, show_traceback: bool) -> int:

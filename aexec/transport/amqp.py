@@ -45,7 +45,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from aexec.errors import ConfigError, TransportError
+from aexec.errors import ConfigError, PublishError, TransportError
 from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Handler
 
 __all__ = ["AmqpDelivery", "AmqpSubscription", "AmqpTransport", "from_url"]
@@ -359,7 +359,18 @@ class AmqpTransport:
             queue, body, priority = messages[0]
             await self.publish(queue, body, priority=priority)
         elif messages:
-            await asyncio.gather(*(self.publish(q, b, priority=p) for q, b, p in messages))
+            results = await asyncio.gather(
+                *(self.publish(q, b, priority=p) for q, b, p in messages), return_exceptions=True
+            )
+            failed = [(m, r) for m, r in zip(messages, results, strict=True) if r is not None]
+            for _, result in failed:
+                if not isinstance(result, TransportError):
+                    raise result  # not the broker's doing: a bug, or cancellation
+            if failed:
+                raise PublishError(
+                    f"{len(failed)} of {len(messages)} messages were not confirmed: {failed[0][1]}",
+                    [m for m, _ in failed],
+                )
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> AmqpSubscription:
         connection = self._require(self._connection)
