@@ -138,6 +138,21 @@ class Worker:
     def step_names(self) -> list[str]:
         return sorted(self._steps)
 
+    @property
+    def prefetch(self) -> int:
+        """Deliveries taken from the broker at once: as many as can run at once, so that
+        nothing waits inside the worker and the broker's priorities order what waits.
+        With only sync steps that is the size of their pool, not ``concurrency``."""
+        concurrency = self.config.concurrency
+        if not self._steps or any(s.is_async for s in self._steps.values()):
+            return concurrency
+        if self.config.pool == "process":
+            return min(concurrency, self.config.process_pool_size or (os.cpu_count() or 1))
+        return min(concurrency, self._thread_pool_size())
+
+    def _thread_pool_size(self) -> int:
+        return self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
+
     def add_steps(self, steps: Iterable[StepDef[Any, Any]]) -> None:
         """Serve these step definitions (remote declarations without code are ignored)."""
         for step in steps:
@@ -151,7 +166,7 @@ class Worker:
         name = step_queue(queue)
         await self.transport.declare_queue(name)
         self._subscriptions[queue] = await self.transport.consume(
-            name, self._on_delivery, prefetch=self.config.concurrency
+            name, self._on_delivery, prefetch=self.prefetch
         )
         log.info("worker %s serving queue %s", self.name, queue)
 
@@ -430,8 +445,9 @@ class Worker:
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._threads is None:
-            size = self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
-            self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="aexec-step")
+            self._threads = ThreadPoolExecutor(
+                max_workers=self._thread_pool_size(), thread_name_prefix="aexec-step"
+            )
         return self._threads
 
     # -- progress, heartbeats, control -----------------------------------------------------

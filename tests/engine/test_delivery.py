@@ -158,3 +158,25 @@ async def test_malformed_and_unknown_messages_are_dead_lettered_and_the_worker_k
         run = await coordinator.submit(compiled.plan)
         assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
     assert len(dead) == 2
+
+
+def test_prefetch_matches_what_can_run_at_once() -> None:
+    @step
+    async def a() -> None: ...
+
+    @step
+    def s() -> None: ...
+
+    transport, objects = MemoryTransport(), MemoryObjectStore()
+    assert Worker(transport, objects, {"a": a}, WorkerConfig(concurrency=50)).prefetch == 50
+    sync_only = Worker(
+        transport, objects, {"s": s}, WorkerConfig(concurrency=50, thread_pool_size=4)
+    )
+    assert sync_only.prefetch == 4  # more would wait inside the worker, out of priority order
+    processes = Worker(
+        transport,
+        objects,
+        {"s": s},
+        WorkerConfig(concurrency=50, pool="process", process_pool_size=3),
+    )
+    assert processes.prefetch == 3

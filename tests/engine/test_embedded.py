@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -370,3 +372,78 @@ async def test_many_runs_share_one_coordinator(ex: Executor) -> None:
     runs = [await ex.submit(fan_in, n=i) for i in range(1, 30)]
     results = await asyncio.gather(*(r.result() for r in runs))
     assert results == [i * (i - 1) for i in range(1, 30)]
+
+
+async def test_a_missing_input_object_is_a_clear_step_error() -> None:
+    settings = Settings(store="memory://", objects="memory://", inline_threshold=1024)
+
+    async with Executor(settings) as ex:
+
+        @step
+        async def big() -> bytes:
+            return b"x" * 10_000
+
+        @step
+        async def lose_it(_: bytes) -> None:
+            await ex.objects.delete(f"outputs/{aexec.current().run_id}/big/1")
+
+        @step
+        async def consume(data: bytes, _: None) -> int:
+            return len(data)
+
+        @pipeline
+        def p() -> object:
+            data = big()
+            return consume(data, lose_it(data))
+
+        run = await ex.submit(p)
+        with pytest.raises(RunFailed) as info:
+            await run.result()
+    error = info.value.errors["consume"]
+    assert error.type == "ObjectNotFoundError"
+    assert "cannot load an input" in error.message and "/big/1" in error.message
+
+
+async def test_sync_steps_can_run_in_a_process_pool(tmp_path: Path) -> None:
+    module = tmp_path / "cpu_steps.py"
+    module.write_text(
+        "import os\n"
+        "from aexec import step\n"
+        "@step\n"
+        "def square(x: int) -> list[int]:\n"
+        "    return [x * x, os.getpid()]\n"
+    )
+    from aexec.coordinator import Coordinator
+    from aexec.loader import load_file
+    from aexec.objects.memory import MemoryObjectStore
+    from aexec.store.memory import MemoryStore
+    from aexec.transport.memory import MemoryTransport
+    from aexec.worker import Worker, WorkerConfig
+
+    square = load_file(module).square
+
+    @pipeline
+    def squares() -> object:
+        return [square.alias(f"s{i}")(i) for i in range(4)]
+
+    compiled = squares.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    config = WorkerConfig(pool="process", process_pool_size=2, modules=(str(module),))
+    async with (
+        Coordinator(transport, store) as coordinator,
+        Worker(transport, MemoryObjectStore(), compiled.steps, config) as worker,
+    ):
+        await worker.serve("default")
+        run = await coordinator.submit(compiled.plan)
+        assert await asyncio.wait_for(run.done, 60) is RunStatus.SUCCEEDED
+        record = await store.get_run(run.run_id)
+    assert record is not None and record.result is not None
+    from aexec import codec
+
+    result = codec.decode(record.result)
+    assert [r[0] for r in result] == [0, 1, 4, 9]
+    assert all(pid != os.getpid() for _, pid in result)  # ran in child processes
+    await store.close()
+    await transport.close()
