@@ -1,4 +1,4 @@
-"""A Celery-style chain of chords: noop, n × [10 parallel → 1], noop.
+"""A Celery-style chain of chords: noop, n x [10 parallel → 1], noop.
 
 n=1000 gives 11,002 steps (the OVHcloud "big canvas" workload that Celery canvas and
 celery-dyrygent struggle with).
