@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import broker, machine, table
-from benchmarks.runner import run_system
+from benchmarks.runner import run_all
 from benchmarks.spec import BY_NAME, WORKLOADS, Workload
 from benchmarks.systems import ROOT, BenchConfig, System
 from benchmarks.systems.aexec_system import AexecSystem
@@ -47,10 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="fewer repetitions (minutes, not tens of minutes)"
     )
-    parser.add_argument("--broker", default=broker.DEFAULT_BROKER, metavar="URL")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", metavar="URL")
     parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, metavar="FILE", help=f"default {DEFAULT_JSON}"
+        "--broker",
+        default=broker.DEFAULT_BROKER,
+        metavar="URL",
+        help=f"the RabbitMQ every system uses (default {broker.DEFAULT_BROKER})",
+    )
+    parser.add_argument(
+        "--redis",
+        default="redis://127.0.0.1:6379/0",
+        metavar="URL",
+        help="Celery's result backend (default redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="FILE",
+        help="where to write the results (default benchmarks/results/latest.json)",
     )
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table")
     parser.add_argument(
@@ -71,13 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=100, help="prefetch per worker process (default 100)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="cap on one repetition, s (default 120)"
+        "--timeout",
+        type=float,
+        help="cap on one repetition, in seconds (default 120, or 60 with --quick)",
     )
     parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
-        help="profile aexec's coordinator (cProfile) and workers (py-spy) into DIR",
+        help="profile aexec (only) into DIR: its coordinator and workers (see profiling.py)",
+    )
+    parser.add_argument(
+        "--profiler",
+        choices=("py-spy", "cprofile"),
+        default="py-spy",
+        help="py-spy samples every process (default); cprofile traces the coordinator",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -107,37 +130,35 @@ def progress(line: str) -> None:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     workloads = select_workloads(args.only)
-    systems = select_systems(args.systems)
+    systems = select_systems("aexec" if args.profile else args.systems)
     if await broker.server_version(args.broker) is None:
         raise SystemExit(f"RabbitMQ is not reachable at {broker.plain_url(args.broker)}")
     prefix = broker.new_prefix()
+    timeout = args.timeout or (60.0 if args.quick else 120.0)
     config = BenchConfig(
         broker=broker.plain_url(args.broker),
         prefix=prefix,
         workdir=workdir,
         workers=args.workers,
         concurrency=args.concurrency,
-        timeout=args.timeout,
+        timeout=timeout,
         redis=args.redis,
         profile_dir=args.profile.absolute() if args.profile else None,
+        profiler=args.profiler,
     )
     described = await machine.describe(args.broker, args.redis)
     progress(
         f"{described['cpu_count']} x {described['cpu_model']}, {described['python']}, "
         f"RabbitMQ {described['rabbitmq']}; queue prefix {prefix}; work dir {workdir}"
     )
-    rows: list[dict[str, Any]] = []
-    setups: dict[str, Any] = {}
     try:
-        for cls in systems:
-            found, setup = await run_system(
-                cls, config, workloads, quick=args.quick, progress=progress
-            )
-            rows += found
-            setups[cls.name] = setup
+        rows, setups = await run_all(
+            systems, config, workloads, quick=args.quick, progress=progress
+        )
     finally:
         deleted = await broker.delete_prefixed(args.broker, prefix)
         progress(f"deleted {deleted} queues and exchanges named {prefix}.*")
+    described["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "machine": described,
         "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
@@ -145,7 +166,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "config": {
             "worker_processes": args.workers,
             "concurrency": args.concurrency,
-            "timeout": args.timeout,
+            "timeout": timeout,
             "systems": setups,
         },
         "results": rows,
@@ -159,6 +180,11 @@ def report(document: dict[str, Any]) -> str:
         f"median seconds (min-max) steps/s; {'quick' if document['quick'] else 'full'} run",
         "",
         table.text_table(rows),
+        "",
+        "CPU milliseconds per step, over all repetitions: total (c this process - client or "
+        "in-process coordinator -, co coordinator process, w workers, mq RabbitMQ, rd Redis)",
+        "",
+        table.text_table(rows, table.cpu_cell),
         "",
     ]
     lines += table.notes(rows)
@@ -191,7 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
     if args.markdown:
-        args.markdown.write_text(table.markdown_table(document["results"]) + "\n")
+        results = document["results"]
+        args.markdown.write_text(
+            table.markdown_table(results)
+            + "\n\nCPU milliseconds per step:\n\n"
+            + table.markdown_table(results, table.cpu_cell)
+            + "\n"
+        )
     progress(f"wrote {args.json}")
     return 0
 

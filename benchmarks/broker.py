@@ -82,7 +82,8 @@ async def purge_queue(url: str, queue: str) -> None:
     async with connection:
         channel = await connection.channel()
         with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
-            await channel.queue_purge(queue)
+            declared = await channel.declare_queue(queue, passive=True)
+            await declared.purge()
 
 
 async def _rabbitmqctl(*args: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.broker import server_version
+from benchmarks.systems import ROOT
 
 PACKAGES = (
     "aexec",
@@ -71,8 +73,34 @@ def redis_version(url: str) -> str | None:
         return None
 
 
+def git_commit() -> str | None:
+    """The repository's commit, with ``+dirty`` when ``aexec/`` differs from it.  Read
+    only: ``--no-optional-locks`` keeps git from touching the index while others commit."""
+    git = ["git", "--no-optional-locks"]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "diff", "--quiet", "HEAD", "--", "aexec"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+            timeout=10,
+        ).returncode
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if dirty == 1 else head
+
+
 async def describe(broker: str, redis_url: str) -> dict[str, Any]:
     return {
+        "aexec_commit": git_commit(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "memory_gb": memory_total_gb(),

@@ -71,7 +71,7 @@ WORKLOADS: tuple[Workload, ...] = (
         "chain_of_chords",
         chain_of_chords_waves(100),
         5,
-        2,
+        1,
         {"n": 100},
     ),
     Workload(

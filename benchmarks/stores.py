@@ -26,6 +26,7 @@ import asyncpg
 from aexec.config import Settings
 from aexec.executor import Executor
 from benchmarks import workloads
+from benchmarks.broker import delete_prefixed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,6 +125,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for worker in workers:
             worker.wait(timeout=30)
         await _database(args.postgres, database, drop=True)
+        await delete_prefixed(args.broker, prefix)
 
 
 def main() -> None:

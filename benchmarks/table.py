@@ -3,10 +3,11 @@ targets of issue 5, checked on one run's numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Row = dict[str, Any]
+Grid = tuple[list[str], list[list[str]]]
 
 TARGET_RAW_RATIO = 0.75  # aexec >= 0.75 x the raw floor's throughput on independent_1000
 TARGET_CHAIN_SECONDS = 6.0  # chain_of_chords_1000 over RabbitMQ
@@ -21,10 +22,11 @@ def seconds_text(value: float) -> str:
 
 
 def range_text(row: Row) -> str:
-    lo, hi = row["min"], row["max"]
-    if hi < 0.1:
+    """min-max in the unit :func:`seconds_text` uses for the median."""
+    lo, hi, median = row["min"], row["max"], row["seconds"]
+    if median < 0.1:
         return f"{lo * 1000:.1f}-{hi * 1000:.1f} ms"
-    return f"{lo:.3f}-{hi:.3f}" if hi < 10 else f"{lo:.1f}-{hi:.1f}"
+    return f"{lo:.3f}-{hi:.3f}" if median < 10 else f"{lo:.1f}-{hi:.1f}"
 
 
 def cell(row: Row | None) -> str:
@@ -49,19 +51,37 @@ def _order(rows: Sequence[Row], key: str) -> list[str]:
     return list(seen)
 
 
-def grid(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+ROLE_ABBREVIATIONS = {
+    "client": "c",
+    "coordinator": "co",
+    "workers": "w",
+    "rabbitmq": "mq",
+    "redis": "rd",
+}
+
+
+def cpu_cell(row: Row | None) -> str:
+    """``total (c client, w workers, mq rabbitmq, ...)`` in CPU milliseconds per step."""
+    if row is None or not row.get("cpu_ms_per_step"):
+        return "-"
+    cpu = row["cpu_ms_per_step"]
+    parts = ", ".join(f"{ROLE_ABBREVIATIONS.get(k, k)} {v:.2f}" for k, v in cpu.items())
+    return f"{sum(cpu.values()):.2f} ({parts})"
+
+
+def grid(rows: Sequence[Row], render: Callable[[Row | None], str] = cell) -> Grid:
     workloads, systems = _order(rows, "workload"), _order(rows, "system")
     by = index(rows)
     header = ["workload", "steps", *systems]
     body = []
     for workload in workloads:
         steps = next(r["steps"] for r in rows if r["workload"] == workload)
-        body.append([workload, f"{steps:,}", *(cell(by.get((workload, s))) for s in systems)])
+        body.append([workload, f"{steps:,}", *(render(by.get((workload, s))) for s in systems)])
     return header, body
 
 
-def text_table(rows: Sequence[Row]) -> str:
-    header, body = grid(rows)
+def text_table(rows: Sequence[Row], render: Callable[[Row | None], str] = cell) -> str:
+    header, body = grid(rows, render)
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = []
     for n, line in enumerate([header, *body]):
@@ -75,8 +95,8 @@ def text_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
-    header, body = grid(rows)
+def markdown_table(rows: Sequence[Row], render: Callable[[Row | None], str] = cell) -> str:
+    header, body = grid(rows, render)
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     lines += ["| " + " | ".join(line) + " |" for line in body]

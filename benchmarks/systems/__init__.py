@@ -30,15 +30,18 @@ class BenchConfig:
     timeout: float = 120.0  # cap on one repetition
     redis: str = "redis://127.0.0.1:6379/0"
     profile_dir: Path | None = None
+    profiler: str = "py-spy"  # or "cprofile"
     python: str = sys.executable
 
 
 @dataclass(slots=True)
 class Sample:
-    """One repetition: wall seconds, plus anything else worth recording."""
+    """One repetition: wall seconds, CPU seconds by process role (filled in by the runner),
+    and anything else worth recording."""
 
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class System:
@@ -60,13 +63,17 @@ class System:
         """How this system was set up (for the JSON)."""
         return {}
 
+    def cpu_roles(self) -> dict[str, list[int]]:
+        """The system's processes by role (``workers``, ...) whose CPU time is measured."""
+        return {}
+
     async def __aenter__(self) -> System:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def prepare(self, workload: Workload) -> None:
+    async def prepare(self, workload: Workload, *, warm_up: bool = False) -> None:
         """Before the repetitions of ``workload`` (not measured)."""
         return None
 

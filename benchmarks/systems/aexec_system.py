@@ -11,21 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aexec.config import Settings
+from aexec.coordinator import SUBMIT_QUEUE
 from aexec.dsl import Pipeline
 from aexec.executor import Executor
+from aexec.worker import step_queue
 from benchmarks import workloads
 from benchmarks.broker import purge_queue, wait_for_consumers, with_query
+from benchmarks.cpu import trees
 from benchmarks.procs import Child, stop_all
 from benchmarks.profiling import Profiler
 from benchmarks.spec import Workload
 from benchmarks.systems import ROOT, BenchConfig, Sample, System
 
 WORKLOADS_FILE = "benchmarks/workloads.py"
-SUBMIT_QUEUE = "coordinator.submit"  # aexec.coordinator.SUBMIT_QUEUE
 
 
 def pipeline_of(workload: Workload) -> Pipeline:
@@ -106,19 +109,29 @@ class AexecSystem(System):
         finally:
             await stop_all(self.workers)
 
+    def cpu_roles(self) -> dict[str, list[int]]:
+        roles = {"workers": trees(w.pid for w in self.workers)}
+        if self._coordinator is not None:
+            roles["coordinator"] = [self._coordinator.pid]
+        return roles
+
     # -- per workload ----------------------------------------------------------------------
 
-    async def prepare(self, workload: Workload) -> None:
+    async def prepare(self, workload: Workload, *, warm_up: bool = False) -> None:
         self._serial += 1
         workdir = self.config.workdir / f"aexec-{self._serial}-{workload.name}"
         workdir.mkdir(parents=True)
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         self._stack = stack
-        if self.config.profile_dir is not None:
+        if self.config.profile_dir is not None and not warm_up:
             pids = [] if workload.embedded else [w.pid for w in self.workers]
-            self._profiler = Profiler(self.config.profile_dir, f"aexec-{workload.name}", pids)
+            self._profiler = Profiler(
+                self.config.profile_dir, f"aexec-{workload.name}", pids, self.config.profiler
+            )
         if workload.embedded:
+            if self._profiler is not None:
+                await self._profiler.start()
             return
         if workload.runs > 1:
             await self._start_coordinator(workdir)
@@ -136,7 +149,7 @@ class AexecSystem(System):
         run = await self._executor.submit(workloads.roundtrip)
         await run.result()
         if self._profiler is not None:
-            await self._profiler.start_workers()
+            await self._profiler.start()
 
     async def finish(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -159,7 +172,7 @@ class AexecSystem(System):
 
     async def recover(self) -> None:
         """Drop the step messages a timed-out run left queued."""
-        await purge_queue(self.config.broker, f"{self.prefix}.step.default")
+        await purge_queue(self.config.broker, f"{self.prefix}.{step_queue('default')}")
 
     async def _start_coordinator(self, workdir: Path) -> None:
         child = Child(
@@ -236,7 +249,7 @@ class AexecSystem(System):
         return Sample(seconds)
 
     @contextlib.contextmanager
-    def _profiled(self) -> Any:
+    def _profiled(self) -> Iterator[None]:
         if self._profiler is None:
             yield
             return

@@ -34,19 +34,19 @@ def make_app(broker: str, backend: str, prefix: str, prefetch_multiplier: int) -
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name="bench.noop")
+    @app.task(name="bench.noop", shared=False)
     def noop(*args: Any) -> bool:
         return True
 
-    @app.task(name="bench.add")
+    @app.task(name="bench.add", shared=False)
     def add(a: int, b: int) -> int:
         return a + b
 
-    @app.task(name="bench.total")
+    @app.task(name="bench.total", shared=False)
     def total(values: list[int]) -> int:
         return sum(values)
 
-    @app.task(name="bench.join")
+    @app.task(name="bench.join", shared=False)
     def join(results: list[bool]) -> bool:
         return all(results)
 

@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.broker import plain_url, purge_queue
+from benchmarks.cpu import trees
+from benchmarks.machine import redis_version
 from benchmarks.procs import Child
 from benchmarks.spec import Workload
 from benchmarks.systems import ROOT, BenchConfig, Sample, System
@@ -68,6 +70,9 @@ class CelerySystem(System):
             "serializer": "json (default)",
         }
 
+    def cpu_roles(self) -> dict[str, list[int]]:
+        return {"workers": trees([self.worker.pid]) if self.worker is not None else []}
+
     def _env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -108,6 +113,9 @@ class CelerySystem(System):
 
     async def __aenter__(self) -> CelerySystem:
         from benchmarks.systems.celery_app import make_app
+
+        if await asyncio.to_thread(redis_version, self.config.redis) is None:
+            raise RuntimeError(f"Redis is not reachable at {self.config.redis}")
 
         self.app = make_app(self.broker, self.config.redis, self.prefix, self.prefetch_multiplier)
         await self._start_worker()

@@ -5,8 +5,9 @@ executor around them.
 Same broker, same topology kind (durable classic queues with ``x-max-priority``, persistent
 messages), msgpack bodies shaped like aexec's step and completion messages, publisher
 confirms on both sides, the same prefetch per worker, and the same dependency shape: a run
-publishes a layer (wave) of requests at once, confirms pipelined, and the next layer once
-every reply of this one has arrived.  Nothing is stored anywhere.
+publishes a layer (wave) of requests at once, and the next layer once every reply of this
+one has arrived; like aexec's coordinator it does not wait for the broker's confirms before
+going on (they are awaited at the end of the run).  Nothing is stored anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aio_pika
 import msgpack
 
 from benchmarks.broker import plain_url
+from benchmarks.cpu import trees
 from benchmarks.procs import Child, stop_all
 from benchmarks.spec import Workload
 from benchmarks.systems import ROOT, BenchConfig, Sample, System
@@ -55,8 +57,11 @@ class RawSystem(System):
         return {
             "worker_processes": self.config.workers,
             "prefetch": self.config.concurrency,
-            "client": "in-process aio-pika, confirms pipelined per wave",
+            "client": "in-process aio-pika; a wave's confirms are awaited at the end of the run",
         }
+
+    def cpu_roles(self) -> dict[str, list[int]]:
+        return {"workers": trees(w.pid for w in self.workers)}
 
     async def __aenter__(self) -> RawSystem:
         broker = plain_url(self.config.broker)
@@ -124,6 +129,7 @@ class RawSystem(System):
         self._runs[run.run_id] = run
         loop = asyncio.get_running_loop()
         inputs: list[bytes] = []
+        confirms: list[asyncio.Future[Any]] = []
         try:
             for w, size in enumerate(waves):
                 run.pending = size
@@ -146,19 +152,24 @@ class RawSystem(System):
                     )
                     for i in range(size)
                 ]
-                await asyncio.gather(
-                    *(
+                # Like aexec's coordinator, the next wave waits for the replies, not for the
+                # broker's confirms: those are collected at the end of the run.
+                confirms += [
+                    asyncio.ensure_future(
                         exchange.publish(
                             aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                             self.queue,
                             mandatory=True,
                         )
-                        for body in bodies
                     )
-                )
+                    for body in bodies
+                ]
                 await run.done
                 inputs = [self._input] * size  # the next layer depends on all of this one
+            await asyncio.gather(*confirms)
         finally:
+            for confirm in confirms:
+                confirm.cancel()
             self._runs.pop(run.run_id, None)
 
     async def run(self, workload: Workload) -> Sample:
