@@ -448,15 +448,16 @@ class Coordinator:
         events = batch.events
         if events:
             await self._with_retry("record events", lambda: self.store.append(events))
-        for delivery in acks:
-            await self._settle(delivery)
         if batch.publish:
-            # The dispatches are durable already; the scheduler does not wait for the broker's
-            # confirms (a round trip) before taking the next completions in.
+            # The dispatches are durable already: the next steps go out first, and the
+            # scheduler does not wait for the broker's confirms (a round trip) before taking
+            # the next completions in.
             outgoing = [self._step_message(run, i, attempt) for run, i, attempt in batch.publish]
             task = asyncio.get_running_loop().create_task(self._publish(outgoing))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
+        for delivery in acks:
+            await self._settle(delivery)
         for run_id, index, attempt, delay in batch.retries:
             self._schedule_retry(run_id, index, attempt, delay)
         notify: dict[str, list[Event]] = {}
