@@ -42,7 +42,7 @@ from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.types import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class PostgresStore:
             return row
 
         row = await self._read(f"read run {run_id!r}", lookup)
-        return None if row is None else _run_record(row)
+        return None if row is None else shared.run_record(row)
 
     async def list_runs(
         self, *, limit: int = 50, status: RunStatus | None = None
@@ -354,28 +354,13 @@ class PostgresStore:
                 "list runs",
                 lambda conn: conn.fetch(SQL.list_runs_by_status, status.value, limit),
             )
-        return [_run_record(row) for row in rows]
+        return [shared.run_record(row) for row in rows]
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         rows = await self._read(
             f"read the steps of run {run_id!r}", lambda conn: conn.fetch(SQL.get_steps, run_id)
         )
-        return [
-            StepRecord(
-                run_id=row[0],
-                key=row[1],
-                name=row[2],
-                queue=row[3],
-                status=StepStatus(row[4]),
-                attempts=row[5],
-                started_at=row[6],
-                finished_at=row[7],
-                worker=row[8],
-                error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
-                output=row[10],
-            )
-            for row in rows
-        ]
+        return [shared.step_record(row) for row in rows]
 
     async def get_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
@@ -386,18 +371,7 @@ class PostgresStore:
             f"read the events of run {run_id!r}",
             lambda conn: conn.fetch(SQL.get_events, run_id, after, limit),
         )
-        return [
-            Event(
-                kind=EventKind(row[3]),
-                run_id=row[1],
-                ts=row[2],
-                step=row[4],
-                attempt=row[5],
-                data={} if row[6] is None else json.loads(row[6]),
-                seq=row[0],
-            )
-            for row in rows
-        ]
+        return [shared.event(row) for row in rows]
 
     async def get_plan(self, digest: str) -> Plan | None:
         data = await self._read(
@@ -431,7 +405,7 @@ class PostgresStore:
         async with self._connection("acquire runs") as conn:
             rows = await conn.fetch(SQL.acquire_runs, owner, lease, limit)
         rows.sort(key=lambda row: (row["created_at"], row["serial"]))
-        return [_run_record(row[1:]) for row in rows]
+        return [shared.run_record(row[1:]) for row in rows]
 
     async def renew_leases(self, owner: str, lease: float) -> set[str]:
         shared.check_lease(lease)
@@ -612,24 +586,6 @@ async def _keep_session(connection: Any) -> None:
     """Pool reset on release, instead of asyncpg's default ``RESET ALL; UNLISTEN *; ...``
     round trip: this store never changes session state on pool connections (its ``LISTEN``
     has a connection of its own), and any transaction has ended by release."""
-
-
-def _run_record(row: Sequence[Any]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        pipeline=row[1],
-        plan_digest=row[2],
-        status=RunStatus(row[3]),
-        priority=row[4],
-        params=json.loads(row[5]),
-        created_at=row[6],
-        started_at=row[7],
-        finished_at=row[8],
-        result=row[9],
-        error=row[10],
-        owner=row[11],
-        lease_until=row[12],
-    )
 
 
 def _event_columns(events: Sequence[Event]) -> list[list[Any]]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
+from aexec.store import RunRecord, StepRecord
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
@@ -87,3 +88,57 @@ def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
             rounds.append([])
         rounds[n].append(event)
     return rounds
+
+
+# Rows as both SQL stores select them (the column order of their queries).
+
+
+def run_record(row: Sequence[Any]) -> RunRecord:
+    """``run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+    finished_at, result, error, owner, lease_until``."""
+    return RunRecord(
+        run_id=row[0],
+        pipeline=row[1],
+        plan_digest=row[2],
+        status=RunStatus(row[3]),
+        priority=row[4],
+        params=json.loads(row[5]),
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        result=row[9],
+        error=row[10],
+        owner=row[11],
+        lease_until=row[12],
+    )
+
+
+def step_record(row: Sequence[Any]) -> StepRecord:
+    """``run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
+    output``."""
+    return StepRecord(
+        run_id=row[0],
+        key=row[1],
+        name=row[2],
+        queue=row[3],
+        status=StepStatus(row[4]),
+        attempts=row[5],
+        started_at=row[6],
+        finished_at=row[7],
+        worker=row[8],
+        error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
+        output=row[10],
+    )
+
+
+def event(row: Sequence[Any]) -> Event:
+    """``seq, run_id, ts, kind, step, attempt, data``."""
+    return Event(
+        kind=EventKind(row[3]),
+        run_id=row[1],
+        ts=row[2],
+        step=row[4],
+        attempt=row[5],
+        data={} if row[6] is None else json.loads(row[6]),
+        seq=row[0],
+    )

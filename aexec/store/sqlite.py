@@ -39,7 +39,7 @@ from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.types import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class SqliteStore:
                     raise StoreError(f"run id prefix {run_id!r} is ambiguous")
                 if matches:
                     row = conn.execute(GET_RUN, (matches[0],)).fetchone()
-        return None if row is None else _run_record(row)
+        return None if row is None else shared.run_record(row)
 
     async def list_runs(
         self, *, limit: int = 50, status: RunStatus | None = None
@@ -328,28 +328,13 @@ class SqliteStore:
                 rows = conn.execute(LIST_RUNS, (limit,)).fetchall()
             else:
                 rows = conn.execute(LIST_RUNS_BY_STATUS, (status.value, limit)).fetchall()
-        return [_run_record(row) for row in rows]
+        return [shared.run_record(row) for row in rows]
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         conn = self._connection()
         with self._errors(f"read the steps of run {run_id!r}"):
             rows = conn.execute(GET_STEPS, (run_id,)).fetchall()
-        return [
-            StepRecord(
-                run_id=row[0],
-                key=row[1],
-                name=row[2],
-                queue=row[3],
-                status=StepStatus(row[4]),
-                attempts=row[5],
-                started_at=row[6],
-                finished_at=row[7],
-                worker=row[8],
-                error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
-                output=row[10],
-            )
-            for row in rows
-        ]
+        return [shared.step_record(row) for row in rows]
 
     async def get_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
@@ -359,18 +344,7 @@ class SqliteStore:
             shared.check_limit(limit)
         with self._errors(f"read the events of run {run_id!r}"):
             rows = conn.execute(GET_EVENTS, (run_id, after, -1 if limit is None else limit))
-            return [
-                Event(
-                    kind=EventKind(row[3]),
-                    run_id=row[1],
-                    ts=row[2],
-                    step=row[4],
-                    attempt=row[5],
-                    data={} if row[6] is None else json.loads(row[6]),
-                    seq=row[0],
-                )
-                for row in rows
-            ]
+            return [shared.event(row) for row in rows]
 
     async def get_plan(self, digest: str) -> Plan | None:
         conn = self._connection()
@@ -401,7 +375,7 @@ class SqliteStore:
         shared.check_limit(limit)
         with self._errors("acquire runs"), self._transaction(conn):
             now = time.time()  # read under the write lock: no other claim is in between
-            claimed = [_run_record(row) for row in conn.execute(CLAIMABLE_RUNS, (now, limit))]
+            claimed = [shared.run_record(row) for row in conn.execute(CLAIMABLE_RUNS, (now, limit))]
             for run in claimed:
                 run.owner, run.lease_until = owner, now + lease
             conn.executemany(CLAIM_RUN, ((owner, now + lease, r.run_id) for r in claimed))
@@ -501,24 +475,6 @@ class SqliteStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-
-
-def _run_record(row: Any) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        pipeline=row[1],
-        plan_digest=row[2],
-        status=RunStatus(row[3]),
-        priority=row[4],
-        params=json.loads(row[5]),
-        created_at=row[6],
-        started_at=row[7],
-        finished_at=row[8],
-        result=row[9],
-        error=row[10],
-        owner=row[11],
-        lease_until=row[12],
-    )
 
 
 def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
