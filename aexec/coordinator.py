@@ -155,8 +155,9 @@ class Coordinator:
                 run.done.cancel()
 
     @property
-    def active_runs(self) -> int:
-        return len(self._runs)
+    def active_runs(self) -> list[ActiveRun]:
+        """The runs this coordinator drives now."""
+        return list(self._runs.values())
 
     # -- submitting ------------------------------------------------------------------------
 

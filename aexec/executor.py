@@ -348,7 +348,7 @@ class Executor:
             self._coordinator = self._worker = None
 
     async def _cancel_active(self, coordinator: Coordinator) -> None:
-        pending = list(coordinator._runs.values())
+        pending = coordinator.active_runs
         for run in pending:
             await coordinator.cancel(run.run_id)
         if pending:
@@ -448,7 +448,7 @@ class Executor:
             ready.set()
         await stop.wait()
         await coordinator.stop_accepting()
-        pending = [run.done for run in coordinator._runs.values()]
+        pending = [run.done for run in coordinator.active_runs]
         if pending:
             await asyncio.wait([asyncio.shield(done) for done in pending], timeout=grace)
         await coordinator.release()  # what is still running goes to another coordinator now
