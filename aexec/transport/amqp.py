@@ -43,6 +43,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
+from pamqp.commands import Basic
 from yarl import URL
 
 from aexec.errors import ConfigError, PublishError, TransportError
@@ -335,15 +336,18 @@ class AmqpTransport:
     async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
         channel = self._require(self._publisher)
         routing_key = self.broker_name(queue)
-        message = aio_pika.Message(
-            body,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT),
+        # Straight to aiormq: what aio-pika's Exchange.publish does, without building an
+        # aio_pika.Message per publish (a measured 15-20% of a confirmed publish's CPU).
+        properties = Basic.Properties(
+            delivery_mode=2, priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT)
         )
         try:
             if channel.is_closed:  # reconnecting: wait (bounded) for the channel to come back
                 await self._ready(channel)
-            await channel.default_exchange.publish(message, routing_key, mandatory=True)
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body, exchange="", routing_key=routing_key, properties=properties, mandatory=True
+            )
         except aiormq.exceptions.PublishError as exc:
             raise TransportError(
                 f"no queue named {queue!r} ({routing_key!r}): the message was not routed"
