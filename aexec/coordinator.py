@@ -60,6 +60,8 @@ class CoordinatorConfig:
     worker_timeout: float = 10.0  # a worker silent this long has lost its running steps
     lease: float = 15.0  # how long a run stays this coordinator's without a renewal
     adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
+    durable_dispatch: bool = True  # False (embedded only): commits may trail dispatches
+    flush_interval: float = 0.02  # with durable_dispatch False: the longest a commit trails
 
 
 class Coordinator:
@@ -89,6 +91,10 @@ class Coordinator:
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._publishing: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[Event] = []  # with durable_dispatch False: not yet committed
+        self._unfinished: list[ActiveRun] = []
+        self._last_flush = time.monotonic()
+        self._flush_armed = False
         self._leases: asyncio.Task[None] | None = None
         self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
         self._adopted_subscriptions: dict[str, Subscription] = {}
@@ -140,6 +146,13 @@ class Coordinator:
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.wait([self._scheduler])
+            if self._unrecorded or self._unfinished:
+                try:
+                    await self._flush()
+                except StoreError as exc:
+                    log.error(
+                        "coordinator %s could not record its last events: %s", self.config.id, exc
+                    )
             if not self._scheduler.cancelled() and self._scheduler.exception() is not None:
                 log.error("coordinator scheduler failed", exc_info=self._scheduler.exception())
             self._scheduler = None
@@ -446,13 +459,43 @@ class Coordinator:
                 await self._settle(item, reject=True)
                 continue
             acks.append(item)
-        events = batch.events
+        if self.config.durable_dispatch:
+            # A step's dependents go out only once its completion is committed.
+            if batch.events:
+                await self._record(batch.events)
+            await self._dispatch(batch, acks)
+            await self._recorded(batch.events, batch.finished)
+            return
+        # Embedded: nothing outlives this process, so commits may trail the dispatches and
+        # several waves share one transaction.
+        await self._dispatch(batch, acks)
+        self._unrecorded.extend(batch.events)
+        self._unfinished.extend(batch.finished)
+        due = time.monotonic() - self._last_flush >= self.config.flush_interval
+        if batch.finished or due or len(self._unrecorded) >= 20_000:
+            await self._flush()
+        elif self._unrecorded and not self._flush_armed:
+            self._flush_armed = True
+            asyncio.get_running_loop().call_later(
+                self.config.flush_interval, self._post, ("flush", "")
+            )
+
+    async def _record(self, events: list[Event]) -> None:
+        await self._with_retry("record events", lambda: self.store.append(events))
+
+    async def _flush(self) -> None:
+        events, self._unrecorded = self._unrecorded, []
+        finished, self._unfinished = self._unfinished, []
+        self._flush_armed = False
+        self._last_flush = time.monotonic()
         if events:
-            await self._with_retry("record events", lambda: self.store.append(events))
+            await self._record(events)
+        await self._recorded(events, finished)
+
+    async def _dispatch(self, batch: Batch, acks: list[Delivery]) -> None:
         if batch.publish:
-            # The dispatches are durable already: the next steps go out first, and the
-            # scheduler does not wait for the broker's confirms (a round trip) before taking
-            # the next completions in.
+            # The next steps go out before the acks, and the scheduler does not wait for the
+            # broker's confirms (a round trip) before taking the next completions in.
             outgoing = [self._step_message(run, i, attempt) for run, i, attempt in batch.publish]
             task = asyncio.get_running_loop().create_task(self._publish(outgoing))
             self._publishing.add(task)
@@ -461,6 +504,9 @@ class Coordinator:
             await self._settle(delivery)
         for run_id, index, attempt, delay in batch.retries:
             self._schedule_retry(run_id, index, attempt, delay)
+
+    async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
+        """Events are in the store: tell their subscribers; finish the runs that ended."""
         notify: dict[str, list[Event]] = {}
         for event in events:
             target = self._runs.get(event.run_id)
@@ -472,7 +518,7 @@ class Coordinator:
                 notify.setdefault(target.run_id, []).append(event)
         for run_id, run_events in notify.items():
             await self._notify(self._runs[run_id], run_events)
-        for run in batch.finished:
+        for run in finished:
             self._runs.pop(run.run_id, None)
             if self._adopted:
                 await self._release_adopted(run.run_id)

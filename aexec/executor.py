@@ -396,6 +396,7 @@ class Executor:
                     CoordinatorConfig(
                         fail_fast=settings.fail_fast,
                         durable_replies=False,
+                        durable_dispatch=False,
                         worker_timeout=settings.worker_timeout,
                     ),
                     on_queue=worker.serve,
