@@ -1,0 +1,63 @@
+"""What every command of the CLI shares: exit codes, the usage error, the event loop, and
+settings from flags.  Imported on every invocation: standard library only at the top."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from aexec.config import Settings
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+PROG = "aexec"
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+class UsageError(Exception):
+    """Bad input found by the CLI itself; exits 2 with its message."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def write_line(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def run_async(main_coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``main_coro`` on uvloop when it is installed, on the default loop otherwise.
+
+    Ctrl-C cancels ``main_coro`` (which gets to clean up) and then raises KeyboardInterrupt.
+    """
+    import asyncio
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main_coro)
+
+
+def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
+    """Settings from the backend flags ``args`` has (and ``flags``), the environment and
+    the config file."""
+    from aexec.config import Settings
+
+    backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects", "remote")}
+    return Settings.resolve({**backends, **flags}, config_file=args.config)

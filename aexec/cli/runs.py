@@ -1,0 +1,115 @@
+"""``aexec runs list | show | logs``: inspect runs in the store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from aexec.cli.common import (
+    EXIT_OK,
+    UsageError,
+    resolve_settings,
+    run_async,
+)
+
+if TYPE_CHECKING:
+    from aexec.config import Settings
+    from aexec.executor import Executor
+    from aexec.store import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    return run_async(_runs_list(resolve_settings(args), args))
+
+
+async def _runs_list(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, runs_table
+    from aexec.cli.report import run_summary
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    status = RunStatus(args.status) if args.status else None
+    async with Executor(settings) as ex:
+        runs = await ex.list_runs(limit=args.limit, status=status)
+    if args.json:
+        for r in runs:
+            sys.stdout.write(dump_json(run_summary(r)) + "\n")
+    elif runs:
+        sys.stdout.write(runs_table(runs) + "\n")
+    else:
+        sys.stderr.write("no runs\n")
+    return EXIT_OK
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    return run_async(_runs_show(resolve_settings(args), args))
+
+
+async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, run_details
+    from aexec.cli.report import jsonable, run_report
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    async with Executor(settings) as ex:
+        record = await _find_run(ex, args.run_id)
+        steps = await ex.get_steps(record.run_id)
+        result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
+    if args.json:
+        sys.stdout.write(dump_json(run_report(record, steps, result)) + "\n")
+    else:
+        shown = None if result is None else dump_json(jsonable(result))
+        sys.stdout.write(run_details(record, steps, shown) + "\n")
+    return EXIT_OK
+
+
+def cmd_runs_logs(args: argparse.Namespace) -> int:
+    return run_async(_runs_logs(resolve_settings(args), args))
+
+
+async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from aexec.cli.display import dump_json, event_line
+    from aexec.executor import Executor
+
+    page = 1000
+    async with Executor(settings) as ex:
+        record = await _find_run(ex, args.run_id)
+        after = 0
+        while True:
+            events = await ex.get_events(record.run_id, after=after, limit=page)
+            for event in events:
+                line = dump_json(event.to_dict()) if args.json else event_line(event)
+                sys.stdout.write(line + "\n")
+            if events:
+                after = events[-1].seq
+            if len(events) < page:
+                break
+        if args.follow:
+            follower = ex.store.follow(record.run_id, after=after)
+            try:
+                async for event in follower:
+                    line = dump_json(event.to_dict()) if args.json else event_line(event)
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            finally:
+                await follower.aclose()  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
+async def _find_run(ex: Executor, run_id: str) -> RunRecord:
+    from aexec.errors import StoreError
+
+    try:
+        record = await ex.get_run(run_id)
+    except StoreError as exc:  # an ambiguous prefix
+        raise UsageError(str(exc)) from exc
+    if record is None:
+        hint = " (a prefix needs at least 4 characters)" if len(run_id) < 4 else ""
+        raise UsageError(f"no run matches {run_id!r}{hint}")
+    return record
