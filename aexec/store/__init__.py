@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from aexec.events import Event
 from aexec.plan import Plan
@@ -74,6 +74,23 @@ class StepRecord:
     worker: str | None = None
     error: ErrorInfo | None = None
     output: bytes | None = None
+
+
+class Opened:
+    """``async with`` for an adapter: ``open()`` on entry, ``close()`` on exit."""
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class Store(Protocol):

@@ -13,13 +13,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
-from typing import Self
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord
 from aexec.store import rows as shared
 from aexec.store.follow import TicketWatch, Wakeups, follow_log
 from aexec.types import RunStatus
@@ -46,7 +44,7 @@ class _Run:
     events: list[_LoggedEvent] = field(default_factory=list)
 
 
-class MemoryStore:
+class MemoryStore(Opened):
     """The run store in a few dictionaries; nothing is shared between instances."""
 
     def __init__(self) -> None:
@@ -58,18 +56,6 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         self._open = True

@@ -30,8 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
-from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -39,7 +38,7 @@ import asyncpg
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -178,7 +177,7 @@ def display_dsn(dsn: str) -> str:
     return f"{user}{host}{port}{parts.path}"
 
 
-class PostgresStore:
+class PostgresStore(Opened):
     """The run store in a PostgreSQL database, through a pool of ``min_size``..``max_size``
     connections, plus one that ``LISTEN``s from the first :meth:`follow` until :meth:`close`."""
 
@@ -217,18 +216,6 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._name!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         if self._pool is not None:

@@ -29,14 +29,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import unquote
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -199,7 +198,7 @@ def from_url(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> SqliteStore:
     return SqliteStore.from_url(url, timeout=timeout)
 
 
-class SqliteStore:
+class SqliteStore(Opened):
     """The run store in one SQLite file (or ``":memory:"``); parent folders are created."""
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -223,18 +222,6 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         if self._conn is None:
