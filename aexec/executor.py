@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from aexec import codec, messages
+from aexec import messages
 from aexec.batch import ActiveRun
 from aexec.config import Settings
 from aexec.coordinator import SUBMIT_QUEUE, Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError, RunFailed
 from aexec.events import Event, EventKind, from_record
-from aexec.objects import ObjectStore
+from aexec.objects import ObjectStore, load_value
 from aexec.plan import MAX_PRIORITY, Plan
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
@@ -570,12 +570,4 @@ class Executor:
         return await self._decode_result(record.result)
 
     async def _decode_result(self, result: bytes | None) -> Any:
-        if result is None:
-            return None
-        value, has_refs = codec.decode_with_refs(result)
-        if not has_refs:
-            return value
-        loaded = {}
-        for ref in codec.collect_refs(value, []):
-            loaded[ref.key] = codec.decode(await self.objects.get(ref.key))
-        return codec.map_refs(value, lambda ref: loaded[ref.key])
+        return None if result is None else await load_value(self.objects, result)

@@ -32,7 +32,7 @@ from typing import Any
 from aexec import codec, context, messages
 from aexec.dsl import StepDef
 from aexec.errors import AexecError, CodecError, ObjectStoreError, StepTimeoutError
-from aexec.objects import ObjectStore
+from aexec.objects import ObjectStore, load_value
 from aexec.pool import ProcessPool
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
@@ -301,7 +301,7 @@ class Worker:
         self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
     ) -> bytes:
         try:
-            inputs = [await self._load_input(blob) for blob in msg.inputs]
+            inputs = [await load_value(self.objects, blob) for blob in msg.inputs]
         except (CodecError, ValueError, TypeError) as exc:
             raise _StepFailure(
                 ErrorInfo("InputError", f"cannot decode inputs: {exc}", retryable=False)
@@ -403,14 +403,6 @@ class Worker:
         if not isinstance(output, bytes):
             raise _StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
         return output
-
-    async def _load_input(self, blob: bytes) -> Any:
-        value, has_refs = codec.decode_with_refs(blob)
-        if not has_refs:
-            return value
-        refs = codec.collect_refs(value, [])
-        loaded = {ref.key: codec.decode(await self.objects.get(ref.key)) for ref in refs}
-        return codec.map_refs(value, lambda ref: loaded[ref.key])
 
     async def _complete(
         self,

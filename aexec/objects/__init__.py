@@ -7,7 +7,9 @@ S3.  All pass ``tests/contract/test_objects.py``.  ``get`` of a missing key rais
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from aexec import codec
 
 
 class ObjectStore(Protocol):
@@ -20,3 +22,16 @@ class ObjectStore(Protocol):
     async def get(self, key: str) -> bytes: ...
 
     async def delete(self, key: str) -> None: ...
+
+
+async def load_value(objects: ObjectStore, encoded: bytes) -> Any:
+    """Decode ``encoded``, fetching every claim check (``ObjectRef``) inside it from
+    ``objects``: step inputs on a worker, a run's result on a client."""
+    value, has_refs = codec.decode_with_refs(encoded)
+    if not has_refs:
+        return value
+    loaded = {}
+    for ref in codec.collect_refs(value, []):
+        if ref.key not in loaded:
+            loaded[ref.key] = codec.decode(await objects.get(ref.key))
+    return codec.map_refs(value, lambda ref: loaded[ref.key])

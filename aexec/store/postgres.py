@@ -267,22 +267,7 @@ class PostgresStore(Opened):
         steps = plan.steps
         async with self._transaction(f"create run {run.run_id!r}") as conn:
             await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
-            created = await conn.fetchval(
-                SQL.insert_run,
-                run.run_id,
-                run.pipeline,
-                run.plan_digest,
-                run.status.value,
-                run.priority,
-                params,
-                run.created_at,
-                run.started_at,
-                run.finished_at,
-                run.result,
-                run.error,
-                run.owner,
-                run.lease_until,
-            )
+            created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
             if created is None:
                 raise StoreError(f"run {run.run_id!r} already exists")
             await conn.execute(

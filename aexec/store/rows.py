@@ -113,6 +113,25 @@ def run_record(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
+    """The values :func:`run_record` reads back, in its column order (``params`` as JSON)."""
+    return (
+        run.run_id,
+        run.pipeline,
+        run.plan_digest,
+        run.status.value,
+        run.priority,
+        params,
+        run.created_at,
+        run.started_at,
+        run.finished_at,
+        run.result,
+        run.error,
+        run.owner,
+        run.lease_until,
+    )
+
+
 def step_record(row: Sequence[Any]) -> StepRecord:
     """``run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
     output``."""

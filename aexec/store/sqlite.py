@@ -246,24 +246,7 @@ class SqliteStore(Opened):
                 raise StoreError(f"run {run.run_id!r} already exists")
             if conn.execute(PLAN_EXISTS, (plan.digest,)).fetchone() is None:
                 conn.execute(INSERT_PLAN, (plan.digest, plan.pipeline, plan.to_bytes()))
-            conn.execute(
-                INSERT_RUN,
-                (
-                    run.run_id,
-                    run.pipeline,
-                    run.plan_digest,
-                    run.status.value,
-                    run.priority,
-                    params,
-                    run.created_at,
-                    run.started_at,
-                    run.finished_at,
-                    run.result,
-                    run.error,
-                    run.owner,
-                    run.lease_until,
-                ),
-            )
+            conn.execute(INSERT_RUN, shared.run_columns(run, params))
             conn.executemany(
                 INSERT_STEP,
                 ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
