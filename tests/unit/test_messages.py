@@ -218,6 +218,93 @@ def test_codec_error_names_the_problem() -> None:
         messages.decode(packed(*step_fields(v=9)))
 
 
+# -- each message owns its encoding -------------------------------------------------------
+
+
+def test_the_examples_cover_every_kind_in_the_table() -> None:
+    assert {type(m).KIND for m in EXAMPLES.values()} == set(messages.KINDS)
+
+
+@pytest.mark.parametrize("message", EXAMPLES.values(), ids=EXAMPLES.keys())
+def test_each_kind_reads_back_what_it_writes(message: Any) -> None:
+    fields = message.to_wire()
+    assert msgpack.unpackb(message.encode()) == [messages.VERSION, message.KIND, *fields]
+    assert type(message).from_wire(msgpack.unpackb(packed(*fields))) == message
+
+
+NAMED: dict[str, tuple[bytes, str]] = {
+    "step run id": (packed(*step_fields(run_id=1)), "step message: run id"),
+    "step key": (packed(*step_fields(key=1)), "step message: step key"),
+    "step attempt": (packed(*step_fields(attempt=-1)), "step message: attempt"),
+    "step name": (packed(*step_fields(name=1)), "step message: step name"),
+    "step call": (packed(*step_fields(call="x")), "step message: call"),
+    "step inputs": (packed(*step_fields(inputs=["x"])), "step message: inputs"),
+    "step timeout": (packed(*step_fields(timeout="x")), "step message: timeout"),
+    "step reply_to": (packed(*step_fields(reply_to=1)), "step message: reply_to"),
+    "step arity": (packed(*step_fields()[:-1]), "step message: 7 fields where 8"),
+    "done run id": (packed(*done_fields(run_id=1)), "done message: run id"),
+    "done key": (packed(*done_fields(key=1)), "done message: step key"),
+    "done attempt": (packed(*done_fields(attempt="1")), "done message: attempt"),
+    "done output": (packed(*done_fields(output="x")), "done message: output"),
+    "done output and error": (
+        packed(*done_fields(error=["E", "m", "", True])),
+        "done message: a completion has exactly one of output, error",
+    ),
+    "done worker": (packed(*done_fields(worker=1)), "done message: worker"),
+    "done started": (packed(*done_fields(started="x")), "done message: started_at"),
+    "done finished": (packed(*done_fields(finished=None)), "done message: finished_at"),
+    "progress run id": (packed(1, "progress", 1, "k", 1, "w", 1.0, None, None), "run id"),
+    "progress key": (packed(1, "progress", "r", 1, 1, "w", 1.0, None, None), "step key"),
+    "progress attempt": (packed(1, "progress", "r", "k", "1", "w", 1.0, None, None), "attempt"),
+    "progress worker": (packed(1, "progress", "r", "k", 1, 1, 1.0, None, None), "worker"),
+    "progress ts": (packed(1, "progress", "r", "k", 1, "w", "x", None, None), "ts"),
+    "progress fraction": (packed(1, "progress", "r", "k", 1, "w", 1.0, "x", None), "fraction"),
+    "progress message": (packed(1, "progress", "r", "k", 1, "w", 1.0, None, 1), "message must"),
+    "heartbeat worker": (packed(1, "heartbeat", 1, 1.0, []), "heartbeat message: worker"),
+    "heartbeat ts": (packed(1, "heartbeat", "w", "x", []), "heartbeat message: ts"),
+    "heartbeat running": (packed(1, "heartbeat", "w", 1.0, [["r"]]), "message: running"),
+    "control command": (packed(1, "control", "reboot", None, None, None), "command 'reboot'"),
+    "control target": (packed(1, "control", "ping", 1, None, None), "control message: target"),
+    "control reply_to": (packed(1, "control", "ping", None, 1, None), "message: reply_to"),
+    "control run id": (packed(1, "control", "cancel", None, None, 1), "control message: run id"),
+    "worker info name": (packed(1, "worker_info", 1, "h", 1, [], 0, 0.0, 0.0), "name"),
+    "worker info host": (packed(1, "worker_info", "w", 1, 1, [], 0, 0.0, 0.0), "host"),
+    "worker info pid": (packed(1, "worker_info", "w", "h", -1, [], 0, 0.0, 0.0), "pid"),
+    "worker info queues": (packed(1, "worker_info", "w", "h", 1, "q", 0, 0.0, 0.0), "queues"),
+    "worker info in_flight": (
+        packed(1, "worker_info", "w", "h", 1, [], None, 0.0, 0.0),
+        "worker_info message: in_flight",
+    ),
+    "worker info age": (
+        packed(1, "worker_info", "w", "h", 1, [], 0, "x", 0.0),
+        "worker_info message: heartbeat_age",
+    ),
+    "worker info started": (
+        packed(1, "worker_info", "w", "h", 1, [], 0, 0.0, "x"),
+        "worker_info message: started_at",
+    ),
+    "submit run id": (packed(1, "submit", 1, b"", 0, None), "submit message: run id"),
+    "submit plan": (packed(1, "submit", "r", "x", 0, None), "submit message: plan"),
+    "submit priority": (packed(1, "submit", "r", b"", 0.5, None), "submit message: priority"),
+    "submit notify": (packed(1, "submit", "r", b"", 0, 1), "submit message: notify"),
+    "events run id": (packed(1, "events", 1, []), "events message: run id"),
+    "events records": (packed(1, "events", "r", [[1]]), "events message: records"),
+    "unknown kind": (packed(1, "launch"), "unknown kind 'launch'"),
+}
+
+
+@pytest.mark.parametrize(("body", "fragment"), NAMED.values(), ids=NAMED.keys())
+def test_codec_error_names_the_kind_and_the_field_at_fault(body: bytes, fragment: str) -> None:
+    with pytest.raises(CodecError) as info:
+        messages.decode(body)
+    assert fragment in str(info.value)
+
+
+def test_a_boolean_version_is_not_version_one() -> None:
+    with pytest.raises(CodecError, match="version"):
+        messages.decode(packed(*step_fields(v=True)))
+
+
 # -- fuzzing ---------------------------------------------------------------------------
 
 scalars = (
