@@ -1,13 +1,19 @@
 """aexec: an asyncio-native distributed pipeline executor.
 
 Define steps and pipelines with :func:`step`, :func:`pipeline` and :func:`remote_step`;
-run them with ``python -m aexec run FILE`` or, from async code, with :class:`Executor`.
+run them with ``python -m aexec run FILE`` or, from async code, with :class:`Executor`,
+which hands out a :class:`Run` per submitted pipeline.  :mod:`aexec.testing` runs
+pipelines in memory for tests.
+
+``import aexec`` stays light: :class:`Executor` and :class:`Run` bring in the engine, so
+they are imported on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aexec.config import Settings
 from aexec.context import StepContext, current
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef, pipeline, remote_step, step
 from aexec.errors import (
@@ -16,20 +22,28 @@ from aexec.errors import (
     CodecError,
     ConfigError,
     DefinitionError,
+    InputError,
     LoadError,
     ObjectNotFoundError,
     ObjectStoreError,
     ParameterError,
     PlanError,
     RunFailed,
+    RunFailedError,
     StepTimeoutError,
     StoreError,
+    StoreUnavailableError,
     TransportError,
+    UnknownStepError,
+    WorkerLostError,
 )
+from aexec.events import Event, EventKind
+from aexec.store import RunRecord, StepRecord
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 if TYPE_CHECKING:
-    from aexec.executor import Executor, Run
+    from aexec.executor import Executor
+    from aexec.run import Run
 
 __version__ = "0.1.0.dev0"
 
@@ -41,7 +55,10 @@ __all__ = [
     "ConfigError",
     "DefinitionError",
     "ErrorInfo",
+    "Event",
+    "EventKind",
     "Executor",
+    "InputError",
     "LoadError",
     "ObjectNotFoundError",
     "ObjectStoreError",
@@ -50,13 +67,20 @@ __all__ = [
     "PlanError",
     "Run",
     "RunFailed",
+    "RunFailedError",
+    "RunRecord",
     "RunStatus",
+    "Settings",
     "StepContext",
     "StepDef",
+    "StepRecord",
     "StepStatus",
     "StepTimeoutError",
     "StoreError",
+    "StoreUnavailableError",
     "TransportError",
+    "UnknownStepError",
+    "WorkerLostError",
     "current",
     "pipeline",
     "remote_step",
@@ -65,9 +89,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The executor pulls in the engine; importing it lazily keeps `import aexec` light.
-    if name in ("Executor", "Run"):
-        from aexec import executor
+    # The executor and the run types pull in the engine (and asyncio): importing them
+    # lazily keeps `import aexec` light for the CLI's --help and for pipeline files.
+    if name == "Executor":
+        from aexec.executor import Executor
 
-        return getattr(executor, name)
+        return Executor
+    if name == "Run":
+        from aexec.run import Run
+
+        return Run
     raise AttributeError(f"module 'aexec' has no attribute {name!r}")

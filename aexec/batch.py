@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from aexec import codec, messages
+from aexec.errors import WorkerLostError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
@@ -125,8 +126,8 @@ class Batch:
             if actions is None:
                 return
             run.running_on.pop(index, None)
-            error = ErrorInfo(
-                "WorkerLostError", f"worker {worker} stopped heartbeating while running this step"
+            error = ErrorInfo.from_exception(
+                WorkerLostError(f"worker {worker} stopped heartbeating while running this step")
             )
             self.events.append(
                 Event(

@@ -8,7 +8,7 @@ import uuid
 from aexec import messages
 from aexec.errors import CodecError
 from aexec.transport import Delivery, Transport
-from aexec.worker import CONTROL_TOPIC
+from aexec.wire import CONTROL_TOPIC
 
 
 async def list_workers(transport: Transport, *, wait: float = 0.5) -> list[messages.WorkerInfo]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aexec import messages
 from aexec.batch import END, ActiveRun, Batch
+from aexec.config import Settings
 from aexec.errors import (
     AexecError,
     CodecError,
@@ -31,20 +32,14 @@ from aexec.errors import (
     TransportError,
 )
 from aexec.events import Event, EventKind, to_record
-from aexec.plan import MAX_PRIORITY, Plan
+from aexec.plan import Plan
 from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, RunStatus, StepStatus
-from aexec.worker import CONTROL_TOPIC, step_queue
+from aexec.wire import CONTROL_TOPIC, COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE, step_queue
 
 log = logging.getLogger(__name__)
-
-
-SUBMIT_QUEUE = "coordinator.submit"
-"""Library clients submit runs here; every coordinator service consumes it."""
-COORDINATOR_TOPIC = "coordinators"
-"""Broadcast commands for coordinators (cancel a run, wherever it is driven)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +57,17 @@ class CoordinatorConfig:
     adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
     durable_dispatch: bool = True  # False (embedded only): commits may trail dispatches
     flush_interval: float = 0.02  # with durable_dispatch False: the longest a commit trails
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CoordinatorConfig:
+        """The coordinator knobs that ``settings`` carries (fail_fast, worker_timeout,
+        lease); ``overrides`` set any field."""
+        values: dict[str, Any] = {
+            "fail_fast": settings.fail_fast,
+            "worker_timeout": settings.worker_timeout,
+            "lease": settings.lease,
+        }
+        return cls(**(values | overrides))
 
 
 class Coordinator:

@@ -19,8 +19,9 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
-from aexec.plan import DEFAULT_QUEUE, MAX_PRIORITY, Plan, StepSpec, build
+from aexec.plan import DEFAULT_QUEUE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
+from aexec.wire import MAX_PRIORITY
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -7,6 +7,7 @@
     ├── PlanError              a plan is invalid: a cycle, an unknown step, bad data
     │   └── ParameterError     an unknown, missing or ill-typed pipeline parameter
     ├── CodecError             a value cannot be encoded, or a body cannot be decoded
+    │   └── InputError         a step's call or inputs cannot be decoded on the worker
     ├── ConfigError            a bad URL, flag or configuration file
     ├── LoadError              a pipeline file or worker module cannot be loaded
     ├── BackendError           a backend failed or cannot be reached
@@ -17,9 +18,17 @@
     │   └── ObjectStoreError   the object store (S3, a directory, memory)
     │       └── ObjectNotFoundError
     ├── StepTimeoutError       a step ran longer than its timeout
-    └── RunFailed              a run ended failed or cancelled; carries the step errors
+    ├── UnknownStepError       a worker was sent a step it does not serve
+    ├── WorkerLostError        the worker running a step stopped heartbeating
+    └── RunFailedError         a run ended failed or cancelled; carries the step errors
 
 Backend exceptions are translated at the adapter boundary with ``raise ... from exc``.
+
+A step's failure crosses processes as data, an :class:`~aexec.types.ErrorInfo` whose
+``type`` is the exception's class name: ``InputError``, ``UnknownStepError``,
+``WorkerLostError`` and ``StepTimeoutError`` are the names aexec itself gives a step's
+failure; :class:`RunFailedError` maps each failed step to its record (``RunFailed`` is
+the same class under its first name).
 """
 
 from __future__ import annotations
@@ -91,11 +100,26 @@ class ObjectNotFoundError(ObjectStoreError):
     """An object referenced by a step input or output does not exist."""
 
 
+class InputError(CodecError):
+    """A step's call template or inputs cannot be decoded on the worker (not retried)."""
+
+
 class StepTimeoutError(AexecError):
     """A step ran longer than its timeout."""
 
 
-class RunFailed(AexecError):
+class UnknownStepError(AexecError):
+    """A worker was sent a step name it does not serve (not retried): the worker was
+    started without the module that defines it, or the plan names a remote step no
+    worker implements."""
+
+
+class WorkerLostError(AexecError):
+    """The worker running a step stopped heartbeating; the attempt runs again elsewhere,
+    and the step fails once its workers have vanished too often."""
+
+
+class RunFailedError(AexecError):
     """A run ended without succeeding.
 
     ``errors`` maps each failed step key to its :class:`~aexec.types.ErrorInfo`.
@@ -111,3 +135,7 @@ class RunFailed(AexecError):
             parts = [f"{key}: {err.type}: {err.message}" for key, err in self.errors.items()]
             message = f"run {run_id} {status}" + (" (" + "; ".join(parts) + ")" if parts else "")
         super().__init__(message)
+
+
+RunFailed = RunFailedError
+"""The first name of :class:`RunFailedError`, kept so that ``except aexec.RunFailed`` works."""

@@ -1,4 +1,9 @@
-"""The composition root and library facade: adapters are chosen here, by URL, and only here.
+"""The library facade: :class:`Executor` composes a coordinator (and, embedded, a worker) from
+:class:`~aexec.config.Settings`.
+
+Adapters are built from the settings' URLs by the ports' own ``from_url``
+(:func:`aexec.store.from_url`, :func:`aexec.objects.from_url`,
+:func:`aexec.transport.from_url`); the runs it hands out are in :mod:`aexec.run`.
 
 ``Executor()`` is the embedded mode: in-memory transport, an in-process worker on the same
 event loop, the SQLite store and a directory for large outputs under ``AEXEC_HOME``.
@@ -13,275 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aexec.objects
+import aexec.store
+import aexec.transport
 from aexec import messages
-from aexec.batch import ActiveRun
 from aexec.config import Settings
-from aexec.coordinator import SUBMIT_QUEUE, Coordinator, CoordinatorConfig
+from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
-from aexec.errors import AexecError, CodecError, ConfigError, PlanError, RunFailed
-from aexec.events import Event, EventKind, from_record
-from aexec.objects import ObjectStore, load_value
-from aexec.plan import MAX_PRIORITY, Plan
+from aexec.errors import AexecError, CodecError, ConfigError, PlanError
+from aexec.events import Event, from_record
+from aexec.objects import ObjectStore
+from aexec.plan import Plan
+from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.types import RunStatus
+from aexec.wire import COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
-
-_END = object()
-
-
-def make_store(url: str) -> Store:
-    scheme = url.split(":", 1)[0]
-    if scheme == "memory":
-        from aexec.store.memory import MemoryStore
-
-        return MemoryStore()
-    if scheme == "sqlite":
-        from aexec.store.sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
-    if scheme in ("postgresql", "postgres"):
-        from aexec.store.postgres import PostgresStore
-
-        return PostgresStore.from_url(url)
-    raise ConfigError(f"unsupported store URL scheme {scheme}://")
-
-
-def make_objects(url: str) -> ObjectStore:
-    scheme = url.split(":", 1)[0]
-    if scheme == "memory":
-        from aexec.objects.memory import MemoryObjectStore
-
-        return MemoryObjectStore()
-    if scheme == "file":
-        from aexec.objects.fs import FileObjectStore
-
-        return FileObjectStore.from_url(url)
-    if scheme == "s3":
-        from aexec.objects.s3 import S3ObjectStore
-
-        return S3ObjectStore.from_url(url)
-    raise ConfigError(f"unsupported objects URL scheme {scheme}://")
-
-
-def make_transport(url: str | None, *, prefix: str | None = None) -> Transport:
-    """The transport for ``url``: in-memory for None or ``memory://``, else RabbitMQ.
-
-    ``prefix`` names every broker queue (``?prefix=`` in the URL wins over it).
-    """
-    if url is None or url.startswith("memory:"):
-        from aexec.transport.memory import MemoryTransport
-
-        return MemoryTransport()
-    from aexec.transport.amqp import AmqpTransport
-
-    parts = urlsplit(url)
-    if prefix is not None and "prefix" not in dict(parse_qsl(parts.query)):
-        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("prefix", prefix)])
-        url = urlunsplit(parts._replace(query=query))
-    return AmqpTransport.from_url(url)
-
-
-class Run:
-    """A submitted run: await its result, stream its events, cancel it."""
-
-    run_id: str
-    plan: Plan
-
-    @property
-    def status(self) -> RunStatus:
-        raise NotImplementedError
-
-    async def wait(self) -> RunRecord:
-        """Wait for the run to end; return its final record (never raises RunFailed)."""
-        raise NotImplementedError
-
-    async def result(self) -> Any:
-        """The pipeline's result; raises :class:`~aexec.errors.RunFailed` unless it succeeded."""
-        raise NotImplementedError
-
-    def events(self) -> AsyncIterator[Event]:
-        """Every event of the run, from its submission until its end."""
-        raise NotImplementedError
-
-    async def steps(self) -> list[StepRecord]:
-        """The run's steps with their status and attempts, in plan order."""
-        raise NotImplementedError
-
-    async def cancel(self) -> None:
-        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
-
-
-class LocalRun(Run):
-    """A run driven by the coordinator inside this executor."""
-
-    def __init__(self, executor: Executor, coordinator: Coordinator, active: ActiveRun) -> None:
-        self._executor = executor
-        self._coordinator = coordinator
-        self._active = active
-        self.run_id = active.run_id
-        self.plan = active.plan
-
-    @property
-    def status(self) -> RunStatus:
-        return self._active.status
-
-    async def wait(self) -> RunRecord:
-        await asyncio.shield(self._active.done)
-        record = await self._executor.get_run(self.run_id)
-        if record is None:  # pragma: no cover - the store lost a run it acknowledged
-            raise AexecError(f"run {self.run_id} vanished from the store")
-        return record
-
-    async def result(self) -> Any:
-        return await self._executor.load_result(await self.wait())
-
-    def events(self) -> AsyncIterator[Event]:
-        return self._coordinator.events(self.run_id)
-
-    async def steps(self) -> list[StepRecord]:
-        return await self._executor.get_steps(self.run_id)
-
-    async def cancel(self) -> None:
-        await self._coordinator.cancel(self.run_id)
-
-
-class RemoteRun(Run):
-    """A run submitted to a coordinator service; its events arrive through the broker."""
-
-    def __init__(self, executor: Executor, run_id: str, plan: Plan, priority: int) -> None:
-        self._executor = executor
-        self.run_id = run_id
-        self.plan = plan
-        self._record = RunRecord(
-            run_id,
-            plan.pipeline,
-            plan.digest,
-            RunStatus.PENDING,
-            priority,
-            plan.parameters,
-            created_at=time.time(),
-        )
-        self._history: list[Event] = []
-        self._errors: dict[str, ErrorInfo] = {}
-        self._listeners: list[asyncio.Queue[Any]] = []
-        self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
-
-    @property
-    def status(self) -> RunStatus:
-        return self._record.status
-
-    def _receive(self, events: list[Event]) -> None:
-        record = self._record
-        for event in events:
-            if event.seq and self._history and event.seq <= self._history[-1].seq:
-                continue  # a redelivered batch
-            self._history.append(event)
-            kind = event.kind
-            if kind is EventKind.RUN_STARTED:
-                record.status, record.started_at = RunStatus.RUNNING, event.ts
-            elif kind is EventKind.STEP_FAILED and event.step is not None:
-                error = event.data.get("error")
-                if isinstance(error, dict):
-                    self._errors[event.step] = ErrorInfo.from_dict(error)
-            elif kind.ends_run:
-                record.finished_at = event.ts
-                record.status = {
-                    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
-                    EventKind.RUN_FAILED: RunStatus.FAILED,
-                    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
-                }[kind]
-                record.result = event.output
-                error = event.data.get("error")
-                record.error = error if isinstance(error, str) else None
-            for queue in self._listeners:
-                queue.put_nowait(event)
-        if record.status.finished and not self._done.done():
-            self._done.set_result(record)
-            for queue in self._listeners:
-                queue.put_nowait(_END)
-
-    async def wait(self) -> RunRecord:
-        return await asyncio.shield(self._done)
-
-    async def result(self) -> Any:
-        record = await self.wait()
-        if record.status is not RunStatus.SUCCEEDED:
-            raise RunFailed(
-                self.run_id,
-                str(record.status),
-                self._errors,
-                None if self._errors else f"run {self.run_id} {record.status}",
-            )
-        return await self._executor._decode_result(record.result)
-
-    async def events(self) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        history = list(self._history)
-        if not self._done.done():
-            self._listeners.append(queue)
-        try:
-            for event in history:
-                yield event
-            if self._done.done():
-                return
-            while (item := await queue.get()) is not _END:
-                if item not in history:
-                    yield item
-        finally:
-            if queue in self._listeners:
-                self._listeners.remove(queue)
-
-    async def steps(self) -> list[StepRecord]:
-        """Step statuses as the events received so far tell them."""
-        records = {s.key: StepRecord(self.run_id, s.key, s.name, s.queue) for s in self.plan.steps}
-        for event in self._history:
-            record = records.get(event.step or "")
-            if record is not None:
-                _apply_step_event(record, event)
-        return list(records.values())
-
-    async def cancel(self) -> None:
-        await self._executor._broadcast_cancel(self.run_id)
-
-
-_STEP_STATUS = {
-    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
-    EventKind.STEP_STARTED: StepStatus.RUNNING,
-    EventKind.STEP_RETRYING: StepStatus.RETRYING,
-    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
-    EventKind.STEP_FAILED: StepStatus.FAILED,
-    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
-    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
-}
-
-
-def _apply_step_event(record: StepRecord, event: Event) -> None:
-    status = _STEP_STATUS.get(event.kind)
-    if status is None or record.status.finished or event.attempt < record.attempts:
-        return
-    record.status = status
-    record.attempts = max(record.attempts, event.attempt)
-    if event.kind is EventKind.STEP_STARTED:
-        record.started_at = event.ts
-        worker = event.data.get("worker")
-        record.worker = worker if isinstance(worker, str) else None
-    elif event.kind in (EventKind.STEP_FAILED, EventKind.STEP_RETRYING):
-        error = event.data.get("error")
-        record.error = ErrorInfo.from_dict(error) if isinstance(error, dict) else None
-    if status.finished:
-        record.finished_at = event.ts
-        record.output = event.output
 
 
 class Executor:
@@ -321,11 +78,11 @@ class Executor:
         await stack.__aenter__()
         try:
             if not self.settings.remote or self.settings.store is not None:
-                store = make_store(self.settings.store_url)
+                store = aexec.store.from_url(self.settings.store_url)
                 await store.open()
                 stack.push_async_callback(store.close)
                 self._store = store
-            objects = make_objects(self.settings.objects_url)
+            objects = aexec.objects.from_url(self.settings.objects_url)
             await objects.open()
             stack.push_async_callback(objects.close)
         except BaseException:
@@ -357,7 +114,9 @@ class Executor:
     async def _open_transport(self) -> Transport:
         if self._transport is None:
             stack = self._require_stack()
-            transport = make_transport(self.settings.broker, prefix=self.settings.queue_prefix)
+            transport = aexec.transport.from_url(
+                self.settings.broker, prefix=self.settings.queue_prefix
+            )
             await transport.open()
             stack.push_async_callback(transport.close)
             self._transport = transport
@@ -380,24 +139,15 @@ class Executor:
                     transport,
                     objects,
                     None,
-                    WorkerConfig(
-                        name="embedded",
-                        concurrency=settings.concurrency,
-                        thread_pool_size=settings.thread_pool_size,
-                        inline_threshold=settings.inline_threshold,
-                        heartbeat_interval=settings.heartbeat_interval,
-                        ack_after=settings.ack_after,
-                    ),
+                    WorkerConfig.from_settings(settings, name="embedded"),
                 )
                 worker.add_steps(self._extra_steps)
                 coordinator = Coordinator(
                     transport,
                     store,
-                    CoordinatorConfig(
-                        fail_fast=settings.fail_fast,
-                        durable_replies=False,
-                        durable_dispatch=False,
-                        worker_timeout=settings.worker_timeout,
+                    # Nothing outlives the process: replies and dispatches need no durability.
+                    CoordinatorConfig.from_settings(
+                        settings, durable_replies=False, durable_dispatch=False
                     ),
                     on_queue=worker.serve,
                 )
@@ -408,14 +158,7 @@ class Executor:
                 self._worker = worker
             else:
                 coordinator = Coordinator(
-                    transport,
-                    store,
-                    CoordinatorConfig(
-                        fail_fast=settings.fail_fast,
-                        worker_timeout=settings.worker_timeout,
-                        lease=settings.lease,
-                        adopt=adopt,
-                    ),
+                    transport, store, CoordinatorConfig.from_settings(settings, adopt=adopt)
                 )
                 await stack.enter_async_context(coordinator)
             self._coordinator = coordinator
@@ -495,11 +238,13 @@ class Executor:
                 )
             self._worker.add_steps(compiled.steps.values())
         active = await coordinator.submit(compiled.plan, priority=priority)
-        return LocalRun(self, coordinator, active)
+        return LocalRun(coordinator, active, self.store, self.objects)
 
     async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
         transport = await self._start_client()
-        run = RemoteRun(self, uuid.uuid4().hex, plan, priority)
+        run = RemoteRun(
+            uuid.uuid4().hex, plan, priority, objects=self.objects, cancel=self._broadcast_cancel
+        )
         self._remote_runs[run.run_id] = run
         body = messages.Submit(run.run_id, plan.to_bytes(), priority, self._notify_queue).encode()
         await transport.publish(SUBMIT_QUEUE, body)
@@ -516,13 +261,11 @@ class Executor:
             return
         run = self._remote_runs.get(msg.run_id)
         if run is not None:
-            run._receive(events)
+            run.receive(events)
             if run.status.finished:
                 self._remote_runs.pop(msg.run_id, None)
 
     async def _broadcast_cancel(self, run_id: str) -> None:
-        from aexec.coordinator import COORDINATOR_TOPIC
-
         transport = await self._open_transport()
         await transport.broadcast(
             COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
@@ -559,15 +302,6 @@ class Executor:
         return await self.store.get_events(run_id, after=after, limit=limit)
 
     async def load_result(self, record: RunRecord) -> Any:
-        """The decoded result of a succeeded run; raises RunFailed for a failed or cancelled one."""
-        if record.status is not RunStatus.SUCCEEDED:
-            if not record.status.finished:
-                raise AexecError(f"run {record.run_id} has not finished ({record.status})")
-            steps = await self.store.get_steps(record.run_id)
-            errors = {s.key: s.error for s in steps if s.error is not None and s.status == "failed"}
-            message = None if errors else f"run {record.run_id} {record.status}"
-            raise RunFailed(record.run_id, str(record.status), errors, message)
-        return await self._decode_result(record.result)
-
-    async def _decode_result(self, result: bytes | None) -> Any:
-        return None if result is None else await load_value(self.objects, result)
+        """The decoded result of a succeeded run; raises
+        :class:`~aexec.errors.RunFailedError` for a failed or cancelled one."""
+        return await load_result(self.store, self.objects, record)

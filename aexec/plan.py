@@ -18,9 +18,9 @@ from typing import Any
 from aexec import codec
 from aexec.errors import CodecError, PlanError
 from aexec.retry import RetryPolicy
+from aexec.wire import MAX_PRIORITY
 
 PLAN_VERSION = 1
-MAX_PRIORITY = 10
 DEFAULT_QUEUE = "default"
 
 EMPTY_CALL = codec.encode([[], {}])

@@ -16,6 +16,7 @@ from typing import Any
 
 from aexec import codec, context
 from aexec.dsl import StepDef
+from aexec.errors import CodecError, InputError, UnknownStepError
 from aexec.types import ErrorInfo
 
 # Per child process: the step table its initializer loaded.
@@ -38,13 +39,13 @@ def _call(
     """Run step ``name`` in this child; returns (encoded output, None) or (None, error)."""
     step = _child_steps.get(name)
     if step is None or step.fn is None:
-        return None, ErrorInfo(
-            "UnknownStepError", f"process pool does not serve step {name!r}", retryable=False
-        ).to_wire()
+        unknown = UnknownStepError(f"process pool does not serve step {name!r}")
+        return None, ErrorInfo.from_exception(unknown, retryable=False).to_wire()
     try:
         args, kwargs = codec.decode(call, inputs=[codec.decode(i) for i in inputs])
     except Exception as exc:
-        return None, ErrorInfo("InputError", f"cannot decode inputs: {exc}", "", False).to_wire()
+        bad_input = InputError(f"cannot decode inputs: {exc}")
+        return None, ErrorInfo.from_exception(bad_input, retryable=False).to_wire()
     ctx = context.StepContext(run_id, key, attempt, name, _ignore_progress)
     try:
         result = context.run_with(ctx, step.fn, *args, **kwargs)
@@ -53,8 +54,8 @@ def _call(
     try:
         return codec.encode(result), None
     except Exception as exc:
-        message = f"step {key!r} returned a value that cannot be encoded: {exc}"
-        return None, ErrorInfo("CodecError", message, "", False).to_wire()
+        unencodable = CodecError(f"step {key!r} returned a value that cannot be encoded: {exc}")
+        return None, ErrorInfo.from_exception(unencodable, retryable=False).to_wire()
 
 
 class ProcessPool:

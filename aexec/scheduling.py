@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aexec.errors import WorkerLostError
 from aexec.plan import Plan
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
@@ -273,9 +274,8 @@ class RunState:
             return None
         lost = self.lost[index] = self.lost.get(index, 0) + 1
         if lost > MAX_LOST:
-            error = ErrorInfo(
-                "WorkerLostError",
-                f"the worker running this step vanished {lost} times",
+            error = ErrorInfo.from_exception(
+                WorkerLostError(f"the worker running this step vanished {lost} times"),
                 retryable=False,
             )
             return self.failed(index, attempt, error)

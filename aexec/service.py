@@ -2,8 +2,9 @@
 ``aexec coordinator`` run.
 
 This is composition, beside :mod:`aexec.executor`: it loads user code, builds adapters from
-the configured URLs and owns their lifetimes.  It configures no logging and installs no
-signal handler: the caller sets ``stop`` (the CLI does on SIGTERM and SIGINT).
+the configured URLs (with the ports' ``from_url``) and owns their lifetimes.  It configures
+no logging and installs no signal handler: the caller sets ``stop`` (the CLI does on
+SIGTERM and SIGINT).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import aexec.objects
+import aexec.transport
 from aexec.config import Settings, redact
 from aexec.control import list_workers, terminate_workers
 from aexec.errors import ConfigError, LoadError
-from aexec.executor import Executor, make_objects, make_transport
+from aexec.executor import Executor
 from aexec.loader import find_steps, load_module_or_file
 from aexec.messages import WorkerInfo
 from aexec.transport import Transport
@@ -35,7 +38,6 @@ async def run_worker(
     modules: Sequence[str],
     *,
     queues: Sequence[str] | None,
-    concurrency: int,
     name: str | None,
     pool: str,
     stop: asyncio.Event,
@@ -44,7 +46,8 @@ async def run_worker(
     """Serve the steps defined in ``modules`` until ``stop`` is set or the worker is asked to
     terminate; then let in-flight steps finish, deliver their completions and return 0.
 
-    ``queues`` defaults to every queue named by the loaded steps.  ``ready`` (if given) is set
+    ``queues`` defaults to every queue named by the loaded steps; ``settings`` gives the
+    worker's knobs (:meth:`~aexec.worker.WorkerConfig.from_settings`).  ``ready`` (if given) is set
     once the worker consumes its queues: a :class:`~aexec.errors.TransportError` raised before
     that means the broker could not be reached at all.
     """
@@ -57,18 +60,12 @@ async def run_worker(
             "remote_step declarations have no code to run)"
         )
     served = sorted(set(queues)) if queues else sorted({s.queue for s in steps.values()})
-    config = WorkerConfig(
-        name=name or default_worker_name(),
-        concurrency=concurrency,
-        pool=pool,
-        modules=tuple(modules),
-        inline_threshold=settings.inline_threshold,
-        heartbeat_interval=settings.heartbeat_interval,
-        ack_after=settings.ack_after,
+    config = WorkerConfig.from_settings(
+        settings, name=name or default_worker_name(), pool=pool, modules=tuple(modules)
     )
     async with contextlib.AsyncExitStack() as stack:
         transport = await stack.enter_async_context(_opened_transport(settings))
-        objects = make_objects(settings.objects_url)
+        objects = aexec.objects.from_url(settings.objects_url)
         await objects.open()
         stack.push_async_callback(objects.close)
         # Exits run in reverse: the worker drains (in-flight steps finish and their
@@ -146,7 +143,7 @@ def _require_broker(settings: Settings, command: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _opened_transport(settings: Settings) -> AsyncIterator[Transport]:
-    transport = make_transport(settings.broker, prefix=settings.queue_prefix)
+    transport = aexec.transport.from_url(settings.broker, prefix=settings.queue_prefix)
     await transport.open()
     try:
         yield transport

@@ -51,7 +51,12 @@ class ErrorInfo:
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        """The record of ``exc``: its class name as ``type``, its message, and its formatted
+        traceback if it was raised (one aexec only detects, such as a
+        :class:`~aexec.errors.WorkerLostError`, has none)."""
+        tb = ""
+        if exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type(exc).__name__, str(exc), tb, retryable)
 
     def to_wire(self) -> list[Any]:

@@ -30,22 +30,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aexec import codec, context, messages
+from aexec.config import Settings
 from aexec.dsl import StepDef
-from aexec.errors import AexecError, CodecError, ObjectStoreError, StepTimeoutError
+from aexec.errors import (
+    AexecError,
+    CodecError,
+    InputError,
+    ObjectStoreError,
+    StepTimeoutError,
+    UnknownStepError,
+)
 from aexec.objects import ObjectStore, load_value
 from aexec.pool import ProcessPool
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
+from aexec.wire import CONTROL_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
-
-STEP_QUEUE_PREFIX = "step."
-CONTROL_TOPIC = "control"
-
-
-def step_queue(queue: str) -> str:
-    """The transport queue that carries the messages of steps declared with ``queue``."""
-    return STEP_QUEUE_PREFIX + queue
 
 
 def default_worker_name() -> str:
@@ -71,6 +72,19 @@ class WorkerConfig:
     ack_after: float = 10.0
     progress_interval: float = 0.1  # at most one progress message per step per interval
     publish_retry_max: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
+        """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
+        threshold, heartbeat interval, ack_after); ``overrides`` set any field."""
+        values: dict[str, Any] = {
+            "concurrency": settings.concurrency,
+            "thread_pool_size": settings.thread_pool_size,
+            "inline_threshold": settings.inline_threshold,
+            "heartbeat_interval": settings.heartbeat_interval,
+            "ack_after": settings.ack_after,
+        }
+        return cls(**(values | overrides))
 
 
 @dataclass(slots=True, eq=False)
@@ -234,10 +248,11 @@ class Worker:
             return
         step = self._steps.get(msg.name)
         if step is None:
-            error = ErrorInfo(
-                "UnknownStepError",
-                f"worker {self.name} does not serve step {msg.name!r} "
-                f"(it serves: {', '.join(sorted(self._steps)) or 'nothing'})",
+            error = ErrorInfo.from_exception(
+                UnknownStepError(
+                    f"worker {self.name} does not serve step {msg.name!r} "
+                    f"(it serves: {', '.join(sorted(self._steps)) or 'nothing'})"
+                ),
                 retryable=False,
             )
             log.error("worker %s: %s", self.name, error.message)
@@ -304,7 +319,9 @@ class Worker:
             inputs = [await load_value(self.objects, blob) for blob in msg.inputs]
         except (CodecError, ValueError, TypeError) as exc:
             raise _StepFailure(
-                ErrorInfo("InputError", f"cannot decode inputs: {exc}", retryable=False)
+                ErrorInfo.from_exception(
+                    InputError(f"cannot decode inputs: {exc}"), retryable=False
+                )
             ) from None
         except ObjectStoreError as exc:
             raise _StepFailure(
@@ -338,7 +355,9 @@ class Worker:
                 raise CodecError("call template is not [args, kwargs]")
         except (CodecError, ValueError, TypeError) as exc:
             raise _StepFailure(
-                ErrorInfo("InputError", f"cannot decode the call: {exc}", retryable=False)
+                ErrorInfo.from_exception(
+                    InputError(f"cannot decode the call: {exc}"), retryable=False
+                )
             ) from None
         ctx = context.StepContext(
             msg.run_id,
@@ -555,4 +574,4 @@ class _StepFailure(Exception):
         self.info = info
 
 
-__all__ = ["CONTROL_TOPIC", "Worker", "WorkerConfig", "default_worker_name", "step_queue"]
+__all__ = ["Worker", "WorkerConfig", "default_worker_name"]

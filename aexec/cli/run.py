@@ -69,8 +69,8 @@ def choose_pipeline(module: ModuleType, file: str, name: str | None) -> Pipeline
 
 def cmd_run(args: argparse.Namespace) -> int:
     from aexec.loader import load_file
-    from aexec.plan import MAX_PRIORITY
     from aexec.service import with_connect_timeout
+    from aexec.wire import MAX_PRIORITY
 
     params = parse_params(args.param)
     if not 0 <= args.priority <= MAX_PRIORITY:

@@ -40,7 +40,6 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
             settings,
             args.modules,
             queues=queues or None,
-            concurrency=settings.concurrency,
             name=args.name,
             pool=args.pool,
             stop=stop,

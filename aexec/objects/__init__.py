@@ -1,8 +1,9 @@
 """The objects port: large step outputs stored by key (claim checks).
 
-Adapters: :mod:`aexec.objects.memory`, :mod:`aexec.objects.fs` (a directory) and, later,
-S3.  All pass ``tests/contract/test_objects.py``.  ``get`` of a missing key raises
-:class:`~aexec.errors.ObjectNotFoundError`.
+Adapters: :mod:`aexec.objects.memory`, :mod:`aexec.objects.fs` (a directory) and
+:mod:`aexec.objects.s3` (S3 or an S3-compatible server), chosen by URL with
+:func:`from_url`.  All pass ``tests/contract/test_objects.py``.  ``get`` of a missing key
+raises :class:`~aexec.errors.ObjectNotFoundError`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aexec import codec
+from aexec.errors import ConfigError
 
 
 class ObjectStore(Protocol):
@@ -35,3 +37,23 @@ async def load_value(objects: ObjectStore, encoded: bytes) -> Any:
         if ref.key not in loaded:
             loaded[ref.key] = codec.decode(await objects.get(ref.key))
     return codec.map_refs(value, lambda ref: loaded[ref.key])
+
+
+def from_url(url: str) -> ObjectStore:
+    """The object store adapter for ``url``: ``memory://``, ``file:///dir`` or
+    ``s3://bucket/prefix``; its module is imported only when chosen.  Other schemes are a
+    :class:`~aexec.errors.ConfigError`.  The store is not open yet."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "memory":
+        from aexec.objects.memory import MemoryObjectStore
+
+        return MemoryObjectStore()
+    if scheme == "file":
+        from aexec.objects.fs import FileObjectStore
+
+        return FileObjectStore.from_url(url)
+    if scheme == "s3":
+        from aexec.objects.s3 import S3ObjectStore
+
+        return S3ObjectStore.from_url(url)
+    raise ConfigError(f"unsupported objects URL scheme {scheme}://")

@@ -1,7 +1,8 @@
 """The store port: runs, steps with their attempts, and the event log.
 
 Adapters: :mod:`aexec.store.memory`, :mod:`aexec.store.sqlite` (embedded mode) and
-:mod:`aexec.store.postgres`.  All pass ``tests/contract/test_store.py``.
+:mod:`aexec.store.postgres`, chosen by URL with :func:`from_url`.  All pass
+``tests/contract/test_store.py``.
 
 Writes go through :meth:`Store.append`: one call is one transaction (group commit), and the
 store applies each event to the run and step rows it concerns:
@@ -39,6 +40,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
+from aexec.errors import ConfigError
 from aexec.events import Event
 from aexec.plan import Plan
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -154,3 +156,23 @@ class Store(Protocol):
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         """End at once ``owner``'s lease on those unfinished runs (all of them for None), so
         that another coordinator can claim them without waiting; the owner is kept."""
+
+
+def from_url(url: str) -> Store:
+    """The store adapter for ``url``: ``memory://``, ``sqlite:///path`` or
+    ``postgresql://...`` (``postgres://`` too); its module is imported only when chosen.
+    Other schemes are a :class:`~aexec.errors.ConfigError`.  The store is not open yet."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "memory":
+        from aexec.store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from aexec.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    if scheme in ("postgresql", "postgres"):
+        from aexec.store.postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ConfigError(f"unsupported store URL scheme {scheme}://")

@@ -1,8 +1,8 @@
 """The transport port: durable priority queues carrying opaque bytes.
 
 Adapters: :mod:`aexec.transport.memory` (embedded mode, tests) and
-:mod:`aexec.transport.amqp` (RabbitMQ through aio-pika).  Both pass
-``tests/contract/test_transport.py``.
+:mod:`aexec.transport.amqp` (RabbitMQ through aio-pika), chosen by URL with
+:func:`from_url`.  Both pass ``tests/contract/test_transport.py``.
 
 Semantics every adapter keeps:
 
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from aexec.wire import MAX_PRIORITY
 
 DEAD_LETTER_QUEUE = "aexec.dead"
-MAX_PRIORITY = 10
 
 
 class Delivery(Protocol):
@@ -73,3 +75,23 @@ class Transport(Protocol):
     async def broadcast(self, topic: str, body: bytes) -> None: ...
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
+
+
+def from_url(url: str | None, *, prefix: str | None = None) -> Transport:
+    """The transport for ``url``: in-memory for None or ``memory://``, else RabbitMQ
+    (``amqp://``, ``amqps://``); its module is imported only when chosen.
+
+    ``prefix`` names every broker queue (``?prefix=`` in the URL wins over it).  The
+    transport is not open yet.
+    """
+    if url is None or url.startswith("memory:"):
+        from aexec.transport.memory import MemoryTransport
+
+        return MemoryTransport()
+    from aexec.transport.amqp import AmqpTransport
+
+    parts = urlsplit(url)
+    if prefix is not None and "prefix" not in dict(parse_qsl(parts.query)):
+        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("prefix", prefix)])
+        url = urlunsplit(parts._replace(query=query))
+    return AmqpTransport.from_url(url)

@@ -47,7 +47,8 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from aexec.errors import ConfigError, PublishError, TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Handler
+from aexec.transport import DEAD_LETTER_QUEUE, Handler
+from aexec.wire import MAX_PRIORITY
 
 __all__ = ["AmqpDelivery", "AmqpSubscription", "AmqpTransport", "from_url"]
 

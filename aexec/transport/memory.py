@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aexec.errors import TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, MAX_PRIORITY, Delivery, Handler
+from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Handler
+from aexec.wire import MAX_PRIORITY
 
 log = logging.getLogger(__name__)
 

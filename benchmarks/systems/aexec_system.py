@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from aexec.config import Settings
-from aexec.coordinator import SUBMIT_QUEUE
 from aexec.dsl import Pipeline
 from aexec.executor import Executor
-from aexec.worker import step_queue
+from aexec.wire import SUBMIT_QUEUE, step_queue
 from benchmarks import workloads
 from benchmarks.broker import purge_queue, wait_for_consumers, with_query
 from benchmarks.cpu import trees

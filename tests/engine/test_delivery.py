@@ -15,7 +15,8 @@ from aexec.store.memory import MemoryStore
 from aexec.transport import DEAD_LETTER_QUEUE, Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
-from aexec.worker import Worker, WorkerConfig, step_queue
+from aexec.wire import step_queue
+from aexec.worker import Worker, WorkerConfig
 
 
 @pytest.fixture

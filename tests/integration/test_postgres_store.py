@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import aexec.store
 from aexec.errors import ConfigError, StoreUnavailableError
 from aexec.events import Event, EventKind
-from aexec.executor import make_store
 from aexec.plan import StepSpec, build
 from aexec.store import RunRecord, Store
 from aexec.store.memory import MemoryStore
@@ -41,7 +41,7 @@ def new_run(run_id: str, created_at: float = 1.0) -> RunRecord:
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
 def test_both_url_schemes_make_a_postgres_store(scheme: str) -> None:
     url = f"{scheme}://aexec:pw@db.example:5433/runs?sslmode=disable"
-    store = make_store(url)
+    store = aexec.store.from_url(url)
     assert isinstance(store, PostgresStore)
     assert store.dsn == url
     assert from_url(url).dsn == url

@@ -1,0 +1,252 @@
+"""A submitted run, as the library hands it out: :class:`Run`, and its two implementations.
+
+:class:`LocalRun` is driven by the coordinator inside the caller's executor and reads the
+store; :class:`RemoteRun` was submitted to an ``aexec coordinator`` service and learns
+everything from the events that service sends back through the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aexec.errors import AexecError, RunFailedError
+from aexec.events import Event, EventKind
+from aexec.objects import ObjectStore, load_value
+from aexec.plan import Plan
+from aexec.store import RunRecord, StepRecord, Store
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+if TYPE_CHECKING:
+    from aexec.batch import ActiveRun
+    from aexec.coordinator import Coordinator
+
+_END = object()
+
+
+class Run(Protocol):
+    """A submitted run: await its result, stream its events, cancel it."""
+
+    run_id: str
+    plan: Plan
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status as this process knows it now."""
+
+    async def wait(self) -> RunRecord:
+        """Wait for the run to end; return its final record (never raises RunFailedError)."""
+
+    async def result(self) -> Any:
+        """The pipeline's result; raises :class:`~aexec.errors.RunFailedError` unless the
+        run succeeded."""
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event of the run, from its submission until its end."""
+
+    async def steps(self) -> list[StepRecord]:
+        """The run's steps with their status and attempts, in plan order."""
+
+    async def cancel(self) -> None:
+        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
+
+
+async def load_result(store: Store, objects: ObjectStore, record: RunRecord) -> Any:
+    """The decoded result of a succeeded run; :class:`RunFailedError` (with each failed
+    step's error, from ``store``) for a failed or cancelled one."""
+    if record.status is not RunStatus.SUCCEEDED:
+        if not record.status.finished:
+            raise AexecError(f"run {record.run_id} has not finished ({record.status})")
+        steps = await store.get_steps(record.run_id)
+        errors = {s.key: s.error for s in steps if s.error is not None and s.status == "failed"}
+        message = None if errors else f"run {record.run_id} {record.status}"
+        raise RunFailedError(record.run_id, str(record.status), errors, message)
+    return None if record.result is None else await load_value(objects, record.result)
+
+
+class LocalRun:
+    """A run driven by the coordinator inside this process; its records come from ``store``."""
+
+    def __init__(
+        self, coordinator: Coordinator, active: ActiveRun, store: Store, objects: ObjectStore
+    ) -> None:
+        self._coordinator = coordinator
+        self._active = active
+        self._store = store
+        self._objects = objects
+        self.run_id = active.run_id
+        self.plan = active.plan
+
+    @property
+    def status(self) -> RunStatus:
+        return self._active.status
+
+    async def wait(self) -> RunRecord:
+        await asyncio.shield(self._active.done)
+        record = await self._store.get_run(self.run_id)
+        if record is None:  # pragma: no cover - the store lost a run it acknowledged
+            raise AexecError(f"run {self.run_id} vanished from the store")
+        return record
+
+    async def result(self) -> Any:
+        return await load_result(self._store, self._objects, await self.wait())
+
+    def events(self) -> AsyncIterator[Event]:
+        return self._coordinator.events(self.run_id)
+
+    async def steps(self) -> list[StepRecord]:
+        return await self._store.get_steps(self.run_id)
+
+    async def cancel(self) -> None:
+        await self._coordinator.cancel(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
+
+
+class RemoteRun:
+    """A run submitted to a coordinator service; its events arrive through the broker and
+    are handed to :meth:`receive`.  ``cancel`` asks the coordinators to cancel it."""
+
+    def __init__(
+        self,
+        run_id: str,
+        plan: Plan,
+        priority: int,
+        *,
+        objects: ObjectStore,
+        cancel: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._objects = objects
+        self._cancel = cancel
+        self.run_id = run_id
+        self.plan = plan
+        self._record = RunRecord(
+            run_id,
+            plan.pipeline,
+            plan.digest,
+            RunStatus.PENDING,
+            priority,
+            plan.parameters,
+            created_at=time.time(),
+        )
+        self._history: list[Event] = []
+        self._errors: dict[str, ErrorInfo] = {}
+        self._listeners: list[asyncio.Queue[Any]] = []
+        self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+
+    @property
+    def status(self) -> RunStatus:
+        return self._record.status
+
+    def receive(self, events: list[Event]) -> None:
+        """Take in events of this run as the coordinator service sent them (a batch that
+        was delivered again is ignored)."""
+        record = self._record
+        for event in events:
+            if event.seq and self._history and event.seq <= self._history[-1].seq:
+                continue  # a redelivered batch
+            self._history.append(event)
+            kind = event.kind
+            if kind is EventKind.RUN_STARTED:
+                record.status, record.started_at = RunStatus.RUNNING, event.ts
+            elif kind is EventKind.STEP_FAILED and event.step is not None:
+                error = event.data.get("error")
+                if isinstance(error, dict):
+                    self._errors[event.step] = ErrorInfo.from_dict(error)
+            elif kind.ends_run:
+                record.finished_at = event.ts
+                record.status = {
+                    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
+                    EventKind.RUN_FAILED: RunStatus.FAILED,
+                    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
+                }[kind]
+                record.result = event.output
+                error = event.data.get("error")
+                record.error = error if isinstance(error, str) else None
+            for queue in self._listeners:
+                queue.put_nowait(event)
+        if record.status.finished and not self._done.done():
+            self._done.set_result(record)
+            for queue in self._listeners:
+                queue.put_nowait(_END)
+
+    async def wait(self) -> RunRecord:
+        return await asyncio.shield(self._done)
+
+    async def result(self) -> Any:
+        record = await self.wait()
+        if record.status is not RunStatus.SUCCEEDED:
+            raise RunFailedError(
+                self.run_id,
+                str(record.status),
+                self._errors,
+                None if self._errors else f"run {self.run_id} {record.status}",
+            )
+        return None if record.result is None else await load_value(self._objects, record.result)
+
+    async def events(self) -> AsyncIterator[Event]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        history = list(self._history)
+        if not self._done.done():
+            self._listeners.append(queue)
+        try:
+            for event in history:
+                yield event
+            if self._done.done():
+                return
+            while (item := await queue.get()) is not _END:
+                if item not in history:
+                    yield item
+        finally:
+            if queue in self._listeners:
+                self._listeners.remove(queue)
+
+    async def steps(self) -> list[StepRecord]:
+        """Step statuses as the events received so far tell them."""
+        records = {s.key: StepRecord(self.run_id, s.key, s.name, s.queue) for s in self.plan.steps}
+        for event in self._history:
+            record = records.get(event.step or "")
+            if record is not None:
+                _apply_step_event(record, event)
+        return list(records.values())
+
+    async def cancel(self) -> None:
+        await self._cancel(self.run_id)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
+
+
+_STEP_STATUS = {
+    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
+    EventKind.STEP_STARTED: StepStatus.RUNNING,
+    EventKind.STEP_RETRYING: StepStatus.RETRYING,
+    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    EventKind.STEP_FAILED: StepStatus.FAILED,
+    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
+    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
+}
+
+
+def _apply_step_event(record: StepRecord, event: Event) -> None:
+    status = _STEP_STATUS.get(event.kind)
+    if status is None or record.status.finished or event.attempt < record.attempts:
+        return
+    record.status = status
+    record.attempts = max(record.attempts, event.attempt)
+    if event.kind is EventKind.STEP_STARTED:
+        record.started_at = event.ts
+        worker = event.data.get("worker")
+        record.worker = worker if isinstance(worker, str) else None
+    elif event.kind in (EventKind.STEP_FAILED, EventKind.STEP_RETRYING):
+        error = event.data.get("error")
+        record.error = ErrorInfo.from_dict(error) if isinstance(error, dict) else None
+    if status.finished:
+        record.finished_at = event.ts
+        record.output = event.output
+
+
+__all__ = ["LocalRun", "RemoteRun", "Run", "load_result"]
