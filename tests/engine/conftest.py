@@ -4,16 +4,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aexec.config import Settings
+import aexec.testing
 from aexec.executor import Executor
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(store="memory://", objects="memory://", heartbeat_interval=0.05)
-
-
-@pytest.fixture
-async def ex(settings: Settings) -> AsyncIterator[Executor]:
-    async with Executor(settings) as executor:
+async def ex() -> AsyncIterator[Executor]:
+    async with aexec.testing.executor(heartbeat_interval=0.05) as executor:
         yield executor

@@ -12,6 +12,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.memory import MemoryStore
+from aexec.testing import wait_for_event
 from aexec.transport import DEAD_LETTER_QUEUE, Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
@@ -61,9 +62,8 @@ async def test_steps_of_a_worker_that_stops_heartbeating_run_again_elsewhere(
         async with doomed:
             await doomed.serve("default")
             run = await coordinator.submit(compiled.plan)
-            async for event in coordinator.events(run.run_id):
-                if event.kind is EventKind.STEP_STARTED:
-                    break  # reported in a heartbeat, so the worker has acked the delivery
+            # Reported in a heartbeat, so the worker has acked the delivery.
+            await wait_for_event(coordinator.events(run.run_id), EventKind.STEP_STARTED)
             # Simulate SIGKILL: no more heartbeats, no completion, the delivery already acked.
             assert doomed._heartbeat is not None
             doomed._heartbeat.cancel()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import aexec
+import aexec.testing
 from aexec import pipeline, remote_step, step
-from aexec.config import Settings
 from aexec.errors import AexecError, PlanError, RunFailed
 from aexec.events import EventKind
 from aexec.executor import Executor
@@ -239,8 +239,6 @@ async def test_an_unencodable_return_value_fails_the_step_not_the_worker(ex: Exe
 
 
 async def test_large_outputs_travel_through_the_object_store() -> None:
-    settings = Settings(store="memory://", objects="memory://", inline_threshold=1024)
-
     @step
     async def big() -> bytes:
         return b"x" * 100_000
@@ -254,7 +252,7 @@ async def test_large_outputs_travel_through_the_object_store() -> None:
         data = big()
         return {"size": size(data), "data": data}
 
-    async with Executor(settings) as ex:
+    async with aexec.testing.executor(inline_threshold=1024) as ex:
         run = await ex.submit(p)
         result = await run.result()
         assert result["size"] == 100_000 and result["data"] == b"x" * 100_000
@@ -315,7 +313,7 @@ async def test_priorities_reorder_queued_work() -> None:
         for i in range(6):
             step(priority=i, name="work")(work.fn).alias(f"w{i}")(i)  # type: ignore[arg-type]
 
-    async with Executor(Settings(store="memory://", objects="memory://", concurrency=1)) as ex:
+    async with aexec.testing.executor(concurrency=1) as ex:
         await (await ex.submit(p)).wait()
     assert order[1:] == sorted(order[1:], reverse=True)
 
@@ -342,8 +340,7 @@ async def test_remote_steps_run_embedded_with_an_implementation() -> None:
     def p() -> object:
         return reconstruct(url="x")
 
-    settings = Settings(store="memory://", objects="memory://")
-    async with Executor(settings, steps=[implementation]) as ex:
+    async with aexec.testing.executor(steps=[implementation]) as ex:
         assert await (await ex.submit(p)).result() == "scene of x"
 
 
@@ -375,9 +372,7 @@ async def test_many_runs_share_one_coordinator(ex: Executor) -> None:
 
 
 async def test_a_missing_input_object_is_a_clear_step_error() -> None:
-    settings = Settings(store="memory://", objects="memory://", inline_threshold=1024)
-
-    async with Executor(settings) as ex:
+    async with aexec.testing.executor(inline_threshold=1024) as ex:
 
         @step
         async def big() -> bytes:

@@ -10,6 +10,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.memory import MemoryStore
+from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
@@ -72,9 +73,8 @@ async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None
         await doomed.__aenter__()
         run = await doomed.submit(compiled.plan)
         await asyncio.wait_for(started.wait(), 5)
-        async for event in store.follow(run.run_id):
-            if event.kind is EventKind.STEP_STARTED and event.step == "second":
-                break  # recorded as running, on worker w: its heartbeats will vouch for it
+        # Recorded as running, on worker w: its heartbeats will vouch for it.
+        await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED, step="second")
         await crash(doomed)
 
         heir = Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast))
@@ -118,9 +118,7 @@ async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() 
     doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
     await doomed.__aenter__()
     run = await doomed.submit(compiled.plan)  # no worker yet: the step stays queued
-    async for event in store.follow(run.run_id):
-        if event.kind is EventKind.STEP_DISPATCHED:
-            break
+    await wait_for_event(store.follow(run.run_id), EventKind.STEP_DISPATCHED)
     await crash(doomed)
     await transport.delete_queues(["step.default"])  # as if the dispatch never reached it
     async with (

@@ -14,6 +14,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.postgres import PostgresStore
+from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker
@@ -59,9 +60,7 @@ async def test_a_run_stalls_through_a_database_outage_and_then_finishes(
     ):
         await worker.serve("default")
         run = await coordinator.submit(compiled.plan)
-        async for event in truth.follow(run.run_id):
-            if event.kind is EventKind.STEP_SUCCEEDED and event.step == "t10":
-                break
+        await wait_for_event(truth.follow(run.run_id), EventKind.STEP_SUCCEEDED, step="t10")
         proxy.cut()
         proxy.refuse()
         await asyncio.sleep(1.5)  # the outage: several store calls time out meanwhile
