@@ -1,11 +1,16 @@
-"""The ``aexec`` command line: ``run`` a pipeline file, inspect ``runs``.
+"""The ``aexec`` command line: the parser and the entry point.
+
+Commands: ``run`` a pipeline file (:mod:`aexec.cli.run`); ``runs list | show | logs`` to
+inspect runs in the store (:mod:`aexec.cli.runs`); ``worker start | list | terminate`` and
+``coordinator``, the long-lived processes and their control (:mod:`aexec.cli.serve`).
 
 Exit codes: 0 success, 1 a failed or cancelled run (or a backend failure), 2 bad input,
 130 interrupted.  Bad input prints one line, ``aexec: error: <message>``, and no traceback
 unless ``--traceback`` or ``AEXEC_TRACEBACK=1`` asks for one.
 
-This module is imported on every invocation, ``--help`` included, so it imports only the
-standard library at the top; each command imports what it needs when it runs.
+This module is imported on every invocation, ``--help`` included, so it and the command
+modules import only the standard library at the top; each command imports what it needs
+when it runs.
 """
 
 from __future__ import annotations
