@@ -13,9 +13,10 @@ Queue and topic names live beside this module, in :mod:`aexec.wire`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypeGuard
+from typing import Any, ClassVar, Self
 
 import msgpack
 
@@ -35,7 +36,15 @@ class _Wire:
     KIND: ClassVar[str]
 
     def to_wire(self) -> list[Any]:
-        """The message's fields, in wire order (after ``[VERSION, KIND]``)."""
+        """The message's fields, in wire order (after ``[VERSION, KIND]``): its dataclass
+        fields, in the order they are declared."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        """The message that ``to_wire`` gave ``fields``, validated: a :class:`CodecError`
+        names the field at fault; a wrong number of fields is a ``ValueError`` (both are
+        reported by :func:`decode` as a CodecError naming the message kind)."""
         raise NotImplementedError
 
     def encode(self) -> bytes:
@@ -76,17 +85,16 @@ class StepMessage(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, name, call, inputs, timeout, reply_to = _arity(cls, fields, 8)
-        v = _Check(cls.KIND)
+        run_id, key, attempt, name, call, inputs, timeout, reply_to = fields
         return cls(
-            v.text(run_id, "run id"),
-            v.text(key, "step key"),
-            v.count(attempt, "attempt"),
-            v.text(name, "step name"),
-            v.blob(call, "call"),
-            v.blob_list(inputs, "inputs"),
-            None if timeout is None else v.number(timeout, "timeout"),
-            v.text(reply_to, "reply_to"),
+            _text(run_id, "run id"),
+            _text(key, "step key"),
+            _count(attempt, "attempt"),
+            _text(name, "step name"),
+            _blob(call, "call"),
+            _blob_list(inputs, "inputs"),
+            None if timeout is None else _number(timeout, "timeout"),
+            _text(reply_to, "reply_to"),
         )
 
 
@@ -119,19 +127,18 @@ class Completion(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, output, error, worker, started, finished = _arity(cls, fields, 8)
-        v = _Check(cls.KIND)
+        run_id, key, attempt, output, error, worker, started, finished = fields
         if (output is None) == (error is None):
-            raise v.error("a completion has exactly one of output, error")
+            raise CodecError("a completion has exactly one of output, error")
         return cls(
-            v.text(run_id, "run id"),
-            v.text(key, "step key"),
-            v.count(attempt, "attempt"),
-            None if output is None else v.blob(output, "output"),
+            _text(run_id, "run id"),
+            _text(key, "step key"),
+            _count(attempt, "attempt"),
+            None if output is None else _blob(output, "output"),
             None if error is None else ErrorInfo.from_wire(error),  # lenient: still a failure
-            v.text(worker, "worker"),
-            v.number(started, "started_at"),
-            v.number(finished, "finished_at"),
+            _text(worker, "worker"),
+            _number(started, "started_at"),
+            _number(finished, "finished_at"),
         )
 
 
@@ -162,16 +169,15 @@ class Progress(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, worker, ts, fraction, message = _arity(cls, fields, 7)
-        v = _Check(cls.KIND)
+        run_id, key, attempt, worker, ts, fraction, message = fields
         return cls(
-            v.text(run_id, "run id"),
-            v.text(key, "step key"),
-            v.count(attempt, "attempt"),
-            v.text(worker, "worker"),
-            v.number(ts, "ts"),
-            None if fraction is None else v.number(fraction, "fraction"),
-            None if message is None else v.text(message, "message"),
+            _text(run_id, "run id"),
+            _text(key, "step key"),
+            _count(attempt, "attempt"),
+            _text(worker, "worker"),
+            _number(ts, "ts"),
+            None if fraction is None else _number(fraction, "fraction"),
+            None if message is None else _text(message, "message"),
         )
 
 
@@ -190,12 +196,11 @@ class Heartbeat(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        worker, ts, running = _arity(cls, fields, 3)
-        v = _Check(cls.KIND)
+        worker, ts, running = fields
         if not isinstance(running, list) or not all(_is_attempt(r) for r in running):
-            raise v.error("running must be a list of [run id, step key, attempt]")
+            raise CodecError("running must be a list of [run id, step key, attempt]")
         return cls(
-            v.text(worker, "worker"), v.number(ts, "ts"), [(r[0], r[1], r[2]) for r in running]
+            _text(worker, "worker"), _number(ts, "ts"), [(r[0], r[1], r[2]) for r in running]
         )
 
 
@@ -220,15 +225,14 @@ class Control(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        command, target, reply_to, run_id = _arity(cls, fields, 4)
-        v = _Check(cls.KIND)
+        command, target, reply_to, run_id = fields
         if not isinstance(command, str) or command not in CONTROL_COMMANDS:
-            raise v.error(f"unknown command {command!r}")
+            raise CodecError(f"unknown command {command!r}")
         return cls(
             command,
-            None if target is None else v.text(target, "target"),
-            None if reply_to is None else v.text(reply_to, "reply_to"),
-            None if run_id is None else v.text(run_id, "run id"),
+            None if target is None else _text(target, "target"),
+            None if reply_to is None else _text(reply_to, "reply_to"),
+            None if run_id is None else _text(run_id, "run id"),
         )
 
 
@@ -259,16 +263,15 @@ class WorkerInfo(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        name, host, pid, queues, in_flight, age, started = _arity(cls, fields, 7)
-        v = _Check(cls.KIND)
+        name, host, pid, queues, in_flight, age, started = fields
         return cls(
-            v.text(name, "name"),
-            v.text(host, "host"),
-            v.count(pid, "pid"),
-            v.text_list(queues, "queues"),
-            v.count(in_flight, "in_flight"),
-            v.number(age, "heartbeat_age"),
-            v.number(started, "started_at"),
+            _text(name, "name"),
+            _text(host, "host"),
+            _count(pid, "pid"),
+            _text_list(queues, "queues"),
+            _count(in_flight, "in_flight"),
+            _number(age, "heartbeat_age"),
+            _number(started, "started_at"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,13 +305,12 @@ class Submit(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, plan, priority, notify = _arity(cls, fields, 4)
-        v = _Check(cls.KIND)
+        run_id, plan, priority, notify = fields
         return cls(
-            v.text(run_id, "run id"),
-            v.blob(plan, "plan"),
-            v.count(priority, "priority"),
-            None if notify is None else v.text(notify, "notify"),
+            _text(run_id, "run id"),
+            _blob(plan, "plan"),
+            _count(priority, "priority"),
+            None if notify is None else _text(notify, "notify"),
         )
 
 
@@ -330,28 +332,21 @@ class Events(_Wire):
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, records = _arity(cls, fields, 2)
-        v = _Check(cls.KIND)
+        run_id, records = fields
         if not isinstance(records, list) or not all(
             isinstance(r, list) and len(r) == 7 for r in records
         ):
-            raise v.error("records must be a list of 7-field event records")
-        return cls(v.text(run_id, "run id"), records)
+            raise CodecError("records must be a list of 7-field event records")
+        return cls(_text(run_id, "run id"), records)
 
 
 Message = StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events
 
-KINDS: dict[str, Callable[[list[Any]], Message]] = {
-    StepMessage.KIND: StepMessage.from_wire,
-    Completion.KIND: Completion.from_wire,
-    Progress.KIND: Progress.from_wire,
-    Heartbeat.KIND: Heartbeat.from_wire,
-    Control.KIND: Control.from_wire,
-    WorkerInfo.KIND: WorkerInfo.from_wire,
-    Submit.KIND: Submit.from_wire,
-    Events.KIND: Events.from_wire,
+KINDS: dict[str, type[Message]] = {
+    cls.KIND: cls
+    for cls in (StepMessage, Completion, Progress, Heartbeat, Control, WorkerInfo, Submit, Events)
 }
-"""Each message kind and the ``from_wire`` that reads its fields."""
+"""Each message kind and its class."""
 
 
 def decode(body: bytes) -> Message:
@@ -369,25 +364,63 @@ def decode(body: bytes) -> Message:
     version, kind = m[0], m[1]
     if type(version) is not int or version != VERSION:
         raise CodecError(f"unsupported message version {version!r}")
-    from_wire = KINDS.get(kind) if isinstance(kind, str) else None
-    if from_wire is None:
-        raise CodecError(f"malformed message: unknown kind {kind!r}")
-    return from_wire(m[2:])
+    try:
+        cls = KINDS[kind]
+    except (KeyError, TypeError):  # TypeError: an unhashable kind
+        raise CodecError(f"malformed message: unknown kind {kind!r}") from None
+    try:
+        return cls.from_wire(m[2:])
+    except CodecError as exc:
+        raise CodecError(f"malformed {kind} message: {exc}") from None
+    except ValueError:  # from_wire unpacks its fields: too few or too many
+        expected = len(dataclasses.fields(cls))
+        raise CodecError(
+            f"malformed {kind} message: {len(m) - 2} fields where {expected} are expected"
+        ) from None
 
 
 # -- validation ----------------------------------------------------------------------------
+# Each validator names the field at fault; decode() puts the message kind in front.
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise CodecError(f"unexpected msgpack extension type {code} in a message envelope")
 
 
-def _arity(cls: type[_Wire], fields: list[Any], count: int) -> list[Any]:
-    if len(fields) != count:
-        raise CodecError(
-            f"malformed {cls.KIND} message: {len(fields)} fields where {count} are expected"
-        )
-    return fields
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise CodecError(f"{field} must be a string")
+    return value
+
+
+def _count(value: Any, field: str) -> int:
+    if type(value) is not int or value < 0:  # not a bool either
+        raise CodecError(f"{field} must be a non-negative integer")
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise CodecError(f"{field} must be a number")
+    return float(value)
+
+
+def _blob(value: Any, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise CodecError(f"{field} must be bytes")
+    return value
+
+
+def _blob_list(value: Any, field: str) -> list[bytes]:
+    if not isinstance(value, list) or not all(isinstance(i, bytes) for i in value):
+        raise CodecError(f"{field} must be a list of bytes")
+    return value
+
+
+def _text_list(value: Any, field: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise CodecError(f"{field} must be a list of strings")
+    return value
 
 
 def _is_attempt(entry: Any) -> bool:
@@ -396,51 +429,7 @@ def _is_attempt(entry: Any) -> bool:
         and len(entry) == 3
         and isinstance(entry[0], str)
         and isinstance(entry[1], str)
-        and _is_count(entry[2])
+        and isinstance(entry[2], int)
+        and not isinstance(entry[2], bool)
+        and entry[2] >= 0
     )
-
-
-def _is_count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-class _Check:
-    """Field validators whose errors name the message kind and the field."""
-
-    __slots__ = ("kind",)
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def error(self, problem: str) -> CodecError:
-        return CodecError(f"malformed {self.kind} message: {problem}")
-
-    def text(self, value: Any, field: str) -> str:
-        if not isinstance(value, str):
-            raise self.error(f"{field} must be a string")
-        return value
-
-    def count(self, value: Any, field: str) -> int:
-        if not _is_count(value):
-            raise self.error(f"{field} must be a non-negative integer")
-        return value
-
-    def number(self, value: Any, field: str) -> float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self.error(f"{field} must be a number")
-        return float(value)
-
-    def blob(self, value: Any, field: str) -> bytes:
-        if not isinstance(value, bytes):
-            raise self.error(f"{field} must be bytes")
-        return value
-
-    def blob_list(self, value: Any, field: str) -> list[bytes]:
-        if not isinstance(value, list) or not all(isinstance(i, bytes) for i in value):
-            raise self.error(f"{field} must be a list of bytes")
-        return value
-
-    def text_list(self, value: Any, field: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
-            raise self.error(f"{field} must be a list of strings")
-        return value
