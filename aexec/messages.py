@@ -412,14 +412,20 @@ def _blob(value: Any, field: str) -> bytes:
 
 
 def _blob_list(value: Any, field: str) -> list[bytes]:
-    if not isinstance(value, list) or not all(isinstance(i, bytes) for i in value):
+    if not isinstance(value, list):
         raise CodecError(f"{field} must be a list of bytes")
+    for item in value:  # a loop, not all(...): step messages are decoded once per step
+        if not isinstance(item, bytes):
+            raise CodecError(f"{field} must be a list of bytes")
     return value
 
 
 def _text_list(value: Any, field: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+    if not isinstance(value, list):
         raise CodecError(f"{field} must be a list of strings")
+    for item in value:
+        if not isinstance(item, str):
+            raise CodecError(f"{field} must be a list of strings")
     return value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aexec.errors import AexecError, RunFailedError
 from aexec.events import Event, EventKind
@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 _END = object()
 
 
+@runtime_checkable
 class Run(Protocol):
-    """A submitted run: await its result, stream its events, cancel it."""
+    """A submitted run: await its result, stream its events, cancel it.
+
+    ``isinstance(x, Run)`` holds for both implementations, as it did when ``Run`` was
+    their base class."""
 
     run_id: str
     plan: Plan

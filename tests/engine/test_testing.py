@@ -94,6 +94,14 @@ async def test_a_backend_outside_memory_is_a_config_error(elsewhere: dict[str, s
     assert next(iter(elsewhere)) in str(info.value)
 
 
+async def test_a_submitted_run_is_an_aexec_run() -> None:
+    async with aexec.testing.executor() as ex:
+        run = await ex.submit(twice, x=2)
+        assert isinstance(run, aexec.Run)
+        assert repr(run) == f"<Run {run.run_id} twice {run.status}>"
+        await run.wait()
+
+
 async def test_wait_for_event_returns_the_first_matching_event_of_a_run() -> None:
     async with aexec.testing.executor() as ex:
         run = await ex.submit(twice, x=3)
