@@ -38,7 +38,7 @@ import asyncpg
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -59,7 +59,6 @@ MIGRATION_LOCK = 0x6165786563
 """The ``pg_advisory_xact_lock`` key held while migrating ("aexec" in ASCII)."""
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
-_SECTION = re.compile(r"--\s*name:\s*(\w+)\s*")
 
 # Failures that say "not now" rather than "never": the caller retries them.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -83,8 +82,7 @@ T = TypeVar("T")
 
 
 class Queries(NamedTuple):
-    """The named sections of ``sql/postgres.sql``; a missing or unknown name fails at
-    import."""
+    """The statements of ``sql/postgres.sql``, one per section (:mod:`aexec.store.sql`)."""
 
     lock_migrations: str
     create_migrations_table: str
@@ -109,31 +107,8 @@ class Queries(NamedTuple):
     renew_leases: str
     release_runs: str
 
-    @classmethod
-    def parse(cls, text: str) -> Queries:
-        sections: dict[str, list[str]] = {}
-        lines: list[str] | None = None
-        for line in text.splitlines():
-            match = _SECTION.fullmatch(line)
-            if match is not None:
-                lines = sections.setdefault(match.group(1), [])
-            elif lines is not None:
-                lines.append(line)
-        names = set(sections)
-        if names != set(cls._fields):
-            missing, unknown = set(cls._fields) - names, names - set(cls._fields)
-            raise RuntimeError(
-                f"postgres.sql: missing {missing or '{}'}, unknown {unknown or '{}'}"
-            )
-        return cls(**{name: "\n".join(body).strip() for name, body in sections.items()})
 
-
-def _read_queries() -> Queries:
-    path = resources.files("aexec.store").joinpath("sql").joinpath("postgres.sql")
-    return Queries.parse(path.read_text(encoding="utf-8"))
-
-
-SQL = _read_queries()
+SQL = sql.load(Queries, "postgres.sql")
 
 
 @dataclass(frozen=True, slots=True)
