@@ -16,6 +16,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,12 +26,12 @@ from aexec.config import Settings
 from aexec.coordinator import SUBMIT_QUEUE, Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError, RunFailed
-from aexec.events import Event, EventKind, from_record
+from aexec.events import Event, from_record
 from aexec.objects import ObjectStore, load_value
 from aexec.plan import MAX_PRIORITY, Plan
-from aexec.store import RunRecord, StepRecord, Store
+from aexec.store import RunRecord, StepRecord, Store, fold
 from aexec.transport import Delivery, Transport
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
 
 _END = object()
@@ -172,8 +173,8 @@ class RemoteRun(Run):
             plan.parameters,
             created_at=time.time(),
         )
+        self._steps = {s.key: StepRecord(run_id, s.key, s.name, s.queue) for s in plan.steps}
         self._history: list[Event] = []
-        self._errors: dict[str, ErrorInfo] = {}
         self._listeners: list[asyncio.Queue[Any]] = []
         self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
 
@@ -182,28 +183,14 @@ class RemoteRun(Run):
         return self._record.status
 
     def _receive(self, events: list[Event]) -> None:
+        """Take in events as the coordinator recorded them: the run and its steps change as
+        they do in the store (:mod:`aexec.store.fold`)."""
         record = self._record
         for event in events:
             if event.seq and self._history and event.seq <= self._history[-1].seq:
                 continue  # a redelivered batch
             self._history.append(event)
-            kind = event.kind
-            if kind is EventKind.RUN_STARTED:
-                record.status, record.started_at = RunStatus.RUNNING, event.ts
-            elif kind is EventKind.STEP_FAILED and event.step is not None:
-                error = event.data.get("error")
-                if isinstance(error, dict):
-                    self._errors[event.step] = ErrorInfo.from_dict(error)
-            elif kind.ends_run:
-                record.finished_at = event.ts
-                record.status = {
-                    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
-                    EventKind.RUN_FAILED: RunStatus.FAILED,
-                    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
-                }[kind]
-                record.result = event.output
-                error = event.data.get("error")
-                record.error = error if isinstance(error, str) else None
+            fold.apply(record, self._steps, event)
             for queue in self._listeners:
                 queue.put_nowait(event)
         if record.status.finished and not self._done.done():
@@ -217,12 +204,13 @@ class RemoteRun(Run):
     async def result(self) -> Any:
         record = await self.wait()
         if record.status is not RunStatus.SUCCEEDED:
-            raise RunFailed(
-                self.run_id,
-                str(record.status),
-                self._errors,
-                None if self._errors else f"run {self.run_id} {record.status}",
-            )
+            errors = {
+                s.key: s.error
+                for s in self._steps.values()
+                if s.error is not None and s.status is StepStatus.FAILED
+            }
+            message = None if errors else f"run {self.run_id} {record.status}"
+            raise RunFailed(self.run_id, str(record.status), errors, message)
         return await self._executor._decode_result(record.result)
 
     async def events(self) -> AsyncIterator[Event]:
@@ -244,44 +232,10 @@ class RemoteRun(Run):
 
     async def steps(self) -> list[StepRecord]:
         """Step statuses as the events received so far tell them."""
-        records = {s.key: StepRecord(self.run_id, s.key, s.name, s.queue) for s in self.plan.steps}
-        for event in self._history:
-            record = records.get(event.step or "")
-            if record is not None:
-                _apply_step_event(record, event)
-        return list(records.values())
+        return [replace(step) for step in self._steps.values()]
 
     async def cancel(self) -> None:
         await self._executor._broadcast_cancel(self.run_id)
-
-
-_STEP_STATUS = {
-    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
-    EventKind.STEP_STARTED: StepStatus.RUNNING,
-    EventKind.STEP_RETRYING: StepStatus.RETRYING,
-    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
-    EventKind.STEP_FAILED: StepStatus.FAILED,
-    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
-    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
-}
-
-
-def _apply_step_event(record: StepRecord, event: Event) -> None:
-    status = _STEP_STATUS.get(event.kind)
-    if status is None or record.status.finished or event.attempt < record.attempts:
-        return
-    record.status = status
-    record.attempts = max(record.attempts, event.attempt)
-    if event.kind is EventKind.STEP_STARTED:
-        record.started_at = event.ts
-        worker = event.data.get("worker")
-        record.worker = worker if isinstance(worker, str) else None
-    elif event.kind in (EventKind.STEP_FAILED, EventKind.STEP_RETRYING):
-        error = event.data.get("error")
-        record.error = ErrorInfo.from_dict(error) if isinstance(error, dict) else None
-    if status.finished:
-        record.finished_at = event.ts
-        record.output = event.output
 
 
 class Executor:

@@ -4,11 +4,13 @@ Adapters: :mod:`aexec.store.memory`, :mod:`aexec.store.sqlite` (embedded mode) a
 :mod:`aexec.store.postgres`.  All pass ``tests/contract/test_store.py``.
 
 Writes go through :meth:`Store.append`: one call is one transaction (group commit), and the
-store applies each event to the run and step rows it concerns:
+store applies each event to the run and step rows it concerns (:mod:`aexec.store.fold` is
+this table in Python):
 
 ======================  =====================================================
 event                   row change
 ======================  =====================================================
+run_submitted           none
 run_started             run → running, started_at
 step_dispatched         step → queued, attempts = attempt
 step_started            step → running, started_at, worker (if that attempt is current)
@@ -19,6 +21,8 @@ step_skipped            step → skipped
 step_cancelled          step → cancelled
 run_succeeded           run → succeeded, result (the event's output), finished_at
 run_failed / cancelled  run → failed / cancelled, error, finished_at
+run_resumed             none
+step_progress           none
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than

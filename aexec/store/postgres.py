@@ -23,7 +23,6 @@ re-reads the log on each wake-up, and at least every ``FOLLOW_FALLBACK`` seconds
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -36,9 +35,9 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
-from aexec.events import Event, EventKind
+from aexec.events import Event
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord, sql
+from aexec.store import Opened, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -552,19 +551,13 @@ def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any
     steps: list[list[Any]] = [[] for _ in range(8)]
     runs: list[list[Any]] = [[] for _ in range(5)]
     for event in changes:
-        kind = event.kind
-        if kind in shared.STEP_STATUS:
-            error = None
-            if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
-                info = shared.error_info(event.data.get("error"))
-                error = None if info is None else json.dumps(info.to_dict())
-            worker = (
-                shared.text(event.data.get("worker")) if kind is EventKind.STEP_STARTED else None
-            )
-            row = (
+        worker, error = shared.change_data(event)
+        status = fold.STEP_STATUS.get(event.kind)
+        if status is not None:
+            row: tuple[Any, ...] = (
                 event.run_id,
                 event.step,
-                shared.STEP_STATUS[kind].value,
+                status.value,
                 event.attempt,
                 event.ts,
                 worker,
@@ -574,10 +567,7 @@ def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any
             for column, value in zip(steps, row, strict=True):
                 column.append(value)
         else:
-            run_error = None
-            if kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-                run_error = shared.text(event.data.get("error"))
-            row_ = (event.run_id, shared.RUN_STATUS[kind].value, event.ts, run_error, event.output)
-            for column, value in zip(runs, row_, strict=True):
+            row = (event.run_id, fold.RUN_STATUS[event.kind].value, event.ts, error, event.output)
+            for column, value in zip(runs, row, strict=True):
                 column.append(value)
     return steps, runs

@@ -20,7 +20,6 @@ cheap call, no read of the log unless the file changed).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from urllib.parse import unquote
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord, sql
+from aexec.store import Opened, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -98,7 +97,7 @@ class Queries(NamedTuple):
 SQL = sql.load(Queries, "sqlite.sql")
 
 ROW_CHANGES: dict[EventKind, str] = {
-    kind: getattr(SQL, kind.value) for kind in (*shared.RUN_STATUS, *shared.STEP_STATUS)
+    kind: getattr(SQL, kind.value) for kind in (*fold.RUN_STATUS, *fold.STEP_STATUS)
 }
 """The statement that applies each row-changing event: its section, named after its kind."""
 
@@ -206,7 +205,7 @@ class SqliteStore(Opened):
         conn = self._connection()
         if not events:
             return
-        logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
+        logged = _event_rows(events)
         updates = _row_updates(events)
         with self._errors("append events"), self._transaction(conn):
             try:
@@ -414,28 +413,28 @@ def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]
 
 
 def _row_params(event: Event) -> dict[str, Any]:
-    kind = event.kind
-    params = {
+    worker, error = shared.change_data(event)
+    return {
         "run_id": event.run_id,
         "step": event.step,
         "attempt": event.attempt,
         "ts": event.ts,
         "output": event.output,
-        "worker": None,
-        "error": None,
+        "worker": worker,
+        "error": error,
     }
-    if kind is EventKind.STEP_STARTED:
-        params["worker"] = shared.text(event.data.get("worker"))
-    elif kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
-        info = shared.error_info(event.data.get("error"))
-        params["error"] = None if info is None else json.dumps(info.to_dict())
-    elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-        params["error"] = shared.text(event.data.get("error"))
-    return params
 
 
-def _dump_data(event: Event) -> str | None:
-    return shared.dump_json(event.data, f"{event.kind} event data") if event.data else None
+def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """The ``insert_event`` parameters: run_id, ts, kind, step, attempt, data."""
+    return [
+        (e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e) if e.data else None)
+        for e in events
+    ]
+
+
+def _dump_data(event: Event) -> str:
+    return shared.dump_json(event.data, f"{event.kind} event data")
 
 
 class _SqliteWatch:

@@ -15,19 +15,23 @@ import datetime as dt
 import math
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aexec.config import Settings
 from aexec.errors import ConfigError, StoreError
-from aexec.events import Event, EventKind
+from aexec.events import Event, EventKind, from_record, to_record
+from aexec.executor import Executor, RemoteRun
 from aexec.plan import Plan, StepSpec, build
-from aexec.store import RunRecord, StepRecord, Store
+from aexec.store import RunRecord, StepRecord, Store, fold
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
 from aexec.store.sqlite import SqliteStore, from_url, migrations
@@ -948,47 +952,64 @@ async def test_close_and_open_again_keeps_the_data(store: Store) -> None:
     assert (await run_row(store)).status is RunStatus.RUNNING
 
 
-# -- the memory store mirrors SQLite ------------------------------------------------------
+# -- every store folds events as the pure fold does ----------------------------------------
 
 _event_specs = st.tuples(
     st.sampled_from(list(EventKind)),
-    st.sampled_from(["a", "b", "unknown"]),
+    st.sampled_from(["a", "b", "unknown", None]),
     st.integers(min_value=0, max_value=3),
+    st.sampled_from([{}, {"error": BOOM.to_dict(), "worker": "w"}, {"error": "bare", "worker": 7}]),
     st.booleans(),
 )
+_batches = st.lists(st.lists(_event_specs, max_size=6), max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
-@given(batches=st.lists(st.lists(_event_specs, max_size=6), max_size=6))
-def test_the_memory_store_matches_sqlite_on_any_event_sequence(
-    batches: list[list[tuple[EventKind, str, int, bool]]],
+def _events(
+    run_id: str, batches: list[list[tuple[EventKind, str | None, int, dict[str, Any], bool]]]
+) -> list[list[Event]]:
+    ts = 1000.0
+    made: list[list[Event]] = []
+    for batch in batches:
+        made.append([])
+        for kind, step, attempt, data, with_output in batch:
+            ts += 1.0
+            output = f"{ts}".encode() if with_output else None
+            made[-1].append(Event(kind, run_id, ts, step, attempt, dict(data), output))
+    return made
+
+
+def _folded(run: RunRecord, batches: list[list[Event]]) -> tuple[RunRecord, list[StepRecord]]:
+    steps = {s.key: StepRecord(run.run_id, s.key, s.name, s.queue) for s in PLAN.steps}
+    for batch in batches:
+        for event in batch:
+            fold.apply(run, steps, event)
+    return run, list(steps.values())
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # a new run per example
+)
+@given(batches=_batches)
+async def test_the_store_and_the_remote_view_fold_any_event_sequence_as_the_pure_fold(
+    store: Store, batches: list[list[tuple[EventKind, str | None, int, dict[str, Any], bool]]]
 ) -> None:
-    async def replay(s: Store) -> tuple[Any, ...]:
-        await s.open()
-        try:
-            await s.create_run(new_run(), PLAN)
-            ts = 0.0
-            for batch in batches:
-                events = []
-                for kind, step, attempt, with_data in batch:
-                    ts += 1.0
-                    data = {"error": BOOM.to_dict(), "worker": "w"} if with_data else {}
-                    events.append(
-                        Event(kind, "run-0001", ts, step, attempt, data, output=f"{ts}".encode())
-                    )
-                await s.append(events)
-            return (
-                await s.get_run("run-0001"),
-                await s.get_steps("run-0001"),
-                await s.get_events("run-0001"),
-            )
-        finally:
-            await s.close()
+    run_id = uuid.uuid4().hex
+    remote = RemoteRun(Executor(Settings()), run_id, PLAN, priority=3)
+    await store.create_run(new_run(run_id, priority=3), PLAN)
+    logged: list[Event] = []
+    for batch in _events(run_id, batches):
+        await store.append(batch)
+        remote._receive([from_record(run_id, to_record(e)) for e in batch])
+        logged += [replace(e, output=None) for e in batch]
 
-    async def both() -> None:
-        assert await replay(MemoryStore()) == await replay(SqliteStore(":memory:"))
-
-    asyncio.run(both())
+    run, steps = _folded(new_run(run_id, priority=3), _events(run_id, batches))
+    assert (await store.get_run(run_id), await store.get_steps(run_id)) == (run, steps)
+    remote_run = replace((await remote.wait()) if remote.status.finished else remote._record)
+    assert replace(remote_run, created_at=run.created_at) == run
+    assert await remote.steps() == steps
+    assert await store.get_events(run_id) == logged
 
 
 # -- SQLite specifics ---------------------------------------------------------------------

@@ -95,8 +95,8 @@ SELECT seq, run_id, ts, kind, step, attempt, data
 FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?
 
 -- == each event's row change ================================================================
--- One section per event kind that changes a row, named after it: the table in the
--- docstring of aexec.store, in SQL.  Kinds without a section here
+-- One section per event kind that changes a row, named after it: the table of
+-- aexec.store.fold (apply_to_run, apply_to_step) in SQL.  Kinds without a section here
 -- (run_submitted, run_resumed, step_progress) are logged and change no row.
 --
 -- A finished run never changes again; run_started moves only a pending run.
