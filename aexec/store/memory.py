@@ -64,7 +64,7 @@ class MemoryStore(Opened):
         self._open = False
         self._wakeups.notify_all()  # followers wake up and find the store closed
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -80,7 +80,14 @@ class MemoryStore(Opened):
             for s in plan.steps
         }
         record = replace(run, params={})
-        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps)
+        submitted = shared.submitted(run, plan)
+        submitted.seq = self._last_seq + 1
+        logged = _LoggedEvent(
+            submitted.seq, submitted.kind, submitted.ts, None, 0, json.dumps(submitted.data)
+        )
+        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps, [logged])
+        self._last_seq = submitted.seq
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         self._check_open()

@@ -231,7 +231,7 @@ class PostgresStore(Opened):
 
     # -- runs -------------------------------------------------------------------------------
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -239,6 +239,7 @@ class PostgresStore(Opened):
             )
         params = shared.dump_json(run.params, "run params")
         steps = plan.steps
+        submitted = shared.submitted(run, plan)
         async with self._transaction(f"create run {run.run_id!r}") as conn:
             await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
             created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
@@ -252,6 +253,8 @@ class PostgresStore(Opened):
                 [s.name for s in steps],
                 [s.queue for s in steps],
             )
+            submitted.seq = await conn.fetchval(SQL.insert_events, *_event_columns([submitted]))
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         self._check_open()

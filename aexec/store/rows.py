@@ -8,6 +8,7 @@ from typing import Any
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
+from aexec.plan import Plan
 from aexec.store import RunRecord, StepRecord, fold
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
@@ -30,6 +31,17 @@ def check_limit(limit: int) -> None:
 def check_lease(lease: float) -> None:
     if not lease > 0:  # NaN too
         raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+
+
+def submitted(run: RunRecord, plan: Plan) -> Event:
+    """The ``run_submitted`` event :meth:`~aexec.store.Store.create_run` logs as the run's
+    first: at its creation time, with its priority and its number of steps."""
+    return Event(
+        EventKind.RUN_SUBMITTED,
+        run.run_id,
+        run.created_at,
+        data={"priority": run.priority, "steps": len(plan.steps)},
+    )
 
 
 def change_rounds(events: Sequence[Event]) -> list[list[Event]]:

@@ -183,13 +183,14 @@ class SqliteStore(Opened):
             with self._errors("close the database"):
                 conn.close()
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         conn = self._connection()
         if run.plan_digest != plan.digest:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
         params = shared.dump_json(run.params, "run params")
+        submitted = shared.submitted(run, plan)
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
             if conn.execute(SQL.run_exists, (run.run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run.run_id!r} already exists")
@@ -200,6 +201,9 @@ class SqliteStore(Opened):
                 SQL.insert_step,
                 ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
             )
+            conn.execute(SQL.insert_event, _event_rows([submitted])[0])
+            submitted.seq = conn.execute(SQL.last_insert).fetchone()[0]
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         conn = self._connection()
