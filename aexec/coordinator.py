@@ -209,7 +209,7 @@ class Coordinator:
             known = record is not None and record.run_id == msg.run_id
         if not known:
             try:
-                run = await self.submit(plan, priority=msg.priority, run_id=msg.run_id)
+                await self.submit(plan, priority=msg.priority, run_id=msg.run_id, notify=msg.notify)
             except TransportError as exc:  # e.g. declaring its queues during a broker fault
                 log.warning(
                     "coordinator %s will take submission %s again: %s",
@@ -220,7 +220,6 @@ class Coordinator:
                 with contextlib.suppress(TransportError):
                     await delivery.reject(requeue=True)
                 return
-            run.notify = msg.notify
         await self._settle(delivery)
 
     async def _on_command(self, delivery: Delivery) -> None:
@@ -235,9 +234,17 @@ class Coordinator:
             await self.cancel(msg.run_id)
 
     async def submit(
-        self, plan: Plan, *, priority: int = 0, run_id: str | None = None
+        self,
+        plan: Plan,
+        *,
+        priority: int = 0,
+        run_id: str | None = None,
+        notify: str | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable."""
+        """Record a new run of ``plan`` and start it; returns once it is durable.
+
+        ``notify``: a remote client's queue, sent every event of the run from its
+        run_submitted on."""
         if self._scheduler is None:
             raise AexecError("the coordinator is not running (use `async with`)")
         run_id = run_id or uuid.uuid4().hex
@@ -256,8 +263,12 @@ class Coordinator:
         )
         for queue in plan.queues:
             await self._declare(queue)
-        await self._with_retry("create run", lambda: self.store.create_run(record, plan))
+        submitted = await self._with_retry(
+            "create run", lambda: self.store.create_run(record, plan)
+        )
         run = ActiveRun(run_id, plan, priority, RunState(plan, fail_fast=self.config.fail_fast))
+        run.notify = notify
+        await self._notify(run, [submitted])  # before the run starts: the client sees it first
         self._runs[run_id] = run
         self._post(("start", run_id))
         return run

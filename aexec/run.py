@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aexec.errors import AexecError, RunFailedError
-from aexec.events import Event, EventKind
+from aexec.events import Event
 from aexec.objects import ObjectStore, load_value
 from aexec.plan import Plan
-from aexec.store import RunRecord, StepRecord, Store
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.store import RunRecord, StepRecord, Store, fold
+from aexec.types import RunStatus, StepStatus
 
 if TYPE_CHECKING:
     from aexec.batch import ActiveRun
@@ -136,8 +137,8 @@ class RemoteRun:
             plan.parameters,
             created_at=time.time(),
         )
+        self._steps = {s.key: StepRecord(run_id, s.key, s.name, s.queue) for s in plan.steps}
         self._history: list[Event] = []
-        self._errors: dict[str, ErrorInfo] = {}
         self._listeners: list[asyncio.Queue[Any]] = []
         self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
 
@@ -147,29 +148,14 @@ class RemoteRun:
 
     def receive(self, events: list[Event]) -> None:
         """Take in events of this run as the coordinator service sent them (a batch that
-        was delivered again is ignored)."""
+        was delivered again is ignored): the run and its steps change as they do in the
+        store (:mod:`aexec.store.fold`)."""
         record = self._record
         for event in events:
             if event.seq and self._history and event.seq <= self._history[-1].seq:
                 continue  # a redelivered batch
             self._history.append(event)
-            kind = event.kind
-            if kind is EventKind.RUN_STARTED:
-                record.status, record.started_at = RunStatus.RUNNING, event.ts
-            elif kind is EventKind.STEP_FAILED and event.step is not None:
-                error = event.data.get("error")
-                if isinstance(error, dict):
-                    self._errors[event.step] = ErrorInfo.from_dict(error)
-            elif kind.ends_run:
-                record.finished_at = event.ts
-                record.status = {
-                    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
-                    EventKind.RUN_FAILED: RunStatus.FAILED,
-                    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
-                }[kind]
-                record.result = event.output
-                error = event.data.get("error")
-                record.error = error if isinstance(error, str) else None
+            fold.apply(record, self._steps, event)
             for queue in self._listeners:
                 queue.put_nowait(event)
         if record.status.finished and not self._done.done():
@@ -183,12 +169,13 @@ class RemoteRun:
     async def result(self) -> Any:
         record = await self.wait()
         if record.status is not RunStatus.SUCCEEDED:
-            raise RunFailedError(
-                self.run_id,
-                str(record.status),
-                self._errors,
-                None if self._errors else f"run {self.run_id} {record.status}",
-            )
+            errors = {
+                s.key: s.error
+                for s in self._steps.values()
+                if s.error is not None and s.status is StepStatus.FAILED
+            }
+            message = None if errors else f"run {self.run_id} {record.status}"
+            raise RunFailedError(self.run_id, str(record.status), errors, message)
         return None if record.result is None else await load_value(self._objects, record.result)
 
     async def events(self) -> AsyncIterator[Event]:
@@ -210,47 +197,13 @@ class RemoteRun:
 
     async def steps(self) -> list[StepRecord]:
         """Step statuses as the events received so far tell them."""
-        records = {s.key: StepRecord(self.run_id, s.key, s.name, s.queue) for s in self.plan.steps}
-        for event in self._history:
-            record = records.get(event.step or "")
-            if record is not None:
-                _apply_step_event(record, event)
-        return list(records.values())
+        return [replace(step) for step in self._steps.values()]
 
     async def cancel(self) -> None:
         await self._cancel(self.run_id)
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
-
-
-_STEP_STATUS = {
-    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
-    EventKind.STEP_STARTED: StepStatus.RUNNING,
-    EventKind.STEP_RETRYING: StepStatus.RETRYING,
-    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
-    EventKind.STEP_FAILED: StepStatus.FAILED,
-    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
-    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
-}
-
-
-def _apply_step_event(record: StepRecord, event: Event) -> None:
-    status = _STEP_STATUS.get(event.kind)
-    if status is None or record.status.finished or event.attempt < record.attempts:
-        return
-    record.status = status
-    record.attempts = max(record.attempts, event.attempt)
-    if event.kind is EventKind.STEP_STARTED:
-        record.started_at = event.ts
-        worker = event.data.get("worker")
-        record.worker = worker if isinstance(worker, str) else None
-    elif event.kind in (EventKind.STEP_FAILED, EventKind.STEP_RETRYING):
-        error = event.data.get("error")
-        record.error = ErrorInfo.from_dict(error) if isinstance(error, dict) else None
-    if status.finished:
-        record.finished_at = event.ts
-        record.output = event.output
 
 
 __all__ = ["LocalRun", "RemoteRun", "Run", "load_result"]

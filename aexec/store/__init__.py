@@ -4,12 +4,15 @@ Adapters: :mod:`aexec.store.memory`, :mod:`aexec.store.sqlite` (embedded mode) a
 :mod:`aexec.store.postgres`, chosen by URL with :func:`from_url`.  All pass
 ``tests/contract/test_store.py``.
 
-Writes go through :meth:`Store.append`: one call is one transaction (group commit), and the
-store applies each event to the run and step rows it concerns:
+:meth:`Store.create_run` logs the run's first event, ``run_submitted`` (data: ``priority``
+and ``steps``, the number of steps).  Other writes go through :meth:`Store.append`: one
+call is one transaction (group commit), and the store applies each event to the run and
+step rows it concerns (:mod:`aexec.store.fold` is this table in Python):
 
 ======================  =====================================================
 event                   row change
 ======================  =====================================================
+run_submitted           none (logged by create_run)
 run_started             run → running, started_at
 step_dispatched         step → queued, attempts = attempt
 step_started            step → running, started_at, worker (if that attempt is current)
@@ -20,6 +23,8 @@ step_skipped            step → skipped
 step_cancelled          step → cancelled
 run_succeeded           run → succeeded, result (the event's output), finished_at
 run_failed / cancelled  run → failed / cancelled, error, finished_at
+run_resumed             none
+step_progress           none
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
@@ -100,8 +105,10 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
-        """Record a new run, its pending steps, and its plan (stored once per digest).
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+        """Record a new run, its pending steps, its plan (stored once per digest), and log
+        the run's first event, ``run_submitted`` at ``run.created_at``, all in one
+        transaction; return that event (its ``seq`` assigned).
 
         ``run.owner`` and ``run.lease_until`` are stored as given: a coordinator creating a
         run usually owns it from the start."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord, fold
 from aexec.store import rows as shared
 from aexec.store.follow import TicketWatch, Wakeups, follow_log
 from aexec.types import RunStatus
@@ -64,7 +64,7 @@ class MemoryStore(Opened):
         self._open = False
         self._wakeups.notify_all()  # followers wake up and find the store closed
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -80,7 +80,14 @@ class MemoryStore(Opened):
             for s in plan.steps
         }
         record = replace(run, params={})
-        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps)
+        submitted = shared.submitted(run, plan)
+        submitted.seq = self._last_seq + 1
+        logged = _LoggedEvent(
+            submitted.seq, submitted.kind, submitted.ts, None, 0, json.dumps(submitted.data)
+        )
+        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps, [logged])
+        self._last_seq = submitted.seq
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         self._check_open()
@@ -99,12 +106,7 @@ class MemoryStore(Opened):
             run.events.append(
                 _LoggedEvent(first + i, event.kind, event.ts, event.step, event.attempt, data)
             )
-            if event.kind in shared.STEP_STATUS:
-                step = run.steps.get(event.step) if event.step is not None else None
-                if step is not None:
-                    _apply_to_step(step, event)
-            else:
-                _apply_to_run(run.record, event)
+            fold.apply(run.record, run.steps, event)
         self._last_seq = first + len(events) - 1
         for i, event in enumerate(events):
             event.seq = first + i
@@ -228,42 +230,6 @@ class MemoryStore(Opened):
     def _check_open(self) -> None:
         if not self._open:
             raise StoreError(f"{self!r} is not open")
-
-
-def _apply_to_step(step: StepRecord, event: Event) -> None:
-    """Compare-and-set: only the current (or a newer) attempt of an unfinished step."""
-    if step.status.finished or event.attempt < step.attempts:
-        return
-    kind = event.kind
-    step.status = shared.STEP_STATUS[kind]
-    step.attempts = event.attempt
-    if kind is EventKind.STEP_STARTED:
-        step.started_at = event.ts
-        step.worker = shared.text(event.data.get("worker"))
-    elif kind is EventKind.STEP_RETRYING:
-        step.error = shared.error_info(event.data.get("error"))
-    elif kind is EventKind.STEP_SUCCEEDED:
-        step.output = event.output
-        step.finished_at = event.ts
-        step.error = None
-    elif kind is EventKind.STEP_FAILED:
-        step.error = shared.error_info(event.data.get("error"))
-        step.finished_at = event.ts
-
-
-def _apply_to_run(run: RunRecord, event: Event) -> None:
-    """A finished run never changes; run_started only moves a pending run."""
-    kind = event.kind
-    if kind is EventKind.RUN_STARTED and run.status == RunStatus.PENDING:
-        run.status = RunStatus.RUNNING
-        run.started_at = event.ts
-    elif kind.ends_run and not run.status.finished:
-        run.status = shared.RUN_STATUS[kind]
-        run.finished_at = event.ts
-        if kind is EventKind.RUN_SUCCEEDED:
-            run.result = event.output
-        else:
-            run.error = shared.text(event.data.get("error"))
 
 
 def _copy_run(run: _Run) -> RunRecord:

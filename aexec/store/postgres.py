@@ -23,7 +23,6 @@ re-reads the log on each wake-up, and at least every ``FOLLOW_FALLBACK`` seconds
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -36,9 +35,9 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
-from aexec.events import Event, EventKind
+from aexec.events import Event
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -59,7 +58,6 @@ MIGRATION_LOCK = 0x6165786563
 """The ``pg_advisory_xact_lock`` key held while migrating ("aexec" in ASCII)."""
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
-_SECTION = re.compile(r"--\s*name:\s*(\w+)\s*")
 
 # Failures that say "not now" rather than "never": the caller retries them.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -83,8 +81,7 @@ T = TypeVar("T")
 
 
 class Queries(NamedTuple):
-    """The named sections of ``sql/postgres.sql``; a missing or unknown name fails at
-    import."""
+    """The statements of ``sql/postgres.sql``, one per section (:mod:`aexec.store.sql`)."""
 
     lock_migrations: str
     create_migrations_table: str
@@ -109,31 +106,8 @@ class Queries(NamedTuple):
     renew_leases: str
     release_runs: str
 
-    @classmethod
-    def parse(cls, text: str) -> Queries:
-        sections: dict[str, list[str]] = {}
-        lines: list[str] | None = None
-        for line in text.splitlines():
-            match = _SECTION.fullmatch(line)
-            if match is not None:
-                lines = sections.setdefault(match.group(1), [])
-            elif lines is not None:
-                lines.append(line)
-        names = set(sections)
-        if names != set(cls._fields):
-            missing, unknown = set(cls._fields) - names, names - set(cls._fields)
-            raise RuntimeError(
-                f"postgres.sql: missing {missing or '{}'}, unknown {unknown or '{}'}"
-            )
-        return cls(**{name: "\n".join(body).strip() for name, body in sections.items()})
 
-
-def _read_queries() -> Queries:
-    path = resources.files("aexec.store").joinpath("sql").joinpath("postgres.sql")
-    return Queries.parse(path.read_text(encoding="utf-8"))
-
-
-SQL = _read_queries()
+SQL = sql.load(Queries, "postgres.sql")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +231,7 @@ class PostgresStore(Opened):
 
     # -- runs -------------------------------------------------------------------------------
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -265,6 +239,7 @@ class PostgresStore(Opened):
             )
         params = shared.dump_json(run.params, "run params")
         steps = plan.steps
+        submitted = shared.submitted(run, plan)
         async with self._transaction(f"create run {run.run_id!r}") as conn:
             await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
             created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
@@ -278,6 +253,8 @@ class PostgresStore(Opened):
                 [s.name for s in steps],
                 [s.queue for s in steps],
             )
+            submitted.seq = await conn.fetchval(SQL.insert_events, *_event_columns([submitted]))
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         self._check_open()
@@ -577,19 +554,13 @@ def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any
     steps: list[list[Any]] = [[] for _ in range(8)]
     runs: list[list[Any]] = [[] for _ in range(5)]
     for event in changes:
-        kind = event.kind
-        if kind in shared.STEP_STATUS:
-            error = None
-            if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
-                info = shared.error_info(event.data.get("error"))
-                error = None if info is None else json.dumps(info.to_dict())
-            worker = (
-                shared.text(event.data.get("worker")) if kind is EventKind.STEP_STARTED else None
-            )
-            row = (
+        worker, error = shared.change_data(event)
+        status = fold.STEP_STATUS.get(event.kind)
+        if status is not None:
+            row: tuple[Any, ...] = (
                 event.run_id,
                 event.step,
-                shared.STEP_STATUS[kind].value,
+                status.value,
                 event.attempt,
                 event.ts,
                 worker,
@@ -599,10 +570,7 @@ def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any
             for column, value in zip(steps, row, strict=True):
                 column.append(value)
         else:
-            run_error = None
-            if kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-                run_error = shared.text(event.data.get("error"))
-            row_ = (event.run_id, shared.RUN_STATUS[kind].value, event.ts, run_error, event.output)
-            for column, value in zip(runs, row_, strict=True):
+            row = (event.run_id, fold.RUN_STATUS[event.kind].value, event.ts, error, event.output)
+            for column, value in zip(runs, row, strict=True):
                 column.append(value)
     return steps, runs

@@ -8,21 +8,9 @@ from typing import Any
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
-from aexec.store import RunRecord, StepRecord
+from aexec.plan import Plan
+from aexec.store import RunRecord, StepRecord, fold
 from aexec.types import ErrorInfo, RunStatus, StepStatus
-
-
-def error_info(value: Any) -> ErrorInfo | None:
-    """A step event's ``data["error"]``: ``ErrorInfo.to_dict()``, or a bare message."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return ErrorInfo.from_dict(value)
-    return ErrorInfo("Error", str(value))
-
-
-def text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def dump_json(value: dict[str, Any], what: str) -> str:
@@ -45,24 +33,15 @@ def check_lease(lease: float) -> None:
         raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
 
 
-STEP_STATUS: dict[EventKind, StepStatus] = {
-    EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
-    EventKind.STEP_STARTED: StepStatus.RUNNING,
-    EventKind.STEP_RETRYING: StepStatus.RETRYING,
-    EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
-    EventKind.STEP_FAILED: StepStatus.FAILED,
-    EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
-    EventKind.STEP_CANCELLED: StepStatus.CANCELLED,
-}
-"""The status each step event moves its step to (when its attempt is current)."""
-
-RUN_STATUS: dict[EventKind, RunStatus] = {
-    EventKind.RUN_STARTED: RunStatus.RUNNING,
-    EventKind.RUN_SUCCEEDED: RunStatus.SUCCEEDED,
-    EventKind.RUN_FAILED: RunStatus.FAILED,
-    EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
-}
-"""The status each run event moves its run to (run_started: only a pending run)."""
+def submitted(run: RunRecord, plan: Plan) -> Event:
+    """The ``run_submitted`` event :meth:`~aexec.store.Store.create_run` logs as the run's
+    first: at its creation time, with its priority and its number of steps."""
+    return Event(
+        EventKind.RUN_SUBMITTED,
+        run.run_id,
+        run.created_at,
+        data={"priority": run.priority, "steps": len(plan.steps)},
+    )
 
 
 def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
@@ -75,19 +54,38 @@ def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
     """
     rounds: list[list[Event]] = []
     changes: dict[tuple[str, str | None], int] = {}
-    for event in events:
-        if event.kind in STEP_STATUS and event.step is not None:
+    step_kinds, run_kinds = fold.STEP_STATUS, fold.RUN_STATUS
+    for event in events:  # which row each event changes, as fold.apply decides
+        if event.kind in step_kinds:
+            if event.step is None:
+                continue
             row: tuple[str, str | None] = (event.run_id, event.step)
-        elif event.kind in RUN_STATUS:
+        elif event.kind in run_kinds:
             row = (event.run_id, None)
         else:
-            continue  # logged only: run_submitted, step_progress, a step event naming no step
+            continue  # logged only: run_submitted, run_resumed, step_progress
         n = changes.get(row, 0)
         changes[row] = n + 1
         if n == len(rounds):
             rounds.append([])
         rounds[n].append(event)
     return rounds
+
+
+def change_data(event: Event) -> tuple[str | None, str | None]:
+    """``(worker, error)``: what a row-changing event's data gives the SQL that applies it,
+    as :mod:`~aexec.store.fold` reads it: the worker of step_started, the error of
+    step_retrying and step_failed (as ``ErrorInfo`` JSON), the message of run_failed and
+    run_cancelled; None for the rest."""
+    kind = event.kind
+    if kind is EventKind.STEP_STARTED:
+        return fold.step_worker(event), None
+    if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
+        info = fold.step_error(event)
+        return None, None if info is None else json.dumps(info.to_dict())
+    if kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
+        return None, fold.run_error(event)
+    return None, None
 
 
 # Rows as both SQL stores select them (the column order of their queries).

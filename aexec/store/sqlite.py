@@ -6,7 +6,8 @@ is one transaction however many events it carries.  The database runs in WAL mod
 ``synchronous=NORMAL``, so readers (``aexec runs list`` in another process) never block the
 writer.
 
-The schema comes from the numbered plain-SQL files in ``migrations/sqlite/``.  ``open()``
+The statements live in ``sql/sqlite.sql``, one named section each (as PostgreSQL's); the
+schema comes from the numbered plain-SQL files in ``migrations/sqlite/``.  ``open()``
 applies the missing ones in a ``BEGIN IMMEDIATE`` transaction (two processes opening the
 same new file do not race) and records the schema version in ``PRAGMA user_version``;
 ``migrations/sqlite/schema.sql`` is the schema they add up to, for reading.
@@ -19,7 +20,6 @@ cheap call, no read of the log unless the file changed).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -29,13 +29,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord
+from aexec.store import Opened, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -51,106 +51,55 @@ FOLLOW_POLL_INTERVAL = 0.2
 
 _MIGRATION_FILE = re.compile(r"(\d{4})_\w+\.sql")
 
-# -- writes -------------------------------------------------------------------------------
 
-INSERT_PLAN = "INSERT INTO plans (digest, pipeline, data) VALUES (?, ?, ?)"
-PLAN_EXISTS = "SELECT 1 FROM plans WHERE digest = ?"
-RUN_EXISTS = "SELECT 1 FROM runs WHERE run_id = ?"
-INSERT_RUN = """
-INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
-                  started_at, finished_at, result, error, owner, lease_until)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-INSERT_STEP = """
-INSERT INTO steps (run_id, position, key, name, queue, status)
-VALUES (?, ?, ?, ?, ?, 'pending')
-"""
-INSERT_EVENT = """
-INSERT INTO events (run_id, ts, kind, step, attempt, data) VALUES (?, ?, ?, ?, ?, ?)
-"""
-LAST_INSERT = "SELECT last_insert_rowid()"
+class Queries(NamedTuple):
+    """The statements of ``sql/sqlite.sql``, one per section (:mod:`aexec.store.sql`)."""
 
-# Each event's row change.  Step changes are compare-and-set: only the current (or a newer)
-# attempt of an unfinished step moves it.  A finished run never changes again.
-# (ORs, not IN: SQLite builds a temporary table for an IN list on every execution, which
-# doubled the cost of these hot-path updates.)
-_STEP_IS_CURRENT = """
-WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
-  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
-"""
-_RUN_IS_UNFINISHED = """
-WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
-"""
+    use_wal: str
+    sync_normal: str
+    check_foreign_keys: str
+    data_version: str
+    schema_version: str
+    set_schema_version: str
+    insert_plan: str
+    plan_exists: str
+    run_exists: str
+    insert_run: str
+    insert_step: str
+    get_run: str
+    run_ids_from: str
+    list_runs: str
+    list_runs_by_status: str
+    run_status: str
+    get_steps: str
+    get_plan: str
+    insert_event: str
+    last_insert: str
+    get_events: str
+    run_started: str
+    run_succeeded: str
+    run_failed: str
+    run_cancelled: str
+    step_dispatched: str
+    step_started: str
+    step_retrying: str
+    step_succeeded: str
+    step_failed: str
+    step_skipped: str
+    step_cancelled: str
+    claimable_runs: str
+    claim_run: str
+    renew_leases: str
+    release_runs: str
+    release_run: str
 
 
-def _update_step(assignments: str) -> str:
-    return f"UPDATE steps SET attempts = :attempt, {assignments}{_STEP_IS_CURRENT}"
+SQL = sql.load(Queries, "sqlite.sql")
 
-
-def _finish_run(assignments: str) -> str:
-    return f"UPDATE runs SET finished_at = :ts, {assignments}{_RUN_IS_UNFINISHED}"
-
-
-ROW_UPDATES: dict[EventKind, str] = {
-    EventKind.RUN_STARTED: """
-        UPDATE runs SET status = 'running', started_at = :ts
-        WHERE run_id = :run_id AND status = 'pending'
-    """,
-    EventKind.RUN_SUCCEEDED: _finish_run("status = 'succeeded', result = :output"),
-    EventKind.RUN_FAILED: _finish_run("status = 'failed', error = :error"),
-    EventKind.RUN_CANCELLED: _finish_run("status = 'cancelled', error = :error"),
-    EventKind.STEP_DISPATCHED: _update_step("status = 'queued'"),
-    EventKind.STEP_STARTED: _update_step("status = 'running', started_at = :ts, worker = :worker"),
-    EventKind.STEP_RETRYING: _update_step("status = 'retrying', error = :error"),
-    EventKind.STEP_SUCCEEDED: _update_step(
-        "status = 'succeeded', output = :output, finished_at = :ts, error = NULL"
-    ),
-    EventKind.STEP_FAILED: _update_step("status = 'failed', error = :error, finished_at = :ts"),
-    EventKind.STEP_SKIPPED: _update_step("status = 'skipped'"),
-    EventKind.STEP_CANCELLED: _update_step("status = 'cancelled'"),
+ROW_CHANGES: dict[EventKind, str] = {
+    kind: getattr(SQL, kind.value) for kind in (*fold.RUN_STATUS, *fold.STEP_STATUS)
 }
-"""Kinds missing here (run_submitted, step_progress) are logged and change no row."""
-
-
-# -- leases -------------------------------------------------------------------------------
-
-_UNFINISHED = "(status = 'pending' OR status = 'running')"  # as in the partial indexes
-# -- reads --------------------------------------------------------------------------------
-
-_RUN_COLUMNS = """
-run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-finished_at, result, error, owner, lease_until
-"""
-GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
-# Ids sharing a prefix sort together, right after the prefix itself.
-RUN_IDS_FROM = "SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2"
-LIST_RUNS = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?"
-LIST_RUNS_BY_STATUS = f"""
-SELECT {_RUN_COLUMNS} FROM runs WHERE status = ?
-ORDER BY created_at DESC, rowid DESC LIMIT ?
-"""
-GET_STEPS = """
-SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-       output
-FROM steps WHERE run_id = ? ORDER BY position
-"""
-GET_EVENTS = """
-SELECT seq, run_id, ts, kind, step, attempt, data
-FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?
-"""
-GET_PLAN = "SELECT data FROM plans WHERE digest = ?"
-RUN_STATUS = "SELECT status FROM runs WHERE run_id = ?"
-CLAIMABLE_RUNS = f"""
-SELECT {_RUN_COLUMNS} FROM runs
-WHERE {_UNFINISHED} AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)
-ORDER BY created_at, rowid LIMIT ?
-"""
-CLAIM_RUN = "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?"
-RENEW_LEASES = f"""
-UPDATE runs SET lease_until = ? WHERE owner = ? AND {_UNFINISHED} RETURNING run_id
-"""
-RELEASE_RUNS = f"UPDATE runs SET lease_until = 0 WHERE owner = ? AND {_UNFINISHED}"
-RELEASE_RUN = f"{RELEASE_RUNS} AND run_id = ?"
+"""The statement that applies each row-changing event: its section, named after its kind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +133,8 @@ def migrations() -> list[Migration]:
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.fullmatch(entry.name)
         if match is not None:
-            sql = entry.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), entry.name, sql))
+            text = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(match.group(1)), entry.name, text))
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
@@ -234,42 +183,46 @@ class SqliteStore(Opened):
             with self._errors("close the database"):
                 conn.close()
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> None:
+    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
         conn = self._connection()
         if run.plan_digest != plan.digest:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
         params = shared.dump_json(run.params, "run params")
+        submitted = shared.submitted(run, plan)
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
-            if conn.execute(RUN_EXISTS, (run.run_id,)).fetchone() is not None:
+            if conn.execute(SQL.run_exists, (run.run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run.run_id!r} already exists")
-            if conn.execute(PLAN_EXISTS, (plan.digest,)).fetchone() is None:
-                conn.execute(INSERT_PLAN, (plan.digest, plan.pipeline, plan.to_bytes()))
-            conn.execute(INSERT_RUN, shared.run_columns(run, params))
+            if conn.execute(SQL.plan_exists, (plan.digest,)).fetchone() is None:
+                conn.execute(SQL.insert_plan, (plan.digest, plan.pipeline, plan.to_bytes()))
+            conn.execute(SQL.insert_run, shared.run_columns(run, params))
             conn.executemany(
-                INSERT_STEP,
+                SQL.insert_step,
                 ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
             )
+            conn.execute(SQL.insert_event, _event_rows([submitted])[0])
+            submitted.seq = conn.execute(SQL.last_insert).fetchone()[0]
+        return submitted
 
     async def append(self, events: Sequence[Event]) -> None:
         conn = self._connection()
         if not events:
             return
-        logged = [(e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e)) for e in events]
+        logged = _event_rows(events)
         updates = _row_updates(events)
         with self._errors("append events"), self._transaction(conn):
             try:
-                conn.executemany(INSERT_EVENT, logged)
+                conn.executemany(SQL.insert_event, logged)
             except sqlite3.IntegrityError as exc:  # events.run_id is a foreign key
                 for run_id in dict.fromkeys(e.run_id for e in events):
-                    if conn.execute(RUN_EXISTS, (run_id,)).fetchone() is None:
+                    if conn.execute(SQL.run_exists, (run_id,)).fetchone() is None:
                         raise StoreError(f"cannot append events: unknown run {run_id!r}") from exc
                 raise
             # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
-            first = conn.execute(LAST_INSERT).fetchone()[0] - len(logged) + 1
-            for sql, rows in updates:
-                conn.executemany(sql, rows)
+            first = conn.execute(SQL.last_insert).fetchone()[0] - len(logged) + 1
+            for statement, rows in updates:
+                conn.executemany(statement, rows)
         for i, event in enumerate(events):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
@@ -278,14 +231,14 @@ class SqliteStore(Opened):
     async def get_run(self, run_id: str) -> RunRecord | None:
         conn = self._connection()
         with self._errors(f"read run {run_id!r}"):
-            row = conn.execute(GET_RUN, (run_id,)).fetchone()
+            row = conn.execute(SQL.get_run, (run_id,)).fetchone()
             if row is None and len(run_id) >= 4:
-                following = conn.execute(RUN_IDS_FROM, (run_id,)).fetchall()
+                following = conn.execute(SQL.run_ids_from, (run_id,)).fetchall()
                 matches = [rid for (rid,) in following if rid.startswith(run_id)]
                 if len(matches) > 1:
                     raise StoreError(f"run id prefix {run_id!r} is ambiguous")
                 if matches:
-                    row = conn.execute(GET_RUN, (matches[0],)).fetchone()
+                    row = conn.execute(SQL.get_run, (matches[0],)).fetchone()
         return None if row is None else shared.run_record(row)
 
     async def list_runs(
@@ -295,15 +248,15 @@ class SqliteStore(Opened):
         shared.check_limit(limit)
         with self._errors("list runs"):
             if status is None:
-                rows = conn.execute(LIST_RUNS, (limit,)).fetchall()
+                rows = conn.execute(SQL.list_runs, (limit,)).fetchall()
             else:
-                rows = conn.execute(LIST_RUNS_BY_STATUS, (status.value, limit)).fetchall()
+                rows = conn.execute(SQL.list_runs_by_status, (status.value, limit)).fetchall()
         return [shared.run_record(row) for row in rows]
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         conn = self._connection()
         with self._errors(f"read the steps of run {run_id!r}"):
-            rows = conn.execute(GET_STEPS, (run_id,)).fetchall()
+            rows = conn.execute(SQL.get_steps, (run_id,)).fetchall()
         return [shared.step_record(row) for row in rows]
 
     async def get_events(
@@ -313,13 +266,13 @@ class SqliteStore(Opened):
         if limit is not None:
             shared.check_limit(limit)
         with self._errors(f"read the events of run {run_id!r}"):
-            rows = conn.execute(GET_EVENTS, (run_id, after, -1 if limit is None else limit))
+            rows = conn.execute(SQL.get_events, (run_id, after, -1 if limit is None else limit))
             return [shared.event(row) for row in rows]
 
     async def get_plan(self, digest: str) -> Plan | None:
         conn = self._connection()
         with self._errors(f"read plan {digest!r}"):
-            row = conn.execute(GET_PLAN, (digest,)).fetchone()
+            row = conn.execute(SQL.get_plan, (digest,)).fetchone()
         return None if row is None else Plan.from_bytes(row[0])
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[Event]:
@@ -329,7 +282,7 @@ class SqliteStore(Opened):
         async def finished() -> bool:
             conn = self._connection()
             with self._errors(f"read run {run_id!r}"):
-                row = conn.execute(RUN_STATUS, (run_id,)).fetchone()
+                row = conn.execute(SQL.run_status, (run_id,)).fetchone()
             if row is None:
                 raise StoreError(f"cannot follow run {run_id!r}: no such run")
             return RunStatus(row[0]).finished
@@ -345,26 +298,27 @@ class SqliteStore(Opened):
         shared.check_limit(limit)
         with self._errors("acquire runs"), self._transaction(conn):
             now = time.time()  # read under the write lock: no other claim is in between
-            claimed = [shared.run_record(row) for row in conn.execute(CLAIMABLE_RUNS, (now, limit))]
+            rows = conn.execute(SQL.claimable_runs, (now, limit))
+            claimed = [shared.run_record(row) for row in rows]
             for run in claimed:
                 run.owner, run.lease_until = owner, now + lease
-            conn.executemany(CLAIM_RUN, ((owner, now + lease, r.run_id) for r in claimed))
+            conn.executemany(SQL.claim_run, ((owner, now + lease, r.run_id) for r in claimed))
         return claimed
 
     async def renew_leases(self, owner: str, lease: float) -> set[str]:
         conn = self._connection()
         shared.check_lease(lease)
         with self._errors("renew leases"), self._transaction(conn):
-            rows = conn.execute(RENEW_LEASES, (time.time() + lease, owner)).fetchall()
+            rows = conn.execute(SQL.renew_leases, (time.time() + lease, owner)).fetchall()
         return {run_id for (run_id,) in rows}
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         conn = self._connection()
         with self._errors("release runs"), self._transaction(conn):
             if run_ids is None:
-                conn.execute(RELEASE_RUNS, (owner,))
+                conn.execute(SQL.release_runs, (owner,))
             else:
-                conn.executemany(RELEASE_RUN, ((owner, run_id) for run_id in run_ids))
+                conn.executemany(SQL.release_run, ((owner, run_id) for run_id in run_ids))
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -372,7 +326,7 @@ class SqliteStore(Opened):
         """Changes when another connection commits to the file (not when this one does)."""
         conn = self._connection()
         with self._errors("poll the database"):
-            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+            version: int = conn.execute(SQL.data_version).fetchone()[0]
         return version
 
     def _connection(self) -> sqlite3.Connection:
@@ -391,9 +345,9 @@ class SqliteStore(Opened):
             # isolation_level=None: no implicit transactions; this module issues BEGIN itself.
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute(SQL.use_wal)
+                conn.execute(SQL.sync_normal)
+                conn.execute(SQL.check_foreign_keys)
                 self._migrate(conn)
             except BaseException:
                 conn.close()
@@ -410,10 +364,10 @@ class SqliteStore(Opened):
                 log.info("applying migration %s to %s", migration.name, self.path)
                 for statement in migration.statements():
                     conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {migration.version:d}")
+                conn.execute(SQL.set_schema_version.format(version=migration.version))
 
     def _schema_version(self, conn: sqlite3.Connection, supported: int) -> int:
-        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        version: int = conn.execute(SQL.schema_version).fetchone()[0]
         if version > supported:
             raise StoreError(
                 f"{self.path}: schema version {version} is newer than this aexec "
@@ -457,34 +411,34 @@ def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]
     for changes in shared.change_rounds(events):
         by_statement: dict[str, list[dict[str, Any]]] = {}
         for event in changes:
-            by_statement.setdefault(ROW_UPDATES[event.kind], []).append(_row_params(event))
+            by_statement.setdefault(ROW_CHANGES[event.kind], []).append(_row_params(event))
         updates.extend(by_statement.items())
     return updates
 
 
 def _row_params(event: Event) -> dict[str, Any]:
-    kind = event.kind
-    params = {
+    worker, error = shared.change_data(event)
+    return {
         "run_id": event.run_id,
         "step": event.step,
         "attempt": event.attempt,
         "ts": event.ts,
         "output": event.output,
-        "worker": None,
-        "error": None,
+        "worker": worker,
+        "error": error,
     }
-    if kind is EventKind.STEP_STARTED:
-        params["worker"] = shared.text(event.data.get("worker"))
-    elif kind is EventKind.STEP_FAILED or kind is EventKind.STEP_RETRYING:
-        info = shared.error_info(event.data.get("error"))
-        params["error"] = None if info is None else json.dumps(info.to_dict())
-    elif kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-        params["error"] = shared.text(event.data.get("error"))
-    return params
 
 
-def _dump_data(event: Event) -> str | None:
-    return shared.dump_json(event.data, f"{event.kind} event data") if event.data else None
+def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """The ``insert_event`` parameters: run_id, ts, kind, step, attempt, data."""
+    return [
+        (e.run_id, e.ts, e.kind.value, e.step, e.attempt, _dump_data(e) if e.data else None)
+        for e in events
+    ]
+
+
+def _dump_data(event: Event) -> str:
+    return shared.dump_json(event.data, f"{event.kind} event data")
 
 
 class _SqliteWatch:

@@ -15,19 +15,23 @@ import datetime as dt
 import math
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aexec.errors import ConfigError, StoreError
-from aexec.events import Event, EventKind
+from aexec.events import Event, EventKind, from_record, to_record
+from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan, StepSpec, build
-from aexec.store import RunRecord, StepRecord, Store
+from aexec.run import RemoteRun
+from aexec.store import RunRecord, StepRecord, Store, fold
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
 from aexec.store.sqlite import SqliteStore, from_url, migrations
@@ -113,6 +117,13 @@ async def run_row(store: Store, run_id: str = "run-0001") -> RunRecord:
     return run
 
 
+async def appended(store: Store, run_id: str = "run-0001") -> list[Event]:
+    """The run's events after the run_submitted that creating it logged."""
+    events = await store.get_events(run_id)
+    assert events[0].kind is K.RUN_SUBMITTED
+    return events[1:]
+
+
 # -- runs ---------------------------------------------------------------------------------
 
 
@@ -165,6 +176,27 @@ async def test_creating_a_run_twice_is_a_store_error(store: Store) -> None:
     with pytest.raises(StoreError, match="already exists"):
         await store.create_run(new_run(priority=3), PLAN)
     assert (await run_row(store)).priority == 0
+
+
+async def test_creating_a_run_logs_run_submitted_as_its_first_event(store: Store) -> None:
+    submitted = await store.create_run(new_run(priority=7, created_at=12.5), PLAN)
+    assert submitted == Event(
+        K.RUN_SUBMITTED, "run-0001", 12.5, data={"priority": 7, "steps": 2}, seq=submitted.seq
+    )
+    assert submitted.seq > 0
+    assert await store.get_events("run-0001") == [submitted]
+    await store.append([ev(K.RUN_STARTED)])
+    assert [e.kind for e in await store.get_events("run-0001")] == [K.RUN_SUBMITTED, K.RUN_STARTED]
+
+
+async def test_a_run_that_cannot_be_created_logs_nothing(store: Store) -> None:
+    first = await store.create_run(new_run(), PLAN)
+    with pytest.raises(StoreError, match="already exists"):
+        await store.create_run(new_run(priority=3), PLAN)
+    with pytest.raises(StoreError, match="JSON"):
+        await store.create_run(new_run("run-0002", params={(1, 2): "tuple key"}), PLAN)
+    assert await store.get_events("run-0001") == [first]
+    assert await store.get_events("run-0002") == []
 
 
 async def test_a_run_must_name_the_digest_of_its_plan(store: Store) -> None:
@@ -287,7 +319,7 @@ async def test_run_submitted_is_logged_and_changes_no_row(store: Store) -> None:
     await store.create_run(new_run(), PLAN)
     await store.append([ev(K.RUN_SUBMITTED)])
     assert await run_row(store) == new_run()
-    assert [e.kind for e in await store.get_events("run-0001")] == [K.RUN_SUBMITTED]
+    assert [e.kind for e in await appended(store)] == [K.RUN_SUBMITTED]
 
 
 async def test_run_started_makes_the_run_running(store: Store) -> None:
@@ -456,7 +488,7 @@ async def test_a_finished_run_never_changes_again(store: Store) -> None:
         300.0,
         150.0,
     )
-    assert len(await store.get_events("run-0001")) == 5
+    assert len(await appended(store)) == 5
 
 
 async def test_events_of_one_batch_apply_in_order(store: Store) -> None:
@@ -493,7 +525,7 @@ async def test_one_batch_may_carry_events_of_several_runs(store: Store) -> None:
     assert (await step_row(store, "a", "r1")).status is StepStatus.SUCCEEDED
     r2a = await step_row(store, "a", "r2")
     assert (r2a.status, r2a.attempts) == (StepStatus.QUEUED, 3)
-    assert [e.kind for e in await store.get_events("r2")] == [K.STEP_DISPATCHED]
+    assert [e.kind for e in await appended(store, "r2")] == [K.STEP_DISPATCHED]
 
 
 async def test_an_event_for_an_unknown_step_is_logged_and_changes_no_row(store: Store) -> None:
@@ -604,30 +636,31 @@ async def test_seqs_increase_within_each_run_of_an_interleaved_log(store: Store)
         await store.append([ev(K.STEP_PROGRESS, "a", run_id="r1")])
         await store.append([ev(K.STEP_PROGRESS, "a", run_id="r2")])
     for run_id in ("r1", "r2"):
-        seqs = [e.seq for e in await store.get_events(run_id)]
+        seqs = [e.seq for e in await appended(store, run_id)]
         assert len(seqs) == 3
         assert seqs == sorted(set(seqs))
 
 
 async def test_get_events_returns_what_was_appended_oldest_first(store: Store) -> None:
     await store.create_run(new_run(), PLAN)
-    appended = [
+    batch = [
         ev(K.RUN_STARTED, ts=1.5),
         ev(K.STEP_DISPATCHED, "a", 1, ts=2.5, queue="default"),
         ev(K.STEP_STARTED, "a", 1, ts=3.5, worker="w-1", pid=42),
     ]
-    await store.append(appended)
-    events = await store.get_events("run-0001")
-    assert events == appended
+    await store.append(batch)
+    events = await appended(store)
+    assert events == batch
     assert all(isinstance(e.kind, EventKind) for e in events)
 
 
 async def test_get_events_pages_with_after_and_limit(store: Store) -> None:
-    await store.create_run(new_run(), PLAN)
+    submitted = await store.create_run(new_run(), PLAN)
     batch = [ev(K.STEP_PROGRESS, "a", ts=float(i), i=i) for i in range(10)]
     await store.append(batch)
     seqs = [e.seq for e in batch]
-    assert [e.seq for e in await store.get_events("run-0001", limit=3)] == seqs[:3]
+    first = await store.get_events("run-0001", after=submitted.seq, limit=3)
+    assert [e.seq for e in first] == seqs[:3]
     page = await store.get_events("run-0001", after=seqs[2], limit=4)
     assert [e.data["i"] for e in page] == [3, 4, 5, 6]
     assert [e.seq for e in await store.get_events("run-0001", after=seqs[6])] == seqs[7:]
@@ -661,7 +694,7 @@ async def test_logged_error_data_round_trips(store: Store) -> None:
 async def test_an_empty_batch_is_a_no_op(store: Store) -> None:
     await store.create_run(new_run(), PLAN)
     await store.append([])
-    assert await store.get_events("run-0001") == []
+    assert await appended(store) == []
 
 
 async def test_a_batch_naming_an_unknown_run_fails_whole(store: Store) -> None:
@@ -669,7 +702,7 @@ async def test_a_batch_naming_an_unknown_run_fails_whole(store: Store) -> None:
     batch = [ev(K.RUN_STARTED), ev(K.RUN_STARTED, run_id="ghost-run")]
     with pytest.raises(StoreError, match="ghost-run"):
         await store.append(batch)
-    assert await store.get_events("run-0001") == []
+    assert await appended(store) == []
     assert (await run_row(store)).status is RunStatus.PENDING
     assert [e.seq for e in batch] == [0, 0]
 
@@ -677,7 +710,7 @@ async def test_a_batch_naming_an_unknown_run_fails_whole(store: Store) -> None:
 async def test_event_data_json_has_no_type_for_is_logged_as_text(store: Store) -> None:
     await store.create_run(new_run(), PLAN)
     await store.append([ev(K.STEP_PROGRESS, "a", tags={"x"}, blob=b"\x00")])
-    assert (await store.get_events("run-0001"))[0].data == {"tags": "{'x'}", "blob": "b'\\x00'"}
+    assert (await appended(store))[0].data == {"tags": "{'x'}", "blob": "b'\\x00'"}
 
 
 async def test_a_batch_with_data_json_cannot_hold_fails_whole(store: Store) -> None:
@@ -687,7 +720,7 @@ async def test_a_batch_with_data_json_cannot_hold_fails_whole(store: Store) -> N
     bad.data = tuple_keyed
     with pytest.raises(StoreError, match="JSON"):
         await store.append([ev(K.RUN_STARTED), bad])
-    assert await store.get_events("run-0001") == []
+    assert await appended(store) == []
     assert (await run_row(store)).status is RunStatus.PENDING
 
 
@@ -845,11 +878,11 @@ async def collect(store: Store, run_id: str = "run-0001", after: int = 0) -> lis
 async def test_a_follower_sees_every_event_as_it_comes_and_stops_at_the_end(
     store: Store, other_store: Store
 ) -> None:
-    await store.create_run(new_run(), PLAN)
+    submitted = await store.create_run(new_run(), PLAN)
     seen: asyncio.Queue[Event] = asyncio.Queue()
 
     async def follow() -> None:
-        async with aclosing(store.follow("run-0001")) as events:
+        async with aclosing(store.follow("run-0001", after=submitted.seq)) as events:
             async for event in events:
                 await seen.put(event)
 
@@ -874,7 +907,8 @@ async def test_a_follower_of_a_finished_run_gets_the_rest_and_stops(store: Store
     batch = [ev(K.STEP_DISPATCHED, "a", 1), ev(K.RUN_FAILED, error="x"), ev(K.STEP_PROGRESS)]
     await store.append(batch)
     logged = await store.get_events("run-0001")
-    assert await collect(store) == logged[:3]  # run_started, step_dispatched, run_failed
+    # run_submitted, run_started, step_dispatched, run_failed
+    assert await collect(store) == logged[:4]
     assert await collect(store, after=batch[0].seq) == [batch[1]]
 
 
@@ -905,12 +939,12 @@ async def test_a_follower_ends_with_a_store_error_when_its_store_closes(
 ) -> None:
     s = unopened_store
     await s.open()
-    await s.create_run(new_run(), PLAN)
+    submitted = await s.create_run(new_run(), PLAN)
     await s.append([ev(K.RUN_STARTED)])
     seen: asyncio.Queue[Event] = asyncio.Queue()
 
     async def follow() -> None:
-        async with aclosing(s.follow("run-0001")) as events:
+        async with aclosing(s.follow("run-0001", after=submitted.seq)) as events:
             async for event in events:
                 await seen.put(event)
 
@@ -948,47 +982,70 @@ async def test_close_and_open_again_keeps_the_data(store: Store) -> None:
     assert (await run_row(store)).status is RunStatus.RUNNING
 
 
-# -- the memory store mirrors SQLite ------------------------------------------------------
+# -- every store folds events as the pure fold does ----------------------------------------
 
 _event_specs = st.tuples(
     st.sampled_from(list(EventKind)),
-    st.sampled_from(["a", "b", "unknown"]),
+    st.sampled_from(["a", "b", "unknown", None]),
     st.integers(min_value=0, max_value=3),
+    st.sampled_from([{}, {"error": BOOM.to_dict(), "worker": "w"}, {"error": "bare", "worker": 7}]),
     st.booleans(),
 )
+_batches = st.lists(st.lists(_event_specs, max_size=6), max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
-@given(batches=st.lists(st.lists(_event_specs, max_size=6), max_size=6))
-def test_the_memory_store_matches_sqlite_on_any_event_sequence(
-    batches: list[list[tuple[EventKind, str, int, bool]]],
+def _events(
+    run_id: str, batches: list[list[tuple[EventKind, str | None, int, dict[str, Any], bool]]]
+) -> list[list[Event]]:
+    ts = 1000.0
+    made: list[list[Event]] = []
+    for batch in batches:
+        made.append([])
+        for kind, step, attempt, data, with_output in batch:
+            ts += 1.0
+            output = f"{ts}".encode() if with_output else None
+            made[-1].append(Event(kind, run_id, ts, step, attempt, dict(data), output))
+    return made
+
+
+def _folded(run: RunRecord, batches: list[list[Event]]) -> tuple[RunRecord, list[StepRecord]]:
+    steps = {s.key: StepRecord(run.run_id, s.key, s.name, s.queue) for s in PLAN.steps}
+    for batch in batches:
+        for event in batch:
+            fold.apply(run, steps, event)
+    return run, list(steps.values())
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # a new run per example
+)
+@given(batches=_batches)
+async def test_the_store_and_the_remote_view_fold_any_event_sequence_as_the_pure_fold(
+    store: Store, batches: list[list[tuple[EventKind, str | None, int, dict[str, Any], bool]]]
 ) -> None:
-    async def replay(s: Store) -> tuple[Any, ...]:
-        await s.open()
-        try:
-            await s.create_run(new_run(), PLAN)
-            ts = 0.0
-            for batch in batches:
-                events = []
-                for kind, step, attempt, with_data in batch:
-                    ts += 1.0
-                    data = {"error": BOOM.to_dict(), "worker": "w"} if with_data else {}
-                    events.append(
-                        Event(kind, "run-0001", ts, step, attempt, data, output=f"{ts}".encode())
-                    )
-                await s.append(events)
-            return (
-                await s.get_run("run-0001"),
-                await s.get_steps("run-0001"),
-                await s.get_events("run-0001"),
-            )
-        finally:
-            await s.close()
+    """The remote view gets each batch as a coordinator sends it: once appended (seqs
+    assigned, outputs kept), through the events' wire form."""
+    run_id = uuid.uuid4().hex
 
-    async def both() -> None:
-        assert await replay(MemoryStore()) == await replay(SqliteStore(":memory:"))
+    async def no_cancel(run_id: str) -> None:
+        raise AssertionError("not cancelled here")
 
-    asyncio.run(both())
+    remote = RemoteRun(run_id, PLAN, 3, objects=MemoryObjectStore(), cancel=no_cancel)
+    submitted = await store.create_run(new_run(run_id, priority=3), PLAN)
+    remote.receive([from_record(run_id, to_record(submitted))])  # as the coordinator sends
+    logged = [submitted]
+    for batch in _events(run_id, batches):
+        await store.append(batch)
+        remote.receive([from_record(run_id, to_record(e)) for e in batch])
+        logged += [replace(e, output=None) for e in batch]
+
+    run, steps = _folded(new_run(run_id, priority=3), _events(run_id, batches))
+    assert (await store.get_run(run_id), await store.get_steps(run_id)) == (run, steps)
+    assert replace(remote._record, created_at=run.created_at) == run  # created client-side
+    assert await remote.steps() == steps
+    assert await store.get_events(run_id) == logged
 
 
 # -- SQLite specifics ---------------------------------------------------------------------

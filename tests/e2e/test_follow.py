@@ -70,7 +70,7 @@ def test_runs_logs_follow_prints_events_as_they_happen_and_stops_at_the_end(
         )
         assert follower.stdout is not None
         first = json.loads(follower.stdout.readline())  # attached, and the run is still going
-        assert first["kind"] == "run_started"
+        assert first["kind"] == "run_submitted"
         gate.touch()
         rest = [json.loads(line) for line in follower.stdout]
         assert follower.wait(timeout=30) == 0

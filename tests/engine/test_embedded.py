@@ -266,7 +266,8 @@ async def test_events_stream_the_whole_run_in_order(ex: Executor) -> None:
     run = await ex.submit(fan_in, n=3)
     events = [e async for e in run.events()]
     kinds = [e.kind for e in events]
-    assert kinds[0] is EventKind.RUN_STARTED
+    assert kinds[:2] == [EventKind.RUN_SUBMITTED, EventKind.RUN_STARTED]
+    assert events[0].data == {"priority": 0, "steps": 4}
     assert kinds[-1] is EventKind.RUN_SUCCEEDED
     assert kinds.count(EventKind.STEP_SUCCEEDED) == 4
     seqs = [e.seq for e in events]

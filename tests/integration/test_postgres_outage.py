@@ -84,7 +84,7 @@ async def test_a_call_while_the_database_is_down_fails_fast_and_works_once_it_is
     proxy.restore()
     run = await proxied.get_run("run-1")
     assert run is not None and run.status is RunStatus.RUNNING
-    assert [e.kind for e in await proxied.get_events("run-1")] == [K.RUN_STARTED]
+    assert [e.kind for e in await proxied.get_events("run-1")] == [K.RUN_SUBMITTED, K.RUN_STARTED]
 
 
 async def test_a_call_into_a_black_hole_fails_within_the_timeout(
@@ -99,7 +99,8 @@ async def test_a_call_into_a_black_hole_fails_within_the_timeout(
     proxy.restore()
     assert [s.key for s in await proxied.get_steps("run-1")] == ["a", "b"]
     await proxied.append([ev(K.STEP_PROGRESS, "a")])
-    assert [e.kind for e in await proxied.get_events("run-1")] == [K.RUN_STARTED, K.STEP_PROGRESS]
+    logged = [e.kind for e in await proxied.get_events("run-1")]
+    assert logged == [K.RUN_SUBMITTED, K.RUN_STARTED, K.STEP_PROGRESS]
 
 
 async def test_an_append_cut_off_half_way_leaves_nothing_applied(
@@ -126,14 +127,14 @@ async def test_an_append_cut_off_half_way_leaves_nothing_applied(
         await backends_gone(blocker)
     finally:
         await blocker.close()
-    assert [e.kind for e in await direct.get_events("run-1")] == [K.RUN_STARTED]
+    assert [e.kind for e in await direct.get_events("run-1")] == [K.RUN_SUBMITTED, K.RUN_STARTED]
     assert [s.status for s in await direct.get_steps("run-1")] == [StepStatus.PENDING] * 2
     run = await direct.get_run("run-1")
     assert run is not None and run.status is RunStatus.RUNNING
     assert [e.seq for e in batch] == [0, 0, 0]
     await proxied.append(batch)  # the retry, once the database is back
     logged = await direct.get_events("run-1")
-    assert [e.kind for e in logged] == [K.RUN_STARTED, *[e.kind for e in batch]]
+    assert [e.kind for e in logged] == [K.RUN_SUBMITTED, K.RUN_STARTED, *[e.kind for e in batch]]
     assert (await direct.get_run("run-1")).status is RunStatus.CANCELLED  # type: ignore[union-attr]
 
 
@@ -150,6 +151,7 @@ async def test_a_follower_fails_fast_when_the_database_goes_away(
     task = asyncio.create_task(follower(proxied, seen))
     try:
         async with asyncio.timeout(WAIT):
+            assert (await seen.get()).kind is K.RUN_SUBMITTED
             assert (await seen.get()).kind is K.RUN_STARTED
             proxy.refuse()
             proxy.cut()
@@ -166,6 +168,7 @@ async def test_a_follower_carries_on_across_a_dropped_connection(
     task = asyncio.create_task(follower(proxied, seen))
     try:
         async with asyncio.timeout(WAIT):
+            assert (await seen.get()).kind is K.RUN_SUBMITTED
             assert (await seen.get()).kind is K.RUN_STARTED
             accepted = proxy.accepted
             proxy.cut()  # the LISTEN connection and the pool's go; the database stays up

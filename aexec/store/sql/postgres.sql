@@ -108,7 +108,8 @@ SELECT seq FROM logged ORDER BY seq
 
 -- name: update_steps
 -- One round of step changes (each step at most once): compare-and-set on the attempt,
--- only an unfinished step moves.  The new status says which columns change.
+-- only an unfinished step moves.  The new status says which columns change, as in
+-- aexec.store.fold.apply_to_step (the same rule in Python; a property test holds them equal).
 UPDATE aexec_steps AS step
 SET status = change.status,
     attempts = change.attempt,
@@ -129,7 +130,8 @@ WHERE step.run_id = change.run_id AND step.key = change.key
 
 -- name: update_runs
 -- One round of run changes (each run at most once): run_started moves only a pending run,
--- an ending event only an unfinished one; a finished run never changes.
+-- an ending event only an unfinished one; a finished run never changes.  As
+-- aexec.store.fold.apply_to_run.
 UPDATE aexec_runs AS run
 SET status = change.status,
     started_at = CASE WHEN change.status = 'running' THEN change.ts ELSE run.started_at END,

@@ -1,0 +1,184 @@
+-- Every statement of the SQLite run store, one named section each ("-- name: ..."),
+-- loaded once by aexec.store.sqlite.  The schema lives in ../migrations/sqlite/.
+--
+-- "Unfinished" is written (status = 'pending' OR status = 'running') everywhere, as in the
+-- partial indexes, so that SQLite uses them.  ORs rather than IN lists in the hot-path
+-- updates: SQLite builds a temporary table for an IN list on every execution, which
+-- doubled their cost.
+
+-- == the connection and its schema =========================================================
+-- BEGIN IMMEDIATE / COMMIT / ROLLBACK stay in the code, with the transaction they make.
+
+-- name: use_wal
+-- Readers (aexec runs list in another process) never block the writer.
+PRAGMA journal_mode = WAL
+
+-- name: sync_normal
+PRAGMA synchronous = NORMAL
+
+-- name: check_foreign_keys
+PRAGMA foreign_keys = ON
+
+-- name: data_version
+-- Changes when another connection commits to the file (not when this one does).
+PRAGMA data_version
+
+-- name: schema_version
+PRAGMA user_version
+
+-- name: set_schema_version
+-- A PRAGMA takes no parameters: the integer version is put in with str.format.
+PRAGMA user_version = {version:d}
+
+-- == runs ===================================================================================
+
+-- name: insert_plan
+INSERT INTO plans (digest, pipeline, data) VALUES (?, ?, ?)
+
+-- name: plan_exists
+SELECT 1 FROM plans WHERE digest = ?
+
+-- name: run_exists
+SELECT 1 FROM runs WHERE run_id = ?
+
+-- name: insert_run
+INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
+                  started_at, finished_at, result, error, owner, lease_until)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: insert_step
+INSERT INTO steps (run_id, position, key, name, queue, status)
+VALUES (?, ?, ?, ?, ?, 'pending')
+
+-- name: get_run
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM runs WHERE run_id = ?
+
+-- name: run_ids_from
+-- Ids sharing a prefix sort together, right after the prefix itself.
+SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2
+
+-- name: list_runs
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?
+
+-- name: list_runs_by_status
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM runs WHERE status = ?
+ORDER BY created_at DESC, rowid DESC LIMIT ?
+
+-- name: run_status
+SELECT status FROM runs WHERE run_id = ?
+
+-- name: get_steps
+SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
+       output
+FROM steps WHERE run_id = ? ORDER BY position
+
+-- name: get_plan
+SELECT data FROM plans WHERE digest = ?
+
+-- == the event log ==========================================================================
+
+-- name: insert_event
+INSERT INTO events (run_id, ts, kind, step, attempt, data) VALUES (?, ?, ?, ?, ?, ?)
+
+-- name: last_insert
+SELECT last_insert_rowid()
+
+-- name: get_events
+-- LIMIT -1 is no limit.
+SELECT seq, run_id, ts, kind, step, attempt, data
+FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?
+
+-- == each event's row change ================================================================
+-- One section per event kind that changes a row, named after it: the table of
+-- aexec.store.fold (apply_to_run, apply_to_step) in SQL.  Kinds without a section here
+-- (run_submitted, run_resumed, step_progress) are logged and change no row.
+--
+-- A finished run never changes again; run_started moves only a pending run.
+
+-- name: run_started
+UPDATE runs SET status = 'running', started_at = :ts
+WHERE run_id = :run_id AND status = 'pending'
+
+-- name: run_succeeded
+UPDATE runs SET status = 'succeeded', finished_at = :ts, result = :output
+WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
+
+-- name: run_failed
+UPDATE runs SET status = 'failed', finished_at = :ts, error = :error
+WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
+
+-- name: run_cancelled
+UPDATE runs SET status = 'cancelled', finished_at = :ts, error = :error
+WHERE run_id = :run_id AND (status = 'pending' OR status = 'running')
+
+-- Step changes are compare-and-set on the attempt: only the current (or a newer) attempt of
+-- an unfinished step moves it.
+
+-- name: step_dispatched
+UPDATE steps SET status = 'queued', attempts = :attempt
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_started
+UPDATE steps SET status = 'running', attempts = :attempt, started_at = :ts, worker = :worker
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_retrying
+UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_succeeded
+UPDATE steps SET status = 'succeeded', attempts = :attempt, output = :output,
+                 finished_at = :ts, error = NULL
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_failed
+UPDATE steps SET status = 'failed', attempts = :attempt, error = :error, finished_at = :ts
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_skipped
+UPDATE steps SET status = 'skipped', attempts = :attempt
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- name: step_cancelled
+UPDATE steps SET status = 'cancelled', attempts = :attempt
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
+-- == leases =================================================================================
+-- "Now" is the caller's clock (time.time()), read under the write lock.
+
+-- name: claimable_runs
+-- Claimable: unfinished, and no owner, no lease end, or a lease that ended.
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM runs
+WHERE (status = 'pending' OR status = 'running')
+  AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)
+ORDER BY created_at, rowid LIMIT ?
+
+-- name: claim_run
+UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?
+
+-- name: renew_leases
+UPDATE runs SET lease_until = ?
+WHERE owner = ? AND (status = 'pending' OR status = 'running')
+RETURNING run_id
+
+-- name: release_runs
+UPDATE runs SET lease_until = 0 WHERE owner = ? AND (status = 'pending' OR status = 'running')
+
+-- name: release_run
+UPDATE runs SET lease_until = 0
+WHERE owner = ? AND (status = 'pending' OR status = 'running') AND run_id = ?
