@@ -98,23 +98,32 @@ class Background:
 
     def start_loop(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run ``coro`` until the group closes."""
-        return self._require().create_task(coro, name=name)
+        return self._start(coro, name)
 
     def start_work(
         self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
     ) -> asyncio.Task[Any]:
         """Run ``coro``, a piece of work that :meth:`drain` waits for."""
-        task = self._require().create_task(coro, name=name)
+        task = self._start(coro, name)
         self._work.add(task)
         task.add_done_callback(self._work.discard)
         return task
 
-    def _require(self) -> asyncio.TaskGroup:
+    def _start(self, coro: Coroutine[Any, Any, Any], name: str | None) -> asyncio.Task[Any]:
         group = self._group
         if group is None:
+            coro.close()  # never awaited: close it, or Python warns about it later
             state = "stopped after a failure" if self.failure is not None else "not running"
             raise AexecError(f"{self.name} is {state}")
-        return group
+        task = group.create_task(coro, name=name)
+        task.add_done_callback(self._check)
+        return task
+
+    def _check(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # The group is shutting down from now on: take no new task, at once (the
+            # siblings it cancels may put work back that would otherwise be started here).
+            self._group = None
 
     async def drain(self) -> None:
         """Wait until no work is left, work started meanwhile included (bound the wait with
@@ -124,13 +133,15 @@ class Background:
 
     async def aclose(self) -> None:
         """Cancel every task of the group and wait for them all; then raise the failure
-        that stopped the group, if one did (once).  Closing a closed group does nothing."""
-        host, self._host = self._host, None
+        that stopped the group, if one did (once).  Closing a closed group does nothing; if
+        the caller is cancelled while it waits, closing again waits for the rest."""
+        host = self._host
         if host is None:
             return
         self._group = None  # takes no new task from here on
         host.cancel()
         await asyncio.wait([host])  # a CancelledError here is our caller's: it propagates
+        self._host = None
         failure, self.failure = self.failure, None
         if failure is not None:
             raise failure
