@@ -110,20 +110,17 @@ class Background:
         return task
 
     def _start(self, coro: Coroutine[Any, Any, Any], name: str | None) -> asyncio.Task[Any]:
+        """Raises :class:`~aexec.errors.AexecError` (and closes ``coro``) unless the group
+        takes new tasks: it is not open, it is closing, or a task failed."""
         group = self._group
-        if group is None:
-            coro.close()  # never awaited: close it, or Python warns about it later
-            state = "stopped after a failure" if self.failure is not None else "not running"
-            raise AexecError(f"{self.name} is {state}")
-        task = group.create_task(coro, name=name)
-        task.add_done_callback(self._check)
-        return task
-
-    def _check(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            # The group is shutting down from now on: take no new task, at once (the
-            # siblings it cancels may put work back that would otherwise be started here).
-            self._group = None
+        if group is not None:
+            try:
+                return group.create_task(coro, name=name)
+            except RuntimeError:  # a task failed: the group is shutting down
+                self._group = None
+        coro.close()  # never awaited: close it, or Python warns about it later
+        state = "stopped" if self._host is not None else "not running"
+        raise AexecError(f"{self.name} is {state}")
 
     async def drain(self) -> None:
         """Wait until no work is left, work started meanwhile included (bound the wait with

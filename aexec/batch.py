@@ -57,7 +57,7 @@ class ActiveRun:
         return self.state.run_status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per dispatch, and frozen ones take 3x to build
 class Outgoing:
     """Publish ``attempt`` of step ``index`` of ``run``."""
 
@@ -271,48 +271,55 @@ class Batch:
         timers and a finished run; ``extra`` goes into the data of failure events."""
         run_id, steps = run.run_id, run.plan.steps
         for action in actions:
+            # Class patterns without sub-patterns: this runs once per step and event.
             match action:
-                case Dispatch(index, attempt):
+                case Dispatch():
+                    index, attempt = action.index, action.attempt
                     self.outgoing.append(Outgoing(run, index, attempt))
                     self.events.append(
                         Event(EventKind.STEP_DISPATCHED, run_id, ts, steps[index].key, attempt)
                     )
-                case Fail(index, attempt, error):
+                case Fail():
                     self.events.append(
                         Event(
                             EventKind.STEP_FAILED,
                             run_id,
                             ts,
-                            steps[index].key,
-                            attempt,
-                            {**(extra or {}), "error": error.to_dict()},
+                            steps[action.index].key,
+                            action.attempt,
+                            {**(extra or {}), "error": action.error.to_dict()},
                         )
                     )
-                case Retry(index, attempt, delay, error):
+                case Retry():
                     self.events.append(
                         Event(
                             EventKind.STEP_RETRYING,
                             run_id,
                             ts,
-                            steps[index].key,
-                            attempt - 1,
-                            {**(extra or {}), "error": error.to_dict(), "retry_in": delay},
+                            steps[action.index].key,
+                            action.attempt - 1,
+                            {
+                                **(extra or {}),
+                                "error": action.error.to_dict(),
+                                "retry_in": action.delay,
+                            },
                         )
                     )
-                    self.retries.append(RetryTimer(delay, RetryDue(run_id, index, attempt)))
-                case Skip(indices, status):
+                    due = RetryDue(run_id, action.index, action.attempt)
+                    self.retries.append(RetryTimer(action.delay, due))
+                case Skip():
                     kind = (
                         EventKind.STEP_CANCELLED
-                        if status is StepStatus.CANCELLED
+                        if action.status is StepStatus.CANCELLED
                         else EventKind.STEP_SKIPPED
                     )
                     attempts = run.state.attempts
-                    for index in indices:
+                    for index in action.indices:
                         self.events.append(
                             Event(kind, run_id, ts, steps[index].key, attempts[index])
                         )
-                case Finish(status):
-                    self.events.append(self._finish_event(run, status, ts))
+                case Finish():
+                    self.events.append(self._finish_event(run, action.status, ts))
                     self.finished.append(run)
                 case _:
                     assert_never(action)

@@ -475,9 +475,9 @@ class Coordinator:
         # Everything that arrived until now is one batch: one store transaction.
         for item in self._inbox.take():
             match item:
-                case Reply(delivery):
-                    if await self._take_reply(batch, delivery):
-                        acks.append(delivery)
+                case Reply():
+                    if await self._take_reply(batch, item.delivery):
+                        acks.append(item.delivery)
                 case FlushDue():
                     pass  # it woke the scheduler: whether a flush is due is decided below
                 case _:

@@ -260,7 +260,7 @@ class Worker:
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         background = self._background
-        if background is None or not background.running:
+        if background is None:
             return  # stopping: unacked, the delivery goes back when its consumer is cancelled
         try:
             msg = messages.decode(delivery.body)
@@ -294,8 +294,11 @@ class Worker:
             await self._settle(delivery)
             return
         attempt = _Attempt(msg, delivery, time.time())
+        try:
+            attempt.task = background.start_work(self._execute(attempt, step))
+        except AexecError:
+            return  # the worker is stopping: unacked, the delivery goes back
         self._running[key] = attempt
-        attempt.task = background.start_work(self._execute(attempt, step))
 
     async def _settle(
         self, delivery: Delivery, *, requeue: bool = False, reject: bool = False
@@ -514,7 +517,8 @@ class Worker:
         body = messages.Progress(
             msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
         ).encode()
-        background.start_work(self._publish_quietly(msg.reply_to, body))
+        with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
+            background.start_work(self._publish_quietly(msg.reply_to, body))
 
     async def _publish_quietly(self, queue: str, body: bytes) -> bool:
         try:
