@@ -60,7 +60,8 @@ class Background:
 
     @property
     def running(self) -> bool:
-        """True while the group takes new tasks: opened, not closed, not failed."""
+        """True from opening until closing, or until a task fails (at the latest, once the
+        group has refused a new task because of that failure)."""
         return self._group is not None
 
     async def __aenter__(self) -> Background:

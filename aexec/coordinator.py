@@ -602,15 +602,15 @@ class Coordinator:
             # Workers heartbeat only while they run steps: one that went idle is forgotten
             # quietly, one that fell silent with steps on it has lost them.
             lost = [
-                (run, index, worker)
+                WorkerLost(run.run_id, index, run.state.attempts[index], worker)
                 for run in self._runs.values()
                 for index, worker in run.running_on.items()
                 if worker in lapsed
             ]
-            for worker in sorted({worker for _, _, worker in lost}):
+            for worker in sorted({command.worker for command in lost}):
                 log.warning("worker %s stopped heartbeating; re-dispatching its steps", worker)
-            for run, index, worker in lost:
-                self._inbox.post(WorkerLost(run.run_id, index, run.state.attempts[index], worker))
+            for command in lost:
+                self._inbox.post(command)
 
     async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
         """Publish until every message is confirmed; after a partial failure only the

@@ -79,6 +79,10 @@ class WorkerConfig:
     publish_retry_max: float = 5.0
 
 
+AttemptKey = tuple[str, str, int]
+"""``(run id, step key, attempt)``: one attempt of one step, as heartbeats name it."""
+
+
 @dataclass(slots=True, eq=False)
 class _Attempt:
     msg: messages.StepMessage
@@ -110,7 +114,7 @@ class Worker:
         self._subscriptions: dict[str, Subscription] = {}
         self._control: Subscription | None = None
         self._background: Background | None = None
-        self._running: dict[tuple[str, str, int], _Attempt] = {}
+        self._running: dict[AttemptKey, _Attempt] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPool | None = None
         self._last_heartbeat = time.monotonic()
@@ -289,7 +293,7 @@ class Worker:
             await self._complete(msg, None, error, now, now)
             await self._settle(delivery, requeue=False, reject=True)
             return
-        key = (msg.run_id, msg.step_key, msg.attempt)
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
         if key in self._running:  # the broker redelivered what this worker already runs
             await self._settle(delivery)
             return
@@ -316,7 +320,7 @@ class Worker:
 
     async def _execute(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg
-        key = (msg.run_id, msg.step_key, msg.attempt)
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
