@@ -48,8 +48,8 @@ Violation kinds, and exactly what each one checks:
     The dead-letter queue holds a message the campaign did not inject as poison.
 ``poison-not-dead-lettered``
     A poison message sent to a queue that still had a consumer at the end never reached
-    the dead-letter queue (and, for a submission with an absurd id, no finished run has
-    that id either).
+    the dead-letter queue (and, for a submission with an absurd id, no run has that id
+    either: accepted as a run, it is judged by the rules above).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def finished(obs: Observations) -> Iterator[Violation]:
                 "unfinished",
                 run.run_id,
                 f"{run.pipeline} still {run.status}; unfinished steps: "
-                f"{', '.join(waiting) or 'none'}{seen}",
+                f"{', '.join(waiting) or 'none'}{seen}{_drivers(run)}",
             )
     for sub in obs.submissions:
         if sub.run_id not in obs.runs:
@@ -402,9 +402,8 @@ def dead_letters(obs: Observations) -> Iterator[Violation]:
     for p in obs.poison:
         if p.digest in arrived or not p.consumed:
             continue
-        run = obs.runs.get(p.run_id) if p.run_id is not None else None
-        if run is not None and run.finished:
-            continue
+        if p.run_id is not None and p.run_id in obs.runs:
+            continue  # accepted as a run: the other rules judge it
         yield Violation(
             "poison-not-dead-lettered",
             p.queue,
