@@ -338,12 +338,11 @@ def _natural_outcome(run: RunView, status: str, failing: frozenset[str]) -> Iter
             why = f" ({step.error})" if step.error else ""
             wrong.append(f"{step.key} {step.status}/{step.attempts}, not {want}{why}")
     if run.status != status or wrong:
-        yield Violation(
-            "wrong-outcome",
-            run.run_id,
-            f"{run.pipeline} ended {run.status} (expected {status}); "
-            f"{'; '.join(wrong) or 'every step as expected'}",
-        )
+        ended = f"{run.pipeline} ended {run.status}"
+        if run.status != status:
+            ended += f", not {status}"
+        steps = "; ".join(wrong) or "every step as expected"
+        yield Violation("wrong-outcome", run.run_id, f"{ended}; {steps}{_drivers(run)}")
 
 
 def _downstream(deps: dict[str, tuple[str, ...]], roots: Iterable[str]) -> set[str]:

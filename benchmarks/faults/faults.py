@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.faults import poison
 from benchmarks.faults.client import Client
@@ -39,6 +41,7 @@ from benchmarks.faults.world import Slot, World
 log = logging.getLogger(__name__)
 
 STEP_QUEUES = tuple(STEP_PREFIX + q for q in QUEUES)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,14 @@ class FaultRecord:
 
 class Skip(Exception):
     """The fault cannot be carried out now (the reason is its message)."""
+
+
+async def _ctl(command: Callable[..., T], *args: str) -> T:
+    """Run a blocking ``rabbitmqctl`` command in a thread; Skip if it fails."""
+    try:
+        return await asyncio.to_thread(command, *args)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise Skip(f"rabbitmqctl failed: {exc}") from exc
 
 
 class Injector:
@@ -160,16 +171,14 @@ class Injector:
 
     async def _broker_close(self, fault: PlannedFault) -> str:
         async with self._locks["broker"]:
-            await asyncio.to_thread(
-                self.rabbit.close_all_connections, "aexec faults: close_all_connections"
-            )
+            await _ctl(self.rabbit.close_all_connections, "aexec faults: close_all_connections")
         return "closed every connection"
 
     async def _broker_restart(self, fault: PlannedFault) -> str:
         async with self._locks["broker"]:
             self._broker_stopped = True
-            await asyncio.to_thread(self.rabbit.stop_app)
             try:
+                await _ctl(self.rabbit.stop_app)
                 await asyncio.sleep(fault.pause)
             finally:
                 await asyncio.shield(self._start_broker())
@@ -178,9 +187,9 @@ class Injector:
     async def _start_broker(self) -> None:
         while self._broker_stopped:
             try:
-                await asyncio.to_thread(self.rabbit.start_app)
+                await _ctl(self.rabbit.start_app)
                 self._broker_stopped = False
-            except RuntimeError as exc:
+            except Skip as exc:
                 log.warning("start_app failed, trying again: %s", exc)
                 await asyncio.sleep(1.0)
 
@@ -247,10 +256,7 @@ class Injector:
         return SUBMIT_QUEUE
 
     async def _queues(self, column: str) -> list[tuple[str, str]]:
-        try:
-            rows = await asyncio.to_thread(self.rabbit.list_queues, "name", column)
-        except RuntimeError as exc:
-            raise Skip(f"cannot list the broker's queues: {exc}") from exc
+        rows = await _ctl(self.rabbit.list_queues, "name", column)
         return [(row[0], row[1]) for row in rows if len(row) == 2]
 
     async def _publish_poison(

@@ -95,7 +95,8 @@ class ProcessFate:
     ``how``: ``stopped`` (the final SIGTERM), ``killed`` (SIGKILL, a fault), ``replaced``
     (SIGTERM, a fault: it drains while a new one runs under its name), ``crashed`` (it
     exited on its own after it was ready), ``never-ready`` (it exited, or was stopped,
-    before it was ready: e.g. the broker was down when it started).  ``overran``: it had
+    before it was ready, or exited with aexec's could-not-start status 2: e.g. the broker
+    was down when it started).  ``overran``: it had
     not exited ``grace`` seconds after its SIGTERM, and was killed.
     """
 

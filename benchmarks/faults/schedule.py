@@ -90,6 +90,9 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
         name = item.removeprefix("-")
         if name not in KINDS:
             raise ValueError(f"unknown fault kind {name!r} (known: {', '.join(KINDS)})")
-        (removed.add if item.startswith("-") else chosen.append)(name)
+        if item.startswith("-"):
+            removed.add(name)
+        else:
+            chosen.append(name)
     base = chosen or list(KINDS)
     return tuple(k for k in base if k not in removed)

@@ -6,7 +6,7 @@ A slot runs one process at a time, plus the ones the campaign replaced and that 
 draining.  Faults act on a slot (:meth:`Slot.kill`, :meth:`Slot.replace`); what became of
 every process is kept (:meth:`Slot.fates`) for the checker: a process that exits on its own
 after it was ready has crashed; one that exits before it is ready (say, the broker was
-down when it started) is simply started again.
+down when it started, or it exited with status 2) is simply started again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0  # seconds for a process to say it is ready
 RESTART_BACKOFF = 1.0  # before starting again a process that exited on its own
+EXIT_NOT_STARTED = 2
+"""aexec's exit status for bad input, which includes a broker lost before the process said
+it was ready: its ready line may come out a moment before that (a coordinator's does)."""
 
 
 @dataclass(eq=False)
@@ -124,10 +127,15 @@ class Slot:
             incarnation.ready = True
         except ChildFailed as exc:
             log.info("%s: %s", self.name, exc)
+        except OSError as exc:  # it could not even be spawned
+            log.error("%s: cannot start %s: %s", self.name, self.argv, exc)
         if child.process is not None:
             self._tasks.create_task(self._watch(incarnation), name=f"watch-{self.name}")
-        elif self.current is incarnation:
-            self.current = None
+        else:
+            incarnation.how = "never-ready"
+            if self.current is incarnation:
+                self.current = None
+            self._restart(RESTART_BACKOFF)
         return incarnation
 
     async def _watch(self, incarnation: Incarnation) -> None:
@@ -139,7 +147,8 @@ class Slot:
         if self.current is incarnation:
             self.current = None
         if incarnation.how == "running":
-            incarnation.how = "crashed" if incarnation.ready else "never-ready"
+            started = incarnation.ready and code != EXIT_NOT_STARTED
+            incarnation.how = "crashed" if started else "never-ready"
             log.warning("%s (pid %d) exited with %s: %s", self.name, process.pid, code,
                         incarnation.how)  # fmt: skip
             self._restart(RESTART_BACKOFF)
