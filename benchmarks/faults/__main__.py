@@ -94,6 +94,20 @@ def options_from(args: argparse.Namespace) -> Options:
     )
 
 
+def replay_command(argv: Sequence[str], seed: int) -> str:
+    """The command line that replays this campaign: the same options, this seed."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--seed":
+            skip = True
+        elif not arg.startswith("--seed="):
+            kept.append(arg)
+    return " ".join(["python -m benchmarks.faults", *kept, "--seed", str(seed)])
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -105,13 +119,14 @@ def configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
         options = options_from(args)
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(args.verbose)
-    replay = f"python -m benchmarks.faults --{options.mode} --seed {options.seed}"
+    replay = replay_command(argv, options.seed)
     sys.stderr.write(
         f"fault campaign, seed {options.seed} ({options.mode}): {options.duration:g} s of "
         f"faults ({options.faults} planned), {options.runs} runs; replay: {replay}\n"
@@ -128,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"note: {note}\n")
     sys.stdout.write("\n".join(outcome.lines()) + "\n")
     sys.stdout.flush()
+    if not outcome.ok:
+        sys.stderr.write(f"replay: {replay}\n")
     return 0 if outcome.ok else 1
 
 

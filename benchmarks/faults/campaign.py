@@ -160,6 +160,7 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
                     )
                 await asyncio.sleep(SETTLE)
                 consumed = await _consumed_queues(rabbit)
+                submissions = client.submissions()
             with phases.phase("shutdown"):
                 await world.stop(WORKER_GRACE, COORDINATOR_GRACE)
                 dead_letters_left = await _drain_dead_letters(rabbit, wire)
@@ -172,7 +173,7 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
         obs = Observations(
             runs=runs,
             expected=observe.expectations(runs, (p.run_id for p in injector.poison if p.run_id)),
-            submissions=client.submissions(),
+            submissions=submissions,
             cancels=client.cancels(),
             executions=executions,
             duplicated=frozenset(injector.duplicated),

@@ -8,6 +8,10 @@ Violation kinds, and exactly what each one checks:
     cancelled after the quiet period.
 ``lost-submission``
     A run whose submission the broker confirmed is not in the store at all.
+``client-not-told``
+    A run finished in the store, but the ``Run`` handle of the client that submitted it
+    shows another status at the end: its ``await run.result()`` would wait forever (or
+    return the wrong thing).
 ``outcome-twice``
     A (run, step, attempt) has more than one outcome event (``step_succeeded``,
     ``step_failed``, ``step_retrying``).
@@ -69,6 +73,7 @@ from benchmarks.faults.model import (
 KINDS = (
     "unfinished",
     "lost-submission",
+    "client-not-told",
     "outcome-twice",
     "success-twice",
     "dispatch-twice",
@@ -115,6 +120,9 @@ def finished(obs: Observations) -> Iterator[Violation]:
             ]
             last = run.events[-1] if run.events else None
             seen = f"; last event {last.kind} {last.step or ''} at {last.ts:.3f}" if last else ""
+            if run.owner is not None:
+                lease = "released" if run.lease_until is None else f"until {run.lease_until:.3f}"
+                seen += f"; owner {run.owner} (lease {lease})"
             yield Violation(
                 "unfinished",
                 run.run_id,
@@ -122,12 +130,20 @@ def finished(obs: Observations) -> Iterator[Violation]:
                 f"{', '.join(waiting) or 'none'}{seen}{_drivers(run)}",
             )
     for sub in obs.submissions:
-        if sub.run_id not in obs.runs:
+        ended = obs.runs.get(sub.run_id)
+        if ended is None:
             yield Violation(
                 "lost-submission",
                 sub.run_id,
                 f"{sub.pipeline} (tag {sub.tag}) confirmed by the broker at {sub.at:.3f}, "
                 "never in the store",
+            )
+        elif ended.finished and sub.told != ended.status:
+            yield Violation(
+                "client-not-told",
+                sub.run_id,
+                f"{sub.pipeline} ended {ended.status} at {ended.finished_at or 0:.3f}; the "
+                f"submitting client's Run still says {sub.told}",
             )
 
 

@@ -89,8 +89,10 @@ class Client:
         return f"{target.planned.shape} run {target.run.run_id}" + ("" if sent else " (raised)")
 
     def submissions(self) -> list[Submission]:
+        """What was submitted, each with the status its Run handle shows now."""
         return [
-            Submission(s.run.run_id, s.planned.shape, s.planned.tag, s.at) for s in self.submitted
+            Submission(s.run.run_id, s.planned.shape, s.planned.tag, s.at, str(s.run.status))
+            for s in self.submitted
         ]
 
     def cancels(self) -> dict[str, Cancel]:

@@ -14,6 +14,7 @@ from typing import Any
 from benchmarks.faults.ledger import Execution
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+SUBJECT_WIDTH = 48
 OUTCOMES = frozenset({"step_succeeded", "step_failed", "step_retrying"})
 """Events that end an attempt: it succeeded, failed for good, or failed (or lost its
 worker) and another attempt follows."""
@@ -52,6 +53,8 @@ class RunView:
     deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # step → its upstreams
     result: Any = None  # the decoded result of a succeeded run
     result_error: str | None = None  # why the result could not be read
+    owner: str | None = None  # the coordinator holding its lease at the end
+    lease_until: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -70,12 +73,16 @@ class Expected:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A run the campaign submitted and got an id for (the broker confirmed it)."""
+    """A run the campaign submitted and got an id for (the broker confirmed it).
+
+    ``told`` is the status its ``Run`` handle in the submitting client showed at the end
+    (what ``await run.wait()`` would go by)."""
 
     run_id: str
     pipeline: str
     tag: int
     at: float
+    told: str = "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,4 +166,7 @@ class Violation:
     detail: str
 
     def line(self) -> str:
-        return f"VIOLATION {self.kind} {self.subject}: {self.detail}"
+        subject = self.subject
+        if len(subject) > SUBJECT_WIDTH:  # an absurd run id, say
+            subject = f"{subject[:SUBJECT_WIDTH]}...({len(subject)} characters)"
+        return f"VIOLATION {self.kind} {subject}: {self.detail}"

@@ -75,6 +75,8 @@ def _view(
         },
         [EventView(e.seq, e.ts, str(e.kind), e.step, e.attempt, dict(e.data)) for e in events],
         deps,
+        owner=record.owner,
+        lease_until=record.lease_until,
     )
 
 

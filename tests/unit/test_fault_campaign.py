@@ -12,6 +12,7 @@ import pytest
 from aexec import context, messages
 from aexec.errors import CodecError
 from benchmarks.faults import ledger, poison
+from benchmarks.faults.__main__ import replay_command
 from benchmarks.faults.schedule import KINDS, parse_kinds, plan_faults
 from benchmarks.faults.workload import BY_NAME, expect, plan_runs
 
@@ -79,6 +80,16 @@ def test_the_absurd_submission_is_well_formed_but_for_its_id() -> None:
     decoded = messages.decode(body)
     assert isinstance(decoded, messages.Submit)
     assert decoded.run_id == run_id and len(run_id) == poison.ABSURD_ID_LENGTH
+
+
+def test_the_replay_command_keeps_the_options_and_names_the_seed() -> None:
+    assert replay_command(["--long", "--kinds=-poison-run", "--seed", "4"], 4) == (
+        "python -m benchmarks.faults --long --kinds=-poison-run --seed 4"
+    )
+    assert replay_command(["--runs", "50", "--seed=9"], 9) == (
+        "python -m benchmarks.faults --runs 50 --seed 9"
+    )
+    assert replay_command([], 77) == "python -m benchmarks.faults --seed 77"
 
 
 def test_a_ledger_line_reads_back_as_the_execution_it_records(

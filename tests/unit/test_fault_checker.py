@@ -122,9 +122,9 @@ def consistent() -> Observations:
             "r-cancel": Expected("succeeded", result=7),
         },
         submissions=[
-            Submission("r-chain", "chain", 1, 99.0),
-            Submission("r-fail", "failing", 2, 99.0),
-            Submission("r-cancel", "gated", 3, 99.0),
+            Submission("r-chain", "chain", 1, 99.0, "succeeded"),
+            Submission("r-fail", "failing", 2, 99.0, "failed"),
+            Submission("r-cancel", "gated", 3, 99.0, "cancelled"),
         ],
         cancels={"r-cancel": Cancel("r-cancel", 119.9)},
         executions=[
@@ -182,6 +182,10 @@ def unfinished(obs: Observations) -> None:
 
 def lost_submission(obs: Observations) -> None:
     obs.submissions.append(Submission("r-gone", "chain", 9, 100.0))
+
+
+def client_not_told(obs: Observations) -> None:
+    obs.submissions[1] = dataclasses.replace(obs.submissions[1], told="running")
 
 
 def outcome_twice(obs: Observations) -> None:
@@ -258,6 +262,7 @@ def poison_not_dead_lettered(obs: Observations) -> None:
 VIOLATIONS: dict[Callable[[Observations], None], str] = {
     unfinished: "unfinished",
     lost_submission: "lost-submission",
+    client_not_told: "client-not-told",
     outcome_twice: "outcome-twice",
     success_twice: "success-twice",
     dispatch_twice: "dispatch-twice",
@@ -340,6 +345,22 @@ def test_poison_left_where_nobody_consumes_or_accepted_as_a_finished_run_is_fine
         Poison("p2", "aexec.coordinator.submit", "poison-run", "absurd-id", 101.0, True, "r-chain"),
     ]
     assert check(obs) == []
+
+
+def test_a_client_is_not_judged_on_a_run_that_never_finished() -> None:
+    obs = consistent()
+    unfinished(obs)
+    obs.submissions[0] = dataclasses.replace(obs.submissions[0], told="running")
+    assert kinds_found(obs) == {"unfinished"}
+
+
+def test_an_absurdly_long_subject_is_shortened_on_its_line() -> None:
+    obs = consistent()
+    absurd = "x" * 9000
+    obs.runs[absurd] = dataclasses.replace(obs.runs["r-chain"], run_id=absurd, status="running")
+    (found,) = check(obs)
+    assert found.subject == absurd
+    assert len(found.line()) < 2000 and "(9000 characters)" in found.line()
 
 
 def test_violations_come_sorted_by_kind_and_print_on_one_line() -> None:
