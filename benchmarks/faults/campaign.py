@@ -299,7 +299,14 @@ def _notes(
         notes.append(f"{len(never_ready)} process starts failed before ready (restarted)")
     if unreadable:
         notes.append(f"{len(unreadable)} unreadable ledger lines, e.g. {unreadable[0]}")
-    stranded = [p for p in obs.poison if not p.consumed]
+    arrived = {d.digest for d in obs.dead_letters}
+    caught = sum(p.digest in arrived for p in obs.poison)
+    notes.append(
+        f"{len(obs.poison)} poison messages published, {caught} dead-lettered; "
+        f"{len(obs.dead_letters)} dead letters in all; "
+        f"{len(obs.duplicated)} step messages published twice on purpose"
+    )
+    stranded = [p for p in obs.poison if not p.consumed and p.digest not in arrived]
     if stranded:
         notes.append(f"{len(stranded)} poison messages went to queues nobody consumes at the end")
     full = [f"{r[0]} ({r[1]})" for r in queues if len(r) == 3 and r[1] != "0"]
