@@ -33,7 +33,12 @@ from benchmarks.faults.client import Client
 from benchmarks.faults.faults import Injector
 from benchmarks.faults.model import Observations, Poison
 from benchmarks.faults.pipelines import QUEUES
-from benchmarks.faults.postgres import PrivatePostgres, start_cluster, stop_cluster
+from benchmarks.faults.postgres import (
+    PrivatePostgres,
+    cluster_home,
+    start_cluster,
+    stop_cluster,
+)
 from benchmarks.faults.rabbit import PrivateRabbit, start_node, stop_node
 from benchmarks.faults.report import Outcome
 from benchmarks.faults.schedule import plan_faults
@@ -111,12 +116,12 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
     schedule = plan_faults(rng, options.faults, 2.0, options.duration, options.kinds)
     phases = _Phases()
     outcome.phases = phases.spent
-    for sub in ("logs", "ledger", "objects", "rabbitmq", "postgres"):
+    for sub in ("logs", "ledger", "objects", "rabbitmq"):
         (work / sub).mkdir()
     async with contextlib.AsyncExitStack() as stack:
         with phases.phase("setup"):
             rabbit = await stack.enter_async_context(_rabbit(work / "rabbitmq"))
-            cluster = await stack.enter_async_context(_postgres(work / "postgres"))
+            cluster = await stack.enter_async_context(_postgres(work, options.keep, outcome))
             await _migrate(cluster.dsn)
             proxies = {c: await stack.enter_async_context(_proxy(cluster)) for c in COORDINATORS}
             await asyncio.to_thread(rabbit.ctl, "trace_on")
@@ -200,12 +205,19 @@ async def _rabbit(base: Path) -> AsyncIterator[PrivateRabbit]:
 
 
 @contextlib.asynccontextmanager
-async def _postgres(base: Path) -> AsyncIterator[PrivatePostgres]:
-    cluster = await asyncio.to_thread(start_cluster, base)
+async def _postgres(work: Path, keep: bool, outcome: Outcome) -> AsyncIterator[PrivatePostgres]:
+    base, outside = cluster_home(work)
     try:
-        yield cluster
+        cluster = await asyncio.to_thread(start_cluster, base)
+        try:
+            yield cluster
+        finally:
+            await asyncio.to_thread(stop_cluster, cluster)
     finally:
-        await asyncio.to_thread(stop_cluster, cluster)
+        if outside and keep:
+            outcome.notes.append(f"PostgreSQL's directory kept: {base}")
+        elif outside:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -121,7 +121,7 @@ def finished(obs: Observations) -> Iterator[Violation]:
             last = run.events[-1] if run.events else None
             seen = f"; last event {last.kind} {last.step or ''} at {last.ts:.3f}" if last else ""
             if run.owner is not None:
-                lease = "released" if run.lease_until is None else f"until {run.lease_until:.3f}"
+                lease = f"until {run.lease_until:.3f}" if run.lease_until else "released"
                 seen += f"; owner {run.owner} (lease {lease})"
             yield Violation(
                 "unfinished",

@@ -5,6 +5,9 @@ The binaries come from ``AEXEC_PG_BIN`` or the newest ``/usr/lib/postgresql/*/bi
 root (PostgreSQL refuses to run as root) the cluster runs as the ``postgres`` user, which
 then owns its directory.  ``fsync`` is off: the cluster is thrown away, and durability of
 PostgreSQL itself is not what the campaign tests.
+
+As root, the cluster's directory must be reachable by the ``postgres`` user (every
+directory above it searchable by others): :func:`cluster_home` makes one that is.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import pwd
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +92,29 @@ def _run(argv: list[str], base: Path) -> None:
         raise ClusterUnavailable(f"{Path(argv[0]).name} failed: {proc.stderr.strip()[-2000:]}")
 
 
+def cluster_home(work: Path) -> tuple[Path, bool]:
+    """An empty directory for a cluster: ``work/postgres``, or, as root, a new temporary
+    directory the ``postgres`` user can reach (``work`` may not be).  The flag says
+    whether the directory is outside ``work`` (its caller removes it)."""
+    if not _as_owner():
+        home = work / "postgres"
+        home.mkdir()
+        return home, False
+    return Path(tempfile.mkdtemp(prefix="aexec-faults-postgres-")), True
+
+
 def start_cluster(base: Path) -> PrivatePostgres:
     """Create and start a cluster in the empty directory ``base``."""
     bin_dir = postgres_bin()
     owner = _as_owner()
     if owner:
+        closed = [p for p in base.parents if not p.stat().st_mode & 0o001]
+        if closed:
+            raise ClusterUnavailable(
+                f"the postgres user cannot reach {base} (no search permission on {closed[0]}): "
+                "use a directory under a world-searchable one, such as the system's temp"
+            )
         os.chown(base, owner["user"], owner["group"])
-        # The cluster's user must reach ``base`` through the caller's directories.
-        for parent in base.parents:
-            if parent == Path("/") or parent.stat().st_mode & 0o001:
-                break
-            parent.chmod(parent.stat().st_mode | 0o001)
     cluster = PrivatePostgres(base, free_port(), bin_dir)
     _run(
         [str(bin_dir / "initdb"), "-D", str(cluster.data), "-A", "trust", "-U", "postgres",
