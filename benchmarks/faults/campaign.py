@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aexec import Executor
+from aexec.config import Settings
 from benchmarks.faults import checker, ledger, observe
 from benchmarks.faults.client import Client
 from benchmarks.faults.faults import Injector
@@ -98,6 +99,8 @@ async def run(options: Options) -> Outcome:
     """Run a campaign; its outcome (the verdict), whatever it finds."""
     work = options.workdir or Path(tempfile.mkdtemp(prefix=f"aexec-faults-{options.seed}-"))
     work.mkdir(parents=True, exist_ok=True)
+    if any(work.iterdir()):
+        raise CampaignError(f"the work directory {work} is not empty")
     outcome = Outcome(options.seed, options.mode, options.kinds)
     try:
         await _campaign(options, work, outcome)
@@ -144,8 +147,9 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
             if not_ready:
                 raise CampaignError(f"{', '.join(not_ready)} did not start (logs in {work})")
             await _await_topology(rabbit)
+            # Settings of its own: the caller's AEXEC_* variables do not leak in.
             executor = await stack.enter_async_context(
-                Executor.from_url(broker=rabbit.url, objects=objects, remote=True)
+                Executor(Settings(broker=rabbit.url, objects=objects, remote=True))
             )
         client = Client(executor)
         injector = Injector(world, rabbit, proxies, wire, client, lease=options.lease)
@@ -155,7 +159,7 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
                 group.create_task(client.submit_all(runs_plan, t0))
                 group.create_task(injector.run(schedule, t0))
             injector.write_log(work / "faults.log")
-        async with Executor.from_url(store=cluster.dsn, objects=objects) as reader:
+        async with Executor(Settings(store=cluster.dsn, objects=objects)) as reader:
             with phases.phase("quiet"):
                 await injector.restore()
                 left = await _until_finished(reader, options.quiet)
@@ -174,20 +178,22 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
                 )
             with phases.phase("check"):
                 runs = await observe.read_runs(reader)
-        executions, unreadable = ledger.read(work / "ledger")
-        obs = Observations(
-            runs=runs,
-            expected=observe.expectations(runs, (p.run_id for p in injector.poison if p.run_id)),
-            submissions=submissions,
-            cancels=client.cancels(),
-            executions=executions,
-            duplicated=frozenset(injector.duplicated),
-            processes=world.fates(),
-            poison=[_consumed(p, consumed) for p in injector.poison],
-            dead_letters=list({d.digest: d for d in wire.dead_letters}.values()),
-            slack=options.slack,
-        )
-        outcome.violations = checker.check(obs)
+                executions, unreadable = ledger.read(work / "ledger")
+                obs = Observations(
+                    runs=runs,
+                    expected=observe.expectations(
+                        runs, (p.run_id for p in injector.poison if p.run_id)
+                    ),
+                    submissions=submissions,
+                    cancels=client.cancels(),
+                    executions=executions,
+                    duplicated=frozenset(injector.duplicated),
+                    processes=world.fates(),
+                    poison=[_consumed(p, consumed) for p in injector.poison],
+                    dead_letters=list({d.digest: d for d in wire.dead_letters}.values()),
+                    slack=options.slack,
+                )
+                outcome.violations = checker.check(obs)
         outcome.faults = injector.counts()
         outcome.runs = observe.counts(r.status for r in runs.values())
         outcome.steps = sum(len(r.steps) for r in runs.values())
@@ -233,7 +239,7 @@ def _through(proxy: TcpProxy) -> str:
 
 async def _migrate(dsn: str) -> None:
     """Create aexec's schema once, before two coordinators race to."""
-    async with Executor.from_url(store=dsn, objects="memory://"):
+    async with Executor(Settings(store=dsn, objects="memory://")):
         pass
 
 
