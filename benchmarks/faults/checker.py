@@ -49,9 +49,10 @@ Violation kinds, and exactly what each one checks:
     A process asked to stop with SIGTERM (at the end, or replaced by a fault) did not
     exit with status 0 within the grace period; a draining worker that never finishes.
 ``innocent-dead-letter``
-    The dead-letter queue holds a message the campaign did not inject as poison.
+    The dead-letter queue holds a message the campaign did not try to inject as poison.
 ``poison-not-dead-lettered``
-    A poison message sent to a queue that still had a consumer at the end never reached
+    A poison message (confirmed by the broker) sent to a queue that still had a consumer
+    at the end never reached
     the dead-letter queue (and, for a submission with an absurd id, no run has that id
     either: accepted as a run, it is judged by the rules above).
 """
@@ -415,7 +416,7 @@ def dead_letters(obs: Observations) -> Iterator[Violation]:
                 f"{letter.summary} dead-lettered ({letter.reason})",
             )
     for p in obs.poison:
-        if p.digest in arrived or not p.consumed:
+        if p.digest in arrived or not p.consumed or not p.confirmed:
             continue
         if p.run_id is not None and p.run_id in obs.runs:
             continue  # accepted as a run: the other rules judge it

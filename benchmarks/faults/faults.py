@@ -263,7 +263,12 @@ class Injector:
         self, queue: str, body: bytes, kind: str, variant: str, run_id: str | None = None
     ) -> None:
         at = time.time()
-        await self.wire.publish(queue, body)
+        try:
+            await self.wire.publish(queue, body)
+        except WireError:
+            # Unconfirmed is not unpublished: if it arrives, it is still our poison.
+            self.poison.append(Poison(digest(body), queue, kind, variant, at, False, run_id))
+            raise
         self.poison.append(Poison(digest(body), queue, kind, variant, at, run_id=run_id))
 
     async def _malformed(self, fault: PlannedFault) -> str:
@@ -285,11 +290,12 @@ class Injector:
         if not seen:
             raise Skip(f"no {kind} captured yet")
         message = seen[int(fault.choice * len(seen))]
+        if message.kind == "step" and message.step is not None and message.attempt is not None:
+            # Before the publish: an unconfirmed one may be delivered all the same.
+            self.duplicated.add((message.run_id, message.step, message.attempt))
         await self.wire.publish(
             message.queue, message.body, priority=message.priority, headers=message.headers
         )
-        if message.kind == "step" and message.step is not None and message.attempt is not None:
-            self.duplicated.add((message.run_id, message.step, message.attempt))
         return f"again: {message.describe()}"
 
     # -- the end ---------------------------------------------------------------------------

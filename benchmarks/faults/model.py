@@ -123,7 +123,8 @@ class Poison:
     """A message the campaign published to be refused: ``digest`` is its body's sha256.
 
     ``consumed`` says whether its queue still had a consumer at the end (a poison left in
-    a queue that nobody consumes any more was never looked at).  ``run_id``: a well-formed
+    a queue that nobody consumes any more was never looked at); ``confirmed`` False: the
+    publish raised, the broker may or may not have it.  ``run_id``: a well-formed
     submission whose only fault is its id, which may also become a run and fail."""
 
     digest: str
@@ -131,8 +132,9 @@ class Poison:
     kind: str
     variant: str
     at: float
-    consumed: bool = True
+    confirmed: bool = True
     run_id: str | None = None
+    consumed: bool = True
 
 
 @dataclass(frozen=True, slots=True)

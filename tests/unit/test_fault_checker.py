@@ -342,7 +342,9 @@ def test_poison_left_where_nobody_consumes_or_accepted_as_a_finished_run_is_fine
     obs.dead_letters.clear()
     obs.poison = [
         Poison("p1", "aexec.reply.gone", "malformed", "garbage", 101.0, consumed=False),
-        Poison("p2", "aexec.coordinator.submit", "poison-run", "absurd-id", 101.0, True, "r-chain"),
+        Poison(
+            "p2", "aexec.coordinator.submit", "poison-run", "absurd-id", 101.0, run_id="r-chain"
+        ),
     ]
     assert check(obs) == []
 
@@ -361,6 +363,14 @@ def test_an_absurdly_long_subject_is_shortened_on_its_line() -> None:
     (found,) = check(obs)
     assert found.subject == absurd
     assert len(found.line()) < 2000 and "(9000 characters)" in found.line()
+
+
+def test_poison_whose_publish_raised_is_poison_if_it_arrives_and_excused_if_not() -> None:
+    obs = consistent()
+    obs.poison = [Poison("p1", "aexec.step.faults", "malformed", "garbage", 101.0, False)]
+    assert check(obs) == []  # it arrived: not innocent
+    obs.dead_letters.clear()
+    assert check(obs) == []  # it did not: it may never have been queued
 
 
 def test_violations_come_sorted_by_kind_and_print_on_one_line() -> None:
