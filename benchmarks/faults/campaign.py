@@ -124,7 +124,7 @@ async def _campaign(options: Options, work: Path, outcome: Outcome) -> None:
     async with contextlib.AsyncExitStack() as stack:
         with phases.phase("setup"):
             rabbit = await stack.enter_async_context(_rabbit(work / "rabbitmq"))
-            cluster = await stack.enter_async_context(_postgres(work, options.keep, outcome))
+            cluster = await stack.enter_async_context(_postgres(work))
             await _migrate(cluster.dsn)
             proxies = {c: await stack.enter_async_context(_proxy(cluster)) for c in COORDINATORS}
             await asyncio.to_thread(rabbit.ctl, "trace_on")
@@ -211,7 +211,8 @@ async def _rabbit(base: Path) -> AsyncIterator[PrivateRabbit]:
 
 
 @contextlib.asynccontextmanager
-async def _postgres(work: Path, keep: bool, outcome: Outcome) -> AsyncIterator[PrivatePostgres]:
+async def _postgres(work: Path) -> AsyncIterator[PrivatePostgres]:
+    """The cluster; its log ends up in ``work`` (``postgres.log``) whatever happens."""
     base, outside = cluster_home(work)
     try:
         cluster = await asyncio.to_thread(start_cluster, base)
@@ -219,10 +220,11 @@ async def _postgres(work: Path, keep: bool, outcome: Outcome) -> AsyncIterator[P
             yield cluster
         finally:
             await asyncio.to_thread(stop_cluster, cluster)
+            if outside:
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(cluster.log_file, work / "postgres.log")
     finally:
-        if outside and keep:
-            outcome.notes.append(f"PostgreSQL's directory kept: {base}")
-        elif outside:
+        if outside:
             shutil.rmtree(base, ignore_errors=True)
 
 
