@@ -18,8 +18,8 @@ from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker
+from benchmarks.faults.tcpproxy import TcpProxy
 from tests.plugins.postgres import with_address
-from tests.plugins.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 

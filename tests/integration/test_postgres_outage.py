@@ -20,8 +20,8 @@ from aexec.plan import StepSpec, build
 from aexec.store import RunRecord
 from aexec.store.postgres import PostgresStore
 from aexec.types import RunStatus, StepStatus
+from benchmarks.faults.tcpproxy import TcpProxy
 from tests.plugins.postgres import with_address
-from tests.plugins.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 

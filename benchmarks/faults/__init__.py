@@ -1,0 +1,1 @@
+"""The seeded fault campaign: see ``python -m benchmarks.faults --help``."""
