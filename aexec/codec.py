@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from aexec.config import MAX_MESSAGE_SIZE
 from aexec.errors import CodecError
 
 EXT_SLOT = 1
@@ -36,8 +37,9 @@ EXT_DECIMAL = 20
 EXT_SET = 21
 EXT_FROZENSET = 22
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
-"""Bodies larger than this are refused before decoding (large values travel by reference)."""
+DEFAULT_MAX_BODY = MAX_MESSAGE_SIZE
+"""Bodies larger than this are refused before decoding unless the caller allows more (values
+loaded from the object store are held to ``Settings.max_value_size`` instead)."""
 
 ExtType = msgpack.ExtType
 

@@ -115,7 +115,9 @@ class Executor:
         if self._transport is None:
             stack = self._require_stack()
             transport = aexec.transport.from_url(
-                self.settings.broker, prefix=self.settings.queue_prefix
+                self.settings.broker,
+                prefix=self.settings.queue_prefix,
+                secret=self.settings.secret,
             )
             await transport.open()
             stack.push_async_callback(transport.close)

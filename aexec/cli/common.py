@@ -61,3 +61,13 @@ def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
 
     backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects", "remote")}
     return Settings.resolve({**backends, **flags}, config_file=args.config)
+
+
+async def broker_command(command: Coroutine[Any, Any, T]) -> T:
+    """A short command over the broker: a broker it cannot use is bad input (exit 2)."""
+    from aexec.errors import TransportError
+
+    try:
+        return await command
+    except TransportError as exc:
+        raise UsageError(str(exc)) from exc
