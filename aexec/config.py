@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aexec.errors import ConfigError
-from aexec.redaction import redact
+from aexec.redaction import redact, url_secrets
 
 DEFAULT_HOME = ".aexec"
 DEFAULT_INLINE_THRESHOLD = 64 * 1024
@@ -101,6 +101,14 @@ class Settings:
     def embedded(self) -> bool:
         """True when no broker is configured (or it is ``memory://``): workers run in-process."""
         return self.broker is None or self.broker.startswith("memory:")
+
+    def secret_values(self) -> list[str]:
+        """Every credential these settings hold (passwords and secret-like query values
+        of the URLs, the signing secret), for a log filter to hide."""
+        found = [*url_secrets(self.broker), *url_secrets(self.store), *url_secrets(self.objects)]
+        if self.secret:
+            found.append(self.secret)
+        return list(dict.fromkeys(found))
 
     @property
     def store_url(self) -> str:

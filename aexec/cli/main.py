@@ -366,14 +366,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(verbosity: int) -> None:
-    """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv."""
+    """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv; credentials of the
+    resolved settings masked in every line."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    from aexec.log import RedactingFilter
+
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+    # Secrets are added when settings are resolved (aexec.cli.common.resolve_settings).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     # aiormq logs every failed connection attempt as an ERROR of its own; the AMQP transport
     # reports the same failure as one aexec error, so it is shown only with -v.
     quiet = logging.CRITICAL if verbosity <= 0 else logging.NOTSET
