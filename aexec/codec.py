@@ -215,10 +215,13 @@ def decode(
         raise CodecError(f"cannot decode body: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_with_refs(data: bytes, *, inputs: Sequence[Any] | None = None) -> tuple[Any, bool]:
-    """Decode ``data`` and tell whether it holds any :class:`ObjectRef`."""
-    if len(data) > DEFAULT_MAX_BODY:
-        raise CodecError(f"body of {len(data)} bytes exceeds the {DEFAULT_MAX_BODY}-byte limit")
+def decode_with_refs(
+    data: bytes, *, inputs: Sequence[Any] | None = None, max_size: int = DEFAULT_MAX_BODY
+) -> tuple[Any, bool]:
+    """Decode ``data`` (at most ``max_size`` bytes) and tell whether it holds any
+    :class:`ObjectRef`."""
+    if len(data) > max_size:
+        raise CodecError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     decoder = _Decoder(inputs)
     try:
         return decoder.unpack(data), decoder.refs

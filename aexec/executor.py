@@ -33,6 +33,7 @@ from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
+from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
@@ -302,6 +303,14 @@ class Executor:
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[Event]:
         return await self.store.get_events(run_id, after=after, limit=limit)
+
+    async def prune_runs(self, older_than: float, *, dry_run: bool = False) -> list[Pruned]:
+        """Delete the runs that finished more than ``older_than`` seconds ago, with their
+        objects, steps and events (:func:`aexec.retention.prune`); never an unfinished run.
+        With ``dry_run``, only list them."""
+        return await prune(
+            self.store, self.objects, finished_before=cutoff(older_than), dry_run=dry_run
+        )
 
     async def load_result(self, record: RunRecord) -> Any:
         """The decoded result of a succeeded run; raises

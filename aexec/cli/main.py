@@ -35,7 +35,7 @@ from aexec.cli.common import (
 )
 from aexec.cli.dlq import cmd_dlq_list, cmd_dlq_replay
 from aexec.cli.run import cmd_run
-from aexec.cli.runs import cmd_runs_list, cmd_runs_logs, cmd_runs_show
+from aexec.cli.runs import cmd_runs_list, cmd_runs_logs, cmd_runs_prune, cmd_runs_show
 from aexec.cli.serve import (
     cmd_coordinator,
     cmd_worker_list,
@@ -190,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep printing events as they are recorded, until the run ends",
     )
     runs_logs.set_defaults(handler=cmd_runs_logs)
+
+    runs_prune = runs_commands.add_parser(
+        "prune",
+        parents=parents,
+        help="delete old finished runs with their outputs",
+        description="Delete the runs that finished (succeeded, failed or cancelled) more than "
+        "DURATION ago: their outputs in the object store, then their rows, steps and events. "
+        "A run still pending or running is never deleted.  Prints each run it deletes.",
+    )
+    runs_prune.add_argument(
+        "--older-than",
+        required=True,
+        metavar="DURATION",
+        help="how long ago a run must have finished: 30d, 12h, 90m, 45s",
+    )
+    runs_prune.add_argument(
+        "--dry-run", action="store_true", help="only list the runs that would be deleted"
+    )
+    runs_prune.add_argument("--json", action="store_true", help="one JSON object per run")
+    runs_prune.set_defaults(handler=cmd_runs_prune)
 
     _add_worker_commands(commands, common)
     _add_dlq_commands(commands, common)

@@ -4,6 +4,9 @@ Adapters: :mod:`aexec.objects.memory`, :mod:`aexec.objects.fs` (a directory) and
 :mod:`aexec.objects.s3` (S3 or an S3-compatible server), chosen by URL with
 :func:`from_url`.  All pass ``tests/contract/test_objects.py``.  ``get`` of a missing key
 raises :class:`~aexec.errors.ObjectNotFoundError`.
+
+Every object of a run lives under :func:`run_prefix` (its outputs at :func:`output_key`),
+so deleting a run's objects is one ``delete_prefix``.
 """
 
 from __future__ import annotations
@@ -25,17 +28,35 @@ class ObjectStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with ``prefix`` (not empty: a folder is
+        ``"outputs/r1/"``); return how many were deleted."""
 
-async def load_value(objects: ObjectStore, encoded: bytes) -> Any:
+
+def run_prefix(run_id: str) -> str:
+    """The prefix of every object of run ``run_id``."""
+    return f"outputs/{run_id}/"
+
+
+def output_key(run_id: str, step_key: str, attempt: int) -> str:
+    """Where the output of one attempt of a step is stored when it is too large to travel
+    inline."""
+    return f"{run_prefix(run_id)}{step_key}/{attempt}"
+
+
+async def load_value(
+    objects: ObjectStore, encoded: bytes, *, max_size: int = codec.DEFAULT_MAX_BODY
+) -> Any:
     """Decode ``encoded``, fetching every claim check (``ObjectRef``) inside it from
-    ``objects``: step inputs on a worker, a run's result on a client."""
-    value, has_refs = codec.decode_with_refs(encoded)
+    ``objects``: step inputs on a worker, a run's result on a client.  Each value, inline
+    or fetched, may be up to ``max_size`` bytes (``Settings.max_value_size``)."""
+    value, has_refs = codec.decode_with_refs(encoded, max_size=max_size)
     if not has_refs:
         return value
     loaded = {}
     for ref in codec.collect_refs(value, []):
         if ref.key not in loaded:
-            loaded[ref.key] = codec.decode(await objects.get(ref.key))
+            loaded[ref.key] = codec.decode(await objects.get(ref.key), max_size=max_size)
     return codec.map_refs(value, lambda ref: loaded[ref.key])
 
 
