@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.plugins.s3",
     "tests.plugins.rabbitmq",
     "tests.plugins.postgres",
+    "tests.plugins.tls",
     "tests.plugins.private_rabbitmq",
 ]
