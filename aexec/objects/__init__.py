@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aexec import codec
-from aexec.errors import ConfigError
+from aexec.errors import CodecError, ConfigError
 
 
 class ObjectStore(Protocol):
@@ -44,19 +44,35 @@ def output_key(run_id: str, step_key: str, attempt: int) -> str:
     return f"{run_prefix(run_id)}{step_key}/{attempt}"
 
 
+MAX_REF_DEPTH = 4
+"""How deep claim checks may nest (a value stored by reference that holds references):
+a run's result moved to the object store holds the references of its large outputs."""
+
+
 async def load_value(
     objects: ObjectStore, encoded: bytes, *, max_size: int = codec.DEFAULT_MAX_BODY
 ) -> Any:
     """Decode ``encoded``, fetching every claim check (``ObjectRef``) inside it from
-    ``objects``: step inputs on a worker, a run's result on a client.  Each value, inline
-    or fetched, may be up to ``max_size`` bytes (``Settings.max_value_size``)."""
+    ``objects``, and those inside what was fetched: step inputs on a worker, a run's result
+    on a client.  Each value, inline or fetched, may be up to ``max_size`` bytes
+    (``Settings.max_value_size``)."""
     value, has_refs = codec.decode_with_refs(encoded, max_size=max_size)
     if not has_refs:
         return value
-    loaded = {}
+    return await _resolve(objects, value, max_size, MAX_REF_DEPTH)
+
+
+async def _resolve(objects: ObjectStore, value: Any, max_size: int, depth: int) -> Any:
+    if depth == 0:
+        raise CodecError(f"claim checks nest deeper than {MAX_REF_DEPTH} levels")
+    loaded: dict[str, Any] = {}
     for ref in codec.collect_refs(value, []):
         if ref.key not in loaded:
-            loaded[ref.key] = codec.decode(await objects.get(ref.key), max_size=max_size)
+            data = await objects.get(ref.key)
+            fetched, nested = codec.decode_with_refs(data, max_size=max_size)
+            loaded[ref.key] = (
+                await _resolve(objects, fetched, max_size, depth - 1) if nested else fetched
+            )
     return codec.map_refs(value, lambda ref: loaded[ref.key])
 
 

@@ -25,6 +25,7 @@ run_succeeded           run → succeeded, result (the event's output), finished
 run_failed / cancelled  run → failed / cancelled, error, finished_at
 run_resumed             none
 step_progress           none
+message_rejected        none
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
