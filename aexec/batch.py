@@ -3,7 +3,8 @@
 The coordinator drains everything that has arrived into a :class:`Batch`, which applies it
 to each run's pure :class:`~aexec.scheduling.RunState` and turns the resulting actions into
 events.  The coordinator then records the events in one transaction and only afterwards
-publishes the steps, arms the retry timers and finishes the runs the batch collected.
+publishes the steps (:attr:`Batch.outgoing`), arms the retry timers (:attr:`Batch.retries`)
+and finishes the runs the batch collected (:attr:`Batch.finished`).
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 from aexec import codec, messages
 from aexec.errors import WorkerLostError
 from aexec.events import Event, EventKind
+from aexec.inbox import Cancel, Resume, RetryDue, RunCommand, Start, WorkerLost
 from aexec.plan import Plan
-from aexec.scheduling import Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.scheduling import Action, Dispatch, Fail, Finish, Retry, RunState, Skip
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
-
-END = object()
-"""Put on an event subscriber's queue after the last event it will get."""
 
 
 class ActiveRun:
@@ -48,13 +49,30 @@ class ActiveRun:
         self.state = state
         self.created_at = time.time()
         self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
-        self.subscribers: list[asyncio.Queue[Any]] = []
+        self.subscribers: list[asyncio.Queue[Event | None]] = []  # None: no more events
         self.running_on: dict[int, str] = {}  # step index → the worker that reported it
         self.notify: str | None = None  # a remote client's queue for this run's events
 
     @property
     def status(self) -> RunStatus:
         return self.state.run_status
+
+
+@dataclass(slots=True)  # not frozen: one per dispatch, and frozen ones take 3x to build
+class Outgoing:
+    """Publish ``attempt`` of step ``index`` of ``run``."""
+
+    run: ActiveRun
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTimer:
+    """Post ``due`` to the coordinator's inbox in ``delay`` seconds (a retry's backoff)."""
+
+    delay: float
+    due: RetryDue
 
 
 class Batch:
@@ -65,7 +83,7 @@ class Batch:
         "events",
         "finished",
         "now",
-        "publish",
+        "outgoing",
         "retries",
         "runs",
         "workers_seen",
@@ -79,67 +97,87 @@ class Batch:
         self.workers_seen = workers_seen
         self.now = time.time()
         self.events: list[Event] = []
-        self.publish: list[tuple[ActiveRun, int, int]] = []  # (run, step index, attempt)
+        self.outgoing: list[Outgoing] = []
         self.finished: list[ActiveRun] = []
-        self.retries: list[tuple[str, int, int, float]] = []  # (run id, index, attempt, delay)
+        self.retries: list[RetryTimer] = []
 
-    def command(self, item: tuple[Any, ...]) -> None:
-        """``("start" | "retry" | "cancel" | "resume" | "lost", run_id, ...)``."""
+    def command(self, command: RunCommand) -> None:
+        """Apply a command to its run; one for a run this coordinator does not drive (any
+        more) is dropped."""
         now = self.now
-        kind, run_id = item[0], item[1]
+        run_id = command.run_id
         run = self.runs.get(run_id)
         if run is None:
             return
-        if kind == "start":
-            self.events.append(
-                Event(
-                    EventKind.RUN_STARTED,
-                    run_id,
-                    now,
-                    data={
-                        "steps": len(run.plan),
-                        "priority": run.priority,
-                        "coordinator": self.coordinator_id,
-                    },
+        match command:
+            case Start():
+                self._start(run, now)
+            case RetryDue(index=index, attempt=attempt):
+                self.actions(run, run.state.retry_due(index, attempt), now)
+            case Cancel():
+                self.actions(run, run.state.cancel(), now)
+            case Resume(actions=actions, previous=previous):
+                self.events.append(
+                    Event(
+                        EventKind.RUN_RESUMED,
+                        run_id,
+                        now,
+                        data={"coordinator": self.coordinator_id, "previous": previous},
+                    )
                 )
+                self.actions(run, actions, now)
+            case WorkerLost(index=index, attempt=attempt, worker=worker):
+                self._lost(run, index, attempt, worker, now)
+            case _:
+                assert_never(command)
+
+    def _start(self, run: ActiveRun, now: float) -> None:
+        self.events.append(
+            Event(
+                EventKind.RUN_STARTED,
+                run.run_id,
+                now,
+                data={
+                    "steps": len(run.plan),
+                    "priority": run.priority,
+                    "coordinator": self.coordinator_id,
+                },
             )
-            self.actions(run, run.state.start(), now)
-        elif kind == "retry":
-            _, _, index, attempt = item
-            self.actions(run, run.state.retry_due(index, attempt), now)
-        elif kind == "cancel":
-            self.actions(run, run.state.cancel(), now)
-        elif kind == "resume":
-            _, _, actions, previous = item
-            self.events.append(
-                Event(
-                    EventKind.RUN_RESUMED,
-                    run_id,
-                    now,
-                    data={"coordinator": self.coordinator_id, "previous": previous},
-                )
+        )
+        self.actions(run, run.state.start(), now)
+
+    def _lost(self, run: ActiveRun, index: int, attempt: int, worker: str, now: float) -> None:
+        actions = run.state.lost_worker(index, attempt)
+        if actions is None:
+            return
+        run.running_on.pop(index, None)
+        error = ErrorInfo.from_exception(
+            WorkerLostError(f"worker {worker} stopped heartbeating while running this step")
+        )
+        self.events.append(
+            Event(
+                EventKind.STEP_RETRYING,
+                run.run_id,
+                now,
+                run.plan.steps[index].key,
+                attempt,
+                {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
             )
-            self.actions(run, actions, now)
-        elif kind == "lost":
-            _, _, index, attempt, worker = item
-            actions = run.state.lost_worker(index, attempt)
-            if actions is None:
-                return
-            run.running_on.pop(index, None)
-            error = ErrorInfo.from_exception(
-                WorkerLostError(f"worker {worker} stopped heartbeating while running this step")
-            )
-            self.events.append(
-                Event(
-                    EventKind.STEP_RETRYING,
-                    run_id,
-                    now,
-                    run.plan.steps[index].key,
-                    attempt,
-                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
-                )
-            )
-            self.actions(run, actions, now, {"worker": worker})
+        )
+        self.actions(run, actions, now, {"worker": worker})
+
+    def reply(self, msg: messages.Message) -> bool:
+        """Apply a message from a reply queue; False for a kind that does not belong there."""
+        match msg:
+            case messages.Completion():
+                self.completion(msg)
+            case messages.Progress():
+                self.progress(msg)
+            case messages.Heartbeat():
+                self.heartbeat(msg)
+            case _:
+                return False
+        return True
 
     def completion(self, msg: messages.Completion) -> None:
         run = self.runs.get(msg.run_id)
@@ -226,62 +264,66 @@ class Batch:
     def actions(
         self,
         run: ActiveRun,
-        actions: list[Any],
+        actions: Sequence[Action],
         ts: float,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        """Turn the scheduling ``actions`` of ``run`` into events, steps to publish, retry
+        timers and a finished run; ``extra`` goes into the data of failure events."""
         run_id, steps = run.run_id, run.plan.steps
         for action in actions:
-            if type(action) is Dispatch:
-                self.publish.append((run, action.index, action.attempt))
-                self.events.append(
-                    Event(
-                        EventKind.STEP_DISPATCHED,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt,
+            # Class patterns without sub-patterns: this runs once per step and event.
+            match action:
+                case Dispatch():
+                    index, attempt = action.index, action.attempt
+                    self.outgoing.append(Outgoing(run, index, attempt))
+                    self.events.append(
+                        Event(EventKind.STEP_DISPATCHED, run_id, ts, steps[index].key, attempt)
                     )
-                )
-            elif type(action) is Fail:
-                self.events.append(
-                    Event(
-                        EventKind.STEP_FAILED,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt,
-                        {**(extra or {}), "error": action.error.to_dict()},
+                case Fail():
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_FAILED,
+                            run_id,
+                            ts,
+                            steps[action.index].key,
+                            action.attempt,
+                            {**(extra or {}), "error": action.error.to_dict()},
+                        )
                     )
-                )
-            elif type(action) is Retry:
-                self.events.append(
-                    Event(
-                        EventKind.STEP_RETRYING,
-                        run_id,
-                        ts,
-                        steps[action.index].key,
-                        action.attempt - 1,
-                        {
-                            **(extra or {}),
-                            "error": action.error.to_dict(),
-                            "retry_in": action.delay,
-                        },
+                case Retry():
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_RETRYING,
+                            run_id,
+                            ts,
+                            steps[action.index].key,
+                            action.attempt - 1,
+                            {
+                                **(extra or {}),
+                                "error": action.error.to_dict(),
+                                "retry_in": action.delay,
+                            },
+                        )
                     )
-                )
-                self.retries.append((run_id, action.index, action.attempt, action.delay))
-            elif type(action) is Skip:
-                kind = (
-                    EventKind.STEP_CANCELLED
-                    if action.status is StepStatus.CANCELLED
-                    else EventKind.STEP_SKIPPED
-                )
-                attempts = run.state.attempts
-                for index in action.indices:
-                    self.events.append(Event(kind, run_id, ts, steps[index].key, attempts[index]))
-            elif type(action) is Finish:
-                self.events.append(self._finish_event(run, action.status, ts))
-                self.finished.append(run)
+                    due = RetryDue(run_id, action.index, action.attempt)
+                    self.retries.append(RetryTimer(action.delay, due))
+                case Skip():
+                    kind = (
+                        EventKind.STEP_CANCELLED
+                        if action.status is StepStatus.CANCELLED
+                        else EventKind.STEP_SKIPPED
+                    )
+                    attempts = run.state.attempts
+                    for index in action.indices:
+                        self.events.append(
+                            Event(kind, run_id, ts, steps[index].key, attempts[index])
+                        )
+                case Finish():
+                    self.events.append(self._finish_event(run, action.status, ts))
+                    self.finished.append(run)
+                case _:
+                    assert_never(action)
 
     def _finish_event(self, run: ActiveRun, status: RunStatus, ts: float) -> Event:
         if status is RunStatus.SUCCEEDED:

@@ -1,26 +1,31 @@
 """The coordinator: many runs on one event loop, no thread per run, no polling tick.
 
 Workers push completions, progress and heartbeats to the coordinator's reply queue.  The
-coordinator's single scheduler task drains everything that has arrived, applies it to each
-run's pure :class:`~aexec.scheduling.RunState`, writes the resulting events to the store
-in ONE transaction (group commit), acks the consumed messages, and only then publishes
-the newly ready steps — so a step's dependents go out only after its completion is durable.
+coordinator's single scheduler task drains everything that has arrived (its
+:class:`~aexec.inbox.Inbox`), applies it to each run's pure
+:class:`~aexec.scheduling.RunState`, writes the resulting events to the store in ONE
+transaction (group commit), acks the consumed messages, and only then publishes the newly
+ready steps — so a step's dependents go out only after its completion is durable.
+
+Its tasks — the scheduler, the worker watchdog, the lease keeper, the timers and the
+batches being published — belong to one :class:`~aexec.background.Background` group,
+opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinator.abort`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aexec import messages
-from aexec.batch import END, ActiveRun, Batch
+from aexec.background import Background, Timers
+from aexec.batch import ActiveRun, Batch, Outgoing
 from aexec.config import Settings
 from aexec.errors import (
     AexecError,
@@ -32,6 +37,7 @@ from aexec.errors import (
     TransportError,
 )
 from aexec.events import Event, EventKind, to_record
+from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Resume, Start, WorkerLost
 from aexec.plan import Plan
 from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
@@ -40,6 +46,8 @@ from aexec.types import ErrorInfo, RunStatus, StepStatus
 from aexec.wire import CONTROL_TOPIC, COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE, step_queue
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,7 @@ class Coordinator:
         store: Store,
         config: CoordinatorConfig | None = None,
         *,
-        on_queue: Callable[[str], Any] | None = None,
+        on_queue: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
@@ -87,21 +95,18 @@ class Coordinator:
         self.reply_queue = f"reply.{self.config.id}"
         self._on_queue = on_queue
         self._runs: dict[str, ActiveRun] = {}
-        self._inbox: collections.deque[Any] = collections.deque()
-        self._wake = asyncio.Event()
+        self._inbox = Inbox()
+        self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._background: Background | None = None
+        self._periodic: tuple[asyncio.Task[Any], ...] = ()  # loops that start work unasked
         self._subscription: Subscription | None = None
         self._submissions: Subscription | None = None
         self._commands: Subscription | None = None
-        self._scheduler: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
         self._unrecorded: list[Event] = []  # with durable_dispatch False: not yet committed
         self._unfinished: list[ActiveRun] = []
         self._last_flush = time.monotonic()
         self._flush_armed = False
-        self._leases: asyncio.Task[None] | None = None
         self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
         self._adopted_subscriptions: dict[str, Subscription] = {}
         self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
@@ -118,60 +123,100 @@ class Coordinator:
             self.reply_queue, self._on_reply, prefetch=self.config.reply_prefetch
         )
         self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
-        loop = asyncio.get_running_loop()
-        self._scheduler = loop.create_task(
-            self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
+        background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
+        await background.__aenter__()
+        self._background = background
+        background.start_loop(self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}")
+        self._periodic = (
+            background.start_loop(self._watch_workers(), name="aexec-worker-watchdog"),
+            background.start_loop(self._keep_leases(), name="aexec-leases"),
+            background.start_loop(self._timers.run(), name="aexec-timers"),
         )
-        self._watchdog = loop.create_task(self._watch_workers(), name="aexec-worker-watchdog")
-        self._leases = loop.create_task(self._keep_leases(), name="aexec-leases")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        await self.stop_accepting()
-        if self._commands is not None:
-            await self._commands.cancel()
-            self._commands = None
-        if self._subscription is not None:
-            await self._subscription.cancel()
-            self._subscription = None
-        for task in (self._watchdog, self._leases):
-            if task is not None:
-                task.cancel()
-                await asyncio.wait([task])
-        self._watchdog = self._leases = None
-        for subscription in self._adopted_subscriptions.values():
-            await subscription.cancel()
-        self._adopted_subscriptions.clear()
-        if self._publishing:
-            await asyncio.wait(list(self._publishing), timeout=5.0)
-            for task in self._publishing:
-                task.cancel()
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            await asyncio.wait([self._scheduler])
-            if self._unrecorded or self._unfinished:
-                try:
-                    await self._flush()
-                except StoreError as exc:
-                    log.error(
-                        "coordinator %s could not record its last events: %s", self.config.id, exc
-                    )
-            if not self._scheduler.cancelled() and self._scheduler.exception() is not None:
-                log.error("coordinator scheduler failed", exc_info=self._scheduler.exception())
-            self._scheduler = None
+        """Stop cleanly: take nothing new in, let the steps already decided reach the broker
+        (for at most 5 s), stop the scheduler, commit what trails, and delete the reply queue
+        unless runs it drives are still in flight (another coordinator will want it)."""
+        background = self._background
+        if background is None:
+            return  # never entered, or aborted
+        try:
+            for task in self._periodic:
+                task.cancel()  # no retry, takeover or lost worker starts new work now
+            await self._drop_subscriptions()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await background.drain()  # the steps already decided reach the broker
+        finally:
+            self._background = None
+            await background.aclose()  # raises what stopped it, if a task failed
+        if self._unrecorded or self._unfinished:
+            try:
+                await self._flush()
+            except StoreError as exc:
+                log.error(
+                    "coordinator %s could not record its last events: %s", self.config.id, exc
+                )
         if not self._runs and self.config.durable_replies:
             # Nothing can still answer to this coordinator: its reply queue may go.  With
             # runs in flight it stays, for whichever coordinator takes them over.
             with contextlib.suppress(TransportError):
                 await self.transport.delete_queues([self.reply_queue])
-        for run in self._runs.values():
+        self._end_runs()
+
+    async def abort(self) -> None:
+        """Stop at once, as a crash would: every task is cancelled wherever it is, and the
+        subscriptions are dropped, so unacked deliveries go back to the broker.  Nothing is
+        flushed, no lease is released, the reply queue stays: the runs this coordinator
+        drove remain its own in the store until their leases lapse and another coordinator
+        takes them over.  Local waiters of those runs are cancelled.  Leaving the
+        ``async with`` afterwards does nothing."""
+        background, self._background = self._background, None
+        if background is None:
+            return
+        try:
+            await background.aclose()
+        finally:
+            await self._drop_subscriptions()
+            self._end_runs()
+
+    async def _failed(self, failure: Exception) -> None:
+        """A background task failed (a bug): the group has stopped; stop as :meth:`abort`
+        does, and let the runs' waiters know why."""
+        await self._drop_subscriptions()
+        self._end_runs(AexecError(f"coordinator {self.config.id} stopped: {failure!r}"))
+
+    async def _drop_subscriptions(self) -> None:
+        """Consume nothing more; what was delivered and not acked goes back to its queue."""
+        await self.stop_accepting()
+        subscriptions = [self._commands, self._subscription, *self._adopted_subscriptions.values()]
+        self._commands = self._subscription = None
+        self._adopted_subscriptions.clear()
+        for subscription in subscriptions:
+            if subscription is not None:
+                await subscription.cancel()
+
+    def _end_runs(self, error: AexecError | None = None) -> None:
+        """Stop driving every run: end their event streams, and cancel their waiters (or
+        fail them with ``error``)."""
+        runs = list(self._runs.values())
+        self._runs.clear()
+        for run in runs:
             for queue in run.subscribers:
-                queue.put_nowait(END)
+                queue.put_nowait(None)
             if not run.done.done():
-                run.done.cancel()
+                if error is None:
+                    run.done.cancel()
+                else:
+                    run.done.set_exception(error)
+
+    def _require_running(self) -> Background:
+        background = self._background
+        if background is None or not background.running:
+            state = "stopped" if background is not None else "not running (use `async with`)"
+            raise AexecError(f"the coordinator is {state}")
+        return background
 
     @property
     def active_runs(self) -> list[ActiveRun]:
@@ -245,8 +290,7 @@ class Coordinator:
 
         ``notify``: a remote client's queue, sent every event of the run from its
         run_submitted on."""
-        if self._scheduler is None:
-            raise AexecError("the coordinator is not running (use `async with`)")
+        self._require_running()
         run_id = run_id or uuid.uuid4().hex
         priority = min(max(int(priority), 0), MAX_PRIORITY)
         now = time.time()
@@ -270,7 +314,7 @@ class Coordinator:
         run.notify = notify
         await self._notify(run, [submitted])  # before the run starts: the client sees it first
         self._runs[run_id] = run
-        self._post(("start", run_id))
+        self._inbox.post(Start(run_id))
         return run
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
@@ -305,7 +349,7 @@ class Coordinator:
         if previous and previous != self.config.id:
             await self._adopt_replies(f"reply.{previous}", record.run_id)
         self._runs[record.run_id] = run
-        self._post(("resume", record.run_id, actions, previous))
+        self._inbox.post(Resume(record.run_id, tuple(actions), previous))
         log.warning(
             "coordinator %s took over run %s from %s", self.config.id, record.run_id, previous
         )
@@ -336,7 +380,9 @@ class Coordinator:
             runs.discard(run_id)
             if not runs:
                 del self._adopted[queue]
-                await self._adopted_subscriptions.pop(queue).cancel()
+                subscription = self._adopted_subscriptions.pop(queue, None)
+                if subscription is not None:  # None once the coordinator stops consuming
+                    await subscription.cancel()
                 with contextlib.suppress(TransportError):
                     await self.transport.delete_queues([queue])
 
@@ -362,7 +408,7 @@ class Coordinator:
         log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
         self._runs.pop(run.run_id, None)
         for queue in run.subscribers:
-            queue.put_nowait(END)
+            queue.put_nowait(None)
         if not run.done.done():
             run.done.set_exception(
                 AexecError(f"run {run.run_id} was taken over by another coordinator")
@@ -377,7 +423,7 @@ class Coordinator:
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: here if this coordinator drives it, else through the broadcast."""
         if run_id in self._runs:
-            self._post(("cancel", run_id))
+            self._inbox.post(Cancel(run_id))
             await self.transport.broadcast(
                 CONTROL_TOPIC, messages.Control("cancel", run_id=run_id).encode()
             )
@@ -386,12 +432,12 @@ class Coordinator:
                 COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
             )
 
-    def subscribe(self, run_id: str) -> asyncio.Queue[Any] | None:
-        """A queue receiving the run's events as they are committed, then an end marker."""
+    def subscribe(self, run_id: str) -> asyncio.Queue[Event | None] | None:
+        """A queue receiving the run's events as they are committed, then None."""
         run = self._runs.get(run_id)
         if run is None:
             return None
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
         run.subscribers.append(queue)
         return queue
 
@@ -408,7 +454,7 @@ class Coordinator:
             return
         while True:
             item = await live.get()
-            if item is END:
+            if item is None:
                 return
             if item.seq > last:
                 yield item
@@ -417,13 +463,8 @@ class Coordinator:
 
     # -- inbox -----------------------------------------------------------------------------
 
-    def _post(self, item: Any) -> None:
-        self._inbox.append(item)
-        self._wake.set()
-
     async def _on_reply(self, delivery: Delivery) -> None:
-        self._inbox.append(delivery)
-        self._wake.set()
+        self._inbox.post(Reply(delivery))
 
     async def _declare(self, queue: str) -> None:
         if queue in self._declared:
@@ -436,46 +477,28 @@ class Coordinator:
     # -- the scheduler ---------------------------------------------------------------------
 
     async def _schedule_forever(self) -> None:
+        inbox = self._inbox
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._inbox:
+            await inbox.wait()
+            while inbox:
                 try:
                     await self._schedule_once()
                 except Exception:  # a bug must not stop every run this coordinator drives
                     log.exception("coordinator %s: a scheduler pass failed", self.config.id)
 
     async def _schedule_once(self) -> None:
-        inbox = self._inbox
         batch = Batch(self._runs, self.config.id, self.workers_seen)
         acks: list[Delivery] = []
         # Everything that arrived until now is one batch: one store transaction.
-        for _ in range(len(inbox)):
-            item = inbox.popleft()
-            if isinstance(item, tuple):
-                batch.command(item)
-                continue
-            try:
-                msg = messages.decode(item.body)
-            except CodecError as exc:
-                log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
-                await self._settle(item, reject=True)
-                continue
-            if isinstance(msg, messages.Completion):
-                batch.completion(msg)
-            elif isinstance(msg, messages.Progress):
-                batch.progress(msg)
-            elif isinstance(msg, messages.Heartbeat):
-                batch.heartbeat(msg)
-            else:
-                log.error(
-                    "coordinator %s dead-lettered a %s message on its reply queue",
-                    self.config.id,
-                    type(msg).__name__,
-                )
-                await self._settle(item, reject=True)
-                continue
-            acks.append(item)
+        for item in self._inbox.take():
+            match item:
+                case Reply():
+                    if await self._take_reply(batch, item.delivery):
+                        acks.append(item.delivery)
+                case FlushDue():
+                    pass  # it woke the scheduler: whether a flush is due is decided below
+                case _:
+                    batch.command(item)
         if self.config.durable_dispatch:
             # A step's dependents go out only once its completion is committed.
             if batch.events:
@@ -493,9 +516,26 @@ class Coordinator:
             await self._flush()
         elif self._unrecorded and not self._flush_armed:
             self._flush_armed = True
-            asyncio.get_running_loop().call_later(
-                self.config.flush_interval, self._post, ("flush", "")
-            )
+            self._timers.after(self.config.flush_interval, FlushDue())
+
+    async def _take_reply(self, batch: Batch, delivery: Delivery) -> bool:
+        """Apply a reply to ``batch``; False when it is malformed or misplaced, and then
+        dead-lettered."""
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
+            await self._settle(delivery, reject=True)
+            return False
+        if batch.reply(msg):
+            return True
+        log.error(
+            "coordinator %s dead-lettered a %s message on its reply queue",
+            self.config.id,
+            type(msg).__name__,
+        )
+        await self._settle(delivery, reject=True)
+        return False
 
     async def _record(self, events: list[Event]) -> None:
         await self._with_retry("record events", lambda: self.store.append(events))
@@ -510,17 +550,15 @@ class Coordinator:
         await self._recorded(events, finished)
 
     async def _dispatch(self, batch: Batch, acks: list[Delivery]) -> None:
-        if batch.publish:
+        if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            outgoing = [self._step_message(run, i, attempt) for run, i, attempt in batch.publish]
-            task = asyncio.get_running_loop().create_task(self._publish(outgoing))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
+            outgoing = [self._step_message(step) for step in batch.outgoing]
+            self._require_running().start_work(self._publish(outgoing))
         for delivery in acks:
             await self._settle(delivery)
-        for run_id, index, attempt, delay in batch.retries:
-            self._schedule_retry(run_id, index, attempt, delay)
+        for timer in batch.retries:
+            self._timers.after(timer.delay, timer.due)
 
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
         """Events are in the store: tell their subscribers; finish the runs that ended."""
@@ -540,7 +578,7 @@ class Coordinator:
             if self._adopted:
                 await self._release_adopted(run.run_id)
             for queue in run.subscribers:
-                queue.put_nowait(END)
+                queue.put_nowait(None)
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
 
@@ -581,27 +619,15 @@ class Coordinator:
             # Workers heartbeat only while they run steps: one that went idle is forgotten
             # quietly, one that fell silent with steps on it has lost them.
             lost = [
-                (run, index, worker)
+                WorkerLost(run.run_id, index, run.state.attempts[index], worker)
                 for run in self._runs.values()
                 for index, worker in run.running_on.items()
                 if worker in lapsed
             ]
-            for worker in sorted({worker for _, _, worker in lost}):
+            for worker in sorted({command.worker for command in lost}):
                 log.warning("worker %s stopped heartbeating; re-dispatching its steps", worker)
-            for run, index, worker in lost:
-                self._post(("lost", run.run_id, index, run.state.attempts[index], worker))
-
-    def _schedule_retry(self, run_id: str, index: int, attempt: int, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        holder: list[asyncio.TimerHandle] = []
-
-        def due() -> None:
-            self._timers.discard(holder[0])
-            self._post(("retry", run_id, index, attempt))
-
-        handle = loop.call_later(delay, due)
-        holder.append(handle)
-        self._timers.add(handle)
+            for command in lost:
+                self._inbox.post(command)
 
     async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
         """Publish until every message is confirmed; after a partial failure only the
@@ -618,13 +644,15 @@ class Coordinator:
 
         await self._with_retry("publish steps", attempt)
 
-    def _step_message(self, run: ActiveRun, index: int, attempt: int) -> tuple[str, bytes, int]:
-        step = run.plan.steps[index]
+    def _step_message(self, outgoing: Outgoing) -> tuple[str, bytes, int]:
+        """``(queue, body, priority)`` of the step message for ``outgoing``."""
+        run = outgoing.run
+        step = run.plan.steps[outgoing.index]
         outputs = run.state.outputs
         body = messages.StepMessage(
             run.run_id,
             step.key,
-            attempt,
+            outgoing.attempt,
             step.name,
             step.call,
             [outputs[d] for d in step.deps],
@@ -633,7 +661,7 @@ class Coordinator:
         ).encode()
         return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
 
-    async def _with_retry(self, what: str, call: Callable[[], Any]) -> Any:
+    async def _with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry ``call`` while its backend is unavailable: a run stalls, it is never lost."""
         delay = self.config.retry_backoff
         while True:

@@ -12,11 +12,16 @@ dies is replaced by the broker's redelivery.  A step that runs longer than ``ack
 is reported in a heartbeat to its coordinator and *then* acked — from there on the
 coordinator's lease on the worker's heartbeats is what protects it, so a step may outlive
 RabbitMQ's ``consumer_timeout`` without being requeued and run twice.
+
+The worker's tasks — one per step attempt, the progress reports and the heartbeat loop —
+belong to one :class:`~aexec.background.Background` group, opened by ``async with`` and
+closed by :meth:`Worker.drain`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -24,12 +29,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from aexec import codec, context, messages
+from aexec.background import Background
 from aexec.config import Settings
 from aexec.dsl import StepDef
 from aexec.errors import (
@@ -87,6 +93,10 @@ class WorkerConfig:
         return cls(**(values | overrides))
 
 
+AttemptKey = tuple[str, str, int]
+"""``(run id, step key, attempt)``: one attempt of one step, as heartbeats name it."""
+
+
 @dataclass(slots=True, eq=False)
 class _Attempt:
     msg: messages.StepMessage
@@ -117,11 +127,10 @@ class Worker:
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._control: Subscription | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._running: dict[tuple[str, str, int], _Attempt] = {}
+        self._background: Background | None = None
+        self._running: dict[AttemptKey, _Attempt] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPool | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
         self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -134,7 +143,10 @@ class Worker:
     async def __aenter__(self) -> Worker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._heartbeat = self._loop.create_task(self._heartbeat_loop(), name="aexec-heartbeat")
+        background = Background(f"worker {self.name}", on_failure=self._failed)
+        await background.__aenter__()
+        self._background = background
+        background.start_loop(self._heartbeat_loop(), name="aexec-heartbeat")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -177,6 +189,8 @@ class Worker:
         """Start consuming the step queue for ``queue`` (idempotent)."""
         if queue in self._subscriptions:
             return
+        if self._background is None:
+            raise AexecError(f"worker {self.name} is not running (use `async with`)")
         name = step_queue(queue)
         await self.transport.declare_queue(name)
         self._subscriptions[queue] = await self.transport.consume(
@@ -206,22 +220,40 @@ class Worker:
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop consuming and let in-flight steps finish (for at most ``grace`` seconds:
-        the rest are cancelled and requeued); then stop the heartbeat and the pools."""
-        await self.stop_consuming()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
-        for attempt in list(self._running.values()):
-            if attempt.task is not None:
-                attempt.task.cancel()
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-        if self._control is not None:
-            await self._control.cancel()
-            self._control = None
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait([self._heartbeat])
-            self._heartbeat = None
+        the rest are cancelled and requeued); then stop the heartbeat and the pools.
+        Raises what stopped the worker's tasks, if one of them failed (a bug)."""
+        background = self._background
+        try:
+            await self.stop_consuming()
+            if background is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await background.drain()
+                for attempt in list(self._running.values()):
+                    if attempt.task is not None:
+                        attempt.task.cancel()
+                await background.drain()  # the cancelled ones put their deliveries back
+            await self._stop_listening()
+        finally:
+            self._background = None
+            if background is not None:
+                await background.aclose()  # the heartbeat stops last
+            self._close_pools()
+
+    async def abort(self) -> None:
+        """Stop at once, as a crash would: steps in flight are cancelled and publish no
+        completion (their unacked deliveries go back to the broker), heartbeats stop, and
+        the consumers are dropped.  Leaving the ``async with`` afterwards does nothing."""
+        background, self._background = self._background, None
+        try:
+            if background is not None:
+                await background.aclose()
+        finally:
+            await self.stop_consuming()
+            await self._stop_listening()
+            self._close_pools()
+
+    def _close_pools(self) -> None:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
@@ -229,9 +261,25 @@ class Worker:
             self._processes.shutdown()
             self._processes = None
 
+    async def _stop_listening(self) -> None:
+        if self._control is not None:
+            await self._control.cancel()
+            self._control = None
+
+    async def _failed(self, failure: Exception) -> None:
+        """A task failed (a bug) and the group cancelled the others, whose deliveries went
+        back to their queues: consume nothing more, and ask whoever runs the worker to stop
+        it (:attr:`terminated`)."""
+        await self.stop_consuming()
+        await self._stop_listening()
+        self.terminated.set()
+
     # -- deliveries ------------------------------------------------------------------------
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        background = self._background
+        if background is None:
+            return  # stopping: unacked, the delivery goes back when its consumer is cancelled
         try:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
@@ -260,16 +308,16 @@ class Worker:
             await self._complete(msg, None, error, now, now)
             await self._settle(delivery, requeue=False, reject=True)
             return
-        key = (msg.run_id, msg.step_key, msg.attempt)
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
         if key in self._running:  # the broker redelivered what this worker already runs
             await self._settle(delivery)
             return
         attempt = _Attempt(msg, delivery, time.time())
+        try:
+            attempt.task = background.start_work(self._execute(attempt, step))
+        except AexecError:
+            return  # the worker is stopping: unacked, the delivery goes back
         self._running[key] = attempt
-        task = asyncio.get_running_loop().create_task(self._execute(attempt, step))
-        attempt.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _settle(
         self, delivery: Delivery, *, requeue: bool = False, reject: bool = False
@@ -287,7 +335,7 @@ class Worker:
 
     async def _execute(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg
-        key = (msg.run_id, msg.step_key, msg.attempt)
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
@@ -484,17 +532,16 @@ class Worker:
         final = fraction is not None and fraction >= 1.0
         if now - attempt.last_progress < self.config.progress_interval and not final:
             return
+        background = self._background
+        if background is None or not background.running:
+            return  # a step thread that outlived its attempt, reporting after the worker stopped
         attempt.last_progress = now
         msg = attempt.msg
         body = messages.Progress(
             msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
         ).encode()
-        self._spawn(self._publish_quietly(msg.reply_to, body))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
+            background.start_work(self._publish_quietly(msg.reply_to, body))
 
     async def _publish_quietly(self, queue: str, body: bytes) -> bool:
         try:

@@ -65,9 +65,7 @@ async def test_steps_of_a_worker_that_stops_heartbeating_run_again_elsewhere(
             # Reported in a heartbeat, so the worker has acked the delivery.
             await wait_for_event(coordinator.events(run.run_id), EventKind.STEP_STARTED)
             # Simulate SIGKILL: no more heartbeats, no completion, the delivery already acked.
-            assert doomed._heartbeat is not None
-            doomed._heartbeat.cancel()
-            await doomed.stop_consuming()
+            await doomed.abort()
             survivor = Worker(
                 transport, objects, compiled.steps, WorkerConfig(name="survivor", **quick)
             )

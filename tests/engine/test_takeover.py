@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
@@ -14,20 +13,6 @@ from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
-
-
-async def crash(coordinator: Coordinator) -> None:
-    """Stop a coordinator the way SIGKILL would: no release, no clean-up, nothing acked."""
-    for task in (coordinator._scheduler, coordinator._leases, coordinator._watchdog):
-        assert task is not None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    assert coordinator._subscription is not None
-    await coordinator._subscription.cancel()
-    coordinator._scheduler = coordinator._leases = coordinator._watchdog = None
-    coordinator._subscription = None
-    coordinator._runs.clear()
 
 
 async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None:
@@ -75,7 +60,7 @@ async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None
         await asyncio.wait_for(started.wait(), 5)
         # Recorded as running, on worker w: its heartbeats will vouch for it.
         await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED, step="second")
-        await crash(doomed)
+        await doomed.abort()  # as SIGKILL would: no release, no clean-up, nothing acked
 
         heir = Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast))
         async with heir:
@@ -119,7 +104,7 @@ async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() 
     await doomed.__aenter__()
     run = await doomed.submit(compiled.plan)  # no worker yet: the step stays queued
     await wait_for_event(store.follow(run.run_id), EventKind.STEP_DISPATCHED)
-    await crash(doomed)
+    await doomed.abort()
     await transport.delete_queues(["step.default"])  # as if the dispatch never reached it
     async with (
         Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast)),

@@ -1,0 +1,126 @@
+"""What the coordinator's scheduler takes in: commands and replies, one typed value each.
+
+Everything that changes a run's schedule reaches the scheduler through its :class:`Inbox`,
+in arrival order: a delivery from a reply queue (:class:`Reply`: a worker's completion,
+progress or heartbeat), or a command the coordinator posts itself — a run was submitted
+(:class:`Start`) or taken over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
+backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
+or the trailing commits of the embedded mode may be due (:class:`FlushDue`).  The scheduler
+drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aexec.scheduling import Action
+from aexec.transport import Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Run ``run_id`` was recorded: start it."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Run ``run_id``, taken over from coordinator ``previous``, goes on with ``actions``
+    (what :meth:`~aexec.scheduling.RunState.restore` decided)."""
+
+    run_id: str
+    actions: tuple[Action, ...]
+    previous: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel run ``run_id``."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDue:
+    """The backoff before ``attempt`` of step ``index`` of run ``run_id`` has elapsed."""
+
+    run_id: str
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """``worker`` stopped heartbeating while it ran ``attempt`` of step ``index``."""
+
+    run_id: str
+    index: int
+    attempt: int
+    worker: str
+
+
+RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost
+"""A command about one run; one for a run this coordinator no longer drives is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDue:
+    """The flush timer fired: events the embedded mode has not committed yet may be due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A delivery from a reply queue, still undecoded (the scheduler decodes and settles it)."""
+
+    delivery: Delivery
+
+
+Item = RunCommand | FlushDue | Reply
+
+
+class Inbox:
+    """The scheduler's queue: :meth:`post` from anywhere on the loop, :meth:`take` in a
+    scheduler pass."""
+
+    __slots__ = ("_items", "_wake")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Item] = collections.deque()
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def post(self, item: Item) -> None:
+        self._items.append(item)
+        self._wake.set()
+
+    async def wait(self) -> None:
+        """Return once something was posted since the last wait."""
+        await self._wake.wait()
+        self._wake.clear()
+
+    def take(self) -> Iterator[Item]:
+        """Remove and yield what was posted until now, oldest first; what is posted
+        meanwhile waits for the next take, and so does what a pass that failed did not reach."""
+        items = self._items
+        for _ in range(len(items)):
+            yield items.popleft()
+
+
+__all__ = [
+    "Cancel",
+    "FlushDue",
+    "Inbox",
+    "Item",
+    "Reply",
+    "Resume",
+    "RetryDue",
+    "RunCommand",
+    "Start",
+    "WorkerLost",
+]

@@ -1,0 +1,132 @@
+"""One scheduler batch: each typed command and reply turns into events, steps to publish and
+retry timers."""
+
+from __future__ import annotations
+
+import time
+
+from aexec import messages
+from aexec.batch import ActiveRun, Batch, Outgoing, RetryTimer
+from aexec.events import EventKind
+from aexec.inbox import Cancel, Resume, RetryDue, Start, WorkerLost
+from aexec.plan import Plan, StepSpec, build
+from aexec.retry import RetryPolicy
+from aexec.scheduling import Dispatch, RunState
+from aexec.types import ErrorInfo, RunStatus, StepStatus
+
+
+def chain() -> Plan:
+    """``first`` → ``second``; ``first`` may be retried twice."""
+    return build(
+        "p",
+        [
+            StepSpec(key="first", name="noop", retry=RetryPolicy(2, backoff=1.0)),
+            StepSpec(key="second", name="noop", deps=("first",)),
+        ],
+    )
+
+
+def driven(plan: Plan) -> tuple[ActiveRun, dict[str, ActiveRun]]:
+    run = ActiveRun("r1", plan, 3, RunState(plan, sample=lambda: 0.5))
+    return run, {run.run_id: run}
+
+
+def completion(attempt: int, error: ErrorInfo | None = None) -> messages.Completion:
+    now = time.time()
+    return messages.Completion("r1", "first", attempt, b"\x01", error, "w", now, now)
+
+
+async def test_a_start_records_the_start_and_publishes_the_steps_without_inputs() -> None:
+    run, runs = driven(chain())
+    batch = Batch(runs, "c1", {})
+    batch.command(Start("r1"))
+    assert [e.kind for e in batch.events] == [EventKind.RUN_STARTED, EventKind.STEP_DISPATCHED]
+    assert batch.events[0].data["coordinator"] == "c1"
+    assert batch.outgoing == [Outgoing(run, 0, 1)]
+
+
+async def test_commands_for_a_run_this_coordinator_does_not_drive_are_dropped() -> None:
+    _, runs = driven(chain())
+    batch = Batch(runs, "c1", {})
+    for command in (Start("r2"), Cancel("r2"), RetryDue("r2", 0, 2), WorkerLost("r2", 0, 1, "w")):
+        batch.command(command)
+    assert batch.events == [] and batch.outgoing == [] and batch.retries == []
+
+
+async def test_a_retryable_failure_arms_a_timer_that_publishes_the_next_attempt() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    failed = Batch(runs, "c1", {})
+    assert failed.reply(completion(1, ErrorInfo("ValueError", "boom")))
+    (timer,) = failed.retries
+    assert timer == RetryTimer(timer.delay, RetryDue("r1", 0, 2))
+    (retrying,) = failed.events
+    assert retrying.kind is EventKind.STEP_RETRYING and retrying.data["retry_in"] == timer.delay
+    assert failed.outgoing == []
+    due = Batch(runs, "c1", {})
+    due.command(timer.due)
+    assert due.outgoing == [Outgoing(run, 0, 2)]
+    assert [e.kind for e in due.events] == [EventKind.STEP_DISPATCHED]
+
+
+async def test_a_lost_worker_gives_its_step_a_new_attempt_without_spending_a_retry() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    run.running_on[0] = "w"
+    batch = Batch(runs, "c1", {})
+    batch.command(WorkerLost("r1", 0, 1, "w"))
+    (retrying, dispatched) = batch.events
+    assert retrying.kind is EventKind.STEP_RETRYING
+    assert retrying.data["error"]["type"] == "WorkerLostError"
+    assert dispatched.kind is EventKind.STEP_DISPATCHED and dispatched.attempt == 2
+    assert batch.outgoing == [Outgoing(run, 0, 2)]
+    assert run.running_on == {}
+    stale = Batch(runs, "c1", {})
+    stale.command(WorkerLost("r1", 0, 1, "w"))  # that attempt is superseded already
+    assert stale.events == []
+
+
+async def test_a_resumed_run_records_whom_it_was_taken_over_from_and_carries_on() -> None:
+    run, runs = driven(chain())
+    batch = Batch(runs, "heir", {})
+    batch.command(Resume("r1", (Dispatch(0, 2),), "doomed"))
+    (resumed, dispatched) = batch.events
+    assert resumed.kind is EventKind.RUN_RESUMED
+    assert resumed.data == {"coordinator": "heir", "previous": "doomed"}
+    assert dispatched.kind is EventKind.STEP_DISPATCHED
+    assert batch.outgoing == [Outgoing(run, 0, 2)]
+
+
+async def test_a_cancel_cancels_every_unfinished_step_and_finishes_the_run() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    batch.command(Cancel("r1"))
+    assert [e.kind for e in batch.events] == [
+        EventKind.STEP_CANCELLED,
+        EventKind.STEP_CANCELLED,
+        EventKind.RUN_CANCELLED,
+    ]
+    assert batch.finished == [run]
+    assert run.state.status == [StepStatus.CANCELLED, StepStatus.CANCELLED]
+    assert run.status is RunStatus.CANCELLED
+
+
+async def test_only_completions_progress_and_heartbeats_belong_on_a_reply_queue() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    seen: dict[str, float] = {}
+    batch = Batch(runs, "c1", seen)
+    step = messages.StepMessage("r1", "first", 1, "noop", b"", [], None, "reply.c1")
+    assert not batch.reply(step)
+    assert batch.reply(messages.Heartbeat("w", time.time(), [("r1", "first", 1)]))
+    assert batch.reply(messages.Progress("r1", "first", 1, "w", time.time(), 0.5))
+    assert batch.reply(completion(1))
+    assert [e.kind for e in batch.events] == [
+        EventKind.STEP_STARTED,
+        EventKind.STEP_PROGRESS,
+        EventKind.STEP_SUCCEEDED,
+        EventKind.STEP_DISPATCHED,
+    ]
+    assert batch.outgoing == [Outgoing(run, 1, 1)]
+    assert set(seen) == {"w"}
