@@ -26,7 +26,8 @@ import aexec.objects
 import aexec.store
 import aexec.transport
 from aexec import messages
-from aexec.config import Settings
+from aexec.claim import ENVELOPE
+from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
@@ -37,6 +38,7 @@ from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
+from aexec.transport.signed import SignedTransport
 from aexec.types import RunStatus
 from aexec.wire import COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
@@ -152,6 +154,7 @@ class Executor:
                     CoordinatorConfig.from_settings(
                         settings, durable_replies=False, durable_dispatch=False
                     ),
+                    objects=objects,
                     on_queue=worker.serve,
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
@@ -161,9 +164,15 @@ class Executor:
                 self._worker = worker
             else:
                 coordinator = Coordinator(
-                    transport, store, CoordinatorConfig.from_settings(settings, adopt=adopt)
+                    transport,
+                    store,
+                    CoordinatorConfig.from_settings(settings, adopt=adopt),
+                    objects=objects,
                 )
                 await stack.enter_async_context(coordinator)
+            if isinstance(transport, SignedTransport):
+                # A refused message that names one of its runs is recorded on that run.
+                transport.on_reject(coordinator.message_rejected)
             self._coordinator = coordinator
             return coordinator
 
@@ -241,15 +250,33 @@ class Executor:
                 )
             self._worker.add_steps(compiled.steps.values())
         active = await coordinator.submit(compiled.plan, priority=priority)
-        return LocalRun(coordinator, active, self.store, self.objects)
+        return LocalRun(
+            coordinator,
+            active,
+            self.store,
+            self.objects,
+            max_value_size=self.settings.max_value_size,
+        )
 
     async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
+        data = plan.to_bytes()
+        if len(data) > MAX_MESSAGE_SIZE - ENVELOPE:
+            raise PlanError(
+                f"the plan of pipeline {plan.pipeline!r} is {len(data)} bytes, too large to "
+                f"submit in a message (at most {MAX_MESSAGE_SIZE}): pass large values to "
+                "steps from a step, not as parameters or constants"
+            )
         transport = await self._start_client()
         run = RemoteRun(
-            uuid.uuid4().hex, plan, priority, objects=self.objects, cancel=self._broadcast_cancel
+            uuid.uuid4().hex,
+            plan,
+            priority,
+            objects=self.objects,
+            cancel=self._broadcast_cancel,
+            max_value_size=self.settings.max_value_size,
         )
         self._remote_runs[run.run_id] = run
-        body = messages.Submit(run.run_id, plan.to_bytes(), priority, self._notify_queue).encode()
+        body = messages.Submit(run.run_id, data, priority, self._notify_queue).encode()
         await transport.publish(SUBMIT_QUEUE, body)
         return run
 
@@ -315,4 +342,6 @@ class Executor:
     async def load_result(self, record: RunRecord) -> Any:
         """The decoded result of a succeeded run; raises
         :class:`~aexec.errors.RunFailedError` for a failed or cancelled one."""
-        return await load_result(self.store, self.objects, record)
+        return await load_result(
+            self.store, self.objects, record, max_size=self.settings.max_value_size
+        )

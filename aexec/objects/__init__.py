@@ -49,6 +49,12 @@ MAX_REF_DEPTH = 4
 a run's result moved to the object store holds the references of its large outputs."""
 
 
+def result_key(run_id: str) -> str:
+    """Where a run's result is stored when it is too large for a message to a client (the
+    folder of a step keyed ``result``, if there is one, holds only numbered attempts)."""
+    return f"{run_prefix(run_id)}result/run"
+
+
 async def load_value(
     objects: ObjectStore, encoded: bytes, *, max_size: int = codec.DEFAULT_MAX_BODY
 ) -> Any:

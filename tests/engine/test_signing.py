@@ -16,6 +16,7 @@ import aexec.testing
 from aexec import messages, pipeline, step
 from aexec.coordinator import Coordinator
 from aexec.dsl import CompiledPipeline
+from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.memory import MemoryStore
 from aexec.transport import DeadLetter, Delivery
@@ -171,6 +172,7 @@ async def test_a_forged_completion_is_dead_lettered_and_does_not_finish_the_step
         Coordinator(signed, store) as coordinator,
         Worker(signed, MemoryObjectStore(), compiled.steps) as worker,
     ):
+        signed.on_reject(coordinator.message_rejected)  # as the executor wires it
         await worker.serve("default")
         run = await coordinator.submit(compiled.plan)
         try:
@@ -185,6 +187,37 @@ async def test_a_forged_completion_is_dead_lettered_and_does_not_finish_the_step
         assert await asyncio.wait_for(run.done, WAIT) is RunStatus.SUCCEEDED
     (record,) = await store.get_steps(run.run_id)
     assert record.output == b"\xa4real"
+    [rejected] = [
+        e for e in await store.get_events(run.run_id) if e.kind is EventKind.MESSAGE_REJECTED
+    ]
+    assert (rejected.step, rejected.attempt) == ("slow", 1)
+    assert rejected.data == {
+        "reason": UNSIGNED,
+        "message": "done",
+        "destination": f"queue {coordinator.reply_queue}",
+    }
+
+
+async def test_a_forged_message_for_a_run_nobody_here_drives_leaves_no_event(
+    broker: MemoryTransport, store: MemoryStore
+) -> None:
+    calls: list[str] = []
+    compiled = touching(calls)
+    signed = SignedTransport(broker, SECRET)
+    async with (
+        Coordinator(signed, store) as coordinator,
+        Worker(signed, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        signed.on_reject(coordinator.message_rejected)
+        await worker.serve("default")
+        run = await coordinator.submit(compiled.plan)
+        assert await asyncio.wait_for(run.done, WAIT) is RunStatus.SUCCEEDED
+        stray = messages.Completion("elsewhere", "touch", 1, b"\xc0", None, "evil", 0, 0)
+        await broker.publish(coordinator.reply_queue, stray.encode())
+        await broker.publish(coordinator.reply_queue, b"\x00 not even msgpack")
+        assert len(await dead_letters(broker, lambda letters: len(letters) == 2)) == 2
+    kinds = [e.kind for e in await store.get_events(run.run_id)]
+    assert EventKind.MESSAGE_REJECTED not in kinds
 
 
 async def test_a_worker_with_another_secret_runs_nothing_until_its_dead_letters_are_replayed(
