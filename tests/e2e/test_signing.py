@@ -6,6 +6,7 @@ replay`` sends the refused step back and the run finishes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ import pytest
 
 from aexec import codec, messages
 from aexec.transport.signed import derive_key, sign
-from tests.e2e.cluster import TIMEOUT, Cluster, Process, command
+from tests.e2e.cluster import TIMEOUT, Cluster, Process, command, wait_for_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq]
 
 LEDGER = str(Path(__file__).resolve().parent / "pipelines" / "ledger.py")
+HELD = str(Path(__file__).resolve().parent / "pipelines" / "held.py")
 SECRET = "e2e-signing-secret"
 
 
@@ -113,3 +115,54 @@ def test_a_worker_with_another_secret_runs_nothing_until_replayed_to_a_right_one
     assert json.loads("".join(run.out))["status"] == "succeeded"
     assert lines(ledger) == ["legit"]
     assert dead_letters(cluster) == []
+
+
+def test_a_forged_completion_is_refused_and_recorded_on_the_run_it_names(
+    cluster: Cluster, amqp_prefix: str, tmp_path: Path
+) -> None:
+    """A coordinator service with a secret: an unsigned completion for a step it is waiting
+    for is dead-lettered, the run gets a ``message_rejected`` event, and the step's real
+    output, not the forged one, is the run's result."""
+    cluster.env["AEXEC_SECRET"] = SECRET
+    coordinator = cluster.start("coordinator", "-v", "--broker", cluster.broker)
+    coordinator.wait_for_line("connected to RabbitMQ")
+    cluster.start_worker("w1", "-A", HELD)
+    log, release = tmp_path / "held.log", tmp_path / "release"
+    run = cluster.start(
+        "run", HELD, "-p", f"log={log}", "-p", f"release={release}", "--remote", "--json",
+        "--broker", cluster.broker,
+    )  # fmt: skip
+    wait_for_file(log, run)
+    [listed] = [
+        json.loads(line) for line in cluster.aexec("runs", "list", "--json").stdout.splitlines()
+    ]
+    run_id = listed["run_id"]
+    [started] = [e for e in run_events(cluster, run_id) if e["kind"] == "run_started"]
+    reply_queue = f"{amqp_prefix}.reply.{started['data']['coordinator']}"
+    forged = messages.Completion(run_id, "hold", 1, codec.encode("forged"), None, "evil", 0, 0)
+    asyncio.run(publish_raw(cluster.broker, reply_queue, [forged.encode()]))
+
+    deadline = time.monotonic() + TIMEOUT
+    while not (
+        rejected := [e for e in run_events(cluster, run_id) if e["kind"] == "message_rejected"]
+    ):
+        assert time.monotonic() < deadline, coordinator.output()
+        time.sleep(0.1)
+    assert (rejected[0]["step"], rejected[0]["attempt"]) == ("hold", 1)
+    assert rejected[0]["data"]["reason"] == "unsigned message"
+    assert rejected[0]["data"]["message"] == "done"
+    [letter] = dead_letters(cluster)
+    assert (letter["reason"], letter["kind"], letter["run_id"]) == (
+        "unsigned message",
+        "done",
+        run_id,
+    )
+    release.touch()
+    assert run.wait() == 0, run.output()
+    assert json.loads("".join(run.out))["result"] == "released"
+
+
+def run_events(cluster: Cluster, run_id: str) -> list[dict[str, Any]]:
+    proc = cluster.aexec("runs", "logs", run_id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
