@@ -477,7 +477,9 @@ class Worker:
     async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
         if self._processes is None:
             size = self.config.process_pool_size or (os.cpu_count() or 1)
-            self._processes = ProcessPool(self.config.modules, size)
+            self._processes = ProcessPool(
+                self.config.modules, size, max_value_size=self.config.max_value_size
+            )
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
