@@ -60,7 +60,6 @@ from aexec.plan import Plan
 from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
 from aexec.transport import Delivery, Subscription, Transport
-from aexec.transport.signed import Rejection
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 from aexec.wire import CONTROL_TOPIC, COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE, step_queue
 
@@ -457,13 +456,13 @@ class Coordinator:
                 COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
             )
 
-    def message_rejected(self, rejection: Rejection) -> None:
-        """A message failed its signature (:class:`~aexec.transport.signed.SignedTransport`
-        tells its listeners): if its unverified body names a run this coordinator drives,
-        record a ``message_rejected`` event on it, saying which kind of message, where and
-        why.  Nothing else is taken from the body."""
+    def message_rejected(self, body: bytes, reason: str, destination: str) -> None:
+        """A message was refused at ``destination`` for ``reason`` (its signature, as
+        :class:`~aexec.transport.signed.SignedTransport` tells): if its unverified ``body``
+        names a run this coordinator drives, record a ``message_rejected`` event on it,
+        saying which kind of message, where and why.  Nothing else is taken from the body."""
         try:
-            msg = messages.decode(rejection.body)
+            msg = messages.decode(body)
         except CodecError:
             return
         run_id = getattr(msg, "run_id", None)
@@ -471,11 +470,7 @@ class Coordinator:
             return
         step = getattr(msg, "step_key", None)
         attempt = getattr(msg, "attempt", 0)
-        self._inbox.post(
-            MessageRejected(
-                run_id, rejection.reason, rejection.destination, msg.KIND, step, attempt
-            )
-        )
+        self._inbox.post(MessageRejected(run_id, reason, destination, msg.KIND, step, attempt))
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event | None] | None:
         """A queue receiving the run's events as they are committed, then None."""

@@ -38,7 +38,7 @@ from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
-from aexec.transport.signed import SignedTransport
+from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus
 from aexec.wire import COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
@@ -171,8 +171,7 @@ class Executor:
                 )
                 await stack.enter_async_context(coordinator)
             if isinstance(transport, SignedTransport):
-                # A refused message that names one of its runs is recorded on that run.
-                transport.on_reject(coordinator.message_rejected)
+                _record_rejections(transport, coordinator)
             self._coordinator = coordinator
             return coordinator
 
@@ -345,3 +344,13 @@ class Executor:
         return await load_result(
             self.store, self.objects, record, max_size=self.settings.max_value_size
         )
+
+
+def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> None:
+    """A message refused for its signature that names one of ``coordinator``'s runs is
+    recorded on that run."""
+
+    def rejected(rejection: Rejection) -> None:
+        coordinator.message_rejected(rejection.body, rejection.reason, rejection.destination)
+
+    transport.on_reject(rejected)

@@ -59,7 +59,7 @@ class _Queue:
     heap: list[_Entry] = field(default_factory=list)
     consumers: list[_Consumer] = field(default_factory=list)
     turn: int = 0
-    size: int = 0  # bytes of the bodies waiting
+    size: int = 0  # bytes of the bodies waiting (counted in bounded queues only)
 
 
 class _Consumer:
@@ -334,8 +334,8 @@ class MemoryTransport:
     ) -> None:
         priority = min(max(priority, 0), q.max_priority)
         heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered, letter))
-        q.size += len(body)
-        if q.bounds is not None:
+        if q.bounds is not None:  # the dead-letter queue: sizes are counted, bounds kept
+            q.size += len(body)
             self._expire(q)
             # Over a bound, the oldest go first (RabbitMQ's drop-head overflow).
             while len(q.heap) > q.bounds.max_length or q.size > q.bounds.max_bytes:
@@ -343,7 +343,8 @@ class MemoryTransport:
 
     def _pop(self, q: _Queue) -> _Entry:
         entry = heapq.heappop(q.heap)
-        q.size -= len(entry[2])
+        if q.bounds is not None:
+            q.size -= len(entry[2])
         return entry
 
     def _expire(self, q: _Queue) -> None:

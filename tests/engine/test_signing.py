@@ -172,7 +172,7 @@ async def test_a_forged_completion_is_dead_lettered_and_does_not_finish_the_step
         Coordinator(signed, store) as coordinator,
         Worker(signed, MemoryObjectStore(), compiled.steps) as worker,
     ):
-        signed.on_reject(coordinator.message_rejected)  # as the executor wires it
+        signed.on_reject(lambda r: coordinator.message_rejected(r.body, r.reason, r.destination))
         await worker.serve("default")
         run = await coordinator.submit(compiled.plan)
         try:
@@ -208,7 +208,7 @@ async def test_a_forged_message_for_a_run_nobody_here_drives_leaves_no_event(
         Coordinator(signed, store) as coordinator,
         Worker(signed, MemoryObjectStore(), compiled.steps) as worker,
     ):
-        signed.on_reject(coordinator.message_rejected)
+        signed.on_reject(lambda r: coordinator.message_rejected(r.body, r.reason, r.destination))
         await worker.serve("default")
         run = await coordinator.submit(compiled.plan)
         assert await asyncio.wait_for(run.done, WAIT) is RunStatus.SUCCEEDED
