@@ -19,7 +19,16 @@ from typing import Any, assert_never
 from aexec import codec, messages
 from aexec.errors import WorkerLostError
 from aexec.events import Event, EventKind
-from aexec.inbox import Cancel, Resume, RetryDue, RunCommand, Start, WorkerLost
+from aexec.inbox import (
+    Cancel,
+    DispatchFailed,
+    MessageRejected,
+    Resume,
+    RetryDue,
+    RunCommand,
+    Start,
+    WorkerLost,
+)
 from aexec.plan import Plan
 from aexec.scheduling import Action, Dispatch, Fail, Finish, Retry, RunState, Skip
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -38,6 +47,7 @@ class ActiveRun:
         "priority",
         "run_id",
         "running_on",
+        "spilled",
         "state",
         "subscribers",
     )
@@ -52,6 +62,9 @@ class ActiveRun:
         self.subscribers: list[asyncio.Queue[Event | None]] = []  # None: no more events
         self.running_on: dict[int, str] = {}  # step index → the worker that reported it
         self.notify: str | None = None  # a remote client's queue for this run's events
+        # step index → its output as a claim check, once the coordinator moved it to the
+        # object store (its dependents' messages would have been too large)
+        self.spilled: dict[int, bytes] = {}
 
     @property
     def status(self) -> RunStatus:
@@ -128,6 +141,25 @@ class Batch:
                 self.actions(run, actions, now)
             case WorkerLost(index=index, attempt=attempt, worker=worker):
                 self._lost(run, index, attempt, worker, now)
+            case DispatchFailed(index=index, attempt=attempt, error=error):
+                failed = run.state.failed(index, attempt, error)
+                if failed is not None:
+                    self.actions(run, failed, now)
+            case MessageRejected():
+                self.events.append(
+                    Event(
+                        EventKind.MESSAGE_REJECTED,
+                        run_id,
+                        now,
+                        command.step,
+                        command.attempt,
+                        {
+                            "reason": command.reason,
+                            "message": command.kind,
+                            "destination": command.destination,
+                        },
+                    )
+                )
             case _:
                 assert_never(command)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from aexec.config import MAX_MESSAGE_SIZE
 from aexec.errors import CodecError
 
 EXT_SLOT = 1
@@ -36,8 +37,9 @@ EXT_DECIMAL = 20
 EXT_SET = 21
 EXT_FROZENSET = 22
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
-"""Bodies larger than this are refused before decoding (large values travel by reference)."""
+DEFAULT_MAX_BODY = MAX_MESSAGE_SIZE
+"""Bodies larger than this are refused before decoding unless the caller allows more (values
+loaded from the object store are held to ``Settings.max_value_size`` instead)."""
 
 ExtType = msgpack.ExtType
 
@@ -213,10 +215,13 @@ def decode(
         raise CodecError(f"cannot decode body: {type(exc).__name__}: {exc}") from exc
 
 
-def decode_with_refs(data: bytes, *, inputs: Sequence[Any] | None = None) -> tuple[Any, bool]:
-    """Decode ``data`` and tell whether it holds any :class:`ObjectRef`."""
-    if len(data) > DEFAULT_MAX_BODY:
-        raise CodecError(f"body of {len(data)} bytes exceeds the {DEFAULT_MAX_BODY}-byte limit")
+def decode_with_refs(
+    data: bytes, *, inputs: Sequence[Any] | None = None, max_size: int = DEFAULT_MAX_BODY
+) -> tuple[Any, bool]:
+    """Decode ``data`` (at most ``max_size`` bytes) and tell whether it holds any
+    :class:`ObjectRef`."""
+    if len(data) > max_size:
+        raise CodecError(f"body of {len(data)} bytes exceeds the {max_size}-byte limit")
     decoder = _Decoder(inputs)
     try:
         return decoder.unpack(data), decoder.refs

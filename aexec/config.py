@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aexec.errors import ConfigError
+from aexec.redaction import redact, url_secrets
 
 DEFAULT_HOME = ".aexec"
 DEFAULT_INLINE_THRESHOLD = 64 * 1024
+
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+"""The largest message body aexec publishes or decodes (a step message, a completion, a
+batch of events): bodies over it are refused before decoding.  Fixed, as every process
+must agree on it; values larger than a message can hold travel by reference."""
+
+MAX_INLINE_THRESHOLD = MAX_MESSAGE_SIZE // 16
+"""The largest ``inline_threshold``: an output carried inline must leave its message room."""
+
+DEFAULT_MAX_VALUE_SIZE = 256 * 1024 * 1024
+"""The default ``max_value_size``: the largest encoded step output, input or run result."""
 
 _ENV = {
     "broker": "AEXEC_BROKER",
@@ -28,6 +39,8 @@ _ENV = {
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
     "lease": "AEXEC_LEASE",
+    "secret": "AEXEC_SECRET",
+    "max_value_size": "AEXEC_MAX_VALUE_SIZE",
 }
 
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
@@ -39,7 +52,11 @@ OBJECTS_SCHEMES = ("memory", "file", "s3")
 class Settings:
     """Backend URLs and engine knobs.  ``None`` URLs mean the embedded defaults under ``home``.
 
-    Durations are float seconds; sizes are bytes.
+    Durations are float seconds; sizes are bytes.  ``secret`` (``AEXEC_SECRET``) signs and
+    verifies every message (:mod:`aexec.transport.signed`); it never appears in ``repr``.
+    ``max_value_size`` bounds an encoded step output, input or run result: a step that
+    returns more fails, and values up to it load from the object store (messages stay
+    under :data:`MAX_MESSAGE_SIZE`, whatever this says).
     """
 
     broker: str | None = None
@@ -56,13 +73,19 @@ class Settings:
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
     fail_fast: bool = False
+    secret: str | None = field(default=None, repr=False)
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
         _check_url("store", self.store, STORE_SCHEMES)
         _check_url("objects", self.objects, OBJECTS_SCHEMES)
-        if self.inline_threshold < 0:
-            raise ConfigError("inline_threshold must be >= 0")
+        if not 0 <= self.inline_threshold <= MAX_INLINE_THRESHOLD:
+            raise ConfigError(f"inline_threshold must be 0..{MAX_INLINE_THRESHOLD} bytes")
+        if self.max_value_size < self.inline_threshold:
+            raise ConfigError("max_value_size must be >= inline_threshold")
+        if self.secret is not None and not self.secret:
+            raise ConfigError("secret (AEXEC_SECRET) must not be empty when it is set")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
         if self.heartbeat_interval <= 0:
@@ -78,6 +101,14 @@ class Settings:
     def embedded(self) -> bool:
         """True when no broker is configured (or it is ``memory://``): workers run in-process."""
         return self.broker is None or self.broker.startswith("memory:")
+
+    def secret_values(self) -> list[str]:
+        """Every credential these settings hold (passwords and secret-like query values
+        of the URLs, the signing secret), for a log filter to hide."""
+        found = [*url_secrets(self.broker), *url_secrets(self.store), *url_secrets(self.objects)]
+        if self.secret:
+            found.append(self.secret)
+        return list(dict.fromkeys(found))
 
     @property
     def store_url(self) -> str:
@@ -175,15 +206,3 @@ def _check_url(what: str, url: str | None, schemes: tuple[str, ...]) -> None:
             f"unsupported {what} URL {redact(url)!r}: scheme must be one of "
             + ", ".join(f"{s}://" for s in schemes)
         )
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (credentials never reach logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # unparseable: hide all of the user information
-        return re.sub(r"(?<=://)[^/?#]*@", "***@", url, count=1)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()

@@ -10,6 +10,10 @@ ready steps — so a step's dependents go out only after its completion is durab
 Its tasks — the scheduler, the worker watchdog, the lease keeper, the timers and the
 batches being published — belong to one :class:`~aexec.background.Background` group,
 opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinator.abort`.
+
+No message it publishes is larger than ``max_message_size``: a step message that would be
+has its largest inline inputs moved to the object store first (:mod:`aexec.claim`), or
+fails its step with a clear error when that cannot be done.
 """
 
 from __future__ import annotations
@@ -23,21 +27,35 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aexec import messages
+from aexec import claim, messages
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Outgoing
-from aexec.config import Settings
+from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.errors import (
     AexecError,
     CodecError,
+    ObjectStoreError,
     PlanError,
     PublishError,
     StoreError,
     StoreUnavailableError,
     TransportError,
+    ValueTooLargeError,
 )
 from aexec.events import Event, EventKind, to_record
-from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Resume, Start, WorkerLost
+from aexec.inbox import (
+    Cancel,
+    DispatchFailed,
+    FlushDue,
+    Inbox,
+    Item,
+    MessageRejected,
+    Reply,
+    Resume,
+    Start,
+    WorkerLost,
+)
+from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
@@ -65,6 +83,7 @@ class CoordinatorConfig:
     adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
     durable_dispatch: bool = True  # False (embedded only): commits may trail dispatches
     flush_interval: float = 0.02  # with durable_dispatch False: the longest a commit trails
+    max_message_size: int = MAX_MESSAGE_SIZE  # no message it publishes is larger
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CoordinatorConfig:
@@ -79,7 +98,10 @@ class CoordinatorConfig:
 
 
 class Coordinator:
-    """Drives runs: publishes ready steps, awaits pushed completions, records everything."""
+    """Drives runs: publishes ready steps, awaits pushed completions, records everything.
+
+    ``objects`` is where it moves step inputs too large to travel in a message (without
+    one, such a step fails)."""
 
     def __init__(
         self,
@@ -87,10 +109,12 @@ class Coordinator:
         store: Store,
         config: CoordinatorConfig | None = None,
         *,
+        objects: ObjectStore | None = None,
         on_queue: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
+        self.objects = objects
         self.config = config or CoordinatorConfig()
         self.reply_queue = f"reply.{self.config.id}"
         self._on_queue = on_queue
@@ -246,7 +270,7 @@ class Coordinator:
             plan = Plan.from_bytes(msg.plan)
         except (CodecError, PlanError) as exc:
             log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
-            await self._settle(delivery, reject=True)
+            await self._settle(delivery, reject=True, reason=f"bad submission: {exc}")
             return
         known = msg.run_id in self._runs
         if not known:
@@ -432,6 +456,22 @@ class Coordinator:
                 COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
             )
 
+    def message_rejected(self, body: bytes, reason: str, destination: str) -> None:
+        """A message was refused at ``destination`` for ``reason`` (its signature, as
+        :class:`~aexec.transport.signed.SignedTransport` tells): if its unverified ``body``
+        names a run this coordinator drives, record a ``message_rejected`` event on it,
+        saying which kind of message, where and why.  Nothing else is taken from the body."""
+        try:
+            msg = messages.decode(body)
+        except CodecError:
+            return
+        run_id = getattr(msg, "run_id", None)
+        if not isinstance(run_id, str) or run_id not in self._runs:
+            return
+        step = getattr(msg, "step_key", None)
+        attempt = getattr(msg, "attempt", 0)
+        self._inbox.post(MessageRejected(run_id, reason, destination, msg.KIND, step, attempt))
+
     def subscribe(self, run_id: str) -> asyncio.Queue[Event | None] | None:
         """A queue receiving the run's events as they are committed, then None."""
         run = self._runs.get(run_id)
@@ -525,7 +565,7 @@ class Coordinator:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
-            await self._settle(delivery, reject=True)
+            await self._settle(delivery, reject=True, reason=f"malformed: {exc}")
             return False
         if batch.reply(msg):
             return True
@@ -534,7 +574,7 @@ class Coordinator:
             self.config.id,
             type(msg).__name__,
         )
-        await self._settle(delivery, reject=True)
+        await self._settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
         return False
 
     async def _record(self, events: list[Event]) -> None:
@@ -553,8 +593,17 @@ class Coordinator:
         if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            outgoing = [self._step_message(step) for step in batch.outgoing]
-            self._require_running().start_work(self._publish(outgoing))
+            background = self._require_running()
+            limit = self.config.max_message_size
+            outgoing = []
+            for step in batch.outgoing:
+                message = self._step_message(step)
+                if len(message[1]) <= limit:
+                    outgoing.append(message)
+                else:  # its inputs go to the object store first
+                    background.start_work(self._publish_oversized(step, len(message[1])))
+            if outgoing:
+                background.start_work(self._publish(outgoing))
         for delivery in acks:
             await self._settle(delivery)
         for timer in batch.retries:
@@ -582,25 +631,42 @@ class Coordinator:
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
 
-    async def _settle(self, delivery: Delivery, *, reject: bool = False) -> None:
-        """Ack a consumed message (dead-letter it with ``reject``).  If its channel died
-        meanwhile (a broker restart, a closed connection) the broker redelivers it: its effect
-        is committed already, and the run state ignores the duplicate."""
+    async def _settle(
+        self, delivery: Delivery, *, reject: bool = False, reason: str | None = None
+    ) -> None:
+        """Ack a consumed message (dead-letter it with ``reject``, saying ``reason``).  If its
+        channel died meanwhile (a broker restart, a closed connection) the broker redelivers
+        it: its effect is committed already, and the run state ignores the duplicate."""
         try:
             if reject:
-                await delivery.reject(requeue=False)
+                await delivery.reject(requeue=False, reason=reason)
             else:
                 await delivery.ack()
         except TransportError as exc:
             log.info("coordinator %s could not settle a delivery: %s", self.config.id, exc)
 
     async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
-        """Send a remote client its run's events; a client that went away stops the sends."""
+        """Send a remote client its run's events; a client that went away stops the sends.
+        Events that would make a message too large go in several (and a result too large
+        for any goes to the object store, as a claim check)."""
         if run.notify is None:
             return
-        body = messages.Events(run.run_id, [to_record(e) for e in events]).encode()
+        records = [to_record(e) for e in events]
+        body = messages.Events(run.run_id, records).encode()
+        if len(body) <= self.config.max_message_size:
+            bodies = [body]
+        else:
+            try:
+                batches = await claim.event_batches(
+                    self.objects, run.run_id, records, self.config.max_message_size
+                )
+            except (ObjectStoreError, ValueTooLargeError) as exc:
+                log.error("cannot send run %s its events: %s", run.run_id, exc)
+                return
+            bodies = [messages.Events(run.run_id, batch).encode() for batch in batches]
         try:
-            await self.transport.publish(run.notify, body)
+            for body in bodies:
+                await self.transport.publish(run.notify, body)
         except TransportError as exc:
             log.info("client of run %s is gone (%s); not notifying it any more", run.run_id, exc)
             run.notify = None
@@ -644,18 +710,53 @@ class Coordinator:
 
         await self._with_retry("publish steps", attempt)
 
-    def _step_message(self, outgoing: Outgoing) -> tuple[str, bytes, int]:
-        """``(queue, body, priority)`` of the step message for ``outgoing``."""
+    async def _publish_oversized(self, outgoing: Outgoing, size: int) -> None:
+        """Publish a step whose message would be ``size`` bytes, over the limit: with its
+        largest inputs moved to the object store, or, if that cannot be done, fail it."""
+        run, index = outgoing.run, outgoing.index
+        step = run.plan.steps[index]
+        limit = self.config.max_message_size
+        try:
+            inputs = await claim.fit_inputs(
+                self.objects, run, index, self._inputs(run, index), size - limit + claim.ENVELOPE
+            )
+            message = self._step_message(outgoing, inputs)
+            if len(message[1]) > limit:
+                raise ValueTooLargeError(
+                    f"the message of step {step.key!r} is {len(message[1])} bytes with its "
+                    f"inputs in the object store, over the {limit}-byte limit: its call "
+                    f"holds {len(step.call)} bytes of constants"
+                )
+        except (ObjectStoreError, ValueTooLargeError) as exc:
+            log.error("coordinator %s cannot send step %s of run %s: %s",
+                      self.config.id, step.key, run.run_id, exc)  # fmt: skip
+            error = ErrorInfo.from_exception(exc, retryable=isinstance(exc, ObjectStoreError))
+            self._inbox.post(DispatchFailed(run.run_id, index, outgoing.attempt, error))
+            return
+        await self._publish([message])
+
+    def _inputs(self, run: ActiveRun, index: int) -> list[bytes]:
+        """The encoded upstream outputs step ``index`` takes, as its message carries them."""
+        outputs, spilled = run.state.outputs, run.spilled
+        deps = run.plan.steps[index].deps
+        if not spilled:
+            return [outputs[d] for d in deps]
+        return [spilled.get(d) or outputs[d] for d in deps]
+
+    def _step_message(
+        self, outgoing: Outgoing, inputs: list[bytes] | None = None
+    ) -> tuple[str, bytes, int]:
+        """``(queue, body, priority)`` of the step message for ``outgoing`` (with ``inputs``,
+        or the step's upstream outputs)."""
         run = outgoing.run
         step = run.plan.steps[outgoing.index]
-        outputs = run.state.outputs
         body = messages.StepMessage(
             run.run_id,
             step.key,
             outgoing.attempt,
             step.name,
             step.call,
-            [outputs[d] for d in step.deps],
+            self._inputs(run, outgoing.index) if inputs is None else inputs,
             step.timeout,
             self.reply_queue,
         ).encode()

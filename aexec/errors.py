@@ -7,7 +7,8 @@
     ├── PlanError              a plan is invalid: a cycle, an unknown step, bad data
     │   └── ParameterError     an unknown, missing or ill-typed pipeline parameter
     ├── CodecError             a value cannot be encoded, or a body cannot be decoded
-    │   └── InputError         a step's call or inputs cannot be decoded on the worker
+    │   ├── InputError         a step's call or inputs cannot be decoded on the worker
+    │   └── ValueTooLargeError a value over ``max_value_size``, a message over the cap
     ├── ConfigError            a bad URL, flag or configuration file
     ├── LoadError              a pipeline file or worker module cannot be loaded
     ├── BackendError           a backend failed or cannot be reached
@@ -26,9 +27,9 @@ Backend exceptions are translated at the adapter boundary with ``raise ... from 
 
 A step's failure crosses processes as data, an :class:`~aexec.types.ErrorInfo` whose
 ``type`` is the exception's class name: ``InputError``, ``UnknownStepError``,
-``WorkerLostError`` and ``StepTimeoutError`` are the names aexec itself gives a step's
-failure; :class:`RunFailedError` maps each failed step to its record (``RunFailed`` is
-the same class under its first name).
+``WorkerLostError``, ``StepTimeoutError`` and ``ValueTooLargeError`` are the names aexec
+itself gives a step's failure; :class:`RunFailedError` maps each failed step to its record
+(``RunFailed`` is the same class under its first name).
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ class ObjectNotFoundError(ObjectStoreError):
 
 class InputError(CodecError):
     """A step's call template or inputs cannot be decoded on the worker (not retried)."""
+
+
+class ValueTooLargeError(CodecError):
+    """A value is larger than ``Settings.max_value_size`` (a step's output), or a message
+    would be larger than the message cap even with its values in the object store (not
+    retried: the same step would produce the same value)."""
 
 
 class StepTimeoutError(AexecError):

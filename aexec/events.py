@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     STEP_CANCELLED = "step_cancelled"
+    MESSAGE_REJECTED = "message_rejected"  # a message naming the run failed its signature
 
     @property
     def ends_run(self) -> bool:

@@ -26,16 +26,19 @@ import aexec.objects
 import aexec.store
 import aexec.transport
 from aexec import messages
-from aexec.config import Settings
+from aexec.claim import ENVELOPE
+from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
+from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
+from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus
 from aexec.wire import COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
@@ -115,7 +118,9 @@ class Executor:
         if self._transport is None:
             stack = self._require_stack()
             transport = aexec.transport.from_url(
-                self.settings.broker, prefix=self.settings.queue_prefix
+                self.settings.broker,
+                prefix=self.settings.queue_prefix,
+                secret=self.settings.secret,
             )
             await transport.open()
             stack.push_async_callback(transport.close)
@@ -149,6 +154,7 @@ class Executor:
                     CoordinatorConfig.from_settings(
                         settings, durable_replies=False, durable_dispatch=False
                     ),
+                    objects=objects,
                     on_queue=worker.serve,
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
@@ -158,9 +164,14 @@ class Executor:
                 self._worker = worker
             else:
                 coordinator = Coordinator(
-                    transport, store, CoordinatorConfig.from_settings(settings, adopt=adopt)
+                    transport,
+                    store,
+                    CoordinatorConfig.from_settings(settings, adopt=adopt),
+                    objects=objects,
                 )
                 await stack.enter_async_context(coordinator)
+            if isinstance(transport, SignedTransport):
+                _record_rejections(transport, coordinator)
             self._coordinator = coordinator
             return coordinator
 
@@ -238,15 +249,33 @@ class Executor:
                 )
             self._worker.add_steps(compiled.steps.values())
         active = await coordinator.submit(compiled.plan, priority=priority)
-        return LocalRun(coordinator, active, self.store, self.objects)
+        return LocalRun(
+            coordinator,
+            active,
+            self.store,
+            self.objects,
+            max_value_size=self.settings.max_value_size,
+        )
 
     async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
+        data = plan.to_bytes()
+        if len(data) > MAX_MESSAGE_SIZE - ENVELOPE:
+            raise PlanError(
+                f"the plan of pipeline {plan.pipeline!r} is {len(data)} bytes, too large to "
+                f"submit in a message (at most {MAX_MESSAGE_SIZE}): pass large values to "
+                "steps from a step, not as parameters or constants"
+            )
         transport = await self._start_client()
         run = RemoteRun(
-            uuid.uuid4().hex, plan, priority, objects=self.objects, cancel=self._broadcast_cancel
+            uuid.uuid4().hex,
+            plan,
+            priority,
+            objects=self.objects,
+            cancel=self._broadcast_cancel,
+            max_value_size=self.settings.max_value_size,
         )
         self._remote_runs[run.run_id] = run
-        body = messages.Submit(run.run_id, plan.to_bytes(), priority, self._notify_queue).encode()
+        body = messages.Submit(run.run_id, data, priority, self._notify_queue).encode()
         await transport.publish(SUBMIT_QUEUE, body)
         return run
 
@@ -301,7 +330,27 @@ class Executor:
     ) -> list[Event]:
         return await self.store.get_events(run_id, after=after, limit=limit)
 
+    async def prune_runs(self, older_than: float, *, dry_run: bool = False) -> list[Pruned]:
+        """Delete the runs that finished more than ``older_than`` seconds ago, with their
+        objects, steps and events (:func:`aexec.retention.prune`); never an unfinished run.
+        With ``dry_run``, only list them."""
+        return await prune(
+            self.store, self.objects, finished_before=cutoff(older_than), dry_run=dry_run
+        )
+
     async def load_result(self, record: RunRecord) -> Any:
         """The decoded result of a succeeded run; raises
         :class:`~aexec.errors.RunFailedError` for a failed or cancelled one."""
-        return await load_result(self.store, self.objects, record)
+        return await load_result(
+            self.store, self.objects, record, max_size=self.settings.max_value_size
+        )
+
+
+def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> None:
+    """A message refused for its signature that names one of ``coordinator``'s runs is
+    recorded on that run."""
+
+    def rejected(rejection: Rejection) -> None:
+        coordinator.message_rejected(rejection.body, rejection.reason, rejection.destination)
+
+    transport.on_reject(rejected)

@@ -4,8 +4,10 @@ Everything that changes a run's schedule reaches the scheduler through its :clas
 in arrival order: a delivery from a reply queue (:class:`Reply`: a worker's completion,
 progress or heartbeat), or a command the coordinator posts itself — a run was submitted
 (:class:`Start`) or taken over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
-backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
-or the trailing commits of the embedded mode may be due (:class:`FlushDue`).  The scheduler
+backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`), a
+step could not be sent (:class:`DispatchFailed`), a message naming a run failed its
+signature (:class:`MessageRejected`), or the trailing commits of the embedded mode may be
+due (:class:`FlushDue`).  The scheduler
 drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these types.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from aexec.scheduling import Action
 from aexec.transport import Delivery
+from aexec.types import ErrorInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,32 @@ class WorkerLost:
     worker: str
 
 
-RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost
+@dataclass(frozen=True, slots=True)
+class DispatchFailed:
+    """``attempt`` of step ``index`` of run ``run_id`` could not be sent (its message would
+    be too large): it fails with ``error``, retried only if ``error`` is retryable."""
+
+    run_id: str
+    index: int
+    attempt: int
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRejected:
+    """A message that names run ``run_id`` (a ``kind`` message, of ``step`` and ``attempt``
+    when it names them) was refused at ``destination`` for ``reason`` (a bad signature):
+    recorded as a ``message_rejected`` event; the run's schedule does not change."""
+
+    run_id: str
+    reason: str
+    destination: str
+    kind: str
+    step: str | None = None
+    attempt: int = 0
+
+
+RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost | DispatchFailed | MessageRejected
 """A command about one run; one for a run this coordinator no longer drives is dropped."""
 
 
@@ -114,9 +142,11 @@ class Inbox:
 
 __all__ = [
     "Cancel",
+    "DispatchFailed",
     "FlushDue",
     "Inbox",
     "Item",
+    "MessageRejected",
     "Reply",
     "Resume",
     "RetryDue",

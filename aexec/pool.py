@@ -34,15 +34,24 @@ def _ignore_progress(fraction: float | None, message: str | None) -> None:
 
 
 def _call(
-    name: str, call: bytes, inputs: Sequence[bytes], run_id: str, key: str, attempt: int
+    name: str,
+    call: bytes,
+    inputs: Sequence[bytes],
+    run_id: str,
+    key: str,
+    attempt: int,
+    max_size: int = codec.DEFAULT_MAX_BODY,
 ) -> tuple[bytes | None, list[Any] | None]:
-    """Run step ``name`` in this child; returns (encoded output, None) or (None, error)."""
+    """Run step ``name`` in this child (inputs up to ``max_size`` bytes each); returns
+    (encoded output, None) or (None, error)."""
     step = _child_steps.get(name)
     if step is None or step.fn is None:
         unknown = UnknownStepError(f"process pool does not serve step {name!r}")
         return None, ErrorInfo.from_exception(unknown, retryable=False).to_wire()
     try:
-        args, kwargs = codec.decode(call, inputs=[codec.decode(i) for i in inputs])
+        args, kwargs = codec.decode(
+            call, inputs=[codec.decode(i, max_size=max_size) for i in inputs]
+        )
     except Exception as exc:
         bad_input = InputError(f"cannot decode inputs: {exc}")
         return None, ErrorInfo.from_exception(bad_input, retryable=False).to_wire()
@@ -59,9 +68,13 @@ def _call(
 
 
 class ProcessPool:
-    """Runs sync steps in ``size`` child processes that load ``modules``."""
+    """Runs sync steps in ``size`` child processes that load ``modules``; inputs may be up to
+    ``max_value_size`` bytes each."""
 
-    def __init__(self, modules: Sequence[str], size: int) -> None:
+    def __init__(
+        self, modules: Sequence[str], size: int, *, max_value_size: int = codec.DEFAULT_MAX_BODY
+    ) -> None:
+        self._max_value_size = max_value_size
         self._executor = ProcessPoolExecutor(
             max_workers=size,
             mp_context=multiprocessing.get_context("spawn"),
@@ -74,7 +87,15 @@ class ProcessPool:
     ) -> tuple[bytes | None, ErrorInfo | None]:
         loop = asyncio.get_running_loop()
         output, error = await loop.run_in_executor(
-            self._executor, _call, name, call, list(inputs), run_id, key, attempt
+            self._executor,
+            _call,
+            name,
+            call,
+            list(inputs),
+            run_id,
+            key,
+            attempt,
+            self._max_value_size,
         )
         return output, None if error is None else ErrorInfo.from_wire(error)
 

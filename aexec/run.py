@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from aexec.codec import DEFAULT_MAX_BODY
 from aexec.errors import AexecError, RunFailedError
 from aexec.events import Event
 from aexec.objects import ObjectStore, load_value
@@ -58,9 +59,12 @@ class Run(Protocol):
         """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
 
 
-async def load_result(store: Store, objects: ObjectStore, record: RunRecord) -> Any:
-    """The decoded result of a succeeded run; :class:`RunFailedError` (with each failed
-    step's error, from ``store``) for a failed or cancelled one."""
+async def load_result(
+    store: Store, objects: ObjectStore, record: RunRecord, *, max_size: int = DEFAULT_MAX_BODY
+) -> Any:
+    """The decoded result of a succeeded run (values up to ``max_size`` bytes, the
+    ``max_value_size`` setting); :class:`RunFailedError` (with each failed step's error,
+    from ``store``) for a failed or cancelled one."""
     if record.status is not RunStatus.SUCCEEDED:
         if not record.status.finished:
             raise AexecError(f"run {record.run_id} has not finished ({record.status})")
@@ -68,19 +72,28 @@ async def load_result(store: Store, objects: ObjectStore, record: RunRecord) -> 
         errors = {s.key: s.error for s in steps if s.error is not None and s.status == "failed"}
         message = None if errors else f"run {record.run_id} {record.status}"
         raise RunFailedError(record.run_id, str(record.status), errors, message)
-    return None if record.result is None else await load_value(objects, record.result)
+    if record.result is None:
+        return None
+    return await load_value(objects, record.result, max_size=max_size)
 
 
 class LocalRun:
     """A run driven by the coordinator inside this process; its records come from ``store``."""
 
     def __init__(
-        self, coordinator: Coordinator, active: ActiveRun, store: Store, objects: ObjectStore
+        self,
+        coordinator: Coordinator,
+        active: ActiveRun,
+        store: Store,
+        objects: ObjectStore,
+        *,
+        max_value_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._coordinator = coordinator
         self._active = active
         self._store = store
         self._objects = objects
+        self._max_value_size = max_value_size
         self.run_id = active.run_id
         self.plan = active.plan
 
@@ -96,7 +109,8 @@ class LocalRun:
         return record
 
     async def result(self) -> Any:
-        return await load_result(self._store, self._objects, await self.wait())
+        record = await self.wait()
+        return await load_result(self._store, self._objects, record, max_size=self._max_value_size)
 
     def events(self) -> AsyncIterator[Event]:
         return self._coordinator.events(self.run_id)
@@ -123,8 +137,10 @@ class RemoteRun:
         *,
         objects: ObjectStore,
         cancel: Callable[[str], Awaitable[None]],
+        max_value_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._objects = objects
+        self._max_value_size = max_value_size
         self._cancel = cancel
         self.run_id = run_id
         self.plan = plan
@@ -176,7 +192,9 @@ class RemoteRun:
             }
             message = None if errors else f"run {self.run_id} {record.status}"
             raise RunFailedError(self.run_id, str(record.status), errors, message)
-        return None if record.result is None else await load_value(self._objects, record.result)
+        if record.result is None:
+            return None
+        return await load_value(self._objects, record.result, max_size=self._max_value_size)
 
     async def events(self) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Any] = asyncio.Queue()

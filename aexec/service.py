@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aexec.objects
 import aexec.transport
-from aexec.config import Settings, redact
+from aexec.config import Settings
 from aexec.control import list_workers, terminate_workers
 from aexec.errors import ConfigError, LoadError
 from aexec.executor import Executor
 from aexec.loader import find_steps, load_module_or_file
 from aexec.messages import WorkerInfo
-from aexec.transport import Transport
+from aexec.redaction import redact
+from aexec.transport import DeadLetter, Replay, Transport
 from aexec.worker import Worker, WorkerConfig, default_worker_name
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,20 @@ async def terminate(settings: Settings, name: str | None) -> None:
         await terminate_workers(transport, name)
 
 
+async def dead_letters(settings: Settings, *, limit: int | None) -> list[DeadLetter]:
+    """The dead letters waiting on the broker (at most ``limit``), oldest first; they stay."""
+    _require_broker(settings, "dlq list")
+    async with _opened_transport(settings) as transport:
+        return await transport.dead_letters(limit=limit)
+
+
+async def replay_dead_letters(settings: Settings, ids: Collection[str] | None) -> list[Replay]:
+    """Publish dead letters ``ids`` (every one for None) back to the queues they came from."""
+    _require_broker(settings, "dlq replay")
+    async with _opened_transport(settings) as transport:
+        return await transport.replay_dead_letters(ids)
+
+
 def with_connect_timeout(settings: Settings, seconds: float = CONNECT_TIMEOUT) -> Settings:
     """``settings`` whose AMQP broker URL carries ``connect_timeout=seconds``, unless it names
     one already (or there is no AMQP broker)."""
@@ -143,7 +158,9 @@ def _require_broker(settings: Settings, command: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _opened_transport(settings: Settings) -> AsyncIterator[Transport]:
-    transport = aexec.transport.from_url(settings.broker, prefix=settings.queue_prefix)
+    transport = aexec.transport.from_url(
+        settings.broker, prefix=settings.queue_prefix, secret=settings.secret
+    )
     await transport.open()
     try:
         yield transport
@@ -164,7 +181,9 @@ async def _first_set(*events: asyncio.Event) -> None:
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "dead_letters",
     "find_workers",
+    "replay_dead_letters",
     "run_coordinator",
     "run_worker",
     "terminate",

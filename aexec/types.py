@@ -40,6 +40,13 @@ class RunStatus(StrEnum):
         return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
+MAX_ERROR_MESSAGE = 16 * 1024
+MAX_TRACEBACK = 64 * 1024
+"""An error record keeps at most this many characters of a message (its start) and of a
+traceback (its end, where the error is): a failure must fit in the message that reports
+it, whatever the step raised."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """A step failure as data: it crosses processes and code bases, never as a pickle."""
@@ -53,11 +60,17 @@ class ErrorInfo:
     def from_exception(cls, exc: BaseException, *, retryable: bool = True) -> ErrorInfo:
         """The record of ``exc``: its class name as ``type``, its message, and its formatted
         traceback if it was raised (one aexec only detects, such as a
-        :class:`~aexec.errors.WorkerLostError`, has none)."""
+        :class:`~aexec.errors.WorkerLostError`, has none); both clipped (``MAX_ERROR_MESSAGE``,
+        ``MAX_TRACEBACK``)."""
         tb = ""
         if exc.__traceback__ is not None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(type(exc).__name__, str(exc), tb, retryable)
+        return cls(
+            type(exc).__name__[:200],
+            clip(str(exc), MAX_ERROR_MESSAGE),
+            clip_tail(tb, MAX_TRACEBACK),
+            retryable,
+        )
 
     def to_wire(self) -> list[Any]:
         return [self.type, self.message, self.traceback, self.retryable]
@@ -94,3 +107,17 @@ class ErrorInfo:
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def clip_tail(text: str, limit: int) -> str:
+    """The last ``limit`` characters of ``text``, saying how much was cut before them."""
+    if len(text) <= limit:
+        return text
+    return f"({len(text) - limit} characters cut) ...{text[-limit:]}"

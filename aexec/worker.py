@@ -36,7 +36,7 @@ from typing import Any
 
 from aexec import codec, context, messages
 from aexec.background import Background
-from aexec.config import Settings
+from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
 from aexec.errors import (
     AexecError,
@@ -45,14 +45,18 @@ from aexec.errors import (
     ObjectStoreError,
     StepTimeoutError,
     UnknownStepError,
+    ValueTooLargeError,
 )
-from aexec.objects import ObjectStore, load_value
+from aexec.objects import ObjectStore, load_value, output_key
 from aexec.pool import ProcessPool
 from aexec.transport import Delivery, Subscription, Transport
-from aexec.types import ErrorInfo
+from aexec.types import ErrorInfo, clip
 from aexec.wire import CONTROL_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
+
+MAX_PROGRESS_MESSAGE = 4096
+"""Characters of a progress message that are reported (and recorded in its event)."""
 
 
 def default_worker_name() -> str:
@@ -74,6 +78,7 @@ class WorkerConfig:
     process_pool_size: int = 0  # 0: cpu_count
     modules: tuple[str, ...] = ()
     inline_threshold: int = 64 * 1024
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE  # the largest output a step may return
     heartbeat_interval: float = 1.0
     ack_after: float = 10.0
     progress_interval: float = 0.1  # at most one progress message per step per interval
@@ -82,11 +87,13 @@ class WorkerConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
         """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
-        threshold, heartbeat interval, ack_after); ``overrides`` set any field."""
+        threshold, max value size, heartbeat interval, ack_after); ``overrides`` set any
+        field."""
         values: dict[str, Any] = {
             "concurrency": settings.concurrency,
             "thread_pool_size": settings.thread_pool_size,
             "inline_threshold": settings.inline_threshold,
+            "max_value_size": settings.max_value_size,
             "heartbeat_interval": settings.heartbeat_interval,
             "ack_after": settings.ack_after,
         }
@@ -284,7 +291,7 @@ class Worker:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("worker %s dead-lettered a malformed message: %s", self.name, exc)
-            await self._settle(delivery, requeue=False, reject=True)
+            await self._settle(delivery, reject=True, reason=f"malformed: {exc}")
             return
         if not isinstance(msg, messages.StepMessage):
             log.error(
@@ -292,7 +299,8 @@ class Worker:
                 self.name,
                 type(msg).__name__,
             )
-            await self._settle(delivery, requeue=False, reject=True)
+            reason = f"a {msg.KIND} message on a step queue"
+            await self._settle(delivery, reject=True, reason=reason)
             return
         step = self._steps.get(msg.name)
         if step is None:
@@ -306,7 +314,7 @@ class Worker:
             log.error("worker %s: %s", self.name, error.message)
             now = time.time()
             await self._complete(msg, None, error, now, now)
-            await self._settle(delivery, requeue=False, reject=True)
+            await self._settle(delivery, reject=True, reason=f"UnknownStepError: {error.message}")
             return
         key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
         if key in self._running:  # the broker redelivered what this worker already runs
@@ -320,12 +328,18 @@ class Worker:
         self._running[key] = attempt
 
     async def _settle(
-        self, delivery: Delivery, *, requeue: bool = False, reject: bool = False
+        self,
+        delivery: Delivery,
+        *,
+        requeue: bool = False,
+        reject: bool = False,
+        reason: str | None = None,
     ) -> None:
-        """Ack or reject; a delivery whose channel died meanwhile is redelivered anyway."""
+        """Ack or reject (dead-letter, with ``reason``, unless ``requeue``); a delivery whose
+        channel died meanwhile is redelivered anyway."""
         try:
             if reject:
-                await delivery.reject(requeue=requeue)
+                await delivery.reject(requeue=requeue, reason=reason)
             else:
                 await delivery.ack()
         except AexecError as exc:
@@ -363,8 +377,9 @@ class Worker:
     async def _run(
         self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
     ) -> bytes:
+        limit = self.config.max_value_size
         try:
-            inputs = [await load_value(self.objects, blob) for blob in msg.inputs]
+            inputs = [await load_value(self.objects, blob, max_size=limit) for blob in msg.inputs]
         except (CodecError, ValueError, TypeError) as exc:
             raise _StepFailure(
                 ErrorInfo.from_exception(
@@ -379,8 +394,18 @@ class Worker:
             encoded = await self._run_in_process(msg, inputs)
         else:
             encoded = await self._run_here(msg, step, attempt, inputs)
+        if len(encoded) > limit:
+            raise _StepFailure(
+                ErrorInfo.from_exception(
+                    ValueTooLargeError(
+                        f"step {msg.step_key!r} returned {len(encoded)} bytes, over the "
+                        f"{limit}-byte limit on values (AEXEC_MAX_VALUE_SIZE)"
+                    ),
+                    retryable=False,
+                )
+            )
         if len(encoded) > self.config.inline_threshold:
-            object_key = f"outputs/{msg.run_id}/{msg.step_key}/{msg.attempt}"
+            object_key = output_key(msg.run_id, msg.step_key, msg.attempt)
             try:
                 await self.objects.put(object_key, encoded)
             except ObjectStoreError as exc:
@@ -452,7 +477,9 @@ class Worker:
     async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
         if self._processes is None:
             size = self.config.process_pool_size or (os.cpu_count() or 1)
-            self._processes = ProcessPool(self.config.modules, size)
+            self._processes = ProcessPool(
+                self.config.modules, size, max_value_size=self.config.max_value_size
+            )
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
@@ -537,8 +564,9 @@ class Worker:
             return  # a step thread that outlived its attempt, reporting after the worker stopped
         attempt.last_progress = now
         msg = attempt.msg
+        text = None if message is None else clip(message, MAX_PROGRESS_MESSAGE)
         body = messages.Progress(
-            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
+            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, text
         ).encode()
         with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
             background.start_work(self._publish_quietly(msg.reply_to, body))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 pytest_plugins = [
     "tests.plugins.services",
+    "tests.plugins.tls",
     "tests.plugins.s3",
     "tests.plugins.rabbitmq",
     "tests.plugins.postgres",

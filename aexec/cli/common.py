@@ -56,8 +56,24 @@ def run_async(main_coro: Coroutine[Any, Any, T]) -> T:
 
 def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
     """Settings from the backend flags ``args`` has (and ``flags``), the environment and
-    the config file."""
+    the config file; from now on the log masks the credentials they hold."""
+    import os
+
     from aexec.config import Settings
+    from aexec.log import hide_secrets
 
     backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects", "remote")}
-    return Settings.resolve({**backends, **flags}, config_file=args.config)
+    settings = Settings.resolve({**backends, **flags}, config_file=args.config)
+    aws = [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    hide_secrets([*settings.secret_values(), *aws])
+    return settings
+
+
+async def broker_command(command: Coroutine[Any, Any, T]) -> T:
+    """A short command over the broker: a broker it cannot use is bad input (exit 2)."""
+    from aexec.errors import TransportError
+
+    try:
+        return await command
+    except TransportError as exc:
+        raise UsageError(str(exc)) from exc

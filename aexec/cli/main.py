@@ -1,8 +1,9 @@
 """The ``aexec`` command line: the parser and the entry point.
 
-Commands: ``run`` a pipeline file (:mod:`aexec.cli.run`); ``runs list | show | logs`` to
-inspect runs in the store (:mod:`aexec.cli.runs`); ``worker start | list | terminate`` and
-``coordinator``, the long-lived processes and their control (:mod:`aexec.cli.serve`).
+Commands: ``run`` a pipeline file (:mod:`aexec.cli.run`); ``runs list | show | logs |
+prune`` to inspect and delete runs in the store (:mod:`aexec.cli.runs`); ``worker start |
+list | terminate`` and ``coordinator``, the long-lived processes and their control
+(:mod:`aexec.cli.serve`); ``dlq list | replay``, the dead letters (:mod:`aexec.cli.dlq`).
 
 Exit codes: 0 success, 1 a failed or cancelled run (or a backend failure), 2 bad input,
 130 interrupted.  Bad input prints one line, ``aexec: error: <message>``, and no traceback
@@ -32,8 +33,9 @@ from aexec.cli.common import (
     UsageError,
     one_line,
 )
+from aexec.cli.dlq import cmd_dlq_list, cmd_dlq_replay
 from aexec.cli.run import cmd_run
-from aexec.cli.runs import cmd_runs_list, cmd_runs_logs, cmd_runs_show
+from aexec.cli.runs import cmd_runs_list, cmd_runs_logs, cmd_runs_prune, cmd_runs_show
 from aexec.cli.serve import (
     cmd_coordinator,
     cmd_worker_list,
@@ -189,7 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs_logs.set_defaults(handler=cmd_runs_logs)
 
+    runs_prune = runs_commands.add_parser(
+        "prune",
+        parents=parents,
+        help="delete old finished runs with their outputs",
+        description="Delete the runs that finished (succeeded, failed or cancelled) more than "
+        "DURATION ago: their outputs in the object store, then their rows, steps and events. "
+        "A run still pending or running is never deleted.  Prints each run it deletes.",
+    )
+    runs_prune.add_argument(
+        "--older-than",
+        required=True,
+        metavar="DURATION",
+        help="how long ago a run must have finished: 30d, 12h, 90m, 45s",
+    )
+    runs_prune.add_argument(
+        "--dry-run", action="store_true", help="only list the runs that would be deleted"
+    )
+    runs_prune.add_argument("--json", action="store_true", help="one JSON object per run")
+    runs_prune.set_defaults(handler=cmd_runs_prune)
+
     _add_worker_commands(commands, common)
+    _add_dlq_commands(commands, common)
 
     coordinator = commands.add_parser(
         "coordinator",
@@ -292,6 +315,50 @@ def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None
     terminate.set_defaults(handler=cmd_worker_terminate)
 
 
+def _add_dlq_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    backends = _Parser(add_help=False)
+    group = backends.add_argument_group("backends (flags > AEXEC_* environment > -c file)")
+    group.add_argument(
+        "--broker", metavar="URL", help="amqp://... (dead letters are on the broker)"
+    )
+    group.add_argument(
+        "-c", "--config", metavar="FILE", help="a YAML file of settings (aexec.yaml)"
+    )
+    dlq = commands.add_parser(
+        "dlq",
+        help="list and replay dead letters",
+        description="The dead-letter queue: messages aexec refused (malformed, unsigned, of "
+        "an unknown kind), kept at most 14 days and 10,000 messages.",
+    )
+    dlq_commands = dlq.add_subparsers(
+        title="commands", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    listing = dlq_commands.add_parser(
+        "list",
+        parents=[common, backends],
+        help="show the dead letters, oldest first (they stay queued)",
+        description="Show the dead letters, oldest first: id, age, the queue each came "
+        "from, its message kind, run and step (read without checking a signature), and "
+        "why it was dead-lettered.  Nothing is taken off the queue.",
+    )
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N dead letters")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per dead letter, one per line"
+    )
+    listing.set_defaults(handler=cmd_dlq_list)
+    replay = dlq_commands.add_parser(
+        "replay",
+        parents=[common, backends],
+        help="publish dead letters back to the queues they came from",
+        description="Publish dead letters back to the queue each came from, as they were "
+        "(a signed message must still verify there); prints what it did.  Exit 1 if one "
+        "could not be replayed or an id names no dead letter.",
+    )
+    replay.add_argument("ids", metavar="ID", nargs="*", help="dead letters to replay")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.set_defaults(handler=cmd_dlq_replay)
+
+
 # -- entry point -----------------------------------------------------------------------
 
 
@@ -319,14 +386,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def configure_logging(verbosity: int) -> None:
-    """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv."""
+    """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv; credentials of the
+    resolved settings masked in every line."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    from aexec.log import RedactingFilter
+
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
+    # Secrets are added when settings are resolved (aexec.cli.common.resolve_settings).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     # aiormq logs every failed connection attempt as an ERROR of its own; the AMQP transport
     # reports the same failure as one aexec error, so it is shown only with -v.
     quiet = logging.CRITICAL if verbosity <= 0 else logging.NOTSET

@@ -1,4 +1,4 @@
-"""``aexec runs list | show | logs``: inspect runs in the store."""
+"""``aexec runs list | show | logs | prune``: inspect runs in the store, delete old ones."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from aexec.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     UsageError,
     resolve_settings,
@@ -100,6 +101,58 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
             finally:
                 await follower.aclose()  # type: ignore[attr-defined]
     return EXIT_OK
+
+
+def cmd_runs_prune(args: argparse.Namespace) -> int:
+    from aexec.errors import ConfigError
+    from aexec.retention import parse_duration
+
+    try:
+        older_than = parse_duration(args.older_than)
+    except ConfigError as exc:
+        raise UsageError(f"--older-than: {exc}") from exc
+    return run_async(_runs_prune(resolve_settings(args), args, older_than))
+
+
+async def _runs_prune(settings: Settings, args: argparse.Namespace, older_than: float) -> int:
+    import time
+
+    from aexec.cli.display import dump_json, format_seconds, short_id
+    from aexec.executor import Executor
+
+    async with Executor(settings) as ex:
+        pruned = await ex.prune_runs(older_than, dry_run=args.dry_run)
+    now = time.time()
+    for item in pruned:
+        run = item.run
+        if args.json:
+            line = {
+                "run_id": run.run_id,
+                "pipeline": run.pipeline,
+                "status": str(run.status),
+                "finished_at": run.finished_at,
+                "deleted": item.deleted,
+                "objects": item.objects,
+                "error": item.error,
+            }
+            sys.stdout.write(dump_json(line) + "\n")
+            continue
+        ago = format_seconds(None if run.finished_at is None else now - run.finished_at)
+        what = f"run {short_id(run.run_id)} ({run.pipeline}, {run.status}, finished {ago} ago)"
+        if item.error is not None:
+            sys.stdout.write(f"kept {what}: {item.error}\n")
+        elif item.deleted:
+            sys.stdout.write(f"deleted {what} and {item.objects} objects\n")
+        else:
+            sys.stdout.write(f"would delete {what}\n")
+    deleted = sum(item.deleted for item in pruned)
+    failed = sum(item.error is not None for item in pruned)
+    if args.dry_run:
+        sys.stderr.write(f"{len(pruned)} runs would be deleted (dry run: nothing was)\n")
+    else:
+        kept = f"; {failed} kept by errors" if failed else ""
+        sys.stderr.write(f"deleted {deleted} runs{kept}\n")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 async def _find_run(ex: Executor, run_id: str) -> RunRecord:

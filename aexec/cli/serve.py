@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from aexec.cli.common import (
     EXIT_OK,
-    T,
     UsageError,
+    broker_command,
     resolve_settings,
     run_async,
 )
@@ -108,7 +108,7 @@ def cmd_worker_list(args: argparse.Namespace) -> int:
     if not (args.wait > 0 and math.isfinite(args.wait)):
         raise UsageError("--wait must be a positive number of seconds")
     settings = with_connect_timeout(resolve_settings(args))
-    workers = run_async(_broker_command(find_workers(settings, wait=args.wait)))
+    workers = run_async(broker_command(find_workers(settings, wait=args.wait)))
     if args.json:
         from aexec.cli.display import dump_json
 
@@ -146,17 +146,7 @@ def cmd_worker_terminate(args: argparse.Namespace) -> int:
     if args.name is not None and not args.name.strip():
         raise UsageError("the worker name must not be empty")
     settings = with_connect_timeout(resolve_settings(args))
-    run_async(_broker_command(terminate(settings, args.name)))
+    run_async(broker_command(terminate(settings, args.name)))
     who = "every worker" if args.all else f"worker {args.name}"
     sys.stdout.write(f"asked {who} to finish its steps in flight and exit\n")
     return EXIT_OK
-
-
-async def _broker_command(command: Coroutine[Any, Any, T]) -> T:
-    """A short command over the broker: a broker it cannot use is bad input (exit 2)."""
-    from aexec.errors import TransportError
-
-    try:
-        return await command
-    except TransportError as exc:
-        raise UsageError(str(exc)) from exc

@@ -87,8 +87,53 @@ class FileObjectStore:
         except OSError as exc:
             raise ObjectStoreError(f"cannot delete object {key!r} in {self._root}: {exc}") from exc
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Files (and the folders they leave empty) under the prefix's folder whose key
+        starts with ``prefix``; temporary files of writes in progress are left alone."""
+        if not prefix:
+            raise ObjectStoreError("object key prefix must not be empty")
+        head, _, tail = prefix.rpartition("/")
+        folder = self._root.joinpath(*_key_parts(head)) if head else self._root
+        try:
+            entries = [e for e in folder.iterdir() if e.name.startswith(tail)]
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot list {folder}: {exc}") from exc
+        try:
+            deleted = sum(_delete_tree(entry) for entry in entries)
+            if folder != self._root and not any(folder.iterdir()):
+                folder.rmdir()
+        except OSError as exc:
+            raise ObjectStoreError(
+                f"cannot delete objects under {prefix!r} in {self._root}: {exc}"
+            ) from exc
+        return deleted
+
     def _path(self, key: str) -> Path:
         return self._root.joinpath(*_key_parts(key))
+
+
+def _delete_tree(entry: Path) -> int:
+    """Delete the object file ``entry``, or every object file under folder ``entry`` and the
+    folders left empty; return how many objects went."""
+    if entry.name.startswith(_TEMP_PREFIX):
+        return 0
+    if not entry.is_dir() or entry.is_symlink():
+        entry.unlink(missing_ok=True)
+        return 1
+    deleted = 0
+    for root, dirs, files in os.walk(entry, topdown=False):
+        for name in files:
+            if not name.startswith(_TEMP_PREFIX):
+                os.unlink(os.path.join(root, name))
+                deleted += 1
+        for name in dirs:
+            with contextlib.suppress(OSError):  # not empty: a write in progress
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        entry.rmdir()
+    return deleted
 
 
 def _key_parts(key: str) -> list[str]:

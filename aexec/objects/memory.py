@@ -50,6 +50,13 @@ class MemoryObjectStore:
         _check_key(key)
         self._objects.pop(key, None)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        _check_key(prefix)
+        doomed = [key for key in self._objects if key.startswith(prefix)]
+        for key in doomed:
+            del self._objects[key]
+        return len(doomed)
+
 
 def _check_key(key: str) -> None:
     if not key:

@@ -32,6 +32,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aexec.errors import ConfigError, ObjectNotFoundError, ObjectStoreError
+from aexec.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class S3ObjectStore:
         return f"s3://{self._bucket}/{self._prefix}" if self._prefix else f"s3://{self._bucket}"
 
     def __repr__(self) -> str:
-        endpoint = self._endpoint_url and _without_password(self._endpoint_url)
+        endpoint = self._endpoint_url and redact(self._endpoint_url)
         endpoint = f", endpoint_url={endpoint!r}" if endpoint else ""
         return f"S3ObjectStore({self.url!r}{endpoint})"
 
@@ -213,6 +214,40 @@ class S3ObjectStore:
         except _BACKEND_ERRORS as exc:
             raise self._failed("delete", key, exc) from exc
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Listed a page (1,000 keys) at a time, each page deleted in one request."""
+        client, name = self._client_for(prefix)
+        deleted = 0
+        try:
+            token: str | None = None
+            while True:
+                page = await self._call(
+                    client.list_objects_v2,
+                    Bucket=self._bucket,
+                    Prefix=name,
+                    **({"ContinuationToken": token} if token else {}),
+                )
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    reply = await self._call(
+                        client.delete_objects,
+                        Bucket=self._bucket,
+                        Delete={"Objects": keys, "Quiet": True},
+                    )
+                    errors = reply.get("Errors") or []
+                    if errors:
+                        first = errors[0]
+                        raise ObjectStoreError(
+                            f"S3 delete of {len(errors)} objects under {prefix!r} in "
+                            f"{self.url} failed: {first.get('Code')}: {first.get('Message')}"
+                        )
+                    deleted += len(keys)
+                if not page.get("IsTruncated"):
+                    return deleted
+                token = page.get("NextContinuationToken")
+        except _BACKEND_ERRORS as exc:
+            raise self._failed("delete", f"{prefix}*", exc) from exc
+
     async def _put_multipart(self, client: Any, name: str, data: bytes) -> None:
         part_size = max(self._part_size, -(-len(data) // MAX_PARTS))
         upload = await self._call(client.create_multipart_upload, Bucket=self._bucket, Key=name)
@@ -275,13 +310,6 @@ class S3ObjectStore:
 
 def _drop_expect_header(params: dict[str, Any], **kwargs: Any) -> None:
     params.get("headers", {}).pop("Expect", None)
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def _error_code(exc: ClientError) -> str:

@@ -25,6 +25,7 @@ run_succeeded           run → succeeded, result (the event's output), finished
 run_failed / cancelled  run → failed / cancelled, error, finished_at
 run_resumed             none
 step_progress           none
+message_rejected        none
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
@@ -37,6 +38,11 @@ calls :meth:`Store.renew_leases` well within the lease, and :meth:`Store.release
 runs back at once on a clean shutdown.  A finished run keeps its owner and is never claimed.
 Lease times are float seconds since the epoch: PostgreSQL reads its own clock (one clock
 for every coordinator), the embedded stores read ``time.time()``.
+
+Retention: :meth:`Store.finished_runs` finds runs that finished before a time and
+:meth:`Store.delete_runs` deletes finished runs with their steps and events (and plans no
+run uses any more); an unfinished run is never deleted.  Their objects are the caller's to
+delete first (:func:`aexec.retention.prune` does both).
 """
 
 from __future__ import annotations
@@ -163,6 +169,19 @@ class Store(Protocol):
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         """End at once ``owner``'s lease on those unfinished runs (all of them for None), so
         that another coordinator can claim them without waiting; the owner is kept."""
+
+    async def finished_runs(
+        self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        """Up to ``limit`` finished runs (succeeded, failed, cancelled) whose ``finished_at``
+        is before ``before`` (seconds since the epoch), in ``(finished_at, run_id)`` order:
+        the longest finished first.  ``after`` is the ``(finished_at, run_id)`` of the last
+        run of the previous page."""
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
+        """Delete those of ``run_ids`` that are finished, with their steps and events, and
+        the plans no remaining run uses, in one transaction; return the ids deleted.
+        Unfinished and unknown runs are left as they are."""
 
 
 def from_url(url: str) -> Store:

@@ -220,6 +220,39 @@ class MemoryStore(Opened):
             if chosen is None or run.record.run_id in chosen:
                 run.record.lease_until = 0.0
 
+    # -- retention --------------------------------------------------------------------------
+
+    async def finished_runs(
+        self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        self._check_open()
+        shared.check_limit(limit)
+        done = sorted(
+            (run.record.finished_at, run.record.run_id)
+            for run in self._runs.values()
+            if run.record.status.finished
+            and run.record.finished_at is not None
+            and run.record.finished_at < before
+        )
+        if after is not None:
+            done = done[bisect.bisect_right(done, after) :]
+        return [_copy_run(self._runs[run_id]) for _, run_id in done[:limit]]
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
+        self._check_open()
+        deleted = [
+            run_id
+            for run_id in dict.fromkeys(run_ids)
+            if (run := self._runs.get(run_id)) is not None and run.record.status.finished
+        ]
+        digests = {self._runs[run_id].record.plan_digest for run_id in deleted}
+        for run_id in deleted:
+            del self._runs[run_id]
+        used = {run.record.plan_digest for run in self._runs.values()}
+        for digest in digests - used:
+            self._plans.pop(digest, None)
+        return deleted
+
     def _owned(self, owner: str) -> list[_Run]:
         return [
             run

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -105,6 +106,12 @@ class Queries(NamedTuple):
     acquire_runs: str
     renew_leases: str
     release_runs: str
+    finished_runs: str
+    lock_finished_runs: str
+    delete_events_of_runs: str
+    delete_steps_of_runs: str
+    delete_runs: str
+    delete_unused_plans: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -242,7 +249,14 @@ class PostgresStore(Opened):
         submitted = shared.submitted(run, plan)
         async with self._transaction(f"create run {run.run_id!r}") as conn:
             await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
-            created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
+            try:
+                created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
+            except asyncpg.ForeignKeyViolationError as exc:
+                # The plan was there a statement ago: a prune deleted it (no run used it).
+                raise StoreUnavailableError(
+                    f"PostgreSQL store {self._name}: cannot create run {run.run_id!r}: its "
+                    "plan was deleted meanwhile by a prune (try again)"
+                ) from exc
             if created is None:
                 raise StoreError(f"run {run.run_id!r} already exists")
             await conn.execute(
@@ -366,6 +380,34 @@ class PostgresStore(Opened):
         chosen = None if run_ids is None else list(run_ids)
         async with self._connection("release runs") as conn:
             await conn.execute(SQL.release_runs, owner, chosen)
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def finished_runs(
+        self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        shared.check_limit(limit)
+        after_ts, after_id = after or (-math.inf, "")
+        rows = await self._read(
+            "list finished runs",
+            lambda conn: conn.fetch(SQL.finished_runs, before, limit, after_ts, after_id),
+        )
+        return [shared.run_record(row) for row in rows]
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return []
+        async with self._transaction("delete runs") as conn:
+            rows = await conn.fetch(SQL.lock_finished_runs, wanted)
+            found = [row[0] for row in rows]
+            if found:
+                await conn.execute(SQL.delete_events_of_runs, found)
+                await conn.execute(SQL.delete_steps_of_runs, found)
+                await conn.execute(SQL.delete_runs, found)
+                await conn.execute(SQL.delete_unused_plans, sorted({row[1] for row in rows}))
+        order = set(found)
+        return [run_id for run_id in wanted if run_id in order]
 
     # -- plumbing ---------------------------------------------------------------------------
 

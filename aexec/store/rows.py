@@ -63,7 +63,7 @@ def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
         elif event.kind in run_kinds:
             row = (event.run_id, None)
         else:
-            continue  # logged only: run_submitted, run_resumed, step_progress
+            continue  # logged only: run_submitted, run_resumed, step_progress, ...
         n = changes.get(row, 0)
         changes[row] = n + 1
         if n == len(rounds):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -92,6 +93,12 @@ class Queries(NamedTuple):
     renew_leases: str
     release_runs: str
     release_run: str
+    finished_runs: str
+    finished_run: str
+    delete_run_events: str
+    delete_run_steps: str
+    delete_run: str
+    delete_plan_if_unused: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -319,6 +326,37 @@ class SqliteStore(Opened):
                 conn.execute(SQL.release_runs, (owner,))
             else:
                 conn.executemany(SQL.release_run, ((owner, run_id) for run_id in run_ids))
+
+    # -- retention --------------------------------------------------------------------------
+
+    async def finished_runs(
+        self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        conn = self._connection()
+        shared.check_limit(limit)
+        after_ts, after_id = after or (-math.inf, "")
+        params = {"before": before, "after_ts": after_ts, "after_id": after_id, "limit": limit}
+        with self._errors("list finished runs"):
+            rows = conn.execute(SQL.finished_runs, params).fetchall()
+        return [shared.run_record(row) for row in rows]
+
+    async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
+        conn = self._connection()
+        deleted: list[str] = []
+        digests: set[str] = set()
+        with self._errors("delete runs"), self._transaction(conn):
+            for run_id in dict.fromkeys(run_ids):
+                row = conn.execute(SQL.finished_run, (run_id,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute(SQL.delete_run_events, (run_id,))
+                conn.execute(SQL.delete_run_steps, (run_id,))
+                conn.execute(SQL.delete_run, (run_id,))
+                deleted.append(run_id)
+                digests.add(row[0])
+            for digest in sorted(digests):
+                conn.execute(SQL.delete_plan_if_unused, (digest,))
+        return deleted
 
     # -- plumbing ---------------------------------------------------------------------------
 

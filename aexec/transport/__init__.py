@@ -10,22 +10,78 @@ Semantics every adapter keeps:
   a queue that was never declared raises :class:`~aexec.errors.TransportError` instead of
   dropping the message.
 * Deliveries are at-least-once: an unacked delivery is redelivered if its consumer goes
-  away; ``reject(requeue=False)`` dead-letters it to :data:`DEAD_LETTER_QUEUE`.
+  away; ``reject(requeue=False, reason=...)`` dead-letters it to :data:`DEAD_LETTER_QUEUE`
+  with why, where from and when (a :class:`DeadLetter`).
 * Higher ``priority`` (0..max_priority) is delivered first among waiting messages.
 * At most ``prefetch`` deliveries per consumer are unacked at a time.
 * ``broadcast(topic, body)`` reaches every current ``subscribe(topic, ...)`` handler once
   (fire-and-forget control traffic: nothing is kept for subscribers that come later).
+
+Dead letters are bounded: :data:`DEAD_LETTER_QUEUE` keeps at most 10,000 messages and
+1 GiB (the oldest go first), each for at most 14 days (:data:`DEAD_LETTER_LIMITS`).
+``dead_letters()`` lists them without taking them off the queue; ``replay_dead_letters()``
+publishes them back to the queue they came from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aexec.wire import MAX_PRIORITY
 
-DEAD_LETTER_QUEUE = "aexec.dead"
+DEAD_LETTER_QUEUE = "dead-letters"
+"""Where rejected messages go.  RabbitMQ never changes a declared queue's arguments, so the
+bounded queue has a name of its own: the unbounded one of earlier versions,
+:data:`LEGACY_DEAD_LETTER_QUEUE`, is still read (listed, replayed) where it exists, and
+other queues keep naming it as their broker-side dead-letter target (their arguments
+cannot change either); aexec itself dead-letters by publishing here."""
+
+LEGACY_DEAD_LETTER_QUEUE = "aexec.dead"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterLimits:
+    """Bounds of :data:`DEAD_LETTER_QUEUE`: at most ``max_length`` messages and ``max_bytes``
+    bytes (over either, the oldest go), each kept at most ``ttl`` seconds.  On RabbitMQ
+    they are the queue's arguments, which every process must declare alike: change them
+    together with the queue's name."""
+
+    max_length: int = 10_000
+    max_bytes: int = 1024 * 1024 * 1024
+    ttl: float = 14 * 24 * 3600.0
+
+
+DEAD_LETTER_LIMITS = DeadLetterLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message, as :meth:`Transport.dead_letters` lists it.
+
+    ``id`` names it for :meth:`Transport.replay_dead_letters`; ``queue`` is the (logical)
+    queue it was taken from, None when unknown; ``reason`` says why it was dead-lettered;
+    ``dead_at`` is when (seconds since the epoch, None when unknown); ``body`` and
+    ``priority`` are the message's own.
+    """
+
+    id: str
+    queue: str | None
+    reason: str
+    dead_at: float | None
+    body: bytes
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What :meth:`Transport.replay_dead_letters` did with one dead letter: published it
+    back to its queue (``error`` None), or left it where it was, saying why."""
+
+    letter: DeadLetter
+    error: str | None = None
 
 
 class Delivery(Protocol):
@@ -37,7 +93,9 @@ class Delivery(Protocol):
 
     async def ack(self) -> None: ...
 
-    async def reject(self, requeue: bool = False) -> None: ...
+    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
+        """Requeue the message, or (``requeue`` False) dead-letter it, keeping ``reason``
+        (default ``"rejected"``), the queue it came from and the time with it."""
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -76,22 +134,38 @@ class Transport(Protocol):
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
 
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """The dead letters waiting (at most ``limit``), oldest first; they stay queued."""
 
-def from_url(url: str | None, *, prefix: str | None = None) -> Transport:
+    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
+        """Publish the dead letters ``ids`` names (every one for None) back to the queue
+        each came from, as they were, and take them off the dead-letter queue; ids that
+        name no dead letter are ignored.  A letter whose queue is unknown or gone stays."""
+
+
+def from_url(url: str | None, *, prefix: str | None = None, secret: str | None = None) -> Transport:
     """The transport for ``url``: in-memory for None or ``memory://``, else RabbitMQ
     (``amqp://``, ``amqps://``); its module is imported only when chosen.
 
-    ``prefix`` names every broker queue (``?prefix=`` in the URL wins over it).  The
+    ``prefix`` names every broker queue (``?prefix=`` in the URL wins over it).  With a
+    ``secret`` every message is signed and verified (:mod:`aexec.transport.signed`).  The
     transport is not open yet.
     """
+    transport: Transport
     if url is None or url.startswith("memory:"):
         from aexec.transport.memory import MemoryTransport
 
-        return MemoryTransport()
-    from aexec.transport.amqp import AmqpTransport
+        transport = MemoryTransport()
+    else:
+        from aexec.transport.amqp import AmqpTransport
 
-    parts = urlsplit(url)
-    if prefix is not None and "prefix" not in dict(parse_qsl(parts.query)):
-        query = urlencode([*parse_qsl(parts.query, keep_blank_values=True), ("prefix", prefix)])
-        url = urlunsplit(parts._replace(query=query))
-    return AmqpTransport.from_url(url)
+        parts = urlsplit(url)
+        if prefix is not None and "prefix" not in dict(parse_qsl(parts.query)):
+            pairs = [*parse_qsl(parts.query, keep_blank_values=True), ("prefix", prefix)]
+            url = urlunsplit(parts._replace(query=urlencode(pairs)))
+        transport = AmqpTransport.from_url(url)
+    if secret is not None:
+        from aexec.transport.signed import SignedTransport
+
+        transport = SignedTransport(transport, secret)
+    return transport

@@ -10,12 +10,24 @@ Topology and channels::
                             or a topic subscriber's exclusive queue bound to the exchange
 
 Queue names given to the port are logical; on the broker they are ``f"{prefix}.{name}"``, so
-a test run isolates itself with a random prefix.  Every queue except the dead-letter queue
-dead-letters through the default exchange to ``f"{prefix}.{DEAD_LETTER_QUEUE}"``.  Queues
-are classic queues with ``x-max-priority`` (quorum queues have no priorities before
-RabbitMQ 4.0); messages are persistent.  Broadcasts go through the direct exchange
-``f"{prefix}.broadcast"`` with the topic as routing key, to one exclusive auto-acked queue per
-subscriber (fire and forget: a broadcast nobody listens to is dropped).
+a test run isolates itself with a random prefix.  Queues are classic queues with
+``x-max-priority`` (quorum queues have no priorities before RabbitMQ 4.0); messages are
+persistent.
+
+Dead letters: ``reject(requeue=False, reason=...)`` publishes the message (confirmed) to
+``f"{prefix}.{DEAD_LETTER_QUEUE}"`` with headers ``x-aexec-reason``, ``x-aexec-queue`` (the
+logical queue it came from) and ``x-aexec-dead-at`` (milliseconds since the epoch) and a
+``message_id``, then acks it.  That queue is bounded by its arguments (``x-max-length``,
+``x-max-length-bytes``, ``x-message-ttl``, ``x-overflow: drop-head``).  Other queues still
+carry the broker-side dead-letter arguments of earlier versions (to the unbounded
+``f"{prefix}.{LEGACY_DEAD_LETTER_QUEUE}"``), because RabbitMQ refuses to redeclare an
+existing queue with other arguments; the broker itself dead-letters nothing in aexec's
+normal operation, and the listing and replay read that legacy queue too where it exists
+(its messages described by RabbitMQ's ``x-death`` header).
+
+Broadcasts go through the direct exchange ``f"{prefix}.broadcast"`` with the topic as
+routing key, to one exclusive auto-acked queue per subscriber (fire and forget: a broadcast
+nobody listens to is dropped).
 
 aio-pika and aiormq exceptions are translated to :class:`~aexec.errors.TransportError` at
 this boundary.  Credentials never appear in messages or logs: the broker is named as
@@ -26,9 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import uuid4
@@ -47,7 +62,15 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from aexec.errors import ConfigError, PublishError, TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, Handler
+from aexec.transport import (
+    DEAD_LETTER_LIMITS,
+    DEAD_LETTER_QUEUE,
+    LEGACY_DEAD_LETTER_QUEUE,
+    DeadLetter,
+    DeadLetterLimits,
+    Handler,
+    Replay,
+)
 from aexec.wire import MAX_PRIORITY
 
 __all__ = ["AmqpDelivery", "AmqpSubscription", "AmqpTransport", "from_url"]
@@ -69,6 +92,7 @@ _BROKER_ERRORS = (
 )
 
 _AMQP_PRIORITY_LIMIT = 255
+_REASON, _QUEUE, _DEAD_AT = "x-aexec-reason", "x-aexec-queue", "x-aexec-dead-at"
 
 _T = TypeVar("_T")
 
@@ -91,10 +115,17 @@ class _QueueSpec:
 class AmqpDelivery:
     """One message handed to a handler.  Settling it twice is a no-op, as in memory."""
 
-    __slots__ = ("_message",)
+    __slots__ = ("_message", "_queue", "_transport")
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(
+        self,
+        message: AbstractIncomingMessage,
+        transport: AmqpTransport | None = None,
+        queue: str | None = None,
+    ) -> None:
         self._message = message
+        self._transport = transport  # dead-letters through it (None: a broadcast)
+        self._queue = queue  # the logical queue it came from
 
     @property
     def body(self) -> bytes:
@@ -114,11 +145,23 @@ class AmqpDelivery:
                 f"cannot ack: {_reason(exc)} (the broker will redeliver the message)"
             ) from exc
 
-    async def reject(self, requeue: bool = False) -> None:
-        if self._message.processed:
+    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
+        message = self._message
+        if message.processed:
+            return
+        if not requeue and self._transport is not None and self._queue is not None:
+            try:
+                await self._transport._dead_letter(
+                    self._queue, message.body, message.priority or 0, reason or "rejected"
+                )
+            except TransportError as exc:
+                raise TransportError(
+                    f"cannot dead-letter: {exc} (the broker will redeliver the message)"
+                ) from exc
+            await self.ack()
             return
         try:
-            await self._message.reject(requeue=requeue)
+            await message.reject(requeue=requeue)
         except _BROKER_ERRORS as exc:
             raise TransportError(
                 f"cannot reject: {_reason(exc)} (the broker will redeliver the message)"
@@ -142,8 +185,10 @@ class AmqpSubscription:
         handler: Handler,
         channel: AbstractRobustChannel,
         owner: set[AmqpSubscription],
+        transport: AmqpTransport | None = None,
     ) -> None:
         self.queue = queue  # logical queue consumed; None for a topic subscriber
+        self._transport = transport
         self._label = label
         self._handler = handler
         self._channel = channel
@@ -161,16 +206,17 @@ class AmqpSubscription:
         task.add_done_callback(self._running.discard)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        delivery = AmqpDelivery(message)
+        delivery = AmqpDelivery(message, self._transport, self.queue)
         try:
             await self._handler(delivery)
-        except Exception:
+        except Exception as failure:
             if message.processed:  # settled by the handler, or auto-acked (a broadcast)
                 logger.exception("handler for %s failed", self._label)
                 return
             logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
+            reason = f"handler failed: {_reason(failure)}"
             try:
-                await delivery.reject(requeue=False)
+                await delivery.reject(requeue=False, reason=reason)
             except TransportError as exc:
                 logger.warning("cannot dead-letter the delivery: %s", exc)
 
@@ -202,8 +248,10 @@ class AmqpTransport:
         *,
         prefix: str = DEFAULT_PREFIX,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        dead_letters: DeadLetterLimits = DEAD_LETTER_LIMITS,
     ) -> None:
         self._url = url
+        self._dead_letter_limits = dead_letters
         self._display = _display(url)
         self._prefix = prefix
         self._connect_timeout = connect_timeout
@@ -318,9 +366,17 @@ class AmqpTransport:
         if name in self._queues:
             return
         arguments: dict[str, Any] = {}
-        if name != DEAD_LETTER_QUEUE:
+        if name == DEAD_LETTER_QUEUE:
+            limits = self._dead_letter_limits
+            arguments["x-max-length"] = limits.max_length
+            arguments["x-max-length-bytes"] = limits.max_bytes
+            arguments["x-message-ttl"] = round(limits.ttl * 1000)
+            arguments["x-overflow"] = "drop-head"
+        elif name != LEGACY_DEAD_LETTER_QUEUE:
+            # What queues were declared with before the bounded dead-letter queue: existing
+            # queues can only be declared again with the same arguments.
             arguments["x-dead-letter-exchange"] = ""
-            arguments["x-dead-letter-routing-key"] = self.broker_name(DEAD_LETTER_QUEUE)
+            arguments["x-dead-letter-routing-key"] = self.broker_name(LEGACY_DEAD_LETTER_QUEUE)
         if max_priority > 0:
             arguments["x-max-priority"] = max_priority
         spec = _QueueSpec(self.broker_name(name), durable, auto_delete, arguments)
@@ -382,7 +438,7 @@ class AmqpTransport:
         spec = self._queues.get(queue)
         channel = await self._open_channel(connection, confirms=False)
         subscription = AmqpSubscription(
-            queue, f"queue {queue!r}", handler, channel, self._subscriptions
+            queue, f"queue {queue!r}", handler, channel, self._subscriptions, self
         )
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
@@ -436,6 +492,134 @@ class AmqpTransport:
             raise
         self._subscriptions.add(subscription)
         return subscription
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """Fetched unacked on a channel of their own, which is then closed: RabbitMQ puts
+        every one back where it was."""
+        found: list[DeadLetter] = []
+        for queue in (LEGACY_DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE):
+            async with self._dead_letter_reader(queue) as fetch:
+                while limit is None or len(found) < limit:
+                    message = await fetch()
+                    if message is None:
+                        break
+                    found.append(self._letter(message))
+        found.sort(key=lambda letter: letter.dead_at or 0.0)
+        return found
+
+    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
+        done: list[Replay] = []
+        for queue in (LEGACY_DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE):
+            async with self._dead_letter_reader(queue) as fetch:
+                while (message := await fetch()) is not None:
+                    letter = self._letter(message)
+                    if ids is not None and letter.id not in ids:
+                        continue
+                    if letter.queue is None:
+                        done.append(Replay(letter, "the queue it came from is unknown"))
+                        continue
+                    try:
+                        await self.publish(letter.queue, letter.body, priority=letter.priority)
+                        await message.ack()
+                    except (TransportError, *_BROKER_ERRORS) as exc:
+                        done.append(Replay(letter, str(exc)))
+                        continue
+                    done.append(Replay(letter))
+        return done
+
+    @contextlib.asynccontextmanager
+    async def _dead_letter_reader(
+        self, queue: str
+    ) -> AsyncIterator[Callable[[], Awaitable[AbstractIncomingMessage | None]]]:
+        """A function fetching the messages waiting in dead-letter queue ``queue`` one by
+        one (None at the end, or at once if the queue does not exist), left unacked:
+        whatever the caller does not ack goes back to its place when the channel closes at
+        the end of the block."""
+        connection = self._require(self._connection)
+        channel = await self._open_channel(connection, confirms=False)
+        try:
+            try:
+                await self._ready(channel)
+                amqp_queue = await channel.declare_queue(self.broker_name(queue), passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                amqp_queue = None  # (the broker closed the channel)
+            except _BROKER_ERRORS as exc:
+                raise TransportError(f"cannot read {queue!r}: {_reason(exc)}") from exc
+            waiting = 0 if amqp_queue is None else amqp_queue.declaration_result.message_count
+
+            async def fetch() -> AbstractIncomingMessage | None:
+                nonlocal waiting
+                if amqp_queue is None or not waiting:
+                    return None
+                waiting -= 1
+                try:
+                    return await amqp_queue.get(
+                        no_ack=False, fail=False, timeout=self._connect_timeout
+                    )
+                except (TimeoutError, *_BROKER_ERRORS) as exc:
+                    raise TransportError(f"cannot read {queue!r}: {_reason(exc)}") from exc
+
+            yield fetch
+        finally:
+            await self._abandon(channel)
+
+    def _letter(self, message: AbstractIncomingMessage) -> DeadLetter:
+        """What a message of a dead-letter queue says of itself: aexec's headers, or else
+        RabbitMQ's ``x-death`` record (a broker-side dead letter)."""
+        headers: dict[str, Any] = dict(message.headers or {})
+        priority = message.priority or 0
+        if _REASON in headers:
+            dead_at = headers.get(_DEAD_AT)
+            return DeadLetter(
+                message.message_id or _digest(message.body, str(dead_at)),
+                _text(headers.get(_QUEUE)),
+                str(headers[_REASON]),
+                dead_at / 1000 if isinstance(dead_at, int | float) else None,
+                message.body,
+                priority,
+            )
+        deaths = headers.get("x-death")
+        death: dict[str, Any] = deaths[0] if isinstance(deaths, list) and deaths else {}
+        when = death.get("time")
+        dead_at = when.timestamp() if isinstance(when, datetime) else None
+        source = _text(death.get("queue"))
+        queue = None
+        if source is not None and source.startswith(self._prefix + "."):
+            queue = source[len(self._prefix) + 1 :]
+        return DeadLetter(
+            message.message_id or _digest(message.body, repr(when)),
+            queue,
+            str(death.get("reason", "dead-lettered by the broker")),
+            dead_at,
+            message.body,
+            priority,
+        )
+
+    async def _dead_letter(self, queue: str, body: bytes, priority: int, reason: str) -> None:
+        """Publish ``body`` (taken from ``queue``) to the dead-letter queue with why, whence
+        and when; returns once RabbitMQ confirmed it."""
+        channel = self._require(self._publisher)
+        headers: dict[str, Any] = {
+            _REASON: reason[:1000],
+            _QUEUE: queue,
+            _DEAD_AT: round(time.time() * 1000),
+        }
+        properties = Basic.Properties(
+            delivery_mode=2,
+            priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT),
+            headers=headers,
+            message_id=uuid4().hex[:12],
+        )
+        routing_key = self.broker_name(DEAD_LETTER_QUEUE)
+        try:
+            if channel.is_closed:
+                await self._ready(channel)
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body, exchange="", routing_key=routing_key, properties=properties, mandatory=True
+            )
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot publish to {routing_key!r}: {_reason(exc)}") from exc
 
     async def delete_queues(self, names: Iterable[str]) -> None:
         """Delete logical queues ``names`` with their messages, cancelling this transport's
@@ -565,6 +749,17 @@ def _display(url: str) -> str:
     except ValueError:
         return "<invalid URL>"
     return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return None if value is None else str(value)
+
+
+def _digest(body: bytes, salt: str) -> str:
+    """A stable id for a dead letter that carries none of its own."""
+    return hashlib.sha256(salt.encode() + b"\x00" + body).hexdigest()[:12]
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,7 +2,9 @@
 
 Priority queues, per-consumer prefetch, at-least-once delivery (unacked deliveries are
 requeued, marked redelivered, when their consumer is cancelled), dead-lettering on
-``reject(requeue=False)``, and an error when publishing to an undeclared queue.
+``reject(requeue=False)`` to a bounded dead-letter queue (its length, bytes and message TTL
+as on RabbitMQ: the oldest go first; an expired message goes when it reaches the head),
+and an error when publishing to an undeclared queue.
 """
 
 from __future__ import annotations
@@ -11,23 +13,53 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+import time
+import uuid
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aexec.errors import TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Handler
+from aexec.transport import (
+    DEAD_LETTER_LIMITS,
+    DEAD_LETTER_QUEUE,
+    DeadLetter,
+    DeadLetterLimits,
+    Delivery,
+    Handler,
+    Replay,
+)
 from aexec.wire import MAX_PRIORITY
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Letter:
+    """Why, where from and when a message was dead-lettered; when it expires; the priority
+    it had (the dead-letter queue itself keeps them in arrival order)."""
+
+    id: str
+    queue: str
+    reason: str
+    dead_at: float
+    expires_at: float
+    priority: int
+
+
+# (-priority, seq, body, redelivered, dead letter info): seq is unique, so tuples never
+# compare past it.
+_Entry = tuple[int, int, bytes, bool, "_Letter | None"]
 
 
 @dataclass(slots=True)
 class _Queue:
     name: str
     max_priority: int
-    heap: list[tuple[int, int, bytes, bool]] = field(default_factory=list)
+    bounds: DeadLetterLimits | None = None
+    heap: list[_Entry] = field(default_factory=list)
     consumers: list[_Consumer] = field(default_factory=list)
     turn: int = 0
+    size: int = 0  # bytes of the bodies waiting (counted in bounded queues only)
 
 
 class _Consumer:
@@ -53,12 +85,13 @@ class _Consumer:
                     if delivery.consumer is self and self.active:
                         try:
                             await self.handler(delivery)
-                        except Exception:
+                        except Exception as exc:
                             log.exception(
                                 "handler for queue %r failed; dead-lettering its delivery",
                                 self.queue.name,
                             )
-                            await delivery.reject(requeue=False)
+                            reason = f"handler failed: {type(exc).__name__}: {exc}"
+                            await delivery.reject(requeue=False, reason=reason)
 
     async def cancel(self) -> None:
         if not self.active:
@@ -68,7 +101,9 @@ class _Consumer:
             self.queue.consumers.remove(self)
         for delivery in list(self.unacked):
             delivery.consumer = None
-            self.transport._requeue(self.queue, delivery.body, delivery.priority)
+            self.transport._push(
+                self.queue, delivery.body, delivery.priority, True, delivery.letter
+            )
         self.unacked.clear()
         self.ready.clear()
         if self.task is not None and self.task is not asyncio.current_task():
@@ -78,13 +113,21 @@ class _Consumer:
 
 
 class MemoryDelivery:
-    __slots__ = ("body", "consumer", "priority", "redelivered")
+    __slots__ = ("body", "consumer", "letter", "priority", "redelivered")
 
-    def __init__(self, body: bytes, priority: int, redelivered: bool, consumer: _Consumer) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        priority: int,
+        redelivered: bool,
+        consumer: _Consumer,
+        letter: _Letter | None = None,
+    ) -> None:
         self.body = body
         self.priority = priority
         self.redelivered = redelivered
         self.consumer: _Consumer | None = consumer
+        self.letter = letter
 
     async def ack(self) -> None:
         consumer = self.consumer
@@ -94,7 +137,7 @@ class MemoryDelivery:
         consumer.unacked.discard(self)
         consumer.transport._dispatch(consumer.queue)
 
-    async def reject(self, requeue: bool = False) -> None:
+    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
         consumer = self.consumer
         if consumer is None:
             return
@@ -102,12 +145,9 @@ class MemoryDelivery:
         consumer.unacked.discard(self)
         transport = consumer.transport
         if requeue:
-            transport._requeue(consumer.queue, self.body, self.priority)
+            transport._push(consumer.queue, self.body, self.priority, True, self.letter)
         else:
-            dead = transport._queues.get(DEAD_LETTER_QUEUE)
-            if dead is not None and dead is not consumer.queue:
-                transport._push(dead, self.body, 0, False)
-                transport._dispatch(dead)
+            transport._dead_letter(consumer.queue, self.body, self.priority, reason)
         transport._dispatch(consumer.queue)
 
 
@@ -135,9 +175,12 @@ class _TopicSubscription:
 
 
 class MemoryTransport:
-    """A broker in this process.  One instance is one broker: share it between peers."""
+    """A broker in this process.  One instance is one broker: share it between peers.
 
-    def __init__(self) -> None:
+    ``dead_letters`` bounds its dead-letter queue (tests make them small)."""
+
+    def __init__(self, *, dead_letters: DeadLetterLimits = DEAD_LETTER_LIMITS) -> None:
+        self._dead_letter_limits = dead_letters
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count()
         self._wakes: dict[_Consumer, asyncio.Event] = {}
@@ -146,7 +189,9 @@ class MemoryTransport:
 
     async def open(self) -> None:
         self._open = True
-        await self.declare_queue(DEAD_LETTER_QUEUE, max_priority=0)
+        if DEAD_LETTER_QUEUE not in self._queues:
+            limits = self._dead_letter_limits
+            self._queues[DEAD_LETTER_QUEUE] = _Queue(DEAD_LETTER_QUEUE, 0, limits)
 
     async def close(self) -> None:
         for queue in list(self._queues.values()):
@@ -172,7 +217,7 @@ class MemoryTransport:
         q = self._queues.get(queue)
         if q is None:
             raise TransportError(f"no queue named {queue!r}: the message was not routed")
-        self._push(q, body, priority, False)
+        self._push(q, body, priority, False, None)
         self._dispatch(q)
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
@@ -180,7 +225,7 @@ class MemoryTransport:
             q = self._queues.get(queue)
             if q is None:
                 raise TransportError(f"no queue named {queue!r}: the message was not routed")
-            self._push(q, body, priority, False)
+            self._push(q, body, priority, False, None)
             self._dispatch(q)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _Subscription:
@@ -204,10 +249,11 @@ class MemoryTransport:
                 for consumer in list(q.consumers):
                     await consumer.cancel()
                 q.heap.clear()
+                q.size = 0
 
     async def broadcast(self, topic: str, body: bytes) -> None:
         for q in list(self._topics.get(topic, ())):
-            self._push(q, body, 0, False)
+            self._push(q, body, 0, False, None)
             self._dispatch(q)
 
     async def subscribe(self, topic: str, handler: Handler) -> _TopicSubscription:
@@ -228,21 +274,90 @@ class MemoryTransport:
         q.consumers.append(consumer)
         return _TopicSubscription(consumer, self._topics[topic])
 
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        dead = self._dead_queue()
+        self._expire(dead)
+        entries = sorted(dead.heap)[:limit]
+        return [_dead_letter(entry) for entry in entries]
+
+    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
+        dead = self._dead_queue()
+        self._expire(dead)
+        done: list[Replay] = []
+        kept: list[_Entry] = []
+        for entry in sorted(dead.heap):
+            letter = _dead_letter(entry)
+            if ids is not None and letter.id not in ids:
+                kept.append(entry)
+                continue
+            target = None if letter.queue is None else self._queues.get(letter.queue)
+            if target is None or target is dead:
+                kept.append(entry)
+                done.append(Replay(letter, f"no queue named {letter.queue!r}"))
+                continue
+            self._push(target, letter.body, letter.priority, False, None)
+            self._dispatch(target)
+            done.append(Replay(letter))
+        dead.heap = kept  # sorted: a heap
+        dead.size = sum(len(entry[2]) for entry in kept)
+        return done
+
     def queue_depth(self, queue: str) -> int:
         """Messages waiting (not delivered) in ``queue``."""
         q = self._queues.get(queue)
         return 0 if q is None else len(q.heap)
 
-    def _push(self, q: _Queue, body: bytes, priority: int, redelivered: bool) -> None:
-        priority = min(max(priority, 0), q.max_priority)
-        heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered))
+    def _dead_queue(self) -> _Queue:
+        dead = self._queues.get(DEAD_LETTER_QUEUE)
+        if dead is None:
+            raise TransportError("memory transport is not open")
+        return dead
 
-    def _requeue(self, q: _Queue, body: bytes, priority: int) -> None:
-        self._push(q, body, priority, True)
+    def _dead_letter(self, source: _Queue, body: bytes, priority: int, reason: str | None) -> None:
+        dead = self._queues.get(DEAD_LETTER_QUEUE)
+        if dead is None or dead is source:
+            return
+        now = time.time()
+        letter = _Letter(
+            uuid.uuid4().hex[:12],
+            source.name,
+            reason or "rejected",
+            now,
+            now + self._dead_letter_limits.ttl,
+            priority,
+        )
+        self._push(dead, body, 0, False, letter)
+        self._dispatch(dead)
+
+    def _push(
+        self, q: _Queue, body: bytes, priority: int, redelivered: bool, letter: _Letter | None
+    ) -> None:
+        priority = min(max(priority, 0), q.max_priority)
+        heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered, letter))
+        if q.bounds is not None:  # the dead-letter queue: sizes are counted, bounds kept
+            q.size += len(body)
+            self._expire(q)
+            # Over a bound, the oldest go first (RabbitMQ's drop-head overflow).
+            while len(q.heap) > q.bounds.max_length or q.size > q.bounds.max_bytes:
+                self._pop(q)
+
+    def _pop(self, q: _Queue) -> _Entry:
+        entry = heapq.heappop(q.heap)
+        if q.bounds is not None:
+            q.size -= len(entry[2])
+        return entry
+
+    def _expire(self, q: _Queue) -> None:
+        """Drop expired messages at the head of a bounded queue (as RabbitMQ does)."""
+        now = time.time()
+        while q.heap and (letter := q.heap[0][4]) is not None and letter.expires_at <= now:
+            self._pop(q)
 
     def _dispatch(self, q: _Queue) -> None:
         consumers = q.consumers
         heap = q.heap
+        if q.bounds is not None:
+            self._expire(q)
         while heap and consumers:
             n = len(consumers)
             for k in range(n):
@@ -252,8 +367,15 @@ class MemoryTransport:
             else:
                 return
             q.turn = (q.turn + k + 1) % n
-            neg_priority, _, body, redelivered = heapq.heappop(heap)
-            delivery = MemoryDelivery(body, -neg_priority, redelivered, consumer)
+            neg_priority, _, body, redelivered, letter = self._pop(q)
+            delivery = MemoryDelivery(body, -neg_priority, redelivered, consumer, letter)
             consumer.unacked.add(delivery)
             consumer.ready.append(delivery)
             self._wakes[consumer].set()
+
+
+def _dead_letter(entry: _Entry) -> DeadLetter:
+    neg_priority, seq, body, _, letter = entry
+    if letter is None:  # published to the dead-letter queue directly
+        return DeadLetter(f"m{seq}", None, "published here", None, body, -neg_priority)
+    return DeadLetter(letter.id, letter.queue, letter.reason, letter.dead_at, body, letter.priority)

@@ -1,5 +1,7 @@
 """A private PostgreSQL cluster: ``initdb`` and ``pg_ctl`` in a directory of the caller's,
 on a free port of 127.0.0.1, trust authentication, stopped at the end whatever happens.
+Given :class:`ClusterSsl` it serves SSL with that certificate and refuses TCP connections
+that do not use it (``hostssl`` only in ``pg_hba.conf``).
 
 The binaries come from ``AEXEC_PG_BIN`` or the newest ``/usr/lib/postgresql/*/bin``.  As
 root (PostgreSQL refuses to run as root) the cluster runs as the ``postgres`` user, which
@@ -16,6 +18,7 @@ import contextlib
 import glob
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,12 +37,21 @@ class ClusterUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ClusterSsl:
+    """The server certificate and key (PEM) of a cluster that serves SSL only."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class PrivatePostgres:
     """A running cluster: its data directory and port; connect as ``postgres``."""
 
     base: Path
     port: int
     bin_dir: Path
+    ssl: bool = False  # serves SSL, and TCP connections must use it
 
     @property
     def dsn(self) -> str:
@@ -103,8 +115,9 @@ def cluster_home(work: Path) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="aexec-faults-postgres-")), True
 
 
-def start_cluster(base: Path) -> PrivatePostgres:
-    """Create and start a cluster in the empty directory ``base``."""
+def start_cluster(base: Path, *, ssl: ClusterSsl | None = None) -> PrivatePostgres:
+    """Create and start a cluster in the empty directory ``base`` (serving SSL only, with
+    ``ssl``)."""
     bin_dir = postgres_bin()
     owner = _as_owner()
     if owner:
@@ -115,7 +128,7 @@ def start_cluster(base: Path) -> PrivatePostgres:
                 "use a directory under a world-searchable one, such as the system's temp"
             )
         os.chown(base, owner["user"], owner["group"])
-    cluster = PrivatePostgres(base, free_port(), bin_dir)
+    cluster = PrivatePostgres(base, free_port(), bin_dir, ssl is not None)
     _run(
         [str(bin_dir / "initdb"), "-D", str(cluster.data), "-A", "trust", "-U", "postgres",
          "-E", "UTF8", "--locale=C", "--no-sync"],
@@ -125,6 +138,8 @@ def start_cluster(base: Path) -> PrivatePostgres:
         f"-p {cluster.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c max_connections=200"
     )
+    if ssl is not None:
+        options += " " + _serve_ssl_only(cluster, ssl, owner)
     try:
         _run(
             [str(bin_dir / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.log_file),
@@ -135,6 +150,24 @@ def start_cluster(base: Path) -> PrivatePostgres:
         stop_cluster(cluster)
         raise
     return cluster
+
+
+def _serve_ssl_only(cluster: PrivatePostgres, ssl: ClusterSsl, owner: dict[str, Any]) -> str:
+    """Put the certificate and key in the data directory (the key readable by the server
+    alone, as PostgreSQL demands), allow TCP connections only over SSL, and return the
+    server options that switch SSL on."""
+    for source, name in ((ssl.cert, "server.crt"), (ssl.key, "server.key")):
+        target = cluster.data / name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        if owner:
+            os.chown(target, owner["user"], owner["group"])
+    (cluster.data / "pg_hba.conf").write_text(
+        "local all all trust\n"
+        "hostssl all all 127.0.0.1/32 trust\n"
+        "hostnossl all all 127.0.0.1/32 reject\n"
+    )
+    return "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
 
 
 def stop_cluster(cluster: PrivatePostgres) -> None:
@@ -154,9 +187,9 @@ def stop_cluster(cluster: PrivatePostgres) -> None:
 
 
 @contextlib.contextmanager
-def private_cluster(base: Path) -> Iterator[PrivatePostgres]:
+def private_cluster(base: Path, *, ssl: ClusterSsl | None = None) -> Iterator[PrivatePostgres]:
     """A cluster living in ``base`` for the ``with`` block, stopped at its end."""
-    cluster = start_cluster(base)
+    cluster = start_cluster(base, ssl=ssl)
     try:
         yield cluster
     finally:

@@ -4,8 +4,9 @@ never be applied to the RabbitMQ other people share.
 
 :func:`start_node` boots a node of its own (``<prefix>-<random>@localhost``) on free ports,
 with its data, logs, configuration and Erlang cookie in a directory of the caller's, no
-plugins and no management listener; :func:`stop_node` stops it (by name, then by its own
-pids if that fails).  A node boots in about 4 s.  The fault campaign and the test suite's
+plugins and no management listener (and, given :class:`NodeTls`, a TLS listener besides the
+plain one); :func:`stop_node` stops it (by name, then by its own pids if that fails).  A
+node boots in about 4 s.  The fault campaign and the test suite's
 ``private_rabbitmq`` fixture (``tests/plugins/private_rabbitmq.py``) both use it.
 
 It runs ``rabbitmq-server`` and ``rabbitmqctl`` from the directory the distribution installs
@@ -38,6 +39,16 @@ class NodeUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class NodeTls:
+    """PEM files for a node's TLS listener: the CA, the server's certificate and its key.
+    Clients are not asked for certificates."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class PrivateRabbit:
     """A running private node: its AMQP URL and ``rabbitmqctl`` bound to it."""
 
@@ -45,10 +56,18 @@ class PrivateRabbit:
     port: int
     base: Path  # HOME (with the Erlang cookie), data, logs
     ctl_path: Path
+    tls_port: int | None = None  # the TLS listener, when started with one
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` to the TLS listener (no CA named: add ``?cafile=``)."""
+        if self.tls_port is None:
+            raise RuntimeError("this node has no TLS listener")
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/"
 
     @property
     def log_file(self) -> Path:
@@ -130,18 +149,34 @@ def _node_env(base: Path) -> dict[str, str]:
 
 
 def start_node(
-    base: Path, *, bin_dir: Path | None = None, name: str = "aexec-test"
+    base: Path,
+    *,
+    bin_dir: Path | None = None,
+    name: str = "aexec-test",
+    tls: NodeTls | None = None,
 ) -> tuple[PrivateRabbit, subprocess.Popen[bytes]]:
     """Boot a node whose files live in the empty directory ``base``; returns its handle and
-    its server process, once it accepts AMQP connections.  NodeUnavailable if it cannot."""
+    its server process, once it accepts AMQP connections (and TLS ones, with ``tls``).
+    NodeUnavailable if it cannot."""
     bin_dir = bin_dir or rabbitmq_bin()
     node = f"{name}-{uuid.uuid4().hex[:8]}@localhost"
     port, dist_port = free_port(), free_port()
+    tls_port = None if tls is None else free_port()
     for sub in ("mnesia", "log"):
         (base / sub).mkdir()
     (base / "rabbitmq-env.conf").write_text("")
     (base / "enabled_plugins").write_text("[].\n")
-    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\n")
+    config = f"listeners.tcp.default = 127.0.0.1:{port}\n"
+    if tls is not None:
+        config += (
+            f"listeners.ssl.default = 127.0.0.1:{tls_port}\n"
+            f"ssl_options.cacertfile = {tls.ca}\n"
+            f"ssl_options.certfile = {tls.cert}\n"
+            f"ssl_options.keyfile = {tls.key}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
+    (base / "rabbitmq.conf").write_text(config)
     env = _node_env(base)
     env.update(
         RABBITMQ_NODENAME=node,
@@ -167,10 +202,11 @@ def start_node(
             )
     except OSError as exc:
         raise NodeUnavailable(f"cannot start a private RabbitMQ node: {exc}") from exc
-    rabbit = PrivateRabbit(node, port, base, bin_dir / "rabbitmqctl")
+    rabbit = PrivateRabbit(node, port, base, bin_dir / "rabbitmqctl", tls_port)
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while not port_open("127.0.0.1", port, timeout=0.2):
+        ports = [p for p in (port, tls_port) if p is not None]
+        while not all(port_open("127.0.0.1", p, timeout=0.2) for p in ports):
             if server.poll() is not None or time.monotonic() > deadline:
                 output = (base / "server.out").read_text(errors="replace")[-2000:]
                 raise NodeUnavailable(f"the private RabbitMQ node did not start:\n{output}")
@@ -202,9 +238,11 @@ def stop_node(rabbit: PrivateRabbit, server: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_node(base: Path, *, name: str = "aexec-test") -> Iterator[PrivateRabbit]:
+def private_node(
+    base: Path, *, name: str = "aexec-test", tls: NodeTls | None = None
+) -> Iterator[PrivateRabbit]:
     """A node living in ``base`` for the ``with`` block, stopped at its end."""
-    rabbit, server = start_node(base, name=name)
+    rabbit, server = start_node(base, name=name, tls=tls)
     try:
         yield rabbit
     finally:

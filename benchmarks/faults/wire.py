@@ -30,7 +30,7 @@ import aiormq.exceptions
 import pamqp.exceptions
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from aexec import messages
+from aexec import messages, transport
 from aexec.errors import CodecError
 from benchmarks.faults.model import DeadLetter
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "aexec"
 SUBMIT_QUEUE = f"{PREFIX}.coordinator.submit"
-DEAD_LETTER_QUEUE = f"{PREFIX}.aexec.dead"
+DEAD_LETTER_QUEUE = f"{PREFIX}.{transport.DEAD_LETTER_QUEUE}"
 REPLY_PREFIX = f"{PREFIX}.reply."
 STEP_PREFIX = f"{PREFIX}.step."
 TRACE_QUEUE = "faults.trace"

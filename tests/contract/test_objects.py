@@ -172,6 +172,49 @@ async def test_objects_outlive_close_and_reopen(unopened: ObjectStore) -> None:
         await unopened.close()
 
 
+async def test_delete_prefix_deletes_the_objects_of_one_folder_and_counts_them(
+    objects: ObjectStore,
+) -> None:
+    kept = {"outputs/r10/a/1": b"run r10", "outputs/r1x": b"a key beside it", "x": b"x"}
+    for key in ("outputs/r1/a/1", "outputs/r1/a/2", "outputs/r1/b/deeper/1"):
+        await objects.put(key, b"r1")
+    for key, value in kept.items():
+        await objects.put(key, value)
+    assert await objects.delete_prefix("outputs/r1/") == 3
+    for key in ("outputs/r1/a/1", "outputs/r1/a/2", "outputs/r1/b/deeper/1"):
+        with pytest.raises(ObjectNotFoundError):
+            await objects.get(key)
+    for key, value in kept.items():
+        assert await objects.get(key) == value
+    assert await objects.delete_prefix("outputs/r1/") == 0
+    await objects.put("outputs/r1/again", b"a new object where the old ones were")
+    assert await objects.get("outputs/r1/again") == b"a new object where the old ones were"
+
+
+async def test_delete_prefix_matches_key_prefixes_not_only_folders(objects: ObjectStore) -> None:
+    for key in ("logs/2024-01", "logs/2024-02/x", "logs/2025-01"):
+        await objects.put(key, b"v")
+    assert await objects.delete_prefix("logs/2024") == 2
+    assert await objects.get("logs/2025-01") == b"v"
+    assert await objects.delete_prefix("nothing/here/") == 0
+
+
+async def test_delete_prefix_deletes_more_than_a_page_of_keys(objects: ObjectStore) -> None:
+    keys = [f"many/{i:04d}" for i in range(1005)]  # S3 lists and deletes 1,000 at a time
+    for start in range(0, len(keys), 100):
+        await asyncio.gather(*(objects.put(key, b"") for key in keys[start : start + 100]))
+    assert await objects.delete_prefix("many/") == len(keys)
+    with pytest.raises(ObjectNotFoundError):
+        await objects.get(keys[-1])
+
+
+async def test_an_empty_prefix_is_rejected(objects: ObjectStore) -> None:
+    await objects.put("k", b"v")
+    with pytest.raises(ObjectStoreError, match="empty"):
+        await objects.delete_prefix("")
+    assert await objects.get("k") == b"v"
+
+
 def _names(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 

@@ -867,6 +867,81 @@ async def test_concurrent_acquirers_never_share_a_run(store: Store, other_store:
         assert {owners[run_id] for run_id in result} <= {f"c{i // 2}"}
 
 
+# -- retention ----------------------------------------------------------------------------
+
+
+async def finished_run(store: Store, run_id: str, kind: EventKind, ts: float) -> None:
+    await started_run(store, run_id)
+    await store.append([ev(kind, run_id=run_id, ts=ts, error="why")])
+
+
+async def test_finished_runs_are_those_that_finished_before_the_time_longest_ago_first(
+    store: Store,
+) -> None:
+    await finished_run(store, "r-succeeded", K.RUN_SUCCEEDED, 300.0)
+    await finished_run(store, "r-failed", K.RUN_FAILED, 200.0)
+    await finished_run(store, "r-cancelled", K.RUN_CANCELLED, 400.0)
+    await started_run(store, "r-running")
+    await store.create_run(new_run("r-pending"), PLAN)
+    found = await store.finished_runs(350.0)
+    assert [(r.run_id, r.status, r.finished_at) for r in found] == [
+        ("r-failed", RunStatus.FAILED, 200.0),
+        ("r-succeeded", RunStatus.SUCCEEDED, 300.0),
+    ]
+    assert [r.run_id for r in await store.finished_runs(1e12, limit=2)] == [
+        "r-failed",
+        "r-succeeded",
+    ]
+    assert await store.finished_runs(200.0) == []
+
+
+async def test_finished_runs_page_by_when_they_finished_then_by_id(store: Store) -> None:
+    for run_id, ts in [("r-c", 200.0), ("r-a", 200.0), ("r-b", 100.0), ("r-d", 300.0)]:
+        await finished_run(store, run_id, K.RUN_SUCCEEDED, ts)
+    pages: list[list[str]] = []
+    after: tuple[float, str] | None = None
+    while page := await store.finished_runs(1000.0, limit=2, after=after):
+        pages.append([r.run_id for r in page])
+        after = (page[-1].finished_at or 0.0, page[-1].run_id)
+    assert pages == [["r-b", "r-a"], ["r-c", "r-d"]]
+
+
+async def test_deleting_runs_deletes_only_finished_ones_with_their_steps_and_events(
+    store: Store, other_store: Store
+) -> None:
+    await finished_run(store, "r-old", K.RUN_SUCCEEDED, 300.0)
+    await started_run(store, "r-running")
+    await store.create_run(new_run("r-pending"), PLAN)
+    deleted = await store.delete_runs(["r-running", "r-old", "r-pending", "r-unknown"])
+    assert deleted == ["r-old"]
+    assert await other_store.get_run("r-old") is None
+    assert await other_store.get_steps("r-old") == []
+    assert await other_store.get_events("r-old") == []
+    for kept in ("r-running", "r-pending"):
+        assert (await run_row(other_store, kept)).run_id == kept
+        assert len(await other_store.get_steps(kept)) == 2
+        assert (await other_store.get_events(kept))[0].kind is K.RUN_SUBMITTED
+    assert await store.delete_runs([]) == []
+
+
+async def test_a_plan_is_deleted_with_the_last_run_of_it_and_stored_again_by_the_next(
+    store: Store,
+) -> None:
+    other = build("q", [StepSpec("x", "add")])
+    await finished_run(store, "r-1", K.RUN_SUCCEEDED, 300.0)
+    await finished_run(store, "r-2", K.RUN_FAILED, 300.0)
+    await store.create_run(new_run("r-q", other), other)
+    await store.append([ev(K.RUN_CANCELLED, run_id="r-q", ts=300.0)])
+    assert await store.delete_runs(["r-1"]) == ["r-1"]
+    assert await store.get_plan(PLAN.digest) == PLAN  # r-2 still uses it
+    assert await store.delete_runs(["r-2", "r-q"]) == ["r-2", "r-q"]
+    assert await store.get_plan(PLAN.digest) is None
+    assert await store.get_plan(other.digest) is None
+    await store.create_run(new_run("r-3"), PLAN)
+    assert await store.get_plan(PLAN.digest) == PLAN
+    assert [s.key for s in await store.get_steps("r-3")] == ["a", "b"]
+
+
 # -- following ----------------------------------------------------------------------------
 
 

@@ -14,13 +14,22 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from aexec.errors import ConfigError, TransportError
-from aexec.transport import DEAD_LETTER_QUEUE, Delivery, Subscription, Transport
+from aexec.transport import (
+    DEAD_LETTER_LIMITS,
+    DEAD_LETTER_QUEUE,
+    LEGACY_DEAD_LETTER_QUEUE,
+    DeadLetter,
+    DeadLetterLimits,
+    Delivery,
+    Subscription,
+    Transport,
+)
 from aexec.transport.amqp import AmqpTransport, from_url
 from aexec.transport.memory import MemoryTransport
 from tests.plugins.rabbitmq import close_connections, delete_queues
@@ -40,10 +49,12 @@ class Backend:
     url: str = ""
     prefix: str = ""
 
-    def make(self) -> Transport:
+    def make(self, dead_letters: DeadLetterLimits = DEAD_LETTER_LIMITS) -> Transport:
         if self.kind == "memory":
-            return MemoryTransport()
-        return AmqpTransport(self.url, prefix=self.prefix, connect_timeout=5.0)
+            return MemoryTransport(dead_letters=dead_letters)
+        return AmqpTransport(
+            self.url, prefix=self.prefix, connect_timeout=5.0, dead_letters=dead_letters
+        )
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -63,9 +74,7 @@ async def transport(backend: Backend) -> AsyncIterator[Transport]:
     try:
         yield transport
     finally:
-        if isinstance(transport, AmqpTransport):
-            await transport.delete_topology()
-        await transport.close()
+        await tear_down(transport)
 
 
 class Inbox:
@@ -418,6 +427,144 @@ async def reject_all(delivery: Delivery) -> None:
     await delivery.reject(requeue=False)
 
 
+# -- dead letters ----------------------------------------------------------------------------
+
+
+async def dead_letter(transport: Transport, queue: str, bodies: list[bytes], reason: str) -> None:
+    """Publish ``bodies`` to ``queue`` and dead-letter each with ``reason``; returns once
+    every one is in the dead-letter queue."""
+    rejected = asyncio.Event()
+    count = 0
+
+    async def reject(delivery: Delivery) -> None:
+        nonlocal count
+        await delivery.reject(requeue=False, reason=reason)
+        count += 1
+        if count == len(bodies):
+            rejected.set()
+
+    subscription = await transport.consume(queue, reject, prefetch=10)
+    for priority, body in enumerate(bodies):
+        await transport.publish(queue, body, priority=priority)
+    await asyncio.wait_for(rejected.wait(), WAIT)
+    await subscription.cancel()
+
+
+async def test_a_dead_letter_says_why_where_from_and_when(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    before = time.time()
+    await dead_letter(transport, "work", [b"poison \x00\xff", b"second"], "bad input: NUL")
+    letters = await transport.dead_letters()
+    assert [(d.queue, d.reason, d.body) for d in letters] == [
+        ("work", "bad input: NUL", b"poison \x00\xff"),
+        ("work", "bad input: NUL", b"second"),
+    ]
+    assert [d.priority for d in letters] == [0, 1]
+    assert all(
+        d.dead_at is not None and before - 1 <= d.dead_at <= time.time() + 1 for d in letters
+    )
+    assert len({d.id for d in letters}) == 2
+
+
+async def test_listing_dead_letters_leaves_them_queued(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    await dead_letter(transport, "work", [b"1", b"2", b"3"], "no")
+    first = await transport.dead_letters()
+    assert [d.body for d in await transport.dead_letters(limit=2)] == [b"1", b"2"]
+    again = await transport.dead_letters()
+    assert [(d.id, d.body) for d in again] == [(d.id, d.body) for d in first]
+
+
+async def test_replaying_dead_letters_publishes_them_back_to_their_queue_once(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    await dead_letter(transport, "work", [b"a", b"b", b"c"], "try later")
+    letters = await transport.dead_letters()
+    replayed = await transport.replay_dead_letters([letters[0].id, letters[2].id, "unknown"])
+    assert sorted((r.letter.body, r.error) for r in replayed) == [(b"a", None), (b"c", None)]
+    assert [d.body for d in await transport.dead_letters()] == [b"b"]
+    inbox = Inbox()
+    await transport.consume("work", inbox, prefetch=10)
+    assert sorted(d.body for d in await inbox.wait_for(2)) == [b"a", b"c"]
+    assert [r.letter.body for r in await transport.replay_dead_letters()] == [b"b"]
+    assert sorted(d.body for d in await inbox.wait_for(3)) == [b"a", b"b", b"c"]
+    assert await transport.dead_letters() == []
+    await asyncio.sleep(QUIET)
+    assert len(inbox.deliveries) == 3
+
+
+async def test_a_dead_letter_whose_queue_is_gone_stays_dead(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    await dead_letter(transport, "work", [b"orphan"], "no")
+    await transport.delete_queues(["work"])
+    [replay] = await transport.replay_dead_letters()
+    assert replay.letter.body == b"orphan"
+    assert replay.error is not None and "work" in replay.error
+    assert [d.body for d in await transport.dead_letters()] == [b"orphan"]
+
+
+async def test_the_dead_letter_queue_keeps_only_the_newest_over_its_length_limit(
+    backend: Backend,
+) -> None:
+    transport = backend.make(DeadLetterLimits(max_length=3))
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        await dead_letter(transport, "work", [str(i).encode() for i in range(5)], "no")
+        assert [d.body for d in await transport.dead_letters()] == [b"2", b"3", b"4"]
+    finally:
+        await tear_down(transport)
+
+
+async def test_dead_letters_expire_after_their_time_to_live(backend: Backend) -> None:
+    transport = backend.make(DeadLetterLimits(ttl=0.3))
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        await dead_letter(transport, "work", [b"short-lived"], "no")
+        await poll_dead_letters(transport, lambda letters: not letters)
+    finally:
+        await tear_down(transport)
+
+
+async def test_a_failing_handler_dead_letters_with_its_error_as_the_reason(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    failed = asyncio.Event()
+
+    async def fail(delivery: Delivery) -> None:
+        failed.set()
+        raise ValueError("cannot handle this")
+
+    await transport.consume("work", fail, prefetch=1)
+    await transport.publish("work", b"bad")
+    await asyncio.wait_for(failed.wait(), WAIT)
+    letters = await poll_dead_letters(transport, bool)
+    assert [(d.queue, d.body) for d in letters] == [("work", b"bad")]
+    assert letters[0].reason == "handler failed: ValueError: cannot handle this"
+
+
+async def poll_dead_letters(
+    transport: Transport, until: Callable[[list[DeadLetter]], bool]
+) -> list[DeadLetter]:
+    """The dead letters once ``until`` holds for them (at most ``WAIT`` s): polled, as what
+    is awaited is a timer or a hand-over inside the broker."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            letters = await transport.dead_letters()
+            if until(letters):
+                return letters
+            await asyncio.sleep(0.05)
+
+
+async def tear_down(transport: Transport) -> None:
+    if isinstance(transport, AmqpTransport):
+        await transport.delete_topology()
+    await transport.close()
+
+
 # -- AMQP only -------------------------------------------------------------------------------
 
 
@@ -627,3 +774,48 @@ async def publish_with_retry(
                 return
             except TransportError:
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.rabbitmq
+async def test_a_broker_set_up_by_an_earlier_version_keeps_working_and_its_dead_letters_replay(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    """Earlier versions declared every queue to dead-letter (broker-side) into the unbounded
+    ``aexec.dead``.  RabbitMQ refuses other arguments for an existing queue, so queues keep
+    theirs; the bounded dead-letter queue has a new name, and the old one is still read."""
+    import aio_pika
+
+    legacy = f"{amqp_prefix}.{LEGACY_DEAD_LETTER_QUEUE}"
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(legacy, durable=True)
+        old_arguments = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": legacy,
+            "x-max-priority": 10,
+        }
+        work = await channel.declare_queue(
+            f"{amqp_prefix}.work", durable=True, arguments=old_arguments
+        )
+        await channel.default_exchange.publish(aio_pika.Message(b"old poison"), work.name)
+        message = await work.get(timeout=WAIT)
+        await message.reject(requeue=False)  # the broker dead-letters it, as it used to
+
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")  # the same arguments as before: accepted
+        letters = await poll_dead_letters(transport, bool)
+        assert [(d.queue, d.reason, d.body) for d in letters] == [
+            ("work", "rejected", b"old poison")
+        ]
+        inbox = Inbox()
+        await transport.consume("work", inbox, prefetch=1)
+        [replay] = await transport.replay_dead_letters([letters[0].id])
+        assert replay.error is None
+        assert [d.body for d in await inbox.wait_for(1)] == [b"old poison"]
+        assert await transport.dead_letters() == []
+    finally:
+        await transport.delete_queues([LEGACY_DEAD_LETTER_QUEUE])
+        await tear_down(transport)

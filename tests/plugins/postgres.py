@@ -8,13 +8,20 @@ under ``CI=true``.
 ``postgres_dsn`` gives each test a clone of it (``CREATE DATABASE ... TEMPLATE``) and
 ``postgres_empty_dsn`` an empty database; all are dropped afterwards, even when a test left
 connections open.
+
+``private_postgres_ssl`` (session) is a private cluster of the session's own
+(:mod:`benchmarks.faults.postgres`) that serves SSL with a certificate the session's test CA
+signed (``tls_files``) and refuses TCP connections without SSL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 from uuid import uuid4
 
@@ -22,6 +29,14 @@ import asyncpg
 import pytest
 
 from aexec.store.postgres import PostgresStore
+from benchmarks.faults.postgres import (
+    ClusterSsl,
+    ClusterUnavailable,
+    PrivatePostgres,
+    start_cluster,
+    stop_cluster,
+)
+from tests.plugins.tls import TlsFiles
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_TIMEOUT = 30.0  # seconds for one CREATE or DROP DATABASE
@@ -77,6 +92,26 @@ async def postgres_empty_dsn(postgres_url: str) -> AsyncIterator[str]:
         yield database_url(postgres_url, name)
     finally:
         await drop_database(postgres_url, name)
+
+
+@pytest.fixture(scope="session")
+def private_postgres_ssl(tls_files: TlsFiles) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the session's own that serves SSL only (trust auth)."""
+    from tests.plugins.services import service_unavailable
+
+    base = Path(tempfile.mkdtemp(prefix="aexec-postgres-ssl-"))
+    try:
+        try:
+            cluster = start_cluster(base, ssl=ClusterSsl(tls_files.cert, tls_files.key))
+        except ClusterUnavailable as exc:
+            service_unavailable(str(exc))
+            return
+        try:
+            yield cluster
+        finally:
+            stop_cluster(cluster)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def random_name(prefix: str) -> str:

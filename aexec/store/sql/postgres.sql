@@ -201,3 +201,40 @@ UPDATE aexec_runs AS run
 SET lease_until = 0
 FROM owned
 WHERE run.run_id = owned.run_id
+
+-- == retention ==============================================================================
+
+-- name: finished_runs
+-- Keyset pages: (finished_at, run_id) after the previous page's last ($3, $4).
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM aexec_runs
+WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
+  AND (finished_at, run_id) > ($3, $4)
+ORDER BY finished_at, run_id
+LIMIT $2
+
+-- name: lock_finished_runs
+-- The first statement of a deletion: the finished runs of $1, locked (in id order, as
+-- every statement that locks run rows) until the transaction ends.
+SELECT run_id, plan_digest FROM aexec_runs
+WHERE run_id = ANY($1::text[]) AND status IN ('succeeded', 'failed', 'cancelled')
+ORDER BY run_id
+FOR UPDATE
+
+-- name: delete_events_of_runs
+DELETE FROM aexec_events WHERE run_id = ANY($1::text[])
+
+-- name: delete_steps_of_runs
+DELETE FROM aexec_steps WHERE run_id = ANY($1::text[])
+
+-- name: delete_runs
+DELETE FROM aexec_runs WHERE run_id = ANY($1::text[])
+
+-- name: delete_unused_plans
+-- A submission may be inserting a run of one of these plans right now: its insert then
+-- fails on the foreign key, and create_run reports that as transient (it is retried and
+-- stores the plan again).
+DELETE FROM aexec_plans AS plan
+WHERE plan.digest = ANY($1::text[])
+  AND NOT EXISTS (SELECT 1 FROM aexec_runs AS run WHERE run.plan_digest = plan.digest)

@@ -182,3 +182,32 @@ UPDATE runs SET lease_until = 0 WHERE owner = ? AND (status = 'pending' OR statu
 -- name: release_run
 UPDATE runs SET lease_until = 0
 WHERE owner = ? AND (status = 'pending' OR status = 'running') AND run_id = ?
+
+-- == retention ==============================================================================
+
+-- name: finished_runs
+-- Keyset pages: (finished_at, run_id) after the previous page's last.
+SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
+       finished_at, result, error, owner, lease_until
+FROM runs
+WHERE (status = 'succeeded' OR status = 'failed' OR status = 'cancelled')
+  AND finished_at < :before AND (finished_at, run_id) > (:after_ts, :after_id)
+ORDER BY finished_at, run_id LIMIT :limit
+
+-- name: finished_run
+-- Under the write lock: a run that is finished now stays finished.
+SELECT plan_digest FROM runs
+WHERE run_id = ? AND (status = 'succeeded' OR status = 'failed' OR status = 'cancelled')
+
+-- name: delete_run_events
+DELETE FROM events WHERE run_id = ?
+
+-- name: delete_run_steps
+DELETE FROM steps WHERE run_id = ?
+
+-- name: delete_run
+DELETE FROM runs WHERE run_id = ?
+
+-- name: delete_plan_if_unused
+DELETE FROM plans
+WHERE digest = ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.plan_digest = plans.digest)

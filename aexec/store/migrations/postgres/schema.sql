@@ -37,6 +37,10 @@ CREATE INDEX aexec_runs_by_status ON aexec_runs (status, created_at, serial);
 -- Claiming and renewing leases look only at unfinished runs.
 CREATE INDEX aexec_runs_unfinished_by_owner ON aexec_runs (owner)
     WHERE status IN ('pending', 'running');
+-- Retention finds finished runs by when they finished, and checks that a plan is unused.
+CREATE INDEX aexec_runs_finished ON aexec_runs (finished_at, run_id)
+    WHERE status IN ('succeeded', 'failed', 'cancelled');
+CREATE INDEX aexec_runs_by_plan ON aexec_runs (plan_digest);
 
 CREATE TABLE aexec_steps (
     run_id      text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),

@@ -31,6 +31,10 @@ CREATE INDEX runs_unfinished ON runs (created_at)
     WHERE status = 'pending' OR status = 'running';
 CREATE INDEX runs_unfinished_by_owner ON runs (owner)
     WHERE status = 'pending' OR status = 'running';
+-- Retention finds finished runs by when they finished, and checks that a plan is unused.
+CREATE INDEX runs_finished ON runs (finished_at, run_id)
+    WHERE status = 'succeeded' OR status = 'failed' OR status = 'cancelled';
+CREATE INDEX runs_by_plan ON runs (plan_digest);
 
 CREATE TABLE steps (
     run_id      TEXT NOT NULL REFERENCES runs (run_id),
