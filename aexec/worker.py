@@ -7,15 +7,34 @@ message is dead-lettered; a step name the worker does not serve, undecodable inp
 unencodable return value become a failed completion (an error event at the coordinator)
 and the worker keeps serving.
 
-Delivery and liveness: a step message stays unacked while its step runs, so a worker that
-dies is replaced by the broker's redelivery.  A step that runs longer than ``ack_after``
+Delivery and liveness: a step message stays unacked while its step runs, so the broker
+gives back the message of a worker that dies.  A step that runs longer than ``ack_after``
 is reported in a heartbeat to its coordinator and *then* acked — from there on the
 coordinator's lease on the worker's heartbeats is what protects it, so a step may outlive
 RabbitMQ's ``consumer_timeout`` without being requeued and run twice.
 
-The worker's tasks — one per step attempt, the progress reports and the heartbeat loop —
-belong to one :class:`~aexec.background.Background` group, opened by ``async with`` and
-closed by :meth:`Worker.drain`.
+At most once per attempt: a delivery the broker marks redelivered may have started on a
+worker that died or lost its connection, so a worker never runs one (unless it runs that
+very attempt already: then it is the broker's ``consumer_timeout`` and the copy is acked).
+It reports the attempt lost to its coordinator (:class:`~aexec.messages.AttemptLost`),
+which dispatches a new attempt, and acks it.  The same report covers an attempt whose
+child process died (``--pool process``: the pool is replaced) and one still running when
+a stopping worker's grace ran out.
+
+Ended runs: from start-up, before it consumes any step queue, a worker follows the
+retained :data:`~aexec.wire.RUNS_ENDED_TOPIC`.  Step messages of a run that has ended are
+acked and skipped; the attempts in flight of a cancelled run are cancelled.
+
+Draining is not dying: :meth:`Worker.drain` stops its consumers without giving back what
+they hold, lets the steps in flight finish and deliver their completions (for at most the
+drain grace), and only then lets go of the broker.  A completion that can never be
+delivered (its reply queue is gone: nobody can use it) is dropped with a warning and its
+step message acked; one that fails for a while (the broker is away) is retried with
+backoff until it is sent or the worker's grace runs out.
+
+The worker's tasks — one per step attempt, the progress reports, the reports of lost
+attempts and the heartbeat loop — belong to one :class:`~aexec.background.Background`
+group, opened by ``async with`` and closed by :meth:`Worker.drain` or :meth:`Worker.abort`.
 """
 
 from __future__ import annotations
@@ -31,13 +50,15 @@ import time
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aexec import codec, context, messages
 from aexec.background import Background
 from aexec.config import Settings
 from aexec.dsl import StepDef
+from aexec.ended import EndedRuns
 from aexec.errors import (
     AexecError,
     CodecError,
@@ -45,12 +66,13 @@ from aexec.errors import (
     ObjectStoreError,
     StepTimeoutError,
     UnknownStepError,
+    UnroutableError,
 )
 from aexec.objects import ObjectStore, load_value
 from aexec.pool import ProcessPool
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
-from aexec.wire import CONTROL_TOPIC, step_queue
+from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +100,33 @@ class WorkerConfig:
     ack_after: float = 10.0
     progress_interval: float = 0.1  # at most one progress message per step per interval
     publish_retry_max: float = 5.0
+    drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
+    lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
         """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
-        threshold, heartbeat interval, ack_after); ``overrides`` set any field."""
+        threshold, heartbeat interval, ack_after, drain grace); ``overrides`` set any
+        field."""
         values: dict[str, Any] = {
             "concurrency": settings.concurrency,
             "thread_pool_size": settings.thread_pool_size,
             "inline_threshold": settings.inline_threshold,
             "heartbeat_interval": settings.heartbeat_interval,
             "ack_after": settings.ack_after,
+            "drain_grace": settings.drain_grace,
         }
         return cls(**(values | overrides))
 
 
 AttemptKey = tuple[str, str, int]
 """``(run id, step key, attempt)``: one attempt of one step, as heartbeats name it."""
+
+
+OnCancel = Literal["requeue", "discard", "lost"]
+"""What becomes of an attempt's delivery when the worker cancels the attempt: ``requeue``
+(the worker aborts or failed: back to the broker, as after a crash), ``discard`` (its run
+was cancelled: ack it) or ``lost`` (the worker stopped past its grace: report it lost)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -106,7 +138,7 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     acked: bool = False
     reported: bool = False  # named in a heartbeat the coordinator has received
-    discard: bool = False  # cancelled because its run was: ack, do not requeue
+    on_cancel: OnCancel = "requeue"
 
 
 class Worker:
@@ -127,6 +159,8 @@ class Worker:
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._control: Subscription | None = None
+        self._ended_runs: Subscription | None = None
+        self._ended = EndedRuns()
         self._background: Background | None = None
         self._running: dict[AttemptKey, _Attempt] = {}
         self._threads: ThreadPoolExecutor | None = None
@@ -141,11 +175,18 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Worker:
+        """Start the heartbeat, and read which runs ended (before consuming any step)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         background = Background(f"worker {self.name}", on_failure=self._failed)
         await background.__aenter__()
         self._background = background
+        try:
+            self._ended_runs = await self.transport.follow(RUNS_ENDED_TOPIC, self._on_run_ended)
+        except BaseException:
+            self._background = None
+            await background.aclose()
+            raise
         background.start_loop(self._heartbeat_loop(), name="aexec-heartbeat")
         return self
 
@@ -204,24 +245,35 @@ class Worker:
             self._control = await self.transport.subscribe(CONTROL_TOPIC, self._on_control)
 
     async def stop_consuming(self) -> None:
+        """Take no new step: the consumers stop, and keep the deliveries of the steps in
+        flight until those are settled (see :meth:`drain`)."""
+        for subscription in list(self._subscriptions.values()):
+            await subscription.stop()
+
+    async def _drop_consumers(self) -> None:
+        """Cancel the consumers: whatever they still hold unsettled goes back to the broker."""
         subscriptions, self._subscriptions = self._subscriptions, {}
         for subscription in subscriptions.values():
             await subscription.cancel()
 
     def cancel_run(self, run_id: str) -> int:
-        """Cancel this worker's in-flight attempts of ``run_id``; returns how many."""
+        """Cancel this worker's in-flight attempts of ``run_id`` (their deliveries are acked,
+        no completion is sent); returns how many."""
         cancelled = 0
         for (rid, _, _), attempt in list(self._running.items()):
             if rid == run_id and attempt.task is not None:
-                attempt.discard = True
+                attempt.on_cancel = "discard"
                 attempt.task.cancel()
                 cancelled += 1
         return cancelled
 
     async def drain(self, grace: float | None = None) -> None:
-        """Stop consuming and let in-flight steps finish (for at most ``grace`` seconds:
-        the rest are cancelled and requeued); then stop the heartbeat and the pools.
-        Raises what stopped the worker's tasks, if one of them failed (a bug)."""
+        """Stop gracefully: take no new step, let the steps in flight finish, deliver their
+        completions and ack them, for at most ``grace`` seconds (default: the config's
+        ``drain_grace``); the attempts still running then are cancelled and reported lost
+        (a new attempt runs elsewhere).  Then stop the heartbeat, the consumers and the
+        pools.  Raises what stopped the worker's tasks, if one of them failed (a bug)."""
+        grace = self.config.drain_grace if grace is None else grace
         background = self._background
         try:
             await self.stop_consuming()
@@ -231,8 +283,11 @@ class Worker:
                         await background.drain()
                 for attempt in list(self._running.values()):
                     if attempt.task is not None:
+                        if attempt.on_cancel == "requeue":
+                            attempt.on_cancel = "lost"
                         attempt.task.cancel()
-                await background.drain()  # the cancelled ones put their deliveries back
+                await background.drain()  # the cancelled ones report themselves lost
+            await self._drop_consumers()
             await self._stop_listening()
         finally:
             self._background = None
@@ -249,7 +304,7 @@ class Worker:
             if background is not None:
                 await background.aclose()
         finally:
-            await self.stop_consuming()
+            await self._drop_consumers()
             await self._stop_listening()
             self._close_pools()
 
@@ -262,15 +317,17 @@ class Worker:
             self._processes = None
 
     async def _stop_listening(self) -> None:
-        if self._control is not None:
-            await self._control.cancel()
-            self._control = None
+        control, self._control = self._control, None
+        ended_runs, self._ended_runs = self._ended_runs, None
+        for subscription in (control, ended_runs):
+            if subscription is not None:
+                await subscription.cancel()
 
     async def _failed(self, failure: Exception) -> None:
         """A task failed (a bug) and the group cancelled the others, whose deliveries went
         back to their queues: consume nothing more, and ask whoever runs the worker to stop
         it (:attr:`terminated`)."""
-        await self.stop_consuming()
+        await self._drop_consumers()
         await self._stop_listening()
         self.terminated.set()
 
@@ -294,6 +351,16 @@ class Worker:
             )
             await self._settle(delivery, requeue=False, reject=True)
             return
+        if msg.run_id in self._ended:
+            log.info(
+                "worker %s skipped step %s (attempt %d) of run %s: the run has ended",
+                self.name,
+                msg.step_key,
+                msg.attempt,
+                msg.run_id,
+            )
+            await self._settle(delivery)
+            return
         step = self._steps.get(msg.name)
         if step is None:
             error = ErrorInfo.from_exception(
@@ -305,19 +372,50 @@ class Worker:
             )
             log.error("worker %s: %s", self.name, error.message)
             now = time.time()
-            await self._complete(msg, None, error, now, now)
+            completion = messages.Completion(
+                msg.run_id, msg.step_key, msg.attempt, None, error, self.name, now, now
+            )
+            await self._send(msg, completion.encode(), "completion")
             await self._settle(delivery, requeue=False, reject=True)
             return
         key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
-        if key in self._running:  # the broker redelivered what this worker already runs
+        if key in self._running:
+            # The broker took the delivery back (its consumer_timeout closed the channel)
+            # and redelivered it here, where the attempt runs: this copy is a duplicate.
             await self._settle(delivery)
             return
-        attempt = _Attempt(msg, delivery, time.time())
         try:
+            if delivery.redelivered:
+                # It may have started on a worker that died or lost its connection: never
+                # start it again.  The coordinator decides (a new attempt, or nothing if
+                # the attempt runs elsewhere still).
+                background.start_work(self._give_up(msg, delivery, "redelivered"))
+                return
+            attempt = _Attempt(msg, delivery, time.time())
             attempt.task = background.start_work(self._execute(attempt, step))
         except AexecError:
             return  # the worker is stopping: unacked, the delivery goes back
         self._running[key] = attempt
+
+    async def _on_run_ended(self, delivery: Delivery) -> None:
+        """A run ended: skip its steps from now on; cancel its attempts if it was
+        cancelled."""
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.warning("worker %s ignored a malformed announcement: %s", self.name, exc)
+            return
+        if not isinstance(msg, messages.RunEnded):
+            return
+        if self._ended.add(msg.run_id, msg.ts, len(delivery.body)) and msg.status == "cancelled":
+            cancelled = self.cancel_run(msg.run_id)
+            if cancelled:
+                log.info(
+                    "worker %s cancelled %d attempt(s) of cancelled run %s",
+                    self.name,
+                    cancelled,
+                    msg.run_id,
+                )
 
     async def _settle(
         self, delivery: Delivery, *, requeue: bool = False, reject: bool = False
@@ -334,31 +432,120 @@ class Worker:
             )
 
     async def _execute(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
+        """Run one attempt, deliver its outcome and settle its delivery.  The attempt stays
+        in :attr:`_running` (heartbeats name it) until its delivery is settled."""
         msg = attempt.msg
-        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
+        try:
+            await self._attempt(attempt, step)
+        except asyncio.CancelledError:
+            await self._cancelled(attempt)
+            raise
+        finally:
+            self._running.pop((msg.run_id, msg.step_key, msg.attempt), None)
+
+    async def _attempt(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
+        msg = attempt.msg
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
             output = await self._run(msg, step, attempt)
-        except asyncio.CancelledError:
-            self._running.pop(key, None)
-            # Our own cancellation: a cancelled run's attempt is dropped, a stopping
-            # worker's attempt goes back to its queue for another worker.
-            if not attempt.acked:
-                await self._settle(
-                    attempt.delivery, requeue=not attempt.discard, reject=not attempt.discard
-                )
-            raise
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise  # the worker's own cancellation of the attempt
+            error = ErrorInfo.from_exception(exc)  # the step's own: a failure like another
+        except _Lost as lost:
+            await self._give_up(msg, attempt.delivery, lost.reason)
+            attempt.acked = True
+            return
         except _StepFailure as failure:
             error = failure.info
         except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
-        finally:
-            self._running.pop(key, None)
-        await self._complete(msg, output, error, attempt.started_at, time.time())
+        completion = messages.Completion(
+            msg.run_id,
+            msg.step_key,
+            msg.attempt,
+            output,
+            error,
+            self.name,
+            attempt.started_at,
+            time.time(),
+        )
+        await self._send(msg, completion.encode(), "completion")
         if not attempt.acked:
             attempt.acked = True
             await self._settle(attempt.delivery)
+
+    async def _cancelled(self, attempt: _Attempt) -> None:
+        """The worker cancelled ``attempt``: settle its delivery as ``on_cancel`` says."""
+        if attempt.acked:
+            return
+        match attempt.on_cancel:
+            case "discard":
+                await self._settle(attempt.delivery)
+            case "lost":
+                try:
+                    async with asyncio.timeout(self.config.lost_report_timeout):
+                        await self._give_up(attempt.msg, attempt.delivery, "stopped")
+                except TimeoutError:
+                    await self._settle(attempt.delivery, requeue=True, reject=True)
+            case "requeue":
+                await self._settle(attempt.delivery, requeue=True, reject=True)
+        attempt.acked = True
+
+    async def _give_up(self, msg: messages.StepMessage, delivery: Delivery, reason: str) -> None:
+        """Report ``msg``'s attempt lost to its coordinator (it dispatches a new one unless
+        the attempt runs elsewhere), then ack its delivery."""
+        log.warning(
+            "worker %s does not run step %s (attempt %d) of run %s: %s",
+            self.name,
+            msg.step_key,
+            msg.attempt,
+            msg.run_id,
+            _LOST_REASONS[reason],
+        )
+        lost = messages.AttemptLost(msg.run_id, msg.step_key, msg.attempt, self.name, reason)
+        await self._send(msg, lost.encode(), "report")
+        await self._settle(delivery)
+
+    async def _send(self, msg: messages.StepMessage, body: bytes, what: str) -> None:
+        """Publish ``body`` (a ``what`` about ``msg``'s attempt) to its coordinator.
+
+        Retried with backoff while the broker fails, until it is sent (or the task is
+        cancelled: a stopping worker's grace bounds the wait).  A reply queue that does not
+        exist is given up at once: its coordinator is gone, and so is anyone who took its
+        runs over, so nobody can use the message."""
+        delay = 0.05
+        while True:
+            try:
+                await self.transport.publish(msg.reply_to, body)
+                return
+            except UnroutableError:
+                log.warning(
+                    "worker %s dropped the %s of step %s (attempt %d) of run %s: its "
+                    "coordinator's reply queue %s is gone",
+                    self.name,
+                    what,
+                    msg.step_key,
+                    msg.attempt,
+                    msg.run_id,
+                    msg.reply_to,
+                )
+                return
+            except AexecError as exc:
+                log.warning(
+                    "worker %s: publishing the %s of step %s (attempt %d) of run %s failed, "
+                    "retrying in %.2fs: %s",
+                    self.name,
+                    what,
+                    msg.step_key,
+                    msg.attempt,
+                    msg.run_id,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.publish_retry_max)
 
     async def _run(
         self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
@@ -438,6 +625,11 @@ class Worker:
             raise StepTimeoutError(
                 f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
             ) from None
+        except asyncio.CancelledError:
+            # A sync step goes on in its thread: it sees the cancellation through
+            # aexec.current().cancelled (run cancelled, worker stopping past its grace).
+            ctx.cancel()
+            raise
         try:
             return codec.encode(result)
         except CodecError as exc:
@@ -450,57 +642,33 @@ class Worker:
             ) from None
 
     async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
-        if self._processes is None:
+        processes = self._processes
+        if processes is None:
             size = self.config.process_pool_size or (os.cpu_count() or 1)
-            self._processes = ProcessPool(self.config.modules, size)
+            processes = self._processes = ProcessPool(self.config.modules, size)
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
-                self._processes.run(
-                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt
-                ),
+                processes.run(msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt),
                 msg.timeout,
             )
         except TimeoutError:
             raise StepTimeoutError(
                 f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
             ) from None
+        except BrokenProcessPool:
+            # A child died (OOM, a signal, a crash in native code): every attempt in this
+            # pool is lost, and the next sync step gets a new pool.
+            if self._processes is processes:
+                self._processes = None
+                processes.shutdown()
+                log.warning("worker %s: a child process died; replacing the pool", self.name)
+            raise _Lost("crashed") from None
         if error is not None:
             raise _StepFailure(error)
         if not isinstance(output, bytes):
             raise _StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
         return output
-
-    async def _complete(
-        self,
-        msg: messages.StepMessage,
-        output: bytes | None,
-        error: ErrorInfo | None,
-        started: float,
-        finished: float,
-    ) -> None:
-        completion = messages.Completion(
-            msg.run_id, msg.step_key, msg.attempt, output, error, self.name, started, finished
-        )
-        await self._publish_until_sent(msg.reply_to, completion.encode())
-
-    async def _publish_until_sent(self, queue: str, body: bytes) -> None:
-        """Publish, retrying while the broker is away: a completion is never dropped."""
-        delay = 0.05
-        while True:
-            try:
-                await self.transport.publish(queue, body)
-                return
-            except AexecError as exc:
-                log.warning(
-                    "worker %s: publish to %s failed, retrying in %.2fs: %s",
-                    self.name,
-                    queue,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.publish_retry_max)
 
     def _thread_pool(self) -> ThreadPoolExecutor:
         if self._threads is None:
@@ -547,6 +715,9 @@ class Worker:
         try:
             await self.transport.publish(queue, body)
             return True
+        except UnroutableError:
+            log.debug("worker %s: nobody reads %s any more", self.name, queue)
+            return False
         except AexecError as exc:
             log.warning("worker %s could not report to %s: %s", self.name, queue, exc)
             return False
@@ -600,17 +771,37 @@ class Worker:
                 self.started_at,
             )
             await self._publish_quietly(msg.reply_to, info.encode())
-        elif msg.command == "cancel" and msg.run_id is not None:
-            self.cancel_run(msg.run_id)
         elif msg.command == "terminate":
             log.warning("worker %s asked to terminate: draining", self.name)
             self.terminated.set()
+
+
+_LOST_REASONS = {
+    "redelivered": "the broker redelivered it, so it may have started elsewhere already",
+    "crashed": "the child process running it died",
+    "stopped": "the worker is stopping and its grace ran out",
+}
+
+
+def _cancelling() -> bool:
+    """True if the current task is being cancelled (by the worker), as opposed to a step
+    that raised CancelledError of its own (a cancelled inner task, a library's timeout)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
     if seconds is None:
         return await awaitable
     return await asyncio.wait_for(awaitable, seconds)
+
+
+class _Lost(Exception):
+    """The attempt cannot finish here (its child process died): report it lost."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _StepFailure(Exception):
