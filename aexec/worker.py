@@ -281,12 +281,11 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(grace):
                         await background.drain()
-                for attempt in list(self._running.values()):
-                    if attempt.task is not None:
-                        if attempt.on_cancel == "requeue":
-                            attempt.on_cancel = "lost"
-                        attempt.task.cancel()
-                await background.drain()  # the cancelled ones report themselves lost
+                for attempt in self._running.values():
+                    if attempt.on_cancel == "requeue":
+                        attempt.on_cancel = "lost"
+                background.cancel_work()  # attempts, and reports or progress still retrying
+                await background.drain()  # the cancelled attempts report themselves lost
             await self._drop_consumers()
             await self._stop_listening()
         finally:
@@ -361,6 +360,19 @@ class Worker:
             )
             await self._settle(delivery)
             return
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
+        if key in self._running:
+            # The broker took the delivery back (its consumer_timeout closed the channel)
+            # and redelivered it here, where the attempt runs: this copy is a duplicate.
+            await self._settle(delivery)
+            return
+        if delivery.redelivered:
+            # It may have started on a worker that died or lost its connection: never
+            # start it again.  The coordinator decides (a new attempt, or nothing if the
+            # attempt runs elsewhere still).
+            with contextlib.suppress(AexecError):  # stopping: the delivery goes back
+                background.start_work(self._give_up(msg, delivery, "redelivered"))
+            return
         step = self._steps.get(msg.name)
         if step is None:
             error = ErrorInfo.from_exception(
@@ -378,19 +390,7 @@ class Worker:
             await self._send(msg, completion.encode(), "completion")
             await self._settle(delivery, requeue=False, reject=True)
             return
-        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
-        if key in self._running:
-            # The broker took the delivery back (its consumer_timeout closed the channel)
-            # and redelivered it here, where the attempt runs: this copy is a duplicate.
-            await self._settle(delivery)
-            return
         try:
-            if delivery.redelivered:
-                # It may have started on a worker that died or lost its connection: never
-                # start it again.  The coordinator decides (a new attempt, or nothing if
-                # the attempt runs elsewhere still).
-                background.start_work(self._give_up(msg, delivery, "redelivered"))
-                return
             attempt = _Attempt(msg, delivery, time.time())
             attempt.task = background.start_work(self._execute(attempt, step))
         except AexecError:
@@ -477,25 +477,28 @@ class Worker:
             await self._settle(attempt.delivery)
 
     async def _cancelled(self, attempt: _Attempt) -> None:
-        """The worker cancelled ``attempt``: settle its delivery as ``on_cancel`` says."""
-        if attempt.acked:
-            return
-        match attempt.on_cancel:
-            case "discard":
-                await self._settle(attempt.delivery)
-            case "lost":
-                try:
-                    async with asyncio.timeout(self.config.lost_report_timeout):
-                        await self._give_up(attempt.msg, attempt.delivery, "stopped")
-                except TimeoutError:
-                    await self._settle(attempt.delivery, requeue=True, reject=True)
-            case "requeue":
-                await self._settle(attempt.delivery, requeue=True, reject=True)
-        attempt.acked = True
+        """The worker cancelled ``attempt``: report it lost if ``on_cancel`` says so (within
+        ``lost_report_timeout``: else the broker or the coordinator's lease on this worker's
+        heartbeats gives it back), and settle its delivery."""
+        requeue = attempt.on_cancel == "requeue"
+        if attempt.on_cancel == "lost":
+            try:
+                async with asyncio.timeout(self.config.lost_report_timeout):
+                    await self._report_lost(attempt.msg, "stopped")
+            except TimeoutError:
+                requeue = True
+        if not attempt.acked:
+            attempt.acked = True
+            await self._settle(attempt.delivery, requeue=requeue, reject=requeue)
 
     async def _give_up(self, msg: messages.StepMessage, delivery: Delivery, reason: str) -> None:
-        """Report ``msg``'s attempt lost to its coordinator (it dispatches a new one unless
-        the attempt runs elsewhere), then ack its delivery."""
+        """Report ``msg``'s attempt lost, then ack its delivery."""
+        await self._report_lost(msg, reason)
+        await self._settle(delivery)
+
+    async def _report_lost(self, msg: messages.StepMessage, reason: str) -> None:
+        """Tell ``msg``'s coordinator that its attempt will not run (or finish) here: it
+        dispatches a new one, unless the attempt is known to run on another live worker."""
         log.warning(
             "worker %s does not run step %s (attempt %d) of run %s: %s",
             self.name,
@@ -506,7 +509,6 @@ class Worker:
         )
         lost = messages.AttemptLost(msg.run_id, msg.step_key, msg.attempt, self.name, reason)
         await self._send(msg, lost.encode(), "report")
-        await self._settle(delivery)
 
     async def _send(self, msg: messages.StepMessage, body: bytes, what: str) -> None:
         """Publish ``body`` (a ``what`` about ``msg``'s attempt) to its coordinator.

@@ -171,6 +171,7 @@ class AmqpSubscription:
         channel: AbstractRobustChannel,
         owner: set[AmqpSubscription],
         republish: Republish | None = None,
+        ready_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.queue = queue  # logical queue consumed; None for a topic subscriber
         self._label = label
@@ -178,6 +179,7 @@ class AmqpSubscription:
         self._channel = channel
         self._owner = owner
         self._republish = republish
+        self._ready_timeout = ready_timeout
         self._running: set[asyncio.Task[None]] = set()
         self._handing_back: set[asyncio.Task[None]] = set()
         self._active = True
@@ -223,7 +225,8 @@ class AmqpSubscription:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         if self._stopped:  # stopped after it arrived, before its handler started
-            await self._hand_back(message)
+            # In a task of its own: cancel() cancels handlers, not hand-backs.
+            self._start(self._hand_back(message), self._handing_back)
             return
         delivery = AmqpDelivery(message)
         try:
@@ -255,10 +258,12 @@ class AmqpSubscription:
             logger.debug("stopping %s: %s", self._label, exc)
 
     async def _ready(self) -> None:
-        async with asyncio.timeout(DEFAULT_CONNECT_TIMEOUT):
+        async with asyncio.timeout(self._ready_timeout):
             await self._channel.ready()
 
     async def cancel(self) -> None:
+        """Cancel the running handlers, let the deliveries being handed back finish going
+        back (each is bounded by the connect timeout), and close the channel."""
         if not self._active:
             return
         self._active = False
@@ -548,7 +553,13 @@ class AmqpTransport:
             await self.publish(queue, body, priority=priority)
 
         subscription = AmqpSubscription(
-            queue, f"queue {queue!r}", handler, channel, self._subscriptions, republish
+            queue,
+            f"queue {queue!r}",
+            handler,
+            channel,
+            self._subscriptions,
+            republish,
+            self._connect_timeout,
         )
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
