@@ -2,10 +2,10 @@
 
 Async steps run concurrently on the worker's loop; sync steps run in a bounded thread pool
 (created on first use, so a worker serving only async steps starts no thread), or in a
-process pool for CPU-bound code.  Bad input never takes the worker down: a malformed
-message is dead-lettered; a step name the worker does not serve, undecodable inputs or an
-unencodable return value become a failed completion (an error event at the coordinator)
-and the worker keeps serving.
+process pool for CPU-bound code (:mod:`aexec.runner` runs each attempt's code).  Bad input
+never takes the worker down: a malformed message is dead-lettered; a step name the worker
+does not serve, undecodable inputs or an unencodable return value become a failed
+completion (an error event at the coordinator) and the worker keeps serving.
 
 Delivery and liveness: a step message stays unacked while its step runs, so the broker
 gives back the message of a worker that dies.  A step that runs longer than ``ack_after``
@@ -48,28 +48,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aexec import codec, context, messages
+from aexec import messages
 from aexec.background import Background
 from aexec.config import Settings
 from aexec.dsl import StepDef
 from aexec.ended import EndedRuns
-from aexec.errors import (
-    AexecError,
-    CodecError,
-    InputError,
-    ObjectStoreError,
-    StepTimeoutError,
-    UnknownStepError,
-    UnroutableError,
-)
-from aexec.objects import ObjectStore, load_value
-from aexec.pool import ProcessPool
+from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableError
+from aexec.objects import ObjectStore
+from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
 from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
@@ -163,8 +153,14 @@ class Worker:
         self._ended = EndedRuns()
         self._background: Background | None = None
         self._running: dict[AttemptKey, _Attempt] = {}
-        self._threads: ThreadPoolExecutor | None = None
-        self._processes: ProcessPool | None = None
+        self._runner = StepRunner(
+            objects,
+            pool=self.config.pool,
+            threads=self._thread_pool_size(),
+            processes=self._process_pool_size(),
+            modules=self.config.modules,
+            inline_threshold=self.config.inline_threshold,
+        )
         self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -214,11 +210,14 @@ class Worker:
         if not self._steps or any(s.is_async for s in self._steps.values()):
             return concurrency
         if self.config.pool == "process":
-            return min(concurrency, self.config.process_pool_size or (os.cpu_count() or 1))
+            return min(concurrency, self._process_pool_size())
         return min(concurrency, self._thread_pool_size())
 
     def _thread_pool_size(self) -> int:
         return self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
+
+    def _process_pool_size(self) -> int:
+        return self.config.process_pool_size or (os.cpu_count() or 1)
 
     def add_steps(self, steps: Iterable[StepDef[Any, Any]]) -> None:
         """Serve these step definitions (remote declarations without code are ignored)."""
@@ -308,12 +307,7 @@ class Worker:
             self._close_pools()
 
     def _close_pools(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
-        if self._processes is not None:
-            self._processes.shutdown()
-            self._processes = None
+        self._runner.close()
 
     async def _stop_listening(self) -> None:
         control, self._control = self._control, None
@@ -448,16 +442,18 @@ class Worker:
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
-            output = await self._run(msg, step, attempt)
+            output = await self._runner.run(
+                msg, step, functools.partial(self._progress_sink, attempt)
+            )
         except asyncio.CancelledError as exc:
             if _cancelling():
                 raise  # the worker's own cancellation of the attempt
             error = ErrorInfo.from_exception(exc)  # the step's own: a failure like another
-        except _Lost as lost:
+        except LostAttempt as lost:
             await self._give_up(msg, attempt.delivery, lost.reason)
             attempt.acked = True
             return
-        except _StepFailure as failure:
+        except StepFailure as failure:
             error = failure.info
         except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
@@ -548,136 +544,6 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.publish_retry_max)
-
-    async def _run(
-        self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
-    ) -> bytes:
-        try:
-            inputs = [await load_value(self.objects, blob) for blob in msg.inputs]
-        except (CodecError, ValueError, TypeError) as exc:
-            raise _StepFailure(
-                ErrorInfo.from_exception(
-                    InputError(f"cannot decode inputs: {exc}"), retryable=False
-                )
-            ) from None
-        except ObjectStoreError as exc:
-            raise _StepFailure(
-                ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
-            ) from None
-        if self.config.pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs)
-        else:
-            encoded = await self._run_here(msg, step, attempt, inputs)
-        if len(encoded) > self.config.inline_threshold:
-            object_key = f"outputs/{msg.run_id}/{msg.step_key}/{msg.attempt}"
-            try:
-                await self.objects.put(object_key, encoded)
-            except ObjectStoreError as exc:
-                raise _StepFailure(
-                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
-                ) from None
-            encoded = codec.encode(codec.ObjectRef(object_key))
-        return encoded
-
-    async def _run_here(
-        self,
-        msg: messages.StepMessage,
-        step: StepDef[Any, Any],
-        attempt: _Attempt,
-        inputs: list[Any],
-    ) -> bytes:
-        try:
-            args, kwargs = codec.decode(msg.call, inputs=inputs)
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise CodecError("call template is not [args, kwargs]")
-        except (CodecError, ValueError, TypeError) as exc:
-            raise _StepFailure(
-                ErrorInfo.from_exception(
-                    InputError(f"cannot decode the call: {exc}"), retryable=False
-                )
-            ) from None
-        ctx = context.StepContext(
-            msg.run_id,
-            msg.step_key,
-            msg.attempt,
-            msg.name,
-            functools.partial(self._progress_sink, attempt),
-        )
-        fn = step.fn
-        assert fn is not None
-        try:
-            if step.is_async:
-                token = context.bind(ctx)
-                try:
-                    if msg.timeout is None:
-                        result = await fn(*args, **kwargs)
-                    else:
-                        async with asyncio.timeout(msg.timeout):
-                            result = await fn(*args, **kwargs)
-                finally:
-                    context.unbind(token)
-            else:
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._thread_pool(),
-                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
-                )
-                result = await _within(future, msg.timeout)
-        except TimeoutError:
-            ctx.cancel()
-            raise StepTimeoutError(
-                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
-            ) from None
-        except asyncio.CancelledError:
-            # A sync step goes on in its thread: it sees the cancellation through
-            # aexec.current().cancelled (run cancelled, worker stopping past its grace).
-            ctx.cancel()
-            raise
-        try:
-            return codec.encode(result)
-        except CodecError as exc:
-            raise _StepFailure(
-                ErrorInfo(
-                    "CodecError",
-                    f"step {msg.step_key!r} returned a value that cannot be encoded: {exc}",
-                    retryable=False,
-                )
-            ) from None
-
-    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
-        processes = self._processes
-        if processes is None:
-            size = self.config.process_pool_size or (os.cpu_count() or 1)
-            processes = self._processes = ProcessPool(self.config.modules, size)
-        blobs = [codec.encode(value) for value in inputs]
-        try:
-            output, error = await _within(
-                processes.run(msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt),
-                msg.timeout,
-            )
-        except TimeoutError:
-            raise StepTimeoutError(
-                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
-            ) from None
-        except BrokenProcessPool:
-            # A child died (OOM, a signal, a crash in native code): every attempt in this
-            # pool is lost, and the next sync step gets a new pool.
-            if self._processes is processes:
-                self._processes = None
-                processes.shutdown()
-                log.warning("worker %s: a child process died; replacing the pool", self.name)
-            raise _Lost("crashed") from None
-        if error is not None:
-            raise _StepFailure(error)
-        if not isinstance(output, bytes):
-            raise _StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
-        return output
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                max_workers=self._thread_pool_size(), thread_name_prefix="aexec-step"
-            )
-        return self._threads
 
     # -- progress, heartbeats, control -----------------------------------------------------
 
@@ -790,28 +656,6 @@ def _cancelling() -> bool:
     that raised CancelledError of its own (a cancelled inner task, a library's timeout)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-async def _within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
-    if seconds is None:
-        return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
-
-
-class _Lost(Exception):
-    """The attempt cannot finish here (its child process died): report it lost."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _StepFailure(Exception):
-    """A failure of the step's plumbing (inputs, output), carried as an ErrorInfo."""
-
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
 
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_name"]
