@@ -123,6 +123,12 @@ class Background:
         state = "stopped" if self._host is not None else "not running"
         raise AexecError(f"{self.name} is {state}")
 
+    def cancel_work(self) -> None:
+        """Cancel every piece of work still running (loops keep running); :meth:`drain`
+        waits for them to end."""
+        for task in list(self._work):
+            task.cancel()
+
     async def drain(self) -> None:
         """Wait until no work is left, work started meanwhile included (bound the wait with
         :func:`asyncio.timeout`); loops keep running."""

@@ -36,6 +36,14 @@ from aexec.types import ErrorInfo, RunStatus, StepStatus
 log = logging.getLogger(__name__)
 
 
+_LOST_WHY = {
+    "redelivered": "was redelivered this attempt: its first worker stopped or lost its connection",
+    "crashed": "lost the child process running this step",
+    "stopped": "stopped past its grace while running this step",
+}
+"""How a step's event names an :class:`~aexec.messages.AttemptLost` reason."""
+
+
 class ActiveRun:
     """A run this coordinator drives: its schedule, waiters and event subscribers."""
 
@@ -178,24 +186,31 @@ class Batch:
         )
         self.actions(run, run.state.start(), now)
 
-    def _lost(self, run: ActiveRun, index: int, attempt: int, worker: str, now: float) -> None:
+    def _lost(
+        self,
+        run: ActiveRun,
+        index: int,
+        attempt: int,
+        worker: str,
+        now: float,
+        why: str = "stopped heartbeating while running this step",
+    ) -> None:
         actions = run.state.lost_worker(index, attempt)
         if actions is None:
             return
         run.running_on.pop(index, None)
-        error = ErrorInfo.from_exception(
-            WorkerLostError(f"worker {worker} stopped heartbeating while running this step")
-        )
-        self.events.append(
-            Event(
-                EventKind.STEP_RETRYING,
-                run.run_id,
-                now,
-                run.plan.steps[index].key,
-                attempt,
-                {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
+        if any(isinstance(action, Dispatch) for action in actions):  # else it failed for good
+            error = ErrorInfo.from_exception(WorkerLostError(f"worker {worker} {why}"))
+            self.events.append(
+                Event(
+                    EventKind.STEP_RETRYING,
+                    run.run_id,
+                    now,
+                    run.plan.steps[index].key,
+                    attempt,
+                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
+                )
             )
-        )
         self.actions(run, actions, now, {"worker": worker})
 
     def reply(self, msg: messages.Message) -> bool:
@@ -207,9 +222,27 @@ class Batch:
                 self.progress(msg)
             case messages.Heartbeat():
                 self.heartbeat(msg)
+            case messages.AttemptLost():
+                self.attempt_lost(msg)
             case _:
                 return False
         return True
+
+    def attempt_lost(self, msg: messages.AttemptLost) -> None:
+        """A worker will not run (or finish) an attempt: a new attempt, as for a lost
+        worker, unless the attempt is known to run on another live worker (the reporter
+        got a redelivered copy of what that worker still runs)."""
+        run = self.runs.get(msg.run_id)
+        if run is None:
+            return
+        index = run.plan.index.get(msg.step_key)
+        if index is None or run.state.attempts[index] != msg.attempt:
+            return
+        runner = run.running_on.get(index)
+        if runner is not None and runner != msg.worker and runner in self.workers_seen:
+            return  # its heartbeats keep it; their silence re-dispatches it
+        why = _LOST_WHY.get(msg.reason, msg.reason)
+        self._lost(run, index, msg.attempt, msg.worker, self.now, why)
 
     def completion(self, msg: messages.Completion) -> None:
         run = self.runs.get(msg.run_id)

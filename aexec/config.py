@@ -36,6 +36,7 @@ _ENV = {
     "heartbeat_interval": "AEXEC_HEARTBEAT_INTERVAL",
     "worker_timeout": "AEXEC_WORKER_TIMEOUT",
     "ack_after": "AEXEC_ACK_AFTER",
+    "drain_grace": "AEXEC_DRAIN_GRACE",
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
     "lease": "AEXEC_LEASE",
@@ -69,6 +70,7 @@ class Settings:
     heartbeat_interval: float = 1.0
     worker_timeout: float = 10.0  # a worker silent this long loses its running steps
     ack_after: float = 10.0  # a step running this long is acked and protected by heartbeats
+    drain_grace: float = 60.0  # a stopping worker's steps get this long to finish
     lease: float = 15.0  # a coordinator's hold on its runs; a dead one's runs wait this long
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
@@ -92,6 +94,8 @@ class Settings:
             raise ConfigError("heartbeat_interval must be > 0")
         if self.lease <= 0:
             raise ConfigError("lease must be > 0")
+        if not self.drain_grace >= 0:
+            raise ConfigError("drain_grace must be >= 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
         if self.remote and self.embedded:

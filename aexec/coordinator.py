@@ -61,7 +61,13 @@ from aexec.scheduling import RunState
 from aexec.store import RunRecord, Store
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, RunStatus, StepStatus
-from aexec.wire import CONTROL_TOPIC, COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE, step_queue
+from aexec.wire import (
+    COORDINATOR_TOPIC,
+    MAX_PRIORITY,
+    RUNS_ENDED_TOPIC,
+    SUBMIT_QUEUE,
+    step_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -445,12 +451,10 @@ class Coordinator:
                 await self.store.release_runs(self.config.id, list(self._runs))
 
     async def cancel(self, run_id: str) -> None:
-        """Cancel a run: here if this coordinator drives it, else through the broadcast."""
+        """Cancel a run: here if this coordinator drives it, else through the broadcast.
+        Workers hear of it once it is recorded (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
         if run_id in self._runs:
             self._inbox.post(Cancel(run_id))
-            await self.transport.broadcast(
-                CONTROL_TOPIC, messages.Control("cancel", run_id=run_id).encode()
-            )
         else:
             await self.transport.broadcast(
                 COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
@@ -630,6 +634,27 @@ class Coordinator:
                 queue.put_nowait(None)
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
+        if finished:
+            await self._announce_ended(finished)
+
+    async def _announce_ended(self, runs: list[ActiveRun]) -> None:
+        """Tell every worker, present and future, that these runs ended (they are recorded):
+        their step messages still queued are skipped, a cancelled run's attempts stop."""
+        now = time.time()
+        bodies = [messages.RunEnded(r.run_id, r.state.run_status.value, now).encode() for r in runs]
+
+        async def announce() -> None:
+            for body in bodies:
+                await self.transport.announce(RUNS_ENDED_TOPIC, body)
+
+        background = self._background
+        if background is not None and background.running:
+            background.start_work(self._with_retry("announce ended runs", announce))
+            return
+        try:  # stopping: one try
+            await announce()
+        except TransportError as exc:
+            log.warning("coordinator %s could not announce ended runs: %s", self.config.id, exc)
 
     async def _settle(
         self, delivery: Delivery, *, reject: bool = False, reason: str | None = None

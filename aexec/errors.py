@@ -13,7 +13,8 @@
     ├── LoadError              a pipeline file or worker module cannot be loaded
     ├── BackendError           a backend failed or cannot be reached
     │   ├── TransportError     the broker (RabbitMQ) or the in-memory transport
-    │   │   └── PublishError   some messages of a batch were not confirmed (``unsent``)
+    │   │   ├── PublishError   some messages of a batch were not confirmed (``unsent``)
+    │   │   └── UnroutableError   a message was published to a queue that does not exist
     │   ├── StoreError         the run store (PostgreSQL, SQLite, memory)
     │   │   └── StoreUnavailableError   transient: locked, disconnected, timed out
     │   └── ObjectStoreError   the object store (S3, a directory, memory)
@@ -83,6 +84,11 @@ class PublishError(TransportError):
     def __init__(self, message: str, unsent: Sequence[tuple[str, bytes, int]]) -> None:
         super().__init__(message)
         self.unsent = list(unsent)
+
+
+class UnroutableError(TransportError):
+    """A message was published to a queue that does not exist: no retry can deliver it
+    (unless someone declares the queue again), so a caller gives it up at once."""
 
 
 class StoreError(BackendError):

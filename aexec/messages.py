@@ -28,6 +28,11 @@ VERSION = 1
 
 CONTROL_COMMANDS = ("ping", "terminate", "cancel")
 
+LOST_REASONS = ("redelivered", "crashed", "stopped")
+"""Why a worker reports an attempt lost (:class:`AttemptLost`)."""
+
+RUN_ENDINGS = ("succeeded", "failed", "cancelled")
+
 
 class _Wire:
     """What every message shares: ``encode`` around the class's ``KIND`` and ``to_wire``."""
@@ -205,12 +210,69 @@ class Heartbeat(_Wire):
 
 
 @dataclass(slots=True)
+class AttemptLost(_Wire):
+    """Worker ``worker`` will not run (or finish) ``attempt`` of step ``step_key``, and
+    acked its delivery: treat the attempt as lost (a new attempt, no retry spent).
+
+    ``reason``: ``redelivered`` (the broker redelivered it: it may have started on a worker
+    that died or lost its connection, so it must not start again), ``crashed`` (the child
+    process running it died) or ``stopped`` (the worker stopped past its drain grace).
+    """
+
+    KIND: ClassVar[str] = "lost"
+
+    run_id: str
+    step_key: str
+    attempt: int
+    worker: str
+    reason: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.run_id, self.step_key, self.attempt, self.worker, self.reason]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        run_id, key, attempt, worker, reason = fields
+        if not isinstance(reason, str) or reason not in LOST_REASONS:
+            raise CodecError(f"unknown reason {reason!r}")
+        return cls(
+            _text(run_id, "run id"),
+            _text(key, "step key"),
+            _count(attempt, "attempt"),
+            _text(worker, "worker"),
+            reason,
+        )
+
+
+@dataclass(slots=True)
+class RunEnded(_Wire):
+    """Run ``run_id`` ended with ``status`` (``succeeded``, ``failed``, ``cancelled``) at
+    ``ts``: announced on :data:`~aexec.wire.RUNS_ENDED_TOPIC` once recorded."""
+
+    KIND: ClassVar[str] = "run_ended"
+
+    run_id: str
+    status: str
+    ts: float
+
+    def to_wire(self) -> list[Any]:
+        return [self.run_id, self.status, self.ts]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        run_id, status, ts = fields
+        if not isinstance(status, str) or status not in RUN_ENDINGS:
+            raise CodecError(f"unknown run status {status!r}")
+        return cls(_text(run_id, "run id"), status, _number(ts, "ts"))
+
+
+@dataclass(slots=True)
 class Control(_Wire):
     """A command broadcast to workers or coordinators.
 
-    ``ping`` (answer with WorkerInfo on ``reply_to``), ``terminate`` (drain and exit), or
-    ``cancel`` (stop the in-flight attempts of run ``run_id``).  ``target`` is a worker
-    name, or None for every one.
+    ``ping`` (answer with WorkerInfo on ``reply_to``) and ``terminate`` (drain and exit),
+    for workers; ``cancel`` (cancel run ``run_id``, wherever it is driven), for coordinators.
+    ``target`` is a worker name, or None for every one.
     """
 
     KIND: ClassVar[str] = "control"
@@ -340,11 +402,33 @@ class Events(_Wire):
         return cls(_text(run_id, "run id"), records)
 
 
-Message = StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events
+Message = (
+    StepMessage
+    | Completion
+    | Progress
+    | Heartbeat
+    | AttemptLost
+    | RunEnded
+    | Control
+    | WorkerInfo
+    | Submit
+    | Events
+)
 
 KINDS: dict[str, type[Message]] = {
     cls.KIND: cls
-    for cls in (StepMessage, Completion, Progress, Heartbeat, Control, WorkerInfo, Submit, Events)
+    for cls in (
+        StepMessage,
+        Completion,
+        Progress,
+        Heartbeat,
+        AttemptLost,
+        RunEnded,
+        Control,
+        WorkerInfo,
+        Submit,
+        Events,
+    )
 }
 """Each message kind and its class."""
 

@@ -15,7 +15,22 @@ STEP_QUEUE_PREFIX = "step."
 """Step queues are named after the ``queue`` a step is declared with, behind this prefix."""
 
 CONTROL_TOPIC = "control"
-"""Broadcast commands for workers: ping, terminate, cancel a run's attempts."""
+"""Broadcast commands for workers: ping, terminate."""
+
+RUNS_ENDED_TOPIC = "runs.ended"
+"""A retained topic (``Transport.announce`` / ``follow``): every run that ended (cancelled,
+succeeded, failed), announced by its coordinator once the end is recorded.  Workers follow
+it from start-up, so that they never start a step of a run that has ended, however late
+they start or reconnect."""
+
+RETAINED_MAX_AGE = 7 * 24 * 3600.0
+"""Seconds a retained announcement is kept (at least; RabbitMQ drops whole segments)."""
+
+RETAINED_MAX_BYTES = 8 * 1024 * 1024
+"""Bytes of announcements a retained topic keeps (the oldest go first beyond it)."""
+
+RETAINED_SEGMENT_BYTES = 1024 * 1024
+"""Segment size of a retained topic on RabbitMQ: retention drops whole segments."""
 
 SUBMIT_QUEUE = "coordinator.submit"
 """Library clients submit runs here; every coordinator service consumes it."""
@@ -33,6 +48,10 @@ __all__ = [
     "CONTROL_TOPIC",
     "COORDINATOR_TOPIC",
     "MAX_PRIORITY",
+    "RETAINED_MAX_AGE",
+    "RETAINED_MAX_BYTES",
+    "RETAINED_SEGMENT_BYTES",
+    "RUNS_ENDED_TOPIC",
     "STEP_QUEUE_PREFIX",
     "SUBMIT_QUEUE",
     "step_queue",

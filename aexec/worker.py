@@ -2,20 +2,39 @@
 
 Async steps run concurrently on the worker's loop; sync steps run in a bounded thread pool
 (created on first use, so a worker serving only async steps starts no thread), or in a
-process pool for CPU-bound code.  Bad input never takes the worker down: a malformed
-message is dead-lettered; a step name the worker does not serve, undecodable inputs or an
-unencodable return value become a failed completion (an error event at the coordinator)
-and the worker keeps serving.
+process pool for CPU-bound code (:mod:`aexec.runner` runs each attempt's code).  Bad input
+never takes the worker down: a malformed message is dead-lettered; a step name the worker
+does not serve, undecodable inputs or an unencodable return value become a failed
+completion (an error event at the coordinator) and the worker keeps serving.
 
-Delivery and liveness: a step message stays unacked while its step runs, so a worker that
-dies is replaced by the broker's redelivery.  A step that runs longer than ``ack_after``
+Delivery and liveness: a step message stays unacked while its step runs, so the broker
+gives back the message of a worker that dies.  A step that runs longer than ``ack_after``
 is reported in a heartbeat to its coordinator and *then* acked — from there on the
 coordinator's lease on the worker's heartbeats is what protects it, so a step may outlive
 RabbitMQ's ``consumer_timeout`` without being requeued and run twice.
 
-The worker's tasks — one per step attempt, the progress reports and the heartbeat loop —
-belong to one :class:`~aexec.background.Background` group, opened by ``async with`` and
-closed by :meth:`Worker.drain`.
+At most once per attempt: a delivery the broker marks redelivered may have started on a
+worker that died or lost its connection, so a worker never runs one (unless it runs that
+very attempt already: then it is the broker's ``consumer_timeout`` and the copy is acked).
+It reports the attempt lost to its coordinator (:class:`~aexec.messages.AttemptLost`),
+which dispatches a new attempt, and acks it.  The same report covers an attempt whose
+child process died (``--pool process``: the pool is replaced) and one still running when
+a stopping worker's grace ran out.
+
+Ended runs: from start-up, before it consumes any step queue, a worker follows the
+retained :data:`~aexec.wire.RUNS_ENDED_TOPIC`.  Step messages of a run that has ended are
+acked and skipped; the attempts in flight of a cancelled run are cancelled.
+
+Draining is not dying: :meth:`Worker.drain` stops its consumers without giving back what
+they hold, lets the steps in flight finish and deliver their completions (for at most the
+drain grace), and only then lets go of the broker.  A completion that can never be
+delivered (its reply queue is gone: nobody can use it) is dropped with a warning and its
+step message acked; one that fails for a while (the broker is away) is retried with
+backoff until it is sent or the worker's grace runs out.
+
+The worker's tasks — one per step attempt, the progress reports, the reports of lost
+attempts and the heartbeat loop — belong to one :class:`~aexec.background.Background`
+group, opened by ``async with`` and closed by :meth:`Worker.drain` or :meth:`Worker.abort`.
 """
 
 from __future__ import annotations
@@ -29,29 +48,21 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from aexec import codec, context, messages
+from aexec import messages
 from aexec.background import Background
 from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
-from aexec.errors import (
-    AexecError,
-    CodecError,
-    InputError,
-    ObjectStoreError,
-    StepTimeoutError,
-    UnknownStepError,
-    ValueTooLargeError,
-)
-from aexec.objects import ObjectStore, load_value, output_key
-from aexec.pool import ProcessPool
+from aexec.ended import EndedRuns
+from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableError
+from aexec.objects import ObjectStore
+from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, clip
-from aexec.wire import CONTROL_TOPIC, step_queue
+from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +94,14 @@ class WorkerConfig:
     ack_after: float = 10.0
     progress_interval: float = 0.1  # at most one progress message per step per interval
     publish_retry_max: float = 5.0
+    drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
+    lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
         """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
-        threshold, max value size, heartbeat interval, ack_after); ``overrides`` set any
+        threshold, max value size, heartbeat interval, ack_after, drain grace); ``overrides`` set
+        any
         field."""
         values: dict[str, Any] = {
             "concurrency": settings.concurrency,
@@ -96,12 +110,19 @@ class WorkerConfig:
             "max_value_size": settings.max_value_size,
             "heartbeat_interval": settings.heartbeat_interval,
             "ack_after": settings.ack_after,
+            "drain_grace": settings.drain_grace,
         }
         return cls(**(values | overrides))
 
 
 AttemptKey = tuple[str, str, int]
 """``(run id, step key, attempt)``: one attempt of one step, as heartbeats name it."""
+
+
+OnCancel = Literal["requeue", "discard", "lost"]
+"""What becomes of an attempt's delivery when the worker cancels the attempt: ``requeue``
+(the worker aborts or failed: back to the broker, as after a crash), ``discard`` (its run
+was cancelled: ack it) or ``lost`` (the worker stopped past its grace: report it lost)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -113,7 +134,7 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     acked: bool = False
     reported: bool = False  # named in a heartbeat the coordinator has received
-    discard: bool = False  # cancelled because its run was: ack, do not requeue
+    on_cancel: OnCancel = "requeue"
 
 
 class Worker:
@@ -134,10 +155,19 @@ class Worker:
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._control: Subscription | None = None
+        self._ended_runs: Subscription | None = None
+        self._ended = EndedRuns()
         self._background: Background | None = None
         self._running: dict[AttemptKey, _Attempt] = {}
-        self._threads: ThreadPoolExecutor | None = None
-        self._processes: ProcessPool | None = None
+        self._runner = StepRunner(
+            objects,
+            pool=self.config.pool,
+            threads=self._thread_pool_size(),
+            processes=self._process_pool_size(),
+            modules=self.config.modules,
+            inline_threshold=self.config.inline_threshold,
+            max_value_size=self.config.max_value_size,
+        )
         self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -148,11 +178,18 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Worker:
+        """Start the heartbeat, and read which runs ended (before consuming any step)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         background = Background(f"worker {self.name}", on_failure=self._failed)
         await background.__aenter__()
         self._background = background
+        try:
+            self._ended_runs = await self.transport.follow(RUNS_ENDED_TOPIC, self._on_run_ended)
+        except BaseException:
+            self._background = None
+            await background.aclose()
+            raise
         background.start_loop(self._heartbeat_loop(), name="aexec-heartbeat")
         return self
 
@@ -180,11 +217,14 @@ class Worker:
         if not self._steps or any(s.is_async for s in self._steps.values()):
             return concurrency
         if self.config.pool == "process":
-            return min(concurrency, self.config.process_pool_size or (os.cpu_count() or 1))
+            return min(concurrency, self._process_pool_size())
         return min(concurrency, self._thread_pool_size())
 
     def _thread_pool_size(self) -> int:
         return self.config.thread_pool_size or min(32, (os.cpu_count() or 1) + 4)
+
+    def _process_pool_size(self) -> int:
+        return self.config.process_pool_size or (os.cpu_count() or 1)
 
     def add_steps(self, steps: Iterable[StepDef[Any, Any]]) -> None:
         """Serve these step definitions (remote declarations without code are ignored)."""
@@ -211,24 +251,35 @@ class Worker:
             self._control = await self.transport.subscribe(CONTROL_TOPIC, self._on_control)
 
     async def stop_consuming(self) -> None:
+        """Take no new step: the consumers stop, and keep the deliveries of the steps in
+        flight until those are settled (see :meth:`drain`)."""
+        for subscription in list(self._subscriptions.values()):
+            await subscription.stop()
+
+    async def _drop_consumers(self) -> None:
+        """Cancel the consumers: whatever they still hold unsettled goes back to the broker."""
         subscriptions, self._subscriptions = self._subscriptions, {}
         for subscription in subscriptions.values():
             await subscription.cancel()
 
     def cancel_run(self, run_id: str) -> int:
-        """Cancel this worker's in-flight attempts of ``run_id``; returns how many."""
+        """Cancel this worker's in-flight attempts of ``run_id`` (their deliveries are acked,
+        no completion is sent); returns how many."""
         cancelled = 0
         for (rid, _, _), attempt in list(self._running.items()):
             if rid == run_id and attempt.task is not None:
-                attempt.discard = True
+                attempt.on_cancel = "discard"
                 attempt.task.cancel()
                 cancelled += 1
         return cancelled
 
     async def drain(self, grace: float | None = None) -> None:
-        """Stop consuming and let in-flight steps finish (for at most ``grace`` seconds:
-        the rest are cancelled and requeued); then stop the heartbeat and the pools.
-        Raises what stopped the worker's tasks, if one of them failed (a bug)."""
+        """Stop gracefully: take no new step, let the steps in flight finish, deliver their
+        completions and ack them, for at most ``grace`` seconds (default: the config's
+        ``drain_grace``); the attempts still running then are cancelled and reported lost
+        (a new attempt runs elsewhere).  Then stop the heartbeat, the consumers and the
+        pools.  Raises what stopped the worker's tasks, if one of them failed (a bug)."""
+        grace = self.config.drain_grace if grace is None else grace
         background = self._background
         try:
             await self.stop_consuming()
@@ -236,10 +287,12 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(grace):
                         await background.drain()
-                for attempt in list(self._running.values()):
-                    if attempt.task is not None:
-                        attempt.task.cancel()
-                await background.drain()  # the cancelled ones put their deliveries back
+                for attempt in self._running.values():
+                    if attempt.on_cancel == "requeue":
+                        attempt.on_cancel = "lost"
+                background.cancel_work()  # attempts, and reports or progress still retrying
+                await background.drain()  # the cancelled attempts report themselves lost
+            await self._drop_consumers()
             await self._stop_listening()
         finally:
             self._background = None
@@ -256,28 +309,25 @@ class Worker:
             if background is not None:
                 await background.aclose()
         finally:
-            await self.stop_consuming()
+            await self._drop_consumers()
             await self._stop_listening()
             self._close_pools()
 
     def _close_pools(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
-        if self._processes is not None:
-            self._processes.shutdown()
-            self._processes = None
+        self._runner.close()
 
     async def _stop_listening(self) -> None:
-        if self._control is not None:
-            await self._control.cancel()
-            self._control = None
+        control, self._control = self._control, None
+        ended_runs, self._ended_runs = self._ended_runs, None
+        for subscription in (control, ended_runs):
+            if subscription is not None:
+                await subscription.cancel()
 
     async def _failed(self, failure: Exception) -> None:
         """A task failed (a bug) and the group cancelled the others, whose deliveries went
         back to their queues: consume nothing more, and ask whoever runs the worker to stop
         it (:attr:`terminated`)."""
-        await self.stop_consuming()
+        await self._drop_consumers()
         await self._stop_listening()
         self.terminated.set()
 
@@ -302,6 +352,29 @@ class Worker:
             reason = f"a {msg.KIND} message on a step queue"
             await self._settle(delivery, reject=True, reason=reason)
             return
+        if msg.run_id in self._ended:
+            log.info(
+                "worker %s skipped step %s (attempt %d) of run %s: the run has ended",
+                self.name,
+                msg.step_key,
+                msg.attempt,
+                msg.run_id,
+            )
+            await self._settle(delivery)
+            return
+        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
+        if key in self._running:
+            # The broker took the delivery back (its consumer_timeout closed the channel)
+            # and redelivered it here, where the attempt runs: this copy is a duplicate.
+            await self._settle(delivery)
+            return
+        if delivery.redelivered:
+            # It may have started on a worker that died or lost its connection: never
+            # start it again.  The coordinator decides (a new attempt, or nothing if the
+            # attempt runs elsewhere still).
+            with contextlib.suppress(AexecError):  # stopping: the delivery goes back
+                background.start_work(self._give_up(msg, delivery, "redelivered"))
+            return
         step = self._steps.get(msg.name)
         if step is None:
             error = ErrorInfo.from_exception(
@@ -313,19 +386,38 @@ class Worker:
             )
             log.error("worker %s: %s", self.name, error.message)
             now = time.time()
-            await self._complete(msg, None, error, now, now)
+            completion = messages.Completion(
+                msg.run_id, msg.step_key, msg.attempt, None, error, self.name, now, now
+            )
+            await self._send(msg, completion.encode(), "completion")
             await self._settle(delivery, reject=True, reason=f"UnknownStepError: {error.message}")
             return
-        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
-        if key in self._running:  # the broker redelivered what this worker already runs
-            await self._settle(delivery)
-            return
-        attempt = _Attempt(msg, delivery, time.time())
         try:
+            attempt = _Attempt(msg, delivery, time.time())
             attempt.task = background.start_work(self._execute(attempt, step))
         except AexecError:
             return  # the worker is stopping: unacked, the delivery goes back
         self._running[key] = attempt
+
+    async def _on_run_ended(self, delivery: Delivery) -> None:
+        """A run ended: skip its steps from now on; cancel its attempts if it was
+        cancelled."""
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError as exc:
+            log.warning("worker %s ignored a malformed announcement: %s", self.name, exc)
+            return
+        if not isinstance(msg, messages.RunEnded):
+            return
+        if self._ended.add(msg.run_id, msg.ts, len(delivery.body)) and msg.status == "cancelled":
+            cancelled = self.cancel_run(msg.run_id)
+            if cancelled:
+                log.info(
+                    "worker %s cancelled %d attempt(s) of cancelled run %s",
+                    self.name,
+                    cancelled,
+                    msg.run_id,
+                )
 
     async def _settle(
         self,
@@ -348,193 +440,124 @@ class Worker:
             )
 
     async def _execute(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
+        """Run one attempt, deliver its outcome and settle its delivery.  The attempt stays
+        in :attr:`_running` (heartbeats name it) until its delivery is settled."""
         msg = attempt.msg
-        key: AttemptKey = (msg.run_id, msg.step_key, msg.attempt)
+        try:
+            await self._attempt(attempt, step)
+        except asyncio.CancelledError:
+            await self._cancelled(attempt)
+            raise
+        finally:
+            self._running.pop((msg.run_id, msg.step_key, msg.attempt), None)
+
+    async def _attempt(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
+        msg = attempt.msg
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
-            output = await self._run(msg, step, attempt)
-        except asyncio.CancelledError:
-            self._running.pop(key, None)
-            # Our own cancellation: a cancelled run's attempt is dropped, a stopping
-            # worker's attempt goes back to its queue for another worker.
-            if not attempt.acked:
-                await self._settle(
-                    attempt.delivery, requeue=not attempt.discard, reject=not attempt.discard
-                )
-            raise
-        except _StepFailure as failure:
+            output = await self._runner.run(
+                msg, step, functools.partial(self._progress_sink, attempt)
+            )
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise  # the worker's own cancellation of the attempt
+            error = ErrorInfo.from_exception(exc)  # the step's own: a failure like another
+        except LostAttempt as lost:
+            await self._give_up(msg, attempt.delivery, lost.reason)
+            attempt.acked = True
+            return
+        except StepFailure as failure:
             error = failure.info
         except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
-        finally:
-            self._running.pop(key, None)
-        await self._complete(msg, output, error, attempt.started_at, time.time())
+        completion = messages.Completion(
+            msg.run_id,
+            msg.step_key,
+            msg.attempt,
+            output,
+            error,
+            self.name,
+            attempt.started_at,
+            time.time(),
+        )
+        await self._send(msg, completion.encode(), "completion")
         if not attempt.acked:
             attempt.acked = True
             await self._settle(attempt.delivery)
 
-    async def _run(
-        self, msg: messages.StepMessage, step: StepDef[Any, Any], attempt: _Attempt
-    ) -> bytes:
-        limit = self.config.max_value_size
-        try:
-            inputs = [await load_value(self.objects, blob, max_size=limit) for blob in msg.inputs]
-        except (CodecError, ValueError, TypeError) as exc:
-            raise _StepFailure(
-                ErrorInfo.from_exception(
-                    InputError(f"cannot decode inputs: {exc}"), retryable=False
-                )
-            ) from None
-        except ObjectStoreError as exc:
-            raise _StepFailure(
-                ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
-            ) from None
-        if self.config.pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs)
-        else:
-            encoded = await self._run_here(msg, step, attempt, inputs)
-        if len(encoded) > limit:
-            raise _StepFailure(
-                ErrorInfo.from_exception(
-                    ValueTooLargeError(
-                        f"step {msg.step_key!r} returned {len(encoded)} bytes, over the "
-                        f"{limit}-byte limit on values (AEXEC_MAX_VALUE_SIZE)"
-                    ),
-                    retryable=False,
-                )
-            )
-        if len(encoded) > self.config.inline_threshold:
-            object_key = output_key(msg.run_id, msg.step_key, msg.attempt)
+    async def _cancelled(self, attempt: _Attempt) -> None:
+        """The worker cancelled ``attempt``: report it lost if ``on_cancel`` says so (within
+        ``lost_report_timeout``: else the broker or the coordinator's lease on this worker's
+        heartbeats gives it back), and settle its delivery."""
+        requeue = attempt.on_cancel == "requeue"
+        if attempt.on_cancel == "lost":
             try:
-                await self.objects.put(object_key, encoded)
-            except ObjectStoreError as exc:
-                raise _StepFailure(
-                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
-                ) from None
-            encoded = codec.encode(codec.ObjectRef(object_key))
-        return encoded
+                async with asyncio.timeout(self.config.lost_report_timeout):
+                    await self._report_lost(attempt.msg, "stopped")
+            except TimeoutError:
+                requeue = True
+        if not attempt.acked:
+            attempt.acked = True
+            await self._settle(attempt.delivery, requeue=requeue, reject=requeue)
 
-    async def _run_here(
-        self,
-        msg: messages.StepMessage,
-        step: StepDef[Any, Any],
-        attempt: _Attempt,
-        inputs: list[Any],
-    ) -> bytes:
-        try:
-            args, kwargs = codec.decode(msg.call, inputs=inputs)
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise CodecError("call template is not [args, kwargs]")
-        except (CodecError, ValueError, TypeError) as exc:
-            raise _StepFailure(
-                ErrorInfo.from_exception(
-                    InputError(f"cannot decode the call: {exc}"), retryable=False
-                )
-            ) from None
-        ctx = context.StepContext(
-            msg.run_id,
+    async def _give_up(self, msg: messages.StepMessage, delivery: Delivery, reason: str) -> None:
+        """Report ``msg``'s attempt lost, then ack its delivery."""
+        await self._report_lost(msg, reason)
+        await self._settle(delivery)
+
+    async def _report_lost(self, msg: messages.StepMessage, reason: str) -> None:
+        """Tell ``msg``'s coordinator that its attempt will not run (or finish) here: it
+        dispatches a new one, unless the attempt is known to run on another live worker."""
+        log.warning(
+            "worker %s does not run step %s (attempt %d) of run %s: %s",
+            self.name,
             msg.step_key,
             msg.attempt,
-            msg.name,
-            functools.partial(self._progress_sink, attempt),
+            msg.run_id,
+            _LOST_REASONS[reason],
         )
-        fn = step.fn
-        assert fn is not None
-        try:
-            if step.is_async:
-                token = context.bind(ctx)
-                try:
-                    if msg.timeout is None:
-                        result = await fn(*args, **kwargs)
-                    else:
-                        async with asyncio.timeout(msg.timeout):
-                            result = await fn(*args, **kwargs)
-                finally:
-                    context.unbind(token)
-            else:
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._thread_pool(),
-                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
-                )
-                result = await _within(future, msg.timeout)
-        except TimeoutError:
-            ctx.cancel()
-            raise StepTimeoutError(
-                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
-            ) from None
-        try:
-            return codec.encode(result)
-        except CodecError as exc:
-            raise _StepFailure(
-                ErrorInfo(
-                    "CodecError",
-                    f"step {msg.step_key!r} returned a value that cannot be encoded: {exc}",
-                    retryable=False,
-                )
-            ) from None
+        lost = messages.AttemptLost(msg.run_id, msg.step_key, msg.attempt, self.name, reason)
+        await self._send(msg, lost.encode(), "report")
 
-    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
-        if self._processes is None:
-            size = self.config.process_pool_size or (os.cpu_count() or 1)
-            self._processes = ProcessPool(
-                self.config.modules, size, max_value_size=self.config.max_value_size
-            )
-        blobs = [codec.encode(value) for value in inputs]
-        try:
-            output, error = await _within(
-                self._processes.run(
-                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt
-                ),
-                msg.timeout,
-            )
-        except TimeoutError:
-            raise StepTimeoutError(
-                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
-            ) from None
-        if error is not None:
-            raise _StepFailure(error)
-        if not isinstance(output, bytes):
-            raise _StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
-        return output
+    async def _send(self, msg: messages.StepMessage, body: bytes, what: str) -> None:
+        """Publish ``body`` (a ``what`` about ``msg``'s attempt) to its coordinator.
 
-    async def _complete(
-        self,
-        msg: messages.StepMessage,
-        output: bytes | None,
-        error: ErrorInfo | None,
-        started: float,
-        finished: float,
-    ) -> None:
-        completion = messages.Completion(
-            msg.run_id, msg.step_key, msg.attempt, output, error, self.name, started, finished
-        )
-        await self._publish_until_sent(msg.reply_to, completion.encode())
-
-    async def _publish_until_sent(self, queue: str, body: bytes) -> None:
-        """Publish, retrying while the broker is away: a completion is never dropped."""
+        Retried with backoff while the broker fails, until it is sent (or the task is
+        cancelled: a stopping worker's grace bounds the wait).  A reply queue that does not
+        exist is given up at once: its coordinator is gone, and so is anyone who took its
+        runs over, so nobody can use the message."""
         delay = 0.05
         while True:
             try:
-                await self.transport.publish(queue, body)
+                await self.transport.publish(msg.reply_to, body)
+                return
+            except UnroutableError:
+                log.warning(
+                    "worker %s dropped the %s of step %s (attempt %d) of run %s: its "
+                    "coordinator's reply queue %s is gone",
+                    self.name,
+                    what,
+                    msg.step_key,
+                    msg.attempt,
+                    msg.run_id,
+                    msg.reply_to,
+                )
                 return
             except AexecError as exc:
                 log.warning(
-                    "worker %s: publish to %s failed, retrying in %.2fs: %s",
+                    "worker %s: publishing the %s of step %s (attempt %d) of run %s failed, "
+                    "retrying in %.2fs: %s",
                     self.name,
-                    queue,
+                    what,
+                    msg.step_key,
+                    msg.attempt,
+                    msg.run_id,
                     delay,
                     exc,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.publish_retry_max)
-
-    def _thread_pool(self) -> ThreadPoolExecutor:
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                max_workers=self._thread_pool_size(), thread_name_prefix="aexec-step"
-            )
-        return self._threads
 
     # -- progress, heartbeats, control -----------------------------------------------------
 
@@ -575,6 +598,9 @@ class Worker:
         try:
             await self.transport.publish(queue, body)
             return True
+        except UnroutableError:
+            log.debug("worker %s: nobody reads %s any more", self.name, queue)
+            return False
         except AexecError as exc:
             log.warning("worker %s could not report to %s: %s", self.name, queue, exc)
             return False
@@ -628,25 +654,23 @@ class Worker:
                 self.started_at,
             )
             await self._publish_quietly(msg.reply_to, info.encode())
-        elif msg.command == "cancel" and msg.run_id is not None:
-            self.cancel_run(msg.run_id)
         elif msg.command == "terminate":
             log.warning("worker %s asked to terminate: draining", self.name)
             self.terminated.set()
 
 
-async def _within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
-    if seconds is None:
-        return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
+_LOST_REASONS = {
+    "redelivered": "the broker redelivered it, so it may have started elsewhere already",
+    "crashed": "the child process running it died",
+    "stopped": "the worker is stopping and its grace ran out",
+}
 
 
-class _StepFailure(Exception):
-    """A failure of the step's plumbing (inputs, output), carried as an ErrorInfo."""
-
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
+def _cancelling() -> bool:
+    """True if the current task is being cancelled (by the worker), as opposed to a step
+    that raised CancelledError of its own (a cancelled inner task, a library's timeout)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_name"]

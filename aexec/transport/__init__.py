@@ -7,15 +7,26 @@ Adapters: :mod:`aexec.transport.memory` (embedded mode, tests) and
 Semantics every adapter keeps:
 
 * ``publish`` returns once the message is safely queued (publisher confirm); publishing to
-  a queue that was never declared raises :class:`~aexec.errors.TransportError` instead of
-  dropping the message.
-* Deliveries are at-least-once: an unacked delivery is redelivered if its consumer goes
-  away; ``reject(requeue=False, reason=...)`` dead-letters it to :data:`DEAD_LETTER_QUEUE`
-  with why, where from and when (a :class:`DeadLetter`).
+  a queue that does not exist raises :class:`~aexec.errors.UnroutableError` (a
+  :class:`~aexec.errors.TransportError`) instead of dropping the message.
+* Deliveries are at-least-once: an unacked delivery is redelivered, marked
+  ``redelivered``, if its consumer goes away; ``reject(requeue=False, reason=...)``
+  dead-letters it to :data:`DEAD_LETTER_QUEUE` with why, where from and when (a
+  :class:`DeadLetter`).
+* ``Subscription.stop()`` stops receiving without giving anything back: deliveries the
+  handler holds stay its own until it settles them (or until ``cancel()``, which gives back
+  what is still unsettled); a delivery that reaches the subscription after ``stop()`` is
+  handed back to its queue *unmarked* (not redelivered), with its priority.
 * Higher ``priority`` (0..max_priority) is delivered first among waiting messages.
 * At most ``prefetch`` deliveries per consumer are unacked at a time.
 * ``broadcast(topic, body)`` reaches every current ``subscribe(topic, ...)`` handler once
   (fire-and-forget control traffic: nothing is kept for subscribers that come later).
+* ``announce(topic, body)`` appends to a *retained* topic (confirmed); ``follow(topic,
+  handler)`` hands the handler every retained announcement, oldest first, then every new
+  one, one at a time and in order, and returns once the retained ones were handled.
+  Announcements are kept for :data:`~aexec.wire.RETAINED_MAX_AGE` seconds and at most
+  :data:`~aexec.wire.RETAINED_MAX_BYTES` bytes per topic.  A follower may be handed an
+  announcement again (after a reconnection): handlers are idempotent.
 
 Dead letters are bounded: :data:`DEAD_LETTER_QUEUE` keeps at most 10,000 messages and
 1 GiB (the oldest go first), each for at most 14 days (:data:`DEAD_LETTER_LIMITS`).
@@ -101,8 +112,39 @@ class Delivery(Protocol):
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+class Announcement:
+    """A retained announcement handed to a follower: settled already, never redelivered."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    @property
+    def redelivered(self) -> bool:
+        return False
+
+    async def ack(self) -> None:
+        return None
+
+    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
+        return None
+
+
+def retained_queue(topic: str) -> str:
+    """The queue (a RabbitMQ stream) that keeps the announcements of ``topic``."""
+    return f"retained.{topic}"
+
+
 class Subscription(Protocol):
-    async def cancel(self) -> None: ...
+    async def stop(self) -> None:
+        """Receive nothing more, and give nothing back: deliveries already handed to the
+        handler stay with it until settled; any that arrive later are handed back to the
+        queue unmarked.  A no-op on a stopped or cancelled subscription."""
+
+    async def cancel(self) -> None:
+        """Stop receiving and give back every delivery not settled yet (redelivered), after
+        cancelling the handlers still running.  Idempotent."""
 
 
 class Transport(Protocol):
@@ -133,6 +175,14 @@ class Transport(Protocol):
     async def broadcast(self, topic: str, body: bytes) -> None: ...
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
+
+    async def announce(self, topic: str, body: bytes) -> None:
+        """Append ``body`` to retained topic ``topic``; returns once it is stored."""
+
+    async def follow(self, topic: str, handler: Handler) -> Subscription:
+        """Hand ``handler`` every announcement retained on ``topic`` (oldest first), then
+        every new one; returns once the retained ones were handled.  Deliveries are settled
+        already; a handler's exception is logged and following goes on."""
 
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """The dead letters waiting (at most ``limit``), oldest first; they stay queued."""

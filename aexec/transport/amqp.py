@@ -7,7 +7,8 @@ Topology and channels::
     ├── publish channel     publisher confirms + ``on_return_raises``; ``mandatory`` publishes;
     │                       declares the broadcast exchange it publishes to
     └── one channel per subscription: a queue consumer with its own ``basic.qos`` prefetch,
-                            or a topic subscriber's exclusive queue bound to the exchange
+                            a topic subscriber's exclusive queue bound to the exchange,
+                            or a follower of a retained topic's stream
 
 Queue names given to the port are logical; on the broker they are ``f"{prefix}.{name}"``, so
 a test run isolates itself with a random prefix.  Queues are classic queues with
@@ -29,6 +30,16 @@ Broadcasts go through the direct exchange ``f"{prefix}.broadcast"`` with the top
 routing key, to one exclusive auto-acked queue per subscriber (fire and forget: a broadcast
 nobody listens to is dropped).
 
+A retained topic is a stream queue (``x-queue-type: stream``, retention by ``x-max-age``
+and ``x-max-length-bytes``) that followers read from its first offset; a follower knows it
+has caught up when it reads back a marker it published itself (a message whose
+:data:`MARKER_HEADER` no handler sees).
+
+Stopping a consumer (``Subscription.stop``) sends ``basic.cancel`` and keeps the channel
+open, so the deliveries its handlers hold can still be acked; one that arrives between the
+cancel and its ``cancel-ok`` is published again with its priority (confirmed) and acked,
+so that it goes back unmarked.
+
 aio-pika and aiormq exceptions are translated to :class:`~aexec.errors.TransportError` at
 this boundary.  Credentials never appear in messages or logs: the broker is named as
 ``amqp://host:port/vhost``.
@@ -41,7 +52,15 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -61,19 +80,26 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 from yarl import URL
 
-from aexec.errors import ConfigError, PublishError, TransportError
+from aexec.errors import ConfigError, PublishError, TransportError, UnroutableError
 from aexec.transport import (
     DEAD_LETTER_LIMITS,
     DEAD_LETTER_QUEUE,
     LEGACY_DEAD_LETTER_QUEUE,
+    Announcement,
     DeadLetter,
     DeadLetterLimits,
     Handler,
     Replay,
+    retained_queue,
 )
-from aexec.wire import MAX_PRIORITY
+from aexec.wire import (
+    MAX_PRIORITY,
+    RETAINED_MAX_AGE,
+    RETAINED_MAX_BYTES,
+    RETAINED_SEGMENT_BYTES,
+)
 
-__all__ = ["AmqpDelivery", "AmqpSubscription", "AmqpTransport", "from_url"]
+__all__ = ["AmqpDelivery", "AmqpFollower", "AmqpSubscription", "AmqpTransport", "from_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +119,14 @@ _BROKER_ERRORS = (
 
 _AMQP_PRIORITY_LIMIT = 255
 _REASON, _QUEUE, _DEAD_AT = "x-aexec-reason", "x-aexec-queue", "x-aexec-dead-at"
+
+MARKER_HEADER = "x-aexec-marker"
+"""Header of the markers followers publish on a retained topic to know they caught up."""
+
+FOLLOW_TIMEOUT = 60.0
+"""How long ``follow`` waits to read back its marker (the whole retained log before it)."""
+
+_FOLLOW_PREFETCH = 256
 
 _T = TypeVar("_T")
 
@@ -168,14 +202,19 @@ class AmqpDelivery:
             ) from exc
 
 
+Republish = Callable[[bytes, int], Awaitable[None]]
+"""Publish ``(body, priority)`` again to the queue a subscription consumes."""
+
+
 class AmqpSubscription:
     """A consumer on its own channel, owning the tasks that run its handler.
 
     Handlers run in tasks of this subscription, not in aiormq's consumer tasks, so a
     connection loss does not cancel a running handler (its ack then fails with
     :class:`~aexec.errors.TransportError`, and the broker redelivers the message).
-    ``cancel()`` cancels running handlers and closes the channel; RabbitMQ then requeues
-    every unacked delivery, marked redelivered.
+    ``stop()`` cancels the consumer on the broker and keeps the channel, so held deliveries
+    can still be settled; ``cancel()`` cancels running handlers and closes the channel;
+    RabbitMQ then requeues every unacked delivery, marked redelivered.
     """
 
     def __init__(
@@ -186,6 +225,8 @@ class AmqpSubscription:
         channel: AbstractRobustChannel,
         owner: set[AmqpSubscription],
         transport: AmqpTransport | None = None,
+        republish: Republish | None = None,
+        ready_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.queue = queue  # logical queue consumed; None for a topic subscriber
         self._transport = transport
@@ -193,19 +234,56 @@ class AmqpSubscription:
         self._handler = handler
         self._channel = channel
         self._owner = owner
+        self._republish = republish
+        self._ready_timeout = ready_timeout
         self._running: set[asyncio.Task[None]] = set()
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._active = True
+        self._stopped = False
+        self._consumer: tuple[AbstractRobustQueue, str] | None = None  # (queue, consumer tag)
+
+    def consuming(self, queue: AbstractRobustQueue, tag: str) -> None:
+        """The broker consumer this subscription stands for (``stop()`` cancels it)."""
+        self._consumer = (queue, tag)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """aio-pika's callback.  Tasks start in creation order, so handlers start in
         delivery order."""
         if not self._active:
             return  # left unacked: requeued when the channel closes
-        task = asyncio.get_running_loop().create_task(self._handle(message))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        if self._stopped:
+            self._start(self._hand_back(message), self._handing_back)
+            return
+        self._start(self._handle(message), self._running)
+
+    def _start(self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        """Give back a delivery the handler never saw.  One that is marked redelivered
+        already is requeued (it keeps its mark); any other is published again with its
+        priority, then acked, so that it is not mistaken for one a crashed consumer held."""
+        try:
+            if self._republish is None or message.redelivered:
+                await message.reject(requeue=True)
+                return
+            try:
+                await self._republish(message.body, message.priority or 0)
+            except TransportError as exc:
+                logger.warning("cannot hand a delivery back to %s: %s", self._label, exc)
+                await message.reject(requeue=True)  # marked redelivered, but not lost
+                return
+            await message.ack()
+        except _BROKER_ERRORS as exc:  # the channel died: the broker requeues it anyway
+            logger.debug("handing a delivery back to %s: %s", self._label, _reason(exc))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        if self._stopped:  # stopped after it arrived, before its handler started
+            # In a task of its own: cancel() cancels handlers, not hand-backs.
+            self._start(self._hand_back(message), self._handing_back)
+            return
         delivery = AmqpDelivery(message, self._transport, self.queue)
         try:
             await self._handler(delivery)
@@ -220,7 +298,29 @@ class AmqpSubscription:
             except TransportError as exc:
                 logger.warning("cannot dead-letter the delivery: %s", exc)
 
+    async def stop(self) -> None:
+        if self._stopped or not self._active:
+            return
+        self._stopped = True
+        if self._consumer is None:  # a topic subscriber holds nothing: stopping is cancelling
+            await self.cancel()
+            return
+        queue, tag = self._consumer
+        try:
+            await self._ready()
+            await queue.cancel(tag)
+        except (TransportError, *_BROKER_ERRORS) as exc:
+            # The channel is gone: the broker has requeued what it held, and a restored
+            # channel does not consume for a cancelled consumer.
+            logger.debug("stopping %s: %s", self._label, exc)
+
+    async def _ready(self) -> None:
+        async with asyncio.timeout(self._ready_timeout):
+            await self._channel.ready()
+
     async def cancel(self) -> None:
+        """Cancel the running handlers, let the deliveries being handed back finish going
+        back (each is bounded by the connect timeout), and close the channel."""
         if not self._active:
             return
         self._active = False
@@ -232,11 +332,82 @@ class AmqpSubscription:
         try:
             if running:
                 await asyncio.wait(running)
+            if self._handing_back:  # short, and not to be cut in half (a duplicate)
+                await asyncio.wait(list(self._handing_back))
         finally:
             try:
                 await self._channel.close()
             except _BROKER_ERRORS as exc:
                 logger.debug("closing the channel of %s: %s", self._label, _reason(exc))
+
+
+class AmqpFollower:
+    """Follows a retained topic's stream on its own channel: one task hands the handler the
+    announcements one at a time, in stream order, and acks them (a stream's acks only give
+    credit back).  After a reconnection the robust channel consumes from the first offset
+    again, so announcements may be handed twice."""
+
+    def __init__(
+        self,
+        topic: str,
+        handler: Handler,
+        channel: AbstractRobustChannel,
+        owner: set[AmqpFollower],
+    ) -> None:
+        self._topic = topic
+        self._handler = handler
+        self._channel = channel
+        self._owner = owner
+        self._items: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._markers: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._pump(), name=f"aexec-follower-{topic}"
+        )
+
+    def expect(self, token: str) -> asyncio.Future[None]:
+        """A future resolved once the marker ``token`` has been read back."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._markers[token] = future
+        return future
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self._items.put_nowait(message)
+
+    async def _pump(self) -> None:
+        while True:
+            message = await self._items.get()
+            marker = (message.headers or {}).get(MARKER_HEADER)
+            if marker is None:
+                try:
+                    await self._handler(Announcement(message.body))
+                except Exception:
+                    logger.exception("a follower of %r failed on an announcement", self._topic)
+            else:
+                waiter = self._markers.pop(str(marker), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            try:
+                await message.ack()
+            except _BROKER_ERRORS as exc:  # the channel died: it reconsumes from the start
+                logger.debug("following %r: %s", self._topic, _reason(exc))
+
+    async def stop(self) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._owner.discard(self)
+        try:
+            if task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.wait([task])
+        finally:
+            try:
+                await self._channel.close()
+            except _BROKER_ERRORS as exc:
+                logger.debug("closing the channel following %r: %s", self._topic, _reason(exc))
 
 
 class AmqpTransport:
@@ -261,6 +432,7 @@ class AmqpTransport:
         self._exchange: AbstractExchange | None = None
         self._queues: dict[str, _QueueSpec] = {}
         self._subscriptions: set[AmqpSubscription] = set()
+        self._followers: set[AmqpFollower] = set()
 
     @classmethod
     def from_url(cls, url: str) -> AmqpTransport:
@@ -344,6 +516,8 @@ class AmqpTransport:
         if connection is None:
             return
         try:
+            for follower in list(self._followers):
+                await follower.cancel()
             for subscription in list(self._subscriptions):
                 await subscription.cancel()
         finally:
@@ -391,13 +565,17 @@ class AmqpTransport:
         self._queues[name] = spec
 
     async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
+        properties = Basic.Properties(
+            delivery_mode=2, priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT)
+        )
+        await self._publish(queue, body, properties)
+
+    async def _publish(self, queue: str, body: bytes, properties: Basic.Properties) -> None:
+        """Publish to logical queue ``queue`` (mandatory, confirmed)."""
         channel = self._require(self._publisher)
         routing_key = self.broker_name(queue)
         # Straight to aiormq: what aio-pika's Exchange.publish does, without building an
         # aio_pika.Message per publish (a measured 15-20% of a confirmed publish's CPU).
-        properties = Basic.Properties(
-            delivery_mode=2, priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT)
-        )
         try:
             if channel.is_closed:  # reconnecting: wait (bounded) for the channel to come back
                 await self._ready(channel)
@@ -406,7 +584,7 @@ class AmqpTransport:
                 body, exchange="", routing_key=routing_key, properties=properties, mandatory=True
             )
         except aiormq.exceptions.PublishError as exc:
-            raise TransportError(
+            raise UnroutableError(
                 f"no queue named {queue!r} ({routing_key!r}): the message was not routed"
             ) from exc
         except aiormq.exceptions.DeliveryError as exc:
@@ -437,15 +615,27 @@ class AmqpTransport:
         connection = self._require(self._connection)
         spec = self._queues.get(queue)
         channel = await self._open_channel(connection, confirms=False)
+
+        async def republish(body: bytes, priority: int) -> None:
+            await self.publish(queue, body, priority=priority)
+
         subscription = AmqpSubscription(
-            queue, f"queue {queue!r}", handler, channel, self._subscriptions, self
+            queue,
+            f"queue {queue!r}",
+            handler,
+            channel,
+            self._subscriptions,
+            self,
+            republish,
+            self._connect_timeout,
         )
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
             amqp_queue = await self._consumer_queue(channel, queue, spec)
             # A robust queue re-registers this consumer (same tag, same callback) after a
             # reconnect, on the restored channel with the same prefetch.
-            await amqp_queue.consume(subscription.on_message)
+            tag = await amqp_queue.consume(subscription.on_message)
+            subscription.consuming(amqp_queue, tag)
         except BaseException as exc:
             await self._abandon(channel)
             if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
@@ -621,6 +811,65 @@ class AmqpTransport:
         except _BROKER_ERRORS as exc:
             raise TransportError(f"cannot publish to {routing_key!r}: {_reason(exc)}") from exc
 
+    async def announce(self, topic: str, body: bytes) -> None:
+        queue = await self._declare_retained(topic)
+        await self._publish(queue, body, Basic.Properties(delivery_mode=2))
+
+    async def follow(self, topic: str, handler: Handler) -> AmqpFollower:
+        connection = self._require(self._connection)
+        queue = await self._declare_retained(topic)
+        channel = await self._open_channel(connection, confirms=False)
+        follower = AmqpFollower(topic, handler, channel, self._followers)
+        try:
+            await channel.set_qos(prefetch_count=_FOLLOW_PREFETCH)
+            stream = await self._consumer_queue(channel, queue, self._queues[queue])
+            # Restored after a reconnect with the same arguments: from the first offset.
+            await stream.consume(follower.on_message, arguments={"x-stream-offset": "first"})
+        except BaseException as exc:
+            await follower.cancel()
+            if isinstance(exc, _BROKER_ERRORS):
+                raise TransportError(f"cannot follow {topic!r}: {_reason(exc)}") from exc
+            raise
+        self._followers.add(follower)
+        token = uuid4().hex
+        caught_up = follower.expect(token)
+        try:
+            await self._publish(
+                queue, b"", Basic.Properties(delivery_mode=2, headers={MARKER_HEADER: token})
+            )
+            async with asyncio.timeout(FOLLOW_TIMEOUT):
+                await caught_up
+        except TimeoutError as exc:
+            await follower.cancel()
+            raise TransportError(
+                f"following {topic!r}: its retained log was not read within {FOLLOW_TIMEOUT:g} s"
+            ) from exc
+        except BaseException:
+            await follower.cancel()
+            raise
+        return follower
+
+    async def _declare_retained(self, topic: str) -> str:
+        """Declare the stream of retained topic ``topic``; returns its logical queue."""
+        name = retained_queue(topic)
+        if name in self._queues:
+            return name
+        channel = self._require(self._topology)
+        arguments: dict[str, Any] = {
+            "x-queue-type": "stream",
+            "x-max-age": f"{max(1, round(RETAINED_MAX_AGE))}s",
+            "x-max-length-bytes": RETAINED_MAX_BYTES,
+            "x-stream-max-segment-size-bytes": RETAINED_SEGMENT_BYTES,
+        }
+        spec = _QueueSpec(self.broker_name(name), True, False, arguments)
+        try:
+            await self._ready(channel)
+            await channel.declare_queue(spec.name, durable=True, arguments=arguments)
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot declare stream {spec.name!r}: {_reason(exc)}") from exc
+        self._queues[name] = spec
+        return name
+
     async def delete_queues(self, names: Iterable[str]) -> None:
         """Delete logical queues ``names`` with their messages, cancelling this transport's
         consumers on them first.  For tests and tear-downs."""
@@ -642,6 +891,8 @@ class AmqpTransport:
         """Cancel every subscription, then delete every queue this transport declared (the
         dead-letter queue included) and the broadcast exchange.  For tests and tear-downs."""
         channel = self._require(self._topology)
+        for follower in list(self._followers):
+            await follower.cancel()
         for subscription in list(self._subscriptions):
             await subscription.cancel()
         await self.delete_queues(list(self._queues))

@@ -1,15 +1,17 @@
 """In-memory transport: the embedded mode's broker, with RabbitMQ's delivery semantics.
 
 Priority queues, per-consumer prefetch, at-least-once delivery (unacked deliveries are
-requeued, marked redelivered, when their consumer is cancelled), dead-lettering on
-``reject(requeue=False)`` to a bounded dead-letter queue (its length, bytes and message TTL
-as on RabbitMQ: the oldest go first; an expired message goes when it reaches the head),
-and an error when publishing to an undeclared queue.
+requeued, marked redelivered, when their consumer is cancelled), consumers that stop
+without giving back what they hold, dead-lettering on ``reject(requeue=False)`` to a
+bounded dead-letter queue (its length, bytes and message TTL as on RabbitMQ: the oldest go
+first; an expired message goes when it reaches the head), an error when publishing to an
+undeclared queue, and retained topics with RabbitMQ's retention (by age and by size).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -18,17 +20,18 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aexec.errors import TransportError
+from aexec.errors import TransportError, UnroutableError
 from aexec.transport import (
     DEAD_LETTER_LIMITS,
     DEAD_LETTER_QUEUE,
+    Announcement,
     DeadLetter,
     DeadLetterLimits,
     Delivery,
     Handler,
     Replay,
 )
-from aexec.wire import MAX_PRIORITY
+from aexec.wire import MAX_PRIORITY, RETAINED_MAX_AGE, RETAINED_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,17 @@ class _Queue:
 
 
 class _Consumer:
-    __slots__ = ("active", "handler", "prefetch", "queue", "ready", "task", "transport", "unacked")
+    __slots__ = (
+        "active",
+        "handler",
+        "prefetch",
+        "queue",
+        "ready",
+        "stopped",
+        "task",
+        "transport",
+        "unacked",
+    )
 
     def __init__(self, transport: MemoryTransport, queue: _Queue, handler: Handler, prefetch: int):
         self.transport = transport
@@ -73,6 +86,7 @@ class _Consumer:
         self.unacked: set[MemoryDelivery] = set()
         self.ready: list[MemoryDelivery] = []
         self.active = True
+        self.stopped = False
         self.task: asyncio.Task[None] | None = None
 
     async def pump(self, wake: asyncio.Event) -> None:
@@ -82,7 +96,8 @@ class _Consumer:
             while self.ready:
                 batch, self.ready = self.ready, []
                 for delivery in batch:
-                    if delivery.consumer is self and self.active:
+                    if delivery.consumer is self and self.active and not self.stopped:
+                        delivery.handed = True
                         try:
                             await self.handler(delivery)
                         except Exception as exc:
@@ -92,6 +107,23 @@ class _Consumer:
                             )
                             reason = f"handler failed: {type(exc).__name__}: {exc}"
                             await delivery.reject(requeue=False, reason=reason)
+
+    async def stop(self) -> None:
+        """Take nothing more; hand back, as they were, the deliveries not handed to the
+        handler yet; keep the others until they are settled or :meth:`cancel` is called."""
+        if self.stopped or not self.active:
+            return
+        self.stopped = True
+        if self in self.queue.consumers:
+            self.queue.consumers.remove(self)
+        self.ready.clear()
+        for delivery in [d for d in self.unacked if not d.handed]:
+            delivery.consumer = None
+            self.unacked.discard(delivery)
+            self.transport._push(
+                self.queue, delivery.body, delivery.priority, delivery.redelivered, delivery.letter
+            )
+        self.transport._dispatch(self.queue)
 
     async def cancel(self) -> None:
         if not self.active:
@@ -113,7 +145,7 @@ class _Consumer:
 
 
 class MemoryDelivery:
-    __slots__ = ("body", "consumer", "letter", "priority", "redelivered")
+    __slots__ = ("body", "consumer", "handed", "letter", "priority", "redelivered")
 
     def __init__(
         self,
@@ -128,6 +160,7 @@ class MemoryDelivery:
         self.redelivered = redelivered
         self.consumer: _Consumer | None = consumer
         self.letter = letter
+        self.handed = False  # given to the handler (stop() keeps it with its consumer)
 
     async def ack(self) -> None:
         consumer = self.consumer
@@ -157,6 +190,9 @@ class _Subscription:
     def __init__(self, consumer: _Consumer) -> None:
         self._consumer = consumer
 
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
     async def cancel(self) -> None:
         await self._consumer.cancel()
 
@@ -168,23 +204,97 @@ class _TopicSubscription:
         self._consumer = consumer
         self._topic = topic
 
+    async def stop(self) -> None:
+        await self.cancel()  # a broadcast subscriber holds nothing
+
     async def cancel(self) -> None:
         if self._consumer.queue in self._topic:
             self._topic.remove(self._consumer.queue)
         await self._consumer.cancel()
 
 
+class _Retained:
+    """One retained topic: its announcements ``(monotonic time, body)``, oldest first."""
+
+    __slots__ = ("entries", "followers", "size")
+
+    def __init__(self) -> None:
+        self.entries: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.size = 0
+        self.followers: list[_Follower] = []
+
+    def prune(self, max_age: float, max_bytes: int) -> None:
+        entries, oldest = self.entries, time.monotonic() - max_age
+        while entries and (entries[0][0] < oldest or self.size > max_bytes):
+            self.size -= len(entries.popleft()[1])
+
+
+class _Follower:
+    """Hands a follower's handler its announcements one at a time, in order, from a task of
+    its own."""
+
+    __slots__ = ("_handler", "_items", "_retained", "_task", "_topic")
+
+    def __init__(self, topic: str, retained: _Retained, handler: Handler) -> None:
+        self._topic = topic
+        self._retained = retained
+        self._handler = handler
+        self._items: asyncio.Queue[bytes | asyncio.Future[None]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._pump(), name=f"aexec-memory-follower-{self._topic}"
+        )
+
+    def put(self, item: bytes | asyncio.Future[None]) -> None:
+        self._items.put_nowait(item)
+
+    async def _pump(self) -> None:
+        while True:
+            item = await self._items.get()
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_result(None)  # every earlier announcement was handled
+                continue
+            try:
+                await self._handler(Announcement(item))
+            except Exception:
+                log.exception("a follower of %r failed on an announcement", self._topic)
+
+    async def stop(self) -> None:
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        if self in self._retained.followers:
+            self._retained.followers.remove(self)
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
+
+
 class MemoryTransport:
     """A broker in this process.  One instance is one broker: share it between peers.
 
-    ``dead_letters`` bounds its dead-letter queue (tests make them small)."""
+    ``dead_letters`` bounds its dead-letter queue (tests make them small); retained topics
+    keep announcements for ``retained_max_age`` seconds and ``retained_max_bytes`` bytes."""
 
-    def __init__(self, *, dead_letters: DeadLetterLimits = DEAD_LETTER_LIMITS) -> None:
+    def __init__(
+        self,
+        *,
+        dead_letters: DeadLetterLimits = DEAD_LETTER_LIMITS,
+        retained_max_age: float = RETAINED_MAX_AGE,
+        retained_max_bytes: int = RETAINED_MAX_BYTES,
+    ) -> None:
         self._dead_letter_limits = dead_letters
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count()
         self._wakes: dict[_Consumer, asyncio.Event] = {}
         self._topics: dict[str, list[_Queue]] = {}
+        self._retained: dict[str, _Retained] = {}
+        self._retained_max_age = retained_max_age
+        self._retained_max_bytes = retained_max_bytes
         self._open = False
 
     async def open(self) -> None:
@@ -197,6 +307,9 @@ class MemoryTransport:
         for queue in list(self._queues.values()):
             for consumer in list(queue.consumers):
                 await consumer.cancel()
+        for retained in self._retained.values():
+            for follower in list(retained.followers):
+                await follower.cancel()
         self._wakes.clear()
         self._open = False
 
@@ -216,7 +329,7 @@ class MemoryTransport:
     async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
         q = self._queues.get(queue)
         if q is None:
-            raise TransportError(f"no queue named {queue!r}: the message was not routed")
+            raise UnroutableError(f"no queue named {queue!r}: the message was not routed")
         self._push(q, body, priority, False, None)
         self._dispatch(q)
 
@@ -224,7 +337,7 @@ class MemoryTransport:
         for queue, body, priority in messages:
             q = self._queues.get(queue)
             if q is None:
-                raise TransportError(f"no queue named {queue!r}: the message was not routed")
+                raise UnroutableError(f"no queue named {queue!r}: the message was not routed")
             self._push(q, body, priority, False, None)
             self._dispatch(q)
 
@@ -301,6 +414,41 @@ class MemoryTransport:
         dead.heap = kept  # sorted: a heap
         dead.size = sum(len(entry[2]) for entry in kept)
         return done
+
+    async def announce(self, topic: str, body: bytes) -> None:
+        if not self._open:
+            raise TransportError("memory transport is not open")
+        retained = self._retained_topic(topic)
+        retained.entries.append((time.monotonic(), body))
+        retained.size += len(body)
+        retained.prune(self._retained_max_age, self._retained_max_bytes)
+        for follower in retained.followers:
+            follower.put(body)
+
+    async def follow(self, topic: str, handler: Handler) -> _Follower:
+        if not self._open:
+            raise TransportError("memory transport is not open")
+        retained = self._retained_topic(topic)
+        retained.prune(self._retained_max_age, self._retained_max_bytes)
+        follower = _Follower(topic, retained, handler)
+        for _, body in retained.entries:
+            follower.put(body)
+        caught_up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        follower.put(caught_up)
+        retained.followers.append(follower)
+        follower.start()
+        try:
+            await caught_up
+        except BaseException:
+            await follower.cancel()
+            raise
+        return follower
+
+    def _retained_topic(self, topic: str) -> _Retained:
+        retained = self._retained.get(topic)
+        if retained is None:
+            retained = self._retained[topic] = _Retained()
+        return retained
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting (not delivered) in ``queue``."""

@@ -22,9 +22,9 @@ Framing of a signed body::
 message starts with an array header) can never be taken for a signed one, and a signed body
 never decodes as msgpack by accident (a consumer without the secret refuses it as
 malformed).  ``tag = HMAC-SHA256(key, "S1" || destination || 0x00 || payload)`` where
-``destination`` is ``q:<queue>`` or ``t:<topic>`` (logical names, as the port takes them):
-a signed message verifies only where it was sent, so it cannot be replayed onto another
-queue or topic.  ``key`` is derived from the secret (HMAC-SHA256 of a fixed label), so the
+``destination`` is ``q:<queue>``, ``t:<topic>`` or ``r:<retained topic>`` (logical names,
+as the port takes them): a signed message verifies only where it was sent, so it cannot be
+replayed onto another queue or topic.  ``key`` is derived from the secret (HMAC-SHA256 of a fixed label), so the
 same secret used elsewhere (webhooks) yields unrelated tags.  Tags are compared in constant
 time.
 
@@ -197,6 +197,24 @@ class SignedTransport:
             await self._rejected(Rejection(f"topic {topic}", reason, unframe(delivery.body)))
 
         return await self.inner.subscribe(topic, verified)
+
+    async def announce(self, topic: str, body: bytes) -> None:
+        await self.inner.announce(topic, sign(self._key, f"r:{topic}", body))
+
+    async def follow(self, topic: str, handler: Handler) -> Subscription:
+        """Announcements that do not verify are dropped (they are settled already) and
+        reported to the rejection listeners."""
+        destination = f"r:{topic}"
+
+        async def verified(delivery: Delivery) -> None:
+            payload, reason = verify(self._key, destination, delivery.body)
+            if payload is not None:
+                await handler(_VerifiedDelivery(delivery, payload))
+                return
+            log.error("dropped an announcement on retained topic %r: %s", topic, reason)
+            await self._rejected(Rejection(f"topic {topic}", reason, unframe(delivery.body)))
+
+        return await self.inner.follow(topic, verified)
 
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         return await self.inner.dead_letters(limit=limit)

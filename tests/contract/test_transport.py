@@ -32,7 +32,7 @@ from aexec.transport import (
 )
 from aexec.transport.amqp import AmqpTransport, from_url
 from aexec.transport.memory import MemoryTransport
-from tests.plugins.rabbitmq import close_connections, delete_queues
+from tests.plugins.rabbitmq import close_connections, delete_queues, list_entities
 
 WAIT = 10.0  # bound on every wait for something that should happen
 QUIET = 0.3  # how long to watch for something that should not happen
@@ -423,6 +423,208 @@ async def test_broadcast_deliveries_are_already_settled(transport: Transport) ->
     assert (seen, dead.bodies) == ([b"1", b"2"], [])
 
 
+# -- stopping a consumer without giving back what it holds ----------------------------------
+
+
+async def test_a_stopped_consumer_receives_nothing_more_and_keeps_what_it_holds(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    for body in (b"1", b"2", b"3"):
+        await transport.publish("work", body)
+    holder = Inbox(ack=False)
+    subscription = await transport.consume("work", holder, prefetch=2)
+    held = await holder.wait_for(2)
+    await subscription.stop()
+    other = Inbox()
+    await transport.consume("work", other, prefetch=10)
+    [third] = await other.wait_for(1)
+    for delivery in held:
+        await delivery.ack()  # still possible: stopping kept the channel
+    await subscription.cancel()
+    await asyncio.sleep(QUIET)
+    assert (holder.bodies, other.bodies) == ([b"1", b"2"], [b"3"])
+    assert third.redelivered is False
+
+
+async def test_cancelling_a_stopped_consumer_gives_back_what_it_still_holds(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work")
+    await transport.publish("work", b"held")
+    holder = Inbox(ack=False)
+    subscription = await transport.consume("work", holder, prefetch=1)
+    await holder.wait_for(1)
+    await subscription.stop()
+    other = Inbox()
+    await transport.consume("work", other, prefetch=1)
+    await asyncio.sleep(QUIET)
+    assert other.deliveries == []  # stopping gave nothing back
+    await subscription.cancel()
+    [delivery] = await other.wait_for(1)
+    assert (delivery.body, delivery.redelivered) == (b"held", True)
+
+
+async def test_deliveries_that_reach_a_stopped_consumer_go_back_unmarked_with_their_priority(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work", max_priority=10)
+    for body, priority in ((b"first", 9), (b"second", 5), (b"low", 1)):
+        await transport.publish("work", body, priority=priority)
+    seen: list[bytes] = []
+    subscriptions: list[Subscription] = []
+    stopped = asyncio.Event()
+
+    async def stop_at_first(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        await subscriptions[0].stop()
+        await delivery.ack()
+        stopped.set()
+
+    # With a prefetch of 2, "second" reaches the consumer with "first"; the handler stops
+    # the subscription before anything else is handled.
+    subscriptions.append(await transport.consume("work", stop_at_first, prefetch=2))
+    await asyncio.wait_for(stopped.wait(), WAIT)
+    await subscriptions[0].cancel()  # waits for deliveries being handed back
+    other = Inbox()
+    await transport.consume("work", other, prefetch=1)
+    handed_back = await other.wait_for(2)
+    await asyncio.sleep(QUIET)
+    assert seen == [b"first"]
+    # Not marked redelivered, and still ahead of the lower priority that waited meanwhile.
+    assert [(d.body, d.redelivered) for d in other.deliveries] == [
+        (b"second", False),
+        (b"low", False),
+    ]
+    assert handed_back == other.deliveries
+
+
+async def test_stopping_twice_or_after_cancelling_does_nothing(transport: Transport) -> None:
+    await transport.declare_queue("work")
+    subscription = await transport.consume("work", Inbox(), prefetch=1)
+    await subscription.stop()
+    await subscription.stop()
+    await subscription.cancel()
+    await subscription.stop()
+    await transport.publish("work", b"unheard")
+    other = Inbox()
+    await transport.consume("work", other, prefetch=1)
+    assert [(d.body, d.redelivered) for d in await other.wait_for(1)] == [(b"unheard", False)]
+
+
+# -- retained topics ---------------------------------------------------------------------------
+
+
+async def test_follow_returns_once_the_retained_announcements_were_handled_oldest_first(
+    transport: Transport,
+) -> None:
+    for body in (b"1", b"2", b"3"):
+        await transport.announce("ended", body)
+    heard = Inbox()
+    await transport.follow("ended", heard)
+    assert heard.bodies == [b"1", b"2", b"3"]  # handled before follow() returned
+    await transport.announce("ended", b"4")
+    await heard.wait_for(4)
+    await asyncio.sleep(QUIET)
+    assert heard.bodies == [b"1", b"2", b"3", b"4"]
+    assert not any(d.redelivered for d in heard.deliveries)
+
+
+async def test_following_a_topic_nobody_announced_on_returns_and_hears_what_comes(
+    transport: Transport,
+) -> None:
+    heard = Inbox()
+    await transport.follow("ended", heard)
+    assert heard.deliveries == []
+    await transport.announce("ended", b"first")
+    assert [d.body for d in await heard.wait_for(1)] == [b"first"]
+
+
+async def test_every_follower_hears_every_announcement_of_its_topic_and_no_other(
+    transport: Transport,
+) -> None:
+    await transport.announce("ended", b"before")
+    first, second, elsewhere = Inbox(), Inbox(), Inbox()
+    await transport.follow("ended", first)
+    await transport.follow("ended", second)  # its marker reaches no handler of first's
+    await transport.follow("other", elsewhere)
+    await transport.announce("ended", b"after")
+    await first.wait_for(2)
+    await second.wait_for(2)
+    await asyncio.sleep(QUIET)
+    assert first.bodies == second.bodies == [b"before", b"after"]
+    assert elsewhere.bodies == []
+
+
+async def test_a_follower_is_handed_announcements_one_at_a_time_in_order(
+    transport: Transport,
+) -> None:
+    bodies = [str(i).encode() for i in range(20)]
+    handled: list[bytes] = []
+    busy = False
+    all_handled = asyncio.Event()
+
+    async def slow(delivery: Delivery) -> None:
+        nonlocal busy
+        assert not busy, "two announcements handled at once"
+        busy = True
+        await asyncio.sleep(0.01)
+        handled.append(delivery.body)
+        busy = False
+        if len(handled) == len(bodies):
+            all_handled.set()
+
+    for body in bodies[:10]:
+        await transport.announce("ended", body)
+    await transport.follow("ended", slow)
+    assert handled == bodies[:10]
+    for body in bodies[10:]:
+        await transport.announce("ended", body)
+    await asyncio.wait_for(all_handled.wait(), WAIT)
+    assert handled == bodies
+
+
+async def test_a_follower_whose_handler_fails_goes_on_with_the_next_announcement(
+    transport: Transport,
+) -> None:
+    handled: list[bytes] = []
+
+    async def fail_on_bad(delivery: Delivery) -> None:
+        if delivery.body == b"bad":
+            raise ValueError("cannot handle this")
+        handled.append(delivery.body)
+
+    for body in (b"good 1", b"bad", b"good 2"):
+        await transport.announce("ended", body)
+    await transport.follow("ended", fail_on_bad)
+    assert handled == [b"good 1", b"good 2"]
+
+
+async def test_a_cancelled_follower_hears_no_more_announcements(transport: Transport) -> None:
+    gone, staying = Inbox(), Inbox()
+    subscription = await transport.follow("ended", gone)
+    await transport.follow("ended", staying)
+    await subscription.cancel()
+    await subscription.cancel()
+    await transport.announce("ended", b"after")
+    await staying.wait_for(1)
+    await asyncio.sleep(QUIET)
+    assert gone.bodies == []
+
+
+async def test_a_memory_topic_retains_its_newest_announcements_up_to_its_size() -> None:
+    transport = MemoryTransport(retained_max_bytes=8)
+    await transport.open()
+    try:
+        for body in (b"1111", b"2222", b"3333"):
+            await transport.announce("ended", body)
+        heard = Inbox()
+        await transport.follow("ended", heard)
+        assert heard.bodies == [b"2222", b"3333"]
+    finally:
+        await transport.close()
+
+
 async def reject_all(delivery: Delivery) -> None:
     await delivery.reject(requeue=False)
 
@@ -715,6 +917,52 @@ async def test_a_handler_running_when_the_connection_drops_finishes_and_its_mess
         release.set()
         await asyncio.wait_for(finished.wait(), WAIT)
         assert outcome == ["ack failed"]
+    finally:
+        await transport.delete_topology()
+        await transport.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_follower_goes_on_hearing_announcements_after_the_connection_is_forced_closed(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.announce("ended", b"before")
+        heard = Inbox()
+        await transport.follow("ended", heard)
+        assert await close_connections(amqp_prefix) == 1
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    await transport.announce("ended", b"after")
+                    break
+                except TransportError:
+                    await asyncio.sleep(0.1)
+            while b"after" not in heard.bodies:
+                await heard.wait_for(len(heard.deliveries) + 1)
+        # The restored follower reads the stream from its start again: at least once each.
+        assert set(heard.bodies) == {b"before", b"after"}
+        assert heard.bodies[0] == b"before"
+    finally:
+        await transport.delete_topology()
+        await transport.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_retained_topic_is_a_stream_with_retention_on_the_broker(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.announce("ended", b"x")
+        name = transport.broker_name("retained.ended")
+        queues = await list_entities(amqp_url, amqp_prefix, "list_queues")
+        if not queues:
+            pytest.skip("listing queues needs rabbitmqctl and a local broker")
+        assert name in queues
     finally:
         await transport.delete_topology()
         await transport.close()

@@ -199,6 +199,12 @@ def test_a_step_acked_early_is_run_again_elsewhere_when_its_worker_is_killed(
 def test_a_step_not_yet_acked_is_redelivered_when_its_worker_is_killed(
     cluster: Cluster, tmp_path: Path, amqp_url: str
 ) -> None:
+    """RabbitMQ requeues a's unacked delivery of attempt 1, marked redelivered, and gives it
+    to b.  Attempt 1 may have started (it had, on a), so b does not run it: it reports it
+    to the coordinator and acks it; the coordinator dispatches attempt 2 once a is known to
+    be gone (its heartbeats lapsed, or at once if it never reported the step), and b runs
+    that.  Issue 8's invariant: a step's code starts at most once per attempt.  (Before
+    issue 8, b ran attempt 1 a second time.)"""
     cluster.env.update(FAST_LEASES, AEXEC_ACK_AFTER="60")
     a, run, log, release = start_held_run(cluster, tmp_path)
     step_queue = f"{cluster.env['AEXEC_QUEUE_PREFIX']}.step.held"
@@ -213,14 +219,16 @@ def test_a_step_not_yet_acked_is_redelivered_when_its_worker_is_killed(
     assert run.wait() == 0, run.output()
     report = report_of(run)
     assert report["status"] == "succeeded"
-    # RabbitMQ requeued a's unacked delivery of attempt 1 and gave it to b, which finished
-    # it long before a's lease on its heartbeats lapsed: no new attempt was needed.
-    assert executions(log) == [(1, a.pid), (1, b.pid)]
-    assert report["steps"] == {"hold": {"status": "succeeded", "attempts": 1}}
+    assert executions(log) == [(1, a.pid), (2, b.pid)]
+    assert report["steps"] == {"hold": {"status": "succeeded", "attempts": 2}}
     events = events_of(cluster, report["run_id"])
     succeeded = [e for e in events if e["kind"] == "step_succeeded"]
     assert [(e["step"], e["attempt"], e["data"]["worker"]) for e in succeeded] == [
-        ("hold", 1, b_name)
+        ("hold", 2, b_name)
+    ]
+    retrying = [e for e in events if e["kind"] == "step_retrying"]
+    assert [(e["attempt"], e["data"]["error"]["type"]) for e in retrying] == [
+        (1, "WorkerLostError")
     ]
 
 

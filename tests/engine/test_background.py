@@ -65,6 +65,28 @@ async def test_drain_waits_for_work_started_meanwhile_while_loops_keep_running()
         assert not loop.done()
 
 
+async def test_cancelling_the_work_leaves_the_loops_running_and_drain_waits_for_it() -> None:
+    cleaned: list[str] = []
+
+    async def work(started: asyncio.Event) -> None:
+        try:
+            await forever(started)
+        finally:
+            await asyncio.sleep(0)  # a clean-up that awaits still runs to its end
+            cleaned.append("work")
+
+    async with Background("test") as background:
+        loop = background.start_loop(forever(), name="loop")
+        started = asyncio.Event()
+        task = background.start_work(work(started))
+        await started.wait()
+        background.cancel_work()
+        await background.drain()
+        assert task.cancelled() and cleaned == ["work"]
+        assert not loop.done()
+        assert background.running
+
+
 async def test_a_failing_task_stops_its_siblings_and_is_raised_when_the_group_closes() -> None:
     failures: list[Exception] = []
 

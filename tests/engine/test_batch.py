@@ -11,7 +11,7 @@ from aexec.events import EventKind
 from aexec.inbox import Cancel, Resume, RetryDue, Start, WorkerLost
 from aexec.plan import Plan, StepSpec, build
 from aexec.retry import RetryPolicy
-from aexec.scheduling import Dispatch, RunState
+from aexec.scheduling import MAX_LOST, Dispatch, RunState
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
@@ -130,3 +130,69 @@ async def test_only_completions_progress_and_heartbeats_belong_on_a_reply_queue(
     ]
     assert batch.outgoing == [Outgoing(run, 1, 1)]
     assert set(seen) == {"w"}
+
+
+def lost(attempt: int, worker: str, reason: str = "redelivered") -> messages.AttemptLost:
+    return messages.AttemptLost("r1", "first", attempt, worker, reason)
+
+
+async def test_an_attempt_reported_lost_runs_again_as_a_new_attempt_without_spending_a_retry() -> (
+    None
+):
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    assert batch.reply(lost(1, "w2"))  # nobody was known to run it: it may have started
+    (retrying, dispatched) = batch.events
+    assert retrying.kind is EventKind.STEP_RETRYING and retrying.attempt == 1
+    assert retrying.data["error"]["type"] == "WorkerLostError"
+    assert "w2 was redelivered this attempt" in retrying.data["error"]["message"]
+    assert dispatched.kind is EventKind.STEP_DISPATCHED and dispatched.attempt == 2
+    assert batch.outgoing == [Outgoing(run, 0, 2)]
+    assert run.state.lost == {0: 1}  # counted as lost, not as a failure
+    stale = Batch(runs, "c1", {})
+    assert stale.reply(lost(1, "w3"))  # a report about a superseded attempt
+    assert stale.events == [] and stale.outgoing == []
+
+
+async def test_a_redelivered_copy_of_an_attempt_another_live_worker_runs_changes_nothing() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    seen = {"w1": time.monotonic()}
+    Batch(runs, "c1", seen).reply(messages.Heartbeat("w1", time.time(), [("r1", "first", 1)]))
+    assert run.running_on == {0: "w1"}
+    batch = Batch(runs, "c1", seen)
+    assert batch.reply(lost(1, "w2"))  # w1 lost its connection, not the step: it runs still
+    assert batch.events == [] and batch.outgoing == []
+    # Once w1's heartbeats lapse (the watchdog forgets it), a report is a lost attempt.
+    del seen["w1"]
+    again = Batch(runs, "c1", seen)
+    assert again.reply(lost(1, "w2"))
+    assert [e.kind for e in again.events] == [EventKind.STEP_RETRYING, EventKind.STEP_DISPATCHED]
+
+
+async def test_the_worker_running_an_attempt_may_report_it_lost_itself() -> None:
+    _, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    seen = {"w1": time.monotonic()}
+    Batch(runs, "c1", seen).reply(messages.Heartbeat("w1", time.time(), [("r1", "first", 1)]))
+    batch = Batch(runs, "c1", seen)
+    assert batch.reply(lost(1, "w1", "crashed"))
+    (retrying, dispatched) = batch.events
+    assert "w1 lost the child process" in retrying.data["error"]["message"]
+    assert dispatched.attempt == 2
+
+
+async def test_a_step_whose_attempts_keep_being_lost_fails_after_the_bound() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    for attempt in range(1, MAX_LOST + 1):
+        assert Batch(runs, "c1", {}).reply(lost(attempt, "w", "crashed"))
+    last = Batch(runs, "c1", {})
+    assert last.reply(lost(MAX_LOST + 1, "w", "crashed"))
+    assert [e.kind for e in last.events] == [
+        EventKind.STEP_FAILED,
+        EventKind.STEP_SKIPPED,
+        EventKind.RUN_FAILED,
+    ]
+    assert run.state.status[0] is StepStatus.FAILED

@@ -8,6 +8,7 @@ with access to the broker but not the secret would."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -23,7 +24,7 @@ from aexec.transport import DeadLetter, Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.transport.signed import BAD_SIGNATURE, UNSIGNED, SignedTransport, derive_key, sign
 from aexec.types import RunStatus
-from aexec.wire import CONTROL_TOPIC, step_queue
+from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
 from aexec.worker import Worker, WorkerConfig
 
 SECRET = "s3cret-for-tests"
@@ -266,3 +267,40 @@ async def test_an_unsigned_broadcast_is_dropped_and_a_signed_one_obeyed(
         await signed.broadcast(CONTROL_TOPIC, messages.Control("terminate", "w").encode())
         await asyncio.wait_for(worker.terminated.wait(), WAIT)
     assert await broker.dead_letters() == []  # broadcasts are never dead-lettered
+
+
+async def test_an_unsigned_run_ended_announcement_is_dropped_and_a_signed_one_obeyed(
+    broker: MemoryTransport,
+) -> None:
+    """The retained runs-ended log is signed too: a forged "run ended" cannot make workers
+    skip a live run's steps."""
+    signed = SignedTransport(broker, SECRET)
+    rejected: list[str] = []
+    signed.on_reject(lambda rejection: rejected.append(rejection.reason))
+    calls: list[str] = []
+    compiled = touching(calls)
+    await broker.announce(
+        RUNS_ENDED_TOPIC, messages.RunEnded("forged", "cancelled", time.time()).encode()
+    )
+    await signed.announce(
+        RUNS_ENDED_TOPIC, messages.RunEnded("ended", "succeeded", time.time()).encode()
+    )
+    async with Worker(signed, MemoryObjectStore(), compiled.steps, WorkerConfig(name="w")) as w:
+        assert rejected == [UNSIGNED]  # both were handled before the worker serves anything
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def replied(delivery: Delivery) -> None:
+            await delivery.ack()
+            replies.put_nowait(delivery.body)
+
+        await signed.declare_queue("replies", max_priority=0)
+        await signed.consume("replies", replied, prefetch=10)
+        await w.serve("default")
+        for run_id in ("ended", "forged"):  # in order: "ended" is handled first
+            step = messages.StepMessage(
+                run_id, "touch", 1, "touch", compiled.plan.steps[0].call, [], None, "replies"
+            )
+            await signed.publish(step_queue("default"), step.encode())
+        done = messages.decode(await asyncio.wait_for(replies.get(), WAIT))
+        assert isinstance(done, messages.Completion) and done.run_id == "forged"
+        assert calls == ["legit"]  # the forged announcement skipped nothing; "ended" ran not

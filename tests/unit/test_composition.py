@@ -118,6 +118,14 @@ def test_worker_config_takes_its_knobs_from_settings() -> None:
     assert config.ack_after == 2.0
 
 
+def test_the_drain_grace_comes_from_the_environment_into_the_worker_config() -> None:
+    settings = Settings.resolve(environ={"AEXEC_DRAIN_GRACE": "12.5"})
+    assert WorkerConfig.from_settings(settings).drain_grace == 12.5
+    assert WorkerConfig.from_settings(Settings()).drain_grace == 60.0
+    with pytest.raises(ConfigError, match="drain_grace"):
+        Settings(drain_grace=-1.0)
+
+
 def test_coordinator_config_takes_its_knobs_from_settings() -> None:
     settings = Settings(fail_fast=True, worker_timeout=4.0, lease=9.0)
     config = CoordinatorConfig.from_settings(settings, adopt=True)

@@ -1,0 +1,243 @@
+"""Running one attempt's code on a worker: its inputs in, the step called, its output out.
+
+:class:`StepRunner` loads a step message's inputs (inline, or from the object store), calls
+the step — an async step on the worker's loop, a sync step in a bounded thread pool (created
+on first use) or in a process pool (``--pool process``) — and encodes its return value,
+storing a large one in the object store.  Whatever the step raises is the caller's to
+report; the runner's own failures are typed:
+
+* :class:`StepFailure`: the plumbing failed (undecodable inputs, an unencodable output, an
+  object store error), carried as an :class:`~aexec.types.ErrorInfo`;
+* :class:`LostAttempt`: the attempt cannot finish here because the child process running
+  it died; the pool is replaced, so the next sync step gets a new one.
+
+A cancelled attempt (its run cancelled, its timeout fired, the worker stopping past its
+grace) is cancelled in its step context too, so that a sync step, which goes on in its
+thread, sees ``aexec.current().cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from aexec import codec, context, messages
+from aexec.dsl import StepDef
+from aexec.errors import (
+    CodecError,
+    InputError,
+    ObjectStoreError,
+    StepTimeoutError,
+    ValueTooLargeError,
+)
+from aexec.objects import ObjectStore, load_value, output_key
+from aexec.pool import ProcessPool
+from aexec.types import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+
+class StepFailure(Exception):
+    """A failure of the step's plumbing (inputs, output), carried as an ErrorInfo."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class LostAttempt(Exception):
+    """The attempt cannot finish here (``reason``: ``crashed``, its child process died)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StepRunner:
+    """Runs attempts for one worker.  ``pool`` is ``"thread"`` or ``"process"`` (sync steps
+    in ``processes`` children that load ``modules``); ``threads`` bounds the thread pool;
+    outputs longer than ``inline_threshold`` bytes go to ``objects``; inputs and outputs
+    over ``max_value_size`` bytes are refused."""
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        *,
+        pool: str,
+        threads: int,
+        processes: int,
+        modules: Sequence[str],
+        inline_threshold: int,
+        max_value_size: int,
+    ) -> None:
+        self._objects = objects
+        self._pool = pool
+        self._thread_count = threads
+        self._process_count = processes
+        self._modules = tuple(modules)
+        self._inline_threshold = inline_threshold
+        self._max_value_size = max_value_size
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPool | None = None
+
+    async def run(
+        self, msg: messages.StepMessage, step: StepDef[Any, Any], progress: context.ProgressSink
+    ) -> bytes:
+        """The encoded output of ``msg``'s attempt of ``step`` (an encoded ``ObjectRef`` for
+        a large one); raises what the step raises, :class:`StepFailure` or
+        :class:`LostAttempt`.  ``progress`` receives the step's progress reports."""
+        limit = self._max_value_size
+        try:
+            inputs = [await load_value(self._objects, blob, max_size=limit) for blob in msg.inputs]
+        except (CodecError, ValueError, TypeError) as exc:
+            raise StepFailure(
+                ErrorInfo.from_exception(
+                    InputError(f"cannot decode inputs: {exc}"), retryable=False
+                )
+            ) from None
+        except ObjectStoreError as exc:
+            raise StepFailure(
+                ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
+            ) from None
+        if self._pool == "process" and not step.is_async:
+            encoded = await self._run_in_process(msg, inputs)
+        else:
+            encoded = await self._run_here(msg, step, inputs, progress)
+        if len(encoded) > limit:
+            raise StepFailure(
+                ErrorInfo.from_exception(
+                    ValueTooLargeError(
+                        f"step {msg.step_key!r} returned {len(encoded)} bytes, over the "
+                        f"{limit}-byte limit on values (AEXEC_MAX_VALUE_SIZE)"
+                    ),
+                    retryable=False,
+                )
+            )
+        if len(encoded) > self._inline_threshold:
+            object_key = output_key(msg.run_id, msg.step_key, msg.attempt)
+            try:
+                await self._objects.put(object_key, encoded)
+            except ObjectStoreError as exc:
+                raise StepFailure(
+                    ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
+                ) from None
+            encoded = codec.encode(codec.ObjectRef(object_key))
+        return encoded
+
+    def close(self) -> None:
+        """Let go of the pools (a sync step still running in a thread goes on, detached)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        if self._processes is not None:
+            self._processes.shutdown()
+            self._processes = None
+
+    async def _run_here(
+        self,
+        msg: messages.StepMessage,
+        step: StepDef[Any, Any],
+        inputs: list[Any],
+        progress: context.ProgressSink,
+    ) -> bytes:
+        try:
+            args, kwargs = codec.decode(msg.call, inputs=inputs)
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CodecError("call template is not [args, kwargs]")
+        except (CodecError, ValueError, TypeError) as exc:
+            raise StepFailure(
+                ErrorInfo.from_exception(
+                    InputError(f"cannot decode the call: {exc}"), retryable=False
+                )
+            ) from None
+        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, progress)
+        fn = step.fn
+        assert fn is not None
+        try:
+            if step.is_async:
+                token = context.bind(ctx)
+                try:
+                    if msg.timeout is None:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        async with asyncio.timeout(msg.timeout):
+                            result = await fn(*args, **kwargs)
+                finally:
+                    context.unbind(token)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._thread_pool(),
+                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
+                )
+                result = await _within(future, msg.timeout)
+        except TimeoutError:
+            ctx.cancel()
+            raise StepTimeoutError(
+                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            # A sync step goes on in its thread: it sees the cancellation through
+            # aexec.current().cancelled (run cancelled, worker stopping past its grace).
+            ctx.cancel()
+            raise
+        try:
+            return codec.encode(result)
+        except CodecError as exc:
+            raise StepFailure(
+                ErrorInfo(
+                    "CodecError",
+                    f"step {msg.step_key!r} returned a value that cannot be encoded: {exc}",
+                    retryable=False,
+                )
+            ) from None
+
+    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
+        processes = self._processes
+        if processes is None:
+            processes = self._processes = ProcessPool(
+                self._modules, self._process_count, max_value_size=self._max_value_size
+            )
+        blobs = [codec.encode(value) for value in inputs]
+        try:
+            output, error = await _within(
+                processes.run(msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt),
+                msg.timeout,
+            )
+        except TimeoutError:
+            raise StepTimeoutError(
+                f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
+            ) from None
+        except BrokenProcessPool:
+            # A child died (OOM, a signal, a crash in native code): every attempt in this
+            # pool is lost, and the next sync step gets a new pool.
+            if self._processes is processes:
+                self._processes = None
+                processes.shutdown()
+                log.warning("a child process died: replacing the process pool")
+            raise LostAttempt("crashed") from None
+        if error is not None:
+            raise StepFailure(error)
+        if not isinstance(output, bytes):
+            raise StepFailure(ErrorInfo("InternalError", "process pool returned no output"))
+        return output
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                max_workers=self._thread_count, thread_name_prefix="aexec-step"
+            )
+        return self._threads
+
+
+async def _within(awaitable: Awaitable[Any], seconds: float | None) -> Any:
+    if seconds is None:
+        return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+__all__ = ["LostAttempt", "StepFailure", "StepRunner"]
