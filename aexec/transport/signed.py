@@ -24,9 +24,9 @@ never decodes as msgpack by accident (a consumer without the secret refuses it a
 malformed).  ``tag = HMAC-SHA256(key, "S1" || destination || 0x00 || payload)`` where
 ``destination`` is ``q:<queue>``, ``t:<topic>`` or ``r:<retained topic>`` (logical names,
 as the port takes them): a signed message verifies only where it was sent, so it cannot be
-replayed onto another queue or topic.  ``key`` is derived from the secret (HMAC-SHA256 of a fixed label), so the
-same secret used elsewhere (webhooks) yields unrelated tags.  Tags are compared in constant
-time.
+replayed onto another queue or topic.  ``key`` is derived from the secret (HMAC-SHA256 of a
+fixed label), so the same secret used elsewhere (webhooks) yields unrelated tags.  Tags are
+compared in constant time.
 
 Dead letters keep the body as it arrived (signed): replaying one to its original queue
 (:meth:`~aexec.transport.Transport.replay_dead_letters`) verifies again there, and an
