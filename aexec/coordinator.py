@@ -7,6 +7,14 @@ coordinator's single scheduler task drains everything that has arrived (its
 transaction (group commit), acks the consumed messages, and only then publishes the newly
 ready steps — so a step's dependents go out only after its completion is durable.
 
+Every write is fenced (:class:`~aexec.store.Fence`): the store commits a batch only while
+this coordinator still owns its runs at the epochs it holds.  A run another coordinator
+took over is let go of (its waiters and readers follow it in the store) and the rest of
+the batch commits; nothing of the lost run is dispatched, and its replies are forwarded to
+its owner (:mod:`aexec.strays`).  Poison is local: a run whose events the store refuses for
+good ends ``failed`` with an error naming what was refused, and the other runs go on.
+Leases and takeovers are in :mod:`aexec.takeover`.
+
 Its tasks — the scheduler, the worker watchdog, the lease keeper, the timers and the
 batches being published — belong to one :class:`~aexec.background.Background` group,
 opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinator.abort`.
@@ -19,7 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,6 +38,7 @@ from aexec.config import Settings
 from aexec.errors import (
     AexecError,
     CodecError,
+    LeaseLostError,
     PlanError,
     PublishError,
     StoreError,
@@ -37,13 +46,24 @@ from aexec.errors import (
     TransportError,
 )
 from aexec.events import Event, EventKind, to_record
-from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Resume, Start, WorkerLost
+from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Start, Unconfirmed, WorkerLost
 from aexec.plan import Plan
 from aexec.scheduling import RunState
-from aexec.store import RunRecord, Store
+from aexec.store import Fence, RunRecord, Store
+from aexec.strays import Stray, Strays
+from aexec.stream import Subscriber, run_events
+from aexec.takeover import Leases
 from aexec.transport import Delivery, Subscription, Transport
-from aexec.types import ErrorInfo, RunStatus, StepStatus
-from aexec.wire import CONTROL_TOPIC, COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE, step_queue
+from aexec.types import ErrorInfo, RunStatus
+from aexec.wire import (
+    CONTROL_TOPIC,
+    COORDINATOR_TOPIC,
+    MAX_PRIORITY,
+    SUBMIT_QUEUE,
+    check_run_id,
+    reply_queue,
+    step_queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +98,30 @@ class CoordinatorConfig:
         return cls(**(values | overrides))
 
 
+class _Epochs(Mapping[str, int]):
+    """The epoch this coordinator holds of each run it drives: its fence, read live."""
+
+    __slots__ = ("_runs",)
+
+    def __init__(self, runs: dict[str, ActiveRun]) -> None:
+        self._runs = runs
+
+    def __getitem__(self, run_id: str) -> int:
+        return self._runs[run_id].epoch
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
 class Coordinator:
-    """Drives runs: publishes ready steps, awaits pushed completions, records everything."""
+    """Drives runs: publishes ready steps, awaits pushed completions, records everything.
+
+    ``runs`` are the runs it drives now (by id); :attr:`leases` renews them and, for a
+    service, takes over the runs of coordinators that stopped.  :attr:`stopped` resolves
+    once the coordinator has stopped (with the failure that stopped it, if one did)."""
 
     def __init__(
         self,
@@ -92,13 +134,16 @@ class Coordinator:
         self.transport = transport
         self.store = store
         self.config = config or CoordinatorConfig()
-        self.reply_queue = f"reply.{self.config.id}"
+        self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
-        self._runs: dict[str, ActiveRun] = {}
+        self.runs: dict[str, ActiveRun] = {}
+        self._fence = Fence(self.config.id, _Epochs(self.runs))
         self._inbox = Inbox()
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
         self._background: Background | None = None
+        self._scheduler: asyncio.Task[Any] | None = None
+        self._closing = False
         self._periodic: tuple[asyncio.Task[Any], ...] = ()  # loops that start work unasked
         self._subscription: Subscription | None = None
         self._submissions: Subscription | None = None
@@ -107,9 +152,18 @@ class Coordinator:
         self._unfinished: list[ActiveRun] = []
         self._last_flush = time.monotonic()
         self._flush_armed = False
-        self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
-        self._adopted_subscriptions: dict[str, Subscription] = {}
-        self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
+        self._publish_delay = self.config.retry_backoff
+        self._resubmit_delays: dict[str, float] = {}
+        self._stopped: asyncio.Future[None] | None = None
+        self.leases = Leases(self)
+        self._strays = Strays(
+            store,
+            transport,
+            self.config.id,
+            self.config.retry_backoff,
+            min(self.config.retry_backoff_max, self.config.lease / 3),
+        )
+        self.workers_seen: dict[str, float] = {}  # worker (instance) → monotonic time last heard
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -119,25 +173,33 @@ class Coordinator:
             durable=self.config.durable_replies,
             auto_delete=not self.config.durable_replies,
         )
-        self._subscription = await self.transport.consume(
-            self.reply_queue, self._on_reply, prefetch=self.config.reply_prefetch
-        )
-        self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
-        background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
-        await background.__aenter__()
+        try:
+            self._subscription = await self.transport.consume(
+                self.reply_queue, self.on_reply, prefetch=self.config.reply_prefetch
+            )
+            self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
+            background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
+            await background.__aenter__()
+        except BaseException:
+            await self._drop_subscriptions()
+            raise
         self._background = background
-        background.start_loop(self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}")
+        self._closing = False
+        self._scheduler = background.start_loop(
+            self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
+        )
         self._periodic = (
             background.start_loop(self._watch_workers(), name="aexec-worker-watchdog"),
-            background.start_loop(self._keep_leases(), name="aexec-leases"),
+            background.start_loop(self.leases.keep(), name="aexec-leases"),
             background.start_loop(self._timers.run(), name="aexec-timers"),
         )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        """Stop cleanly: take nothing new in, let the steps already decided reach the broker
-        (for at most 5 s), stop the scheduler, commit what trails, and delete the reply queue
-        unless runs it drives are still in flight (another coordinator will want it)."""
+        """Stop cleanly: take nothing new in, let the scheduler finish the pass under way
+        and the steps already decided reach the broker (for at most 5 s in all), commit
+        what trails, and delete the reply queue unless runs it drives are still in flight
+        (another coordinator will want it)."""
         background = self._background
         if background is None:
             return  # never entered, or aborted
@@ -147,10 +209,14 @@ class Coordinator:
             await self._drop_subscriptions()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
+                    await self._close_scheduler()
                     await background.drain()  # the steps already decided reach the broker
         finally:
             self._background = None
-            await background.aclose()  # raises what stopped it, if a task failed
+            try:
+                await background.aclose()  # raises what stopped it, if a task failed
+            finally:
+                self._resolve_stopped()
         if self._unrecorded or self._unfinished:
             try:
                 await self._flush()
@@ -158,12 +224,21 @@ class Coordinator:
                 log.error(
                     "coordinator %s could not record its last events: %s", self.config.id, exc
                 )
-        if not self._runs and self.config.durable_replies:
+        if not self.runs and self.config.durable_replies:
             # Nothing can still answer to this coordinator: its reply queue may go.  With
             # runs in flight it stays, for whichever coordinator takes them over.
             with contextlib.suppress(TransportError):
                 await self.transport.delete_queues([self.reply_queue])
         self._end_runs()
+
+    async def _close_scheduler(self) -> None:
+        """Let the scheduler finish what the inbox holds and return."""
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.done():
+            return
+        self._closing = True
+        self._inbox.post(FlushDue())  # wakes it if it waits
+        await asyncio.wait([scheduler])
 
     async def abort(self) -> None:
         """Stop at once, as a crash would: every task is cancelled wherever it is, and the
@@ -180,36 +255,58 @@ class Coordinator:
         finally:
             await self._drop_subscriptions()
             self._end_runs()
+            self._resolve_stopped()
+
+    @property
+    def stopped(self) -> asyncio.Future[None]:
+        """Resolves once the coordinator has stopped: to None after a clean exit or
+        :meth:`abort`, to an :class:`~aexec.errors.AexecError` naming the failure after a
+        background task failed (a bug) and stopped it."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        return self._stopped
+
+    def _resolve_stopped(self, error: AexecError | None = None) -> None:
+        stopped = self.stopped
+        if stopped.done():
+            return
+        if error is None:
+            stopped.set_result(None)
+        else:
+            stopped.set_exception(error)
+            stopped.exception()  # whoever awaits it gets it; nobody awaiting is no error
 
     async def _failed(self, failure: Exception) -> None:
         """A background task failed (a bug): the group has stopped; stop as :meth:`abort`
         does, and let the runs' waiters know why."""
+        error = AexecError(f"coordinator {self.config.id} stopped: {failure!r}")
         await self._drop_subscriptions()
-        self._end_runs(AexecError(f"coordinator {self.config.id} stopped: {failure!r}"))
+        self._end_runs(error)
+        self._resolve_stopped(error)
 
     async def _drop_subscriptions(self) -> None:
         """Consume nothing more; what was delivered and not acked goes back to its queue."""
         await self.stop_accepting()
-        subscriptions = [self._commands, self._subscription, *self._adopted_subscriptions.values()]
+        subscriptions = [self._commands, self._subscription]
         self._commands = self._subscription = None
-        self._adopted_subscriptions.clear()
         for subscription in subscriptions:
             if subscription is not None:
                 await subscription.cancel()
+        await self.leases.drop_subscriptions()
 
     def _end_runs(self, error: AexecError | None = None) -> None:
         """Stop driving every run: end their event streams, and cancel their waiters (or
         fail them with ``error``)."""
-        runs = list(self._runs.values())
-        self._runs.clear()
+        runs = list(self.runs.values())
+        self.runs.clear()
         for run in runs:
-            for queue in run.subscribers:
-                queue.put_nowait(None)
+            for subscriber in run.subscribers:
+                subscriber.close()
             if not run.done.done():
                 if error is None:
                     run.done.cancel()
                 else:
-                    run.done.set_exception(error)
+                    _fail(run.done, error)
 
     def _require_running(self) -> Background:
         background = self._background
@@ -221,7 +318,33 @@ class Coordinator:
     @property
     def active_runs(self) -> list[ActiveRun]:
         """The runs this coordinator drives now."""
-        return list(self._runs.values())
+        return list(self.runs.values())
+
+    def post(self, item: Item) -> None:
+        """Hand ``item`` to the scheduler."""
+        self._inbox.post(item)
+
+    async def lose(self, run: ActiveRun) -> None:
+        """Let go of ``run``: another coordinator took it over.  Its readers follow it on
+        in the store; its waiters get a :class:`~aexec.errors.LeaseLostError`."""
+        if self.runs.get(run.run_id) is not run:
+            return
+        log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
+        del self.runs[run.run_id]
+        for subscriber in run.subscribers:
+            subscriber.close(taken_over=True)
+        if not run.done.done():
+            error = LeaseLostError(
+                f"run {run.run_id} was taken over by another coordinator", [run.run_id]
+            )
+            _fail(run.done, error)
+        await self.leases.release_adopted(run.run_id, delete=False)
+
+    async def _lose_all(self, run_ids: set[str]) -> None:
+        for run_id in sorted(run_ids):
+            run = self.runs.get(run_id)
+            if run is not None:
+                await self.lose(run)
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -239,33 +362,85 @@ class Coordinator:
             self._submissions = None
 
     async def _on_submit(self, delivery: Delivery) -> None:
+        """A client's submission: start its run (once, however often it is delivered).
+        One the store or broker cannot take now goes back to the queue after a backoff;
+        one refused for good is dead-lettered and its client is told."""
         try:
             msg = messages.decode(delivery.body)
             if not isinstance(msg, messages.Submit):
                 raise CodecError(f"expected a submission, got a {type(msg).__name__} message")
-            plan = Plan.from_bytes(msg.plan)
-        except (CodecError, PlanError) as exc:
+        except CodecError as exc:
             log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
             await self._settle(delivery, reject=True)
             return
-        known = msg.run_id in self._runs
-        if not known:
-            record = await self.store.get_run(msg.run_id)
-            known = record is not None and record.run_id == msg.run_id
-        if not known:
-            try:
-                await self.submit(plan, priority=msg.priority, run_id=msg.run_id, notify=msg.notify)
-            except TransportError as exc:  # e.g. declaring its queues during a broker fault
-                log.warning(
-                    "coordinator %s will take submission %s again: %s",
-                    self.config.id,
-                    msg.run_id,
-                    exc,
-                )
-                with contextlib.suppress(TransportError):
-                    await delivery.reject(requeue=True)
-                return
+        try:
+            plan = Plan.from_bytes(msg.plan)
+            check_run_id(msg.run_id)
+        except (CodecError, PlanError) as exc:
+            await self._refuse(delivery, msg, str(exc))
+            return
+        try:
+            if not await self._known(msg.run_id):
+                await self._submit(plan, msg.priority, msg.run_id, msg.notify, retry=False)
+        except (StoreUnavailableError, TransportError) as exc:
+            self._take_again(delivery, msg.run_id, exc)
+            return
+        except StoreError as exc:
+            with contextlib.suppress(StoreError):
+                if await self._known(msg.run_id):  # created meanwhile by another coordinator
+                    await self._settle(delivery)
+                    return
+            await self._refuse(delivery, msg, str(exc))
+            return
+        self._resubmit_delays.pop(msg.run_id, None)
         await self._settle(delivery)
+
+    async def _known(self, run_id: str) -> bool:
+        return run_id in self.runs or bool(await self.store.owners([run_id]))
+
+    def _take_again(self, delivery: Delivery, run_id: str, exc: Exception) -> None:
+        """Give a submission back to its queue after a backoff (growing per run)."""
+        delay = self._resubmit_delays.get(run_id, self.config.retry_backoff)
+        self._resubmit_delays[run_id] = min(delay * 2, self.config.retry_backoff_max)
+        log.warning(
+            "coordinator %s will take submission %s again in %.2fs: %s",
+            self.config.id,
+            run_id,
+            delay,
+            exc,
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            with contextlib.suppress(TransportError):
+                await delivery.reject(requeue=True)
+
+        with contextlib.suppress(AexecError):  # stopping: unacked, it goes back anyway
+            self._require_running().start_work(later())
+
+    async def _refuse(self, delivery: Delivery, msg: messages.Submit, reason: str) -> None:
+        """Dead-letter a submission refused for good, and tell its client why: its run
+        fails with that error."""
+        reason = _one_line(reason)
+        log.error(
+            "coordinator %s dead-lettered submission %r: %s",
+            self.config.id,
+            msg.run_id[:80],
+            reason,
+        )
+        await self._settle(delivery, reject=True)
+        if msg.notify is not None:
+            refused = Event(
+                EventKind.RUN_FAILED,
+                msg.run_id,
+                time.time(),
+                data={"error": f"submission refused: {reason}"},
+            )
+            body = messages.Events(msg.run_id, [to_record(refused)]).encode()
+            try:
+                await self.transport.publish(msg.notify, body)
+            except TransportError as exc:
+                log.info("could not tell the client of run %r: %s", msg.run_id[:80], exc)
 
     async def _on_command(self, delivery: Delivery) -> None:
         try:
@@ -275,7 +450,7 @@ class Coordinator:
             return
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
-        if msg.run_id is not None and msg.run_id in self._runs:
+        if msg.run_id is not None and msg.run_id in self.runs:
             await self.cancel(msg.run_id)
 
     async def submit(
@@ -286,10 +461,19 @@ class Coordinator:
         run_id: str | None = None,
         notify: str | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable.
+        """Record a new run of ``plan`` and start it; returns once it is durable (while the
+        store is unavailable, it waits).
 
-        ``notify``: a remote client's queue, sent every event of the run from its
-        run_submitted on."""
+        ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
+        :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
+        event of the run from its run_submitted on."""
+        if run_id is not None:
+            check_run_id(run_id)
+        return await self._submit(plan, priority, run_id, notify, retry=True)
+
+    async def _submit(
+        self, plan: Plan, priority: int, run_id: str | None, notify: str | None, *, retry: bool
+    ) -> ActiveRun:
         self._require_running()
         run_id = run_id or uuid.uuid4().hex
         priority = min(max(int(priority), 0), MAX_PRIORITY)
@@ -304,125 +488,35 @@ class Coordinator:
             created_at=now,
             owner=self.config.id,
             lease_until=now + self.config.lease,
+            epoch=1,
         )
         for queue in plan.queues:
-            await self._declare(queue)
-        submitted = await self._with_retry(
-            "create run", lambda: self.store.create_run(record, plan)
-        )
-        run = ActiveRun(run_id, plan, priority, RunState(plan, fail_fast=self.config.fail_fast))
+            await self.declare(queue)
+
+        async def create() -> Event:
+            return await self.store.create_run(record, plan)
+
+        submitted = await (self._with_retry("create run", create) if retry else create())
+        state = RunState(plan, fail_fast=self.config.fail_fast)
+        run = ActiveRun(run_id, plan, priority, state, record.epoch)
         run.notify = notify
         await self._notify(run, [submitted])  # before the run starts: the client sees it first
-        self._runs[run_id] = run
+        self.runs[run_id] = run
         self._inbox.post(Start(run_id))
         return run
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
-        """Take over a run whose coordinator died (its lease is now ours): rebuild its
-        schedule from the store, consume what is still waiting in the old coordinator's reply
-        queue, and carry on.  Returns None for a run that cannot be resumed."""
-        plan = await self.store.get_plan(record.plan_digest)
-        if plan is None:
-            log.error(
-                "cannot resume run %s: its plan %s is missing", record.run_id, record.plan_digest
-            )
-            return None
-        steps = await self.store.get_steps(record.run_id)
-        for queue in plan.queues:
-            await self._declare(queue)
-        run = ActiveRun(
-            record.run_id, plan, record.priority, RunState(plan, fail_fast=self.config.fail_fast)
-        )
-        actions = run.state.restore(
-            [(s.status, s.attempts, s.output, s.error) for s in steps],
-            started=record.status is not RunStatus.PENDING,
-        )
-        now = time.monotonic()
-        for index, step in enumerate(steps):
-            if step.status is StepStatus.RUNNING:
-                # Its worker's heartbeats (to the old reply queue, consumed below) keep it;
-                # silence for worker_timeout re-dispatches it.
-                worker = step.worker or f"unknown-worker-of-{record.owner}"
-                run.running_on[index] = worker
-                self.workers_seen.setdefault(worker, now)
-        previous = await self._last_driver(record.run_id)
-        if previous and previous != self.config.id:
-            await self._adopt_replies(f"reply.{previous}", record.run_id)
-        self._runs[record.run_id] = run
-        self._inbox.post(Resume(record.run_id, tuple(actions), previous))
-        log.warning(
-            "coordinator %s took over run %s from %s", self.config.id, record.run_id, previous
-        )
-        return run
-
-    async def _last_driver(self, run_id: str) -> str | None:
-        """The coordinator that drove the run last, as its event log tells."""
-        driver = None
-        for event in await self.store.get_events(run_id):
-            if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
-                coordinator = event.data.get("coordinator")
-                driver = coordinator if isinstance(coordinator, str) else driver
-        return driver
-
-    async def _adopt_replies(self, queue: str, run_id: str) -> None:
-        runs = self._adopted.get(queue)
-        if runs is None:
-            await self.transport.declare_queue(queue)
-            subscription = await self.transport.consume(
-                queue, self._on_reply, prefetch=self.config.reply_prefetch
-            )
-            self._adopted[queue] = runs = set()
-            self._adopted_subscriptions[queue] = subscription
-        runs.add(run_id)
-
-    async def _release_adopted(self, run_id: str) -> None:
-        for queue, runs in list(self._adopted.items()):
-            runs.discard(run_id)
-            if not runs:
-                del self._adopted[queue]
-                subscription = self._adopted_subscriptions.pop(queue, None)
-                if subscription is not None:  # None once the coordinator stops consuming
-                    await subscription.cancel()
-                with contextlib.suppress(TransportError):
-                    await self.transport.delete_queues([queue])
-
-    async def _keep_leases(self) -> None:
-        """Renew this coordinator's leases; let go of runs another one took over; adopt the
-        runs whose coordinators stopped renewing (when this is a service)."""
-        lease = self.config.lease
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                owned = await self.store.renew_leases(self.config.id, lease)
-                for run_id, run in list(self._runs.items()):
-                    if run_id not in owned and not run.state.finished:
-                        self._lose(run)
-                if self.config.adopt:
-                    for record in await self.store.acquire_runs(self.config.id, lease):
-                        if record.run_id not in self._runs:
-                            await self.adopt(record)
-            except (StoreError, TransportError) as exc:
-                log.warning("coordinator %s could not keep its leases: %s", self.config.id, exc)
-
-    def _lose(self, run: ActiveRun) -> None:
-        log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
-        self._runs.pop(run.run_id, None)
-        for queue in run.subscribers:
-            queue.put_nowait(None)
-        if not run.done.done():
-            run.done.set_exception(
-                AexecError(f"run {run.run_id} was taken over by another coordinator")
-            )
+        """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt
+        <aexec.takeover.Leases.adopt>`)."""
+        return await self.leases.adopt(record)
 
     async def release(self) -> None:
         """Hand this coordinator's unfinished runs over at once (a clean shutdown)."""
-        if self._runs:
-            with contextlib.suppress(StoreError):
-                await self.store.release_runs(self.config.id, list(self._runs))
+        await self.leases.release()
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: here if this coordinator drives it, else through the broadcast."""
-        if run_id in self._runs:
+        if run_id in self.runs:
             self._inbox.post(Cancel(run_id))
             await self.transport.broadcast(
                 CONTROL_TOPIC, messages.Control("cancel", run_id=run_id).encode()
@@ -432,41 +526,33 @@ class Coordinator:
                 COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
             )
 
-    def subscribe(self, run_id: str) -> asyncio.Queue[Event | None] | None:
-        """A queue receiving the run's events as they are committed, then None."""
-        run = self._runs.get(run_id)
+    def events(self, run_id: str) -> AsyncIterator[Event]:
+        """The run's events from the beginning: history from the store, then live ones (a
+        bounded buffer per reader: one that falls behind reads the store); a run taken over
+        by another coordinator is followed on in the store until it ends."""
+        return run_events(self.store, run_id, self._subscribe, self._unsubscribe)
+
+    def _subscribe(self, run_id: str) -> Subscriber | None:
+        run = self.runs.get(run_id)
         if run is None:
             return None
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        run.subscribers.append(queue)
-        return queue
+        subscriber = Subscriber()
+        run.subscribers.append(subscriber)
+        return subscriber
 
-    async def events(self, run_id: str) -> AsyncIterator[Event]:
-        """The run's events from the beginning: history from the store, then live ones."""
-        live = self.subscribe(run_id)
-        last = 0
-        for event in await self.store.get_events(run_id):
-            last = event.seq
-            yield event
-            if event.kind.ends_run:
-                return
-        if live is None:
-            return
-        while True:
-            item = await live.get()
-            if item is None:
-                return
-            if item.seq > last:
-                yield item
-                if item.kind.ends_run:
-                    return
+    def _unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and subscriber in run.subscribers:
+            run.subscribers.remove(subscriber)
 
     # -- inbox -----------------------------------------------------------------------------
 
-    async def _on_reply(self, delivery: Delivery) -> None:
+    async def on_reply(self, delivery: Delivery) -> None:
+        """The handler of the reply queues this coordinator consumes."""
         self._inbox.post(Reply(delivery))
 
-    async def _declare(self, queue: str) -> None:
+    async def declare(self, queue: str) -> None:
+        """Declare the step queue ``queue`` (once)."""
         if queue in self._declared:
             return
         await self.transport.declare_queue(step_queue(queue))
@@ -478,37 +564,46 @@ class Coordinator:
 
     async def _schedule_forever(self) -> None:
         inbox = self._inbox
+        delay = self.config.retry_backoff
         while True:
             await inbox.wait()
-            while inbox:
+            while inbox and self._background is not None:
+                batch = Batch(self.runs, self.config.id, self.workers_seen)
                 try:
-                    await self._schedule_once()
+                    await self._schedule_once(batch)
                 except Exception:  # a bug must not stop every run this coordinator drives
                     log.exception("coordinator %s: a scheduler pass failed", self.config.id)
+                    await self._recover(batch)
+                    # The next pass may hit the same bug: not in a tight loop.
+                    delay = await self._backoff("a scheduler pass", RuntimeError("a bug"), delay)
+                else:
+                    delay = self.config.retry_backoff
+            if self._closing or self._background is None:
+                return
 
-    async def _schedule_once(self) -> None:
-        batch = Batch(self._runs, self.config.id, self.workers_seen)
-        acks: list[Delivery] = []
+    async def _schedule_once(self, batch: Batch) -> None:
+        strays: list[Stray] = []
         # Everything that arrived until now is one batch: one store transaction.
         for item in self._inbox.take():
             match item:
                 case Reply():
-                    if await self._take_reply(batch, item.delivery):
-                        acks.append(item.delivery)
+                    await self._take_reply(batch, item.delivery, strays)
                 case FlushDue():
                     pass  # it woke the scheduler: whether a flush is due is decided below
                 case _:
                     batch.command(item)
         if self.config.durable_dispatch:
             # A step's dependents go out only once its completion is committed.
+            lost: set[str] = set()
             if batch.events:
-                await self._record(batch.events)
-            await self._dispatch(batch, acks)
+                lost, failed = await self._commit(batch.events)
+                batch.discard(lost | failed)
+            await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
             return
         # Embedded: nothing outlives this process, so commits may trail the dispatches and
         # several waves share one transaction.
-        await self._dispatch(batch, acks)
+        await self._dispatch(batch, set(), strays)
         self._unrecorded.extend(batch.events)
         self._unfinished.extend(batch.finished)
         due = time.monotonic() - self._last_flush >= self.config.flush_interval
@@ -518,27 +613,135 @@ class Coordinator:
             self._flush_armed = True
             self._timers.after(self.config.flush_interval, FlushDue())
 
-    async def _take_reply(self, batch: Batch, delivery: Delivery) -> bool:
-        """Apply a reply to ``batch``; False when it is malformed or misplaced, and then
-        dead-lettered."""
+    async def _take_reply(self, batch: Batch, delivery: Delivery, strays: list[Stray]) -> None:
+        """Apply a reply to ``batch``, or set it aside in ``strays`` if it is about a run
+        this coordinator does not drive; a malformed or misplaced one is dead-lettered."""
         try:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
             await self._settle(delivery, reject=True)
-            return False
-        if batch.reply(msg):
-            return True
-        log.error(
-            "coordinator %s dead-lettered a %s message on its reply queue",
-            self.config.id,
-            type(msg).__name__,
-        )
-        await self._settle(delivery, reject=True)
-        return False
+            return
+        match msg:
+            case messages.Completion() | messages.Progress():
+                batch.reply(msg)  # a progress report is news of its worker, whatever the run
+                if msg.run_id in self.runs:
+                    batch.acks.append((delivery, msg))
+                else:
+                    strays.append(Stray(msg, delivery))
+            case messages.Heartbeat():
+                batch.heartbeat(msg)
+                batch.acks.append((delivery, None))
+                elsewhere = [entry for entry in msg.running if entry[0] not in self.runs]
+                if elsewhere:
+                    strays.append(
+                        Stray(messages.Heartbeat(msg.worker, msg.ts, elsewhere, msg.instance))
+                    )
+            case _:
+                log.error(
+                    "coordinator %s dead-lettered a %s message on its reply queue",
+                    self.config.id,
+                    type(msg).__name__,
+                )
+                await self._settle(delivery, reject=True)
 
-    async def _record(self, events: list[Event]) -> None:
-        await self._with_retry("record events", lambda: self.store.append(events))
+    async def _commit(self, events: list[Event]) -> tuple[set[str], set[str]]:
+        """Record ``events``, fenced; return the runs whose events were not recorded:
+        ``(lost, failed)``, runs taken over by another coordinator (let go of) and runs
+        whose events the store refused for good (ended failed).  While the store is
+        unavailable, it waits: a run stalls, it is never lost."""
+        lost: set[str] = set()
+        delay = self.config.retry_backoff
+        while events:
+            try:
+                await self.store.append(events, fence=self._fence)
+                break
+            except LeaseLostError as exc:
+                lost |= exc.run_ids
+                await self._lose_all(set(exc.run_ids))
+                events = [e for e in events if e.run_id not in exc.run_ids]
+            except StoreUnavailableError as exc:
+                delay = await self._backoff("record events", exc, delay)
+            except StoreError as exc:
+                more, failed = await self._commit_apart(events, exc)
+                return lost | more, failed
+        return lost, set()
+
+    async def _commit_apart(
+        self, events: list[Event], refused: StoreError
+    ) -> tuple[set[str], set[str]]:
+        """The store refused a batch for good: record it run by run, so that one run's
+        poison fails that run only."""
+        log.error(
+            "coordinator %s: the store refused a batch, recording its runs one by one: %s",
+            self.config.id,
+            refused,
+        )
+        by_run: dict[str, list[Event]] = {}
+        for event in events:
+            by_run.setdefault(event.run_id, []).append(event)
+        lost: set[str] = set()
+        failed: set[str] = set()
+        for run_id, events_of_run in by_run.items():
+            delay = self.config.retry_backoff
+            while True:
+                try:
+                    await self.store.append(events_of_run, fence=self._fence)
+                except LeaseLostError:
+                    lost.add(run_id)
+                    await self._lose_all({run_id})
+                except StoreUnavailableError as exc:
+                    delay = await self._backoff("record events", exc, delay)
+                    continue
+                except StoreError as exc:
+                    if await self._fail_poisoned(run_id, events_of_run, exc):
+                        failed.add(run_id)
+                    else:
+                        lost.add(run_id)
+                break
+        return lost, failed
+
+    async def _fail_poisoned(self, run_id: str, events: list[Event], exc: StoreError) -> bool:
+        """End run ``run_id`` failed, its ``events`` having been refused for good; False if
+        it turned out to be taken over meanwhile (and is let go of)."""
+        error = _refusal(events, exc)
+        log.error("coordinator %s fails run %s: %s", self.config.id, run_id, error)
+        delay = self.config.retry_backoff
+        event: Event | None = None
+        while True:
+            try:
+                event = await self.store.fail_run(run_id, error, ts=time.time(), fence=self._fence)
+            except LeaseLostError:
+                await self._lose_all({run_id})
+                return False
+            except StoreUnavailableError as failure:
+                delay = await self._backoff("fail a run", failure, delay)
+                continue
+            except StoreError as failure:
+                log.error(
+                    "coordinator %s cannot fail run %s either: %s", self.config.id, run_id, failure
+                )
+            break
+        run = self.runs.pop(run_id, None)
+        if run is not None:
+            run.state.halt(RunStatus.FAILED)
+            if event is not None:
+                for subscriber in run.subscribers:
+                    subscriber.put(event)
+                await self._notify(run, [event])
+            for subscriber in run.subscribers:
+                subscriber.close()
+            await self.leases.release_adopted(run_id, delete=True)
+            if not run.done.done():
+                run.done.set_result(RunStatus.FAILED)
+        return True
+
+    async def _backoff(self, what: str, exc: Exception, delay: float) -> float:
+        log.warning(
+            "coordinator %s: %s failed, retrying in %.2fs: %s", self.config.id, what, delay, exc
+        )
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.config.retry_backoff_max)
 
     async def _flush(self) -> None:
         events, self._unrecorded = self._unrecorded, []
@@ -546,41 +749,77 @@ class Coordinator:
         self._flush_armed = False
         self._last_flush = time.monotonic()
         if events:
-            await self._record(events)
+            lost, failed = await self._commit(events)
+            dropped = lost | failed
+            if dropped:
+                events = [e for e in events if e.run_id not in dropped]
+                finished = [r for r in finished if r.run_id not in dropped]
         await self._recorded(events, finished)
 
-    async def _dispatch(self, batch: Batch, acks: list[Delivery]) -> None:
+    async def _dispatch(self, batch: Batch, lost: set[str], strays: list[Stray]) -> None:
+        """Publish the batch's steps, settle its deliveries (those of runs just lost are
+        strays now), arm its retry timers, and start settling the strays."""
         if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            outgoing = [self._step_message(step) for step in batch.outgoing]
-            self._require_running().start_work(self._publish(outgoing))
-        for delivery in acks:
-            await self._settle(delivery)
+            outgoing = batch.outgoing
+            bodies = [self._step_message(step) for step in outgoing]
+            self._require_running().start_work(self._publish(outgoing, bodies))
+        acks, batch.acks = batch.acks, []
+        for delivery, msg in acks:
+            if msg is not None and msg.run_id in lost:
+                strays.append(Stray(msg, delivery))
+            else:
+                await self._settle(delivery)
         for timer in batch.retries:
             self._timers.after(timer.delay, timer.due)
+        if strays:
+            with contextlib.suppress(AexecError):  # stopping: unacked, they go back anyway
+                self._require_running().start_work(self._strays.settle(strays))
 
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
         """Events are in the store: tell their subscribers; finish the runs that ended."""
         notify: dict[str, list[Event]] = {}
         for event in events:
-            target = self._runs.get(event.run_id)
+            target = self.runs.get(event.run_id)
             if target is None:
                 continue
-            for queue in target.subscribers:
-                queue.put_nowait(event)
+            for subscriber in target.subscribers:
+                subscriber.put(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, run_events in notify.items():
-            await self._notify(self._runs[run_id], run_events)
+        for run_id, batch_events in notify.items():
+            await self._notify(self.runs[run_id], batch_events)
         for run in finished:
-            self._runs.pop(run.run_id, None)
-            if self._adopted:
-                await self._release_adopted(run.run_id)
-            for queue in run.subscribers:
-                queue.put_nowait(None)
+            self.runs.pop(run.run_id, None)
+            await self.leases.release_adopted(run.run_id, delete=True)
+            for subscriber in run.subscribers:
+                subscriber.close()
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
+
+    async def _recover(self, batch: Batch) -> None:
+        """A scheduler pass failed (a bug): rebuild the runs it touched from the store (what
+        it decided may or may not be recorded), and hand its deliveries back (dead-letter
+        those handed back once already: they may be what the bug chokes on)."""
+        for run_id in sorted(batch.touched):
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            try:
+                await self.leases.reload(run)
+            except (StoreError, TransportError) as exc:
+                log.error("coordinator %s cannot reload run %s: %s", self.config.id, run_id, exc)
+                await self.lose(run)
+                with contextlib.suppress(StoreError):
+                    await self.store.release_runs(self.config.id, [run_id])
+        acks, batch.acks = batch.acks, []
+        for delivery, _ in acks:
+            if delivery.redelivered:
+                await self._settle(delivery, reject=True)
+            else:
+                with contextlib.suppress(TransportError):
+                    await delivery.reject(requeue=True)
 
     async def _settle(self, delivery: Delivery, *, reject: bool = False) -> None:
         """Ack a consumed message (dead-letter it with ``reject``).  If its channel died
@@ -606,7 +845,7 @@ class Coordinator:
             run.notify = None
 
     async def _watch_workers(self) -> None:
-        """Re-dispatch the steps of workers whose heartbeats lapsed (a liveness timer)."""
+        """Re-dispatch the steps of worker instances whose heartbeats lapsed."""
         timeout = self.config.worker_timeout
         while True:
             await asyncio.sleep(timeout / 4)
@@ -620,7 +859,7 @@ class Coordinator:
             # quietly, one that fell silent with steps on it has lost them.
             lost = [
                 WorkerLost(run.run_id, index, run.state.attempts[index], worker)
-                for run in self._runs.values()
+                for run in self.runs.values()
                 for index, worker in run.running_on.items()
                 if worker in lapsed
             ]
@@ -629,20 +868,39 @@ class Coordinator:
             for command in lost:
                 self._inbox.post(command)
 
-    async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
-        """Publish until every message is confirmed; after a partial failure only the
-        unconfirmed ones go again (a confirmed one would only be a duplicate)."""
-        pending = outgoing
-
-        async def attempt() -> None:
-            nonlocal pending
-            try:
-                await self.transport.publish_many(pending)
-            except PublishError as exc:
-                pending = exc.unsent
-                raise
-
-        await self._with_retry("publish steps", attempt)
+    async def _publish(
+        self, outgoing: list[Outgoing], bodies: list[tuple[str, bytes, int]]
+    ) -> None:
+        """Publish the step messages ``bodies`` of ``outgoing``.  One the broker did not
+        confirm (a lost confirm, a closed connection) may or may not be queued: after a
+        backoff its step is dispatched again as a new attempt, recorded first — never the
+        same attempt twice."""
+        try:
+            await self.transport.publish_many(bodies)
+        except PublishError as exc:
+            unsent = {id(body) for _, body, _ in exc.unsent}
+            failed = [
+                o for o, (_, body, _) in zip(outgoing, bodies, strict=True) if id(body) in unsent
+            ]
+            reason = _one_line(str(exc))
+        except TransportError as exc:
+            failed, reason = outgoing, _one_line(str(exc))
+        else:
+            self._publish_delay = self.config.retry_backoff
+            return
+        delay = self._publish_delay
+        self._publish_delay = min(delay * 2, self.config.retry_backoff_max)
+        log.warning(
+            "coordinator %s: %d step messages were not confirmed, dispatching them again as "
+            "new attempts in %.2fs: %s",
+            self.config.id,
+            len(failed),
+            delay,
+            reason,
+        )
+        await asyncio.sleep(delay)
+        for o in failed:
+            self._inbox.post(Unconfirmed(o.run.run_id, o.index, o.attempt, reason))
 
     def _step_message(self, outgoing: Outgoing) -> tuple[str, bytes, int]:
         """``(queue, body, priority)`` of the step message for ``outgoing``."""
@@ -662,24 +920,36 @@ class Coordinator:
         return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
 
     async def _with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while its backend is unavailable: a run stalls, it is never lost."""
+        """``call()``, again while its backend is unavailable (a run stalls, it is never
+        lost); an error that will not change is raised."""
         delay = self.config.retry_backoff
         while True:
             try:
                 return await call()
-            except (StoreError, TransportError) as exc:
-                transient = isinstance(exc, StoreUnavailableError | TransportError)
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "coordinator %s: %s failed, retrying in %.2fs: %s",
-                    self.config.id,
-                    what,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_backoff_max)
+            except (StoreUnavailableError, TransportError) as exc:
+                delay = await self._backoff(what, exc, delay)
 
 
 def step_errors(run: ActiveRun) -> dict[str, ErrorInfo]:
     return {run.plan.steps[i].key: err for i, err in run.state.errors.items()}
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail ``future`` with ``error``; nobody awaiting it is no error."""
+    future.set_exception(error)
+    future.exception()  # marks it retrieved: no "exception was never retrieved" at exit
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, control characters spelled out (it may come from the data at
+    fault)."""
+    flat = " ".join(text.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
+
+
+def _refusal(events: list[Event], exc: StoreError) -> str:
+    """The one-line error of a run whose events the store refused: what, and why."""
+    shown = [f"{e.kind}" + (f" of step {e.step!r}" if e.step else "") for e in events[:3]]
+    more = f" and {len(events) - 3} more" if len(events) > 3 else ""
+    text = f"the run store refused this run's events ({', '.join(shown)}{more}): {exc}"
+    return _one_line(text)[:1000]

@@ -183,14 +183,23 @@ class Executor:
     ) -> None:
         """Be a coordinator service: drive runs submitted by clients until ``stop`` is set,
         then stop accepting and let the runs in flight finish (for at most ``grace`` s).
-        ``ready`` is set once submissions are being accepted."""
+        ``ready`` is set once submissions are being accepted.  If the coordinator stops on
+        its own (a failure stopped it), this raises that failure at once."""
         if self.settings.embedded:
             raise ConfigError("a coordinator service needs a broker (--broker amqp://...)")
         coordinator = await self._start_engine(adopt=True)
         await coordinator.accept_submissions()
         if ready is not None:
             ready.set()
-        await stop.wait()
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        stopped: asyncio.Future[Any] = coordinator.stopped
+        try:
+            await asyncio.wait([stopping, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if coordinator.stopped.done():
+            coordinator.stopped.result()  # raises what stopped it
+            raise AexecError("the coordinator stopped")
         await coordinator.stop_accepting()
         pending = [run.done for run in coordinator.active_runs]
         if pending:

@@ -5,7 +5,8 @@ in arrival order: a delivery from a reply queue (:class:`Reply`: a worker's comp
 progress or heartbeat), or a command the coordinator posts itself — a run was submitted
 (:class:`Start`) or taken over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
 backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
-or the trailing commits of the embedded mode may be due (:class:`FlushDue`).  The scheduler
+the broker did not confirm a step's message (:class:`Unconfirmed`), or the trailing commits
+of the embedded mode may be due (:class:`FlushDue`).  The scheduler
 drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these types.
 """
 
@@ -63,7 +64,18 @@ class WorkerLost:
     worker: str
 
 
-RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost
+@dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """The publish of ``attempt`` of step ``index`` failed without a confirm (``reason``):
+    the broker may or may not hold it."""
+
+    run_id: str
+    index: int
+    attempt: int
+    reason: str
+
+
+RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost | Unconfirmed
 """A command about one run; one for a run this coordinator no longer drives is dropped."""
 
 
@@ -122,5 +134,6 @@ __all__ = [
     "RetryDue",
     "RunCommand",
     "Start",
+    "Unconfirmed",
     "WorkerLost",
 ]

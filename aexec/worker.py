@@ -123,6 +123,7 @@ class Worker:
         self.objects = objects
         self.config = config or WorkerConfig()
         self.name = self.config.name
+        self.instance = uuid.uuid4().hex[:12]  # this process's id: liveness is per instance
         self.started_at = time.time()
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -480,7 +481,15 @@ class Worker:
         finished: float,
     ) -> None:
         completion = messages.Completion(
-            msg.run_id, msg.step_key, msg.attempt, output, error, self.name, started, finished
+            msg.run_id,
+            msg.step_key,
+            msg.attempt,
+            output,
+            error,
+            self.name,
+            started,
+            finished,
+            self.instance,
         )
         await self._publish_until_sent(msg.reply_to, completion.encode())
 
@@ -538,7 +547,7 @@ class Worker:
         attempt.last_progress = now
         msg = attempt.msg
         body = messages.Progress(
-            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message
+            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, message, self.instance
         ).encode()
         with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
             background.start_work(self._publish_quietly(msg.reply_to, body))
@@ -568,7 +577,7 @@ class Worker:
         for reply_to, attempts in by_reply.items():
             running = [(a.msg.run_id, a.msg.step_key, a.msg.attempt) for a in attempts]
             if not await self._publish_quietly(
-                reply_to, messages.Heartbeat(self.name, now, running).encode()
+                reply_to, messages.Heartbeat(self.name, now, running, self.instance).encode()
             ):
                 continue
             for attempt in attempts:

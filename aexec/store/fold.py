@@ -54,8 +54,8 @@ def apply(run: RunRecord, steps: Mapping[str, StepRecord], event: Event) -> bool
 def apply_to_step(step: StepRecord, event: Event) -> bool:
     """Compare-and-set on the attempt: only the current (or a newer) attempt of an
     unfinished step moves it.  Every change sets the status and the attempt; the other
-    columns by kind (step_retrying and step_failed count a failure, unless lost) (as ``update_steps`` in postgres.sql and the step sections of
-    sqlite.sql)."""
+    columns by kind, and step_retrying and step_failed count a failure unless the attempt
+    was lost (as ``update_steps`` in postgres.sql and the step sections of sqlite.sql)."""
     status = STEP_STATUS.get(event.kind)
     return status is not None and _move_step(step, status, event)
 

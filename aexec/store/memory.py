@@ -252,9 +252,7 @@ class MemoryStore(Opened):
             if run is not None:
                 record = run.record
                 live = record.lease_until is not None and record.lease_until >= now
-                found[run_id] = Ownership(
-                    run_id, record.status, record.owner, record.epoch, live
-                )
+                found[run_id] = Ownership(run_id, record.status, record.owner, record.epoch, live)
         return found
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:

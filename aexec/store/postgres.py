@@ -244,9 +244,7 @@ class PostgresStore(Opened):
         submitted = shared.submitted(run, plan)
         columns = [_text(c) if isinstance(c, str) else c for c in shared.run_columns(run, params)]
         async with self._transaction(f"create run {run.run_id!r}") as conn:
-            await conn.execute(
-                SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes()
-            )
+            await conn.execute(SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes())
             created = await conn.fetchval(SQL.insert_run, *columns)
             if created is None:
                 raise StoreError(f"run {run.run_id!r} already exists")
@@ -297,7 +295,7 @@ class PostgresStore(Opened):
         """Lock the runs of a write (``run_ids``, sorted) and return their ``run_id, owner,
         epoch, status``; a StoreError for an unknown run, a LeaseLostError for a run the
         ``fence`` does not hold any more."""
-        rows = await conn.fetch(SQL.lock_runs, run_ids)
+        rows: list[Any] = await conn.fetch(SQL.lock_runs, run_ids)
         if len(rows) < len(run_ids):
             found = {row[0] for row in rows}
             unknown = next(run_id for run_id in run_ids if run_id not in found)

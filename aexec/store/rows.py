@@ -47,9 +47,7 @@ def fence_lost(fence: Fence, owners: Iterable[tuple[str, str | None, int]]) -> l
 def lease_lost(lost: Sequence[str]) -> LeaseLostError:
     """The error of a fenced write that found ``lost`` runs no longer its writer's."""
     shown = ", ".join(repr(r) for r in lost[:3]) + (", ..." if len(lost) > 3 else "")
-    return LeaseLostError(
-        f"{len(lost)} run(s) taken over by another coordinator: {shown}", lost
-    )
+    return LeaseLostError(f"{len(lost)} run(s) taken over by another coordinator: {shown}", lost)
 
 
 def failed_event(run_id: str, error: str, ts: float) -> Event:

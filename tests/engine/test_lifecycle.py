@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
@@ -28,10 +28,12 @@ class BuggyStore(MemoryStore):
         super().__init__()
         self.broken = False
 
-    async def renew_leases(self, owner: str, lease: float) -> list[str]:
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
         if self.broken:
             raise RuntimeError("a bug in renew_leases")
-        return await super().renew_leases(owner, lease)
+        return await super().renew_leases(owner, lease, held)
 
 
 class BuggyHeartbeats(MemoryTransport):
