@@ -36,6 +36,10 @@ class Subscriber:
         self.closed = False  # no more live events
         self.taken_over = False  # closed because another coordinator drives the run now
 
+    def __len__(self) -> int:
+        """Events pending: at most ``limit``."""
+        return len(self._events)
+
     def put(self, event: Event) -> None:
         """A committed event of the run (never blocks, never grows past ``limit``)."""
         if self.behind or self.closed:
