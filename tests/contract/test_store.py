@@ -1033,6 +1033,16 @@ async def test_text_with_nul_characters_is_stored_and_read_back_in_one_piece(
     assert failed.data["message"] == "\x00"
 
 
+async def test_a_run_whose_id_is_too_long_for_a_notification_still_takes_events(
+    store: Store,
+) -> None:
+    run_id = "r" * 8000  # ids are at most 255 characters now; older ones may be longer
+    await store.create_run(new_run(run_id), PLAN)
+    await store.append([ev(K.RUN_STARTED, run_id=run_id), ev(K.RUN_SUCCEEDED, run_id=run_id)])
+    assert (await run_row(store, run_id)).status is RunStatus.SUCCEEDED
+    assert [e.kind for e in await collect(store, run_id)][-1] is K.RUN_SUCCEEDED
+
+
 # -- following ----------------------------------------------------------------------------
 
 
