@@ -266,6 +266,19 @@ class Coordinator:
             self._stopped = asyncio.get_running_loop().create_future()
         return self._stopped
 
+    async def until(self, stop: asyncio.Event) -> None:
+        """Return once ``stop`` is set; if the coordinator stops first, raise why (an
+        :class:`~aexec.errors.AexecError`: it failed, or it was stopped elsewhere)."""
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        stopped: asyncio.Future[Any] = self.stopped
+        try:
+            await asyncio.wait([stopping, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not stop.is_set():
+            stopped.result()  # raises the failure that stopped it
+            raise AexecError(f"coordinator {self.config.id} stopped")
+
     def _resolve_stopped(self, error: AexecError | None = None) -> None:
         stopped = self.stopped
         if stopped.done():

@@ -191,15 +191,7 @@ class Executor:
         await coordinator.accept_submissions()
         if ready is not None:
             ready.set()
-        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        stopped: asyncio.Future[Any] = coordinator.stopped
-        try:
-            await asyncio.wait([stopping, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if coordinator.stopped.done():
-            coordinator.stopped.result()  # raises what stopped it
-            raise AexecError("the coordinator stopped")
+        await coordinator.until(stop)  # raises if a failure stops the coordinator first
         await coordinator.stop_accepting()
         pending = [run.done for run in coordinator.active_runs]
         if pending:

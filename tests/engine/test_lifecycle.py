@@ -403,3 +403,30 @@ async def test_a_reader_that_stops_reading_holds_a_bounded_buffer_then_catches_u
     logged = await store.get_events(run.run_id)
     assert len(logged) > BUFFER
     assert [e.seq for e in [first, *rest]] == [e.seq for e in logged]  # none lost, none twice
+
+
+async def test_serving_until_stopped_raises_the_failure_that_stopped_the_coordinator_first(
+    transport: MemoryTransport,
+) -> None:
+    store = BuggyStore()
+    await store.open()
+    coordinator = Coordinator(transport, store, CoordinatorConfig(lease=0.03))
+    stop = asyncio.Event()
+    with pytest.raises(ExceptionGroup):
+        async with coordinator:
+            await coordinator.submit(one_step_plan())
+            store.broken = True
+            with pytest.raises(AexecError, match="a bug in renew_leases"):
+                await asyncio.wait_for(coordinator.until(stop), 10)
+    await store.close()
+
+
+async def test_serving_until_stopped_returns_once_stop_is_set(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    stop = asyncio.Event()
+    async with Coordinator(transport, store) as coordinator:
+        serving = asyncio.ensure_future(coordinator.until(stop))
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+        assert not coordinator.stopped.done()
