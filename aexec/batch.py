@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -76,6 +76,25 @@ class ActiveRun:
     @property
     def status(self) -> RunStatus:
         return self.state.run_status
+
+
+class Epochs(Mapping[str, int]):
+    """The epoch a coordinator holds of each run it drives (``runs``): its fence in the
+    store (:class:`~aexec.store.Fence`), read live."""
+
+    __slots__ = ("_runs",)
+
+    def __init__(self, runs: dict[str, ActiveRun]) -> None:
+        self._runs = runs
+
+    def __getitem__(self, run_id: str) -> int:
+        return self._runs[run_id].epoch
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
 
 
 @dataclass(slots=True)  # not frozen: one per dispatch, and frozen ones take 3x to build

@@ -27,31 +27,38 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aexec import messages
 from aexec.background import Background, Timers
-from aexec.batch import ActiveRun, Batch, Outgoing
+from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.config import Settings
+from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
     CodecError,
     LeaseLostError,
-    PlanError,
-    PublishError,
     StoreError,
     StoreUnavailableError,
     TransportError,
 )
-from aexec.events import Event, EventKind, to_record
-from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Start, Unconfirmed, WorkerLost
+from aexec.events import Event, to_record
+from aexec.inbox import Cancel, FlushDue, Inbox, Item, Reply, Start, WorkerLost
 from aexec.plan import Plan
+from aexec.recording import Recorder
 from aexec.scheduling import RunState
 from aexec.store import Fence, RunRecord, Store
 from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
+from aexec.submissions import Submissions
 from aexec.takeover import Leases
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo, RunStatus
@@ -59,7 +66,6 @@ from aexec.wire import (
     CONTROL_TOPIC,
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
-    SUBMIT_QUEUE,
     check_run_id,
     reply_queue,
     step_queue,
@@ -98,24 +104,6 @@ class CoordinatorConfig:
         return cls(**(values | overrides))
 
 
-class _Epochs(Mapping[str, int]):
-    """The epoch this coordinator holds of each run it drives: its fence, read live."""
-
-    __slots__ = ("_runs",)
-
-    def __init__(self, runs: dict[str, ActiveRun]) -> None:
-        self._runs = runs
-
-    def __getitem__(self, run_id: str) -> int:
-        return self._runs[run_id].epoch
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._runs)
-
-    def __len__(self) -> int:
-        return len(self._runs)
-
-
 class Coordinator:
     """Drives runs: publishes ready steps, awaits pushed completions, records everything.
 
@@ -137,7 +125,7 @@ class Coordinator:
         self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
         self.runs: dict[str, ActiveRun] = {}
-        self._fence = Fence(self.config.id, _Epochs(self.runs))
+        self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
@@ -146,16 +134,23 @@ class Coordinator:
         self._closing = False
         self._periodic: tuple[asyncio.Task[Any], ...] = ()  # loops that start work unasked
         self._subscription: Subscription | None = None
-        self._submissions: Subscription | None = None
         self._commands: Subscription | None = None
         self._unrecorded: list[Event] = []  # with durable_dispatch False: not yet committed
         self._unfinished: list[ActiveRun] = []
         self._last_flush = time.monotonic()
         self._flush_armed = False
-        self._publish_delay = self.config.retry_backoff
-        self._resubmit_delays: dict[str, float] = {}
         self._stopped: asyncio.Future[None] | None = None
         self.leases = Leases(self)
+        self._recorder = Recorder(self)
+        self._dispatcher = Dispatcher(
+            transport,
+            self.config.id,
+            self.reply_queue,
+            self._inbox.post,
+            delay=self.config.retry_backoff,
+            max_delay=self.config.retry_backoff_max,
+        )
+        self._submissions = Submissions(self)
         self._strays = Strays(
             store,
             transport,
@@ -321,6 +316,11 @@ class Coordinator:
                 else:
                     _fail(run.done, error)
 
+    def start_work(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the coordinator's task group; an
+        :class:`~aexec.errors.AexecError` (and ``work`` closed) if it is stopping."""
+        self._require_running().start_work(work)
+
     def _require_running(self) -> Background:
         background = self._background
         if background is None or not background.running:
@@ -353,7 +353,8 @@ class Coordinator:
             _fail(run.done, error)
         await self.leases.release_adopted(run.run_id, delete=False)
 
-    async def _lose_all(self, run_ids: set[str]) -> None:
+    async def lose_all(self, run_ids: Iterable[str]) -> None:
+        """Let go of these runs (those driven here): see :meth:`lose`."""
         for run_id in sorted(run_ids):
             run = self.runs.get(run_id)
             if run is not None:
@@ -362,98 +363,12 @@ class Coordinator:
     # -- submitting ------------------------------------------------------------------------
 
     async def accept_submissions(self) -> None:
-        """Serve runs submitted by library clients through the broker."""
-        if self._submissions is None:
-            await self.transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
-            self._submissions = await self.transport.consume(
-                SUBMIT_QUEUE, self._on_submit, prefetch=16
-            )
+        """Serve runs submitted by library clients through the broker
+        (:mod:`aexec.submissions`)."""
+        await self._submissions.accept()
 
     async def stop_accepting(self) -> None:
-        if self._submissions is not None:
-            await self._submissions.cancel()
-            self._submissions = None
-
-    async def _on_submit(self, delivery: Delivery) -> None:
-        """A client's submission: start its run (once, however often it is delivered).
-        One the store or broker cannot take now goes back to the queue after a backoff;
-        one refused for good is dead-lettered and its client is told."""
-        try:
-            msg = messages.decode(delivery.body)
-            if not isinstance(msg, messages.Submit):
-                raise CodecError(f"expected a submission, got a {type(msg).__name__} message")
-        except CodecError as exc:
-            log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
-            await self._settle(delivery, reject=True)
-            return
-        try:
-            plan = Plan.from_bytes(msg.plan)
-            check_run_id(msg.run_id)
-        except (CodecError, PlanError) as exc:
-            await self._refuse(delivery, msg, str(exc))
-            return
-        try:
-            if not await self._known(msg.run_id):
-                await self._submit(plan, msg.priority, msg.run_id, msg.notify, retry=False)
-        except (StoreUnavailableError, TransportError) as exc:
-            self._take_again(delivery, msg.run_id, exc)
-            return
-        except StoreError as exc:
-            with contextlib.suppress(StoreError):
-                if await self._known(msg.run_id):  # created meanwhile by another coordinator
-                    await self._settle(delivery)
-                    return
-            await self._refuse(delivery, msg, str(exc))
-            return
-        self._resubmit_delays.pop(msg.run_id, None)
-        await self._settle(delivery)
-
-    async def _known(self, run_id: str) -> bool:
-        return run_id in self.runs or bool(await self.store.owners([run_id]))
-
-    def _take_again(self, delivery: Delivery, run_id: str, exc: Exception) -> None:
-        """Give a submission back to its queue after a backoff (growing per run)."""
-        delay = self._resubmit_delays.get(run_id, self.config.retry_backoff)
-        self._resubmit_delays[run_id] = min(delay * 2, self.config.retry_backoff_max)
-        log.warning(
-            "coordinator %s will take submission %s again in %.2fs: %s",
-            self.config.id,
-            run_id,
-            delay,
-            exc,
-        )
-
-        async def later() -> None:
-            await asyncio.sleep(delay)
-            with contextlib.suppress(TransportError):
-                await delivery.reject(requeue=True)
-
-        with contextlib.suppress(AexecError):  # stopping: unacked, it goes back anyway
-            self._require_running().start_work(later())
-
-    async def _refuse(self, delivery: Delivery, msg: messages.Submit, reason: str) -> None:
-        """Dead-letter a submission refused for good, and tell its client why: its run
-        fails with that error."""
-        reason = _one_line(reason)
-        log.error(
-            "coordinator %s dead-lettered submission %r: %s",
-            self.config.id,
-            msg.run_id[:80],
-            reason,
-        )
-        await self._settle(delivery, reject=True)
-        if msg.notify is not None:
-            refused = Event(
-                EventKind.RUN_FAILED,
-                msg.run_id,
-                time.time(),
-                data={"error": f"submission refused: {reason}"},
-            )
-            body = messages.Events(msg.run_id, [to_record(refused)]).encode()
-            try:
-                await self.transport.publish(msg.notify, body)
-            except TransportError as exc:
-                log.info("could not tell the client of run %r: %s", msg.run_id[:80], exc)
+        await self._submissions.stop()
 
     async def _on_command(self, delivery: Delivery) -> None:
         try:
@@ -482,11 +397,20 @@ class Coordinator:
         event of the run from its run_submitted on."""
         if run_id is not None:
             check_run_id(run_id)
-        return await self._submit(plan, priority, run_id, notify, retry=True)
+        return await self.create(plan, priority, run_id, notify, retry=True)
 
-    async def _submit(
-        self, plan: Plan, priority: int, run_id: str | None, notify: str | None, *, retry: bool
+    async def create(
+        self,
+        plan: Plan,
+        priority: int,
+        run_id: str | None,
+        notify: str | None,
+        *,
+        retry: bool = False,
     ) -> ActiveRun:
+        """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
+        broker that is unavailable now raises at once (a submission from the broker goes
+        back to its queue)."""
         self._require_running()
         run_id = run_id or uuid.uuid4().hex
         priority = min(max(int(priority), 0), MAX_PRIORITY)
@@ -588,7 +512,9 @@ class Coordinator:
                     log.exception("coordinator %s: a scheduler pass failed", self.config.id)
                     await self._recover(batch)
                     # The next pass may hit the same bug: not in a tight loop.
-                    delay = await self._backoff("a scheduler pass", RuntimeError("a bug"), delay)
+                    delay = await self._recorder.backoff(
+                        "a scheduler pass", RuntimeError("a bug"), delay
+                    )
                 else:
                     delay = self.config.retry_backoff
             if self._closing or self._background is None:
@@ -609,7 +535,7 @@ class Coordinator:
             # A step's dependents go out only once its completion is committed.
             lost: set[str] = set()
             if batch.events:
-                lost, failed = await self._commit(batch.events)
+                lost, failed = await self._recorder.commit(batch.events)
                 batch.discard(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
@@ -658,103 +584,22 @@ class Coordinator:
                 )
                 await self._settle(delivery, reject=True)
 
-    async def _commit(self, events: list[Event]) -> tuple[set[str], set[str]]:
-        """Record ``events``, fenced; return the runs whose events were not recorded:
-        ``(lost, failed)``, runs taken over by another coordinator (let go of) and runs
-        whose events the store refused for good (ended failed).  While the store is
-        unavailable, it waits: a run stalls, it is never lost."""
-        lost: set[str] = set()
-        delay = self.config.retry_backoff
-        while events:
-            try:
-                await self.store.append(events, fence=self._fence)
-                break
-            except LeaseLostError as exc:
-                lost |= exc.run_ids
-                await self._lose_all(set(exc.run_ids))
-                events = [e for e in events if e.run_id not in exc.run_ids]
-            except StoreUnavailableError as exc:
-                delay = await self._backoff("record events", exc, delay)
-            except StoreError as exc:
-                more, failed = await self._commit_apart(events, exc)
-                return lost | more, failed
-        return lost, set()
-
-    async def _commit_apart(
-        self, events: list[Event], refused: StoreError
-    ) -> tuple[set[str], set[str]]:
-        """The store refused a batch for good: record it run by run, so that one run's
-        poison fails that run only."""
-        log.error(
-            "coordinator %s: the store refused a batch, recording its runs one by one: %s",
-            self.config.id,
-            refused,
-        )
-        by_run: dict[str, list[Event]] = {}
-        for event in events:
-            by_run.setdefault(event.run_id, []).append(event)
-        lost: set[str] = set()
-        failed: set[str] = set()
-        for run_id, events_of_run in by_run.items():
-            delay = self.config.retry_backoff
-            while True:
-                try:
-                    await self.store.append(events_of_run, fence=self._fence)
-                except LeaseLostError:
-                    lost.add(run_id)
-                    await self._lose_all({run_id})
-                except StoreUnavailableError as exc:
-                    delay = await self._backoff("record events", exc, delay)
-                    continue
-                except StoreError as exc:
-                    if await self._fail_poisoned(run_id, events_of_run, exc):
-                        failed.add(run_id)
-                    else:
-                        lost.add(run_id)
-                break
-        return lost, failed
-
-    async def _fail_poisoned(self, run_id: str, events: list[Event], exc: StoreError) -> bool:
-        """End run ``run_id`` failed, its ``events`` having been refused for good; False if
-        it turned out to be taken over meanwhile (and is let go of)."""
-        error = _refusal(events, exc)
-        log.error("coordinator %s fails run %s: %s", self.config.id, run_id, error)
-        delay = self.config.retry_backoff
-        event: Event | None = None
-        while True:
-            try:
-                event = await self.store.fail_run(run_id, error, ts=time.time(), fence=self._fence)
-            except LeaseLostError:
-                await self._lose_all({run_id})
-                return False
-            except StoreUnavailableError as failure:
-                delay = await self._backoff("fail a run", failure, delay)
-                continue
-            except StoreError as failure:
-                log.error(
-                    "coordinator %s cannot fail run %s either: %s", self.config.id, run_id, failure
-                )
-            break
+    async def end_failed(self, run_id: str, event: Event | None) -> None:
+        """The store refused the events of run ``run_id`` for good and ended it failed
+        (``event``, its run_failed, if that could be logged): stop driving it."""
         run = self.runs.pop(run_id, None)
-        if run is not None:
-            run.state.halt(RunStatus.FAILED)
-            if event is not None:
-                for subscriber in run.subscribers:
-                    subscriber.put(event)
-                await self._notify(run, [event])
+        if run is None:
+            return
+        run.state.halt(RunStatus.FAILED)
+        if event is not None:
             for subscriber in run.subscribers:
-                subscriber.close()
-            await self.leases.release_adopted(run_id, delete=True)
-            if not run.done.done():
-                run.done.set_result(RunStatus.FAILED)
-        return True
-
-    async def _backoff(self, what: str, exc: Exception, delay: float) -> float:
-        log.warning(
-            "coordinator %s: %s failed, retrying in %.2fs: %s", self.config.id, what, delay, exc
-        )
-        await asyncio.sleep(delay)
-        return min(delay * 2, self.config.retry_backoff_max)
+                subscriber.put(event)
+            await self._notify(run, [event])
+        for subscriber in run.subscribers:
+            subscriber.close()
+        await self.leases.release_adopted(run_id, delete=True)
+        if not run.done.done():
+            run.done.set_result(RunStatus.FAILED)
 
     async def _flush(self) -> None:
         events, self._unrecorded = self._unrecorded, []
@@ -762,7 +607,7 @@ class Coordinator:
         self._flush_armed = False
         self._last_flush = time.monotonic()
         if events:
-            lost, failed = await self._commit(events)
+            lost, failed = await self._recorder.commit(events)
             dropped = lost | failed
             if dropped:
                 events = [e for e in events if e.run_id not in dropped]
@@ -776,8 +621,8 @@ class Coordinator:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
             outgoing = batch.outgoing
-            bodies = [self._step_message(step) for step in outgoing]
-            self._require_running().start_work(self._publish(outgoing, bodies))
+            bodies = [self._dispatcher.message(step) for step in outgoing]
+            self._require_running().start_work(self._dispatcher.publish(outgoing, bodies))
         acks, batch.acks = batch.acks, []
         for delivery, msg in acks:
             if msg is not None and msg.run_id in lost:
@@ -881,57 +726,6 @@ class Coordinator:
             for command in lost:
                 self._inbox.post(command)
 
-    async def _publish(
-        self, outgoing: list[Outgoing], bodies: list[tuple[str, bytes, int]]
-    ) -> None:
-        """Publish the step messages ``bodies`` of ``outgoing``.  One the broker did not
-        confirm (a lost confirm, a closed connection) may or may not be queued: after a
-        backoff its step is dispatched again as a new attempt, recorded first — never the
-        same attempt twice."""
-        try:
-            await self.transport.publish_many(bodies)
-        except PublishError as exc:
-            unsent = {id(body) for _, body, _ in exc.unsent}
-            failed = [
-                o for o, (_, body, _) in zip(outgoing, bodies, strict=True) if id(body) in unsent
-            ]
-            reason = _one_line(str(exc))
-        except TransportError as exc:
-            failed, reason = outgoing, _one_line(str(exc))
-        else:
-            self._publish_delay = self.config.retry_backoff
-            return
-        delay = self._publish_delay
-        self._publish_delay = min(delay * 2, self.config.retry_backoff_max)
-        log.warning(
-            "coordinator %s: %d step messages were not confirmed, dispatching them again as "
-            "new attempts in %.2fs: %s",
-            self.config.id,
-            len(failed),
-            delay,
-            reason,
-        )
-        await asyncio.sleep(delay)
-        for o in failed:
-            self._inbox.post(Unconfirmed(o.run.run_id, o.index, o.attempt, reason))
-
-    def _step_message(self, outgoing: Outgoing) -> tuple[str, bytes, int]:
-        """``(queue, body, priority)`` of the step message for ``outgoing``."""
-        run = outgoing.run
-        step = run.plan.steps[outgoing.index]
-        outputs = run.state.outputs
-        body = messages.StepMessage(
-            run.run_id,
-            step.key,
-            outgoing.attempt,
-            step.name,
-            step.call,
-            [outputs[d] for d in step.deps],
-            step.timeout,
-            self.reply_queue,
-        ).encode()
-        return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
-
     async def _with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again while its backend is unavailable (a run stalls, it is never
         lost); an error that will not change is raised."""
@@ -940,7 +734,7 @@ class Coordinator:
             try:
                 return await call()
             except (StoreUnavailableError, TransportError) as exc:
-                delay = await self._backoff(what, exc, delay)
+                delay = await self._recorder.backoff(what, exc, delay)
 
 
 def step_errors(run: ActiveRun) -> dict[str, ErrorInfo]:
@@ -951,18 +745,3 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     """Fail ``future`` with ``error``; nobody awaiting it is no error."""
     future.set_exception(error)
     future.exception()  # marks it retrieved: no "exception was never retrieved" at exit
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line, control characters spelled out (it may come from the data at
-    fault)."""
-    flat = " ".join(text.split())
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in flat)
-
-
-def _refusal(events: list[Event], exc: StoreError) -> str:
-    """The one-line error of a run whose events the store refused: what, and why."""
-    shown = [f"{e.kind}" + (f" of step {e.step!r}" if e.step else "") for e in events[:3]]
-    more = f" and {len(events) - 3} more" if len(events) > 3 else ""
-    text = f"the run store refused this run's events ({', '.join(shown)}{more}): {exc}"
-    return _one_line(text)[:1000]
