@@ -17,9 +17,11 @@ from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan
 from aexec.run import LocalRun
+from aexec.store import RunRecord
 from aexec.store.memory import MemoryStore
+from aexec.strays import Stray, Strays
 from aexec.testing import wait_for_event
-from aexec.transport import Delivery
+from aexec.transport import DEAD_LETTER_QUEUE, Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
@@ -253,4 +255,46 @@ async def test_a_step_dispatched_again_by_a_takeover_keeps_all_its_retries(
     (record,) = await store.get_steps(run.run_id)
     assert (record.status, record.attempts, record.failures) == (StepStatus.SUCCEEDED, 3, 1)
     assert executions == [1, 2]
+    await store.close()
+
+
+async def test_a_stray_reply_for_a_run_nobody_holds_is_handed_back_until_its_owner_takes_it(
+    transport: MemoryTransport,
+) -> None:
+    gate, executions = asyncio.Event(), []
+    plan, _ = gated_chain(gate, executions)
+    store = MemoryStore()
+    await store.open()
+    expired = time.time() - 1.0
+    await store.create_run(
+        RunRecord("r1", plan.pipeline, plan.digest, owner="dead", lease_until=expired), plan
+    )
+    strays = Strays(store, transport, "me", delay=0.01, max_delay=0.05)
+    forwarded: asyncio.Queue[bytes] = asyncio.Queue()
+    deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def owner_b(delivery: Delivery) -> None:
+        await delivery.ack()
+        await forwarded.put(delivery.body)
+
+    async def old_queue(delivery: Delivery) -> None:
+        await deliveries.put(delivery)
+
+    for queue, handler in (("reply.B", owner_b), ("reply.dead", old_queue)):
+        await transport.declare_queue(queue)
+        await transport.consume(queue, handler, prefetch=10)
+    completion = messages.Completion("r1", "first", 1, b"\x01", None, "w", 0.0, 0.0, "i")
+    unknown = messages.Completion("ghost", "first", 1, b"\x01", None, "w", 0.0, 0.0, "i")
+    await transport.publish("reply.dead", completion.encode())
+    await transport.publish("reply.dead", unknown.encode())
+    async with asyncio.timeout(WAIT):
+        first, ghost = await deliveries.get(), await deliveries.get()
+        await strays.settle([Stray(completion, first), Stray(unknown, ghost)])
+        again = await deliveries.get()  # nobody holds r1: it came back, and only it
+        assert again.redelivered and again.body == completion.encode()
+        assert transport.queue_depth(DEAD_LETTER_QUEUE) == 1  # the unknown run's reply
+        await store.acquire_runs("B", 30.0)  # now B does
+        await strays.settle([Stray(completion, again)])
+        assert await forwarded.get() == completion.encode()
+    assert transport.queue_depth("reply.dead") == 0 and deliveries.empty()
     await store.close()
