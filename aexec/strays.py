@@ -75,7 +75,11 @@ class Strays:
             owners = await self._store.owners(run_ids)
         except StoreError as exc:
             log.warning("coordinator %s cannot look up stray replies: %s", self._owner, exc)
-            await self._hand_back([s.delivery for s in strays if s.delivery], run_ids)
+            held = [s for s in strays if s.delivery is not None]  # heartbeats: dropped
+            await self._hand_back(
+                [s.delivery for s in held if s.delivery is not None],
+                {run_id for s in held for run_id in s.run_ids},
+            )
             return
         back: list[Delivery] = []
         waiting: set[str] = set()
