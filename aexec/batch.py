@@ -3,8 +3,14 @@
 The coordinator drains everything that has arrived into a :class:`Batch`, which applies it
 to each run's pure :class:`~aexec.scheduling.RunState` and turns the resulting actions into
 events.  The coordinator then records the events in one transaction and only afterwards
-publishes the steps (:attr:`Batch.outgoing`), arms the retry timers (:attr:`Batch.retries`)
-and finishes the runs the batch collected (:attr:`Batch.finished`).
+publishes the steps (:attr:`Batch.outgoing`), settles the deliveries (:attr:`Batch.acks`),
+arms the retry timers (:attr:`Batch.retries`) and finishes the runs the batch collected
+(:attr:`Batch.finished`).  Runs whose events could not be recorded (taken over, or refused
+by the store) are taken out of the batch first (:meth:`Batch.discard`).
+
+Workers are told apart by *instance* (a random id per worker process), not by name: a
+worker restarted under the same name is a new instance, and does not vouch for the steps
+its previous process lost (:func:`worker_key`).
 """
 
 from __future__ import annotations
@@ -12,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
 from aexec import codec, messages
-from aexec.errors import WorkerLostError
+from aexec.errors import CodecError, PublishError, WorkerLostError
 from aexec.events import Event, EventKind
 from aexec.inbox import (
     Cancel,
@@ -27,10 +33,13 @@ from aexec.inbox import (
     RetryDue,
     RunCommand,
     Start,
+    Unconfirmed,
     WorkerLost,
 )
 from aexec.plan import Plan
 from aexec.scheduling import Action, Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.stream import Subscriber
+from aexec.transport import Delivery
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
@@ -44,12 +53,21 @@ _LOST_WHY = {
 """How a step's event names an :class:`~aexec.messages.AttemptLost` reason."""
 
 
+def worker_key(worker: str, instance: str) -> str:
+    """Whom a liveness check is about: the worker process ``instance`` of worker ``worker``
+    (just the name for a worker that sends no instance id)."""
+    return f"{worker}#{instance}" if instance else worker
+
+
 class ActiveRun:
-    """A run this coordinator drives: its schedule, waiters and event subscribers."""
+    """A run this coordinator drives: its schedule, waiters and event subscribers.
+
+    ``epoch`` is the run's epoch this coordinator holds (its fence in the store)."""
 
     __slots__ = (
         "created_at",
         "done",
+        "epoch",
         "notify",
         "plan",
         "priority",
@@ -60,15 +78,18 @@ class ActiveRun:
         "subscribers",
     )
 
-    def __init__(self, run_id: str, plan: Plan, priority: int, state: RunState) -> None:
+    def __init__(
+        self, run_id: str, plan: Plan, priority: int, state: RunState, epoch: int = 1
+    ) -> None:
         self.run_id = run_id
         self.plan = plan
         self.priority = priority
         self.state = state
+        self.epoch = epoch
         self.created_at = time.time()
         self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
-        self.subscribers: list[asyncio.Queue[Event | None]] = []  # None: no more events
-        self.running_on: dict[int, str] = {}  # step index → the worker that reported it
+        self.subscribers: list[Subscriber] = []
+        self.running_on: dict[int, str] = {}  # step index → the worker (key) that reported it
         self.notify: str | None = None  # a remote client's queue for this run's events
         # step index → its output as a claim check, once the coordinator moved it to the
         # object store (its dependents' messages would have been too large)
@@ -77,6 +98,25 @@ class ActiveRun:
     @property
     def status(self) -> RunStatus:
         return self.state.run_status
+
+
+class Epochs(Mapping[str, int]):
+    """The epoch a coordinator holds of each run it drives (``runs``): its fence in the
+    store (:class:`~aexec.store.Fence`), read live."""
+
+    __slots__ = ("_runs",)
+
+    def __init__(self, runs: dict[str, ActiveRun]) -> None:
+        self._runs = runs
+
+    def __getitem__(self, run_id: str) -> int:
+        return self._runs[run_id].epoch
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
 
 
 @dataclass(slots=True)  # not frozen: one per dispatch, and frozen ones take 3x to build
@@ -97,9 +137,14 @@ class RetryTimer:
 
 
 class Batch:
-    """What one pass of the scheduler decided; ``runs`` are the coordinator's active runs."""
+    """What one pass of the scheduler decided; ``runs`` are the coordinator's active runs.
+
+    ``acks`` are the deliveries the pass consumed, each with the completion or progress
+    report it carried (None for a heartbeat: about no single run), to ack once the batch
+    is recorded; ``touched`` the runs whose schedule the pass changed."""
 
     __slots__ = (
+        "acks",
         "coordinator_id",
         "events",
         "finished",
@@ -107,6 +152,7 @@ class Batch:
         "outgoing",
         "retries",
         "runs",
+        "touched",
         "workers_seen",
     )
 
@@ -121,6 +167,20 @@ class Batch:
         self.outgoing: list[Outgoing] = []
         self.finished: list[ActiveRun] = []
         self.retries: list[RetryTimer] = []
+        self.acks: list[
+            tuple[Delivery, messages.Completion | messages.Progress | messages.AttemptLost | None]
+        ] = []
+        self.touched: set[str] = set()
+
+    def discard(self, run_ids: set[str]) -> None:
+        """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
+        retry timers and endings (not their deliveries, which the caller settles)."""
+        if not run_ids:
+            return
+        self.events = [e for e in self.events if e.run_id not in run_ids]
+        self.outgoing = [o for o in self.outgoing if o.run.run_id not in run_ids]
+        self.retries = [t for t in self.retries if t.due.run_id not in run_ids]
+        self.finished = [r for r in self.finished if r.run_id not in run_ids]
 
     def command(self, command: RunCommand) -> None:
         """Apply a command to its run; one for a run this coordinator does not drive (any
@@ -130,6 +190,7 @@ class Batch:
         run = self.runs.get(run_id)
         if run is None:
             return
+        self.touched.add(run_id)
         match command:
             case Start():
                 self._start(run, now)
@@ -149,6 +210,8 @@ class Batch:
                 self.actions(run, actions, now)
             case WorkerLost(index=index, attempt=attempt, worker=worker):
                 self._lost(run, index, attempt, worker, now)
+            case Unconfirmed(index=index, attempt=attempt, reason=reason):
+                self._unconfirmed(run, index, attempt, reason, now)
             case DispatchFailed(index=index, attempt=attempt, error=error):
                 failed = run.state.failed(index, attempt, error)
                 if failed is not None:
@@ -208,10 +271,31 @@ class Batch:
                     now,
                     run.plan.steps[index].key,
                     attempt,
-                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0},
+                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0, "lost": True},
                 )
             )
         self.actions(run, actions, now, {"worker": worker})
+
+    def _unconfirmed(
+        self, run: ActiveRun, index: int, attempt: int, reason: str, now: float
+    ) -> None:
+        actions = run.state.unconfirmed(index, attempt)
+        if actions is None:
+            return
+        error = ErrorInfo.from_exception(
+            PublishError(f"the broker did not confirm this step's message: {reason}", [])
+        )
+        self.events.append(
+            Event(
+                EventKind.STEP_RETRYING,
+                run.run_id,
+                now,
+                run.plan.steps[index].key,
+                attempt,
+                {"error": error.to_dict(), "retry_in": 0.0, "lost": True},
+            )
+        )
+        self.actions(run, actions, now)
 
     def reply(self, msg: messages.Message) -> bool:
         """Apply a message from a reply queue; False for a kind that does not belong there."""
@@ -239,7 +323,8 @@ class Batch:
         if index is None or run.state.attempts[index] != msg.attempt:
             return
         runner = run.running_on.get(index)
-        if runner is not None and runner != msg.worker and runner in self.workers_seen:
+        reporter = worker_key(msg.worker, msg.instance)
+        if runner is not None and runner != reporter and runner in self.workers_seen:
             return  # its heartbeats keep it; their silence re-dispatches it
         why = _LOST_WHY.get(msg.reason, msg.reason)
         self._lost(run, index, msg.attempt, msg.worker, self.now, why)
@@ -253,10 +338,14 @@ class Batch:
         if index is None:
             log.warning("completion for unknown step %r of run %s", msg.step_key, msg.run_id)
             return
+        self.touched.add(msg.run_id)
         data: dict[str, Any] = {"worker": msg.worker, "started_at": msg.started_at}
         if run.running_on and run.state.attempts[index] == msg.attempt:
             run.running_on.pop(index, None)
-        if msg.error is None:
+        error = msg.error
+        if error is None:
+            error = _undecodable(msg)
+        if error is None:
             actions = run.state.succeeded(index, msg.attempt, msg.output)
             if actions is None:
                 return  # a duplicate or a superseded attempt: recorded once already
@@ -272,21 +361,23 @@ class Batch:
                 )
             )
         else:
-            actions = run.state.failed(index, msg.attempt, msg.error)
+            actions = run.state.failed(index, msg.attempt, error)
             if actions is None:
                 return
         self.actions(run, actions, msg.finished_at, data)
 
     def progress(self, msg: messages.Progress) -> None:
-        self.workers_seen[msg.worker] = time.monotonic()
+        key = worker_key(msg.worker, msg.instance)
+        self.workers_seen[key] = time.monotonic()
         run = self.runs.get(msg.run_id)
         if run is None:
             return
         index = run.plan.index.get(msg.step_key)
         if index is None or run.state.attempts[index] != msg.attempt:
             return
+        self.touched.add(msg.run_id)
         if not run.state.status[index].finished:
-            run.running_on[index] = msg.worker
+            run.running_on[index] = key
         if run.state.started(index, msg.attempt):
             self.events.append(
                 Event(
@@ -295,7 +386,7 @@ class Batch:
                     msg.ts,
                     msg.step_key,
                     msg.attempt,
-                    {"worker": msg.worker},
+                    _started_data(msg.worker, msg.instance),
                 )
             )
         if run.state.status[index] is StepStatus.RUNNING:
@@ -309,7 +400,9 @@ class Batch:
             )
 
     def heartbeat(self, msg: messages.Heartbeat) -> None:
-        self.workers_seen[msg.worker] = time.monotonic()
+        """Apply a heartbeat to the runs it names that this coordinator drives."""
+        worker = worker_key(msg.worker, msg.instance)
+        self.workers_seen[worker] = time.monotonic()
         for run_id, key, attempt in msg.running:
             run = self.runs.get(run_id)
             if run is None:
@@ -317,12 +410,18 @@ class Batch:
             index = run.plan.index.get(key)
             if index is None or run.state.attempts[index] != attempt:
                 continue
+            self.touched.add(run_id)
             if not run.state.status[index].finished:
-                run.running_on[index] = msg.worker
+                run.running_on[index] = worker
             if run.state.started(index, attempt):
                 self.events.append(
                     Event(
-                        EventKind.STEP_STARTED, run_id, msg.ts, key, attempt, {"worker": msg.worker}
+                        EventKind.STEP_STARTED,
+                        run_id,
+                        msg.ts,
+                        key,
+                        attempt,
+                        _started_data(msg.worker, msg.instance),
                     )
                 )
 
@@ -336,6 +435,7 @@ class Batch:
         """Turn the scheduling ``actions`` of ``run`` into events, steps to publish, retry
         timers and a finished run; ``extra`` goes into the data of failure events."""
         run_id, steps = run.run_id, run.plan.steps
+        self.touched.add(run_id)
         for action in actions:
             # Class patterns without sub-patterns: this runs once per step and event.
             match action:
@@ -408,3 +508,24 @@ class Batch:
             ts,
             data={"error": "failed steps: " + "; ".join(failed)},
         )
+
+
+def _started_data(worker: str, instance: str) -> dict[str, Any]:
+    """step_started's data: the worker's name (its step's row keeps it), and its instance."""
+    return {"worker": worker, "instance": instance} if instance else {"worker": worker}
+
+
+def _undecodable(msg: messages.Completion) -> ErrorInfo | None:
+    """The error of a completion whose output does not decode (strictly): recorded, it
+    would break the step's dependents and the run's result."""
+    assert msg.output is not None  # a completion has an output when it has no error
+    try:
+        codec.check_decodable(msg.output)
+    except CodecError as exc:
+        message = " ".join(str(exc).split())
+        return ErrorInfo(
+            "CodecError",
+            f"step {msg.step_key!r} returned output that cannot be decoded: {message}",
+            retryable=False,
+        )
+    return None

@@ -215,6 +215,13 @@ def decode(
         raise CodecError(f"cannot decode body: {type(exc).__name__}: {exc}") from exc
 
 
+def check_decodable(data: bytes) -> None:
+    """Raise :class:`CodecError` unless ``data`` decodes strictly (a step's output, checked
+    before it is recorded: bytes that cannot be decoded would break its dependents and the
+    run's result)."""
+    decode(data)
+
+
 def decode_with_refs(
     data: bytes, *, inputs: Sequence[Any] | None = None, max_size: int = DEFAULT_MAX_BODY
 ) -> tuple[Any, bool]:

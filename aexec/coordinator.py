@@ -7,13 +7,22 @@ coordinator's single scheduler task drains everything that has arrived (its
 transaction (group commit), acks the consumed messages, and only then publishes the newly
 ready steps — so a step's dependents go out only after its completion is durable.
 
+Every write is fenced (:class:`~aexec.store.Fence`): the store commits a batch only while
+this coordinator still owns its runs at the epochs it holds.  A run another coordinator
+took over is let go of (its waiters and readers follow it in the store) and the rest of
+the batch commits; nothing of the lost run is dispatched, and its replies are forwarded to
+its owner (:mod:`aexec.strays`).  Poison is local: a run whose events the store refuses for
+good ends ``failed`` with an error naming what was refused, and the other runs go on.
+Leases and takeovers are in :mod:`aexec.takeover`.
+
+Every run that ends is announced on the retained :data:`~aexec.wire.RUNS_ENDED_TOPIC`
+once recorded, so that workers, present and future, skip its step messages still queued
+(and stop a cancelled run's attempts).  No message it publishes is larger than
+``max_message_size`` (:mod:`aexec.dispatch`, :mod:`aexec.claim`).
+
 Its tasks — the scheduler, the worker watchdog, the lease keeper, the timers and the
 batches being published — belong to one :class:`~aexec.background.Background` group,
 opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinator.abort`.
-
-No message it publishes is larger than ``max_message_size``: a step message that would be
-has its largest inline inputs moved to the object store first (:mod:`aexec.claim`), or
-fails its step with a clear error when that cannot be done.
 """
 
 from __future__ import annotations
@@ -23,49 +32,50 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aexec import claim, messages
 from aexec.background import Background, Timers
-from aexec.batch import ActiveRun, Batch, Outgoing
+from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.config import MAX_MESSAGE_SIZE, Settings
+from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
     CodecError,
+    LeaseLostError,
     ObjectStoreError,
-    PlanError,
-    PublishError,
     StoreError,
     StoreUnavailableError,
     TransportError,
     ValueTooLargeError,
 )
-from aexec.events import Event, EventKind, to_record
-from aexec.inbox import (
-    Cancel,
-    DispatchFailed,
-    FlushDue,
-    Inbox,
-    Item,
-    MessageRejected,
-    Reply,
-    Resume,
-    Start,
-    WorkerLost,
-)
+from aexec.events import Event, to_record
+from aexec.inbox import Cancel, FlushDue, Inbox, Item, MessageRejected, Reply, Start, WorkerLost
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
+from aexec.recording import Recorder
 from aexec.scheduling import RunState
-from aexec.store import RunRecord, Store
-from aexec.transport import Delivery, Subscription, Transport
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.store import Fence, RunRecord, Store
+from aexec.strays import Stray, Strays
+from aexec.stream import Subscriber, run_events
+from aexec.submissions import Submissions
+from aexec.takeover import Leases
+from aexec.transport import Delivery, Subscription, Transport, settle
+from aexec.types import ErrorInfo, RunStatus
 from aexec.wire import (
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
     RUNS_ENDED_TOPIC,
-    SUBMIT_QUEUE,
+    check_run_id,
+    reply_queue,
     step_queue,
 )
 
@@ -106,6 +116,9 @@ class CoordinatorConfig:
 class Coordinator:
     """Drives runs: publishes ready steps, awaits pushed completions, records everything.
 
+    ``runs`` are the runs it drives now (by id); :attr:`leases` renews them and, for a
+    service, takes over the runs of coordinators that stopped.  :attr:`stopped` resolves
+    once the coordinator has stopped (with the failure that stopped it, if one did).
     ``objects`` is where it moves step inputs too large to travel in a message (without
     one, such a step fails)."""
 
@@ -122,24 +135,45 @@ class Coordinator:
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
-        self.reply_queue = f"reply.{self.config.id}"
+        self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
-        self._runs: dict[str, ActiveRun] = {}
+        self.runs: dict[str, ActiveRun] = {}
+        self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
         self._background: Background | None = None
+        self._scheduler: asyncio.Task[Any] | None = None
+        self._closing = False
         self._periodic: tuple[asyncio.Task[Any], ...] = ()  # loops that start work unasked
         self._subscription: Subscription | None = None
-        self._submissions: Subscription | None = None
         self._commands: Subscription | None = None
         self._unrecorded: list[Event] = []  # with durable_dispatch False: not yet committed
         self._unfinished: list[ActiveRun] = []
         self._last_flush = time.monotonic()
         self._flush_armed = False
-        self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
-        self._adopted_subscriptions: dict[str, Subscription] = {}
-        self.workers_seen: dict[str, float] = {}  # worker name → monotonic time last heard
+        self._stopped: asyncio.Future[None] | None = None
+        self.leases = Leases(self)
+        self._recorder = Recorder(self)
+        self._dispatcher = Dispatcher(
+            transport,
+            self.config.id,
+            self.reply_queue,
+            self._inbox.post,
+            delay=self.config.retry_backoff,
+            max_delay=self.config.retry_backoff_max,
+            objects=objects,
+            max_message_size=self.config.max_message_size,
+        )
+        self._submissions = Submissions(self)
+        self._strays = Strays(
+            store,
+            transport,
+            self.config.id,
+            self.config.retry_backoff,
+            min(self.config.retry_backoff_max, self.config.lease / 3),
+        )
+        self.workers_seen: dict[str, float] = {}  # worker (instance) → monotonic time last heard
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -149,25 +183,33 @@ class Coordinator:
             durable=self.config.durable_replies,
             auto_delete=not self.config.durable_replies,
         )
-        self._subscription = await self.transport.consume(
-            self.reply_queue, self._on_reply, prefetch=self.config.reply_prefetch
-        )
-        self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
-        background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
-        await background.__aenter__()
+        try:
+            self._subscription = await self.transport.consume(
+                self.reply_queue, self.on_reply, prefetch=self.config.reply_prefetch
+            )
+            self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
+            background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
+            await background.__aenter__()
+        except BaseException:
+            await self._drop_subscriptions()
+            raise
         self._background = background
-        background.start_loop(self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}")
+        self._closing = False
+        self._scheduler = background.start_loop(
+            self._schedule_forever(), name=f"aexec-coordinator-{self.config.id}"
+        )
         self._periodic = (
             background.start_loop(self._watch_workers(), name="aexec-worker-watchdog"),
-            background.start_loop(self._keep_leases(), name="aexec-leases"),
+            background.start_loop(self.leases.keep(), name="aexec-leases"),
             background.start_loop(self._timers.run(), name="aexec-timers"),
         )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        """Stop cleanly: take nothing new in, let the steps already decided reach the broker
-        (for at most 5 s), stop the scheduler, commit what trails, and delete the reply queue
-        unless runs it drives are still in flight (another coordinator will want it)."""
+        """Stop cleanly: take nothing new in, let the scheduler finish the pass under way
+        and the steps already decided reach the broker (for at most 5 s in all), commit
+        what trails, and delete the reply queue unless runs it drives are still in flight
+        (another coordinator will want it)."""
         background = self._background
         if background is None:
             return  # never entered, or aborted
@@ -177,10 +219,14 @@ class Coordinator:
             await self._drop_subscriptions()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
+                    await self._close_scheduler()
                     await background.drain()  # the steps already decided reach the broker
         finally:
             self._background = None
-            await background.aclose()  # raises what stopped it, if a task failed
+            try:
+                await background.aclose()  # raises what stopped it, if a task failed
+            finally:
+                self._resolve_stopped()
         if self._unrecorded or self._unfinished:
             try:
                 await self._flush()
@@ -188,12 +234,21 @@ class Coordinator:
                 log.error(
                     "coordinator %s could not record its last events: %s", self.config.id, exc
                 )
-        if not self._runs and self.config.durable_replies:
+        if not self.runs and self.config.durable_replies:
             # Nothing can still answer to this coordinator: its reply queue may go.  With
             # runs in flight it stays, for whichever coordinator takes them over.
             with contextlib.suppress(TransportError):
                 await self.transport.delete_queues([self.reply_queue])
         self._end_runs()
+
+    async def _close_scheduler(self) -> None:
+        """Let the scheduler finish what the inbox holds and return."""
+        scheduler = self._scheduler
+        if scheduler is None or scheduler.done():
+            return
+        self._closing = True
+        self._inbox.post(FlushDue())  # wakes it if it waits
+        await asyncio.wait([scheduler])
 
     async def abort(self) -> None:
         """Stop at once, as a crash would: every task is cancelled wherever it is, and the
@@ -210,36 +265,76 @@ class Coordinator:
         finally:
             await self._drop_subscriptions()
             self._end_runs()
+            self._resolve_stopped()
+
+    @property
+    def stopped(self) -> asyncio.Future[None]:
+        """Resolves once the coordinator has stopped: to None after a clean exit or
+        :meth:`abort`, to an :class:`~aexec.errors.AexecError` naming the failure after a
+        background task failed (a bug) and stopped it."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        return self._stopped
+
+    async def until(self, stop: asyncio.Event) -> None:
+        """Return once ``stop`` is set; if the coordinator stops first, raise why (an
+        :class:`~aexec.errors.AexecError`: it failed, or it was stopped elsewhere)."""
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        stopped: asyncio.Future[Any] = self.stopped
+        try:
+            await asyncio.wait([stopping, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not stop.is_set():
+            stopped.result()  # raises the failure that stopped it
+            raise AexecError(f"coordinator {self.config.id} stopped")
+
+    def _resolve_stopped(self, error: AexecError | None = None) -> None:
+        stopped = self.stopped
+        if stopped.done():
+            return
+        if error is None:
+            stopped.set_result(None)
+        else:
+            stopped.set_exception(error)
+            stopped.exception()  # whoever awaits it gets it; nobody awaiting is no error
 
     async def _failed(self, failure: Exception) -> None:
         """A background task failed (a bug): the group has stopped; stop as :meth:`abort`
         does, and let the runs' waiters know why."""
+        error = AexecError(f"coordinator {self.config.id} stopped: {failure!r}")
         await self._drop_subscriptions()
-        self._end_runs(AexecError(f"coordinator {self.config.id} stopped: {failure!r}"))
+        self._end_runs(error)
+        self._resolve_stopped(error)
 
     async def _drop_subscriptions(self) -> None:
         """Consume nothing more; what was delivered and not acked goes back to its queue."""
         await self.stop_accepting()
-        subscriptions = [self._commands, self._subscription, *self._adopted_subscriptions.values()]
+        subscriptions = [self._commands, self._subscription]
         self._commands = self._subscription = None
-        self._adopted_subscriptions.clear()
         for subscription in subscriptions:
             if subscription is not None:
                 await subscription.cancel()
+        await self.leases.drop_subscriptions()
 
     def _end_runs(self, error: AexecError | None = None) -> None:
         """Stop driving every run: end their event streams, and cancel their waiters (or
         fail them with ``error``)."""
-        runs = list(self._runs.values())
-        self._runs.clear()
+        runs = list(self.runs.values())
+        self.runs.clear()
         for run in runs:
-            for queue in run.subscribers:
-                queue.put_nowait(None)
+            for subscriber in run.subscribers:
+                subscriber.close()
             if not run.done.done():
                 if error is None:
                     run.done.cancel()
                 else:
-                    run.done.set_exception(error)
+                    _fail(run.done, error)
+
+    def start_work(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the coordinator's task group; an
+        :class:`~aexec.errors.AexecError` (and ``work`` closed) if it is stopping."""
+        self._require_running().start_work(work)
 
     def _require_running(self) -> Background:
         background = self._background
@@ -251,51 +346,44 @@ class Coordinator:
     @property
     def active_runs(self) -> list[ActiveRun]:
         """The runs this coordinator drives now."""
-        return list(self._runs.values())
+        return list(self.runs.values())
+
+    def post(self, item: Item) -> None:
+        """Hand ``item`` to the scheduler."""
+        self._inbox.post(item)
+
+    async def lose(self, run: ActiveRun) -> None:
+        """Let go of ``run``: another coordinator took it over.  Its readers follow it on
+        in the store; its waiters get a :class:`~aexec.errors.LeaseLostError`."""
+        if self.runs.get(run.run_id) is not run:
+            return
+        log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
+        del self.runs[run.run_id]
+        for subscriber in run.subscribers:
+            subscriber.close(taken_over=True)
+        if not run.done.done():
+            error = LeaseLostError(
+                f"run {run.run_id} was taken over by another coordinator", [run.run_id]
+            )
+            _fail(run.done, error)
+        await self.leases.release_adopted(run.run_id, delete=False)
+
+    async def lose_all(self, run_ids: Iterable[str]) -> None:
+        """Let go of these runs (those driven here): see :meth:`lose`."""
+        for run_id in sorted(run_ids):
+            run = self.runs.get(run_id)
+            if run is not None:
+                await self.lose(run)
 
     # -- submitting ------------------------------------------------------------------------
 
     async def accept_submissions(self) -> None:
-        """Serve runs submitted by library clients through the broker."""
-        if self._submissions is None:
-            await self.transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
-            self._submissions = await self.transport.consume(
-                SUBMIT_QUEUE, self._on_submit, prefetch=16
-            )
+        """Serve runs submitted by library clients through the broker
+        (:mod:`aexec.submissions`)."""
+        await self._submissions.accept()
 
     async def stop_accepting(self) -> None:
-        if self._submissions is not None:
-            await self._submissions.cancel()
-            self._submissions = None
-
-    async def _on_submit(self, delivery: Delivery) -> None:
-        try:
-            msg = messages.decode(delivery.body)
-            if not isinstance(msg, messages.Submit):
-                raise CodecError(f"expected a submission, got a {type(msg).__name__} message")
-            plan = Plan.from_bytes(msg.plan)
-        except (CodecError, PlanError) as exc:
-            log.error("coordinator %s dead-lettered a bad submission: %s", self.config.id, exc)
-            await self._settle(delivery, reject=True, reason=f"bad submission: {exc}")
-            return
-        known = msg.run_id in self._runs
-        if not known:
-            record = await self.store.get_run(msg.run_id)
-            known = record is not None and record.run_id == msg.run_id
-        if not known:
-            try:
-                await self.submit(plan, priority=msg.priority, run_id=msg.run_id, notify=msg.notify)
-            except TransportError as exc:  # e.g. declaring its queues during a broker fault
-                log.warning(
-                    "coordinator %s will take submission %s again: %s",
-                    self.config.id,
-                    msg.run_id,
-                    exc,
-                )
-                with contextlib.suppress(TransportError):
-                    await delivery.reject(requeue=True)
-                return
-        await self._settle(delivery)
+        await self._submissions.stop()
 
     async def _on_command(self, delivery: Delivery) -> None:
         try:
@@ -305,7 +393,7 @@ class Coordinator:
             return
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
-        if msg.run_id is not None and msg.run_id in self._runs:
+        if msg.run_id is not None and msg.run_id in self.runs:
             await self.cancel(msg.run_id)
 
     async def submit(
@@ -316,10 +404,28 @@ class Coordinator:
         run_id: str | None = None,
         notify: str | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable.
+        """Record a new run of ``plan`` and start it; returns once it is durable (while the
+        store is unavailable, it waits).
 
-        ``notify``: a remote client's queue, sent every event of the run from its
-        run_submitted on."""
+        ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
+        :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
+        event of the run from its run_submitted on."""
+        if run_id is not None:
+            check_run_id(run_id)
+        return await self.create(plan, priority, run_id, notify, retry=True)
+
+    async def create(
+        self,
+        plan: Plan,
+        priority: int,
+        run_id: str | None,
+        notify: str | None,
+        *,
+        retry: bool = False,
+    ) -> ActiveRun:
+        """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
+        broker that is unavailable now raises at once (a submission from the broker goes
+        back to its queue)."""
         self._require_running()
         run_id = run_id or uuid.uuid4().hex
         priority = min(max(int(priority), 0), MAX_PRIORITY)
@@ -334,126 +440,36 @@ class Coordinator:
             created_at=now,
             owner=self.config.id,
             lease_until=now + self.config.lease,
+            epoch=1,
         )
         for queue in plan.queues:
-            await self._declare(queue)
-        submitted = await self._with_retry(
-            "create run", lambda: self.store.create_run(record, plan)
-        )
-        run = ActiveRun(run_id, plan, priority, RunState(plan, fail_fast=self.config.fail_fast))
+            await self.declare(queue)
+
+        async def create() -> Event:
+            return await self.store.create_run(record, plan)
+
+        submitted = await (self._with_retry("create run", create) if retry else create())
+        state = RunState(plan, fail_fast=self.config.fail_fast)
+        run = ActiveRun(run_id, plan, priority, state, record.epoch)
         run.notify = notify
         await self._notify(run, [submitted])  # before the run starts: the client sees it first
-        self._runs[run_id] = run
+        self.runs[run_id] = run
         self._inbox.post(Start(run_id))
         return run
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
-        """Take over a run whose coordinator died (its lease is now ours): rebuild its
-        schedule from the store, consume what is still waiting in the old coordinator's reply
-        queue, and carry on.  Returns None for a run that cannot be resumed."""
-        plan = await self.store.get_plan(record.plan_digest)
-        if plan is None:
-            log.error(
-                "cannot resume run %s: its plan %s is missing", record.run_id, record.plan_digest
-            )
-            return None
-        steps = await self.store.get_steps(record.run_id)
-        for queue in plan.queues:
-            await self._declare(queue)
-        run = ActiveRun(
-            record.run_id, plan, record.priority, RunState(plan, fail_fast=self.config.fail_fast)
-        )
-        actions = run.state.restore(
-            [(s.status, s.attempts, s.output, s.error) for s in steps],
-            started=record.status is not RunStatus.PENDING,
-        )
-        now = time.monotonic()
-        for index, step in enumerate(steps):
-            if step.status is StepStatus.RUNNING:
-                # Its worker's heartbeats (to the old reply queue, consumed below) keep it;
-                # silence for worker_timeout re-dispatches it.
-                worker = step.worker or f"unknown-worker-of-{record.owner}"
-                run.running_on[index] = worker
-                self.workers_seen.setdefault(worker, now)
-        previous = await self._last_driver(record.run_id)
-        if previous and previous != self.config.id:
-            await self._adopt_replies(f"reply.{previous}", record.run_id)
-        self._runs[record.run_id] = run
-        self._inbox.post(Resume(record.run_id, tuple(actions), previous))
-        log.warning(
-            "coordinator %s took over run %s from %s", self.config.id, record.run_id, previous
-        )
-        return run
-
-    async def _last_driver(self, run_id: str) -> str | None:
-        """The coordinator that drove the run last, as its event log tells."""
-        driver = None
-        for event in await self.store.get_events(run_id):
-            if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
-                coordinator = event.data.get("coordinator")
-                driver = coordinator if isinstance(coordinator, str) else driver
-        return driver
-
-    async def _adopt_replies(self, queue: str, run_id: str) -> None:
-        runs = self._adopted.get(queue)
-        if runs is None:
-            await self.transport.declare_queue(queue)
-            subscription = await self.transport.consume(
-                queue, self._on_reply, prefetch=self.config.reply_prefetch
-            )
-            self._adopted[queue] = runs = set()
-            self._adopted_subscriptions[queue] = subscription
-        runs.add(run_id)
-
-    async def _release_adopted(self, run_id: str) -> None:
-        for queue, runs in list(self._adopted.items()):
-            runs.discard(run_id)
-            if not runs:
-                del self._adopted[queue]
-                subscription = self._adopted_subscriptions.pop(queue, None)
-                if subscription is not None:  # None once the coordinator stops consuming
-                    await subscription.cancel()
-                with contextlib.suppress(TransportError):
-                    await self.transport.delete_queues([queue])
-
-    async def _keep_leases(self) -> None:
-        """Renew this coordinator's leases; let go of runs another one took over; adopt the
-        runs whose coordinators stopped renewing (when this is a service)."""
-        lease = self.config.lease
-        while True:
-            await asyncio.sleep(lease / 3)
-            try:
-                owned = await self.store.renew_leases(self.config.id, lease)
-                for run_id, run in list(self._runs.items()):
-                    if run_id not in owned and not run.state.finished:
-                        self._lose(run)
-                if self.config.adopt:
-                    for record in await self.store.acquire_runs(self.config.id, lease):
-                        if record.run_id not in self._runs:
-                            await self.adopt(record)
-            except (StoreError, TransportError) as exc:
-                log.warning("coordinator %s could not keep its leases: %s", self.config.id, exc)
-
-    def _lose(self, run: ActiveRun) -> None:
-        log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
-        self._runs.pop(run.run_id, None)
-        for queue in run.subscribers:
-            queue.put_nowait(None)
-        if not run.done.done():
-            run.done.set_exception(
-                AexecError(f"run {run.run_id} was taken over by another coordinator")
-            )
+        """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt
+        <aexec.takeover.Leases.adopt>`)."""
+        return await self.leases.adopt(record)
 
     async def release(self) -> None:
         """Hand this coordinator's unfinished runs over at once (a clean shutdown)."""
-        if self._runs:
-            with contextlib.suppress(StoreError):
-                await self.store.release_runs(self.config.id, list(self._runs))
+        await self.leases.release()
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: here if this coordinator drives it, else through the broadcast.
         Workers hear of it once it is recorded (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
-        if run_id in self._runs:
+        if run_id in self.runs:
             self._inbox.post(Cancel(run_id))
         else:
             await self.transport.broadcast(
@@ -470,47 +486,39 @@ class Coordinator:
         except CodecError:
             return
         run_id = getattr(msg, "run_id", None)
-        if not isinstance(run_id, str) or run_id not in self._runs:
+        if not isinstance(run_id, str) or run_id not in self.runs:
             return
         step = getattr(msg, "step_key", None)
         attempt = getattr(msg, "attempt", 0)
         self._inbox.post(MessageRejected(run_id, reason, destination, msg.KIND, step, attempt))
 
-    def subscribe(self, run_id: str) -> asyncio.Queue[Event | None] | None:
-        """A queue receiving the run's events as they are committed, then None."""
-        run = self._runs.get(run_id)
+    def events(self, run_id: str) -> AsyncIterator[Event]:
+        """The run's events from the beginning: history from the store, then live ones (a
+        bounded buffer per reader: one that falls behind reads the store); a run taken over
+        by another coordinator is followed on in the store until it ends."""
+        return run_events(self.store, run_id, self._subscribe, self._unsubscribe)
+
+    def _subscribe(self, run_id: str) -> Subscriber | None:
+        run = self.runs.get(run_id)
         if run is None:
             return None
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        run.subscribers.append(queue)
-        return queue
+        subscriber = Subscriber()
+        run.subscribers.append(subscriber)
+        return subscriber
 
-    async def events(self, run_id: str) -> AsyncIterator[Event]:
-        """The run's events from the beginning: history from the store, then live ones."""
-        live = self.subscribe(run_id)
-        last = 0
-        for event in await self.store.get_events(run_id):
-            last = event.seq
-            yield event
-            if event.kind.ends_run:
-                return
-        if live is None:
-            return
-        while True:
-            item = await live.get()
-            if item is None:
-                return
-            if item.seq > last:
-                yield item
-                if item.kind.ends_run:
-                    return
+    def _unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and subscriber in run.subscribers:
+            run.subscribers.remove(subscriber)
 
     # -- inbox -----------------------------------------------------------------------------
 
-    async def _on_reply(self, delivery: Delivery) -> None:
+    async def on_reply(self, delivery: Delivery) -> None:
+        """The handler of the reply queues this coordinator consumes."""
         self._inbox.post(Reply(delivery))
 
-    async def _declare(self, queue: str) -> None:
+    async def declare(self, queue: str) -> None:
+        """Declare the step queue ``queue`` (once)."""
         if queue in self._declared:
             return
         await self.transport.declare_queue(step_queue(queue))
@@ -522,37 +530,48 @@ class Coordinator:
 
     async def _schedule_forever(self) -> None:
         inbox = self._inbox
+        delay = self.config.retry_backoff
         while True:
             await inbox.wait()
-            while inbox:
+            while inbox and self._background is not None:
+                batch = Batch(self.runs, self.config.id, self.workers_seen)
                 try:
-                    await self._schedule_once()
+                    await self._schedule_once(batch)
                 except Exception:  # a bug must not stop every run this coordinator drives
                     log.exception("coordinator %s: a scheduler pass failed", self.config.id)
+                    await self._recover(batch)
+                    # The next pass may hit the same bug: not in a tight loop.
+                    delay = await self._recorder.backoff(
+                        "a scheduler pass", RuntimeError("a bug"), delay
+                    )
+                else:
+                    delay = self.config.retry_backoff
+            if self._closing or self._background is None:
+                return
 
-    async def _schedule_once(self) -> None:
-        batch = Batch(self._runs, self.config.id, self.workers_seen)
-        acks: list[Delivery] = []
+    async def _schedule_once(self, batch: Batch) -> None:
+        strays: list[Stray] = []
         # Everything that arrived until now is one batch: one store transaction.
         for item in self._inbox.take():
             match item:
                 case Reply():
-                    if await self._take_reply(batch, item.delivery):
-                        acks.append(item.delivery)
+                    await self._take_reply(batch, item.delivery, strays)
                 case FlushDue():
                     pass  # it woke the scheduler: whether a flush is due is decided below
                 case _:
                     batch.command(item)
         if self.config.durable_dispatch:
             # A step's dependents go out only once its completion is committed.
+            lost: set[str] = set()
             if batch.events:
-                await self._record(batch.events)
-            await self._dispatch(batch, acks)
+                lost, failed = await self._recorder.commit(batch.events)
+                batch.discard(lost | failed)
+            await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
             return
         # Embedded: nothing outlives this process, so commits may trail the dispatches and
         # several waves share one transaction.
-        await self._dispatch(batch, acks)
+        await self._dispatch(batch, set(), strays)
         self._unrecorded.extend(batch.events)
         self._unfinished.extend(batch.finished)
         due = time.monotonic() - self._last_flush >= self.config.flush_interval
@@ -562,27 +581,55 @@ class Coordinator:
             self._flush_armed = True
             self._timers.after(self.config.flush_interval, FlushDue())
 
-    async def _take_reply(self, batch: Batch, delivery: Delivery) -> bool:
-        """Apply a reply to ``batch``; False when it is malformed or misplaced, and then
-        dead-lettered."""
+    async def _take_reply(self, batch: Batch, delivery: Delivery, strays: list[Stray]) -> None:
+        """Apply a reply to ``batch``, or set it aside in ``strays`` if it is about a run
+        this coordinator does not drive; a malformed or misplaced one is dead-lettered."""
         try:
             msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("coordinator %s dead-lettered a malformed reply: %s", self.config.id, exc)
-            await self._settle(delivery, reject=True, reason=f"malformed: {exc}")
-            return False
-        if batch.reply(msg):
-            return True
-        log.error(
-            "coordinator %s dead-lettered a %s message on its reply queue",
-            self.config.id,
-            type(msg).__name__,
-        )
-        await self._settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
-        return False
+            await settle(delivery, reject=True, reason=f"malformed: {exc}")
+            return
+        match msg:
+            case messages.Completion() | messages.Progress() | messages.AttemptLost():
+                batch.reply(msg)  # a progress report is news of its worker, whatever the run
+                if msg.run_id in self.runs:
+                    batch.acks.append((delivery, msg))
+                else:
+                    strays.append(Stray(msg, delivery))
+            case messages.Heartbeat():
+                batch.heartbeat(msg)
+                batch.acks.append((delivery, None))
+                elsewhere = [entry for entry in msg.running if entry[0] not in self.runs]
+                if elsewhere:
+                    strays.append(
+                        Stray(messages.Heartbeat(msg.worker, msg.ts, elsewhere, msg.instance))
+                    )
+            case _:
+                log.error(
+                    "coordinator %s dead-lettered a %s message on its reply queue",
+                    self.config.id,
+                    type(msg).__name__,
+                )
+                await settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
 
-    async def _record(self, events: list[Event]) -> None:
-        await self._with_retry("record events", lambda: self.store.append(events))
+    async def end_failed(self, run_id: str, event: Event | None) -> None:
+        """The store refused the events of run ``run_id`` for good and ended it failed
+        (``event``, its run_failed, if that could be logged): stop driving it."""
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return
+        run.state.halt(RunStatus.FAILED)
+        if event is not None:
+            for subscriber in run.subscribers:
+                subscriber.put(event)
+            await self._notify(run, [event])
+        for subscriber in run.subscribers:
+            subscriber.close()
+        await self.leases.release_adopted(run_id, delete=True)
+        if not run.done.done():
+            run.done.set_result(RunStatus.FAILED)
+        await self._announce_ended([(run_id, RunStatus.FAILED)])
 
     async def _flush(self) -> None:
         events, self._unrecorded = self._unrecorded, []
@@ -590,58 +637,62 @@ class Coordinator:
         self._flush_armed = False
         self._last_flush = time.monotonic()
         if events:
-            await self._record(events)
+            lost, failed = await self._recorder.commit(events)
+            dropped = lost | failed
+            if dropped:
+                events = [e for e in events if e.run_id not in dropped]
+                finished = [r for r in finished if r.run_id not in dropped]
         await self._recorded(events, finished)
 
-    async def _dispatch(self, batch: Batch, acks: list[Delivery]) -> None:
+    async def _dispatch(self, batch: Batch, lost: set[str], strays: list[Stray]) -> None:
+        """Publish the batch's steps, settle its deliveries (those of runs just lost are
+        strays now), arm its retry timers, and start settling the strays."""
         if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            background = self._require_running()
-            limit = self.config.max_message_size
-            outgoing = []
-            for step in batch.outgoing:
-                message = self._step_message(step)
-                if len(message[1]) <= limit:
-                    outgoing.append(message)
-                else:  # its inputs go to the object store first
-                    background.start_work(self._publish_oversized(step, len(message[1])))
-            if outgoing:
-                background.start_work(self._publish(outgoing))
-        for delivery in acks:
-            await self._settle(delivery)
+            outgoing = batch.outgoing
+            bodies = [self._dispatcher.message(step) for step in outgoing]
+            self._require_running().start_work(self._dispatcher.publish(outgoing, bodies))
+        acks, batch.acks = batch.acks, []
+        for delivery, msg in acks:
+            if msg is not None and msg.run_id in lost:
+                strays.append(Stray(msg, delivery))
+            else:
+                await settle(delivery)
         for timer in batch.retries:
             self._timers.after(timer.delay, timer.due)
+        if strays:
+            with contextlib.suppress(AexecError):  # stopping: unacked, they go back anyway
+                self._require_running().start_work(self._strays.handle(strays))
 
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
         """Events are in the store: tell their subscribers; finish the runs that ended."""
         notify: dict[str, list[Event]] = {}
         for event in events:
-            target = self._runs.get(event.run_id)
+            target = self.runs.get(event.run_id)
             if target is None:
                 continue
-            for queue in target.subscribers:
-                queue.put_nowait(event)
+            for subscriber in target.subscribers:
+                subscriber.put(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, run_events in notify.items():
-            await self._notify(self._runs[run_id], run_events)
+        for run_id, batch_events in notify.items():
+            await self._notify(self.runs[run_id], batch_events)
         for run in finished:
-            self._runs.pop(run.run_id, None)
-            if self._adopted:
-                await self._release_adopted(run.run_id)
-            for queue in run.subscribers:
-                queue.put_nowait(None)
+            self.runs.pop(run.run_id, None)
+            await self.leases.release_adopted(run.run_id, delete=True)
+            for subscriber in run.subscribers:
+                subscriber.close()
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
         if finished:
-            await self._announce_ended(finished)
+            await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
 
-    async def _announce_ended(self, runs: list[ActiveRun]) -> None:
+    async def _announce_ended(self, runs: list[tuple[str, RunStatus]]) -> None:
         """Tell every worker, present and future, that these runs ended (they are recorded):
         their step messages still queued are skipped, a cancelled run's attempts stop."""
         now = time.time()
-        bodies = [messages.RunEnded(r.run_id, r.state.run_status.value, now).encode() for r in runs]
+        bodies = [messages.RunEnded(run_id, status.value, now).encode() for run_id, status in runs]
 
         async def announce() -> None:
             for body in bodies:
@@ -656,19 +707,27 @@ class Coordinator:
         except TransportError as exc:
             log.warning("coordinator %s could not announce ended runs: %s", self.config.id, exc)
 
-    async def _settle(
-        self, delivery: Delivery, *, reject: bool = False, reason: str | None = None
-    ) -> None:
-        """Ack a consumed message (dead-letter it with ``reject``, saying ``reason``).  If its
-        channel died meanwhile (a broker restart, a closed connection) the broker redelivers
-        it: its effect is committed already, and the run state ignores the duplicate."""
-        try:
-            if reject:
-                await delivery.reject(requeue=False, reason=reason)
+    async def _recover(self, batch: Batch) -> None:
+        """A scheduler pass failed (a bug): rebuild the runs it touched from the store (what
+        it decided may or may not be recorded), and hand its deliveries back (dead-letter
+        those handed back once already: they may be what the bug chokes on)."""
+        for run_id in sorted(batch.touched):
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            try:
+                await self.leases.reload(run)
+            except (StoreError, TransportError) as exc:
+                log.error("coordinator %s cannot reload run %s: %s", self.config.id, run_id, exc)
+                await self.lose(run)
+                with contextlib.suppress(StoreError):
+                    await self.store.release_runs(self.config.id, [run_id])
+        acks, batch.acks = batch.acks, []
+        for delivery, _ in acks:
+            if delivery.redelivered:
+                await settle(delivery, reject=True, reason="a scheduler pass failed on it twice")
             else:
-                await delivery.ack()
-        except TransportError as exc:
-            log.info("coordinator %s could not settle a delivery: %s", self.config.id, exc)
+                await settle(delivery, requeue=True)
 
     async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
         """Send a remote client its run's events; a client that went away stops the sends.
@@ -697,7 +756,7 @@ class Coordinator:
             run.notify = None
 
     async def _watch_workers(self) -> None:
-        """Re-dispatch the steps of workers whose heartbeats lapsed (a liveness timer)."""
+        """Re-dispatch the steps of worker instances whose heartbeats lapsed."""
         timeout = self.config.worker_timeout
         while True:
             await asyncio.sleep(timeout / 4)
@@ -711,7 +770,7 @@ class Coordinator:
             # quietly, one that fell silent with steps on it has lost them.
             lost = [
                 WorkerLost(run.run_id, index, run.state.attempts[index], worker)
-                for run in self._runs.values()
+                for run in self.runs.values()
                 for index, worker in run.running_on.items()
                 if worker in lapsed
             ]
@@ -720,92 +779,22 @@ class Coordinator:
             for command in lost:
                 self._inbox.post(command)
 
-    async def _publish(self, outgoing: list[tuple[str, bytes, int]]) -> None:
-        """Publish until every message is confirmed; after a partial failure only the
-        unconfirmed ones go again (a confirmed one would only be a duplicate)."""
-        pending = outgoing
-
-        async def attempt() -> None:
-            nonlocal pending
-            try:
-                await self.transport.publish_many(pending)
-            except PublishError as exc:
-                pending = exc.unsent
-                raise
-
-        await self._with_retry("publish steps", attempt)
-
-    async def _publish_oversized(self, outgoing: Outgoing, size: int) -> None:
-        """Publish a step whose message would be ``size`` bytes, over the limit: with its
-        largest inputs moved to the object store, or, if that cannot be done, fail it."""
-        run, index = outgoing.run, outgoing.index
-        step = run.plan.steps[index]
-        limit = self.config.max_message_size
-        try:
-            inputs = await claim.fit_inputs(
-                self.objects, run, index, self._inputs(run, index), size - limit + claim.ENVELOPE
-            )
-            message = self._step_message(outgoing, inputs)
-            if len(message[1]) > limit:
-                raise ValueTooLargeError(
-                    f"the message of step {step.key!r} is {len(message[1])} bytes with its "
-                    f"inputs in the object store, over the {limit}-byte limit: its call "
-                    f"holds {len(step.call)} bytes of constants"
-                )
-        except (ObjectStoreError, ValueTooLargeError) as exc:
-            log.error("coordinator %s cannot send step %s of run %s: %s",
-                      self.config.id, step.key, run.run_id, exc)  # fmt: skip
-            error = ErrorInfo.from_exception(exc, retryable=isinstance(exc, ObjectStoreError))
-            self._inbox.post(DispatchFailed(run.run_id, index, outgoing.attempt, error))
-            return
-        await self._publish([message])
-
-    def _inputs(self, run: ActiveRun, index: int) -> list[bytes]:
-        """The encoded upstream outputs step ``index`` takes, as its message carries them."""
-        outputs, spilled = run.state.outputs, run.spilled
-        deps = run.plan.steps[index].deps
-        if not spilled:
-            return [outputs[d] for d in deps]
-        return [spilled.get(d) or outputs[d] for d in deps]
-
-    def _step_message(
-        self, outgoing: Outgoing, inputs: list[bytes] | None = None
-    ) -> tuple[str, bytes, int]:
-        """``(queue, body, priority)`` of the step message for ``outgoing`` (with ``inputs``,
-        or the step's upstream outputs)."""
-        run = outgoing.run
-        step = run.plan.steps[outgoing.index]
-        body = messages.StepMessage(
-            run.run_id,
-            step.key,
-            outgoing.attempt,
-            step.name,
-            step.call,
-            self._inputs(run, outgoing.index) if inputs is None else inputs,
-            step.timeout,
-            self.reply_queue,
-        ).encode()
-        return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
-
     async def _with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while its backend is unavailable: a run stalls, it is never lost."""
+        """``call()``, again while its backend is unavailable (a run stalls, it is never
+        lost); an error that will not change is raised."""
         delay = self.config.retry_backoff
         while True:
             try:
                 return await call()
-            except (StoreError, TransportError) as exc:
-                transient = isinstance(exc, StoreUnavailableError | TransportError)
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "coordinator %s: %s failed, retrying in %.2fs: %s",
-                    self.config.id,
-                    what,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_backoff_max)
+            except (StoreUnavailableError, TransportError) as exc:
+                delay = await self._recorder.backoff(what, exc, delay)
 
 
 def step_errors(run: ActiveRun) -> dict[str, ErrorInfo]:
     return {run.plan.steps[i].key: err for i, err in run.state.errors.items()}
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    """Fail ``future`` with ``error``; nobody awaiting it is no error."""
+    future.set_exception(error)
+    future.exception()  # marks it retrieved: no "exception was never retrieved" at exit

@@ -16,7 +16,8 @@
     │   │   ├── PublishError   some messages of a batch were not confirmed (``unsent``)
     │   │   └── UnroutableError   a message was published to a queue that does not exist
     │   ├── StoreError         the run store (PostgreSQL, SQLite, memory)
-    │   │   └── StoreUnavailableError   transient: locked, disconnected, timed out
+    │   │   ├── StoreUnavailableError   transient: locked, disconnected, timed out
+    │   │   └── LeaseLostError          another coordinator owns the run now (``run_ids``)
     │   └── ObjectStoreError   the object store (S3, a directory, memory)
     │       └── ObjectNotFoundError
     ├── StepTimeoutError       a step ran longer than its timeout
@@ -35,7 +36,7 @@ itself gives a step's failure; :class:`RunFailedError` maps each failed step to 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -97,6 +98,16 @@ class StoreError(BackendError):
 
 class StoreUnavailableError(StoreError):
     """The store is unavailable for now (locked, disconnected, timed out): try again."""
+
+
+class LeaseLostError(StoreError):
+    """A fenced write was refused: these runs (``run_ids``) are no longer owned by the
+    writer at the epoch it holds, because another coordinator took them over.  Nothing of
+    the write was committed; the writer must let go of those runs."""
+
+    def __init__(self, message: str, run_ids: Iterable[str]) -> None:
+        super().__init__(message)
+        self.run_ids = frozenset(run_ids)
 
 
 class ObjectStoreError(BackendError):

@@ -194,14 +194,15 @@ class Executor:
     ) -> None:
         """Be a coordinator service: drive runs submitted by clients until ``stop`` is set,
         then stop accepting and let the runs in flight finish (for at most ``grace`` s).
-        ``ready`` is set once submissions are being accepted."""
+        ``ready`` is set once submissions are being accepted.  If the coordinator stops on
+        its own (a failure stopped it), this raises that failure at once."""
         if self.settings.embedded:
             raise ConfigError("a coordinator service needs a broker (--broker amqp://...)")
         coordinator = await self._start_engine(adopt=True)
         await coordinator.accept_submissions()
         if ready is not None:
             ready.set()
-        await stop.wait()
+        await coordinator.until(stop)  # raises if a failure stops the coordinator first
         await coordinator.stop_accepting()
         pending = [run.done for run in coordinator.active_runs]
         if pending:

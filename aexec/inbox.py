@@ -4,10 +4,11 @@ Everything that changes a run's schedule reaches the scheduler through its :clas
 in arrival order: a delivery from a reply queue (:class:`Reply`: a worker's completion,
 progress or heartbeat), or a command the coordinator posts itself — a run was submitted
 (:class:`Start`) or taken over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
-backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`), a
-step could not be sent (:class:`DispatchFailed`), a message naming a run failed its
-signature (:class:`MessageRejected`), or the trailing commits of the embedded mode may be
-due (:class:`FlushDue`).  The scheduler
+backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
+the broker did not confirm a step's message (:class:`Unconfirmed`), a step could not be
+sent (:class:`DispatchFailed`), a message naming a run failed its signature
+(:class:`MessageRejected`), or the trailing commits of the embedded mode may be due
+(:class:`FlushDue`).  The scheduler
 drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these types.
 """
 
@@ -67,6 +68,17 @@ class WorkerLost:
 
 
 @dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """The publish of ``attempt`` of step ``index`` failed without a confirm (``reason``):
+    the broker may or may not hold it."""
+
+    run_id: str
+    index: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class DispatchFailed:
     """``attempt`` of step ``index`` of run ``run_id`` could not be sent (its message would
     be too large): it fails with ``error``, retried only if ``error`` is retryable."""
@@ -91,7 +103,9 @@ class MessageRejected:
     attempt: int = 0
 
 
-RunCommand = Start | Resume | Cancel | RetryDue | WorkerLost | DispatchFailed | MessageRejected
+RunCommand = (
+    Start | Resume | Cancel | RetryDue | WorkerLost | Unconfirmed | DispatchFailed | MessageRejected
+)
 """A command about one run; one for a run this coordinator no longer drives is dropped."""
 
 
@@ -152,5 +166,6 @@ __all__ = [
     "RetryDue",
     "RunCommand",
     "Start",
+    "Unconfirmed",
     "WorkerLost",
 ]

@@ -105,7 +105,10 @@ class StepMessage(_Wire):
 
 @dataclass(slots=True)
 class Completion(_Wire):
-    """An attempt finished: ``output`` (encoded) when ``error`` is None."""
+    """An attempt finished: ``output`` (encoded) when ``error`` is None.
+
+    ``worker`` names the worker; ``instance`` is its process's random id (see
+    :class:`Heartbeat`)."""
 
     KIND: ClassVar[str] = "done"
 
@@ -117,6 +120,7 @@ class Completion(_Wire):
     worker: str
     started_at: float
     finished_at: float
+    instance: str = ""
 
     def to_wire(self) -> list[Any]:
         return [
@@ -128,11 +132,12 @@ class Completion(_Wire):
             self.worker,
             self.started_at,
             self.finished_at,
+            self.instance,
         ]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, output, error, worker, started, finished = fields
+        run_id, key, attempt, output, error, worker, started, finished, *rest = fields
         if (output is None) == (error is None):
             raise CodecError("a completion has exactly one of output, error")
         return cls(
@@ -144,6 +149,7 @@ class Completion(_Wire):
             _text(worker, "worker"),
             _number(started, "started_at"),
             _number(finished, "finished_at"),
+            _instance(rest),
         )
 
 
@@ -160,6 +166,7 @@ class Progress(_Wire):
     ts: float
     fraction: float | None = None
     message: str | None = None
+    instance: str = ""
 
     def to_wire(self) -> list[Any]:
         return [
@@ -170,11 +177,12 @@ class Progress(_Wire):
             self.ts,
             self.fraction,
             self.message,
+            self.instance,
         ]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, worker, ts, fraction, message = fields
+        run_id, key, attempt, worker, ts, fraction, message, *rest = fields
         return cls(
             _text(run_id, "run id"),
             _text(key, "step key"),
@@ -183,29 +191,39 @@ class Progress(_Wire):
             _number(ts, "ts"),
             None if fraction is None else _number(fraction, "fraction"),
             None if message is None else _text(message, "message"),
+            _instance(rest),
         )
 
 
 @dataclass(slots=True)
 class Heartbeat(_Wire):
-    """A worker is alive and running these ``(run_id, step_key, attempt)`` attempts."""
+    """A worker is alive and running these ``(run_id, step_key, attempt)`` attempts.
+
+    ``instance`` is a random id of the worker's process, new at each start: liveness is
+    per instance, so a worker restarted under the same name does not vouch for the steps
+    its previous process lost.  (Empty from a worker that predates it: the name is used.)
+    """
 
     KIND: ClassVar[str] = "heartbeat"
 
     worker: str
     ts: float
     running: list[tuple[str, str, int]]
+    instance: str = ""
 
     def to_wire(self) -> list[Any]:
-        return [self.worker, self.ts, [list(r) for r in self.running]]
+        return [self.worker, self.ts, [list(r) for r in self.running], self.instance]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        worker, ts, running = fields
+        worker, ts, running, *rest = fields
         if not isinstance(running, list) or not all(_is_attempt(r) for r in running):
             raise CodecError("running must be a list of [run id, step key, attempt]")
         return cls(
-            _text(worker, "worker"), _number(ts, "ts"), [(r[0], r[1], r[2]) for r in running]
+            _text(worker, "worker"),
+            _number(ts, "ts"),
+            [(r[0], r[1], r[2]) for r in running],
+            _instance(rest),
         )
 
 
@@ -217,6 +235,7 @@ class AttemptLost(_Wire):
     ``reason``: ``redelivered`` (the broker redelivered it: it may have started on a worker
     that died or lost its connection, so it must not start again), ``crashed`` (the child
     process running it died) or ``stopped`` (the worker stopped past its drain grace).
+    ``instance`` is the worker process's random id (see :class:`Heartbeat`).
     """
 
     KIND: ClassVar[str] = "lost"
@@ -226,13 +245,14 @@ class AttemptLost(_Wire):
     attempt: int
     worker: str
     reason: str
+    instance: str = ""
 
     def to_wire(self) -> list[Any]:
-        return [self.run_id, self.step_key, self.attempt, self.worker, self.reason]
+        return [self.run_id, self.step_key, self.attempt, self.worker, self.reason, self.instance]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, worker, reason = fields
+        run_id, key, attempt, worker, reason, *rest = fields
         if not isinstance(reason, str) or reason not in LOST_REASONS:
             raise CodecError(f"unknown reason {reason!r}")
         return cls(
@@ -241,6 +261,7 @@ class AttemptLost(_Wire):
             _count(attempt, "attempt"),
             _text(worker, "worker"),
             reason,
+            _instance(rest),
         )
 
 
@@ -511,6 +532,16 @@ def _text_list(value: Any, field: str) -> list[str]:
         if not isinstance(item, str):
             raise CodecError(f"{field} must be a list of strings")
     return value
+
+
+def _instance(rest: list[Any]) -> str:
+    """The optional last field of the messages a worker sends: its instance id (absent
+    from a worker that predates it)."""
+    if not rest:
+        return ""
+    if len(rest) > 1:
+        raise ValueError("too many fields")  # reported by decode() with the field count
+    return _text(rest[0], "instance")
 
 
 def _is_attempt(entry: Any) -> bool:

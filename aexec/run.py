@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from aexec.codec import DEFAULT_MAX_BODY
-from aexec.errors import AexecError, RunFailedError
+from aexec.errors import AexecError, LeaseLostError, RunFailedError
 from aexec.events import Event
 from aexec.objects import ObjectStore, load_value
 from aexec.plan import Plan
@@ -24,8 +24,6 @@ from aexec.types import RunStatus, StepStatus
 if TYPE_CHECKING:
     from aexec.batch import ActiveRun
     from aexec.coordinator import Coordinator
-
-_END = object()
 
 
 @runtime_checkable
@@ -102,7 +100,19 @@ class LocalRun:
         return self._active.status
 
     async def wait(self) -> RunRecord:
-        await asyncio.shield(self._active.done)
+        """Wait for the run to end.  If another coordinator takes it over meanwhile, it is
+        followed in the store until it ends there."""
+        try:
+            await asyncio.shield(self._active.done)
+        except LeaseLostError:
+            followed = self._store.follow(self.run_id)
+            try:
+                async for _ in followed:
+                    pass
+            finally:
+                aclose = getattr(followed, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         record = await self._store.get_run(self.run_id)
         if record is None:  # pragma: no cover - the store lost a run it acknowledged
             raise AexecError(f"run {self.run_id} vanished from the store")
@@ -155,7 +165,7 @@ class RemoteRun:
         )
         self._steps = {s.key: StepRecord(run_id, s.key, s.name, s.queue) for s in plan.steps}
         self._history: list[Event] = []
-        self._listeners: list[asyncio.Queue[Any]] = []
+        self._changed = asyncio.Event()  # set (and replaced) whenever history grows
         self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
 
     @property
@@ -172,12 +182,10 @@ class RemoteRun:
                 continue  # a redelivered batch
             self._history.append(event)
             fold.apply(record, self._steps, event)
-            for queue in self._listeners:
-                queue.put_nowait(event)
         if record.status.finished and not self._done.done():
             self._done.set_result(record)
-            for queue in self._listeners:
-                queue.put_nowait(_END)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def wait(self) -> RunRecord:
         return await asyncio.shield(self._done)
@@ -190,28 +198,28 @@ class RemoteRun:
                 for s in self._steps.values()
                 if s.error is not None and s.status is StepStatus.FAILED
             }
-            message = None if errors else f"run {self.run_id} {record.status}"
+            message = None
+            if not errors:
+                why = f": {record.error}" if record.error else ""
+                message = f"run {self.run_id} {record.status}{why}"
             raise RunFailedError(self.run_id, str(record.status), errors, message)
         if record.result is None:
             return None
         return await load_value(self._objects, record.result, max_size=self._max_value_size)
 
     async def events(self) -> AsyncIterator[Event]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        history = list(self._history)
-        if not self._done.done():
-            self._listeners.append(queue)
-        try:
-            for event in history:
-                yield event
+        """The run's history, then its events as they arrive, until it ends: each reader
+        keeps only its place in the history (a reader that stops reading holds nothing)."""
+        seen = 0
+        while True:
+            changed = self._changed
+            history = self._history
+            while seen < len(history):
+                seen += 1
+                yield history[seen - 1]
             if self._done.done():
                 return
-            while (item := await queue.get()) is not _END:
-                if item not in history:
-                    yield item
-        finally:
-            if queue in self._listeners:
-                self._listeners.remove(queue)
+            await changed.wait()
 
     async def steps(self) -> list[StepRecord]:
         """Step statuses as the events received so far tell them."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aexec.errors import WorkerLostError
 from aexec.plan import Plan
@@ -73,17 +73,34 @@ class Finish:
 
 Action = Dispatch | Retry | Fail | Skip | Finish
 
+
+class RecordedStep(NamedTuple):
+    """A step as the store recorded it, for :meth:`RunState.restore`."""
+
+    status: StepStatus
+    attempts: int
+    output: Any = None
+    error: ErrorInfo | None = None
+    failures: int = 0  # attempts that really failed (lost ones not counted)
+
+
 MAX_LOST = 5
 """A step whose worker vanished this many times fails instead of being dispatched again."""
 
 
 class RunState:
-    """One run's schedule.  ``outputs`` holds each succeeded step's (opaque) output."""
+    """One run's schedule.  ``outputs`` holds each succeeded step's (opaque) output.
+
+    A step's retries are counted in ``failures``, its attempts that really failed: an
+    attempt lost with its worker, dispatched again after a takeover, or whose dispatch was
+    not confirmed spends none of them (``attempts`` counts every dispatch).
+    """
 
     __slots__ = (
         "attempts",
         "errors",
         "fail_fast",
+        "failures",
         "lost",
         "outputs",
         "plan",
@@ -103,6 +120,7 @@ class RunState:
         n = len(plan.steps)
         self.status: list[StepStatus] = [_PENDING] * n
         self.attempts: list[int] = [0] * n
+        self.failures: list[int] = [0] * n
         self.waiting: list[int] = [len(set(s.deps)) for s in plan.steps]
         self.outputs: list[Any] = [None] * n
         self.errors: dict[int, ErrorInfo] = {}
@@ -130,19 +148,15 @@ class RunState:
             actions.append(self._finish())
         return actions
 
-    def restore(
-        self,
-        steps: Sequence[tuple[StepStatus, int, Any, ErrorInfo | None]],
-        *,
-        started: bool,
-    ) -> list[Action]:
+    def restore(self, steps: Sequence[RecordedStep], *, started: bool) -> list[Action]:
         """Rebuild the schedule of a run another coordinator drove, from its recorded steps
-        ``(status, attempts, output, error)`` in plan order, and return what to do now.
+        in plan order, and return what to do now.
 
         Steps recorded as queued may never have reached the broker: they are dispatched
-        again as new attempts (a stale attempt's completion is ignored when it arrives).
-        Running steps stay running: their worker's heartbeats, or their absence, decide.
-        Retrying steps lost their backoff timer and are dispatched again at once.
+        again as new attempts (a stale attempt's completion is ignored when it arrives),
+        which spend no retry.  Running steps stay running: their worker's heartbeats, or
+        their absence, decide.  Retrying steps lost their backoff timer and are
+        dispatched again at once.
         """
         if self.run_status is not RunStatus.PENDING:
             return []
@@ -151,8 +165,9 @@ class RunState:
         self.run_status = RunStatus.RUNNING
         plan_steps = self.plan.steps
         actions: list[Action] = []
-        for i, (status, attempts, output, error) in enumerate(steps):
+        for i, (status, attempts, output, error, failures) in enumerate(steps):
             self.attempts[i] = attempts
+            self.failures[i] = failures
             if status.finished:
                 self.status[i] = status
                 self.unfinished -= 1
@@ -164,7 +179,7 @@ class RunState:
                     self.errors[i] = error
             elif status is _RUNNING:
                 self.status[i] = _RUNNING
-        for i, (status, attempts, _, _) in enumerate(steps):
+        for i, (status, attempts, *_) in enumerate(steps):
             if (
                 status is _QUEUED
                 or status is _RETRYING
@@ -217,15 +232,16 @@ class RunState:
         ):
             return None
         retry = self.plan.steps[index].retry
+        failures = self.failures[index] = self.failures[index] + 1
         if (
             error.retryable
-            and attempt - self.lost.get(index, 0) < retry.max_attempts
+            and failures < retry.max_attempts
             and self.run_status is RunStatus.RUNNING
             and not (self.fail_fast and self.errors)  # a fail-fast run starts nothing new
         ):
             status[index] = _RETRYING
             self.attempts[index] = attempt + 1
-            return [Retry(index, attempt + 1, retry.delay(attempt, self.sample()), error)]
+            return [Retry(index, attempt + 1, retry.delay(failures, self.sample()), error)]
         status[index] = _FAILED
         self.errors[index] = error
         self.unfinished -= 1
@@ -282,6 +298,21 @@ class RunState:
         self.attempts[index] = attempt + 1
         status[index] = _QUEUED
         return [Dispatch(index, attempt + 1)]
+
+    def unconfirmed(self, index: int, attempt: int) -> list[Action] | None:
+        """The broker did not confirm the dispatch of ``attempt`` of step ``index``: it may
+        or may not hold it, so dispatch a new attempt (never the same one twice).  None if
+        that attempt is superseded, or was seen running (it did reach a worker)."""
+        if self.attempts[index] != attempt or self.status[index] is not _QUEUED:
+            return None
+        self.attempts[index] = attempt + 1
+        return [Dispatch(index, attempt + 1)]
+
+    def halt(self, status: RunStatus) -> None:
+        """The run ended outside the schedule (the store refused its events for good): it
+        takes ``status`` and nothing of it goes on."""
+        self.run_status = status
+        self.unfinished = 0
 
     def in_flight(self) -> list[int]:
         """Steps dispatched and not yet finished (queued or running)."""

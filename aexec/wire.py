@@ -7,6 +7,8 @@ default ``aexec``) in front of it, so ``step_queue("gpu")`` is ``aexec.step.gpu`
 
 from __future__ import annotations
 
+from aexec.errors import CodecError
+
 MAX_PRIORITY = 10
 """Priorities run 0..MAX_PRIORITY: a run's, a step's, and their sum on a step message
 (clamped); every step queue is declared with it as ``x-max-priority``."""
@@ -39,20 +41,51 @@ COORDINATOR_TOPIC = "coordinators"
 """Broadcast commands for coordinators (cancel a run, wherever it is driven)."""
 
 
+MAX_RUN_ID = 255
+"""The longest run id, in characters: ids travel in every message, name objects and rows,
+and a PostgreSQL ``NOTIFY`` payload (8000 bytes) carries one."""
+
+
+def check_run_id(run_id: object) -> str:
+    """``run_id`` if it is a usable run id: a non-empty string of at most
+    :data:`MAX_RUN_ID` characters, none of them a control character; else a
+    :class:`~aexec.errors.CodecError` saying why, in one line.  Every run id that comes
+    from outside (a submission message, the library, the command line) is checked here."""
+    if not isinstance(run_id, str) or not run_id:
+        raise CodecError(f"a run id must be a non-empty string, not {run_id!r:.60}")
+    if len(run_id) > MAX_RUN_ID:
+        raise CodecError(
+            f"a run id has at most {MAX_RUN_ID} characters; this one has {len(run_id)} "
+            f"({run_id[:20]!r}...)"
+        )
+    if not run_id.isprintable():
+        raise CodecError(f"a run id has no control characters: {run_id!r:.80}")
+    return run_id
+
+
 def step_queue(queue: str) -> str:
     """The transport queue that carries the messages of steps declared with ``queue``."""
     return STEP_QUEUE_PREFIX + queue
+
+
+def reply_queue(coordinator_id: str) -> str:
+    """The queue where workers send the completions, progress and heartbeats of the steps
+    coordinator ``coordinator_id`` dispatched (its step messages name it)."""
+    return f"reply.{coordinator_id}"
 
 
 __all__ = [
     "CONTROL_TOPIC",
     "COORDINATOR_TOPIC",
     "MAX_PRIORITY",
+    "MAX_RUN_ID",
     "RETAINED_MAX_AGE",
     "RETAINED_MAX_BYTES",
     "RETAINED_SEGMENT_BYTES",
     "RUNS_ENDED_TOPIC",
     "STEP_QUEUE_PREFIX",
     "SUBMIT_QUEUE",
+    "check_run_id",
+    "reply_queue",
     "step_queue",
 ]

@@ -151,6 +151,7 @@ class Worker:
         self.objects = objects
         self.config = config or WorkerConfig()
         self.name = self.config.name
+        self.instance = uuid.uuid4().hex[:12]  # this process's id: liveness is per instance
         self.started_at = time.time()
         self._steps: dict[str, StepDef[Any, Any]] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -387,7 +388,15 @@ class Worker:
             log.error("worker %s: %s", self.name, error.message)
             now = time.time()
             completion = messages.Completion(
-                msg.run_id, msg.step_key, msg.attempt, None, error, self.name, now, now
+                msg.run_id,
+                msg.step_key,
+                msg.attempt,
+                None,
+                error,
+                self.name,
+                now,
+                now,
+                self.instance,
             )
             await self._send(msg, completion.encode(), "completion")
             await self._settle(delivery, reject=True, reason=f"UnknownStepError: {error.message}")
@@ -480,6 +489,7 @@ class Worker:
             self.name,
             attempt.started_at,
             time.time(),
+            self.instance,
         )
         await self._send(msg, completion.encode(), "completion")
         if not attempt.acked:
@@ -517,7 +527,9 @@ class Worker:
             msg.run_id,
             _LOST_REASONS[reason],
         )
-        lost = messages.AttemptLost(msg.run_id, msg.step_key, msg.attempt, self.name, reason)
+        lost = messages.AttemptLost(
+            msg.run_id, msg.step_key, msg.attempt, self.name, reason, self.instance
+        )
         await self._send(msg, lost.encode(), "report")
 
     async def _send(self, msg: messages.StepMessage, body: bytes, what: str) -> None:
@@ -589,7 +601,7 @@ class Worker:
         msg = attempt.msg
         text = None if message is None else clip(message, MAX_PROGRESS_MESSAGE)
         body = messages.Progress(
-            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, text
+            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, text, self.instance
         ).encode()
         with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
             background.start_work(self._publish_quietly(msg.reply_to, body))
@@ -622,7 +634,7 @@ class Worker:
         for reply_to, attempts in by_reply.items():
             running = [(a.msg.run_id, a.msg.step_key, a.msg.attempt) for a in attempts]
             if not await self._publish_quietly(
-                reply_to, messages.Heartbeat(self.name, now, running).encode()
+                reply_to, messages.Heartbeat(self.name, now, running, self.instance).encode()
             ):
                 continue
             for attempt in attempts:

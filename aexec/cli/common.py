@@ -27,6 +27,18 @@ class UsageError(Exception):
     """Bad input found by the CLI itself; exits 2 with its message."""
 
 
+def run_id_argument(text: str) -> str:
+    """The ``type=`` of a RUN_ID argument: an id (or prefix) that could never name a run is
+    bad input, one line and exit 2, before any backend is opened."""
+    from aexec.errors import CodecError
+    from aexec.wire import check_run_id
+
+    try:
+        return check_run_id(text)
+    except CodecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split()) or "(no message)"
 

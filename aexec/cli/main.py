@@ -32,6 +32,7 @@ from aexec.cli.common import (
     RUN_STATUSES,
     UsageError,
     one_line,
+    run_id_argument,
 )
 from aexec.cli.dlq import cmd_dlq_list, cmd_dlq_replay
 from aexec.cli.run import cmd_run
@@ -169,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a run and its steps",
         description="Show a run and its steps.",
     )
-    runs_show.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    runs_show.add_argument(
+        "run_id", metavar="RUN_ID", type=run_id_argument, help="a run id or a unique prefix of one"
+    )
     runs_show.add_argument(
         "--json", action="store_true", help="print the report `run --json` prints"
     )
@@ -181,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a run's event log",
         description="Print a run's event log, oldest first.",
     )
-    runs_logs.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    runs_logs.add_argument(
+        "run_id", metavar="RUN_ID", type=run_id_argument, help="a run id or a unique prefix of one"
+    )
     runs_logs.add_argument("--json", action="store_true", help="one JSON event per line")
     runs_logs.add_argument(
         "-f",

@@ -16,9 +16,9 @@ run_submitted           none (logged by create_run)
 run_started             run → running, started_at
 step_dispatched         step → queued, attempts = attempt
 step_started            step → running, started_at, worker (if that attempt is current)
-step_retrying           step → retrying, error
+step_retrying           step → retrying, error, failures + 1 (unless ``data["lost"]``)
 step_succeeded          step → succeeded, output, finished_at
-step_failed             step → failed, error, finished_at
+step_failed             step → failed, error, finished_at, failures + 1 (idem)
 step_skipped            step → skipped
 step_cancelled          step → cancelled
 run_succeeded           run → succeeded, result (the event's output), finished_at
@@ -29,7 +29,9 @@ message_rejected        none
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
-the step's current one changes no row (it is still logged).
+the step's current one changes no row (it is still logged).  A step's ``failures`` counts
+its attempts that really failed: an attempt whose worker was lost, or whose dispatch was
+not confirmed, is logged with ``"lost": true`` in its data and spends no retry.
 
 Run leases let several coordinators share the unfinished runs and take over those of one
 that crashed: a run is *claimable* while it is unfinished (pending or running) and has no
@@ -39,6 +41,14 @@ runs back at once on a clean shutdown.  A finished run keeps its owner and is ne
 Lease times are float seconds since the epoch: PostgreSQL reads its own clock (one clock
 for every coordinator), the embedded stores read ``time.time()``.
 
+Fencing: each run has an ``epoch``, 1 for the coordinator that creates it, one more each
+time :meth:`Store.acquire_runs` claims it.  A coordinator passes the epochs it holds as a
+:class:`Fence` to :meth:`Store.append` (and :meth:`Store.fail_run`): the store checks, in
+the write's own transaction and after locking the run rows, that the writer still owns
+every run of the batch at that epoch, and otherwise commits nothing and raises
+:class:`~aexec.errors.LeaseLostError` naming the runs lost.  A coordinator whose lease
+lapsed, however alive it is, can no longer change a run another one took over.
+
 Retention: :meth:`Store.finished_runs` finds runs that finished before a time and
 :meth:`Store.delete_runs` deletes finished runs with their steps and events (and plans no
 run uses any more); an unfinished run is never deleted.  Their objects are the caller's to
@@ -47,7 +57,7 @@ delete first (:func:`aexec.retention.prune` does both).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
@@ -72,6 +82,7 @@ class RunRecord:
     error: str | None = None
     owner: str | None = None  # the coordinator holding the run's lease
     lease_until: float | None = None  # when that lease ends (seconds since the epoch)
+    epoch: int = 1  # how many times the run was claimed, its creation included (fencing)
 
 
 @dataclass(slots=True)
@@ -87,6 +98,28 @@ class StepRecord:
     worker: str | None = None
     error: ErrorInfo | None = None
     output: bytes | None = None
+    failures: int = 0  # attempts that failed (lost workers and unconfirmed dispatches aside)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a fenced write requires: ``owner`` still owns each run it writes to, at the
+    epoch ``epochs`` gives it (a run missing from ``epochs`` is not held)."""
+
+    owner: str
+    epochs: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who drives a run now, as :meth:`Store.owners` reads it: ``live`` when its lease has
+    not ended (by the store's clock)."""
+
+    run_id: str
+    status: RunStatus
+    owner: str | None
+    epoch: int
+    live: bool
 
 
 class Opened:
@@ -116,11 +149,23 @@ class Store(Protocol):
         the run's first event, ``run_submitted`` at ``run.created_at``, all in one
         transaction; return that event (its ``seq`` assigned).
 
-        ``run.owner`` and ``run.lease_until`` are stored as given: a coordinator creating a
-        run usually owns it from the start."""
+        ``run.owner``, ``run.lease_until`` and ``run.epoch`` (1 unless set) are stored as
+        given: a coordinator creating a run usually owns it from the start."""
 
-    async def append(self, events: Sequence[Event]) -> None:
-        """Log ``events`` and apply them to run and step rows, in one transaction."""
+    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
+        """Log ``events`` and apply them to run and step rows, in one transaction.
+
+        With ``fence``, only if ``fence.owner`` still owns every run of the batch at the
+        epoch the fence gives it, checked after locking the run rows; otherwise nothing is
+        committed and :class:`~aexec.errors.LeaseLostError` names the runs it lost."""
+
+    async def fail_run(
+        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+    ) -> Event | None:
+        """End an unfinished run ``failed`` with ``error`` at ``ts``, logging its
+        ``run_failed`` event, and nothing else: what a coordinator does to a run whose
+        events the store refused for good.  Returns the event logged (its ``seq``
+        assigned), or None if the run had already finished.  Fenced as :meth:`append`."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or with this unique id prefix; None if there is none."""
@@ -153,18 +198,24 @@ class Store(Protocol):
 
     async def acquire_runs(self, owner: str, lease: float, *, limit: int = 100) -> list[RunRecord]:
         """Claim up to ``limit`` claimable runs for ``owner`` until ``lease`` seconds from
-        now, and return them as claimed, oldest first.
+        now, each at its next epoch, and return them as claimed, oldest first.
 
         Atomic: two callers, even in different processes, never claim the same run.
         """
 
-    async def renew_leases(self, owner: str, lease: float) -> set[str]:
-        """Extend to ``lease`` seconds from now the lease of every unfinished run ``owner``
-        still owns, and return their ids.
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
+        """Extend to ``lease`` seconds from now the lease of the unfinished runs of ``held``
+        (run id → epoch) that ``owner`` still owns at that epoch, and return their ids;
+        with ``held`` None, of every unfinished run ``owner`` owns.
 
         A run another owner has taken over (after this owner's lease ended) is neither
         renewed nor returned: its new owner drives it now.
         """
+
+    async def owners(self, run_ids: Iterable[str]) -> dict[str, Ownership]:
+        """Who owns each of ``run_ids`` that exists, in one read."""
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         """End at once ``owner``'s lease on those unfinished runs (all of them for None), so

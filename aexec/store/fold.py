@@ -54,8 +54,8 @@ def apply(run: RunRecord, steps: Mapping[str, StepRecord], event: Event) -> bool
 def apply_to_step(step: StepRecord, event: Event) -> bool:
     """Compare-and-set on the attempt: only the current (or a newer) attempt of an
     unfinished step moves it.  Every change sets the status and the attempt; the other
-    columns by kind (as ``update_steps`` in postgres.sql and the step sections of
-    sqlite.sql)."""
+    columns by kind, and step_retrying and step_failed count a failure unless the attempt
+    was lost (as ``update_steps`` in postgres.sql and the step sections of sqlite.sql)."""
     status = STEP_STATUS.get(event.kind)
     return status is not None and _move_step(step, status, event)
 
@@ -69,10 +69,12 @@ def _move_step(step: StepRecord, status: StepStatus, event: Event) -> bool:
             step.started_at, step.worker = event.ts, step_worker(event)
         case EventKind.STEP_RETRYING:
             step.error = step_error(event)
+            step.failures += step_failure(event)
         case EventKind.STEP_SUCCEEDED:
             step.output, step.finished_at, step.error = event.output, event.ts, None
         case EventKind.STEP_FAILED:
             step.error, step.finished_at = step_error(event), event.ts
+            step.failures += step_failure(event)
     return True
 
 
@@ -102,6 +104,12 @@ def apply_to_run(run: RunRecord, event: Event) -> bool:
 def step_worker(event: Event) -> str | None:
     """step_started: the worker running the attempt (``data["worker"]``)."""
     return text(event.data.get("worker"))
+
+
+def step_failure(event: Event) -> int:
+    """step_retrying and step_failed: 1 if the attempt really failed, 0 if it was lost
+    (``data["lost"]``: its worker vanished, or its dispatch was not confirmed)."""
+    return 0 if event.data.get("lost") else 1
 
 
 def step_error(event: Event) -> ErrorInfo | None:

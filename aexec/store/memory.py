@@ -11,13 +11,13 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord, fold
+from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold
 from aexec.store import rows as shared
 from aexec.store.follow import TicketWatch, Wakeups, follow_log
 from aexec.types import RunStatus
@@ -89,7 +89,7 @@ class MemoryStore(Opened):
         self._last_seq = submitted.seq
         return submitted
 
-    async def append(self, events: Sequence[Event]) -> None:
+    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
         self._check_open()
         # Everything that can fail is checked before anything changes, as a rollback would.
         logged_data = [
@@ -101,6 +101,8 @@ class MemoryStore(Opened):
             if run is None:
                 raise StoreError(f"cannot append events: unknown run {event.run_id!r}")
             runs.append(run)
+        if fence is not None:
+            self._check_fence(fence, {run.record.run_id: run for run in runs}.values())
         first = self._last_seq + 1
         for i, (event, run, data) in enumerate(zip(events, runs, logged_data, strict=True)):
             run.events.append(
@@ -112,6 +114,27 @@ class MemoryStore(Opened):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
             self._wakeups.notify(run_id)
+
+    async def fail_run(
+        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+    ) -> Event | None:
+        self._check_open()
+        run = self._runs.get(run_id)
+        if run is None:
+            raise StoreError(f"cannot fail run {run_id!r}: no such run")
+        if fence is not None:
+            self._check_fence(fence, [run])
+        if run.record.status.finished:
+            return None
+        event = shared.failed_event(run_id, error, ts)
+        await self.append([event])
+        return event
+
+    def _check_fence(self, fence: Fence, runs: Iterable[_Run]) -> None:
+        owners = [(r.record.run_id, r.record.owner, r.record.epoch) for r in runs]
+        lost = shared.fence_lost(fence, owners)
+        if lost:
+            raise shared.lease_lost(lost)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         self._check_open()
@@ -202,16 +225,35 @@ class MemoryStore(Opened):
         claimed = sorted(claimable, key=lambda r: (r.record.created_at, r.order))[:limit]
         for run in claimed:
             run.record.owner, run.record.lease_until = owner, now + lease
+            run.record.epoch += 1
         return [_copy_run(run) for run in claimed]
 
-    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
         self._check_open()
         shared.check_lease(lease)
         until = time.time() + lease
-        owned = self._owned(owner)
+        owned = [
+            run
+            for run in self._owned(owner)
+            if held is None or held.get(run.record.run_id) == run.record.epoch
+        ]
         for run in owned:
             run.record.lease_until = until
         return {run.record.run_id for run in owned}
+
+    async def owners(self, run_ids: Iterable[str]) -> dict[str, Ownership]:
+        self._check_open()
+        now = time.time()
+        found: dict[str, Ownership] = {}
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is not None:
+                record = run.record
+                live = record.lease_until is not None and record.lease_until >= now
+                found[run_id] = Ownership(run_id, record.status, record.owner, record.epoch, live)
+        return found
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         self._check_open()

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -38,7 +38,7 @@ import asyncpg
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord, fold, sql
+from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -105,6 +105,8 @@ class Queries(NamedTuple):
     get_events: str
     acquire_runs: str
     renew_leases: str
+    renew_held_leases: str
+    run_owners: str
     release_runs: str
     finished_runs: str
     lock_finished_runs: str
@@ -247,10 +249,11 @@ class PostgresStore(Opened):
         params = shared.dump_json(run.params, "run params")
         steps = plan.steps
         submitted = shared.submitted(run, plan)
+        columns = [_text(c) if isinstance(c, str) else c for c in shared.run_columns(run, params)]
         async with self._transaction(f"create run {run.run_id!r}") as conn:
-            await conn.execute(SQL.insert_plan, plan.digest, plan.pipeline, plan.to_bytes())
+            await conn.execute(SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes())
             try:
-                created = await conn.fetchval(SQL.insert_run, *shared.run_columns(run, params))
+                created = await conn.fetchval(SQL.insert_run, *columns)
             except asyncpg.ForeignKeyViolationError as exc:
                 # The plan was there a statement ago: a prune deleted it (no run used it).
                 raise StoreUnavailableError(
@@ -261,16 +264,16 @@ class PostgresStore(Opened):
                 raise StoreError(f"run {run.run_id!r} already exists")
             await conn.execute(
                 SQL.insert_steps,
-                run.run_id,
+                _text(run.run_id),
                 [s.index for s in steps],
-                [s.key for s in steps],
-                [s.name for s in steps],
-                [s.queue for s in steps],
+                [_text(s.key) for s in steps],
+                [_text(s.name) for s in steps],
+                [_text(s.queue) for s in steps],
             )
             submitted.seq = await conn.fetchval(SQL.insert_events, *_event_columns([submitted]))
         return submitted
 
-    async def append(self, events: Sequence[Event]) -> None:
+    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
         self._check_open()
         if not events:
             return
@@ -278,10 +281,7 @@ class PostgresStore(Opened):
         rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
         run_ids = sorted({e.run_id for e in events})
         async with self._transaction("append events") as conn:
-            found = {row[0] for row in await conn.fetch(SQL.lock_runs, run_ids)}
-            for run_id in run_ids:
-                if run_id not in found:
-                    raise StoreError(f"cannot append events: unknown run {run_id!r}")
+            await self._lock_runs(conn, run_ids, fence)
             seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
             for step_columns, run_columns in rounds:
                 if step_columns[0]:
@@ -290,6 +290,35 @@ class PostgresStore(Opened):
                     await conn.execute(SQL.update_runs, *run_columns)
         for event, seq in zip(events, seqs, strict=True):
             event.seq = seq
+
+    async def fail_run(
+        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+    ) -> Event | None:
+        self._check_open()
+        event = shared.failed_event(run_id, error, ts)
+        async with self._transaction(f"fail run {run_id!r}") as conn:
+            (row,) = await self._lock_runs(conn, [run_id], fence)
+            if RunStatus(row[3]).finished:
+                return None
+            event.seq = await conn.fetchval(SQL.insert_events, *_event_columns([event]))
+            _, run_columns = _round_columns([event])
+            await conn.execute(SQL.update_runs, *run_columns)
+        return event
+
+    async def _lock_runs(self, conn: Any, run_ids: list[str], fence: Fence | None) -> list[Any]:
+        """Lock the runs of a write (``run_ids``, sorted) and return their ``run_id, owner,
+        epoch, status``; a StoreError for an unknown run, a LeaseLostError for a run the
+        ``fence`` does not hold any more."""
+        rows: list[Any] = await conn.fetch(SQL.lock_runs, run_ids)
+        if len(rows) < len(run_ids):
+            found = {row[0] for row in rows}
+            unknown = next(run_id for run_id in run_ids if run_id not in found)
+            raise StoreError(f"cannot append events: unknown run {unknown!r}")
+        if fence is not None:
+            lost = shared.fence_lost(fence, [(row[0], row[1], row[2]) for row in rows])
+            if lost:
+                raise shared.lease_lost(lost)
+        return rows
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def lookup(conn: Any) -> Any:
@@ -370,11 +399,29 @@ class PostgresStore(Opened):
         rows.sort(key=lambda row: (row["created_at"], row["serial"]))
         return [shared.run_record(row[1:]) for row in rows]
 
-    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
         shared.check_lease(lease)
         async with self._connection("renew leases") as conn:
-            rows = await conn.fetch(SQL.renew_leases, owner, lease)
+            if held is None:
+                rows = await conn.fetch(SQL.renew_leases, owner, lease)
+            else:
+                ids = sorted(held)
+                epochs = [held[run_id] for run_id in ids]
+                rows = await conn.fetch(SQL.renew_held_leases, owner, lease, ids, epochs)
         return {row[0] for row in rows}
+
+    async def owners(self, run_ids: Iterable[str]) -> dict[str, Ownership]:
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return {}
+        rows = await self._read(
+            "read the owners of runs", lambda conn: conn.fetch(SQL.run_owners, wanted)
+        )
+        return {
+            row[0]: Ownership(row[0], RunStatus(row[1]), row[2], row[3], row[4]) for row in rows
+        }
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         chosen = None if run_ids is None else list(run_ids)
@@ -579,13 +626,24 @@ async def _keep_session(connection: Any) -> None:
     has a connection of its own), and any transaction has ended by release."""
 
 
+def _text(value: str) -> str:
+    """``value`` as a PostgreSQL text column can hold it: a NUL character (which text
+    refuses, where every other store takes it) is kept as the four characters ``\\x00``.
+    Every text value this adapter writes from outside data goes through here."""
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+
+def _text_or_none(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
 def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
     """The ``insert_events`` arrays: run_id, ts, kind, step, attempt, data."""
     return [
         [e.run_id for e in events],
         [e.ts for e in events],
         [e.kind.value for e in events],
-        [e.step for e in events],
+        [_text_or_none(e.step) for e in events],
         [e.attempt for e in events],
         [shared.dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events],
     ]
@@ -593,26 +651,33 @@ def _event_columns(events: Sequence[Event]) -> list[list[Any]]:
 
 def _round_columns(changes: list[Event]) -> tuple[list[list[Any]], list[list[Any]]]:
     """One round of row changes as the ``update_steps`` and ``update_runs`` arrays."""
-    steps: list[list[Any]] = [[] for _ in range(8)]
+    steps: list[list[Any]] = [[] for _ in range(9)]
     runs: list[list[Any]] = [[] for _ in range(5)]
     for event in changes:
-        worker, error = shared.change_data(event)
+        worker, error, failure = shared.change_data(event)
         status = fold.STEP_STATUS.get(event.kind)
         if status is not None:
             row: tuple[Any, ...] = (
                 event.run_id,
-                event.step,
+                _text_or_none(event.step),
                 status.value,
                 event.attempt,
                 event.ts,
-                worker,
+                _text_or_none(worker),
                 error,
                 event.output,
+                failure,
             )
             for column, value in zip(steps, row, strict=True):
                 column.append(value)
         else:
-            row = (event.run_id, fold.RUN_STATUS[event.kind].value, event.ts, error, event.output)
+            row = (
+                event.run_id,
+                fold.RUN_STATUS[event.kind].value,
+                event.ts,
+                _text_or_none(error),
+                event.output,
+            )
             for column, value in zip(runs, row, strict=True):
                 column.append(value)
     return steps, runs

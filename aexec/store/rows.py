@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aexec.errors import StoreError
+from aexec.errors import LeaseLostError, StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import RunRecord, StepRecord, fold
+from aexec.store import Fence, RunRecord, StepRecord, fold
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
@@ -31,6 +31,28 @@ def check_limit(limit: int) -> None:
 def check_lease(lease: float) -> None:
     if not lease > 0:  # NaN too
         raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+
+
+def fence_lost(fence: Fence, owners: Iterable[tuple[str, str | None, int]]) -> list[str]:
+    """The runs of ``owners`` (``run_id, owner, epoch`` as the rows read now) that
+    ``fence`` does not hold any more, sorted."""
+    held, owner = fence.epochs, fence.owner
+    return sorted(
+        run_id
+        for run_id, run_owner, epoch in owners
+        if run_owner != owner or held.get(run_id) != epoch
+    )
+
+
+def lease_lost(lost: Sequence[str]) -> LeaseLostError:
+    """The error of a fenced write that found ``lost`` runs no longer its writer's."""
+    shown = ", ".join(repr(r) for r in lost[:3]) + (", ..." if len(lost) > 3 else "")
+    return LeaseLostError(f"{len(lost)} run(s) taken over by another coordinator: {shown}", lost)
+
+
+def failed_event(run_id: str, error: str, ts: float) -> Event:
+    """The ``run_failed`` event :meth:`~aexec.store.Store.fail_run` logs."""
+    return Event(EventKind.RUN_FAILED, run_id, ts, data={"error": error})
 
 
 def submitted(run: RunRecord, plan: Plan) -> Event:
@@ -72,20 +94,22 @@ def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
     return rounds
 
 
-def change_data(event: Event) -> tuple[str | None, str | None]:
-    """``(worker, error)``: what a row-changing event's data gives the SQL that applies it,
-    as :mod:`~aexec.store.fold` reads it: the worker of step_started, the error of
-    step_retrying and step_failed (as ``ErrorInfo`` JSON), the message of run_failed and
-    run_cancelled; None for the rest."""
+def change_data(event: Event) -> tuple[str | None, str | None, int]:
+    """``(worker, error, failure)``: what a row-changing event's data gives the SQL that
+    applies it, as :mod:`~aexec.store.fold` reads it: the worker of step_started; the error
+    of step_retrying and step_failed (as ``ErrorInfo`` JSON) and whether the attempt
+    counts as a failure (1) or was lost (0); the message of run_failed and run_cancelled;
+    None (and 0) for the rest."""
     kind = event.kind
     if kind is EventKind.STEP_STARTED:
-        return fold.step_worker(event), None
+        return fold.step_worker(event), None, 0
     if kind is EventKind.STEP_RETRYING or kind is EventKind.STEP_FAILED:
         info = fold.step_error(event)
-        return None, None if info is None else json.dumps(info.to_dict())
+        error = None if info is None else json.dumps(info.to_dict())
+        return None, error, fold.step_failure(event)
     if kind is EventKind.RUN_FAILED or kind is EventKind.RUN_CANCELLED:
-        return None, fold.run_error(event)
-    return None, None
+        return None, fold.run_error(event), 0
+    return None, None, 0
 
 
 # Rows as both SQL stores select them (the column order of their queries).
@@ -93,7 +117,7 @@ def change_data(event: Event) -> tuple[str | None, str | None]:
 
 def run_record(row: Sequence[Any]) -> RunRecord:
     """``run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-    finished_at, result, error, owner, lease_until``."""
+    finished_at, result, error, owner, lease_until, epoch``."""
     return RunRecord(
         run_id=row[0],
         pipeline=row[1],
@@ -108,6 +132,7 @@ def run_record(row: Sequence[Any]) -> RunRecord:
         error=row[10],
         owner=row[11],
         lease_until=row[12],
+        epoch=row[13],
     )
 
 
@@ -127,12 +152,13 @@ def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
         run.error,
         run.owner,
         run.lease_until,
+        run.epoch,
     )
 
 
 def step_record(row: Sequence[Any]) -> StepRecord:
     """``run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-    output``."""
+    output, failures``."""
     return StepRecord(
         run_id=row[0],
         key=row[1],
@@ -145,6 +171,7 @@ def step_record(row: Sequence[Any]) -> StepRecord:
         worker=row[8],
         error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
         output=row[10],
+        failures=row[11],
     )
 
 

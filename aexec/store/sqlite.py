@@ -20,13 +20,14 @@ cheap call, no read of the log unless the file changed).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -36,7 +37,7 @@ from urllib.parse import unquote
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Opened, RunRecord, StepRecord, fold, sql
+from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus
@@ -76,6 +77,7 @@ class Queries(NamedTuple):
     get_plan: str
     insert_event: str
     last_insert: str
+    run_owners: str
     get_events: str
     run_started: str
     run_succeeded: str
@@ -91,6 +93,7 @@ class Queries(NamedTuple):
     claimable_runs: str
     claim_run: str
     renew_leases: str
+    renew_held_leases: str
     release_runs: str
     release_run: str
     finished_runs: str
@@ -212,13 +215,15 @@ class SqliteStore(Opened):
             submitted.seq = conn.execute(SQL.last_insert).fetchone()[0]
         return submitted
 
-    async def append(self, events: Sequence[Event]) -> None:
+    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
         conn = self._connection()
         if not events:
             return
         logged = _event_rows(events)
         updates = _row_updates(events)
         with self._errors("append events"), self._transaction(conn):
+            if fence is not None:  # under the write lock: nobody claims a run meanwhile
+                self._check_fence(conn, fence, dict.fromkeys(e.run_id for e in events))
             try:
                 conn.executemany(SQL.insert_event, logged)
             except sqlite3.IntegrityError as exc:  # events.run_id is a foreign key
@@ -234,6 +239,37 @@ class SqliteStore(Opened):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
             self._wakeups.notify(run_id)
+
+    async def fail_run(
+        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+    ) -> Event | None:
+        conn = self._connection()
+        event = shared.failed_event(run_id, error, ts)
+        with self._errors(f"fail run {run_id!r}"), self._transaction(conn):
+            rows = self._owners(conn, [run_id])
+            if not rows:
+                raise StoreError(f"cannot fail run {run_id!r}: no such run")
+            if fence is not None:
+                lost = shared.fence_lost(fence, [row[:3] for row in rows])
+                if lost:
+                    raise shared.lease_lost(lost)
+            if RunStatus(rows[0][3]).finished:
+                return None
+            conn.execute(SQL.insert_event, _event_rows([event])[0])
+            event.seq = conn.execute(SQL.last_insert).fetchone()[0]
+            conn.execute(SQL.run_failed, _row_params(event))
+        self._wakeups.notify(run_id)
+        return event
+
+    def _check_fence(self, conn: sqlite3.Connection, fence: Fence, run_ids: Iterable[str]) -> None:
+        lost = shared.fence_lost(fence, [row[:3] for row in self._owners(conn, run_ids)])
+        if lost:
+            raise shared.lease_lost(lost)
+
+    @staticmethod
+    def _owners(conn: sqlite3.Connection, run_ids: Iterable[str]) -> list[Any]:
+        """``run_id, owner, epoch, status, lease_until`` of those runs that exist."""
+        return conn.execute(SQL.run_owners, (json.dumps(list(run_ids)),)).fetchall()
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         conn = self._connection()
@@ -309,15 +345,35 @@ class SqliteStore(Opened):
             claimed = [shared.run_record(row) for row in rows]
             for run in claimed:
                 run.owner, run.lease_until = owner, now + lease
+                run.epoch += 1
             conn.executemany(SQL.claim_run, ((owner, now + lease, r.run_id) for r in claimed))
         return claimed
 
-    async def renew_leases(self, owner: str, lease: float) -> set[str]:
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
         conn = self._connection()
         shared.check_lease(lease)
         with self._errors("renew leases"), self._transaction(conn):
-            rows = conn.execute(SQL.renew_leases, (time.time() + lease, owner)).fetchall()
+            until = time.time() + lease
+            if held is None:
+                rows = conn.execute(SQL.renew_leases, (until, owner)).fetchall()
+            else:
+                params = {"until": until, "owner": owner, "held": json.dumps(dict(held))}
+                rows = conn.execute(SQL.renew_held_leases, params).fetchall()
         return {run_id for (run_id,) in rows}
+
+    async def owners(self, run_ids: Iterable[str]) -> dict[str, Ownership]:
+        conn = self._connection()
+        with self._errors("read the owners of runs"):
+            rows = self._owners(conn, dict.fromkeys(run_ids))
+        now = time.time()
+        return {
+            run_id: Ownership(
+                run_id, RunStatus(status), owner, epoch, until is not None and until >= now
+            )
+            for run_id, owner, epoch, status, until in rows
+        }
 
     async def release_runs(self, owner: str, run_ids: Iterable[str] | None = None) -> None:
         conn = self._connection()
@@ -455,8 +511,9 @@ def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]
 
 
 def _row_params(event: Event) -> dict[str, Any]:
-    worker, error = shared.change_data(event)
+    worker, error, failure = shared.change_data(event)
     return {
+        "failure": failure,
         "run_id": event.run_id,
         "step": event.step,
         "attempt": event.attempt,

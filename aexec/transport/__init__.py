@@ -36,12 +36,16 @@ publishes them back to the queue they came from.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from aexec.errors import TransportError
 from aexec.wire import MAX_PRIORITY
+
+log = logging.getLogger(__name__)
 
 DEAD_LETTER_QUEUE = "dead-letters"
 """Where rejected messages go.  RabbitMQ never changes a declared queue's arguments, so the
@@ -129,6 +133,23 @@ class Announcement:
 
     async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
         return None
+
+
+async def settle(
+    delivery: Delivery, *, reject: bool = False, requeue: bool = False, reason: str | None = None
+) -> bool:
+    """Ack ``delivery``, or reject it: back to its queue with ``requeue``, else dead-lettered
+    saying ``reason``.  False if its channel died meanwhile: the broker gives it back anyway
+    (a consumer's effect is committed before it settles, and a duplicate is ignored)."""
+    try:
+        if reject or requeue:
+            await delivery.reject(requeue=requeue, reason=reason)
+        else:
+            await delivery.ack()
+    except TransportError as exc:
+        log.info("could not settle a delivery (the broker gives it back): %s", exc)
+        return False
+    return True
 
 
 def retained_queue(topic: str) -> str:

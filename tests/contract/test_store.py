@@ -26,12 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aexec.errors import ConfigError, StoreError
+from aexec.errors import ConfigError, LeaseLostError, StoreError
 from aexec.events import Event, EventKind, from_record, to_record
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan, StepSpec, build
 from aexec.run import RemoteRun
-from aexec.store import RunRecord, StepRecord, Store, fold
+from aexec.store import Fence, Ownership, RunRecord, StepRecord, Store, fold
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
 from aexec.store.sqlite import SqliteStore, from_url, migrations
@@ -942,6 +942,182 @@ async def test_a_plan_is_deleted_with_the_last_run_of_it_and_stored_again_by_the
     assert [s.key for s in await store.get_steps("r-3")] == ["a", "b"]
 
 
+# -- fencing ------------------------------------------------------------------------------
+
+
+def fence(owner: str, **epochs: int) -> Fence:
+    return Fence(owner, epochs)
+
+
+async def test_a_created_run_is_at_epoch_one_and_each_claim_is_the_next_epoch(
+    store: Store,
+) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() - 1.0)
+    assert (await run_row(store, "r1")).epoch == 1
+    [claimed] = await store.acquire_runs("c2", 0.2)
+    assert claimed.epoch == 2 == (await run_row(store, "r1")).epoch
+    await asyncio.sleep(0.3)  # that lease runs out
+    [again] = await store.acquire_runs("c2", LEASE)
+    assert (again.owner, again.epoch) == ("c2", 3)
+
+
+async def test_a_fenced_append_by_the_owner_at_its_epoch_commits(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() + LEASE)
+    await store.append([ev(K.RUN_STARTED, run_id="r1")], fence=fence("c1", r1=1))
+    assert (await run_row(store, "r1")).status is RunStatus.RUNNING
+
+
+async def test_a_fenced_append_after_a_takeover_commits_nothing_and_names_the_runs_lost(
+    store: Store, other_store: Store
+) -> None:
+    await runs_created(store, ("lost", 1.0), owner="c1", lease_until=time.time() - 1.0)
+    await runs_created(store, ("kept", 2.0), owner="c1", lease_until=time.time() + LEASE)
+    [claimed] = await other_store.acquire_runs("c2", LEASE)  # c1's lease on "lost" ended
+    assert claimed.run_id == "lost"
+    batch = [
+        ev(K.RUN_STARTED, run_id="kept"),
+        ev(K.RUN_STARTED, run_id="lost"),
+        ev(K.STEP_DISPATCHED, "a", 1, run_id="lost"),
+    ]
+    with pytest.raises(LeaseLostError, match="lost") as raised:
+        await store.append(batch, fence=fence("c1", kept=1, lost=1))
+    assert raised.value.run_ids == {"lost"}
+    assert isinstance(raised.value, StoreError)
+    for run_id in ("kept", "lost"):  # the whole batch was refused
+        assert await appended(store, run_id) == []
+        assert (await run_row(store, run_id)).status is RunStatus.PENDING
+    await store.append(batch[:1], fence=fence("c1", kept=1))  # the rest commits alone
+    await other_store.append(batch[1:], fence=fence("c2", lost=2))
+    assert (await step_row(store, "a", "lost")).status is StepStatus.QUEUED
+
+
+async def test_a_fence_holding_an_older_epoch_or_not_the_run_is_refused(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() - 1.0)
+    await store.acquire_runs("c1", LEASE)  # the same owner, a new epoch
+    with pytest.raises(LeaseLostError):
+        await store.append([ev(K.RUN_STARTED, run_id="r1")], fence=fence("c1", r1=1))
+    with pytest.raises(LeaseLostError):
+        await store.append([ev(K.RUN_STARTED, run_id="r1")], fence=fence("c1"))
+    await store.append([ev(K.RUN_STARTED, run_id="r1")], fence=fence("c1", r1=2))
+    assert (await run_row(store, "r1")).status is RunStatus.RUNNING
+
+
+async def test_an_unfenced_append_is_not_checked(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() + LEASE)
+    await store.append([ev(K.RUN_STARTED, run_id="r1")])
+    assert (await run_row(store, "r1")).status is RunStatus.RUNNING
+
+
+async def test_renewing_held_runs_renews_exactly_those_still_owned_at_their_epoch(
+    store: Store,
+) -> None:
+    await runs_created(store, ("r1", 1.0), ("r2", 2.0), ("r3", 3.0), ("done", 4.0))
+    await runs_created(store, ("fresh", 5.0), owner="c1", lease_until=time.time() + LEASE)
+    await store.acquire_runs("c1", 1.0)  # every run but "fresh", at epoch 2
+    await store.append([ev(K.RUN_SUCCEEDED, run_id="done")])
+    held = {"r1": 2, "r2": 1, "done": 2, "ghost": 2}  # r2 at a stale epoch; r3 not held
+    assert await store.renew_leases("c1", LEASE, held) == {"r1"}
+    leases = {r.run_id: r.lease_until or 0.0 for r in await store.list_runs()}
+    assert leases["r1"] > time.time() + LEASE / 2
+    assert leases["r2"] < time.time() + 2.0 and leases["r3"] < time.time() + 2.0
+    assert await store.renew_leases("c2", LEASE, {"r1": 2}) == set()
+    assert await store.renew_leases("c1", LEASE, {}) == set()
+
+
+async def test_fail_run_ends_an_unfinished_run_failed_with_its_error_and_logs_it(
+    store: Store,
+) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c1", lease_until=time.time() + LEASE)
+    await store.append([ev(K.RUN_STARTED, run_id="r1"), ev(K.STEP_DISPATCHED, "a", 1, run_id="r1")])
+    event = await store.fail_run("r1", "refused", ts=300.0, fence=fence("c1", r1=1))
+    assert event is not None and event.seq > 0
+    assert (event.kind, event.data) == (K.RUN_FAILED, {"error": "refused"})
+    run = await run_row(store, "r1")
+    assert (run.status, run.error, run.finished_at) == (RunStatus.FAILED, "refused", 300.0)
+    assert (await appended(store, "r1"))[-1] == event
+    assert (await step_row(store, "a", "r1")).status is StepStatus.QUEUED  # nothing else
+    assert await store.fail_run("r1", "again", ts=400.0) is None  # finished already
+    assert (await run_row(store, "r1")).error == "refused"
+
+
+async def test_fail_run_is_fenced_and_refuses_an_unknown_run(store: Store) -> None:
+    await runs_created(store, ("r1", 1.0), owner="c2", lease_until=time.time() + LEASE)
+    with pytest.raises(LeaseLostError):
+        await store.fail_run("r1", "refused", ts=300.0, fence=fence("c1", r1=1))
+    assert (await run_row(store, "r1")).status is RunStatus.PENDING
+    with pytest.raises(StoreError, match="ghost"):
+        await store.fail_run("ghost", "refused", ts=300.0)
+
+
+async def test_owners_tells_who_owns_each_known_run_and_whether_the_lease_is_live(
+    store: Store,
+) -> None:
+    now = time.time()
+    await runs_created(store, ("live", 1.0), owner="c1", lease_until=now + LEASE)
+    await runs_created(store, ("lapsed", 2.0), owner="c1", lease_until=now - 1.0)
+    await runs_created(store, ("free", 3.0))
+    await store.append([ev(K.RUN_CANCELLED, run_id="live")])
+    found = await store.owners(["live", "lapsed", "free", "ghost", "live"])
+    assert found == {
+        "live": Ownership("live", RunStatus.CANCELLED, "c1", 1, True),
+        "lapsed": Ownership("lapsed", RunStatus.PENDING, "c1", 1, False),
+        "free": Ownership("free", RunStatus.PENDING, None, 1, False),
+    }
+    assert await store.owners([]) == {}
+
+
+async def test_failed_attempts_are_counted_but_lost_ones_are_not(store: Store) -> None:
+    await started_run(store)
+    lost = {"error": BOOM.to_dict(), "lost": True}
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_RETRYING, "a", 1, error=BOOM.to_dict()),
+            ev(K.STEP_DISPATCHED, "a", 2),
+            ev(K.STEP_RETRYING, "a", 2, **lost),
+            ev(K.STEP_DISPATCHED, "a", 3),
+            ev(K.STEP_RETRYING, "a", 1, error=BOOM.to_dict()),  # stale: changes nothing
+        ]
+    )
+    assert (await step_row(store, "a")).failures == 1
+    await store.append([ev(K.STEP_FAILED, "a", 3, error=BOOM.to_dict())])
+    a = await step_row(store, "a")
+    assert (a.status, a.attempts, a.failures) == (StepStatus.FAILED, 3, 2)
+    assert (await step_row(store, "b")).failures == 0
+
+
+async def test_text_with_nul_characters_is_stored_and_read_back_in_one_piece(
+    store: Store,
+) -> None:
+    await started_run(store)
+    error = ErrorInfo("ValueError", "bad \x00 byte", "Traceback\x00", retryable=False)
+    await store.append(
+        [
+            ev(K.STEP_DISPATCHED, "a", 1),
+            ev(K.STEP_STARTED, "a", 1, worker="w\x00rker"),
+            ev(K.STEP_FAILED, "a", 1, error=error.to_dict(), message="\x00"),
+            ev(K.RUN_FAILED, error="failed steps: a: ValueError: bad \x00 byte"),
+        ]
+    )
+    a = await step_row(store, "a")
+    assert a.error == error and a.worker is not None and a.worker.startswith("w")
+    run = await run_row(store)
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error.startswith("failed steps: a: ValueError: bad")
+    (failed,) = [e for e in await appended(store) if e.kind is K.STEP_FAILED]
+    assert failed.data["message"] == "\x00"
+
+
+async def test_a_run_whose_id_is_too_long_for_a_notification_still_takes_events(
+    store: Store,
+) -> None:
+    run_id = "r" * 8000  # ids are at most 255 characters now; older ones may be longer
+    await store.create_run(new_run(run_id), PLAN)
+    await store.append([ev(K.RUN_STARTED, run_id=run_id), ev(K.RUN_SUCCEEDED, run_id=run_id)])
+    assert (await run_row(store, run_id)).status is RunStatus.SUCCEEDED
+    assert [e.kind for e in await collect(store, run_id)][-1] is K.RUN_SUCCEEDED
+
+
 # -- following ----------------------------------------------------------------------------
 
 
@@ -1063,7 +1239,14 @@ _event_specs = st.tuples(
     st.sampled_from(list(EventKind)),
     st.sampled_from(["a", "b", "unknown", None]),
     st.integers(min_value=0, max_value=3),
-    st.sampled_from([{}, {"error": BOOM.to_dict(), "worker": "w"}, {"error": "bare", "worker": 7}]),
+    st.sampled_from(
+        [
+            {},
+            {"error": BOOM.to_dict(), "worker": "w"},
+            {"error": "bare", "worker": 7},
+            {"error": BOOM.to_dict(), "lost": True},
+        ]
+    ),
     st.booleans(),
 )
 _batches = st.lists(st.lists(_event_specs, max_size=6), max_size=6)

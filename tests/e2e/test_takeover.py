@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import REPO, Cluster
+from tests.e2e.cluster import REPO, Cluster, wait_for_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq]
 
@@ -127,3 +127,47 @@ def test_large_outputs_cross_through_s3_and_never_through_the_broker_or_the_stor
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     run_id = report["run_id"]
     assert f"outputs/outputs/{run_id}/corpus/1" in keys  # the 1 MB corpus: a claim check
+
+
+@pytest.mark.postgres
+def test_aexec_run_whose_run_was_taken_over_follows_it_and_exits_by_its_status(
+    cluster: Cluster, postgres_dsn: str
+) -> None:
+    """`aexec run` is frozen (SIGSTOP) past its lease: a coordinator service takes its run
+    over.  Thawed, it can no longer change the run, follows it in the store to its end,
+    and exits 0 with the run's report, as if it had driven it all along."""
+    gated = str(REPO / "tests" / "e2e" / "pipelines" / "gated.py")
+    marker, release = cluster.home / "started", cluster.home / "release"
+    cluster.env.update(
+        {"AEXEC_STORE": postgres_dsn, "AEXEC_LEASE": "1", "AEXEC_HEARTBEAT_INTERVAL": "0.2"}
+    )
+    cluster.start_worker("w1", "-A", gated)
+    driver = cluster.start(
+        "run", gated, "-p", f"marker={marker}", "-p", f"release={release}", "--json",
+        "--broker", cluster.broker,
+    )  # fmt: skip
+    wait_for_file(marker, driver)
+    listed = cluster.aexec("runs", "list", "--json")
+    run_id = json.loads(listed.stdout.splitlines()[0])["run_id"]
+    driver.popen.send_signal(signal.SIGSTOP)  # a blocked loop: its lease lapses
+    try:
+        cluster.start("coordinator", "-v", "--broker", cluster.broker)
+        deadline = time.monotonic() + 60
+        while True:
+            logs = cluster.aexec("runs", "logs", run_id, "--json")
+            if any(json.loads(line)["kind"] == "run_resumed" for line in logs.stdout.splitlines()):
+                break
+            assert time.monotonic() < deadline, "the run was never taken over"
+            time.sleep(0.2)
+    finally:
+        driver.popen.send_signal(signal.SIGCONT)
+    release.touch()
+    assert driver.wait(timeout=60) == 0, driver.output()
+    report = json.loads("".join(driver.out))
+    assert (report["run_id"], report["status"], report["result"]) == (
+        run_id,
+        "succeeded",
+        "released",
+    )
+    stored = show(cluster, run_id)
+    assert stored is not None and stored["status"] == "succeeded"

@@ -8,7 +8,7 @@ import time
 from aexec import messages
 from aexec.batch import ActiveRun, Batch, Outgoing, RetryTimer
 from aexec.events import EventKind
-from aexec.inbox import Cancel, Resume, RetryDue, Start, WorkerLost
+from aexec.inbox import Cancel, Resume, RetryDue, Start, Unconfirmed, WorkerLost
 from aexec.plan import Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.scheduling import MAX_LOST, Dispatch, RunState
@@ -196,3 +196,59 @@ async def test_a_step_whose_attempts_keep_being_lost_fails_after_the_bound() -> 
         EventKind.RUN_FAILED,
     ]
     assert run.state.status[0] is StepStatus.FAILED
+
+
+async def test_a_completion_whose_output_does_not_decode_fails_its_step_for_good() -> None:
+    _run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    now = time.time()
+    assert batch.reply(messages.Completion("r1", "first", 1, b"\xc1", None, "w", now, now))
+    failed, skipped, ended = batch.events
+    assert (failed.kind, skipped.kind, ended.kind) == (
+        EventKind.STEP_FAILED,
+        EventKind.STEP_SKIPPED,
+        EventKind.RUN_FAILED,
+    )
+    error = failed.data["error"]
+    assert (error["type"], error["retryable"]) == ("CodecError", False)  # never retried
+    assert error["message"].startswith("step 'first' returned output that cannot be decoded")
+    assert "\n" not in error["message"]
+    assert batch.outgoing == [] and batch.retries == []
+
+
+async def test_liveness_is_per_worker_instance_not_per_name() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    seen: dict[str, float] = {}
+    batch = Batch(runs, "c1", seen)
+    batch.reply(messages.Heartbeat("w", time.time(), [("r1", "first", 1)], "first-process"))
+    batch.reply(messages.Heartbeat("w", time.time(), [], "second-process"))
+    assert set(seen) == {"w#first-process", "w#second-process"}
+    assert run.running_on == {0: "w#first-process"}  # the step is the first process's
+    (started,) = batch.events
+    assert started.data == {"worker": "w", "instance": "first-process"}
+
+
+async def test_an_unconfirmed_dispatch_is_sent_again_as_a_new_attempt_spending_no_retry() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    batch.command(Unconfirmed("r1", 0, 1, "connection closed"))
+    retrying, dispatched = batch.events
+    assert retrying.kind is EventKind.STEP_RETRYING and retrying.attempt == 1
+    assert retrying.data["lost"] is True and retrying.data["error"]["type"] == "PublishError"
+    assert (dispatched.kind, dispatched.attempt) == (EventKind.STEP_DISPATCHED, 2)
+    assert batch.outgoing == [Outgoing(run, 0, 2)]
+    assert run.state.failures == [0, 0]
+    again = Batch(runs, "c1", {})
+    again.command(Unconfirmed("r1", 0, 1, "late"))  # attempt 1 is superseded: nothing
+    assert again.events == [] and again.outgoing == []
+
+
+async def test_a_lost_worker_is_logged_as_lost_not_as_a_failure() -> None:
+    _run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    batch.command(WorkerLost("r1", 0, 1, "w"))
+    assert batch.events[0].data["lost"] is True

@@ -138,10 +138,13 @@ async def test_malformed_and_unknown_messages_are_dead_lettered_and_the_worker_k
 
     compiled = p.compile()
     dead: list[bytes] = []
+    three = asyncio.Event()
 
     async def collect(delivery: Delivery) -> None:
         dead.append(delivery.body)
         await delivery.ack()
+        if len(dead) == 3:
+            three.set()
 
     await transport.consume(DEAD_LETTER_QUEUE, collect, prefetch=10)
     async with (
@@ -156,7 +159,14 @@ async def test_malformed_and_unknown_messages_are_dead_lettered_and_the_worker_k
         await transport.publish(step_queue("default"), unknown.encode())
         run = await coordinator.submit(compiled.plan)
         assert await asyncio.wait_for(run.done, 5) is RunStatus.SUCCEEDED
-    assert len(dead) == 2
+        # The worker dead-letters the two bad step messages; the failed completion it sent
+        # for the unknown step names a run no store knows: the coordinator dead-letters it.
+        await asyncio.wait_for(three.wait(), 5)
+    assert dead[0] == b"\xc1 not msgpack"
+    assert unknown.encode() in dead
+    (completion,) = [b for b in dead if b not in (b"\xc1 not msgpack", unknown.encode())]
+    decoded = messages.decode(completion)
+    assert isinstance(decoded, messages.Completion) and decoded.run_id == "r"
 
 
 def test_prefetch_matches_what_can_run_at_once() -> None:

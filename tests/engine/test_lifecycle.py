@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
 import aexec
 from aexec import messages, pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
+from aexec.dsl import StepDef
 from aexec.errors import AexecError, TransportError
-from aexec.events import EventKind
+from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan
 from aexec.store.memory import MemoryStore
-from aexec.transport import Delivery
+from aexec.stream import BUFFER
+from aexec.transport import Delivery, Handler
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.wire import step_queue
@@ -29,10 +32,12 @@ class BuggyStore(MemoryStore):
         super().__init__()
         self.broken = False
 
-    async def renew_leases(self, owner: str, lease: float) -> list[str]:
+    async def renew_leases(
+        self, owner: str, lease: float, held: Mapping[str, int] | None = None
+    ) -> set[str]:
         if self.broken:
             raise RuntimeError("a bug in renew_leases")
-        return await super().renew_leases(owner, lease)
+        return await super().renew_leases(owner, lease, held)
 
 
 class BuggyHeartbeats(MemoryTransport):
@@ -65,14 +70,15 @@ async def store() -> AsyncIterator[MemoryStore]:
     await s.close()
 
 
-def one_step_plan() -> Plan:
-    @step
-    async def only() -> str:
-        return "done"
+@step(name="only")
+async def one_step() -> str:
+    return "done"
 
+
+def one_step_plan() -> Plan:
     @pipeline
     def p() -> object:
-        return only()
+        return one_step()
 
     return p.compile().plan
 
@@ -244,3 +250,189 @@ async def test_a_bug_in_a_worker_task_stops_the_worker_which_gives_its_steps_bac
     assert status is RunStatus.SUCCEEDED
     assert calls == ["x", "x"]  # attempt 1 on the buggy worker, attempt 2 on its heir
     await transport.close()
+
+
+class OneBuggyAppend(MemoryStore):
+    """A store whose first append of a step's success hits a bug (not a backend error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    async def append(self, events: Sequence[Event], **fenced: Any) -> None:
+        if self.armed and any(e.kind is EventKind.STEP_SUCCEEDED for e in events):
+            self.armed = False
+            raise RuntimeError("a bug in append")
+        await super().append(events, **fenced)
+
+
+class SlowAppend(MemoryStore):
+    """A store whose appends take a while (a slow database); ``appending`` is set when one
+    starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appending = asyncio.Event()
+
+    async def append(self, events: Sequence[Event], **fenced: Any) -> None:
+        self.appending.set()
+        await asyncio.sleep(0.2)
+        await super().append(events, **fenced)
+
+
+class NoTopics(MemoryTransport):
+    """A transport whose broadcasts cannot be subscribed to (a broker fault)."""
+
+    async def subscribe(self, topic: str, handler: Handler) -> Any:
+        raise TransportError("cannot subscribe now")
+
+
+def chain_plan(steps: dict[str, StepDef[Any, Any]]) -> Plan:
+    @step
+    async def first() -> int:
+        return 1
+
+    @step
+    async def second(x: int) -> int:
+        return x + 1
+
+    @pipeline
+    def p() -> object:
+        return second(first())
+
+    compiled = p.compile()
+    steps.update(compiled.steps)
+    return compiled.plan
+
+
+async def test_a_scheduler_pass_that_fails_gives_its_deliveries_back_and_its_runs_go_on(
+    transport: MemoryTransport,
+) -> None:
+    store = OneBuggyAppend()
+    await store.open()
+    steps: dict[str, StepDef[Any, Any]] = {}
+    plan = chain_plan(steps)
+    async with (
+        asyncio.timeout(10),
+        Coordinator(transport, store) as coordinator,
+        Worker(transport, MemoryObjectStore(), steps) as worker,
+    ):
+        await worker.serve("default")
+        run = await coordinator.submit(plan)
+        assert await asyncio.shield(run.done) is RunStatus.SUCCEEDED
+    assert not store.armed  # the bug was hit, and the run recovered from the store
+    kinds = [e.kind for e in await store.get_events(run.run_id)]
+    assert EventKind.RUN_RESUMED in kinds and kinds[-1] is EventKind.RUN_SUCCEEDED
+    await store.close()
+
+
+async def test_leaving_an_embedded_coordinator_mid_pass_commits_what_the_pass_decided(
+    transport: MemoryTransport,
+) -> None:
+    store = SlowAppend()
+    await store.open()
+    config = CoordinatorConfig(durable_dispatch=False, durable_replies=False, flush_interval=60)
+    async with Worker(transport, MemoryObjectStore()) as worker:
+        coordinator = Coordinator(transport, store, config, on_queue=worker.serve)
+        await coordinator.__aenter__()
+        plan = one_step_plan()
+        worker.add_steps([one_step])
+        run = await coordinator.submit(plan)
+        await store.appending.wait()  # the run ended: the pass commits it, slowly
+        await coordinator.__aexit__(None, None, None)
+    kinds = [e.kind for e in await store.get_events(run.run_id)]
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+    assert run.done.result() is RunStatus.SUCCEEDED
+    await store.close()
+
+
+async def test_a_coordinator_that_cannot_subscribe_consumes_nothing(store: MemoryStore) -> None:
+    transport = NoTopics()
+    await transport.open()
+    coordinator = Coordinator(transport, store, CoordinatorConfig(id="c", durable_replies=True))
+    with pytest.raises(TransportError, match="cannot subscribe"):
+        await coordinator.__aenter__()
+    await transport.publish(coordinator.reply_queue, b"probe")
+    assert transport.queue_depth(coordinator.reply_queue) == 1  # no consumer took it
+    await transport.close()
+
+
+async def test_a_coordinator_stopped_by_a_bug_says_so_through_stopped(
+    transport: MemoryTransport,
+) -> None:
+    store = BuggyStore()
+    await store.open()
+    coordinator = Coordinator(transport, store, CoordinatorConfig(lease=0.03))
+    with pytest.raises(ExceptionGroup):
+        async with coordinator:
+            await coordinator.submit(one_step_plan())
+            store.broken = True
+            with pytest.raises(AexecError, match="a bug in renew_leases"):
+                await asyncio.wait_for(coordinator.stopped, 10)
+    await store.close()
+
+
+async def test_a_clean_exit_resolves_stopped(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    coordinator = Coordinator(transport, store)
+    async with coordinator:
+        assert not coordinator.stopped.done()
+    assert coordinator.stopped.result() is None
+
+
+async def test_a_reader_that_stops_reading_holds_a_bounded_buffer_then_catches_up(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    @step
+    async def noop() -> None:
+        return None
+
+    @pipeline
+    def wide() -> object:
+        return [noop.alias(f"n{i}")() for i in range(700)]  # some 1,400 events
+
+    compiled = wide.compile()
+    async with (
+        asyncio.timeout(20),
+        Coordinator(transport, store) as coordinator,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        run = await coordinator.submit(compiled.plan)
+        reader = coordinator.events(run.run_id)
+        first = await anext(reader)  # then it stops reading while the run goes on
+        assert await asyncio.shield(run.done) is RunStatus.SUCCEEDED
+        (buffer,) = run.subscribers
+        assert len(buffer) <= BUFFER
+        rest = [event async for event in reader]
+    logged = await store.get_events(run.run_id)
+    assert len(logged) > BUFFER
+    assert [e.seq for e in [first, *rest]] == [e.seq for e in logged]  # none lost, none twice
+
+
+async def test_serving_until_stopped_raises_the_failure_that_stopped_the_coordinator_first(
+    transport: MemoryTransport,
+) -> None:
+    store = BuggyStore()
+    await store.open()
+    coordinator = Coordinator(transport, store, CoordinatorConfig(lease=0.03))
+    stop = asyncio.Event()
+    with pytest.raises(ExceptionGroup):
+        async with coordinator:
+            await coordinator.submit(one_step_plan())
+            store.broken = True
+            with pytest.raises(AexecError, match="a bug in renew_leases"):
+                await asyncio.wait_for(coordinator.until(stop), 10)
+    await store.close()
+
+
+async def test_serving_until_stopped_returns_once_stop_is_set(
+    transport: MemoryTransport, store: MemoryStore
+) -> None:
+    stop = asyncio.Event()
+    async with Coordinator(transport, store) as coordinator:
+        serving = asyncio.ensure_future(coordinator.until(stop))
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+        assert not coordinator.stopped.done()

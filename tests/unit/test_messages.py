@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -384,3 +385,22 @@ def test_mutated_valid_messages_decode_or_raise_codec_error(
         body[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(body)))
     decode_or_codec_error(bytes(body[:cut]))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Completion("r", "k", 1, b"\xc0", None, "w", 1.0, 2.0, "a1b2"),
+        Progress("r", "k", 1, "w", 1.0, 0.5, "half", "a1b2"),
+        Heartbeat("w", 1.0, [("r", "k", 1)], "a1b2"),
+    ],
+)
+def test_a_workers_instance_id_travels_and_a_worker_that_predates_it_is_still_understood(
+    message: Any,
+) -> None:
+    assert messages.decode(message.encode()) == message
+    older = msgpack.packb([messages.VERSION, message.KIND, *message.to_wire()[:-1]])
+    assert messages.decode(older) == dataclasses.replace(message, instance="")
+    newer = msgpack.packb([messages.VERSION, message.KIND, *message.to_wire(), "extra"])
+    with pytest.raises(CodecError, match="fields where"):
+        messages.decode(newer)

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 from aexec.plan import Plan, StepSpec, build
 from aexec.retry import RetryPolicy
-from aexec.scheduling import Action, Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.scheduling import (
+    Action,
+    Dispatch,
+    Fail,
+    Finish,
+    RecordedStep,
+    Retry,
+    RunState,
+    Skip,
+)
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 BOOM = ErrorInfo("ValueError", "boom")
@@ -202,6 +211,49 @@ def test_failure_after_the_last_retry_fails_the_step() -> None:
     run.state.retry_due(0, 2)
     assert run.fail("a", 2) == [Fail(0, 2, BOOM), Finish(RunStatus.FAILED)]
     assert run.state.errors == {0: BOOM}
+
+
+def test_retries_count_failures_not_attempts_lost_to_workers() -> None:
+    run = Run(make_plan({"a": []}, retries={"a": 1}))
+    run.start()
+    assert run.state.lost_worker(0, 1) == [Dispatch(0, 2)]
+    assert run.fail("a", 2) == [Retry(0, 3, 0.75, BOOM)]  # the first failure: backoff of one
+    run.state.retry_due(0, 3)
+    assert run.fail("a", 3) == [Fail(0, 3, BOOM), Finish(RunStatus.FAILED)]
+    assert run.state.failures == [2]
+
+
+def test_an_unconfirmed_dispatch_goes_again_as_the_next_attempt_spending_nothing() -> None:
+    run = Run(make_plan({"a": [], "b": ["a"]}, retries={"a": 1}))
+    run.start()
+    assert run.state.unconfirmed(0, 1) == [Dispatch(0, 2)]
+    assert run.state.unconfirmed(0, 1) is None  # superseded
+    assert run.ok("a", 1) is None  # the first attempt's completion is stale now
+    assert run.state.started(0, 2)
+    assert run.state.unconfirmed(0, 2) is None  # it was seen running: it did arrive
+    assert run.fail("a", 2) == [Retry(0, 3, 0.75, BOOM)]  # its retry is intact
+    assert run.state.lost == {}
+
+
+def test_a_restored_step_keeps_the_retries_its_failures_left() -> None:
+    plan = make_plan({"a": [], "b": []}, retries={"a": 1, "b": 1})
+    state = RunState(plan, sample=lambda: 0.5)
+    recorded = [
+        RecordedStep(StepStatus.QUEUED, 3, failures=0),  # dispatched 3 times, never failed
+        RecordedStep(StepStatus.RETRYING, 2, error=BOOM, failures=1),
+    ]
+    assert state.restore(recorded, started=True) == [Dispatch(0, 4), Dispatch(1, 3)]
+    assert state.failed(0, 4, BOOM) == [Retry(0, 5, 0.75, BOOM)]
+    assert state.failed(1, 3, BOOM) == [Fail(1, 3, BOOM)]  # its one retry was spent before
+    assert state.failures == [1, 2]
+
+
+def test_halt_ends_the_run_outside_the_schedule() -> None:
+    run = Run(make_plan({"a": []}))
+    run.start()
+    run.state.halt(RunStatus.FAILED)
+    assert run.state.finished and run.state.run_status is RunStatus.FAILED
+    assert run.state.cancel() == []
 
 
 def test_non_retryable_error_fails_at_once() -> None:

@@ -32,8 +32,8 @@ ON CONFLICT (digest) DO NOTHING
 -- name: insert_run
 -- Returns nothing when the run already exists.
 INSERT INTO aexec_runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
-                        started_at, finished_at, result, error, owner, lease_until)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                        started_at, finished_at, result, error, owner, lease_until, epoch)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING serial
 
@@ -45,7 +45,7 @@ FROM unnest($2::integer[], $3::text[], $4::text[], $5::text[])
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM aexec_runs WHERE run_id = $1
 
 -- name: run_ids_from
@@ -54,14 +54,14 @@ SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
 
 -- name: list_runs
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM aexec_runs
 ORDER BY created_at DESC, serial DESC
 LIMIT $1
 
 -- name: list_runs_by_status
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM aexec_runs
 WHERE status = $1
 ORDER BY created_at DESC, serial DESC
@@ -72,7 +72,7 @@ SELECT status FROM aexec_runs WHERE run_id = $1
 
 -- name: get_steps
 SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-       output
+       output, failures
 FROM aexec_steps WHERE run_id = $1 ORDER BY position
 
 -- name: get_plan
@@ -83,16 +83,19 @@ SELECT data FROM aexec_plans WHERE digest = $1
 -- name: lock_runs
 -- The first statement of an append: lock the batch's runs in id order, so that two appends
 -- to one run commit in seq order (a follower reading "seq > last" misses nothing), and
--- queue one wake-up per run for followers (sent at commit, dropped at rollback).  Returns
--- the ids that exist.
-SELECT locked.run_id
+-- queue one wake-up per run for followers (sent at commit, dropped at rollback; an id too
+-- long for a NOTIFY payload gets none: its followers poll).  Returns the runs that exist
+-- with their owner, epoch and status, which a fenced write checks before writing.
+SELECT locked.run_id, locked.owner, locked.epoch, locked.status
 FROM (
-    SELECT run_id FROM aexec_runs
+    SELECT run_id, owner, epoch, status FROM aexec_runs
     WHERE run_id = ANY($1::text[])
     ORDER BY run_id
     FOR NO KEY UPDATE
 ) AS locked
-CROSS JOIN LATERAL pg_notify('aexec_events', locked.run_id)
+LEFT JOIN LATERAL (
+    SELECT pg_notify('aexec_events', locked.run_id) WHERE octet_length(locked.run_id) < 8000
+) AS notified ON true
 
 -- name: insert_events
 -- Inserted in batch order, so the batch's seqs, sorted, are its events' seqs in order.
@@ -113,6 +116,7 @@ SELECT seq FROM logged ORDER BY seq
 UPDATE aexec_steps AS step
 SET status = change.status,
     attempts = change.attempt,
+    failures = step.failures + change.failure,
     started_at = CASE WHEN change.status = 'running' THEN change.ts ELSE step.started_at END,
     worker = CASE WHEN change.status = 'running' THEN change.worker ELSE step.worker END,
     output = CASE WHEN change.status = 'succeeded' THEN change.output ELSE step.output END,
@@ -122,8 +126,8 @@ SET status = change.status,
                  WHEN change.status = 'succeeded' THEN NULL
                  ELSE step.error END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::float8[], $6::text[],
-            $7::text[], $8::bytea[])
-     AS change (run_id, key, status, attempt, ts, worker, error, output)
+            $7::text[], $8::bytea[], $9::integer[])
+     AS change (run_id, key, status, attempt, ts, worker, error, output, failure)
 WHERE step.run_id = change.run_id AND step.key = change.key
   AND step.attempts <= change.attempt
   AND step.status IN ('pending', 'queued', 'running', 'retrying')
@@ -158,6 +162,7 @@ LIMIT $3
 -- name: acquire_runs
 -- Claimable: unfinished, and no owner, no lease end, or a lease that ended.  SKIP LOCKED:
 -- a concurrent claimer (or an append) holds those rows; they are not ours to take now.
+-- Each claim is a new epoch: writes fenced by an earlier one are refused.
 WITH claimable AS (
     SELECT run_id FROM aexec_runs
     WHERE status IN ('pending', 'running')
@@ -168,12 +173,13 @@ WITH claimable AS (
     FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE aexec_runs AS run
-SET owner = $1, lease_until = extract(epoch FROM clock_timestamp())::float8 + $2
+SET owner = $1, lease_until = extract(epoch FROM clock_timestamp())::float8 + $2,
+    epoch = run.epoch + 1
 FROM claimable
 WHERE run.run_id = claimable.run_id
 RETURNING run.serial, run.run_id, run.pipeline, run.plan_digest, run.status, run.priority,
           run.params, run.created_at, run.started_at, run.finished_at, run.result, run.error,
-          run.owner, run.lease_until
+          run.owner, run.lease_until, run.epoch
 
 -- name: renew_leases
 WITH owned AS (
@@ -187,6 +193,28 @@ SET lease_until = extract(epoch FROM clock_timestamp())::float8 + $2
 FROM owned
 WHERE run.run_id = owned.run_id
 RETURNING run.run_id
+
+-- name: renew_held_leases
+-- The runs held ($3 ids, $4 their epochs) that the owner still owns at that epoch.
+WITH owned AS (
+    SELECT run.run_id FROM aexec_runs AS run
+    JOIN unnest($3::text[], $4::integer[]) AS held (run_id, epoch)
+      ON run.run_id = held.run_id AND run.epoch = held.epoch
+    WHERE run.owner = $1 AND run.status IN ('pending', 'running')
+    ORDER BY run.run_id
+    FOR NO KEY UPDATE OF run
+)
+UPDATE aexec_runs AS run
+SET lease_until = extract(epoch FROM clock_timestamp())::float8 + $2
+FROM owned
+WHERE run.run_id = owned.run_id
+RETURNING run.run_id
+
+-- name: run_owners
+-- Who owns these runs, and whether that lease is live by the database's clock.
+SELECT run_id, status, owner, epoch,
+       coalesce(lease_until >= extract(epoch FROM clock_timestamp())::float8, false)
+FROM aexec_runs WHERE run_id = ANY($1::text[])
 
 -- name: release_runs
 -- $2 NULL: every unfinished run of the owner.
@@ -207,7 +235,7 @@ WHERE run.run_id = owned.run_id
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last ($3, $4).
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM aexec_runs
 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
   AND (finished_at, run_id) > ($3, $4)

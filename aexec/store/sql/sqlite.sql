@@ -43,8 +43,8 @@ SELECT 1 FROM runs WHERE run_id = ?
 
 -- name: insert_run
 INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
-                  started_at, finished_at, result, error, owner, lease_until)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  started_at, finished_at, result, error, owner, lease_until, epoch)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: insert_step
 INSERT INTO steps (run_id, position, key, name, queue, status)
@@ -52,7 +52,7 @@ VALUES (?, ?, ?, ?, ?, 'pending')
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM runs WHERE run_id = ?
 
 -- name: run_ids_from
@@ -61,12 +61,12 @@ SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2
 
 -- name: list_runs
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?
 
 -- name: list_runs_by_status
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM runs WHERE status = ?
 ORDER BY created_at DESC, rowid DESC LIMIT ?
 
@@ -75,7 +75,7 @@ SELECT status FROM runs WHERE run_id = ?
 
 -- name: get_steps
 SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-       output
+       output, failures
 FROM steps WHERE run_id = ? ORDER BY position
 
 -- name: get_plan
@@ -88,6 +88,12 @@ INSERT INTO events (run_id, ts, kind, step, attempt, data) VALUES (?, ?, ?, ?, ?
 
 -- name: last_insert
 SELECT last_insert_rowid()
+
+-- name: run_owners
+-- The owner, epoch, status and lease of the runs named by a JSON array of ids: a fenced
+-- write reads them under its write lock; a stray message's owner is looked up with them.
+SELECT run_id, owner, epoch, status, lease_until FROM runs
+WHERE run_id IN (SELECT value FROM json_each(?))
 
 -- name: get_events
 -- LIMIT -1 is no limit.
@@ -131,7 +137,8 @@ WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
   AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 
 -- name: step_retrying
-UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error
+UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error,
+                 failures = failures + :failure
 WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
   AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 
@@ -142,7 +149,8 @@ WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
   AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 
 -- name: step_failed
-UPDATE steps SET status = 'failed', attempts = :attempt, error = :error, finished_at = :ts
+UPDATE steps SET status = 'failed', attempts = :attempt, error = :error, finished_at = :ts,
+                 failures = failures + :failure
 WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
   AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 
@@ -162,19 +170,28 @@ WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
 -- name: claimable_runs
 -- Claimable: unfinished, and no owner, no lease end, or a lease that ended.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM runs
 WHERE (status = 'pending' OR status = 'running')
   AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)
 ORDER BY created_at, rowid LIMIT ?
 
 -- name: claim_run
-UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?
+-- Each claim is a new epoch: writes fenced by an earlier one are refused.
+UPDATE runs SET owner = ?, lease_until = ?, epoch = epoch + 1 WHERE run_id = ?
 
 -- name: renew_leases
 UPDATE runs SET lease_until = ?
 WHERE owner = ? AND (status = 'pending' OR status = 'running')
 RETURNING run_id
+
+-- name: renew_held_leases
+-- The runs held, as a JSON object {run_id: epoch}, that the owner still owns at that epoch.
+UPDATE runs SET lease_until = :until
+FROM (SELECT key AS run_id, value AS epoch FROM json_each(:held)) AS held
+WHERE runs.run_id = held.run_id AND runs.epoch = held.epoch AND runs.owner = :owner
+  AND (runs.status = 'pending' OR runs.status = 'running')
+RETURNING runs.run_id
 
 -- name: release_runs
 UPDATE runs SET lease_until = 0 WHERE owner = ? AND (status = 'pending' OR status = 'running')
@@ -188,7 +205,7 @@ WHERE owner = ? AND (status = 'pending' OR status = 'running') AND run_id = ?
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until
+       finished_at, result, error, owner, lease_until, epoch
 FROM runs
 WHERE (status = 'succeeded' OR status = 'failed' OR status = 'cancelled')
   AND finished_at < :before AND (finished_at, run_id) > (:after_ts, :after_id)

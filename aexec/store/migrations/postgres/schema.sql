@@ -29,7 +29,8 @@ CREATE TABLE aexec_runs (
     result      bytea,                       -- the encoded pipeline result
     error       text,
     owner       text,                        -- the coordinator holding the lease
-    lease_until double precision             -- when that lease ends
+    lease_until double precision,            -- when that lease ends
+    epoch       integer NOT NULL DEFAULT 1   -- times claimed, creation included (fencing)
 );
 
 CREATE INDEX aexec_runs_by_created_at ON aexec_runs (created_at, serial);
@@ -55,6 +56,7 @@ CREATE TABLE aexec_steps (
     worker      text,
     error       text,                        -- JSON of ErrorInfo.to_dict()
     output      bytea,                       -- the encoded step output
+    failures    integer NOT NULL DEFAULT 0,  -- attempts that really failed (not lost ones)
     PRIMARY KEY (run_id, key)
 );
 

@@ -22,7 +22,8 @@ CREATE TABLE runs (
     result      BLOB,                        -- the encoded pipeline result
     error       TEXT,
     owner       TEXT,                        -- the coordinator holding the lease
-    lease_until REAL                         -- when that lease ends (seconds since the epoch)
+    lease_until REAL,                        -- when that lease ends (seconds since the epoch)
+    epoch       INTEGER NOT NULL DEFAULT 1   -- times claimed, creation included (fencing)
 );
 
 CREATE INDEX runs_by_created_at ON runs (created_at);
@@ -49,6 +50,7 @@ CREATE TABLE steps (
     worker      TEXT,
     error       TEXT,                        -- JSON of ErrorInfo.to_dict()
     output      BLOB,                        -- the encoded step output
+    failures    INTEGER NOT NULL DEFAULT 0,  -- attempts that really failed (not lost ones)
     PRIMARY KEY (run_id, key)
 );
 

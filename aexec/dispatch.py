@@ -1,0 +1,161 @@
+"""Publishing the steps a coordinator decided: step messages out, and what happens when
+the broker does not confirm them.
+
+A step message whose publish was not confirmed (a lost confirm, a closed connection) may
+or may not be queued.  It is never sent again as the same attempt: after a backoff
+(growing while publishes keep failing, bounded), the coordinator is told
+(:class:`~aexec.inbox.Unconfirmed`) and dispatches the step again as a new attempt,
+recorded first, as it does for a lost worker.  If the first attempt did arrive, its
+completion is stale and ignored; the attempt spends no retry either way.
+
+No step message is larger than ``max_message_size``: one that would be has its largest
+inline inputs moved to the object store first (:mod:`aexec.claim`), or, when that cannot be
+done, its step fails (:class:`~aexec.inbox.DispatchFailed`) with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aexec import claim, messages
+from aexec.batch import ActiveRun, Outgoing
+from aexec.errors import ObjectStoreError, PublishError, TransportError, ValueTooLargeError
+from aexec.inbox import DispatchFailed, Item, Unconfirmed
+from aexec.objects import ObjectStore
+from aexec.recording import one_line
+from aexec.transport import Transport
+from aexec.types import ErrorInfo
+from aexec.wire import MAX_PRIORITY, step_queue
+
+log = logging.getLogger(__name__)
+
+StepMessage = tuple[str, bytes, int]
+"""``(queue, body, priority)``: one step message, as the transport publishes it."""
+
+
+class Dispatcher:
+    """Publishes step messages for coordinator ``owner`` (whose replies go to ``reply_to``);
+    ``post`` is told of each dispatch the broker did not confirm (:class:`Unconfirmed`) and
+    of each that could not be sent (:class:`DispatchFailed`).  Inputs too large for a
+    message of ``max_message_size`` bytes go to ``objects``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        owner: str,
+        reply_to: str,
+        post: Callable[[Item], None],
+        *,
+        delay: float,
+        max_delay: float,
+        objects: ObjectStore | None = None,
+        max_message_size: int,
+    ) -> None:
+        self._transport = transport
+        self._owner = owner
+        self._reply_to = reply_to
+        self._post = post
+        self._first_delay = delay
+        self._max_delay = max(delay, max_delay)
+        self._delay = delay
+        self._objects = objects
+        self._limit = max_message_size
+
+    def message(self, outgoing: Outgoing, inputs: list[bytes] | None = None) -> StepMessage:
+        """The step message for ``outgoing`` (built when it is decided: its inputs are the
+        run's outputs now, or ``inputs``)."""
+        run = outgoing.run
+        step = run.plan.steps[outgoing.index]
+        body = messages.StepMessage(
+            run.run_id,
+            step.key,
+            outgoing.attempt,
+            step.name,
+            step.call,
+            _inputs(run, outgoing.index) if inputs is None else inputs,
+            step.timeout,
+            self._reply_to,
+        ).encode()
+        return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
+
+    async def publish(self, outgoing: list[Outgoing], bodies: list[StepMessage]) -> None:
+        """Publish the messages ``bodies`` of ``outgoing``; those not confirmed are posted
+        as :class:`Unconfirmed` after the backoff.  A message over the size limit goes
+        with its inputs in the object store, or its step fails."""
+        fits = [len(body) <= self._limit for _, body, _ in bodies]
+        if not all(fits):
+            for o, (_, body, _), fit in zip(outgoing, bodies, fits, strict=True):
+                if not fit:
+                    await self._publish_oversized(o, len(body))
+            outgoing = [o for o, fit in zip(outgoing, fits, strict=True) if fit]
+            bodies = [b for b, fit in zip(bodies, fits, strict=True) if fit]
+            if not bodies:
+                return
+        await self._publish(outgoing, bodies)
+
+    async def _publish_oversized(self, outgoing: Outgoing, size: int) -> None:
+        """Publish a step whose message would be ``size`` bytes, over the limit: with its
+        largest inputs moved to the object store, or, if that cannot be done, fail it."""
+        run, index = outgoing.run, outgoing.index
+        step = run.plan.steps[index]
+        try:
+            inputs = await claim.fit_inputs(
+                self._objects, run, index, _inputs(run, index), size - self._limit + claim.ENVELOPE
+            )
+            message = self.message(outgoing, inputs)
+            if len(message[1]) > self._limit:
+                raise ValueTooLargeError(
+                    f"the message of step {step.key!r} is {len(message[1])} bytes with its "
+                    f"inputs in the object store, over the {self._limit}-byte limit: its call "
+                    f"holds {len(step.call)} bytes of constants"
+                )
+        except (ObjectStoreError, ValueTooLargeError) as exc:
+            log.error("coordinator %s cannot send step %s of run %s: %s",
+                      self._owner, step.key, run.run_id, exc)  # fmt: skip
+            error = ErrorInfo.from_exception(exc, retryable=isinstance(exc, ObjectStoreError))
+            self._post(DispatchFailed(run.run_id, index, outgoing.attempt, error))
+            return
+        await self._publish([outgoing], [message])
+
+    async def _publish(self, outgoing: list[Outgoing], bodies: list[StepMessage]) -> None:
+        try:
+            await self._transport.publish_many(bodies)
+        except PublishError as exc:
+            unsent = {id(body) for _, body, _ in exc.unsent}
+            failed = [
+                o for o, (_, body, _) in zip(outgoing, bodies, strict=True) if id(body) in unsent
+            ]
+            reason = one_line(str(exc))
+        except TransportError as exc:
+            failed, reason = outgoing, one_line(str(exc))
+        else:
+            self._delay = self._first_delay
+            return
+        delay = self._delay
+        self._delay = min(delay * 2, self._max_delay)
+        log.warning(
+            "coordinator %s: %d step messages were not confirmed, dispatching them again as "
+            "new attempts in %.2fs: %s",
+            self._owner,
+            len(failed),
+            delay,
+            reason,
+        )
+        await asyncio.sleep(delay)
+        for o in failed:
+            self._post(Unconfirmed(o.run.run_id, o.index, o.attempt, reason))
+
+
+def _inputs(run: ActiveRun, index: int) -> list[bytes]:
+    """The encoded upstream outputs step ``index`` takes, as its message carries them (a
+    reference for those moved to the object store already)."""
+    outputs, spilled = run.state.outputs, run.spilled
+    deps = run.plan.steps[index].deps
+    if not spilled:
+        return [outputs[d] for d in deps]
+    return [spilled.get(d) or outputs[d] for d in deps]
+
+
+__all__ = ["Dispatcher", "StepMessage"]

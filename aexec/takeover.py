@@ -1,0 +1,219 @@
+"""Run leases of one coordinator: renewing them, and taking runs over.
+
+A coordinator owns each run it drives through a lease in the store, at an epoch (see
+:mod:`aexec.store`).  :class:`Leases` renews the leases of exactly the runs the coordinator
+drives, by id and epoch, and lets go of those the store no longer gives it: another
+coordinator took them over after this one's lease ended.  The runs to renew are read
+*before* the renewal, so a run submitted while it is under way is never taken for lost.
+
+A coordinator service (``adopt``) also claims the runs whose coordinators stopped renewing
+and takes them over: it rebuilds each run's schedule from the store, consumes what is
+still waiting in the old coordinator's reply queue, and carries on.  A run claimed but not
+taken over (a store or broker blip half-way) is released at once, and is not renewed: its
+lease lapses if the release fails, and it is claimed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aexec.batch import ActiveRun
+from aexec.errors import StoreError, TransportError
+from aexec.events import EventKind
+from aexec.inbox import Resume
+from aexec.scheduling import Action, RecordedStep, RunState
+from aexec.store import Fence, RunRecord
+from aexec.transport import Subscription
+from aexec.types import RunStatus, StepStatus
+from aexec.wire import reply_queue
+
+if TYPE_CHECKING:
+    from aexec.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class Leases:
+    """The leases and takeovers of ``coordinator`` (which owns the runs; this renews them)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self.adopting: set[str] = set()  # claimed by this coordinator, not taken over yet
+        self._adopted: dict[str, set[str]] = {}  # old reply queue → runs taken over from it
+        self._subscriptions: dict[str, Subscription] = {}
+
+    async def keep(self) -> None:
+        """Renew the leases every third of a lease; with ``adopt``, then take over the runs
+        whose coordinators stopped renewing.  Backend errors are retried at the next turn."""
+        config = self._coordinator.config
+        while True:
+            await asyncio.sleep(config.lease / 3)
+            try:
+                await self.renew()
+                if config.adopt:
+                    await self.take_over()
+            except (StoreError, TransportError) as exc:
+                log.warning("coordinator %s could not keep its leases: %s", config.id, exc)
+
+    async def renew(self) -> None:
+        """Renew the lease of every run driven now; let go of those another coordinator
+        took over (the store no longer gives them to this one at the epoch it holds)."""
+        coordinator = self._coordinator
+        runs = coordinator.runs
+        held = {run_id: run.epoch for run_id, run in runs.items()}  # before the call
+        if not held:
+            return
+        config = coordinator.config
+        kept = await coordinator.store.renew_leases(config.id, config.lease, held)
+        for run_id, epoch in held.items():
+            run = runs.get(run_id)
+            lost = run_id not in kept and run is not None and run.epoch == epoch
+            if lost and run is not None and not run.state.finished:
+                await coordinator.lose(run)
+
+    async def take_over(self) -> None:
+        """Claim the runs whose leases ended and take each over; release at once those
+        that could not be taken over."""
+        coordinator = self._coordinator
+        config = coordinator.config
+        records = await coordinator.store.acquire_runs(config.id, config.lease)
+        claimed = {record.run_id for record in records}
+        self.adopting |= claimed
+        taken: set[str] = set()
+        try:
+            for record in records:
+                stale = coordinator.runs.get(record.run_id)
+                if stale is not None:  # this coordinator's own lease had lapsed
+                    await coordinator.lose(stale)
+                try:
+                    if await self.adopt(record) is not None:
+                        taken.add(record.run_id)
+                except (StoreError, TransportError) as exc:
+                    log.warning(
+                        "coordinator %s could not take over run %s: %s",
+                        config.id,
+                        record.run_id,
+                        exc,
+                    )
+                finally:
+                    self.adopting.discard(record.run_id)
+        finally:
+            self.adopting -= claimed
+            left = sorted(claimed - taken)
+            if left:
+                with contextlib.suppress(StoreError):
+                    await coordinator.store.release_runs(config.id, left)
+
+    async def adopt(self, record: RunRecord) -> ActiveRun | None:
+        """Take over a run claimed at ``record.epoch``: rebuild its schedule from the store,
+        consume what is still waiting in the old coordinator's reply queue, and carry on.
+        Returns None for a run that cannot be resumed (it is failed in the store)."""
+        coordinator = self._coordinator
+        store, config = coordinator.store, coordinator.config
+        plan = await store.get_plan(record.plan_digest)
+        if plan is None:
+            error = f"cannot resume the run: its plan {record.plan_digest} is missing"
+            log.error("run %s: %s", record.run_id, error)
+            fence = Fence(config.id, {record.run_id: record.epoch})
+            await store.fail_run(record.run_id, error, ts=time.time(), fence=fence)
+            return None
+        for queue in plan.queues:
+            await coordinator.declare(queue)
+        run = ActiveRun(record.run_id, plan, record.priority, RunState(plan), record.epoch)
+        actions = await self._restore(run, record)
+        previous = await self._last_driver(record.run_id)
+        if previous and previous != config.id:
+            await self._adopt_replies(reply_queue(previous), record.run_id)
+        coordinator.runs[record.run_id] = run
+        coordinator.post(Resume(record.run_id, tuple(actions), previous))
+        log.warning("coordinator %s took over run %s from %s", config.id, record.run_id, previous)
+        return run
+
+    async def reload(self, run: ActiveRun) -> None:
+        """Rebuild the schedule of ``run``, driven here, from the store (after a scheduler
+        pass failed half-way), and carry on from there."""
+        record = await self._coordinator.store.get_run(run.run_id)
+        if record is None or record.run_id != run.run_id:
+            raise StoreError(f"run {run.run_id} is not in the store any more")
+        actions = await self._restore(run, record)
+        self._coordinator.post(Resume(run.run_id, tuple(actions), self._coordinator.config.id))
+
+    async def _restore(self, run: ActiveRun, record: RunRecord) -> list[Action]:
+        """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now."""
+        coordinator = self._coordinator
+        steps = await coordinator.store.get_steps(record.run_id)
+        state = RunState(run.plan, fail_fast=coordinator.config.fail_fast)
+        actions = state.restore(
+            [RecordedStep(s.status, s.attempts, s.output, s.error, s.failures) for s in steps],
+            started=record.status is not RunStatus.PENDING,
+        )
+        run.state = state
+        run.running_on = {}
+        now = time.monotonic()
+        for index, step in enumerate(steps):
+            if step.status is StepStatus.RUNNING:
+                # Its worker's heartbeats (to the old reply queue, consumed below) keep it;
+                # silence for worker_timeout re-dispatches it.
+                worker = step.worker or f"unknown-worker-of-{record.owner}"
+                run.running_on[index] = worker
+                coordinator.workers_seen.setdefault(worker, now)
+        return actions
+
+    async def _last_driver(self, run_id: str) -> str | None:
+        """The coordinator that drove the run last, as its event log tells."""
+        driver = None
+        for event in await self._coordinator.store.get_events(run_id):
+            if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
+                coordinator = event.data.get("coordinator")
+                driver = coordinator if isinstance(coordinator, str) else driver
+        return driver
+
+    async def _adopt_replies(self, queue: str, run_id: str) -> None:
+        runs = self._adopted.get(queue)
+        if runs is None:
+            coordinator = self._coordinator
+            await coordinator.transport.declare_queue(queue)
+            subscription = await coordinator.transport.consume(
+                queue, coordinator.on_reply, prefetch=coordinator.config.reply_prefetch
+            )
+            self._adopted[queue] = runs = set()
+            self._subscriptions[queue] = subscription
+        runs.add(run_id)
+
+    async def release_adopted(self, run_id: str, *, delete: bool) -> None:
+        """The run no longer needs the old reply queue it was taken over from: stop
+        consuming a queue no run needs any more, and delete it with ``delete`` (the run
+        ended; not when it was lost, since its new owner may consume that queue too)."""
+        for queue, runs in list(self._adopted.items()):
+            if run_id not in runs:
+                continue
+            runs.discard(run_id)
+            if not runs:
+                del self._adopted[queue]
+                subscription = self._subscriptions.pop(queue, None)
+                if subscription is not None:  # None once the coordinator stops consuming
+                    await subscription.cancel()
+                if delete:
+                    with contextlib.suppress(TransportError):
+                        await self._coordinator.transport.delete_queues([queue])
+
+    async def drop_subscriptions(self) -> None:
+        """Consume no old reply queue any more (unacked deliveries go back to them)."""
+        subscriptions = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        for subscription in subscriptions:
+            await subscription.cancel()
+
+    async def release(self) -> None:
+        """Hand the coordinator's unfinished runs over at once (a clean shutdown)."""
+        coordinator = self._coordinator
+        if coordinator.runs:
+            with contextlib.suppress(StoreError):
+                await coordinator.store.release_runs(coordinator.config.id, list(coordinator.runs))
+
+
+__all__ = ["Leases"]
