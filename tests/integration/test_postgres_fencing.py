@@ -21,8 +21,8 @@ from aexec.store.postgres import PostgresStore
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
 from aexec.worker import Worker, WorkerConfig
+from benchmarks.faults.tcpproxy import TcpProxy
 from tests.plugins.postgres import with_address
-from tests.plugins.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
