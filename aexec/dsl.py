@@ -12,16 +12,19 @@ import contextvars
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
 from aexec.plan import DEFAULT_QUEUE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY
+
+if TYPE_CHECKING:
+    from aexec.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -122,6 +125,20 @@ class StepDef(Generic[P, R]):
                     f"an output handle was passed to step {self.name!r} outside its pipeline"
                 )
         return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A Celery-style signature of this step for :mod:`aexec.canvas`: in a chain, the
+        previous result goes first, before ``args``."""
+        from aexec.canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it runs after the previous task, without
+        taking its result."""
+        from aexec.canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def __repr__(self) -> str:
         kind = "remote_step" if self.fn is None else "step"
@@ -310,7 +327,10 @@ class _Builder:
         alias: str | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        after: Sequence[Output] = (),
     ) -> Output:
+        """Add a step; it takes the outputs in its arguments, and runs after ``after`` too
+        (dependencies without data: a Celery immutable signature in a chain)."""
         known = self.steps.get(step.name)
         if known is None:
             self.steps[step.name] = step
@@ -327,6 +347,8 @@ class _Builder:
             [self._template(a, deps, key) for a in args],
             {k: self._template(v, deps, key) for k, v in kwargs.items()},
         ]
+        for before in after:
+            self._template(before, deps, key)
         try:
             call = codec.encode(template)
         except CodecError:

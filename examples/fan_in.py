@@ -1,6 +1,6 @@
 """Fan-in: 100 additions feed one sum (a Celery chord).  The result is 9900.
 
-    python -m aexec run examples/fan_in.py
+python -m aexec run examples/fan_in.py
 """
 
 from aexec import pipeline, step

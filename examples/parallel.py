@@ -1,6 +1,6 @@
 """The dagster-celery quick start: 50 independent no-op steps.
 
-    python -m aexec run examples/parallel.py
+python -m aexec run examples/parallel.py
 """
 
 from aexec import pipeline, step

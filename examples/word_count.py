@@ -14,8 +14,23 @@ import random
 import aexec
 from aexec import pipeline, step
 
-WORDS = ["pipeline", "step", "queue", "worker", "broker", "store", "event", "retry",
-         "chord", "chain", "priority", "message", "coordinator", "result", "object"]
+WORDS = [
+    "pipeline",
+    "step",
+    "queue",
+    "worker",
+    "broker",
+    "store",
+    "event",
+    "retry",
+    "chord",
+    "chain",
+    "priority",
+    "message",
+    "coordinator",
+    "result",
+    "object",
+]
 
 
 @step
