@@ -127,6 +127,9 @@ FOLLOW_TIMEOUT = 60.0
 """How long ``follow`` waits to read back its marker (the whole retained log before it)."""
 
 _FOLLOW_PREFETCH = 256
+#: How often, and after what first pause (doubling), consuming a just-declared stream is tried.
+_FOLLOW_ATTEMPTS = 6
+_FOLLOW_RETRY = 0.1
 
 _T = TypeVar("_T")
 
@@ -816,20 +819,8 @@ class AmqpTransport:
         await self._publish(queue, body, Basic.Properties(delivery_mode=2))
 
     async def follow(self, topic: str, handler: Handler) -> AmqpFollower:
-        connection = self._require(self._connection)
         queue = await self._declare_retained(topic)
-        channel = await self._open_channel(connection, confirms=False)
-        follower = AmqpFollower(topic, handler, channel, self._followers)
-        try:
-            await channel.set_qos(prefetch_count=_FOLLOW_PREFETCH)
-            stream = await self._consumer_queue(channel, queue, self._queues[queue])
-            # Restored after a reconnect with the same arguments: from the first offset.
-            await stream.consume(follower.on_message, arguments={"x-stream-offset": "first"})
-        except BaseException as exc:
-            await follower.cancel()
-            if isinstance(exc, _BROKER_ERRORS):
-                raise TransportError(f"cannot follow {topic!r}: {_reason(exc)}") from exc
-            raise
+        follower = await self._consume_retained(topic, queue, handler)
         self._followers.add(follower)
         token = uuid4().hex
         caught_up = follower.expect(token)
@@ -848,6 +839,49 @@ class AmqpTransport:
             await follower.cancel()
             raise
         return follower
+
+    async def _consume_retained(self, topic: str, queue: str, handler: Handler) -> AmqpFollower:
+        """Consume stream ``queue`` from its first offset, on a channel of its own.
+
+        A stream that was just declared (by us or by a peer starting at the same moment) may
+        not be startable yet: RabbitMQ then refuses the consume (``does not have a replica on
+        the local node``) or fails it with an internal error that closes the whole connection
+        (``stream_not_found``).  Both pass within milliseconds, so the consume is tried again,
+        a bounded number of times, once the robust connection is back.
+        """
+        connection = self._require(self._connection)
+        for attempt in range(1, _FOLLOW_ATTEMPTS + 1):
+            channel = await self._open_channel(connection, confirms=False)
+            follower = AmqpFollower(topic, handler, channel, self._followers)
+            try:
+                await channel.set_qos(prefetch_count=_FOLLOW_PREFETCH)
+                stream = await self._consumer_queue(channel, queue, self._queues[queue])
+                # Restored after a reconnect with the same arguments: from the first offset.
+                await stream.consume(follower.on_message, arguments={"x-stream-offset": "first"})
+            except BaseException as exc:
+                await follower.cancel()
+                if not isinstance(exc, _BROKER_ERRORS):
+                    raise
+                if attempt == _FOLLOW_ATTEMPTS:
+                    raise TransportError(f"cannot follow {topic!r}: {_reason(exc)}") from exc
+                pause = _FOLLOW_RETRY * 2 ** (attempt - 1)
+                logger.info("following %r: %s; trying again in %.2g s", topic, _reason(exc), pause)
+                await asyncio.sleep(pause)
+                await self._connected(connection)
+            else:
+                return follower
+        raise AssertionError("unreachable")
+
+    async def _connected(self, connection: AbstractRobustConnection) -> None:
+        """Wait for a reconnecting connection to be back, at most ``connect_timeout``."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await connection.ready()
+        except TimeoutError as exc:
+            raise TransportError(
+                f"RabbitMQ at {self._display} is unreachable: no connection within "
+                f"{self._connect_timeout:g} s"
+            ) from exc
 
     async def _declare_retained(self, topic: str) -> str:
         """Declare the stream of retained topic ``topic``; returns its logical queue."""
