@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aexec.config import Settings
 from aexec.context import StepContext, current
+from aexec.directives import skip
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef, pipeline, remote_step, step
 from aexec.errors import (
     AexecError,
@@ -84,6 +85,7 @@ __all__ = [
     "current",
     "pipeline",
     "remote_step",
+    "skip",
     "step",
 ]
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from aexec import codec, messages
+from aexec.directives import Directive
 from aexec.errors import CodecError, PublishError, WorkerLostError
 from aexec.events import Event, EventKind
 from aexec.inbox import (
@@ -346,6 +347,10 @@ class Batch:
         if error is None:
             error = _undecodable(msg)
         if error is None:
+            directive = codec.directive_of(msg.output or b"")
+            if directive is not None:
+                self.directive(run, index, msg, directive, data)
+                return
             actions = run.state.succeeded(index, msg.attempt, msg.output)
             if actions is None:
                 return  # a duplicate or a superseded attempt: recorded once already
@@ -365,6 +370,19 @@ class Batch:
             if actions is None:
                 return
         self.actions(run, actions, msg.finished_at, data)
+
+    def directive(
+        self,
+        run: ActiveRun,
+        index: int,
+        msg: messages.Completion,
+        directive: Directive,
+        data: dict[str, Any],
+    ) -> None:
+        """The attempt returned a decision instead of an output."""
+        actions = run.state.skipped(index, msg.attempt, directive.reason)
+        if actions is not None:
+            self.actions(run, actions, msg.finished_at, data)
 
     def progress(self, msg: messages.Progress) -> None:
         key = worker_key(msg.worker, msg.instance)
@@ -480,9 +498,10 @@ class Batch:
                         else EventKind.STEP_SKIPPED
                     )
                     attempts = run.state.attempts
+                    why = {"reason": action.reason} if action.reason else {}
                     for index in action.indices:
                         self.events.append(
-                            Event(kind, run_id, ts, steps[index].key, attempts[index])
+                            Event(kind, run_id, ts, steps[index].key, attempts[index], why)
                         )
                 case Finish():
                     self.events.append(self._finish_event(run, action.status, ts))

@@ -10,7 +10,9 @@ Three extension codes are internal plumbing:
 
 * ``EXT_SLOT`` — in a step's call template, "the value of input number N";
 * ``EXT_VALUE`` — an already-encoded value embedded as-is (no re-encoding on the way);
-* ``EXT_REF`` — a claim check: the value lives in the object store under this key.
+* ``EXT_REF`` — a claim check: the value lives in the object store under this key;
+* ``EXT_DIRECTIVE`` — a step's decision instead of an output (:mod:`aexec.directives`),
+  read by the coordinator with :func:`directive_of`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from typing import Any
 
 import msgpack
 
+from aexec import directives
 from aexec.config import MAX_MESSAGE_SIZE
 from aexec.errors import CodecError
 
 EXT_SLOT = 1
 EXT_VALUE = 2
 EXT_REF = 3
+EXT_DIRECTIVE = 5
 EXT_DATETIME = 16
 EXT_DATE = 17
 EXT_TIME = 18
@@ -110,6 +114,8 @@ def _default(obj: Any) -> Any:
         return ExtType(EXT_SLOT, obj.index.to_bytes(4, "big"))
     if isinstance(obj, ObjectRef):
         return ExtType(EXT_REF, obj.key.encode())
+    if isinstance(obj, directives.Skip):
+        return ExtType(EXT_DIRECTIVE, _pack(obj.to_wire()))
     raise TypeError(f"cannot encode object of type {type(obj).__qualname__}")
 
 
@@ -152,6 +158,11 @@ class _Decoder:
             if index >= len(self.inputs):
                 raise CodecError(f"input slot {index} out of range ({len(self.inputs)} inputs)")
             return self.inputs[index]
+        if code == EXT_DIRECTIVE:
+            try:
+                return directives.from_wire(self.unpack(data))
+            except ValueError as exc:
+                raise CodecError(str(exc)) from None
         if code == EXT_DATETIME:
             return dt.datetime.fromisoformat(data.decode())
         if code == EXT_DATE:
@@ -220,6 +231,22 @@ def check_decodable(data: bytes) -> None:
     before it is recorded: bytes that cannot be decoded would break its dependents and the
     run's result)."""
     decode(data)
+
+
+_EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+"""First bytes of a msgpack extension value (ext 8/16/32, fixext 1..16)."""
+
+
+def directive_of(output: bytes) -> directives.Directive | None:
+    """The directive a step returned as its encoded ``output``, or None for an ordinary
+    value (decided from the first byte for all but extension values)."""
+    if not output or output[0] not in _EXT_HEADS:
+        return None
+    try:
+        value = decode(output)
+    except CodecError:
+        return None
+    return value if isinstance(value, directives.Skip) else None
 
 
 def decode_with_refs(

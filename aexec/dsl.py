@@ -79,8 +79,10 @@ class StepDef(Generic[P, R]):
         retry: RetryPolicy = RetryPolicy(),
         timeout: float | None = None,
         where: str = "<unknown>",
+        accept_missing: bool = False,
     ) -> None:
         self.fn = fn
+        self.accept_missing = accept_missing
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -168,6 +170,12 @@ def _check_options(
         raise _definition_error(f"step {name!r}: timeout must be a positive number of seconds")
 
 
+def _flag(name: str, option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _definition_error(f"step {name!r}: {option} must be True or False")
+    return value
+
+
 def _retry_policy(
     name: str, retries: int, backoff: float, backoff_max: float, jitter: bool = True
 ) -> RetryPolicy:
@@ -193,6 +201,7 @@ def step(
     retry_backoff_max: float = 60.0,
     retry_jitter: bool = True,
     timeout: float | None = None,
+    accept_missing: bool = False,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -208,11 +217,15 @@ def step(
     retry_backoff_max: float = 60.0,
     retry_jitter: bool = True,
     timeout: float | None = None,
+    accept_missing: bool = False,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
     ``retries`` counts retries after the first attempt; the wait before retry ``n`` is
     ``retry_backoff · 2^(n-1)`` seconds (capped at ``retry_backoff_max``) with jitter.
+    ``accept_missing``: the step runs even when some of its inputs were skipped
+    (:func:`aexec.skip`), taking None in their place (join semantics); otherwise a skipped
+    input skips it too.
     """
     where = _where()
 
@@ -229,6 +242,7 @@ def step(
             retry=_retry_policy(step_name, retries, retry_backoff, retry_backoff_max, retry_jitter),
             timeout=timeout,
             where=where,
+            accept_missing=_flag(step_name, "accept_missing", accept_missing),
         )
 
     if fn is not None:
@@ -340,6 +354,14 @@ class _Builder:
                 f"(defined at {known.where} and {step.where}); give one a name= option"
             )
         key = self._key_for(step, alias)
+        when = None
+        if "when" in kwargs:  # the condition, never an argument of the function
+            when = kwargs["when"]
+            kwargs = {k: v for k, v in kwargs.items() if k != "when"}
+        if when is not None and not isinstance(when, Output):
+            raise _definition_error(
+                f"when= of step {key!r} must be the output of a step (its boolean result)"
+            )
         if step.fn is not None:
             _check_signature(step, args, kwargs)
         deps: dict[str, int] = {}
@@ -349,6 +371,8 @@ class _Builder:
         ]
         for before in after:
             self._template(before, deps, key)
+        if when is not None:
+            self._template(when, deps, key)
         try:
             call = codec.encode(template)
         except CodecError:
@@ -364,6 +388,8 @@ class _Builder:
                 step.timeout,
                 tuple(deps),
                 call,
+                None if when is None else when.key,
+                step.accept_missing,
             )
         )
         return Output(self, key)

@@ -39,6 +39,8 @@ class StepSpec:
     timeout: float | None = None
     deps: tuple[str, ...] = ()
     call: bytes = EMPTY_CALL
+    when: str | None = None  # a dep whose output must be true for this step to run
+    accept_missing: bool = False  # runs with None for skipped inputs (join semantics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,18 @@ class PlanStep:
     deps: tuple[int, ...]
     dependents: tuple[int, ...]
     call: bytes
+    when: int | None = None
+    accept_missing: bool = False
+
+    def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
+        """The step's dynamic options as the plan's wire form keeps them (only those set,
+        so that the plans of pipelines that use none keep their digests)."""
+        options: dict[str, Any] = {}
+        if self.when is not None:
+            options["when"] = steps[self.when].key
+        if self.accept_missing:
+            options["accept_missing"] = True
+        return options
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class Plan:
                     timeout=s[5],
                     deps=tuple(s[6]),
                     call=s[7],
+                    **_options(s[8] if len(s) > 8 else {}),
                 )
                 for s in raw_steps
             ]
@@ -125,6 +140,12 @@ class Plan:
         except (TypeError, ValueError, IndexError) as exc:
             raise PlanError(f"malformed plan: {exc}") from exc
         return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not set(value) <= {"when", "accept_missing"}:
+        raise PlanError(f"malformed plan: step options {value!r:.80}")
+    return value
 
 
 def _wire(
@@ -147,6 +168,7 @@ def _wire(
                 s.timeout,
                 [steps[d].key for d in s.deps],
                 s.call,
+                *filter(None, [s.options(steps)]),
             ]
             for s in steps
         ],
@@ -179,6 +201,10 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: deps must be a tuple of step keys")
     if not isinstance(spec.call, bytes):
         raise PlanError(f"step {spec.key!r}: call template must be bytes")
+    if spec.when is not None and spec.when not in spec.deps:
+        raise PlanError(f"step {spec.key!r}: its condition must be one of its inputs")
+    if not isinstance(spec.accept_missing, bool):
+        raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
 
 
 def build(
@@ -235,6 +261,8 @@ def build(
             deps=deps_of[new],
             dependents=tuple(dependents[new]),
             call=specs[old].call,
+            when=_index_of(specs[old].when, new_index),
+            accept_missing=specs[old].accept_missing,
         )
         for new, old in enumerate(order)
     )
@@ -252,6 +280,10 @@ def build(
         digest=digest,
         index=new_index,
     )
+
+
+def _index_of(key: str | None, index: dict[str, int]) -> int | None:
+    return None if key is None else index[key]
 
 
 def _topological_order(specs: Sequence[StepSpec], position: dict[str, int]) -> list[int]:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from aexec.errors import WorkerLostError
+from aexec import codec
+from aexec.errors import CodecError, WorkerLostError
 from aexec.plan import Plan
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
@@ -58,10 +59,12 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """These steps will not run: ``status`` is ``skipped`` (upstream failed) or ``cancelled``."""
+    """These steps will not run: ``status`` is ``skipped`` (upstream failed, or skipped by a
+    decision: ``reason`` says which) or ``cancelled``."""
 
     indices: tuple[int, ...]
     status: StepStatus = StepStatus.SKIPPED
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,9 @@ class RecordedStep(NamedTuple):
     failures: int = 0  # attempts that really failed (lost ones not counted)
 
 
+NONE_OUTPUT = codec.encode(None)
+"""The output a step skipped by a decision gives the steps that accept missing inputs."""
+
 MAX_LOST = 5
 """A step whose worker vanished this many times fails instead of being dispatched again."""
 
@@ -94,14 +100,24 @@ class RunState:
     A step's retries are counted in ``failures``, its attempts that really failed: an
     attempt lost with its worker, dispatched again after a takeover, or whose dispatch was
     not confirmed spends none of them (``attempts`` counts every dispatch).
+
+    Skips come in two kinds.  A failure skips every step that depends on it, at once
+    (and the run fails).  A *decision* — a step returned :func:`aexec.skip`, or a step's
+    ``when`` condition was false — skips that step, and is settled for each dependent once
+    all its inputs are in: a step that accepts missing inputs runs (None in place of the
+    skipped ones), any other is skipped by decision too, and the run does not fail.  Steps
+    skipped by a decision are in ``missing``; :meth:`restore` finds them again as the
+    skipped steps none of whose inputs failed or was skipped by a failure.
     """
 
     __slots__ = (
         "attempts",
+        "conditional",
         "errors",
         "fail_fast",
         "failures",
         "lost",
+        "missing",
         "outputs",
         "plan",
         "run_status",
@@ -125,6 +141,8 @@ class RunState:
         self.outputs: list[Any] = [None] * n
         self.errors: dict[int, ErrorInfo] = {}
         self.lost: dict[int, int] = {}  # attempts whose worker vanished, per step
+        self.missing: set[int] = set()  # steps skipped by a decision
+        self.conditional = any(s.when is not None for s in plan.steps)
         self.unfinished = n
         self.run_status = RunStatus.PENDING
 
@@ -171,7 +189,10 @@ class RunState:
             if status.finished:
                 self.status[i] = status
                 self.unfinished -= 1
-                if status is _SUCCEEDED:
+                if status is _SKIPPED and self._inputs_ok(i):  # in plan order: deps known
+                    self.missing.add(i)
+                    output = NONE_OUTPUT
+                if status is _SUCCEEDED or i in self.missing:
                     self.outputs[i] = output
                     for d in plan_steps[i].dependents:
                         self.waiting[d] -= 1
@@ -179,21 +200,68 @@ class RunState:
                     self.errors[i] = error
             elif status is _RUNNING:
                 self.status[i] = _RUNNING
+        ready: list[int] = []
         for i, (status, attempts, *_) in enumerate(steps):
-            if (
-                status is _QUEUED
-                or status is _RETRYING
-                or (status is _PENDING and self.waiting[i] == 0 and self._inputs_ok(i))
-            ):
+            if status is _QUEUED or status is _RETRYING:
                 self.status[i] = _QUEUED
                 self.attempts[i] = attempts + 1
                 actions.append(Dispatch(i, attempts + 1))
+            elif status is _PENDING and self.waiting[i] == 0 and self._inputs_ok(i):
+                ready.append(i)
+        self._settle(ready, actions)
         if self.unfinished == 0:
             actions.append(self._finish())
         return actions
 
     def _inputs_ok(self, index: int) -> bool:
-        return all(self.status[d] is _SUCCEEDED for d in self.plan.steps[index].deps)
+        """Every input of step ``index`` succeeded or was skipped by a decision."""
+        status, missing = self.status, self.missing
+        return all(status[d] is _SUCCEEDED or d in missing for d in self.plan.steps[index].deps)
+
+    def _settle(self, ready: list[int], actions: list[Action]) -> None:
+        """Dispatch, or skip by decision, each pending step of ``ready`` (its inputs all
+        in), and in turn the steps that a skip leaves with all their inputs in."""
+        steps, status, waiting, attempts = self.plan.steps, self.status, self.waiting, self.attempts
+        position = 0
+        while position < len(ready):
+            d = ready[position]
+            position += 1
+            reason = self._skip_reason(d)
+            if reason is None:
+                status[d] = _QUEUED
+                attempts[d] += 1
+                actions.append(Dispatch(d, attempts[d]))
+                continue
+            self._decided(d, reason, actions)
+            for e in steps[d].dependents:
+                waiting[e] -= 1
+                if waiting[e] == 0 and status[e] is _PENDING:
+                    ready.append(e)
+
+    def _decided(self, index: int, reason: str, actions: list[Action]) -> None:
+        """Step ``index`` is skipped by a decision."""
+        self.status[index] = _SKIPPED
+        self.missing.add(index)
+        self.outputs[index] = NONE_OUTPUT
+        self.unfinished -= 1
+        actions.append(Skip((index,), reason=reason))
+
+    def _skip_reason(self, index: int) -> str | None:
+        """Why step ``index``, whose inputs are all in, must not run; None if it runs."""
+        step = self.plan.steps[index]
+        missing = self.missing
+        if missing and not step.accept_missing:
+            for d in step.deps:
+                if d in missing:
+                    return f"its input {self.plan.steps[d].key!r} was skipped"
+        when = step.when
+        if when is not None:
+            key = self.plan.steps[when].key
+            if when in missing:
+                return f"its condition {key!r} was skipped"
+            if not _true(self.outputs[when]):
+                return f"its condition {key!r} is false"
+        return None
 
     def started(self, index: int, attempt: int) -> bool:
         """A worker reported the step running; True if that changed its status."""
@@ -214,12 +282,40 @@ class RunState:
         self.unfinished -= 1
         actions: list[Action] = []
         waiting, attempts = self.waiting, self.attempts
+        if self.missing or self.conditional:
+            ready: list[int] = []
+            for d in self.plan.steps[index].dependents:
+                waiting[d] -= 1
+                if waiting[d] == 0 and status[d] is _PENDING:
+                    ready.append(d)
+            self._settle(ready, actions)
+        else:
+            for d in self.plan.steps[index].dependents:
+                waiting[d] -= 1
+                if waiting[d] == 0 and status[d] is _PENDING:
+                    status[d] = _QUEUED
+                    attempts[d] = 1
+                    actions.append(Dispatch(d, 1))
+        if self.unfinished == 0:
+            actions.append(self._finish())
+        return actions
+
+    def skipped(self, index: int, attempt: int, reason: str) -> list[Action] | None:
+        """Step ``index`` decided on ``attempt`` to be skipped (it returned
+        :func:`aexec.skip`); None when the event is stale or a duplicate."""
+        status = self.status
+        if self.attempts[index] != attempt or (
+            status[index] is not _QUEUED and status[index] is not _RUNNING
+        ):
+            return None
+        actions: list[Action] = []
+        self._decided(index, reason, actions)
+        ready: list[int] = []
         for d in self.plan.steps[index].dependents:
-            waiting[d] -= 1
-            if waiting[d] == 0 and status[d] is _PENDING:
-                status[d] = _QUEUED
-                attempts[d] = 1
-                actions.append(Dispatch(d, 1))
+            self.waiting[d] -= 1
+            if self.waiting[d] == 0 and status[d] is _PENDING:
+                ready.append(d)
+        self._settle(ready, actions)
         if self.unfinished == 0:
             actions.append(self._finish())
         return actions
@@ -342,3 +438,14 @@ class RunState:
     def _finish(self) -> Finish:
         self.run_status = RunStatus.FAILED if self.errors else RunStatus.SUCCEEDED
         return Finish(self.run_status)
+
+
+def _true(output: Any) -> bool:
+    """Whether a condition step's encoded output is true (a value in the object store is)."""
+    if not isinstance(output, bytes):
+        return bool(output)
+    try:
+        value = codec.decode(output)
+    except CodecError:
+        return False
+    return isinstance(value, codec.ObjectRef) or bool(value)

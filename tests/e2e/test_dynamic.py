@@ -6,6 +6,7 @@ runs a pipeline of that file through the broker with ``--json``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -34,3 +35,34 @@ def test_the_ovh_canvas_workflows_run_over_rabbitmq(
     assert report["result"] is True
     assert len(report["steps"]) == steps
     assert {s["status"] for s in report["steps"].values()} == {"succeeded"}
+
+
+CONDITIONS = str(EXAMPLES / "conditions.py")
+
+
+def test_skipped_branches_over_rabbitmq_do_not_fail_the_run(cluster: Cluster) -> None:
+    cluster.start_worker(worker_name(), "-A", CONDITIONS)
+    code, report = cluster.run(CONDITIONS, "-p", "hour=3")
+    assert code == 0, report
+    assert report["result"] == "nothing to do"
+    assert {k: s["status"] for k, s in report["steps"].items()} == {
+        "changes": "skipped",
+        "back_up": "skipped",
+        "is_daytime": "succeeded",
+        "notify_team": "skipped",
+        "summary": "succeeded",
+    }
+    logs = cluster.aexec("runs", "logs", report["run_id"], "--json")
+    reasons = {}
+    for line in logs.stdout.splitlines():
+        event = json.loads(line)
+        if event["kind"] == "step_skipped":
+            reasons[event["step"]] = event["data"].get("reason")
+    assert reasons == {
+        "changes": "no file changed",
+        "back_up": "its input 'changes' was skipped",
+        "notify_team": "its condition 'is_daytime' is false",
+    }
+    code, report = cluster.run(CONDITIONS, "-p", "hour=14", "-p", 'changed=["a.txt"]')
+    assert code == 0, report
+    assert report["result"] == "backed up 1 file(s); team notified at 14h"

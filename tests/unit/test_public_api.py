@@ -50,6 +50,7 @@ PUBLIC = [
     "current",
     "pipeline",
     "remote_step",
+    "skip",
     "step",
 ]
 

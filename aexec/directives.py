@@ -1,0 +1,55 @@
+"""What a step may return instead of an output: decisions for the coordinator.
+
+``return aexec.skip("no new files")`` skips the step and, through it, the steps that
+depend on it (those that accept missing inputs run, with None in its place).  The run
+does not fail.
+
+A directive is an ordinary value to the codec (extension ``EXT_DIRECTIVE``), so it travels
+as any output does — from a thread, a child process or another code base — and the
+coordinator tells it apart (:func:`aexec.codec.directive_of`) before recording the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_REASON = 1000
+"""A directive keeps at most this many characters of its reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Skip this step and its dependents (see :func:`skip`)."""
+
+    reason: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return ["skip", self.reason]
+
+
+Directive = Skip
+
+
+def skip(reason: str = "") -> Skip:
+    """Return this from a step to skip it and its dependents, saying why."""
+    if not isinstance(reason, str):
+        raise TypeError(f"aexec.skip(reason): reason must be a string, not {reason!r}")
+    return Skip(reason[:MAX_REASON])
+
+
+def from_wire(value: Any) -> Directive:
+    """The directive that :meth:`to_wire` gave ``value``; ValueError if malformed."""
+    if isinstance(value, list) and value and value[0] == "skip" and len(value) == 2:
+        reason = value[1]
+        if isinstance(reason, str):
+            return Skip(reason[:MAX_REASON])
+    raise ValueError(f"malformed directive {value!r:.80}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["Directive", "Skip", "from_wire", "skip"]
