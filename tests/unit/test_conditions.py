@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aexec import codec
+import pytest
+
+from aexec import codec, step
+from aexec.errors import DefinitionError, PlanError
 from aexec.plan import Plan, StepSpec, build
 from aexec.scheduling import (
     NONE_OUTPUT,
@@ -190,3 +193,21 @@ def test_restore_settles_steps_whose_inputs_are_all_in() -> None:
     actions = state.restore(steps, started=True)
     assert skipped(plan, actions) == {"x": "its condition 'ok' is false"}
     assert dispatched(plan, actions) == ["j"]
+
+
+def test_a_plan_keeps_conditions_and_joins_through_its_wire_form() -> None:
+    plan = make_plan({"ok": [], "x": ["ok"], "j": ["x"]}, when={"x": "ok"}, join=["j"])
+    again = Plan.from_bytes(plan.to_bytes())
+    assert again.digest == plan.digest
+    assert again.step("x").when == plan.index["ok"] and again.step("j").accept_missing
+    plain = make_plan({"a": [], "b": ["a"]})
+    assert all(len(s) == 8 for s in plain.to_wire()[2])  # plans without options: as before
+
+
+def test_a_condition_must_be_an_input_and_a_join_flag_a_boolean() -> None:
+    with pytest.raises(PlanError, match="its condition must be one of its inputs"):
+        build("p", [StepSpec("a", "n"), StepSpec("b", "n", when="a")])
+    with pytest.raises(PlanError, match="accept_missing must be a boolean"):
+        build("p", [StepSpec("a", "n", accept_missing=1)])  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="accept_missing must be True or False"):
+        step(accept_missing="yes")(lambda: None)  # type: ignore[call-overload]
