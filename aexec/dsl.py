@@ -319,21 +319,44 @@ class _Builder:
     keys: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     steps: dict[str, StepDef[Any, Any]] = field(default_factory=dict)
+    prefix: str = ""  # of the keys of the sub-pipeline being inlined ("child.")
+    prefixes: set[str] = field(default_factory=set)  # sub-pipelines inlined, by key
 
     def _key_for(self, step: StepDef[Any, Any], alias: str | None) -> str:
         if alias is not None:
-            if alias in self.keys:
-                raise _definition_error(
-                    f"duplicate step key {alias!r} in pipeline {self.pipeline!r}"
-                )
-            return alias
-        n = self.counters.get(step.name, 0)
-        key = step.name if n == 0 else f"{step.name}_{n + 1}"
-        while key in self.keys:
+            key = self.prefix + alias
+            if key in self.keys:
+                raise _definition_error(f"duplicate step key {key!r} in pipeline {self.pipeline!r}")
+            return key
+        return self._fresh(self.prefix + step.name)
+
+    def _fresh(self, base: str) -> str:
+        """``base``, or ``base_2``, ``base_3``, ... the first not taken."""
+        n = self.counters.get(base, 0)
+        key = base if n == 0 else f"{base}_{n + 1}"
+        while key in self.keys or key in self.prefixes:
             n += 1
-            key = f"{step.name}_{n + 1}"
-        self.counters[step.name] = n + 1
+            key = f"{base}_{n + 1}"
+        self.counters[base] = n + 1
         return key
+
+    def inline(self, child: Pipeline, alias: str | None, args: Any, kwargs: Any) -> Any:
+        """Add the steps of pipeline ``child`` under the key prefix ``<name>.`` (its alias,
+        or its name numbered as steps are: ``child``, ``child_2``, ...); return its result."""
+        if alias is not None:
+            name = self.prefix + alias
+            if name in self.prefixes:
+                raise _definition_error(
+                    f"duplicate sub-pipeline key {name!r} in pipeline {self.pipeline!r}"
+                )
+        else:
+            name = self._fresh(self.prefix + child.name)
+        self.prefixes.add(name)
+        outer, self.prefix = self.prefix, name + "."
+        try:
+            return child.fn(*args, **kwargs)
+        finally:
+            self.prefix = outer
 
     def add(
         self,
@@ -577,13 +600,30 @@ class Pipeline:
         return CompiledPipeline(plan, dict(builder.steps))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Inside another pipeline body, inline this pipeline's steps; elsewhere, an error."""
-        if _BUILDER.get(None) is None:
+        """Inside another pipeline body, inline this pipeline's steps under the key prefix
+        ``<name>.`` and return its result; elsewhere, an error."""
+        return self._inline(None, args, kwargs)
+
+    def alias(self, key: str) -> Callable[..., Any]:
+        """Return a callable that inlines this pipeline under the key prefix ``key.``."""
+        if not isinstance(key, str) or not key:
+            raise _definition_error(f"alias of pipeline {self.name!r} must be a non-empty string")
+        return lambda *args, **kwargs: self._inline(key, args, kwargs)
+
+    def _inline(self, alias: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        builder = _BUILDER.get(None)
+        if builder is None:
             raise _definition_error(
                 f"pipeline {self.name!r} is not called directly: submit it to an Executor "
                 "or run it with `aexec run`"
             )
-        return self.fn(*args, **kwargs)
+        try:
+            inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise _definition_error(
+                f"pipeline {self.name!r} called with bad arguments: {exc}"
+            ) from None
+        return builder.inline(self, alias, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<pipeline {self.name!r}>"

@@ -66,3 +66,18 @@ def test_skipped_branches_over_rabbitmq_do_not_fail_the_run(cluster: Cluster) ->
     code, report = cluster.run(CONDITIONS, "-p", "hour=14", "-p", 'changed=["a.txt"]')
     assert code == 0, report
     assert report["result"] == "backed up 1 file(s); team notified at 14h"
+
+
+SUB_PIPELINES = str(EXAMPLES / "sub_pipelines.py")
+
+
+def test_sub_pipelines_over_rabbitmq_show_their_prefixed_steps(cluster: Cluster) -> None:
+    cluster.start_worker(worker_name(), "-A", SUB_PIPELINES)
+    code, report = cluster.run(SUB_PIPELINES, "-P", "replace_all", "-p", 'nodes=["a", "b"]')
+    assert code == 0, report
+    assert report["result"] == "a back in the cluster; b back in the cluster"
+    assert list(report["steps"]) == [
+        "a.drain", "a.swap", "a.rejoin", "b.drain", "b.swap", "b.rejoin", "report"
+    ]  # fmt: skip
+    shown = cluster.aexec("runs", "show", report["run_id"])
+    assert "b.rejoin" in shown.stdout

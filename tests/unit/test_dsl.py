@@ -835,7 +835,7 @@ def test_empty_pipeline_compiles_to_an_empty_plan() -> None:
     assert len(compile_(p)) == 0
 
 
-def test_nested_pipeline_call_inlines_its_steps() -> None:
+def test_nested_pipeline_call_inlines_its_steps_under_a_key_prefix() -> None:
     @pipeline
     def inner(x: Any) -> Any:
         return add(x, b=1)
@@ -844,13 +844,46 @@ def test_nested_pipeline_call_inlines_its_steps() -> None:
     def outer() -> Any:
         a = source()
         b = inner(a)
-        return inner(b)
+        c = inner(b)
+        return inner.alias("last")(c)
 
     plan = compile_(outer)
-    assert [s.key for s in plan.steps] == ["source", "add", "add_2"]
-    assert dep_keys(plan, "add") == ["source"]
-    assert dep_keys(plan, "add_2") == ["add"]
-    assert [plan.steps[d].key for d in plan.result_deps] == ["add_2"]
+    assert [s.key for s in plan.steps] == ["source", "inner.add", "inner_2.add", "last.add"]
+    assert dep_keys(plan, "inner.add") == ["source"]
+    assert dep_keys(plan, "inner_2.add") == ["inner.add"]
+    assert [plan.steps[d].key for d in plan.result_deps] == ["last.add"]
+
+
+def test_sub_pipelines_nest_their_prefixes_and_check_their_arguments() -> None:
+    @pipeline
+    def leaf(x: Any) -> Any:
+        return add(x, b=1)
+
+    @pipeline
+    def middle(x: Any) -> Any:
+        return leaf(leaf(x))
+
+    @pipeline
+    def outer() -> Any:
+        return middle(source())
+
+    plan = compile_(outer)
+    assert [s.key for s in plan.steps] == ["source", "middle.leaf.add", "middle.leaf_2.add"]
+
+    @pipeline
+    def wrong() -> Any:
+        return leaf(1, 2)
+
+    with pytest.raises(DefinitionError, match="pipeline 'leaf' called with bad arguments"):
+        compile_(wrong)
+
+    @pipeline
+    def twice() -> Any:
+        leaf.alias("x")(1)
+        return leaf.alias("x")(2)
+
+    with pytest.raises(DefinitionError, match="duplicate sub-pipeline key 'x'"):
+        compile_(twice)
 
 
 def test_calling_a_pipeline_outside_a_pipeline_is_a_definition_error() -> None:
