@@ -171,9 +171,23 @@ class Store(Protocol):
         """The run with this id, or with this unique id prefix; None if there is none."""
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
-        """Most recent first."""
+        """Most recent first: up to ``limit`` runs after skipping ``offset``, only those
+        with ``status`` and of ``pipeline`` when given (a page of the UI's runs list)."""
+
+    async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:
+        """How many steps of each run of ``run_ids`` are in each status, in one read (a run
+        that does not exist is left out; a status no step has is left out)."""
+
+    async def last_seq(self, run_id: str) -> int:
+        """The ``seq`` of the run's latest event, 0 if it has none (or does not exist):
+        follow from there to see only what happens next."""
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """In plan order."""

@@ -20,7 +20,7 @@ from aexec.plan import Plan
 from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold
 from aexec.store import rows as shared
 from aexec.store.follow import TicketWatch, Wakeups, follow_log
-from aexec.types import RunStatus
+from aexec.types import RunStatus, StepStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +148,41 @@ class MemoryStore(Opened):
         return None if run is None else _copy_run(run)
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
         self._check_open()
         shared.check_limit(limit)
-        runs = [r for r in self._runs.values() if status is None or r.record.status == status]
+        shared.check_offset(offset)
+        runs = [
+            r
+            for r in self._runs.values()
+            if (status is None or r.record.status == status)
+            and (pipeline is None or r.record.pipeline == pipeline)
+        ]
         runs.sort(key=lambda r: (r.record.created_at, r.order), reverse=True)
-        return [_copy_run(r) for r in runs[:limit]]
+        return [_copy_run(r) for r in runs[offset : offset + limit]]
+
+    async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:
+        self._check_open()
+        counts: dict[str, dict[StepStatus, int]] = {}
+        for run_id in run_ids:
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            by_status = counts[run_id] = {}
+            for step in run.steps.values():
+                by_status[step.status] = by_status.get(step.status, 0) + 1
+        return counts
+
+    async def last_seq(self, run_id: str) -> int:
+        self._check_open()
+        run = self._runs.get(run_id)
+        return run.events[-1].seq if run is not None and run.events else 0
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         self._check_open()

@@ -41,7 +41,7 @@ from aexec.plan import Plan
 from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
-from aexec.types import RunStatus
+from aexec.types import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class Queries(NamedTuple):
     get_run: str
     run_ids_from: str
     list_runs: str
-    list_runs_by_status: str
+    step_counts: str
+    last_seq: str
     run_status: str
     get_steps: str
     get_plan: str
@@ -336,17 +337,35 @@ class PostgresStore(Opened):
         return None if row is None else shared.run_record(row)
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
         shared.check_limit(limit)
-        if status is None:
-            rows = await self._read("list runs", lambda conn: conn.fetch(SQL.list_runs, limit))
-        else:
-            rows = await self._read(
-                "list runs",
-                lambda conn: conn.fetch(SQL.list_runs_by_status, status.value, limit),
-            )
+        shared.check_offset(offset)
+        wanted = None if status is None else status.value
+        rows = await self._read(
+            "list runs",
+            lambda conn: conn.fetch(SQL.list_runs, wanted, pipeline, limit, offset),
+        )
         return [shared.run_record(row) for row in rows]
+
+    async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:
+        ids = list(run_ids)
+        rows = await self._read(
+            "count the steps of runs", lambda conn: conn.fetch(SQL.step_counts, ids)
+        )
+        return shared.step_counts(rows)
+
+    async def last_seq(self, run_id: str) -> int:
+        value = await self._read(
+            f"read the last event of run {run_id!r}",
+            lambda conn: conn.fetchval(SQL.last_seq, run_id),
+        )
+        return int(value)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         rows = await self._read(

@@ -28,6 +28,19 @@ def check_limit(limit: int) -> None:
         raise ValueError(f"limit must be >= 0, not {limit}")
 
 
+def check_offset(offset: int) -> None:
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+
+
+def step_counts(rows: Iterable[Sequence[Any]]) -> dict[str, dict[StepStatus, int]]:
+    """``{run_id: {status: n}}`` from ``(run_id, status, n)`` rows."""
+    counts: dict[str, dict[StepStatus, int]] = {}
+    for run_id, status, n in rows:
+        counts.setdefault(run_id, {})[StepStatus(status)] = int(n)
+    return counts
+
+
 def check_lease(lease: float) -> None:
     if not lease > 0:  # NaN too
         raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")

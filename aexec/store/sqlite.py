@@ -40,7 +40,7 @@ from aexec.plan import Plan
 from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
-from aexec.types import RunStatus
+from aexec.types import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class Queries(NamedTuple):
     get_run: str
     run_ids_from: str
     list_runs: str
-    list_runs_by_status: str
+    step_counts: str
+    last_seq: str
     run_status: str
     get_steps: str
     get_plan: str
@@ -285,16 +286,33 @@ class SqliteStore(Opened):
         return None if row is None else shared.run_record(row)
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
         conn = self._connection()
         shared.check_limit(limit)
+        shared.check_offset(offset)
+        wanted = None if status is None else status.value
         with self._errors("list runs"):
-            if status is None:
-                rows = conn.execute(SQL.list_runs, (limit,)).fetchall()
-            else:
-                rows = conn.execute(SQL.list_runs_by_status, (status.value, limit)).fetchall()
+            rows = conn.execute(SQL.list_runs, (wanted, pipeline, limit, offset)).fetchall()
         return [shared.run_record(row) for row in rows]
+
+    async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:
+        conn = self._connection()
+        ids = json.dumps(list(run_ids))
+        with self._errors("count the steps of runs"):
+            rows = conn.execute(SQL.step_counts, (ids,)).fetchall()
+        return shared.step_counts(rows)
+
+    async def last_seq(self, run_id: str) -> int:
+        conn = self._connection()
+        with self._errors(f"read the last event of run {run_id!r}"):
+            row = conn.execute(SQL.last_seq, (run_id,)).fetchone()
+        return int(row[0])
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         conn = self._connection()

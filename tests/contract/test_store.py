@@ -277,6 +277,49 @@ async def test_list_runs_filters_by_status(store: Store) -> None:
     assert await store.list_runs(status=RunStatus.FAILED) == []
 
 
+async def test_list_runs_filters_by_pipeline_and_status_together(store: Store) -> None:
+    other = build("q", [StepSpec("x", "add")])
+    for i in range(6):
+        plan = PLAN if i % 2 else other
+        await store.create_run(new_run(f"r{i}", plan, created_at=float(i)), plan)
+    await store.append([ev(K.RUN_STARTED, run_id="r1"), ev(K.RUN_STARTED, run_id="r2")])
+    assert [r.run_id for r in await store.list_runs(pipeline="p")] == ["r5", "r3", "r1"]
+    assert [r.run_id for r in await store.list_runs(pipeline="q")] == ["r4", "r2", "r0"]
+    running_p = await store.list_runs(pipeline="p", status=RunStatus.RUNNING)
+    assert [r.run_id for r in running_p] == ["r1"]
+    assert await store.list_runs(pipeline="nope") == []
+
+
+async def test_list_runs_pages_with_an_offset(store: Store) -> None:
+    for i in range(5):
+        await store.create_run(new_run(f"r{i}", created_at=float(i)), PLAN)
+    pages = [await store.list_runs(limit=2, offset=n) for n in (0, 2, 4, 6)]
+    assert [[r.run_id for r in page] for page in pages] == [["r4", "r3"], ["r2", "r1"], ["r0"], []]
+    with pytest.raises(ValueError, match="offset"):
+        await store.list_runs(offset=-1)
+
+
+async def test_step_counts_count_each_runs_steps_by_status(store: Store) -> None:
+    await store.create_run(new_run("r1"), PLAN)
+    await store.create_run(new_run("r2"), PLAN)
+    await store.append([ev(K.STEP_DISPATCHED, "a", 1, run_id="r2")])
+    counts = await store.step_counts(["r1", "r2", "nope-nope"])
+    assert counts == {
+        "r1": {StepStatus.PENDING: 2},
+        "r2": {StepStatus.QUEUED: 1, StepStatus.PENDING: 1},
+    }
+    assert await store.step_counts([]) == {}
+
+
+async def test_last_seq_is_the_seq_of_the_runs_latest_event(store: Store) -> None:
+    submitted = await store.create_run(new_run(), PLAN)
+    assert await store.last_seq("run-0001") == submitted.seq
+    await store.append([ev(K.RUN_STARTED), ev(K.STEP_DISPATCHED, "a", 1)])
+    events = await store.get_events("run-0001")
+    assert await store.last_seq("run-0001") == events[-1].seq
+    assert await store.last_seq("nope-nope") == 0
+
+
 # -- plans and steps ----------------------------------------------------------------------
 
 

@@ -53,19 +53,21 @@ FROM aexec_runs WHERE run_id = $1
 SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
 
 -- name: list_runs
+-- $1 status or NULL, $2 pipeline or NULL, $3 limit, $4 offset.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
        finished_at, result, error, owner, lease_until, epoch
 FROM aexec_runs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR pipeline = $2)
 ORDER BY created_at DESC, serial DESC
-LIMIT $1
+LIMIT $3 OFFSET $4
 
--- name: list_runs_by_status
-SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch
-FROM aexec_runs
-WHERE status = $1
-ORDER BY created_at DESC, serial DESC
-LIMIT $2
+-- name: step_counts
+SELECT run_id, status, count(*) AS n FROM aexec_steps
+WHERE run_id = ANY($1::text[])
+GROUP BY run_id, status
+
+-- name: last_seq
+SELECT coalesce(max(seq), 0) FROM aexec_events WHERE run_id = $1
 
 -- name: run_status
 SELECT status FROM aexec_runs WHERE run_id = $1

@@ -60,15 +60,21 @@ FROM runs WHERE run_id = ?
 SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2
 
 -- name: list_runs
+-- ?1 status or NULL, ?2 pipeline or NULL, ?3 limit, ?4 offset.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
        finished_at, result, error, owner, lease_until, epoch
-FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?
+FROM runs
+WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR pipeline = ?2)
+ORDER BY created_at DESC, rowid DESC LIMIT ?3 OFFSET ?4
 
--- name: list_runs_by_status
-SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch
-FROM runs WHERE status = ?
-ORDER BY created_at DESC, rowid DESC LIMIT ?
+-- name: step_counts
+-- One row per run and step status; the run ids are a JSON array.
+SELECT run_id, status, count(*) FROM steps
+WHERE run_id IN (SELECT value FROM json_each(?))
+GROUP BY run_id, status
+
+-- name: last_seq
+SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?
 
 -- name: run_status
 SELECT status FROM runs WHERE run_id = ?

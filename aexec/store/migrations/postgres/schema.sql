@@ -42,6 +42,8 @@ CREATE INDEX aexec_runs_unfinished_by_owner ON aexec_runs (owner)
 CREATE INDEX aexec_runs_finished ON aexec_runs (finished_at, run_id)
     WHERE status IN ('succeeded', 'failed', 'cancelled');
 CREATE INDEX aexec_runs_by_plan ON aexec_runs (plan_digest);
+-- The UI's runs list filters by pipeline, most recent first.
+CREATE INDEX aexec_runs_by_pipeline ON aexec_runs (pipeline, created_at, serial);
 
 CREATE TABLE aexec_steps (
     run_id      text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),

@@ -36,6 +36,8 @@ CREATE INDEX runs_unfinished_by_owner ON runs (owner)
 CREATE INDEX runs_finished ON runs (finished_at, run_id)
     WHERE status = 'succeeded' OR status = 'failed' OR status = 'cancelled';
 CREATE INDEX runs_by_plan ON runs (plan_digest);
+-- The UI's runs list filters by pipeline, most recent first.
+CREATE INDEX runs_by_pipeline ON runs (pipeline, created_at);
 
 CREATE TABLE steps (
     run_id      TEXT NOT NULL REFERENCES runs (run_id),
