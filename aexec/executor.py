@@ -28,6 +28,7 @@ import aexec.transport
 from aexec import messages
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
+from aexec.control import list_workers
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
@@ -294,6 +295,35 @@ class Executor:
             run.receive(events)
             if run.status.finished:
                 self._remote_runs.pop(msg.run_id, None)
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel run ``run_id``: its unfinished steps are cancelled and it ends
+        ``cancelled``.  The coordinator driving it hears of it here if it is this
+        executor's, else through the broker; in embedded mode (no broker) only a run of
+        this executor can be cancelled, any other is an :class:`~aexec.errors.AexecError`."""
+        coordinator = self._coordinator
+        if coordinator is not None and run_id in coordinator.runs:
+            await coordinator.cancel(run_id)
+        elif self.settings.embedded:
+            raise AexecError(
+                f"run {run_id} is not driven by this process: with no broker, only the "
+                "process running a run can cancel it"
+            )
+        else:
+            await self._broadcast_cancel(run_id)
+
+    async def workers(self, *, wait: float = 0.5) -> list[messages.WorkerInfo]:
+        """The workers that answer a ping within ``wait`` seconds, by name (in embedded
+        mode, this executor's own worker once it runs)."""
+        if self.settings.embedded and self._worker is None:
+            return []
+        return await list_workers(await self._open_transport(), wait=wait)
+
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        """How many messages wait in each of the step queues ``names`` (those that exist)."""
+        if self.settings.embedded and self._worker is None:
+            return {}
+        return await (await self._open_transport()).queue_depths(names)
 
     async def _broadcast_cancel(self, run_id: str) -> None:
         transport = await self._open_transport()

@@ -52,7 +52,7 @@ async def run_worker(
     once the worker consumes its queues: a :class:`~aexec.errors.TransportError` raised before
     that means the broker could not be reached at all.
     """
-    _require_broker(settings, "worker start")
+    require_broker(settings, "worker start")
     loaded = [load_module_or_file(spec) for spec in modules]
     steps = find_steps(loaded)
     if not steps:
@@ -97,7 +97,7 @@ async def run_coordinator(
 ) -> int:
     """Serve runs submitted by library clients through the broker until ``stop`` is set;
     then let the runs in flight finish (for a bounded time) and return 0."""
-    _require_broker(settings, "coordinator")
+    require_broker(settings, "coordinator")
     log.info(
         "coordinator starting: store %s, objects %s",
         redact(settings.store_url),
@@ -111,28 +111,28 @@ async def run_coordinator(
 
 async def find_workers(settings: Settings, *, wait: float) -> list[WorkerInfo]:
     """The live workers that answer a ping within ``wait`` seconds, by name."""
-    _require_broker(settings, "worker list")
+    require_broker(settings, "worker list")
     async with _opened_transport(settings) as transport:
         return await list_workers(transport, wait=wait)
 
 
 async def terminate(settings: Settings, name: str | None) -> None:
     """Ask worker ``name`` (every worker, for None) to finish its in-flight steps and exit."""
-    _require_broker(settings, "worker terminate")
+    require_broker(settings, "worker terminate")
     async with _opened_transport(settings) as transport:
         await terminate_workers(transport, name)
 
 
 async def dead_letters(settings: Settings, *, limit: int | None) -> list[DeadLetter]:
     """The dead letters waiting on the broker (at most ``limit``), oldest first; they stay."""
-    _require_broker(settings, "dlq list")
+    require_broker(settings, "dlq list")
     async with _opened_transport(settings) as transport:
         return await transport.dead_letters(limit=limit)
 
 
 async def replay_dead_letters(settings: Settings, ids: Collection[str] | None) -> list[Replay]:
     """Publish dead letters ``ids`` (every one for None) back to the queues they came from."""
-    _require_broker(settings, "dlq replay")
+    require_broker(settings, "dlq replay")
     async with _opened_transport(settings) as transport:
         return await transport.replay_dead_letters(ids)
 
@@ -151,7 +151,7 @@ def with_connect_timeout(settings: Settings, seconds: float = CONNECT_TIMEOUT) -
     return settings.merged({"broker": parts._replace(query=urlencode(query)).geturl()})
 
 
-def _require_broker(settings: Settings, command: str) -> None:
+def require_broker(settings: Settings, command: str) -> None:
     if settings.embedded:
         raise ConfigError(f"{command} needs a broker: pass --broker amqp://... or set AEXEC_BROKER")
 
@@ -184,6 +184,7 @@ __all__ = [
     "dead_letters",
     "find_workers",
     "replay_dead_letters",
+    "require_broker",
     "run_coordinator",
     "run_worker",
     "terminate",

@@ -43,6 +43,7 @@ from aexec.cli.serve import (
     cmd_worker_start,
     cmd_worker_terminate,
 )
+from aexec.cli.ui import add_ui_options, cmd_ui
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM or Ctrl-C; runs in flight then get a grace period to finish, and the next "
         "coordinator resumes the rest.",
     )
+    add_ui_options(coordinator, flag=True)
     coordinator.set_defaults(handler=cmd_coordinator)
+
+    ui = commands.add_parser(
+        "ui",
+        parents=parents,
+        help="serve the web UI and its JSON API",
+        description="Serve the web UI (runs, their graphs, timelines and logs, workers, "
+        "queues; launch and cancel runs) and its JSON API under /api/, until SIGTERM or "
+        "Ctrl-C.  Actions need the bearer token AEXEC_UI_TOKEN; without it, a token is "
+        "generated and shown in the URL printed at start.",
+    )
+    add_ui_options(ui, flag=False)
+    ui.set_defaults(handler=cmd_ui)
     return parser
 
 

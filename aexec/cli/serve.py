@@ -46,21 +46,34 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
             ready=ready,
         )
 
-    return run_async(_serve_until_signalled(serve))
+    return run_async(serve_until_signalled(serve))
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from aexec.service import run_coordinator, with_connect_timeout
 
+    if args.ui:
+        from aexec.cli.ui import check_ui_options
+
+        check_ui_options(args)
     settings = with_connect_timeout(resolve_settings(args))
+    if args.ui:
+        from aexec.cli.ui import coordinator_with_ui, ui_config
+
+        config, shown = ui_config(args)
+
+        def with_ui(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
+            return coordinator_with_ui(settings, config, args, stop=stop, ready=ready, shown=shown)
+
+        return run_async(serve_until_signalled(with_ui))
 
     def serve(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
         return run_coordinator(settings, stop=stop, ready=ready)
 
-    return run_async(_serve_until_signalled(serve))
+    return run_async(serve_until_signalled(serve))
 
 
-async def _serve_until_signalled(
+async def serve_until_signalled(
     serve: Callable[[asyncio.Event, asyncio.Event], Coroutine[Any, Any, int]],
 ) -> int:
     """Run ``serve(stop, ready)``; SIGTERM and SIGINT set ``stop`` for a graceful exit.

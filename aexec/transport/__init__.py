@@ -205,6 +205,10 @@ class Transport(Protocol):
         every new one; returns once the retained ones were handled.  Deliveries are settled
         already; a handler's exception is logged and following goes on."""
 
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        """How many messages wait in each of the queues ``names`` (delivered but unacked
+        ones not counted); a queue that does not exist is left out."""
+
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """The dead letters waiting (at most ``limit``), oldest first; they stay queued."""
 

@@ -686,6 +686,30 @@ class AmqpTransport:
         self._subscriptions.add(subscription)
         return subscription
 
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        """Read with passive declares, on a channel of their own: RabbitMQ closes a channel
+        that declares a missing queue passively, so each such queue costs a new one."""
+        connection = self._require(self._connection)
+        depths: dict[str, int] = {}
+        channel = None
+        try:
+            for name in names:
+                if channel is None or channel.is_closed:
+                    channel = await self._open_channel(connection, confirms=False)
+                    await self._ready(channel)
+                try:
+                    queue = await channel.declare_queue(self.broker_name(name), passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    channel = None  # (the broker closed the channel)
+                    continue
+                except _BROKER_ERRORS as exc:
+                    raise TransportError(f"cannot read queue {name!r}: {_reason(exc)}") from exc
+                depths[name] = queue.declaration_result.message_count or 0
+        finally:
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+        return depths
+
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """Fetched unacked on a channel of their own, which is then closed: RabbitMQ puts
         every one back where it was."""

@@ -364,6 +364,14 @@ class MemoryTransport:
                 q.heap.clear()
                 q.size = 0
 
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        depths = {}
+        for name in names:
+            q = self._queues.get(name)
+            if q is not None:
+                depths[name] = len(q.heap)
+        return depths
+
     async def broadcast(self, topic: str, body: bytes) -> None:
         for q in list(self._topics.get(topic, ())):
             self._push(q, body, 0, False, None)

@@ -182,6 +182,9 @@ class SignedTransport:
     async def delete_queues(self, names: Iterable[str]) -> None:
         await self.inner.delete_queues(names)
 
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        return await self.inner.queue_depths(names)
+
     async def broadcast(self, topic: str, body: bytes) -> None:
         await self.inner.broadcast(topic, sign(self._key, f"t:{topic}", body))
 

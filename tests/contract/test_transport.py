@@ -120,6 +120,20 @@ async def test_a_published_message_is_delivered_to_a_consumer(transport: Transpo
     assert delivery.redelivered is False
 
 
+async def test_queue_depths_count_waiting_messages_and_leave_out_missing_queues(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("q1")
+    await transport.declare_queue("q2")
+    await transport.publish_many([("q1", b"a", 0), ("q1", b"b", 0), ("q2", b"c", 0)])
+    depths = await transport.queue_depths(["q1", "missing", "q2", "also-missing"])
+    assert depths == {"q1": 2, "q2": 1}
+    got = Inbox()
+    await transport.consume("q1", got, prefetch=10)
+    await got.wait_for(2)
+    assert await transport.queue_depths(["q1"]) == {"q1": 0}
+
+
 async def test_waiting_messages_are_delivered_highest_priority_first(
     transport: Transport,
 ) -> None:

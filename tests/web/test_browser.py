@@ -1,0 +1,150 @@
+"""The UI in a real headless Chromium: what a user sees, live, and what they can do."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from playwright.async_api import Page, expect
+
+import aexec
+from aexec import pipeline, step
+from aexec.types import RunStatus
+from tests.web.conftest import Ui
+
+pytestmark = pytest.mark.browser
+
+HOSTILE = '<img src=x onerror="window.pwned=1"><b id="injected">bold</b>'
+
+
+@step
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@pipeline
+def small() -> object:
+    return add(add.alias("first")(1, 2), 3)
+
+
+async def test_the_runs_list_shows_a_fresh_run_and_then_one_started_while_it_is_open(
+    ui: Ui, page: Page
+) -> None:
+    first = await ui.executor.submit(small)
+    await first.wait()
+    await page.goto(ui.page_url())
+    row = page.locator(f'tr[data-run="{first.run_id}"]')
+    await expect(row).to_contain_text("small")
+    await expect(row.locator(".badge")).to_have_text("succeeded")
+    await expect(row).to_contain_text("2/2")
+
+    second = await ui.executor.submit(small)  # appears without a reload
+    await expect(page.locator(f'tr[data-run="{second.run_id}"]')).to_be_visible()
+
+
+async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page) -> None:
+    gates = {name: asyncio.Event() for name in ("a", "b")}
+
+    @step
+    async def wait_for(name: str) -> str:
+        await gates[name].wait()
+        return name
+
+    @pipeline
+    def gated() -> object:
+        return [wait_for.alias("a")("a"), wait_for.alias("b")("b")]
+
+    run = await ui.executor.submit(gated)
+    await page.goto(ui.page_url(f"runs/{run.run_id}"))
+    await expect(page.locator("#run-status .badge")).to_have_text("running")
+    row_a = page.locator('#steps-body tr[data-step="a"]')
+    await expect(row_a).to_have_attribute("data-status", "running")
+
+    gates["a"].set()
+    await expect(row_a).to_have_attribute("data-status", "succeeded")
+    await expect(page.locator('#steps-body tr[data-step="b"]')).to_have_attribute(
+        "data-status", "running"
+    )
+    gates["b"].set()
+    await expect(page.locator("#run-status .badge")).to_have_text("succeeded")
+    await expect(page.locator("#result")).to_contain_text('"a"')
+    await expect(page.locator('#log-body tr[data-kind="run_succeeded"]')).to_have_count(1)
+    assert await run.result() == ["a", "b"]
+
+
+async def test_cancel_from_the_run_page_cancels_a_running_run(ui: Ui, page: Page) -> None:
+    @step
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    @pipeline
+    def stuck() -> object:
+        return forever()
+
+    run = await ui.executor.submit(stuck)
+    await page.goto(ui.page_url(f"runs/{run.run_id}"))
+    await expect(page.locator("#run-status .badge")).to_have_text("running")
+    await page.click("#cancel")
+    await page.click("#cancel-no")  # the confirmation can be declined
+    assert run.status is RunStatus.RUNNING
+    await page.click("#cancel")
+    await page.click("#cancel-yes")
+    record = await asyncio.wait_for(run.wait(), 10)
+    assert record.status is RunStatus.CANCELLED
+    await expect(page.locator("#run-status .badge")).to_have_text("cancelled")
+    await expect(page.locator("#cancel")).to_be_disabled()
+
+
+async def test_a_steps_progress_and_log_lines_appear_on_its_page(ui: Ui, page: Page) -> None:
+    go_on, finish = asyncio.Event(), asyncio.Event()
+
+    @step
+    async def chatty() -> int:
+        aexec.current().progress(0.25, "a quarter <i>done</i>")
+        await go_on.wait()
+        aexec.current().progress(0.5, "half way")
+        await finish.wait()
+        return 1
+
+    @pipeline
+    def talk() -> object:
+        return chatty()
+
+    run = await ui.executor.submit(talk)
+    await page.goto(ui.page_url(f"runs/{run.run_id}/steps/chatty"))
+    log = page.locator("#step-log")
+    await expect(log).to_contain_text("25% a quarter <i>done</i>")
+    go_on.set()
+    await expect(log).to_contain_text("50% half way")  # live
+    await expect(log.locator("tr")).to_have_count(2)
+    finish.set()
+    assert await run.result() == 1
+    await expect(page.locator("h1 .badge")).to_have_text("succeeded")
+    await page.goto(ui.page_url(f"runs/{run.run_id}"))
+    await expect(page.locator("#log-body")).to_contain_text("a quarter <i>done</i>")
+
+
+async def test_an_error_message_containing_html_is_shown_as_text(ui: Ui, page: Page) -> None:
+    @step
+    async def hostile() -> None:
+        raise ValueError(HOSTILE)
+
+    @step(name=HOSTILE[:30])
+    async def oddly_named() -> int:
+        return 1
+
+    @pipeline
+    def attack() -> object:
+        return [hostile(), oddly_named()]
+
+    run = await ui.executor.submit(attack)
+    await run.wait()
+    await page.goto(ui.page_url(f"runs/{run.run_id}"))
+    outcome = page.locator("#outcome")
+    await expect(outcome.locator(".error-message")).to_have_text(f"ValueError: {HOSTILE}")
+    await expect(page.locator("#injected")).to_have_count(0)
+    await expect(page.locator("#steps-body")).to_contain_text(HOSTILE[:30])
+    await page.goto(ui.page_url(f"runs/{run.run_id}/steps/hostile"))
+    await expect(page.locator(".error-message").first).to_have_text(f"ValueError: {HOSTILE}")
+    await expect(page.locator("#injected")).to_have_count(0)
+    assert await page.evaluate("window.pwned") is None
