@@ -38,7 +38,17 @@ from aexec.inbox import (
     WorkerLost,
 )
 from aexec.plan import Plan
-from aexec.scheduling import Action, Dispatch, Fail, Finish, Retry, RunState, Skip
+from aexec.scheduling import (
+    Action,
+    Collect,
+    Dispatch,
+    Expand,
+    Fail,
+    Finish,
+    Retry,
+    RunState,
+    Skip,
+)
 from aexec.stream import Subscriber
 from aexec.transport import Delivery
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -70,7 +80,6 @@ class ActiveRun:
         "done",
         "epoch",
         "notify",
-        "plan",
         "priority",
         "run_id",
         "running_on",
@@ -83,9 +92,8 @@ class ActiveRun:
         self, run_id: str, plan: Plan, priority: int, state: RunState, epoch: int = 1
     ) -> None:
         self.run_id = run_id
-        self.plan = plan
         self.priority = priority
-        self.state = state
+        self.state = state  # its plan is ``plan``, with the maps expanded so far
         self.epoch = epoch
         self.created_at = time.time()
         self.done: asyncio.Future[RunStatus] = asyncio.get_running_loop().create_future()
@@ -95,6 +103,11 @@ class ActiveRun:
         # step index → its output as a claim check, once the coordinator moved it to the
         # object store (its dependents' messages would have been too large)
         self.spilled: dict[int, bytes] = {}
+
+    @property
+    def plan(self) -> Plan:
+        """The run's plan, with the maps expanded so far."""
+        return self.state.plan
 
     @property
     def status(self) -> RunStatus:
@@ -503,6 +516,35 @@ class Batch:
                         self.events.append(
                             Event(kind, run_id, ts, steps[index].key, attempts[index], why)
                         )
+                case Expand():
+                    template = steps[action.index]
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_EXPANDED,
+                            run_id,
+                            ts,
+                            template.key,
+                            0,
+                            {
+                                "count": action.count,
+                                "position": action.first,
+                                "name": template.name,
+                                "queue": template.queue,
+                            },
+                        )
+                    )
+                case Collect():
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_SUCCEEDED,
+                            run_id,
+                            ts,
+                            steps[action.index].key,
+                            0,
+                            {"collected": len(run.plan.collected(action.index))},
+                            action.output,
+                        )
+                    )
                 case Finish():
                     self.events.append(self._finish_event(run, action.status, ts))
                     self.finished.append(run)

@@ -80,6 +80,8 @@ async def fit_inputs(
         if saved >= excess:
             break
         dep = step.deps[i]
+        if dep == step.map_over and step.element is not None:
+            continue  # one item of that list, not its output: small, and this step's own
         ref = run.spilled.get(dep)
         if ref is None:
             key = output_key(run.run_id, plan.steps[dep].key, state.attempts[dep])
@@ -91,6 +93,23 @@ async def fit_inputs(
         saved += len(fitted[i]) - len(ref)
         fitted[i] = ref
     return fitted
+
+
+async def load_list(objects: ObjectStore | None, output: bytes | None) -> bytes | None:
+    """The value a step output refers to, if it is a claim check (a list a map runs over,
+    too large to be inline); None for an inline output.  ObjectStoreError when it cannot
+    be loaded."""
+    if not output or output[0] not in codec.EXT_HEADS:
+        return None
+    try:
+        ref = codec.decode(output)
+    except Exception:
+        return None
+    if not isinstance(ref, codec.ObjectRef):
+        return None
+    if objects is None:
+        raise ObjectStoreError("this coordinator has no object store to load the list from")
+    return await objects.get(ref.key)
 
 
 async def event_batches(

@@ -233,14 +233,14 @@ def check_decodable(data: bytes) -> None:
     decode(data)
 
 
-_EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+EXT_HEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
 """First bytes of a msgpack extension value (ext 8/16/32, fixext 1..16)."""
 
 
 def directive_of(output: bytes) -> directives.Directive | None:
     """The directive a step returned as its encoded ``output``, or None for an ordinary
     value (decided from the first byte for all but extension values)."""
-    if not output or output[0] not in _EXT_HEADS:
+    if not output or output[0] not in EXT_HEADS:
         return None
     try:
         value = decode(output)

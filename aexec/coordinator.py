@@ -42,7 +42,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aexec import claim, messages
+from aexec import claim, codec, messages
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.config import MAX_MESSAGE_SIZE, Settings
@@ -592,6 +592,8 @@ class Coordinator:
             return
         match msg:
             case messages.Completion() | messages.Progress() | messages.AttemptLost():
+                if isinstance(msg, messages.Completion):
+                    await self._load_list(msg)
                 batch.reply(msg)  # a progress report is news of its worker, whatever the run
                 if msg.run_id in self.runs:
                     batch.acks.append((delivery, msg))
@@ -612,6 +614,24 @@ class Coordinator:
                     type(msg).__name__,
                 )
                 await settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
+
+    async def _load_list(self, msg: messages.Completion) -> None:
+        """A step whose output a map runs over put that list in the object store: load it
+        for the map to expand (it fails, saying so, if that cannot be done)."""
+        output = msg.output
+        if not output or output[0] not in codec.EXT_HEADS:
+            return  # inline: the common case, decided from one byte
+        run = self.runs.get(msg.run_id)
+        index = None if run is None else run.plan.index.get(msg.step_key)
+        if run is None or index is None or index not in run.plan.map_sources:
+            return
+        try:
+            data = await claim.load_list(self.objects, output)
+        except ObjectStoreError as exc:
+            log.error("run %s: cannot load the list of %s: %s", msg.run_id, msg.step_key, exc)
+            return
+        if data is not None:
+            run.state.lists[index] = data
 
     async def end_failed(self, run_id: str, event: Event | None) -> None:
         """The store refused the events of run ``run_id`` for good and ended it failed
@@ -717,7 +737,7 @@ class Coordinator:
                 continue
             try:
                 await self.leases.reload(run)
-            except (StoreError, TransportError) as exc:
+            except (StoreError, TransportError, ObjectStoreError) as exc:
                 log.error("coordinator %s cannot reload run %s: %s", self.config.id, run_id, exc)
                 await self.lose(run)
                 with contextlib.suppress(StoreError):

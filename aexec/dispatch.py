@@ -151,11 +151,16 @@ class Dispatcher:
 def _inputs(run: ActiveRun, index: int) -> list[bytes]:
     """The encoded upstream outputs step ``index`` takes, as its message carries them (a
     reference for those moved to the object store already)."""
-    outputs, spilled = run.state.outputs, run.spilled
-    deps = run.plan.steps[index].deps
+    state, spilled = run.state, run.spilled
+    step = state.plan.steps[index]
+    outputs, deps = state.outputs, step.deps
     if not spilled:
-        return [outputs[d] for d in deps]
-    return [spilled.get(d) or outputs[d] for d in deps]
+        inputs = [outputs[d] for d in deps]
+    else:
+        inputs = [spilled.get(d) or outputs[d] for d in deps]
+    if step.element is not None:  # a step of a map: one item of the list, not the list
+        inputs[deps.index(step.map_over)] = state.item(index)
+    return inputs
 
 
 __all__ = ["Dispatcher", "StepMessage"]

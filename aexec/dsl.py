@@ -128,6 +128,22 @@ class StepDef(Generic[P, R]):
                 )
         return self.fn(*args, **kwargs)
 
+    def map(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        """Inside a pipeline body: run this step once per item of the list ``items`` (the
+        output of a step), known at run time; each takes its item as its first argument,
+        then ``args`` and ``kwargs``.  The steps are keyed ``name[0]``, ``name[1]``, ...
+        The handle returned is the list of their outputs, in order (to pass on whole, or
+        to map over again)."""
+        builder = _BUILDER.get(None)
+        if builder is None:
+            raise _definition_error(f"{self.name}.map() can only be called inside a @pipeline")
+        if not isinstance(items, Output):
+            raise _definition_error(
+                f"{self.name}.map() takes the output of a step (a list known at run time), "
+                f"not {type(items).__name__}: for a list known now, call the step in a loop"
+            )
+        return builder.add(self, None, (items, *args), kwargs, map_over=items)
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A Celery-style signature of this step for :mod:`aexec.canvas`: in a chain, the
         previous result goes first, before ``args``."""
@@ -365,6 +381,7 @@ class _Builder:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         after: Sequence[Output] = (),
+        map_over: Output | None = None,
     ) -> Output:
         """Add a step; it takes the outputs in its arguments, and runs after ``after`` too
         (dependencies without data: a Celery immutable signature in a chain)."""
@@ -413,6 +430,7 @@ class _Builder:
                 call,
                 None if when is None else when.key,
                 step.accept_missing,
+                None if map_over is None else map_over.key,
             )
         )
         return Output(self, key)

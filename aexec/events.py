@@ -22,6 +22,7 @@ class EventKind(StrEnum):
     STEP_FAILED = "step_failed"
     STEP_SKIPPED = "step_skipped"
     STEP_CANCELLED = "step_cancelled"
+    STEP_EXPANDED = "step_expanded"  # a map became one step per item of its list
     MESSAGE_REJECTED = "message_rejected"  # a message naming the run failed its signature
 
     @property

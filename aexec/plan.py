@@ -9,10 +9,11 @@ The plan's digest is the SHA-256 of its canonical encoding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aexec import codec
@@ -41,6 +42,7 @@ class StepSpec:
     call: bytes = EMPTY_CALL
     when: str | None = None  # a dep whose output must be true for this step to run
     accept_missing: bool = False  # runs with None for skipped inputs (join semantics)
+    map_over: str | None = None  # a dep whose list output this step is mapped over
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,13 @@ class PlanStep:
     call: bytes
     when: int | None = None
     accept_missing: bool = False
+    map_over: int | None = None  # a map: the dep whose list it runs over, one step per item
+    element: int | None = None  # a step a map expanded into: the item it takes
+
+    @property
+    def is_map(self) -> bool:
+        """A map template: expanded at run time, then collecting its steps' outputs."""
+        return self.map_over is not None and self.element is None
 
     def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
         """The step's dynamic options as the plan's wire form keeps them (only those set,
@@ -68,6 +77,8 @@ class PlanStep:
             options["when"] = steps[self.when].key
         if self.accept_missing:
             options["accept_missing"] = True
+        if self.map_over is not None:
+            options["map_over"] = steps[self.map_over].key
         return options
 
 
@@ -80,6 +91,7 @@ class Plan:
     params: bytes = field(default=codec.encode({}))
     digest: str = ""
     index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    expanded: frozenset[int] = field(default=frozenset(), compare=False, repr=False)  # maps
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -98,6 +110,56 @@ class Plan:
     @property
     def queues(self) -> frozenset[str]:
         return frozenset(s.queue for s in self.steps)
+
+    def expand(self, index: int, count: int) -> Plan:
+        """This plan with map ``index`` expanded into ``count`` steps, appended after every
+        step there is (the indices of the others do not change): ``key[0]``, ``key[1]``, ...
+        each taking one item of the list and the map's other inputs, and each an input of
+        the map, which collects their outputs.  The digest stays the plan's (the plan
+        stored is the one without expansions, which are recorded as events)."""
+        template = self.steps[index]
+        if not template.is_map or count < 0:
+            raise PlanError(f"step {template.key!r} is not a map to expand")
+        first = len(self.steps)
+        children = tuple(range(first, first + count))
+        added = [
+            PlanStep(
+                index=first + i,
+                key=f"{template.key}[{i}]",
+                name=template.name,
+                queue=template.queue,
+                priority=template.priority,
+                retry=template.retry,
+                timeout=template.timeout,
+                deps=template.deps,
+                dependents=(index,),
+                call=template.call,
+                map_over=template.map_over,
+                element=i,
+            )
+            for i in range(count)
+        ]
+        steps = list(self.steps)
+        steps[index] = replace(template, deps=template.deps + children)
+        for d in dict.fromkeys(template.deps):
+            steps[d] = replace(steps[d], dependents=steps[d].dependents + children)
+        steps.extend(added)
+        index_of = dict(self.index)
+        for step in added:
+            if step.key in index_of:
+                raise PlanError(f"expanding {template.key!r} makes a duplicate key {step.key!r}")
+            index_of[step.key] = step.index
+        return replace(self, steps=tuple(steps), index=index_of, expanded=self.expanded | {index})
+
+    @functools.cached_property
+    def map_sources(self) -> frozenset[int]:
+        """The steps whose outputs are lists that maps run over."""
+        return frozenset(s.map_over for s in self.steps if s.map_over is not None)
+
+    def collected(self, index: int) -> tuple[int, ...]:
+        """The steps map ``index`` expanded into (none if it was not expanded)."""
+        template = self.steps[index]
+        return tuple(d for d in template.deps if self.steps[d].element is not None)
 
     def to_wire(self) -> list[Any]:
         return _wire(self.pipeline, self.steps, self.result_deps, self.result, self.params)
@@ -143,7 +205,7 @@ class Plan:
 
 
 def _options(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not set(value) <= {"when", "accept_missing"}:
+    if not isinstance(value, dict) or not set(value) <= {"when", "accept_missing", "map_over"}:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
     return value
 
@@ -203,6 +265,8 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: call template must be bytes")
     if spec.when is not None and spec.when not in spec.deps:
         raise PlanError(f"step {spec.key!r}: its condition must be one of its inputs")
+    if spec.map_over is not None and spec.map_over not in spec.deps:
+        raise PlanError(f"step {spec.key!r}: the list it maps over must be one of its inputs")
     if not isinstance(spec.accept_missing, bool):
         raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
 
@@ -263,6 +327,7 @@ def build(
             call=specs[old].call,
             when=_index_of(specs[old].when, new_index),
             accept_missing=specs[old].accept_missing,
+            map_over=_index_of(specs[old].map_over, new_index),
         )
         for new, old in enumerate(order)
     )

@@ -68,13 +68,31 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Expand:
+    """Map ``index`` was expanded into ``count`` steps, appended to the plan (indices
+    ``first`` to ``first + count - 1``); their dispatches follow."""
+
+    index: int
+    count: int
+    first: int
+
+
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """Every step of map ``index`` finished: it succeeded with the list of their outputs."""
+
+    index: int
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The run is over; emitted exactly once per run."""
 
     status: RunStatus
 
 
-Action = Dispatch | Retry | Fail | Skip | Finish
+Action = Dispatch | Retry | Fail | Skip | Expand | Collect | Finish
 
 
 class RecordedStep(NamedTuple):
@@ -112,10 +130,12 @@ class RunState:
 
     __slots__ = (
         "attempts",
-        "conditional",
+        "dynamic",
         "errors",
         "fail_fast",
         "failures",
+        "items",
+        "lists",
         "lost",
         "missing",
         "outputs",
@@ -142,7 +162,11 @@ class RunState:
         self.errors: dict[int, ErrorInfo] = {}
         self.lost: dict[int, int] = {}  # attempts whose worker vanished, per step
         self.missing: set[int] = set()  # steps skipped by a decision
-        self.conditional = any(s.when is not None for s in plan.steps)
+        self.dynamic = any(s.when is not None or s.map_over is not None for s in plan.steps)
+        self.items: dict[int, list[bytes]] = {}  # map → its list, item by item (encoded)
+        # A map's list that the step returning it put in the object store, loaded by the
+        # engine (by that step's index): the maps read it here.
+        self.lists: dict[int, bytes] = {}
         self.unfinished = n
         self.run_status = RunStatus.PENDING
 
@@ -226,7 +250,21 @@ class RunState:
         while position < len(ready):
             d = ready[position]
             position += 1
+            if steps[d].is_map and d in self.plan.expanded:
+                self._collect(d, actions)
+                for e in steps[d].dependents:
+                    waiting[e] -= 1
+                    if waiting[e] == 0 and status[e] is _PENDING:
+                        ready.append(e)
+                continue
             reason = self._skip_reason(d)
+            if reason is None and steps[d].is_map:
+                if self._expand(d, actions):
+                    steps = self.plan.steps
+                    status, waiting, attempts = self.status, self.waiting, self.attempts
+                    if waiting[d] == 0:  # an empty list: collected at once
+                        ready.append(d)
+                continue
             if reason is None:
                 status[d] = _QUEUED
                 attempts[d] += 1
@@ -237,6 +275,61 @@ class RunState:
                 waiting[e] -= 1
                 if waiting[e] == 0 and status[e] is _PENDING:
                     ready.append(e)
+
+    def _expand(self, index: int, actions: list[Action]) -> bool:
+        """Expand map ``index``, whose inputs are all in, into one step per item of its list
+        and dispatch them; fail it if that input is not a list (False)."""
+        template = self.plan.steps[index]
+        assert template.map_over is not None
+        items = _items(self.lists.get(template.map_over, self.outputs[template.map_over]))
+        if isinstance(items, str):
+            error = ErrorInfo(
+                "MapError", f"cannot map step {template.key!r}: {items}", retryable=False
+            )
+            self.status[index] = _FAILED
+            self.errors[index] = error
+            self.unfinished -= 1
+            actions.append(Fail(index, 0, error))
+            skipped = self._skip_dependents(index)
+            if skipped:
+                actions.append(Skip(tuple(skipped)))
+            return False
+        count, first = len(items), len(self.plan.steps)
+        self.plan = self.plan.expand(index, count)
+        self.items[index] = items
+        self.status.extend([_QUEUED] * count)
+        self.attempts.extend([1] * count)
+        self.failures.extend([0] * count)
+        self.waiting.extend([0] * count)
+        self.outputs.extend([None] * count)
+        self.waiting[index] = count
+        self.unfinished += count
+        actions.append(Expand(index, count, first))
+        actions.extend(Dispatch(i, 1) for i in range(first, first + count))
+        return True
+
+    def _collect(self, index: int, actions: list[Action]) -> None:
+        """Every step of map ``index`` finished: it succeeds with their outputs, in order
+        (None for a step skipped by a decision)."""
+        outputs = self.outputs
+        output = codec.encode([codec.embed(outputs[c]) for c in self.plan.collected(index)])
+        self.status[index] = _SUCCEEDED
+        outputs[index] = output
+        self.unfinished -= 1
+        actions.append(Collect(index, output))
+
+    def item(self, index: int) -> bytes:
+        """The item of its map's list that step ``index`` (a step of a map) takes, encoded."""
+        step = self.plan.steps[index]
+        template = step.dependents[0]
+        items = self.items.get(template)
+        if items is None:  # restored: split the list again
+            assert step.map_over is not None
+            found = _items(self.lists.get(step.map_over, self.outputs[step.map_over]))
+            assert not isinstance(found, str)  # it was split once already
+            items = self.items[template] = found
+        assert step.element is not None
+        return items[step.element]
 
     def _decided(self, index: int, reason: str, actions: list[Action]) -> None:
         """Step ``index`` is skipped by a decision."""
@@ -282,7 +375,7 @@ class RunState:
         self.unfinished -= 1
         actions: list[Action] = []
         waiting, attempts = self.waiting, self.attempts
-        if self.missing or self.conditional:
+        if self.missing or self.dynamic:
             ready: list[int] = []
             for d in self.plan.steps[index].dependents:
                 waiting[d] -= 1
@@ -449,3 +542,21 @@ def _true(output: Any) -> bool:
     except CodecError:
         return False
     return isinstance(value, codec.ObjectRef) or bool(value)
+
+
+def _items(output: Any) -> list[bytes] | str:
+    """The items of the list a map runs over, each encoded; or why there is none."""
+    if not isinstance(output, bytes):
+        return "its input is not a recorded output"
+    try:
+        value = codec.decode(output)
+    except CodecError as exc:
+        return f"its input does not decode: {exc}"
+    if isinstance(value, codec.ObjectRef):
+        return (
+            "the list it maps over is in the object store (larger than the inline "
+            "threshold): return a shorter list (of references, e.g. keys or paths)"
+        )
+    if not isinstance(value, list):
+        return f"it maps over a {type(value).__name__}, not a list"
+    return [codec.encode(item) for item in value]

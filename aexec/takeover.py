@@ -21,10 +21,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from aexec import claim
 from aexec.batch import ActiveRun
-from aexec.errors import StoreError, TransportError
+from aexec.errors import ObjectStoreError, StoreError, TransportError
 from aexec.events import EventKind
 from aexec.inbox import Resume
+from aexec.plan import Plan
 from aexec.scheduling import Action, RecordedStep, RunState
 from aexec.store import Fence, RunRecord
 from aexec.transport import Subscription
@@ -56,7 +58,7 @@ class Leases:
                 await self.renew()
                 if config.adopt:
                     await self.take_over()
-            except (StoreError, TransportError) as exc:
+            except (StoreError, TransportError, ObjectStoreError) as exc:
                 log.warning("coordinator %s could not keep its leases: %s", config.id, exc)
 
     async def renew(self) -> None:
@@ -92,7 +94,7 @@ class Leases:
                 try:
                     if await self.adopt(record) is not None:
                         taken.add(record.run_id)
-                except (StoreError, TransportError) as exc:
+                except (StoreError, TransportError, ObjectStoreError) as exc:
                     log.warning(
                         "coordinator %s could not take over run %s: %s",
                         config.id,
@@ -145,8 +147,18 @@ class Leases:
     async def _restore(self, run: ActiveRun, record: RunRecord) -> list[Action]:
         """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now."""
         coordinator = self._coordinator
-        steps = await coordinator.store.get_steps(record.run_id)
-        state = RunState(run.plan, fail_fast=coordinator.config.fail_fast)
+        store = coordinator.store
+        plan = await self._expanded(run.plan, record.run_id)
+        by_key = {s.key: s for s in await store.get_steps(record.run_id)}
+        missing = [s.key for s in plan.steps if s.key not in by_key]
+        if missing:
+            raise StoreError(f"run {record.run_id} has no recorded step {missing[0]!r}")
+        steps = [by_key[s.key] for s in plan.steps]
+        state = RunState(plan, fail_fast=coordinator.config.fail_fast)
+        for index in plan.map_sources:  # lists in the object store, for the maps to read
+            data = await claim.load_list(coordinator.objects, steps[index].output)
+            if data is not None:
+                state.lists[index] = data
         actions = state.restore(
             [RecordedStep(s.status, s.attempts, s.output, s.error, s.failures) for s in steps],
             started=record.status is not RunStatus.PENDING,
@@ -162,6 +174,31 @@ class Leases:
                 run.running_on[index] = worker
                 coordinator.workers_seen.setdefault(worker, now)
         return actions
+
+    async def _expanded(self, plan: Plan, run_id: str) -> Plan:
+        """``plan`` (the run's, without expansions) with the maps expanded as its event log
+        recorded them, in the same order: the same steps at the same indices."""
+        if plan.expanded:  # reloading a run driven here: from its plan as stored
+            stored = await self._coordinator.store.get_plan(plan.digest)
+            if stored is None:
+                raise StoreError(f"run {run_id}: its plan {plan.digest} is missing")
+            plan = stored
+        events = await self._coordinator.store.get_events(run_id)
+        for event in events:
+            if event.kind is not EventKind.STEP_EXPANDED or event.step is None:
+                continue
+            index = plan.index.get(event.step)
+            count, position = event.data.get("count"), event.data.get("position")
+            if (
+                index is None
+                or index in plan.expanded
+                or not isinstance(count, int)
+                or count < 0
+                or position != len(plan.steps)
+            ):
+                raise StoreError(f"run {run_id}: its expansion of {event.step!r} does not fit")
+            plan = plan.expand(index, count)
+        return plan
 
     async def _last_driver(self, run_id: str) -> str | None:
         """The coordinator that drove the run last, as its event log tells."""

@@ -13,7 +13,7 @@ Nothing here does I/O or imports an adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from typing import Any
 
 from aexec.events import Event, EventKind
@@ -40,10 +40,18 @@ RUN_STATUS: dict[EventKind, RunStatus] = {
 """The status each run event moves its run to (run_started: only a pending run)."""
 
 
-def apply(run: RunRecord, steps: Mapping[str, StepRecord], event: Event) -> bool:
+def apply(run: RunRecord, steps: MutableMapping[str, StepRecord], event: Event) -> bool:
     """Apply one event of ``run`` to the run or to its step in ``steps`` (by key); True if
     a row changed.  Step events change their step's row, if it is in ``steps``; run
-    events the run's row; the rest (run_submitted, run_resumed, step_progress) no row."""
+    events the run's row; step_expanded adds the rows of the steps a map expanded into;
+    the rest (run_submitted, run_resumed, step_progress) no row."""
+    if event.kind is EventKind.STEP_EXPANDED:
+        added = False
+        for _, key, name, queue in expansion(event):
+            if key not in steps:
+                steps[key] = StepRecord(run.run_id, key, name, queue)
+                added = True
+        return added
     status = STEP_STATUS.get(event.kind)
     if status is None:
         return apply_to_run(run, event)
@@ -99,6 +107,18 @@ def apply_to_run(run: RunRecord, event: Event) -> bool:
 
 
 # What an event's data gives its row (the SQL stores pass the same values to their SQL).
+
+
+def expansion(event: Event) -> list[tuple[int, str, str, str]]:
+    """step_expanded: the rows of the steps a map expanded into, as ``(position, key, name,
+    queue)``: ``key[i]`` for i below ``data["count"]``, at positions from
+    ``data["position"]``, with the map's name and queue."""
+    data, key = event.data, event.step
+    count, position = data.get("count"), data.get("position")
+    if not isinstance(count, int) or not isinstance(position, int) or key is None:
+        return []
+    name, queue = str(data.get("name", key)), str(data.get("queue", ""))
+    return [(position + i, f"{key}[{i}]", name, queue) for i in range(count)]
 
 
 def step_worker(event: Event) -> str | None:

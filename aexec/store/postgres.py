@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
-from aexec.events import Event
+from aexec.events import Event, EventKind
 from aexec.plan import Plan
 from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
 from aexec.store import rows as shared
@@ -91,6 +91,7 @@ class Queries(NamedTuple):
     insert_plan: str
     insert_run: str
     insert_steps: str
+    insert_expanded_steps: str
     get_run: str
     run_ids_from: str
     list_runs: str
@@ -284,6 +285,11 @@ class PostgresStore(Opened):
         async with self._transaction("append events") as conn:
             await self._lock_runs(conn, run_ids, fence)
             seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
+            for event in events:
+                if event.kind is EventKind.STEP_EXPANDED:
+                    rows = fold.expansion(event)
+                    columns = [list(column) for column in zip(*rows, strict=True)] or [[]] * 4
+                    await conn.execute(SQL.insert_expanded_steps, event.run_id, *columns)
             for step_columns, run_columns in rounds:
                 if step_columns[0]:
                     await conn.execute(SQL.update_steps, *step_columns)

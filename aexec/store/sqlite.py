@@ -67,6 +67,7 @@ class Queries(NamedTuple):
     plan_exists: str
     run_exists: str
     insert_run: str
+    insert_expanded_step: str
     insert_step: str
     get_run: str
     run_ids_from: str
@@ -222,6 +223,12 @@ class SqliteStore(Opened):
             return
         logged = _event_rows(events)
         updates = _row_updates(events)
+        expanded = [
+            (e.run_id, *row)
+            for e in events
+            if e.kind is EventKind.STEP_EXPANDED
+            for row in fold.expansion(e)
+        ]
         with self._errors("append events"), self._transaction(conn):
             if fence is not None:  # under the write lock: nobody claims a run meanwhile
                 self._check_fence(conn, fence, dict.fromkeys(e.run_id for e in events))
@@ -234,6 +241,8 @@ class SqliteStore(Opened):
                 raise
             # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
             first = conn.execute(SQL.last_insert).fetchone()[0] - len(logged) + 1
+            if expanded:
+                conn.executemany(SQL.insert_expanded_step, expanded)
             for statement, rows in updates:
                 conn.executemany(statement, rows)
         for i, event in enumerate(events):

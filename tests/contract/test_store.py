@@ -1573,3 +1573,34 @@ async def test_a_database_from_a_newer_aexec_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         await SqliteStore(path).open()
+
+
+# -- maps ---------------------------------------------------------------------------------
+
+
+async def test_a_map_expansion_adds_its_steps_once_in_order_and_they_move_as_any(
+    store: Store,
+) -> None:
+    await started_run(store)
+    last = len(PLAN.steps)
+    expanded = ev(K.STEP_EXPANDED, "b", count=3, position=last, name="noop", queue="q")
+    await store.append(
+        [expanded, ev(K.STEP_DISPATCHED, "b[0]", 1), ev(K.STEP_DISPATCHED, "b[2]", 1)]
+    )
+    await store.append([replace(expanded, seq=0)])  # recorded again: nothing more
+    steps = await store.get_steps("run-0001")
+    assert [s.key for s in steps][-3:] == ["b[0]", "b[1]", "b[2]"]
+    assert len(steps) == last + 3
+    added = {s.key: s for s in steps[-3:]}
+    assert added["b[1]"] == StepRecord("run-0001", "b[1]", "noop", "q")
+    assert added["b[0]"].status is StepStatus.QUEUED and added["b[0]"].attempts == 1
+    await store.append([ev(K.STEP_SUCCEEDED, "b[0]", 1, output=b"\x01")])
+    assert (await step_row(store, "b[0]")).output == b"\x01"
+    kinds = [e.kind for e in await appended(store)]
+    assert kinds.count(K.STEP_EXPANDED) == 2  # logged each time, applied once
+
+
+async def test_an_empty_expansion_adds_no_step(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.STEP_EXPANDED, "b", count=0, position=len(PLAN.steps))])
+    assert len(await store.get_steps("run-0001")) == len(PLAN.steps)

@@ -81,3 +81,22 @@ def test_sub_pipelines_over_rabbitmq_show_their_prefixed_steps(cluster: Cluster)
     ]  # fmt: skip
     shown = cluster.aexec("runs", "show", report["run_id"])
     assert "b.rejoin" in shown.stdout
+
+
+MAP = str(EXAMPLES / "map.py")
+
+
+def test_a_map_over_ten_thousand_items_runs_over_rabbitmq(cluster: Cluster) -> None:
+    cluster.start_worker(worker_name(), "-A", MAP, "-c", "200")
+    proc = cluster.aexec(
+        "run", MAP, "-p", "n=10000", "--broker", cluster.broker, "--json", timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["result"] == {"nodes": 10000, "total": 460000, "hot": 0}
+    steps = report["steps"]
+    assert len(steps) == 4 + 2 * 10000
+    assert steps["measure[9999]"] == {"status": "succeeded", "attempts": 1}
+    assert steps["grade[0]"]["status"] == "succeeded"
+    shown = cluster.aexec("runs", "show", report["run_id"], "--json")
+    assert set(json.loads(shown.stdout)["steps"]) == set(steps)

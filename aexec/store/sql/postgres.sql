@@ -43,6 +43,14 @@ SELECT $1, step.position, step.key, step.name, step.queue, 'pending'
 FROM unnest($2::integer[], $3::text[], $4::text[], $5::text[])
      AS step (position, key, name, queue)
 
+-- name: insert_expanded_steps
+-- The steps a map expanded into (step_expanded); once only, whatever repeats.
+INSERT INTO aexec_steps (run_id, position, key, name, queue, status)
+SELECT $1, step.position, step.key, step.name, step.queue, 'pending'
+FROM unnest($2::integer[], $3::text[], $4::text[], $5::text[])
+     AS step (position, key, name, queue)
+ON CONFLICT (run_id, key) DO NOTHING
+
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
        finished_at, result, error, owner, lease_until, epoch

@@ -50,6 +50,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 INSERT INTO steps (run_id, position, key, name, queue, status)
 VALUES (?, ?, ?, ?, ?, 'pending')
 
+-- name: insert_expanded_step
+-- The steps a map expanded into (step_expanded); once only, whatever repeats.
+INSERT OR IGNORE INTO steps (run_id, position, key, name, queue, status)
+VALUES (?, ?, ?, ?, ?, 'pending')
+
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
        finished_at, result, error, owner, lease_until, epoch
