@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from aexec import codec, messages
-from aexec.directives import Directive
+from aexec.directives import Cached, Directive
+from aexec.directives import Skip as SkipItself
 from aexec.errors import CodecError, PublishError, WorkerLostError
 from aexec.events import Event, EventKind
 from aexec.inbox import (
@@ -392,8 +393,26 @@ class Batch:
         directive: Directive,
         data: dict[str, Any],
     ) -> None:
-        """The attempt returned a decision instead of an output."""
-        actions = run.state.skipped(index, msg.attempt, directive.reason)
+        """The attempt returned a decision instead of an output: it skipped itself, or its
+        worker found its output in the step cache."""
+        match directive:
+            case SkipItself():
+                actions = run.state.skipped(index, msg.attempt, directive.reason)
+            case Cached():
+                output = directive.output
+                actions = run.state.succeeded(index, msg.attempt, output)
+                if actions is not None:
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_SUCCEEDED,
+                            msg.run_id,
+                            msg.finished_at,
+                            msg.step_key,
+                            msg.attempt,
+                            {**data, "cached": True},
+                            output,
+                        )
+                    )
         if actions is not None:
             self.actions(run, actions, msg.finished_at, data)
 

@@ -11,7 +11,6 @@ coordinator tells it apart (:func:`aexec.codec.directive_of`) before recording t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,18 @@ class Skip:
         return ["skip", self.reason]
 
 
-Directive = Skip
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A worker found this attempt's ``output`` (encoded) in the step cache and did not
+    run the step (:mod:`aexec.cache`)."""
+
+    output: bytes
+
+    def to_wire(self) -> list[Any]:
+        return ["cached", self.output]
+
+
+Directive = Skip | Cached
 
 
 def skip(reason: str = "") -> Skip:
@@ -41,15 +51,13 @@ def skip(reason: str = "") -> Skip:
 
 def from_wire(value: Any) -> Directive:
     """The directive that :meth:`to_wire` gave ``value``; ValueError if malformed."""
-    if isinstance(value, list) and value and value[0] == "skip" and len(value) == 2:
-        reason = value[1]
-        if isinstance(reason, str):
-            return Skip(reason[:MAX_REASON])
+    if isinstance(value, list) and len(value) == 2:
+        kind, field = value
+        if kind == "skip" and isinstance(field, str):
+            return Skip(field[:MAX_REASON])
+        if kind == "cached" and isinstance(field, bytes):
+            return Cached(field)
     raise ValueError(f"malformed directive {value!r:.80}")
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-__all__ = ["Directive", "Skip", "from_wire", "skip"]
+__all__ = ["Cached", "Directive", "Skip", "from_wire", "skip"]

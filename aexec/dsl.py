@@ -80,9 +80,15 @@ class StepDef(Generic[P, R]):
         timeout: float | None = None,
         where: str = "<unknown>",
         accept_missing: bool = False,
+        cache: bool | Callable[..., Any] = False,
+        version: str = "",
+        cache_ttl: float | None = None,
     ) -> None:
         self.fn = fn
         self.accept_missing = accept_missing
+        self.cache = cache
+        self.version = version
+        self.cache_ttl = cache_ttl
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -192,6 +198,18 @@ def _flag(name: str, option: str, value: Any) -> bool:
     return value
 
 
+def _cache_options(name: str, cache: Any, version: Any, ttl: Any) -> dict[str, Any]:
+    if not (isinstance(cache, bool) or callable(cache)):
+        raise _definition_error(f"step {name!r}: cache must be True, False or a key function")
+    if not isinstance(version, str):
+        raise _definition_error(f'step {name!r}: version must be a string, such as "2"')
+    if ttl is not None and (
+        not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0
+    ):
+        raise _definition_error(f"step {name!r}: cache_ttl must be a positive number of seconds")
+    return {"cache": cache, "version": version, "cache_ttl": None if ttl is None else float(ttl)}
+
+
 def _retry_policy(
     name: str, retries: int, backoff: float, backoff_max: float, jitter: bool = True
 ) -> RetryPolicy:
@@ -218,6 +236,9 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    cache: bool | Callable[..., Any] = False,
+    version: str = "",
+    cache_ttl: float | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -234,6 +255,9 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    cache: bool | Callable[..., Any] = False,
+    version: str = "",
+    cache_ttl: float | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
@@ -242,6 +266,10 @@ def step(
     ``accept_missing``: the step runs even when some of its inputs were skipped
     (:func:`aexec.skip`), taking None in their place (join semantics); otherwise a skipped
     input skips it too.
+    ``cache=True`` reuses the output of an earlier successful attempt of this step with
+    the same ``version`` and inputs (or the same value of a key function: ``cache=fn``
+    called with the step's arguments), for ``cache_ttl`` seconds or for good
+    (:mod:`aexec.cache`); bump ``version`` when the code changes.
     """
     where = _where()
 
@@ -259,6 +287,7 @@ def step(
             timeout=timeout,
             where=where,
             accept_missing=_flag(step_name, "accept_missing", accept_missing),
+            **_cache_options(step_name, cache, version, cache_ttl),
         )
 
     if fn is not None:

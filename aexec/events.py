@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     STEP_SKIPPED = "step_skipped"
     STEP_CANCELLED = "step_cancelled"
     STEP_EXPANDED = "step_expanded"  # a map became one step per item of its list
+    STEP_WAITING = "step_waiting"  # a step asked to run again later (aexec.again)
     MESSAGE_REJECTED = "message_rejected"  # a message naming the run failed its signature
 
     @property

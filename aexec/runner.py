@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from aexec import codec, context, messages
+from aexec import cache, codec, context, directives, messages
 from aexec.dsl import StepDef
 from aexec.errors import (
     CodecError,
@@ -104,10 +104,21 @@ class StepRunner:
             raise StepFailure(
                 ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
             ) from None
-        if self._pool == "process" and not step.is_async:
+        entry = self._cache_entry(msg, step, inputs) if step.cache else None
+        cached = None if entry is None else await cache.lookup(self._objects, entry)
+        if cached is not None:
+            encoded = cached
+        elif self._pool == "process" and not step.is_async:
             encoded = await self._run_in_process(msg, inputs)
         else:
             encoded = await self._run_here(msg, step, inputs, progress)
+        if (
+            entry is not None
+            and cached is None
+            and len(encoded) <= limit
+            and codec.directive_of(encoded) is None  # a skip is not an output to reuse
+        ):
+            await cache.store(self._objects, entry, encoded, step.cache_ttl)
         if len(encoded) > limit:
             raise StepFailure(
                 ErrorInfo.from_exception(
@@ -127,7 +138,25 @@ class StepRunner:
                     ErrorInfo(type(exc).__name__, f"cannot store output: {exc}")
                 ) from None
             encoded = codec.encode(codec.ObjectRef(object_key))
+        if cached is not None:
+            return codec.encode(directives.Cached(encoded))
         return encoded
+
+    def _cache_entry(
+        self, msg: messages.StepMessage, step: StepDef[Any, Any], inputs: list[Any]
+    ) -> str | None:
+        """The cache entry of this attempt; None when a key function fails (the step runs,
+        uncached)."""
+        custom = None
+        if callable(step.cache):
+            try:
+                args, kwargs = codec.decode(msg.call, inputs=inputs)
+                custom = step.cache(*args, **kwargs)
+                codec.check_encodable(custom)
+            except Exception as exc:
+                log.warning("step %s: its cache key function failed: %r", msg.step_key, exc)
+                return None
+        return cache.key(msg.name, step.version, msg.call, inputs, custom)
 
     def close(self) -> None:
         """Let go of the pools (a sync step still running in a thread goes on, detached)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -223,7 +223,12 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
     return table(["RUN ID", "PIPELINE", "STATUS", "CREATED", "DURATION"], rows)
 
 
-def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None = None) -> str:
+def run_details(
+    run: RunRecord,
+    steps: Sequence[StepRecord],
+    result: str | None = None,
+    notes: Mapping[str, str] | None = None,
+) -> str:
     """The header of a run and a table of its steps, for ``runs show``.
 
     ``result`` is the run's result as JSON text, if it has one; it is clipped to a line.
@@ -245,6 +250,7 @@ def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None 
         header.append(("error", _one_line(run.error)))
     width = max(len(label) for label, _ in header)
     lines = [f"{label + ':':<{width + 1}} {value}" for label, value in header]
+    notes = notes or {}
     rows = [
         [
             s.key,
@@ -254,7 +260,12 @@ def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None 
         ]
         for s in steps
     ]
-    lines += ["", table(["STEP", "STATUS", "ATTEMPTS", "ERROR"], rows)]
+    headers = ["STEP", "STATUS", "ATTEMPTS", "ERROR"]
+    if notes:
+        headers.append("NOTE")
+        for row, s in zip(rows, steps, strict=True):
+            row.append(_clip(_one_line(notes.get(s.key, "")), 80))
+    lines += ["", table(headers, rows)]
     return "\n".join(lines)
 
 

@@ -8,28 +8,66 @@ import datetime as dt
 import decimal
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aexec.events import Event, EventKind
 from aexec.store import RunRecord, StepRecord
 
 
-def run_report(run: RunRecord, steps: list[StepRecord], result: Any) -> dict[str, Any]:
+def run_report(
+    run: RunRecord,
+    steps: list[StepRecord],
+    result: Any,
+    notes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The report of a run, the ``--json`` contract::
 
         {"run_id": str, "status": "succeeded" | "failed" | "cancelled" | ...,
          "result": <the pipeline result, JSON-safe, or null>, "error": str | null,
          "steps": {step_key: {"status": str, "attempts": int}}}
 
-    Steps keep plan order.  ``result`` goes through :func:`jsonable`.
+    Steps keep plan order.  ``result`` goes through :func:`jsonable`.  A step with a
+    note (:func:`step_notes`) has it under ``"note"``.
     """
+    notes = notes or {}
+    report: dict[str, dict[str, Any]] = {}
+    for s in steps:
+        report[s.key] = {"status": str(s.status), "attempts": s.attempts}
+        if s.key in notes:
+            report[s.key]["note"] = notes[s.key]
     return {
         "run_id": run.run_id,
         "status": str(run.status),
         "result": jsonable(result),
         "error": run.error,
-        "steps": {s.key: {"status": str(s.status), "attempts": s.attempts} for s in steps},
+        "steps": report,
     }
+
+
+def step_notes(events: Iterable[Event]) -> dict[str, str]:
+    """What a run's dynamic steps did, by step key, from its event log: ``skipped: <why>``,
+    ``cached`` (its output came from the step cache), ``map of N steps``, and
+    ``waiting: <why>, again at <time>`` for a step waiting to run again."""
+    notes: dict[str, str] = {}
+    for event in events:
+        step, data = event.step, event.data
+        if step is None:
+            continue
+        match event.kind:
+            case EventKind.STEP_SKIPPED if data.get("reason"):
+                notes[step] = f"skipped: {data['reason']}"
+            case EventKind.STEP_SUCCEEDED if data.get("cached"):
+                notes[step] = "cached"
+            case EventKind.STEP_EXPANDED:
+                notes[step] = f"map of {data.get('count')} steps"
+            case EventKind.STEP_WAITING:
+                due = dt.datetime.fromtimestamp(float(data.get("due", 0.0)))
+                notes[step] = f"waiting: {data.get('reason') or 'again'}, again at {due:%H:%M:%S}"
+            case EventKind.STEP_DISPATCHED | EventKind.STEP_SUCCEEDED | EventKind.STEP_FAILED:
+                if notes.get(step, "").startswith("waiting"):
+                    del notes[step]
+    return notes
 
 
 def run_summary(run: RunRecord) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
     from aexec.cli.display import dump_json, run_details
-    from aexec.cli.report import jsonable, run_report
+    from aexec.cli.report import jsonable, run_report, step_notes
     from aexec.executor import Executor
     from aexec.types import RunStatus
 
@@ -62,11 +62,12 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         record = await _find_run(ex, args.run_id)
         steps = await ex.get_steps(record.run_id)
         result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
+        notes = step_notes(await ex.get_events(record.run_id))
     if args.json:
-        sys.stdout.write(dump_json(run_report(record, steps, result)) + "\n")
+        sys.stdout.write(dump_json(run_report(record, steps, result, notes)) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
-        sys.stdout.write(run_details(record, steps, shown) + "\n")
+        sys.stdout.write(run_details(record, steps, shown, notes) + "\n")
     return EXIT_OK
 
 
