@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aexec.config import Settings
 from aexec.context import StepContext, current
-from aexec.directives import skip
+from aexec.directives import again, skip
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef, pipeline, remote_step, step
 from aexec.errors import (
     AexecError,
@@ -82,6 +82,7 @@ __all__ = [
     "TransportError",
     "UnknownStepError",
     "WorkerLostError",
+    "again",
     "current",
     "pipeline",
     "remote_step",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from aexec import codec, messages
-from aexec.directives import Cached, Directive
+from aexec.directives import Again, Cached, Directive
 from aexec.directives import Skip as SkipItself
 from aexec.errors import CodecError, PublishError, WorkerLostError
 from aexec.events import Event, EventKind
@@ -46,9 +46,11 @@ from aexec.scheduling import (
     Expand,
     Fail,
     Finish,
+    Later,
     Retry,
     RunState,
     Skip,
+    Wait,
 )
 from aexec.stream import Subscriber
 from aexec.transport import Delivery
@@ -398,6 +400,10 @@ class Batch:
         match directive:
             case SkipItself():
                 actions = run.state.skipped(index, msg.attempt, directive.reason)
+            case Again():
+                actions = run.state.again(
+                    index, msg.attempt, directive.after, directive.reason, msg.finished_at
+                )
             case Cached():
                 output = directive.output
                 actions = run.state.succeeded(index, msg.attempt, output)
@@ -535,6 +541,27 @@ class Batch:
                         self.events.append(
                             Event(kind, run_id, ts, steps[index].key, attempts[index], why)
                         )
+                case Wait():
+                    self.events.append(
+                        Event(
+                            EventKind.STEP_WAITING,
+                            run_id,
+                            ts,
+                            steps[action.index].key,
+                            action.attempt - 1,
+                            {
+                                "after": action.delay,
+                                "due": ts + action.delay,
+                                "reason": action.reason,
+                                "since": action.since,
+                            },
+                        )
+                    )
+                    due = RetryDue(run_id, action.index, action.attempt)
+                    self.retries.append(RetryTimer(action.delay, due))
+                case Later():
+                    due = RetryDue(run_id, action.index, action.attempt)
+                    self.retries.append(RetryTimer(action.delay, due))
                 case Expand():
                     template = steps[action.index]
                     self.events.append(

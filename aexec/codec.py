@@ -114,7 +114,7 @@ def _default(obj: Any) -> Any:
         return ExtType(EXT_SLOT, obj.index.to_bytes(4, "big"))
     if isinstance(obj, ObjectRef):
         return ExtType(EXT_REF, obj.key.encode())
-    if isinstance(obj, directives.Skip | directives.Cached):
+    if isinstance(obj, directives.Skip | directives.Cached | directives.Again):
         return ExtType(EXT_DIRECTIVE, _pack(obj.to_wire()))
     raise TypeError(f"cannot encode object of type {type(obj).__qualname__}")
 
@@ -246,7 +246,9 @@ def directive_of(output: bytes) -> directives.Directive | None:
         value = decode(output)
     except CodecError:
         return None
-    return value if isinstance(value, directives.Skip | directives.Cached) else None
+    return (
+        value if isinstance(value, directives.Skip | directives.Cached | directives.Again) else None
+    )
 
 
 def decode_with_refs(

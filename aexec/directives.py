@@ -2,7 +2,8 @@
 
 ``return aexec.skip("no new files")`` skips the step and, through it, the steps that
 depend on it (those that accept missing inputs run, with None in its place).  The run
-does not fail.
+does not fail.  ``return aexec.again(after=60, reason="ceph not healthy yet")`` runs the
+step again in 60 s, the coordinator keeping the timer (no worker waits).
 
 A directive is an ordinary value to the codec (extension ``EXT_DIRECTIVE``), so it travels
 as any output does — from a thread, a child process or another code base — and the
@@ -11,6 +12,7 @@ coordinator tells it apart (:func:`aexec.codec.directive_of`) before recording t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +41,38 @@ class Cached:
         return ["cached", self.output]
 
 
-Directive = Skip | Cached
+@dataclass(frozen=True, slots=True)
+class Again:
+    """Run this step again in ``after`` seconds (see :func:`again`)."""
+
+    after: float
+    reason: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return ["again", [self.after, self.reason]]
+
+
+Directive = Skip | Cached | Again
+
+
+def again(after: float, reason: str = "") -> Again:
+    """Return this from a step to have it run again in ``after`` seconds, saying why (a
+    poll of something not ready yet), without holding a worker meanwhile: the coordinator
+    keeps the timer.  ``@step(max_wait=...)`` bounds how long a step may keep asking."""
+    if not _seconds(after):
+        raise ValueError(f"aexec.again(after): a number of seconds >= 0, not {after!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"aexec.again(reason=): a string, not {reason!r}")
+    return Again(float(after), reason[:MAX_REASON])
+
+
+def _seconds(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def skip(reason: str = "") -> Skip:
@@ -57,7 +90,11 @@ def from_wire(value: Any) -> Directive:
             return Skip(field[:MAX_REASON])
         if kind == "cached" and isinstance(field, bytes):
             return Cached(field)
+        if kind == "again" and isinstance(field, list) and len(field) == 2:
+            after, reason = field
+            if _seconds(after) and isinstance(reason, str):
+                return Again(float(after), reason[:MAX_REASON])
     raise ValueError(f"malformed directive {value!r:.80}")
 
 
-__all__ = ["Cached", "Directive", "Skip", "from_wire", "skip"]
+__all__ = ["Again", "Cached", "Directive", "Skip", "again", "from_wire", "skip"]

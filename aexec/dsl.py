@@ -83,8 +83,10 @@ class StepDef(Generic[P, R]):
         cache: bool | Callable[..., Any] = False,
         version: str = "",
         cache_ttl: float | None = None,
+        max_wait: float | None = None,
     ) -> None:
         self.fn = fn
+        self.max_wait = max_wait
         self.accept_missing = accept_missing
         self.cache = cache
         self.version = version
@@ -210,6 +212,14 @@ def _cache_options(name: str, cache: Any, version: Any, ttl: Any) -> dict[str, A
     return {"cache": cache, "version": version, "cache_ttl": None if ttl is None else float(ttl)}
 
 
+def _max_wait(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise _definition_error(f"step {name!r}: max_wait must be a positive number of seconds")
+    return float(value)
+
+
 def _retry_policy(
     name: str, retries: int, backoff: float, backoff_max: float, jitter: bool = True
 ) -> RetryPolicy:
@@ -239,6 +249,7 @@ def step(
     cache: bool | Callable[..., Any] = False,
     version: str = "",
     cache_ttl: float | None = None,
+    max_wait: float | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -258,6 +269,7 @@ def step(
     cache: bool | Callable[..., Any] = False,
     version: str = "",
     cache_ttl: float | None = None,
+    max_wait: float | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
@@ -270,6 +282,8 @@ def step(
     the same ``version`` and inputs (or the same value of a key function: ``cache=fn``
     called with the step's arguments), for ``cache_ttl`` seconds or for good
     (:mod:`aexec.cache`); bump ``version`` when the code changes.
+    ``max_wait``: how long, in seconds from its first :func:`aexec.again`, the step may
+    keep asking to run again before it fails.
     """
     where = _where()
 
@@ -288,6 +302,7 @@ def step(
             where=where,
             accept_missing=_flag(step_name, "accept_missing", accept_missing),
             **_cache_options(step_name, cache, version, cache_ttl),
+            max_wait=_max_wait(step_name, max_wait),
         )
 
     if fn is not None:
@@ -460,6 +475,7 @@ class _Builder:
                 None if when is None else when.key,
                 step.accept_missing,
                 None if map_over is None else map_over.key,
+                step.max_wait,
             )
         )
         return Output(self, key)

@@ -43,6 +43,7 @@ class StepSpec:
     when: str | None = None  # a dep whose output must be true for this step to run
     accept_missing: bool = False  # runs with None for skipped inputs (join semantics)
     map_over: str | None = None  # a dep whose list output this step is mapped over
+    max_wait: float | None = None  # how long it may keep asking to run again (aexec.again)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class PlanStep:
     accept_missing: bool = False
     map_over: int | None = None  # a map: the dep whose list it runs over, one step per item
     element: int | None = None  # a step a map expanded into: the item it takes
+    max_wait: float | None = None
 
     @property
     def is_map(self) -> bool:
@@ -79,6 +81,8 @@ class PlanStep:
             options["accept_missing"] = True
         if self.map_over is not None:
             options["map_over"] = steps[self.map_over].key
+        if self.max_wait is not None:
+            options["max_wait"] = self.max_wait
         return options
 
 
@@ -136,6 +140,7 @@ class Plan:
                 call=template.call,
                 map_over=template.map_over,
                 element=i,
+                max_wait=template.max_wait,
             )
             for i in range(count)
         ]
@@ -204,8 +209,16 @@ class Plan:
         return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
 
 
+_OPTIONS = frozenset({"when", "accept_missing", "map_over", "max_wait"})
+
+
 def _options(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not set(value) <= {"when", "accept_missing", "map_over"}:
+    if not isinstance(value, dict) or not set(value) <= {
+        "when",
+        "accept_missing",
+        "map_over",
+        "max_wait",
+    }:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
     return value
 
@@ -267,6 +280,12 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: its condition must be one of its inputs")
     if spec.map_over is not None and spec.map_over not in spec.deps:
         raise PlanError(f"step {spec.key!r}: the list it maps over must be one of its inputs")
+    if spec.max_wait is not None and (
+        not isinstance(spec.max_wait, int | float)
+        or isinstance(spec.max_wait, bool)
+        or not spec.max_wait > 0
+    ):
+        raise PlanError(f"step {spec.key!r}: max_wait must be a positive number of seconds")
     if not isinstance(spec.accept_missing, bool):
         raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
 
@@ -328,6 +347,7 @@ def build(
             when=_index_of(specs[old].when, new_index),
             accept_missing=specs[old].accept_missing,
             map_over=_index_of(specs[old].map_over, new_index),
+            max_wait=_seconds(specs[old].max_wait),
         )
         for new, old in enumerate(order)
     )

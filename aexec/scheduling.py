@@ -11,7 +11,7 @@ the in-memory half of exactly-once completion.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -68,6 +68,27 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Wait:
+    """Step ``index`` asked to run again (:func:`aexec.again`): dispatch it as ``attempt``
+    after ``delay`` s.  ``since``: when it first asked, the start of its ``max_wait``."""
+
+    index: int
+    attempt: int
+    delay: float
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Dispatch step ``index`` as ``attempt`` after ``delay`` s (a wait restored)."""
+
+    index: int
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class Expand:
     """Map ``index`` was expanded into ``count`` steps, appended to the plan (indices
     ``first`` to ``first + count - 1``); their dispatches follow."""
@@ -92,7 +113,7 @@ class Finish:
     status: RunStatus
 
 
-Action = Dispatch | Retry | Fail | Skip | Expand | Collect | Finish
+Action = Dispatch | Retry | Fail | Skip | Wait | Later | Expand | Collect | Finish
 
 
 class RecordedStep(NamedTuple):
@@ -142,6 +163,7 @@ class RunState:
         "plan",
         "run_status",
         "sample",
+        "since",
         "status",
         "unfinished",
         "waiting",
@@ -167,6 +189,7 @@ class RunState:
         # A map's list that the step returning it put in the object store, loaded by the
         # engine (by that step's index): the maps read it here.
         self.lists: dict[int, bytes] = {}
+        self.since: dict[int, float] = {}  # step → when it first asked to run again
         self.unfinished = n
         self.run_status = RunStatus.PENDING
 
@@ -190,7 +213,14 @@ class RunState:
             actions.append(self._finish())
         return actions
 
-    def restore(self, steps: Sequence[RecordedStep], *, started: bool) -> list[Action]:
+    def restore(
+        self,
+        steps: Sequence[RecordedStep],
+        *,
+        started: bool,
+        waits: Mapping[int, tuple[float, float]] | None = None,
+        now: float = 0.0,
+    ) -> list[Action]:
         """Rebuild the schedule of a run another coordinator drove, from its recorded steps
         in plan order, and return what to do now.
 
@@ -198,7 +228,9 @@ class RunState:
         again as new attempts (a stale attempt's completion is ignored when it arrives),
         which spend no retry.  Running steps stay running: their worker's heartbeats, or
         their absence, decide.  Retrying steps lost their backoff timer and are
-        dispatched again at once.
+        dispatched again at once, unless they wait to run again (:func:`aexec.again`):
+        ``waits`` gives those their ``(due, since)`` times, and they are dispatched at
+        ``due`` (``now`` is the time now, on the clock of ``due``).
         """
         if self.run_status is not RunStatus.PENDING:
             return []
@@ -225,8 +257,14 @@ class RunState:
             elif status is _RUNNING:
                 self.status[i] = _RUNNING
         ready: list[int] = []
+        waits = waits or {}
         for i, (status, attempts, *_) in enumerate(steps):
-            if status is _QUEUED or status is _RETRYING:
+            if status is _RETRYING and i in waits:
+                due, self.since[i] = waits[i]
+                self.status[i] = _RETRYING
+                self.attempts[i] = attempts + 1
+                actions.append(Later(i, attempts + 1, max(0.0, due - now)))
+            elif status is _QUEUED or status is _RETRYING:
                 self.status[i] = _QUEUED
                 self.attempts[i] = attempts + 1
                 actions.append(Dispatch(i, attempts + 1))
@@ -431,7 +469,11 @@ class RunState:
             status[index] = _RETRYING
             self.attempts[index] = attempt + 1
             return [Retry(index, attempt + 1, retry.delay(failures, self.sample()), error)]
-        status[index] = _FAILED
+        return self._fail(index, attempt, error)
+
+    def _fail(self, index: int, attempt: int, error: ErrorInfo) -> list[Action]:
+        """Step ``index`` fails for good on ``attempt``; its dependents are skipped."""
+        self.status[index] = _FAILED
         self.errors[index] = error
         self.unfinished -= 1
         actions: list[Action] = [Fail(index, attempt, error)]
@@ -443,6 +485,41 @@ class RunState:
         if self.unfinished == 0:
             actions.append(self._finish())
         return actions
+
+    def again(
+        self, index: int, attempt: int, after: float, reason: str, now: float
+    ) -> list[Action] | None:
+        """Step ``index`` asked on ``attempt`` (at ``now``) to run again in ``after`` s: it
+        will, as the next attempt (no retry spent), unless its ``max_wait`` since it first
+        asked is over: then it fails.  The last check is at that deadline.  None when the
+        event is stale or a duplicate."""
+        status = self.status
+        if self.attempts[index] != attempt or (
+            status[index] is not _QUEUED and status[index] is not _RUNNING
+        ):
+            return None
+        step = self.plan.steps[index]
+        since = self.since.setdefault(index, now)
+        if step.max_wait is not None:
+            left = since + step.max_wait - now
+            if left <= 0:
+                error = ErrorInfo(
+                    "WaitTimeoutError",
+                    f"step {step.key!r} was still not ready after {now - since:.3g} s "
+                    f"(max_wait={step.max_wait:g} s): {reason or 'no reason given'}",
+                    retryable=False,
+                )
+                return self._fail(index, attempt, error)
+            after = min(after, left)
+        if self.run_status is not RunStatus.RUNNING or (self.fail_fast and self.errors):
+            return self._fail(
+                index,
+                attempt,
+                ErrorInfo("WaitTimeoutError", "the run fails: it waits no more", retryable=False),
+            )
+        status[index] = _RETRYING
+        self.attempts[index] = attempt + 1
+        return [Wait(index, attempt + 1, after, reason, since)]
 
     def retry_due(self, index: int, attempt: int) -> list[Action]:
         """The backoff before ``attempt`` of step ``index`` has elapsed."""

@@ -28,7 +28,7 @@ from aexec.events import EventKind
 from aexec.inbox import Resume
 from aexec.plan import Plan
 from aexec.scheduling import Action, RecordedStep, RunState
-from aexec.store import Fence, RunRecord
+from aexec.store import Fence, RunRecord, fold
 from aexec.transport import Subscription
 from aexec.types import RunStatus, StepStatus
 from aexec.wire import reply_queue
@@ -148,7 +148,7 @@ class Leases:
         """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now."""
         coordinator = self._coordinator
         store = coordinator.store
-        plan = await self._expanded(run.plan, record.run_id)
+        plan, waiting = await self._history(run.plan, record.run_id)
         by_key = {s.key: s for s in await store.get_steps(record.run_id)}
         missing = [s.key for s in plan.steps if s.key not in by_key]
         if missing:
@@ -162,6 +162,8 @@ class Leases:
         actions = state.restore(
             [RecordedStep(s.status, s.attempts, s.output, s.error, s.failures) for s in steps],
             started=record.status is not RunStatus.PENDING,
+            waits={plan.index[key]: times for key, times in waiting.items()},
+            now=time.time(),
         )
         run.state = state
         run.running_on = {}
@@ -175,16 +177,27 @@ class Leases:
                 coordinator.workers_seen.setdefault(worker, now)
         return actions
 
-    async def _expanded(self, plan: Plan, run_id: str) -> Plan:
-        """``plan`` (the run's, without expansions) with the maps expanded as its event log
-        recorded them, in the same order: the same steps at the same indices."""
+    async def _history(
+        self, plan: Plan, run_id: str
+    ) -> tuple[Plan, dict[str, tuple[float, float]]]:
+        """What the run's event log keeps that its rows do not: ``plan`` (the run's, without
+        expansions) with the maps expanded as recorded, in the same order (the same steps
+        at the same indices), and the steps waiting to run again (:func:`aexec.again`)
+        with their ``(due, since)`` times."""
         if plan.expanded:  # reloading a run driven here: from its plan as stored
             stored = await self._coordinator.store.get_plan(plan.digest)
             if stored is None:
                 raise StoreError(f"run {run_id}: its plan {plan.digest} is missing")
             plan = stored
         events = await self._coordinator.store.get_events(run_id)
+        waiting: dict[str, tuple[float, float]] = {}
         for event in events:
+            if event.step is not None and event.kind in fold.STEP_STATUS:
+                waiting.pop(event.step, None)
+                if event.kind is EventKind.STEP_WAITING:
+                    due, since = event.data.get("due"), event.data.get("since")
+                    if isinstance(due, int | float) and isinstance(since, int | float):
+                        waiting[event.step] = (float(due), float(since))
             if event.kind is not EventKind.STEP_EXPANDED or event.step is None:
                 continue
             index = plan.index.get(event.step)
@@ -198,7 +211,7 @@ class Leases:
             ):
                 raise StoreError(f"run {run_id}: its expansion of {event.step!r} does not fit")
             plan = plan.expand(index, count)
-        return plan
+        return plan, waiting
 
     async def _last_driver(self, run_id: str) -> str | None:
         """The coordinator that drove the run last, as its event log tells."""

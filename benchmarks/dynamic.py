@@ -5,8 +5,8 @@
 - ``canvas_1000_chords``: building ``chain([noop.s(0), 1,000 x chord(10 -> 1), noop.s()])``
   with :mod:`aexec.canvas` and compiling it to a plan (11,002 steps); target < 0.5 s.
 - ``map_10000`` beside ``static_10000``: a step returning ``list(range(10000))``, mapped
-  with ``touch.map(...)`` (an async no-op) and collected, against the same shape written statically (a root,
-  10,000 steps after it, their list into one step), from submit (compilation included) to
+  with ``touch.map(...)`` (an async no-op) and collected, against the same shape written
+  statically (a root, 10,000 steps after it, their list into one step), from submit to
   result, on the in-memory executor (coordinator and in-process worker in this process;
   the seconds are wall time and this process's CPU time).  Target: the map costs at most
   20% more than the static fan-out.

@@ -17,6 +17,7 @@ run_started             run → running, started_at
 step_dispatched         step → queued, attempts = attempt
 step_started            step → running, started_at, worker (if that attempt is current)
 step_retrying           step → retrying, error, failures + 1 (unless ``data["lost"]``)
+step_waiting            step → retrying, no error (``aexec.again``: runs again at a time)
 step_succeeded          step → succeeded, output, finished_at
 step_failed             step → failed, error, finished_at, failures + 1 (idem)
 step_skipped            step → skipped
@@ -24,6 +25,7 @@ step_cancelled          step → cancelled
 run_succeeded           run → succeeded, result (the event's output), finished_at
 run_failed / cancelled  run → failed / cancelled, error, finished_at
 run_resumed             none
+step_expanded           rows ``step[0..count-1]`` added, pending (a map expanded)
 step_progress           none
 message_rejected        none
 ======================  =====================================================

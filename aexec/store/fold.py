@@ -24,6 +24,7 @@ STEP_STATUS: dict[EventKind, StepStatus] = {
     EventKind.STEP_DISPATCHED: StepStatus.QUEUED,
     EventKind.STEP_STARTED: StepStatus.RUNNING,
     EventKind.STEP_RETRYING: StepStatus.RETRYING,
+    EventKind.STEP_WAITING: StepStatus.RETRYING,  # aexec.again: runs again at a time
     EventKind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
     EventKind.STEP_FAILED: StepStatus.FAILED,
     EventKind.STEP_SKIPPED: StepStatus.SKIPPED,
@@ -78,6 +79,8 @@ def _move_step(step: StepRecord, status: StepStatus, event: Event) -> bool:
         case EventKind.STEP_RETRYING:
             step.error = step_error(event)
             step.failures += step_failure(event)
+        case EventKind.STEP_WAITING:
+            step.error = None  # as the SQL stores: retrying takes the event's (no) error
         case EventKind.STEP_SUCCEEDED:
             step.output, step.finished_at, step.error = event.output, event.ts, None
         case EventKind.STEP_FAILED:

@@ -88,6 +88,7 @@ class Queries(NamedTuple):
     step_dispatched: str
     step_started: str
     step_retrying: str
+    step_waiting: str
     step_succeeded: str
     step_failed: str
     step_skipped: str

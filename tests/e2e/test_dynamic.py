@@ -7,6 +7,7 @@ runs a pipeline of that file through the broker with ``--json``.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -100,3 +101,48 @@ def test_a_map_over_ten_thousand_items_runs_over_rabbitmq(cluster: Cluster) -> N
     assert steps["grade[0]"]["status"] == "succeeded"
     shown = cluster.aexec("runs", "show", report["run_id"], "--json")
     assert set(json.loads(shown.stdout)["steps"]) == set(steps)
+
+
+WAIT = str(EXAMPLES / "wait_until_healthy.py")
+
+
+def test_a_durable_wait_over_rabbitmq_shows_in_runs_show_and_then_runs(
+    cluster: Cluster,
+) -> None:
+    cluster.start_worker(worker_name(), "-A", WAIT, "-c", "1")
+    running = cluster.start(
+        "run", WAIT, "-p", "checks=2", "-p", "every=8", "--broker", cluster.broker, "--json"
+    )
+    deadline = time.monotonic() + 30
+    note = None
+    while note is None and time.monotonic() < deadline:
+        listed = cluster.aexec("runs", "list", "--json")
+        if listed.stdout.strip():
+            run_id = json.loads(listed.stdout.splitlines()[0])["run_id"]
+            shown = json.loads(cluster.aexec("runs", "show", run_id, "--json").stdout)
+            step = shown["steps"].get("ceph_healthy", {})
+            if step.get("status") == "retrying":
+                note = step.get("note")
+        time.sleep(0.1)  # polling the CLI as a user would
+    assert note is not None and note.startswith("waiting: ceph not healthy yet (check 1)")
+    assert running.wait(60) == 0, running.output()
+    report = json.loads("".join(running.out))
+    assert report["result"] == "osd-7 weight 0; healthy after 2 checks; osd-7 removed"
+    assert report["steps"]["ceph_healthy"] == {"status": "succeeded", "attempts": 2}
+
+
+CACHED = str(EXAMPLES / "cached.py")
+
+
+def test_a_cached_step_over_rabbitmq_runs_once_for_the_same_inputs(cluster: Cluster) -> None:
+    cluster.start_worker(worker_name(), "-A", CACHED)
+    code, first = cluster.run(CACHED, "-p", "scene=attic")
+    assert code == 0, first
+    code, second = cluster.run(CACHED, "-p", "scene=attic")
+    assert code == 0, second
+    assert second["result"] == first["result"]
+    notes = {}
+    for report in (first, second):
+        shown = json.loads(cluster.aexec("runs", "show", report["run_id"], "--json").stdout)
+        notes[report["run_id"]] = shown["steps"]["render"].get("note")
+    assert notes == {first["run_id"]: None, second["run_id"]: "cached"}

@@ -47,6 +47,7 @@ PUBLIC = [
     "TransportError",
     "UnknownStepError",
     "WorkerLostError",
+    "again",
     "current",
     "pipeline",
     "remote_step",

@@ -153,6 +153,12 @@ UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error,
 WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
   AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
 
+-- name: step_waiting
+-- A step asked to run again later (aexec.again): retrying, without counting a failure.
+UPDATE steps SET status = 'retrying', attempts = :attempt, error = :error
+WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
+  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')
+
 -- name: step_succeeded
 UPDATE steps SET status = 'succeeded', attempts = :attempt, output = :output,
                  finished_at = :ts, error = NULL
