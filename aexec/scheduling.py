@@ -381,6 +381,8 @@ class RunState:
         """Why step ``index``, whose inputs are all in, must not run; None if it runs."""
         step = self.plan.steps[index]
         missing = self.missing
+        if step.map_over in missing and step.element is None:
+            return f"the list it maps over, {self.plan.steps[step.map_over].key!r}, was skipped"
         if missing and not step.accept_missing:
             for d in step.deps:
                 if d in missing:

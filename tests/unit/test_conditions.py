@@ -211,3 +211,19 @@ def test_a_condition_must_be_an_input_and_a_join_flag_a_boolean() -> None:
         build("p", [StepSpec("a", "n", accept_missing=1)])  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="accept_missing must be True or False"):
         step(accept_missing="yes")(lambda: None)  # type: ignore[call-overload]
+
+
+def test_a_map_over_a_skipped_list_is_skipped_even_if_it_accepts_missing_inputs() -> None:
+    plan = build(
+        "p",
+        [
+            StepSpec("src", "n"),
+            StepSpec("each", "n", deps=("src",), map_over="src", accept_missing=True),
+            StepSpec("after", "n", deps=("each",), accept_missing=True),
+        ],
+    )
+    state = RunState(plan)
+    state.start()
+    actions = state.skipped(0, 1, "nothing")
+    assert skipped(plan, actions)["each"] == "the list it maps over, 'src', was skipped"
+    assert dispatched(plan, actions) == ["after"]
