@@ -576,6 +576,7 @@ class Batch:
                                 "position": action.first,
                                 "name": template.name,
                                 "queue": template.queue,
+                                **({} if action.labels is None else {"labels": action.labels}),
                             },
                         )
                     )

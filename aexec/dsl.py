@@ -136,12 +136,15 @@ class StepDef(Generic[P, R]):
                 )
         return self.fn(*args, **kwargs)
 
-    def map(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+    def map(self, items: Any, *args: Any, map_key: str | None = None, **kwargs: Any) -> Any:
         """Inside a pipeline body: run this step once per item of the list ``items`` (the
         output of a step), known at run time; each takes its item as its first argument,
-        then ``args`` and ``kwargs``.  The steps are keyed ``name[0]``, ``name[1]``, ...
-        The handle returned is the list of their outputs, in order (to pass on whole, or
-        to map over again)."""
+        then ``args`` and ``kwargs``.  The steps are keyed ``name[0]``, ``name[1]``, ...,
+        or, with ``map_key="field"`` and items that are dicts, by that field of each item
+        (``name[alice]``).  The handle returned is the list of their outputs, in order
+        (to pass on whole, or to map over again)."""
+        if map_key is not None and (not isinstance(map_key, str) or not map_key):
+            raise _definition_error(f"{self.name}.map(map_key=): the name of a field")
         builder = _BUILDER.get(None)
         if builder is None:
             raise _definition_error(f"{self.name}.map() can only be called inside a @pipeline")
@@ -150,7 +153,7 @@ class StepDef(Generic[P, R]):
                 f"{self.name}.map() takes the output of a step (a list known at run time), "
                 f"not {type(items).__name__}: for a list known now, call the step in a loop"
             )
-        return builder.add(self, None, (items, *args), kwargs, map_over=items)
+        return builder.add(self, None, (items, *args), kwargs, map_over=items, map_key=map_key)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A Celery-style signature of this step for :mod:`aexec.canvas`: in a chain, the
@@ -426,6 +429,7 @@ class _Builder:
         kwargs: dict[str, Any],
         after: Sequence[Output] = (),
         map_over: Output | None = None,
+        map_key: str | None = None,
     ) -> Output:
         """Add a step; it takes the outputs in its arguments, and runs after ``after`` too
         (dependencies without data: a Celery immutable signature in a chain)."""
@@ -476,6 +480,7 @@ class _Builder:
                 step.accept_missing,
                 None if map_over is None else map_over.key,
                 step.max_wait,
+                map_key,
             )
         )
         return Output(self, key)

@@ -44,6 +44,7 @@ class StepSpec:
     accept_missing: bool = False  # runs with None for skipped inputs (join semantics)
     map_over: str | None = None  # a dep whose list output this step is mapped over
     max_wait: float | None = None  # how long it may keep asking to run again (aexec.again)
+    map_key: str | None = None  # a map: the field of each item (a dict) that keys its step
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class PlanStep:
     map_over: int | None = None  # a map: the dep whose list it runs over, one step per item
     element: int | None = None  # a step a map expanded into: the item it takes
     max_wait: float | None = None
+    map_key: str | None = None
 
     @property
     def is_map(self) -> bool:
@@ -83,6 +85,8 @@ class PlanStep:
             options["map_over"] = steps[self.map_over].key
         if self.max_wait is not None:
             options["max_wait"] = self.max_wait
+        if self.map_key is not None:
+            options["map_key"] = self.map_key
         return options
 
 
@@ -115,21 +119,22 @@ class Plan:
     def queues(self) -> frozenset[str]:
         return frozenset(s.queue for s in self.steps)
 
-    def expand(self, index: int, count: int) -> Plan:
+    def expand(self, index: int, count: int, labels: Sequence[str] | None = None) -> Plan:
         """This plan with map ``index`` expanded into ``count`` steps, appended after every
         step there is (the indices of the others do not change): ``key[0]``, ``key[1]``, ...
-        each taking one item of the list and the map's other inputs, and each an input of
-        the map, which collects their outputs.  The digest stays the plan's (the plan
-        stored is the one without expansions, which are recorded as events)."""
+        (or ``key[label]`` with ``labels``) each taking one item of the list and the map's
+        other inputs, and each an input of the map, which collects their outputs.  The
+        digest stays the plan's (the plan stored is the one without expansions, which are
+        recorded as events)."""
         template = self.steps[index]
-        if not template.is_map or count < 0:
+        if not template.is_map or count < 0 or (labels is not None and len(labels) != count):
             raise PlanError(f"step {template.key!r} is not a map to expand")
         first = len(self.steps)
         children = tuple(range(first, first + count))
         added = [
             PlanStep(
                 index=first + i,
-                key=f"{template.key}[{i}]",
+                key=f"{template.key}[{i if labels is None else labels[i]}]",
                 name=template.name,
                 queue=template.queue,
                 priority=template.priority,
@@ -209,16 +214,11 @@ class Plan:
         return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
 
 
-_OPTIONS = frozenset({"when", "accept_missing", "map_over", "max_wait"})
+_OPTIONS = frozenset({"when", "accept_missing", "map_over", "max_wait", "map_key"})
 
 
 def _options(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not set(value) <= {
-        "when",
-        "accept_missing",
-        "map_over",
-        "max_wait",
-    }:
+    if not isinstance(value, dict) or not set(value) <= _OPTIONS:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
     return value
 
@@ -280,6 +280,10 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: its condition must be one of its inputs")
     if spec.map_over is not None and spec.map_over not in spec.deps:
         raise PlanError(f"step {spec.key!r}: the list it maps over must be one of its inputs")
+    if spec.map_key is not None and (
+        spec.map_over is None or not isinstance(spec.map_key, str) or not spec.map_key
+    ):
+        raise PlanError(f"step {spec.key!r}: map_key is the name of a field of the items")
     if spec.max_wait is not None and (
         not isinstance(spec.max_wait, int | float)
         or isinstance(spec.max_wait, bool)
@@ -348,6 +352,7 @@ def build(
             accept_missing=specs[old].accept_missing,
             map_over=_index_of(specs[old].map_over, new_index),
             max_wait=_seconds(specs[old].max_wait),
+            map_key=specs[old].map_key,
         )
         for new, old in enumerate(order)
     )

@@ -91,11 +91,13 @@ class Later:
 @dataclass(frozen=True, slots=True)
 class Expand:
     """Map ``index`` was expanded into ``count`` steps, appended to the plan (indices
-    ``first`` to ``first + count - 1``); their dispatches follow."""
+    ``first`` to ``first + count - 1``, keyed by ``labels`` if it has a ``map_key``);
+    their dispatches follow."""
 
     index: int
     count: int
     first: int
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +321,13 @@ class RunState:
         and dispatch them; fail it if that input is not a list (False)."""
         template = self.plan.steps[index]
         assert template.map_over is not None
-        items = _items(self.lists.get(template.map_over, self.outputs[template.map_over]))
+        listed = self.lists.get(template.map_over, self.outputs[template.map_over])
+        items = _items(listed)
+        labels = None
+        if template.map_key is not None and not isinstance(items, str):
+            labels = _labels(listed, template.map_key)
+            if isinstance(labels, str):
+                items = labels
         if isinstance(items, str):
             error = ErrorInfo(
                 "MapError", f"cannot map step {template.key!r}: {items}", retryable=False
@@ -333,7 +341,7 @@ class RunState:
                 actions.append(Skip(tuple(skipped)))
             return False
         count, first = len(items), len(self.plan.steps)
-        self.plan = self.plan.expand(index, count)
+        self.plan = self.plan.expand(index, count, labels)
         self.items[index] = items
         self.status.extend([_QUEUED] * count)
         self.attempts.extend([1] * count)
@@ -342,7 +350,7 @@ class RunState:
         self.outputs.extend([None] * count)
         self.waiting[index] = count
         self.unfinished += count
-        actions.append(Expand(index, count, first))
+        actions.append(Expand(index, count, first, None if labels is None else tuple(labels)))
         actions.extend(Dispatch(i, 1) for i in range(first, first + count))
         return True
 
@@ -639,3 +647,20 @@ def _items(output: Any) -> list[bytes] | str:
     if not isinstance(value, list):
         return f"it maps over a {type(value).__name__}, not a list"
     return [codec.encode(item) for item in value]
+
+
+def _labels(output: Any, field: str) -> list[str] | str:
+    """The keys of a map's steps: the ``field`` of each item; or why there are none."""
+    value = codec.decode(output)  # it decoded once already, as a list
+    labels: list[str] = []
+    for i, item in enumerate(value):
+        label = item.get(field) if isinstance(item, dict) else None
+        if isinstance(label, bool) or not isinstance(label, str | int) or label == "":
+            return f"item {i} has no {field!r} (a string or an integer) to key its step"
+        labels.append(str(label))
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:
+            return f"two items have {field!r} {label!r}: keys must be unique"
+        seen.add(label)
+    return labels

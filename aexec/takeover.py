@@ -210,7 +210,7 @@ class Leases:
                 or position != len(plan.steps)
             ):
                 raise StoreError(f"run {run_id}: its expansion of {event.step!r} does not fit")
-            plan = plan.expand(index, count)
+            plan = plan.expand(index, count, fold.labels(event))
         return plan, waiting
 
     async def _last_driver(self, run_id: str) -> str | None:

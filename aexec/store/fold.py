@@ -114,14 +114,26 @@ def apply_to_run(run: RunRecord, event: Event) -> bool:
 
 def expansion(event: Event) -> list[tuple[int, str, str, str]]:
     """step_expanded: the rows of the steps a map expanded into, as ``(position, key, name,
-    queue)``: ``key[i]`` for i below ``data["count"]``, at positions from
-    ``data["position"]``, with the map's name and queue."""
+    queue)``: ``key[i]`` for i below ``data["count"]`` (``key[label]`` with
+    ``data["labels"]``), at positions from ``data["position"]``, with the map's name and
+    queue."""
     data, key = event.data, event.step
     count, position = data.get("count"), data.get("position")
     if not isinstance(count, int) or not isinstance(position, int) or key is None:
         return []
     name, queue = str(data.get("name", key)), str(data.get("queue", ""))
-    return [(position + i, f"{key}[{i}]", name, queue) for i in range(count)]
+    return [(position + i, f"{key}[{label}]", name, queue) for i, label in enumerate(labels(event))]
+
+
+def labels(event: Event) -> list[str]:
+    """step_expanded: what keys the steps of the map, in order (``data["labels"]``, or
+    their indices)."""
+    count, given = event.data.get("count"), event.data.get("labels")
+    if not isinstance(count, int):
+        return []
+    if isinstance(given, list | tuple) and len(given) == count:
+        return [str(label) for label in given]
+    return [str(i) for i in range(count)]
 
 
 def step_worker(event: Event) -> str | None:

@@ -189,3 +189,29 @@ async def test_an_expansion_is_restored_with_the_same_keys_after_a_takeover() ->
     assert keys == ["items", "work", "add_up", *(f"work[{i}]" for i in range(6))]
     await store.close()
     await transport.close()
+
+
+async def test_map_key_names_each_step_by_a_field_of_its_item(ex: Executor) -> None:
+    @step
+    async def users(names: list[str]) -> list[dict[str, object]]:
+        return [{"name": n, "age": 30 + i} for i, n in enumerate(names)]
+
+    @step
+    async def greet(user: dict[str, object]) -> str:
+        return f"hello {user['name']}"
+
+    @pipeline
+    def p(names: list[str]) -> object:
+        return greet.map(users(names), map_key="name")
+
+    run = await ex.submit(p, names=["alice", "bob"])
+    assert await run.result() == ["hello alice", "hello bob"]
+    keys = [s.key for s in await ex.get_steps(run.run_id)]
+    assert keys == ["users", "greet", "greet[alice]", "greet[bob]"]
+    run = await ex.submit(p, names=["alice", "alice"])
+    try:
+        await run.result()
+    except RunFailed as exc:
+        assert "two items have 'name' 'alice': keys must be unique" in str(exc)
+    else:
+        raise AssertionError("duplicate keys should fail the map")

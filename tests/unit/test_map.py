@@ -91,3 +91,20 @@ def test_restore_of_an_expanded_plan_goes_on_where_it_was() -> None:
     assert actions is not None and Dispatch(2, 1) in actions
     assert codec.decode(restored.outputs[1]) == [1, 2, 3]
     assert restored.status[1] is StepStatus.SUCCEEDED
+
+
+def test_the_rows_and_the_restored_plan_take_the_labels_of_the_expansion() -> None:
+    from aexec.events import Event, EventKind
+    from aexec.store import fold
+
+    event = Event(
+        EventKind.STEP_EXPANDED,
+        "r",
+        1.0,
+        "each",
+        0,
+        {"count": 2, "position": 3, "name": "work", "queue": "q", "labels": ["x", "y"]},
+    )
+    assert fold.expansion(event) == [(3, "each[x]", "work", "q"), (4, "each[y]", "work", "q")]
+    expanded = mapped().expand(1, 2, fold.labels(event))
+    assert [s.key for s in expanded.steps][3:] == ["each[x]", "each[y]"]
