@@ -66,10 +66,12 @@ class ActiveRun:
     ``epoch`` is the run's epoch this coordinator holds (its fence in the store)."""
 
     __slots__ = (
+        "cancel",
         "created_at",
         "done",
         "epoch",
         "notify",
+        "notify_lost",
         "plan",
         "priority",
         "run_id",
@@ -92,9 +94,13 @@ class ActiveRun:
         self.subscribers: list[Subscriber] = []
         self.running_on: dict[int, str] = {}  # step index → the worker (key) that reported it
         self.notify: str | None = None  # a remote client's queue for this run's events
+        self.notify_lost = False  # a send to it failed: it gets the whole log at the end
         # step index → its output as a claim check, once the coordinator moved it to the
         # object store (its dependents' messages would have been too large)
         self.spilled: dict[int, bytes] = {}
+        # Set once a cancel of the run is requested: its reason ("" when none was given).
+        # A run not started yet is then cancelled instead of started.
+        self.cancel: str | None = None
 
     @property
     def status(self) -> RunStatus:
@@ -146,6 +152,7 @@ class Batch:
 
     __slots__ = (
         "acks",
+        "confirmed",
         "coordinator_id",
         "events",
         "finished",
@@ -172,6 +179,7 @@ class Batch:
             tuple[Delivery, messages.Completion | messages.Progress | messages.AttemptLost | None]
         ] = []
         self.touched: set[str] = set()
+        self.confirmed: list[tuple[str, str, int]] = []  # dispatches the broker confirmed
 
     def discard(self, run_ids: set[str]) -> None:
         """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
@@ -197,7 +205,9 @@ class Batch:
                 self._start(run, now)
             case RetryDue(index=index, attempt=attempt):
                 self.actions(run, run.state.retry_due(index, attempt), now)
-            case Cancel():
+            case Cancel(reason=reason):
+                if run.cancel is None or reason:
+                    run.cancel = reason or ""
                 self.actions(run, run.state.cancel(), now)
             case Resume(actions=actions, previous=previous):
                 self.events.append(
@@ -208,6 +218,10 @@ class Batch:
                         data={"coordinator": self.coordinator_id, "previous": previous},
                     )
                 )
+                if run.cancel is not None:  # a cancel was requested before it was taken over
+                    actions = tuple(run.state.cancel())
+                else:
+                    self._unconfirmed_before(run, command.unconfirmed, now)
                 self.actions(run, actions, now)
             case WorkerLost(index=index, attempt=attempt, worker=worker):
                 self._lost(run, index, attempt, worker, now)
@@ -236,6 +250,9 @@ class Batch:
                 assert_never(command)
 
     def _start(self, run: ActiveRun, now: float) -> None:
+        if run.cancel is not None:  # cancelled before it started: nothing is dispatched
+            self.actions(run, run.state.cancel(), now)
+            return
         self.events.append(
             Event(
                 EventKind.RUN_STARTED,
@@ -276,6 +293,32 @@ class Batch:
                 )
             )
         self.actions(run, actions, now, {"worker": worker})
+
+    def _unconfirmed_before(
+        self, run: ActiveRun, unconfirmed: tuple[tuple[int, int], ...], now: float
+    ) -> None:
+        """Record as lost the attempts of a run taken over whose dispatch the broker never
+        confirmed (they are dispatched again as new attempts)."""
+        if not unconfirmed:
+            return
+        error = ErrorInfo.from_exception(
+            PublishError(
+                "the broker had not confirmed this step's message when its coordinator "
+                "stopped: dispatched again",
+                [],
+            )
+        ).to_dict()
+        for index, attempt in unconfirmed:
+            self.events.append(
+                Event(
+                    EventKind.STEP_RETRYING,
+                    run.run_id,
+                    now,
+                    run.plan.steps[index].key,
+                    attempt,
+                    {"error": error, "retry_in": 0.0, "lost": True},
+                )
+            )
 
     def _unconfirmed(
         self, run: ActiveRun, index: int, attempt: int, reason: str, now: float
@@ -516,7 +559,8 @@ class Batch:
             result = codec.encode(codec.decode(run.plan.result, inputs=inputs))
             return Event(EventKind.RUN_SUCCEEDED, run.run_id, ts, output=result)
         if status is RunStatus.CANCELLED:
-            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": "run cancelled"})
+            error = f"run cancelled: {run.cancel}" if run.cancel else "run cancelled"
+            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": error})
         failed = [
             f"{run.plan.steps[i].key}: {err.type}: {err.message}"
             for i, err in sorted(run.state.errors.items())

@@ -26,7 +26,7 @@ from aexec.types import ErrorInfo
 
 VERSION = 1
 
-CONTROL_COMMANDS = ("ping", "terminate", "cancel")
+CONTROL_COMMANDS = ("ping", "terminate", "cancel", "events")
 
 LOST_REASONS = ("redelivered", "crashed", "stopped")
 """Why a worker reports an attempt lost (:class:`AttemptLost`)."""
@@ -292,8 +292,10 @@ class Control(_Wire):
     """A command broadcast to workers or coordinators.
 
     ``ping`` (answer with WorkerInfo on ``reply_to``) and ``terminate`` (drain and exit),
-    for workers; ``cancel`` (cancel run ``run_id``, wherever it is driven), for coordinators.
-    ``target`` is a worker name, or None for every one.
+    for workers; ``cancel`` (cancel run ``run_id``, wherever it is driven, for ``reason``)
+    and ``events`` (send run ``run_id``'s events so far to ``reply_to``), for coordinators.
+    ``target`` is a worker name, or None for every one.  ``reason`` travels as a fifth
+    field only when it is set (a message without it reads as before).
     """
 
     KIND: ClassVar[str] = "control"
@@ -302,12 +304,18 @@ class Control(_Wire):
     target: str | None = None
     reply_to: str | None = None
     run_id: str | None = None
+    reason: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.command, self.target, self.reply_to, self.run_id]
+        fields = [self.command, self.target, self.reply_to, self.run_id]
+        return fields if self.reason is None else [*fields, self.reason]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
+        if len(fields) == 5:
+            *fields, reason = fields
+        else:
+            reason = None
         command, target, reply_to, run_id = fields
         if not isinstance(command, str) or command not in CONTROL_COMMANDS:
             raise CodecError(f"unknown command {command!r}")
@@ -316,6 +324,7 @@ class Control(_Wire):
             None if target is None else _text(target, "target"),
             None if reply_to is None else _text(reply_to, "reply_to"),
             None if run_id is None else _text(run_id, "run id"),
+            None if reason is None else _text(reason, "reason"),
         )
 
 

@@ -85,6 +85,13 @@ class RecordedStep(NamedTuple):
     output: Any = None
     error: ErrorInfo | None = None
     failures: int = 0  # attempts that really failed (lost ones not counted)
+    confirmed: int = 0  # the attempt whose step message the broker confirmed (0: none)
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Recorded as queued, but the broker never confirmed its current attempt's
+        message: it may never have been sent."""
+        return self.status is StepStatus.QUEUED and self.confirmed < self.attempts
 
 
 NONE_OUTPUT = codec.encode(None)
@@ -170,11 +177,13 @@ class RunState:
         """Rebuild the schedule of a run another coordinator drove, from its recorded steps
         in plan order, and return what to do now.
 
-        Steps recorded as queued may never have reached the broker: they are dispatched
-        again as new attempts (a stale attempt's completion is ignored when it arrives),
-        which spend no retry.  Running steps stay running: their worker's heartbeats, or
-        their absence, decide.  Retrying steps lost their backoff timer and are
-        dispatched again at once.
+        Steps recorded as queued whose message the broker confirmed stay queued: their
+        message is in its queue (a worker that takes it reports to the reply queue of the
+        coordinator that sent it).  Those never confirmed may never have reached the
+        broker: they are dispatched again as new attempts (a stale attempt's completion is
+        ignored when it arrives), which spend no retry.  Running steps stay running: their
+        worker's heartbeats, or their absence, decide.  Retrying steps lost their backoff
+        timer and are dispatched again at once.
         """
         if self.run_status is not RunStatus.PENDING:
             return []
@@ -183,7 +192,7 @@ class RunState:
         self.run_status = RunStatus.RUNNING
         plan_steps = self.plan.steps
         actions: list[Action] = []
-        for i, (status, attempts, output, error, failures) in enumerate(steps):
+        for i, (status, attempts, output, error, failures, _) in enumerate(steps):
             self.attempts[i] = attempts
             self.failures[i] = failures
             if status.finished:
@@ -201,8 +210,11 @@ class RunState:
             elif status is _RUNNING:
                 self.status[i] = _RUNNING
         ready: list[int] = []
-        for i, (status, attempts, *_) in enumerate(steps):
-            if status is _QUEUED or status is _RETRYING:
+        for i, recorded in enumerate(steps):
+            status, attempts = recorded.status, recorded.attempts
+            if status is _QUEUED and not recorded.unconfirmed:
+                self.status[i] = _QUEUED  # its message is in the broker
+            elif status is _QUEUED or status is _RETRYING:
                 self.status[i] = _QUEUED
                 self.attempts[i] = attempts + 1
                 actions.append(Dispatch(i, attempts + 1))

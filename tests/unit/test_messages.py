@@ -58,6 +58,7 @@ EXAMPLES: dict[str, Any] = {
     "control ping": Control("ping", None, "reply-queue"),
     "control terminate": Control("terminate", "w1"),
     "control cancel": Control("cancel", None, None, "run-1"),
+    "control cancel with a reason": Control("cancel", None, None, "run-1", "not needed"),
     "worker info": WorkerInfo("w1", "host", 1234, ["default", "gpu"], 2, 0.5, 100.0),
     "submit": Submit("run-1", b"plan bytes", 5, "client-queue"),
     "submit without notify": Submit("run-1", b"", 0, None),
@@ -355,7 +356,16 @@ def decode_or_codec_error(body: bytes) -> None:
         return
     assert isinstance(
         message,
-        StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events,
+        StepMessage
+        | Completion
+        | Progress
+        | Heartbeat
+        | AttemptLost
+        | RunEnded
+        | Control
+        | WorkerInfo
+        | Submit
+        | Events,
     )
     # Anything accepted encodes again to a body that decodes to the same message.
     again = messages.decode(message.encode())
