@@ -4,6 +4,7 @@ honoured by whichever coordinator starts, drives or takes over the run, however 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aexec import messages, pipeline, step
 from aexec.control import cancel_run
@@ -164,5 +165,44 @@ async def test_a_run_cancelled_through_its_coordinator_keeps_the_request_for_a_t
     assert await store.cancel_requests([run.run_id]) == {run.run_id: "by hand"}
     record = await store.get_run(run.run_id)
     assert record is not None and record.error == "run cancelled: by hand"
+    await store.close()
+    await transport.close()
+
+
+class StalledCancels:
+    """A store (``store``'s data) that cannot record cancel requests: the call hangs, as
+    it would on a stalled database connection."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_cancel_request_reaches_the_runs_coordinator_while_its_taker_cannot_record_it() -> (
+    None
+):
+    compiled, gate, executions = gated()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    stalled: Any = StalledCancels(store)
+    async with (
+        Coordinator(transport, store, CoordinatorConfig(id="owner", **FAST)) as owner,
+        Coordinator(transport, stalled, CoordinatorConfig(id="taker", **FAST)) as taker,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        run = await owner.submit(compiled.plan)
+        await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED, step="wait")
+        await taker.accept_submissions()  # only it consumes the request queue
+        await cancel_run(run.run_id, "now", transport=transport)
+        assert await asyncio.wait_for(asyncio.shield(run.done), WAIT) is RunStatus.CANCELLED
+        gate.set()
+    assert executions == ["wait"]
     await store.close()
     await transport.close()
