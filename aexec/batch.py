@@ -222,6 +222,8 @@ class Batch:
                     actions = tuple(run.state.cancel())
                 else:
                     self._unconfirmed_before(run, command.unconfirmed, now)
+                    if not command.started:  # recorded as pending: it starts now
+                        self.events.append(self._started_event(run, now))
                 self.actions(run, actions, now)
             case WorkerLost(index=index, attempt=attempt, worker=worker):
                 self._lost(run, index, attempt, worker, now)
@@ -253,19 +255,16 @@ class Batch:
         if run.cancel is not None:  # cancelled before it started: nothing is dispatched
             self.actions(run, run.state.cancel(), now)
             return
-        self.events.append(
-            Event(
-                EventKind.RUN_STARTED,
-                run.run_id,
-                now,
-                data={
-                    "steps": len(run.plan),
-                    "priority": run.priority,
-                    "coordinator": self.coordinator_id,
-                },
-            )
-        )
+        self.events.append(self._started_event(run, now))
         self.actions(run, run.state.start(), now)
+
+    def _started_event(self, run: ActiveRun, now: float) -> Event:
+        data = {
+            "steps": len(run.plan),
+            "priority": run.priority,
+            "coordinator": self.coordinator_id,
+        }
+        return Event(EventKind.RUN_STARTED, run.run_id, now, data=data)
 
     def _lost(
         self,

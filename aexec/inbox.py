@@ -36,12 +36,14 @@ class Resume:
     """Run ``run_id``, taken over from coordinator ``previous``, goes on with ``actions``
     (what :meth:`~aexec.scheduling.RunState.restore` decided).  ``unconfirmed`` are the
     ``(step index, attempt)`` recorded as queued whose message the broker never confirmed:
-    they are dispatched again as new attempts, that one lost."""
+    they are dispatched again as new attempts, that one lost.  ``started`` is False for a
+    run recorded as pending (its coordinator stopped before starting it): it starts now."""
 
     run_id: str
     actions: tuple[Action, ...]
     previous: str | None
     unconfirmed: tuple[tuple[int, int], ...] = ()
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,8 @@ class Leases:
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
         coordinator.runs[record.run_id] = run
-        coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed))
+        started = record.status is not RunStatus.PENDING
+        coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
         log.warning("coordinator %s took over run %s from %s", config.id, record.run_id, previous)
         # Its client may have missed events while nobody drove the run: it gets them all
         # (it keeps those it has not seen yet).
@@ -155,7 +156,9 @@ class Leases:
             raise StoreError(f"run {run.run_id} is not in the store any more")
         actions, unconfirmed = await self._restore(run, record)
         coordinator_id = self._coordinator.config.id
-        self._coordinator.post(Resume(run.run_id, tuple(actions), coordinator_id, unconfirmed))
+        started = record.status is not RunStatus.PENDING
+        resume = Resume(run.run_id, tuple(actions), coordinator_id, unconfirmed, started)
+        self._coordinator.post(resume)
 
     async def _restore(
         self, run: ActiveRun, record: RunRecord

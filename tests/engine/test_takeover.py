@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import aexec
@@ -10,7 +11,7 @@ from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.store import Fence
+from aexec.store import Fence, RunRecord
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -188,5 +189,39 @@ async def test_a_step_whose_message_the_broker_confirmed_runs_once_after_a_takeo
     (record,) = await store.get_steps(run.run_id)
     assert record.status is StepStatus.SUCCEEDED and record.attempts == 1
     assert executions == [1]
+    await store.close()
+    await transport.close()
+
+
+async def test_a_run_taken_over_before_it_started_is_started_by_its_new_coordinator() -> None:
+    @step
+    async def only() -> str:
+        return "done"
+
+    @pipeline
+    def p() -> object:
+        return only()
+
+    compiled = p.compile()
+    plan = compiled.plan
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    # Created by a coordinator that died before it started the run: pending, lease ended.
+    record = RunRecord("r-pending", plan.pipeline, plan.digest, created_at=time.time())
+    record.owner, record.lease_until = "doomed", time.time() - 1
+    await store.create_run(record, plan)
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    async with (
+        Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast)),
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        kinds = [e.kind async for e in store.follow("r-pending")]
+    assert kinds[:3] == [EventKind.RUN_SUBMITTED, EventKind.RUN_RESUMED, EventKind.RUN_STARTED]
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+    finished = await store.get_run("r-pending")
+    assert finished is not None and finished.started_at is not None
+    assert finished.status is RunStatus.SUCCEEDED
     await store.close()
     await transport.close()
