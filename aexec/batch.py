@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from aexec import codec, messages
+from aexec import codec, messages, telemetry
 from aexec.directives import Directive
 from aexec.errors import CodecError, PublishError, WorkerLostError
 from aexec.events import Event, EventKind
@@ -44,6 +44,11 @@ from aexec.transport import Delivery
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
+
+OUTPUT_BUDGET = 8 << 20
+"""Bytes (roughly) of step output one scheduler pass records: the rest is dropped, with a
+marker per attempt, so that the coordinator's memory stays bounded however much the
+workers send."""
 
 
 _LOST_WHY = {
@@ -158,6 +163,7 @@ class Batch:
         "finished",
         "now",
         "outgoing",
+        "output_budget",
         "retries",
         "runs",
         "touched",
@@ -180,6 +186,8 @@ class Batch:
         ] = []
         self.touched: set[str] = set()
         self.confirmed: list[tuple[str, str, int]] = []  # dispatches the broker confirmed
+
+        self.output_budget = OUTPUT_BUDGET
 
     def discard(self, run_ids: set[str]) -> None:
         """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
@@ -347,6 +355,8 @@ class Batch:
                 self.completion(msg)
             case messages.Progress():
                 self.progress(msg)
+            case messages.Output():
+                self.output(msg)
             case messages.Heartbeat():
                 self.heartbeat(msg)
             case messages.AttemptLost():
@@ -457,6 +467,56 @@ class Batch:
                 data["message"] = msg.message
             self.events.append(
                 Event(EventKind.STEP_PROGRESS, msg.run_id, msg.ts, msg.step_key, msg.attempt, data)
+            )
+
+    def output(self, msg: messages.Output) -> None:
+        """Record what steps reported (:mod:`aexec.telemetry`): the entries of the current
+        attempts of runs this coordinator drives; the rest is ignored (a run that ended,
+        or that another coordinator drives now, or a superseded attempt).  Past the pass's
+        budget, entries are dropped and counted in a marker per attempt."""
+        self.workers_seen[worker_key(msg.worker, msg.instance)] = time.monotonic()
+        over: dict[tuple[str, str, int], list[int]] = {}
+        for run_id, step_key, attempt, ts, kind, data in msg.entries:
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            index = run.plan.index.get(step_key)
+            if index is None or run.state.attempts[index] != attempt:
+                continue
+            self.touched.add(run_id)
+            self._running(run, index, attempt, ts, msg.worker, msg.instance)
+            event = telemetry.entry_event(run_id, step_key, attempt, ts, kind, data, msg.worker)
+            size = telemetry.size_of(event.data)
+            if size > self.output_budget:
+                counts = over.setdefault((run_id, step_key, attempt), [0, 0])
+                counts[0] += 1
+                counts[1] += size
+                continue
+            self.output_budget -= size
+            self.events.append(event)
+        for (run_id, step_key, attempt), (entries, size) in over.items():
+            reason = "the coordinator took more step output at once than it records in one pass"
+            self.events.append(
+                telemetry.dropped_event(run_id, step_key, attempt, self.now, entries, size, reason)
+            )
+
+    def _running(
+        self, run: ActiveRun, index: int, attempt: int, ts: float, worker: str, instance: str
+    ) -> None:
+        """News that ``attempt`` of step ``index`` runs on ``worker``: it runs there now,
+        and it started, if that was not recorded yet."""
+        if not run.state.status[index].finished:
+            run.running_on[index] = worker_key(worker, instance)
+        if run.state.started(index, attempt):
+            self.events.append(
+                Event(
+                    EventKind.STEP_STARTED,
+                    run.run_id,
+                    ts,
+                    run.plan.steps[index].key,
+                    attempt,
+                    _started_data(worker, instance),
+                )
             )
 
     def heartbeat(self, msg: messages.Heartbeat) -> None:

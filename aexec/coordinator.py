@@ -666,6 +666,10 @@ class Coordinator:
                     batch.acks.append((delivery, msg))
                 else:
                     strays.append(Stray(msg, delivery))
+            case messages.Output():
+                # Telemetry: what is about runs this coordinator does not drive is ignored.
+                batch.output(msg)
+                batch.acks.append((delivery, None))
             case messages.Heartbeat():
                 batch.heartbeat(msg)
                 batch.acks.append((delivery, None))

@@ -195,6 +195,42 @@ class Progress(_Wire):
         )
 
 
+OUTPUT_KINDS = ("progress", "log", "stdout", "stderr", "event", "dropped")
+"""The kinds of entry an :class:`Output` carries (:mod:`aexec.telemetry`)."""
+
+
+@dataclass(slots=True)
+class Output(_Wire):
+    """What the steps running on worker ``worker`` reported since its last flush, for one
+    coordinator: ``entries``, each ``[run_id, step_key, attempt, ts, kind, data]`` with
+    ``kind`` one of :data:`OUTPUT_KINDS` and ``data`` a map (checked here only for its
+    shape: :func:`aexec.telemetry.entry_event` trusts none of its values).  ``instance``
+    is the worker process's random id (see :class:`Heartbeat`)."""
+
+    KIND: ClassVar[str] = "output"
+
+    worker: str
+    instance: str
+    ts: float
+    entries: list[list[Any]]
+
+    def to_wire(self) -> list[Any]:
+        return [self.worker, self.instance, self.ts, self.entries]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        worker, instance, ts, entries = fields
+        if not isinstance(entries, list):
+            raise CodecError("entries must be a list")
+        for entry in entries:
+            if not _is_entry(entry):
+                raise CodecError(
+                    "each entry must be [run id, step key, attempt, ts, kind, data] with a "
+                    f"kind of {', '.join(OUTPUT_KINDS)} and a map of data"
+                )
+        return cls(_text(worker, "worker"), _text(instance, "instance"), _number(ts, "ts"), entries)
+
+
 @dataclass(slots=True)
 class Heartbeat(_Wire):
     """A worker is alive and running these ``(run_id, step_key, attempt)`` attempts.
@@ -436,6 +472,7 @@ Message = (
     StepMessage
     | Completion
     | Progress
+    | Output
     | Heartbeat
     | AttemptLost
     | RunEnded
@@ -451,6 +488,7 @@ KINDS: dict[str, type[Message]] = {
         StepMessage,
         Completion,
         Progress,
+        Output,
         Heartbeat,
         AttemptLost,
         RunEnded,
@@ -562,4 +600,19 @@ def _is_attempt(entry: Any) -> bool:
         and isinstance(entry[2], int)
         and not isinstance(entry[2], bool)
         and entry[2] >= 0
+    )
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 6
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], str)
+        and type(entry[2]) is int
+        and entry[2] >= 0
+        and isinstance(entry[3], int | float)
+        and not isinstance(entry[3], bool)
+        and entry[4] in OUTPUT_KINDS
+        and isinstance(entry[5], dict)
     )

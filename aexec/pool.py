@@ -29,10 +29,6 @@ def _initialize(modules: Sequence[str]) -> None:
     _child_steps.update(find_steps([load_module_or_file(m) for m in modules]))
 
 
-def _ignore_progress(fraction: float | None, message: str | None) -> None:
-    return None
-
-
 def _call(
     name: str,
     call: bytes,
@@ -55,7 +51,7 @@ def _call(
     except Exception as exc:
         bad_input = InputError(f"cannot decode inputs: {exc}")
         return None, ErrorInfo.from_exception(bad_input, retryable=False).to_wire()
-    ctx = context.StepContext(run_id, key, attempt, name, _ignore_progress)
+    ctx = context.StepContext(run_id, key, attempt, name)
     try:
         result = context.run_with(ctx, step.fn, *args, **kwargs)
     except Exception as exc:

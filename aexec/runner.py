@@ -86,11 +86,12 @@ class StepRunner:
         self._processes: ProcessPool | None = None
 
     async def run(
-        self, msg: messages.StepMessage, step: StepDef[Any, Any], progress: context.ProgressSink
+        self, msg: messages.StepMessage, step: StepDef[Any, Any], output: context.StepOutput
     ) -> bytes:
         """The encoded output of ``msg``'s attempt of ``step`` (an encoded ``ObjectRef`` for
         a large one); raises what the step raises, :class:`StepFailure` or
-        :class:`LostAttempt`.  ``progress`` receives the step's progress reports."""
+        :class:`LostAttempt`.  ``output`` receives what the step reports (progress, log
+        records, what it prints, custom events)."""
         limit = self._max_value_size
         try:
             inputs = [await load_value(self._objects, blob, max_size=limit) for blob in msg.inputs]
@@ -107,7 +108,7 @@ class StepRunner:
         if self._pool == "process" and not step.is_async:
             encoded = await self._run_in_process(msg, inputs)
         else:
-            encoded = await self._run_here(msg, step, inputs, progress)
+            encoded = await self._run_here(msg, step, inputs, output)
         if len(encoded) > limit:
             raise StepFailure(
                 ErrorInfo.from_exception(
@@ -143,7 +144,7 @@ class StepRunner:
         msg: messages.StepMessage,
         step: StepDef[Any, Any],
         inputs: list[Any],
-        progress: context.ProgressSink,
+        output: context.StepOutput,
     ) -> bytes:
         try:
             args, kwargs = codec.decode(msg.call, inputs=inputs)
@@ -155,7 +156,7 @@ class StepRunner:
                     InputError(f"cannot decode the call: {exc}"), retryable=False
                 )
             ) from None
-        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, progress)
+        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, output)
         fn = step.fn
         assert fn is not None
         try:

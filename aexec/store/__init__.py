@@ -25,6 +25,9 @@ run_succeeded           run → succeeded, result (the event's output), finished
 run_failed / cancelled  run → failed / cancelled, error, finished_at
 run_resumed             none
 step_progress           none
+step_log, step_output   none (what a step logged or printed, :mod:`aexec.telemetry`)
+step_event              none
+step_output_dropped     none
 message_rejected        none
 ======================  =====================================================
 
