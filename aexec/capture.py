@@ -25,6 +25,7 @@ import contextlib
 import io
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from aexec import context
@@ -129,6 +130,26 @@ def uninstall(*, streams: bool = True) -> None:
                     setattr(sys, name, stream.real)
 
 
+@contextlib.contextmanager
+def outermost() -> Iterator[None]:
+    """Keep capturing what steps print while something replaced ``sys.stdout`` and
+    ``sys.stderr`` after :func:`install` (a live progress display that prints through
+    a console of its own, never through the stream it replaced)."""
+    wrapped: dict[str, TextIO] = {}
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if not isinstance(current, StepStream):
+            wrapped[name] = current
+            setattr(sys, name, StepStream(name, current))
+    try:
+        yield
+    finally:
+        for name, inner in wrapped.items():
+            current = getattr(sys, name)
+            if isinstance(current, StepStream) and current.real is inner:
+                setattr(sys, name, inner)
+
+
 def _handler(root: logging.Logger) -> StepLogHandler | None:
     for handler in root.handlers:
         if isinstance(handler, StepLogHandler):
@@ -136,4 +157,4 @@ def _handler(root: logging.Logger) -> StepLogHandler | None:
     return None
 
 
-__all__ = ["StepLogHandler", "StepStream", "install", "uninstall"]
+__all__ = ["StepLogHandler", "StepStream", "install", "outermost", "uninstall"]

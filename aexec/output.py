@@ -98,9 +98,12 @@ class OutputBuffer:
 
     def attempt(self, msg: messages.StepMessage) -> AttemptOutput:
         """The output of ``msg``'s attempt: collected until :meth:`finish`."""
-        key = (msg.run_id, msg.step_key, msg.attempt)
+        return self.open((msg.run_id, msg.step_key, msg.attempt), msg.reply_to)
+
+    def open(self, key: AttemptKey, reply_to: str) -> AttemptOutput:
+        """The output of attempt ``key``, for ``reply_to``: collected until :meth:`finish`."""
         with self._lock:
-            self._attempts.setdefault(key, _Pending(msg.reply_to))
+            self._attempts.setdefault(key, _Pending(reply_to))
         return AttemptOutput(self, key)
 
     @property
@@ -192,6 +195,28 @@ class OutputBuffer:
         if wake:
             self._wake()
 
+    def extend(self, key: AttemptKey, entries: list[list[Any]]) -> None:
+        """Entries collected elsewhere (a child process) for attempt ``key``, within its
+        bounds; its progress keeps the latest, its markers' counts add up."""
+        wake = False
+        with self._lock:
+            pending = self._attempts.get(key)
+            if pending is None or pending.closed:
+                return
+            for entry in entries:
+                kind, data = entry[4], entry[5]
+                if kind == "progress":
+                    pending.progress = entry
+                elif kind == "dropped":
+                    pending.dropped += _count(data.get("entries"))
+                    pending.dropped_bytes += _count(data.get("bytes"))
+                    pending.reason = clip_text(data.get("reason", ""), 500)
+                elif self._admit(pending, size_of(data) + ENTRY_OVERHEAD):
+                    pending.entries.append(entry)
+            wake = self._arm()
+        if wake:
+            self._wake()
+
     def progress(self, key: AttemptKey, data: dict[str, Any]) -> None:
         wake = False
         with self._lock:
@@ -252,6 +277,10 @@ class OutputBuffer:
         return True
 
 
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
 def encode_output(worker: str, instance: str, entries: list[list[Any]]) -> bytes | None:
     """The :class:`~aexec.messages.Output` message of ``entries``; text that msgpack
     refuses (a lone surrogate) is escaped first; None if it still cannot be encoded."""
@@ -301,6 +330,10 @@ class AttemptOutput:
     def write(self, stream: str, text: str) -> None:
         if text:
             self._buffer.write(self.key, stream, text)
+
+    def extend(self, entries: list[list[Any]]) -> None:
+        """Entries of this attempt collected in a child process."""
+        self._buffer.extend(self.key, entries)
 
     def emit(self, name: str, data: Any) -> None:
         try:

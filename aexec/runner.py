@@ -36,6 +36,7 @@ from aexec.errors import (
     ValueTooLargeError,
 )
 from aexec.objects import ObjectStore, load_value, output_key
+from aexec.output import OutputLimits
 from aexec.pool import ProcessPool
 from aexec.types import ErrorInfo
 
@@ -62,7 +63,8 @@ class StepRunner:
     """Runs attempts for one worker.  ``pool`` is ``"thread"`` or ``"process"`` (sync steps
     in ``processes`` children that load ``modules``); ``threads`` bounds the thread pool;
     outputs longer than ``inline_threshold`` bytes go to ``objects``; inputs and outputs
-    over ``max_value_size`` bytes are refused."""
+    over ``max_value_size`` bytes are refused; ``limits`` bound what steps in child
+    processes report."""
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class StepRunner:
         modules: Sequence[str],
         inline_threshold: int,
         max_value_size: int,
+        limits: OutputLimits | None = None,
     ) -> None:
         self._objects = objects
         self._pool = pool
@@ -82,6 +85,7 @@ class StepRunner:
         self._modules = tuple(modules)
         self._inline_threshold = inline_threshold
         self._max_value_size = max_value_size
+        self._limits = limits
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPool | None = None
 
@@ -106,7 +110,7 @@ class StepRunner:
                 ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
             ) from None
         if self._pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs)
+            encoded = await self._run_in_process(msg, inputs, output)
         else:
             encoded = await self._run_here(msg, step, inputs, output)
         if len(encoded) > limit:
@@ -197,16 +201,23 @@ class StepRunner:
                 )
             ) from None
 
-    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
+    async def _run_in_process(
+        self, msg: messages.StepMessage, inputs: list[Any], output: context.StepOutput
+    ) -> bytes:
         processes = self._processes
         if processes is None:
             processes = self._processes = ProcessPool(
-                self._modules, self._process_count, max_value_size=self._max_value_size
+                self._modules,
+                self._process_count,
+                max_value_size=self._max_value_size,
+                limits=self._limits,
             )
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
-                processes.run(msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt),
+                processes.run(
+                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output
+                ),
                 msg.timeout,
             )
         except TimeoutError:

@@ -165,6 +165,7 @@ class Worker:
             modules=self.config.modules,
             inline_threshold=self.config.inline_threshold,
             max_value_size=self.config.max_value_size,
+            limits=self.config.output,
         )
         self._output = OutputBuffer(self.config.output, self._wake_output)
         self._capturing = False

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+from aexec.capture import outermost
 from aexec.cli.report import duration
 from aexec.events import Event, EventKind
 from aexec.store import RunRecord, StepRecord
@@ -95,9 +96,11 @@ class LiveDisplay:
         self._task = self._progress.add_task(title, total=max(total, 1), detail="")
         self._running: set[str] = set()
         self._failed = 0
+        self._capture = outermost()
 
     def __enter__(self) -> LiveDisplay:
-        self._progress.start()
+        self._progress.start()  # it replaces sys.stdout and sys.stderr...
+        self._capture.__enter__()  # ...so steps' prints are captured around it
         return self
 
     def __exit__(
@@ -106,6 +109,7 @@ class LiveDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._capture.__exit__(exc_type, exc, tb)
         self._progress.stop()
 
     def update(self, event: Event) -> None:

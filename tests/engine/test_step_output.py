@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ import aexec
 from aexec import pipeline, step
 from aexec.events import Event, EventKind
 from aexec.executor import Executor
+from aexec.types import RunStatus
 
 STEP_LOGGER = "tests.steps"
 
@@ -204,3 +207,71 @@ async def test_odd_output_never_fails_the_step(ex: Executor) -> None:
     assert long.data["data"] == "x" * 16 * 1024 + " …[truncated]"
     assert "over the 65536-byte limit" in big.data["data"]["dropped"]
     assert printed(events, "odd") == ["nul \\x00 and a lone surrogate \\udcff"]
+
+
+async def test_what_steps_in_a_process_pool_print_log_report_and_emit_is_recorded(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "talking_cpu.py"
+    module.write_text(
+        "import logging, os, sys, time\n"
+        "import aexec\n"
+        "from aexec import step\n"
+        "@step\n"
+        "def crunch(x: int) -> int:\n"
+        "    print(f'crunching {x} in', os.getpid())\n"
+        "    time.sleep(0.4)  # past a flush: the first line travels on its own\n"
+        "    logging.getLogger('cpu').warning('crunched %d', x)\n"
+        "    aexec.current().progress(1.0, 'done')\n"
+        "    aexec.current().emit('squared', {'x': x, 'y': x * x})\n"
+        "    print('to stderr', file=sys.stderr)\n"
+        "    for n in range(2000):\n"
+        "        print(f'{x} line {n}')\n"
+        "    print('no newline', end='')\n"
+        "    return x * x\n"
+    )
+    from aexec.coordinator import Coordinator
+    from aexec.loader import load_file
+    from aexec.objects.memory import MemoryObjectStore
+    from aexec.store.memory import MemoryStore
+    from aexec.transport.memory import MemoryTransport
+    from aexec.worker import Worker, WorkerConfig
+
+    crunch = load_file(module).crunch
+
+    @pipeline
+    def crunching() -> object:
+        return [crunch.alias(f"c{i}")(i) for i in range(3)]
+
+    compiled = crunching.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    config = WorkerConfig(pool="process", process_pool_size=2, modules=(str(module),))
+    try:
+        async with (
+            Coordinator(transport, store) as coordinator,
+            Worker(transport, MemoryObjectStore(), compiled.steps, config) as worker,
+        ):
+            await worker.serve("default")
+            run = await coordinator.submit(compiled.plan)
+            assert await asyncio.wait_for(run.done, 60) is RunStatus.SUCCEEDED
+        events = await store.get_events(run.run_id)
+    finally:
+        await store.close()
+        await transport.close()
+    for i in range(3):
+        lines = printed(events, f"c{i}")
+        assert lines[0].startswith(f"crunching {i} in ")
+        assert int(lines[0].split()[-1]) != os.getpid()  # printed in a child process
+        assert lines[1:] == [f"{i} line {n}" for n in range(2000)] + ["no newline"]
+        assert printed(events, f"c{i}", "stderr") == ["to stderr"]
+        (logged,) = of_kind(events, EventKind.STEP_LOG, f"c{i}")
+        assert (logged.data["level"], logged.data["message"]) == ("WARNING", f"crunched {i}")
+        (emitted,) = of_kind(events, EventKind.STEP_EVENT, f"c{i}")
+        assert emitted.data["data"] == {"x": i, "y": i * i}
+        (progress,) = of_kind(events, EventKind.STEP_PROGRESS, f"c{i}")
+        assert progress.data["fraction"] == 1.0
+        kinds = [e.kind for e in events if e.step == f"c{i}"]
+        assert kinds[-1] is EventKind.STEP_SUCCEEDED  # the last lines went ahead of it
+        assert len(of_kind(events, EventKind.STEP_OUTPUT, f"c{i}")) >= 2  # live, then the rest
