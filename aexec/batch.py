@@ -84,6 +84,7 @@ class ActiveRun:
         "spilled",
         "state",
         "subscribers",
+        "trace",
     )
 
     def __init__(
@@ -106,6 +107,7 @@ class ActiveRun:
         # Set once a cancel of the run is requested: its reason ("" when none was given).
         # A run not started yet is then cancelled instead of started.
         self.cancel: str | None = None
+        self.trace: str | None = None  # its span's traceparent, when the coordinator traces
 
     @property
     def status(self) -> RunStatus:

@@ -42,7 +42,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aexec import claim, messages
+from aexec import claim, messages, tracing
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.client_requests import ClientRequests
@@ -78,6 +78,7 @@ from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
 from aexec.submissions import Submissions
 from aexec.takeover import Leases
+from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus
 from aexec.wire import (
@@ -193,10 +194,12 @@ class Coordinator:
             min(self.config.retry_backoff_max, self.config.lease / 3),
         )
         self.workers_seen: dict[str, float] = {}  # worker (instance) → monotonic time last heard
+        self._tracing: Tracing | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Coordinator:
+        self._tracing = tracing.load()
         await self.transport.declare_queue(
             self.reply_queue,
             durable=self.config.durable_replies,
@@ -474,6 +477,7 @@ class Coordinator:
         state = RunState(plan, fail_fast=self.config.fail_fast)
         run = ActiveRun(run_id, plan, priority, state, record.epoch)
         run.notify = notify
+        self.trace(run)
         await self.notify(run, [submitted])  # before the run starts: the client sees it first
         if given:
             # Its client may have asked to cancel it before it was created (the submission
@@ -489,6 +493,21 @@ class Coordinator:
         self.runs[run_id] = run
         self._inbox.post(Start(run_id))
         return run
+
+    def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
+        """Give ``run`` a span (when tracing is on), ended when this coordinator is done
+        with the run: it ended, or was let go of."""
+        tracing = self._tracing
+        if tracing is None:
+            return
+        span = tracing.start_run(run.run_id, run.plan.pipeline, resumed=resumed)
+        run.trace = span.traceparent
+
+        def ended(done: asyncio.Future[RunStatus]) -> None:
+            status = "lost" if done.cancelled() or done.exception() else str(done.result())
+            tracing.end_run(span, status)
+
+        run.done.add_done_callback(ended)
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
         """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt

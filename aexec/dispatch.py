@@ -80,6 +80,7 @@ class Dispatcher:
             _inputs(run, outgoing.index) if inputs is None else inputs,
             step.timeout,
             self._reply_to,
+            run.trace,
         ).encode()
         return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
 

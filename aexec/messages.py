@@ -14,6 +14,7 @@ Queue and topic names live beside this module, in :mod:`aexec.wire`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -25,6 +26,9 @@ from aexec.errors import CodecError
 from aexec.types import ErrorInfo
 
 VERSION = 1
+
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+"""The W3C ``traceparent`` format (version, trace id, parent span id, flags)."""
 
 CONTROL_COMMANDS = ("ping", "terminate", "cancel", "events")
 
@@ -63,6 +67,8 @@ class StepMessage(_Wire):
 
     ``call`` is the step's encoded ``[args, kwargs]`` template; ``inputs`` are the encoded
     upstream outputs it refers to by slot (an encoded ``ObjectRef`` for large ones).
+    ``trace`` is the W3C ``traceparent`` of the run's span when the coordinator traces
+    (:mod:`aexec.tracing`): an optional last field, absent otherwise.
     """
 
     KIND: ClassVar[str] = "step"
@@ -75,9 +81,10 @@ class StepMessage(_Wire):
     inputs: Sequence[bytes]
     timeout: float | None
     reply_to: str
+    trace: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [
+        fields = [
             self.run_id,
             self.step_key,
             self.attempt,
@@ -87,10 +94,20 @@ class StepMessage(_Wire):
             self.timeout,
             self.reply_to,
         ]
+        if self.trace is not None:
+            fields.append(self.trace)
+        return fields
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, name, call, inputs, timeout, reply_to = fields
+        run_id, key, attempt, name, call, inputs, timeout, reply_to, *rest = fields
+        if len(rest) > 1:
+            raise ValueError("too many fields")  # reported by decode() with the field count
+        trace = None
+        if rest:
+            trace = _text(rest[0], "trace")
+            if not TRACEPARENT.match(trace):
+                raise CodecError("trace must be a W3C traceparent")
         return cls(
             _text(run_id, "run id"),
             _text(key, "step key"),
@@ -100,6 +117,7 @@ class StepMessage(_Wire):
             _blob_list(inputs, "inputs"),
             None if timeout is None else _number(timeout, "timeout"),
             _text(reply_to, "reply_to"),
+            trace,
         )
 
 

@@ -14,10 +14,11 @@ holds at most ``pending``.  What does not fit is dropped and counted, and the ne
 carries a ``dropped`` entry saying how much and why.  Memory stays bounded however much a
 step prints.
 
-The first entry after a flush wakes the worker (``wake``, called at most once per flush,
-from whichever thread), which flushes ``flush_interval`` seconds later: a worker whose
-steps report nothing does no work for it, and one whose steps print 10,000 lines sends a
-few messages a second.
+The first entry after a flush wakes the worker (``wake(False)``, called at most once per
+flush, from whichever thread), which flushes ``flush_interval`` seconds later: a worker
+whose steps report nothing does no work for it.  An attempt (or the worker) half-way to
+its bound between flushes asks for a flush at once (``wake(True)``, once per flush): a step
+printing 10,000 lines as fast as it can has them sent in a few messages, not dropped.
 """
 
 from __future__ import annotations
@@ -88,13 +89,14 @@ class _Pending:
 class OutputBuffer:
     """The pending output of one worker's attempts; ``wake`` asks for a flush."""
 
-    def __init__(self, limits: OutputLimits, wake: Callable[[], None]) -> None:
+    def __init__(self, limits: OutputLimits, wake: Callable[[bool], None]) -> None:
         self.limits = limits
         self._wake = wake
         self._lock = threading.Lock()
         self._attempts: dict[AttemptKey, _Pending] = {}
         self._size = 0
         self._armed = False
+        self._urged = False
 
     def attempt(self, msg: messages.StepMessage) -> AttemptOutput:
         """The output of ``msg``'s attempt: collected until :meth:`finish`."""
@@ -116,7 +118,7 @@ class OutputBuffer:
         now = time.time()
         out: dict[str, list[list[Any]]] = {}
         with self._lock:
-            self._armed = False
+            self._armed = self._urged = False
             for key, pending in list(self._attempts.items()):
                 entries = self._drain(key, pending, now)
                 if entries:
@@ -184,21 +186,21 @@ class OutputBuffer:
         return False
 
     def add(self, key: AttemptKey, kind: str, data: dict[str, Any], size: int) -> None:
-        wake = False
+        wake: bool | None = None
         with self._lock:
             pending = self._attempts.get(key)
             if pending is None or pending.closed:
                 return  # the attempt ended: a thread it left behind writing
             if self._admit(pending, size + ENTRY_OVERHEAD):
                 pending.entries.append([*key, time.time(), kind, data])
-            wake = self._arm()
-        if wake:
-            self._wake()
+            wake = self._arm(pending)
+        if wake is not None:
+            self._wake(wake)
 
     def extend(self, key: AttemptKey, entries: list[list[Any]]) -> None:
         """Entries collected elsewhere (a child process) for attempt ``key``, within its
         bounds; its progress keeps the latest, its markers' counts add up."""
-        wake = False
+        wake: bool | None = None
         with self._lock:
             pending = self._attempts.get(key)
             if pending is None or pending.closed:
@@ -213,23 +215,23 @@ class OutputBuffer:
                     pending.reason = clip_text(data.get("reason", ""), 500)
                 elif self._admit(pending, size_of(data) + ENTRY_OVERHEAD):
                     pending.entries.append(entry)
-            wake = self._arm()
-        if wake:
-            self._wake()
+            wake = self._arm(pending)
+        if wake is not None:
+            self._wake(wake)
 
     def progress(self, key: AttemptKey, data: dict[str, Any]) -> None:
-        wake = False
+        wake: bool | None = None
         with self._lock:
             pending = self._attempts.get(key)
             if pending is None or pending.closed:
                 return
             pending.progress = [*key, time.time(), "progress", data]
-            wake = self._arm()
-        if wake:
-            self._wake()
+            wake = self._arm(pending)
+        if wake is not None:
+            self._wake(wake)
 
     def write(self, key: AttemptKey, stream: str, text: str) -> None:
-        wake = False
+        wake: bool | None = None
         with self._lock:
             pending = self._attempts.get(key)
             if pending is None or pending.closed:
@@ -246,9 +248,9 @@ class OutputBuffer:
                 if rest:
                     pending.partial[stream] = rest
             self._add_lines(key, pending, stream, lines, time.time())
-            wake = self._arm()
-        if wake:
-            self._wake()
+            wake = self._arm(pending)
+        if wake is not None:
+            self._wake(wake)
 
     def _add_lines(
         self, key: AttemptKey, pending: _Pending, stream: str, lines: list[str], now: float
@@ -268,13 +270,20 @@ class OutputBuffer:
                 self._size += ENTRY_OVERHEAD
             target.append(line)
 
-    def _arm(self) -> bool:
-        """True if this entry is the first since the last flush: the caller wakes the
-        worker (outside the lock)."""
+    def _arm(self, pending: _Pending) -> bool | None:
+        """Whether the caller wakes the worker (outside the lock): False for the first entry
+        since the last flush (flush in a while), True once ``pending``'s attempt or the
+        worker is half-way to its bound (flush now), else None."""
+        limits = self.limits
+        if not self._urged and (
+            pending.size * 2 >= limits.attempt_pending or self._size * 2 >= limits.pending
+        ):
+            self._urged = self._armed = True
+            return True
         if self._armed:
-            return False
+            return None
         self._armed = True
-        return True
+        return False
 
 
 def _count(value: Any) -> int:

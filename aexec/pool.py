@@ -8,10 +8,11 @@ What a step in a child prints, logs, reports and emits is collected there, in an
 :class:`~aexec.output.OutputBuffer` of its own with the worker's limits, and sent to the
 worker through a pipe the pool shares (as encoded :class:`~aexec.messages.Output`
 messages, a lock keeping children's messages whole): every flush interval while the step
-writes (a timer thread, started only by output), and what is left when it ends, followed
-by a *done* frame.  A thread of the worker reads the pipe and hands each attempt's entries
-to its output; the worker waits for the done frame (briefly) before it completes the
-attempt, so the last lines go ahead of the completion.
+writes (a timer thread, started only by output; at once, from the step's thread, when it
+is half-way to its bound), and what is left when it ends, followed by a *done* frame.  A
+thread of the worker reads the pipe and hands each attempt's entries to its output; the
+worker waits for the done frame (briefly) before it completes the attempt, so the last
+lines go ahead of the completion.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ class _ChildOutput:
         self.buffer = OutputBuffer(limits, self._wake)
         self._interval = limits.flush_interval
 
-    def _wake(self) -> None:
+    def _wake(self, now: bool) -> None:
+        if now:  # the step's thread sends it (the worker's reader keeps the pipe moving)
+            self.flush()
+            return
         timer = threading.Timer(self._interval, self.flush)
         timer.daemon = True
         timer.start()

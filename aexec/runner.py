@@ -19,6 +19,7 @@ thread, sees ``aexec.current().cancelled``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Sequence
@@ -175,9 +176,13 @@ class StepRunner:
                 finally:
                     context.unbind(token)
             else:
+                # The thread runs in a copy of this task's context (as asyncio.to_thread
+                # does): a span current here is current in the step too.
                 future = asyncio.get_running_loop().run_in_executor(
                     self._thread_pool(),
-                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
+                    functools.partial(
+                        contextvars.copy_context().run, context.run_with, ctx, fn, *args, **kwargs
+                    ),
                 )
                 result = await _within(future, msg.timeout)
         except TimeoutError:

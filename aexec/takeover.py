@@ -140,6 +140,7 @@ class Leases:
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
         coordinator.runs[record.run_id] = run
+        coordinator.trace(run, resumed=True)
         started = record.status is not RunStatus.PENDING
         coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
         log.warning("coordinator %s took over run %s from %s", config.id, record.run_id, previous)

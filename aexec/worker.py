@@ -51,7 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aexec import capture, context, messages
+from aexec import capture, context, messages, tracing
 from aexec.background import Background
 from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
@@ -60,6 +60,7 @@ from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableErr
 from aexec.objects import ObjectStore
 from aexec.output import OutputBuffer, OutputLimits, encode_output
 from aexec.runner import LostAttempt, StepFailure, StepRunner
+from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
 from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
@@ -168,7 +169,10 @@ class Worker:
             limits=self.config.output,
         )
         self._output = OutputBuffer(self.config.output, self._wake_output)
+        self._flush_now = asyncio.Event()
+        self._flushing = False
         self._capturing = False
+        self._tracing: Tracing | None = None
         self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -182,6 +186,7 @@ class Worker:
         """Start the heartbeat, and read which runs ended (before consuming any step)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._tracing = tracing.load()
         background = Background(f"worker {self.name}", on_failure=self._failed)
         await background.__aenter__()
         self._background = background
@@ -474,7 +479,12 @@ class Worker:
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
-            output = await self._runner.run(msg, step, self._output.attempt(msg))
+            if self._tracing is None:
+                output = await self._runner.run(msg, step, self._output.attempt(msg))
+            else:
+                key = (msg.run_id, msg.step_key, msg.attempt)
+                with self._tracing.step(msg.trace, *key, self.name):
+                    output = await self._runner.run(msg, step, self._output.attempt(msg))
         except asyncio.CancelledError as exc:
             if _cancelling():
                 raise  # the worker's own cancellation of the attempt
@@ -582,18 +592,22 @@ class Worker:
 
     # -- progress, heartbeats, control -----------------------------------------------------
 
-    def _wake_output(self) -> None:
-        """The first output since the last flush arrived (from any thread): flush soon."""
+    def _wake_output(self, now: bool) -> None:
+        """Output arrived (from any thread): flush soon, or ``now``."""
         loop = self._loop
         if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._flush_soon()
+            self._flush_soon(now)
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: a thread left behind
-            loop.call_soon_threadsafe(self._flush_soon)
+            loop.call_soon_threadsafe(self._flush_soon, now)
 
-    def _flush_soon(self) -> None:
+    def _flush_soon(self, now: bool) -> None:
+        if now:
+            self._flush_now.set()
+        if self._flushing:
+            return  # the flusher takes it on its next round
         background = self._background
         if background is None or not background.running:
             self._output.take()  # stopping: nobody sends it
@@ -602,15 +616,29 @@ class Worker:
             background.start_work(self._flush_output())
         except AexecError:
             self._output.take()
+            return
+        self._flushing = True
 
     async def _flush_output(self) -> None:
-        """Send what the steps reported: one message per coordinator (best-effort, once:
-        telemetry is not worth retrying for)."""
-        await asyncio.sleep(self.config.output.flush_interval)
-        for reply_to, entries in self._output.take().items():
-            body = encode_output(self.name, self.instance, entries)
-            if body is not None:
-                await self._publish_quietly(reply_to, body)
+        """Send what the steps reported, a flush interval after the first entry (or at once
+        when asked), in one message per coordinator, until nothing is left; one flusher at
+        a time, so that a slow broker makes the buffer drop (with markers), never grow.
+        Best-effort: telemetry is not worth a retry."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.output.flush_interval):
+                        await self._flush_now.wait()
+                self._flush_now.clear()
+                taken = self._output.take()
+                if not taken:
+                    return
+                for reply_to, entries in taken.items():
+                    body = encode_output(self.name, self.instance, entries)
+                    if body is not None:
+                        await self._publish_quietly(reply_to, body)
+        finally:
+            self._flushing = False
 
     async def _send_last_output(self, msg: messages.StepMessage) -> None:
         """Send what is left of an attempt's output, ahead of its completion (after which

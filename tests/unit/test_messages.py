@@ -46,6 +46,9 @@ DONE_ERROR = Completion(
 EXAMPLES: dict[str, Any] = {
     "step": STEP,
     "step without timeout or inputs": StepMessage("r", "k", 1, "n", b"\x92\x90\x80", [], None, "q"),
+    "step traced": StepMessage(
+        "r", "k", 1, "n", b"", [], 1.5, "q", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    ),
     "completion with output": DONE_OK,
     "completion with error": DONE_ERROR,
     "completion with empty output": Completion("r", "k", 0, b"", None, "w", 0.0, 0.0),
@@ -265,7 +268,7 @@ NAMED: dict[str, tuple[bytes, str]] = {
     "step inputs": (packed(*step_fields(inputs=["x"])), "step message: inputs"),
     "step timeout": (packed(*step_fields(timeout="x")), "step message: timeout"),
     "step reply_to": (packed(*step_fields(reply_to=1)), "step message: reply_to"),
-    "step arity": (packed(*step_fields()[:-1]), "step message: 7 fields where 8"),
+    "step arity": (packed(*step_fields()[:-1]), "step message: 7 fields where 9"),
     "done run id": (packed(*done_fields(run_id=1)), "done message: run id"),
     "done key": (packed(*done_fields(key=1)), "done message: step key"),
     "done attempt": (packed(*done_fields(attempt="1")), "done message: attempt"),
@@ -385,6 +388,7 @@ def decode_or_codec_error(body: bytes) -> None:
         StepMessage
         | Completion
         | Progress
+        | Output
         | Heartbeat
         | AttemptLost
         | RunEnded

@@ -16,9 +16,9 @@ def step_message(
     return messages.StepMessage("r1", key, attempt, "n", b"", [], None, reply_to)
 
 
-def buffer(**limits: object) -> tuple[OutputBuffer, list[int]]:
-    wakes: list[int] = []
-    return OutputBuffer(OutputLimits(**limits), lambda: wakes.append(1)), wakes  # type: ignore[arg-type]
+def buffer(**limits: object) -> tuple[OutputBuffer, list[bool]]:
+    wakes: list[bool] = []
+    return OutputBuffer(OutputLimits(**limits), wakes.append), wakes  # type: ignore[arg-type]
 
 
 def lines_of(entries: list[list[object]]) -> list[str]:
@@ -38,11 +38,22 @@ def test_lines_are_cut_at_newlines_and_consecutive_ones_share_an_entry() -> None
         ("stdout", {"lines": ["a", "bc", "d"]}),
         ("stderr", {"lines": ["e"]}),
     ]
-    assert wakes == [1]  # once per flush, not per line
+    assert wakes == [False]  # once per flush, not per line
     reply_to, last = out.finish(("r1", "k", 1))
     assert (reply_to, lines_of(last)) == ("replies", ["partial"])
     attempt.write("stdout", "after the end\n")  # a thread the step left behind
     assert out.take() == {} and out.pending == 0
+
+
+def test_an_attempt_half_way_to_its_bound_asks_for_a_flush_at_once() -> None:
+    out, wakes = buffer(attempt_pending=1000)
+    attempt = out.attempt(step_message())
+    for n in range(100):
+        attempt.write("stdout", f"line {n:04d}\n")
+    assert wakes[:2] == [False, True]  # soon, then now: once each per flush
+    out.take()
+    attempt.write("stdout", "again\n")
+    assert wakes[2:] == [False]
 
 
 def test_progress_keeps_the_latest_report_of_a_flush() -> None:
