@@ -107,6 +107,8 @@ def install(level: int, *, streams: bool = True) -> None:
     if streams:
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)
+            if stream is None:
+                continue  # no such stream (a daemon, pythonw): nothing to capture
             if not isinstance(stream, StepStream):
                 stream = StepStream(name, stream)
                 setattr(sys, name, stream)
@@ -138,7 +140,7 @@ def outermost() -> Iterator[None]:
     wrapped: dict[str, TextIO] = {}
     for name in ("stdout", "stderr"):
         current = getattr(sys, name)
-        if not isinstance(current, StepStream):
+        if current is not None and not isinstance(current, StepStream):
             wrapped[name] = current
             setattr(sys, name, StepStream(name, current))
     try:
