@@ -305,9 +305,11 @@ class Worker:
             await self._stop_listening()
         finally:
             self._background = None
-            if background is not None:
-                await background.aclose()  # the heartbeat stops last
-            self._close_pools()
+            try:
+                if background is not None:
+                    await background.aclose()  # the heartbeat stops last; raises a task's bug
+            finally:
+                self._close_pools()
 
     async def abort(self) -> None:
         """Stop at once, as a crash would: steps in flight are cancelled and publish no
