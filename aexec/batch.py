@@ -188,7 +188,6 @@ class Batch:
         ] = []
         self.touched: set[str] = set()
         self.confirmed: list[tuple[str, str, int]] = []  # dispatches the broker confirmed
-
         self.output_budget = OUTPUT_BUDGET
 
     def discard(self, run_ids: set[str]) -> None:
