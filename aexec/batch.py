@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from aexec import codec, messages
+from aexec import codec, messages, telemetry
 from aexec.directives import Again, Cached, Directive
 from aexec.directives import Skip as SkipItself
 from aexec.errors import CodecError, PublishError, WorkerLostError
@@ -58,6 +58,11 @@ from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
 
+OUTPUT_BUDGET = 8 << 20
+"""Bytes (roughly) of step output one scheduler pass records: the rest is dropped, with a
+marker per attempt, so that the coordinator's memory stays bounded however much the
+workers send."""
+
 
 _LOST_WHY = {
     "redelivered": "was redelivered this attempt: its first worker stopped or lost its connection",
@@ -79,16 +84,19 @@ class ActiveRun:
     ``epoch`` is the run's epoch this coordinator holds (its fence in the store)."""
 
     __slots__ = (
+        "cancel",
         "created_at",
         "done",
         "epoch",
         "notify",
+        "notify_lost",
         "priority",
         "run_id",
         "running_on",
         "spilled",
         "state",
         "subscribers",
+        "trace",
     )
 
     def __init__(
@@ -103,9 +111,14 @@ class ActiveRun:
         self.subscribers: list[Subscriber] = []
         self.running_on: dict[int, str] = {}  # step index → the worker (key) that reported it
         self.notify: str | None = None  # a remote client's queue for this run's events
+        self.notify_lost = False  # a send to it failed: it gets the whole log at the end
         # step index → its output as a claim check, once the coordinator moved it to the
         # object store (its dependents' messages would have been too large)
         self.spilled: dict[int, bytes] = {}
+        # Set once a cancel of the run is requested: its reason ("" when none was given).
+        # A run not started yet is then cancelled instead of started.
+        self.cancel: str | None = None
+        self.trace: str | None = None  # its span's traceparent, when the coordinator traces
 
     @property
     def plan(self) -> Plan:
@@ -162,11 +175,13 @@ class Batch:
 
     __slots__ = (
         "acks",
+        "confirmed",
         "coordinator_id",
         "events",
         "finished",
         "now",
         "outgoing",
+        "output_budget",
         "retries",
         "runs",
         "touched",
@@ -188,6 +203,8 @@ class Batch:
             tuple[Delivery, messages.Completion | messages.Progress | messages.AttemptLost | None]
         ] = []
         self.touched: set[str] = set()
+        self.confirmed: list[tuple[str, str, int]] = []  # dispatches the broker confirmed
+        self.output_budget = OUTPUT_BUDGET
 
     def discard(self, run_ids: set[str]) -> None:
         """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
@@ -213,7 +230,9 @@ class Batch:
                 self._start(run, now)
             case RetryDue(index=index, attempt=attempt):
                 self.actions(run, run.state.retry_due(index, attempt), now)
-            case Cancel():
+            case Cancel(reason=reason):
+                if run.cancel is None or reason:
+                    run.cancel = reason or ""
                 self.actions(run, run.state.cancel(), now)
             case Resume(actions=actions, previous=previous):
                 self.events.append(
@@ -224,6 +243,12 @@ class Batch:
                         data={"coordinator": self.coordinator_id, "previous": previous},
                     )
                 )
+                if run.cancel is not None:  # a cancel was requested before it was taken over
+                    actions = tuple(run.state.cancel())
+                else:
+                    self._unconfirmed_before(run, command.unconfirmed, now)
+                    if not command.started:  # recorded as pending: it starts now
+                        self.events.append(self._started_event(run, now))
                 self.actions(run, actions, now)
             case WorkerLost(index=index, attempt=attempt, worker=worker):
                 self._lost(run, index, attempt, worker, now)
@@ -252,19 +277,19 @@ class Batch:
                 assert_never(command)
 
     def _start(self, run: ActiveRun, now: float) -> None:
-        self.events.append(
-            Event(
-                EventKind.RUN_STARTED,
-                run.run_id,
-                now,
-                data={
-                    "steps": len(run.plan),
-                    "priority": run.priority,
-                    "coordinator": self.coordinator_id,
-                },
-            )
-        )
+        if run.cancel is not None:  # cancelled before it started: nothing is dispatched
+            self.actions(run, run.state.cancel(), now)
+            return
+        self.events.append(self._started_event(run, now))
         self.actions(run, run.state.start(), now)
+
+    def _started_event(self, run: ActiveRun, now: float) -> Event:
+        data = {
+            "steps": len(run.plan),
+            "priority": run.priority,
+            "coordinator": self.coordinator_id,
+        }
+        return Event(EventKind.RUN_STARTED, run.run_id, now, data=data)
 
     def _lost(
         self,
@@ -292,6 +317,32 @@ class Batch:
                 )
             )
         self.actions(run, actions, now, {"worker": worker})
+
+    def _unconfirmed_before(
+        self, run: ActiveRun, unconfirmed: tuple[tuple[int, int], ...], now: float
+    ) -> None:
+        """Record as lost the attempts of a run taken over whose dispatch the broker never
+        confirmed (they are dispatched again as new attempts)."""
+        if not unconfirmed:
+            return
+        error = ErrorInfo.from_exception(
+            PublishError(
+                "the broker had not confirmed this step's message when its coordinator "
+                "stopped: dispatched again",
+                [],
+            )
+        ).to_dict()
+        for index, attempt in unconfirmed:
+            self.events.append(
+                Event(
+                    EventKind.STEP_RETRYING,
+                    run.run_id,
+                    now,
+                    run.plan.steps[index].key,
+                    attempt,
+                    {"error": error, "retry_in": 0.0, "lost": True},
+                )
+            )
 
     def _unconfirmed(
         self, run: ActiveRun, index: int, attempt: int, reason: str, now: float
@@ -321,6 +372,8 @@ class Batch:
                 self.completion(msg)
             case messages.Progress():
                 self.progress(msg)
+            case messages.Output():
+                self.output(msg)
             case messages.Heartbeat():
                 self.heartbeat(msg)
             case messages.AttemptLost():
@@ -453,6 +506,56 @@ class Batch:
                 data["message"] = msg.message
             self.events.append(
                 Event(EventKind.STEP_PROGRESS, msg.run_id, msg.ts, msg.step_key, msg.attempt, data)
+            )
+
+    def output(self, msg: messages.Output) -> None:
+        """Record what steps reported (:mod:`aexec.telemetry`): the entries of the current
+        attempts of runs this coordinator drives; the rest is ignored (a run that ended,
+        or that another coordinator drives now, or a superseded attempt).  Past the pass's
+        budget, entries are dropped and counted in a marker per attempt."""
+        self.workers_seen[worker_key(msg.worker, msg.instance)] = time.monotonic()
+        over: dict[tuple[str, str, int], list[int]] = {}
+        for run_id, step_key, attempt, ts, kind, data in msg.entries:
+            run = self.runs.get(run_id)
+            if run is None:
+                continue
+            index = run.plan.index.get(step_key)
+            if index is None or run.state.attempts[index] != attempt:
+                continue
+            self.touched.add(run_id)
+            self._running(run, index, attempt, ts, msg.worker, msg.instance)
+            event = telemetry.entry_event(run_id, step_key, attempt, ts, kind, data, msg.worker)
+            size = telemetry.size_of(event.data)
+            if size > self.output_budget:
+                counts = over.setdefault((run_id, step_key, attempt), [0, 0])
+                counts[0] += 1
+                counts[1] += size
+                continue
+            self.output_budget -= size
+            self.events.append(event)
+        for (run_id, step_key, attempt), (entries, size) in over.items():
+            reason = "the coordinator took more step output at once than it records in one pass"
+            self.events.append(
+                telemetry.dropped_event(run_id, step_key, attempt, self.now, entries, size, reason)
+            )
+
+    def _running(
+        self, run: ActiveRun, index: int, attempt: int, ts: float, worker: str, instance: str
+    ) -> None:
+        """News that ``attempt`` of step ``index`` runs on ``worker``: it runs there now,
+        and it started, if that was not recorded yet."""
+        if not run.state.status[index].finished:
+            run.running_on[index] = worker_key(worker, instance)
+        if run.state.started(index, attempt):
+            self.events.append(
+                Event(
+                    EventKind.STEP_STARTED,
+                    run.run_id,
+                    ts,
+                    run.plan.steps[index].key,
+                    attempt,
+                    _started_data(worker, instance),
+                )
             )
 
     def heartbeat(self, msg: messages.Heartbeat) -> None:
@@ -593,7 +696,10 @@ class Batch:
                         )
                     )
                 case Finish():
-                    self.events.append(self._finish_event(run, action.status, ts))
+                    # The run ends when this pass decides it, not when the step whose
+                    # completion tipped it finished (one delayed in the broker came last).
+                    end = max(ts, self.now)
+                    self.events.append(self._finish_event(run, action.status, end))
                     self.finished.append(run)
                 case _:
                     assert_never(action)
@@ -605,7 +711,8 @@ class Batch:
             result = codec.encode(codec.decode(run.plan.result, inputs=inputs))
             return Event(EventKind.RUN_SUCCEEDED, run.run_id, ts, output=result)
         if status is RunStatus.CANCELLED:
-            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": "run cancelled"})
+            error = f"run cancelled: {run.cancel}" if run.cancel else "run cancelled"
+            return Event(EventKind.RUN_CANCELLED, run.run_id, ts, data={"error": error})
         failed = [
             f"{run.plan.steps[i].key}: {err.type}: {err.message}"
             for i, err in sorted(run.state.errors.items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -42,6 +43,7 @@ _ENV = {
     "lease": "AEXEC_LEASE",
     "secret": "AEXEC_SECRET",
     "max_value_size": "AEXEC_MAX_VALUE_SIZE",
+    "step_log_level": "AEXEC_STEP_LOG_LEVEL",
 }
 
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
@@ -77,6 +79,7 @@ class Settings:
     fail_fast: bool = False
     secret: str | None = field(default=None, repr=False)
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    step_log_level: str = "INFO"  # steps' log records from this level on are recorded
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
@@ -98,6 +101,11 @@ class Settings:
             raise ConfigError("drain_grace must be >= 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
+        if not isinstance(logging.getLevelName(self.step_log_level.upper()), int):
+            raise ConfigError(
+                f"step_log_level must be a log level name (DEBUG, INFO, WARNING, ERROR), "
+                f"not {self.step_log_level!r}"
+            )
         if self.remote and self.embedded:
             raise ConfigError("submitting to a remote coordinator needs a broker (--broker)")
 

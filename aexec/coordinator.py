@@ -42,9 +42,10 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aexec import claim, codec, messages
+from aexec import claim, codec, messages, tracing
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
+from aexec.client_requests import ClientRequests
 from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.dispatch import Dispatcher
 from aexec.errors import (
@@ -57,8 +58,17 @@ from aexec.errors import (
     TransportError,
     ValueTooLargeError,
 )
-from aexec.events import Event, to_record
-from aexec.inbox import Cancel, FlushDue, Inbox, Item, MessageRejected, Reply, Start, WorkerLost
+from aexec.events import Event, EventKind, to_record
+from aexec.inbox import (
+    Cancel,
+    FlushDue,
+    Inbox,
+    Item,
+    MessageRejected,
+    Reply,
+    Start,
+    WorkerLost,
+)
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.recording import Recorder
@@ -68,6 +78,7 @@ from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
 from aexec.submissions import Submissions
 from aexec.takeover import Leases
+from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus
 from aexec.wire import (
@@ -82,6 +93,9 @@ from aexec.wire import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CONFIRM_DELAY = 0.05
+"""Seconds a confirmed dispatch waits at most to be recorded, if no other commit takes it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,10 @@ class Coordinator:
         self._commands: Subscription | None = None
         self._unrecorded: list[Event] = []  # with durable_dispatch False: not yet committed
         self._unfinished: list[ActiveRun] = []
+        # Dispatches the broker confirmed, recorded with the next commit (at the latest
+        # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
+        self._confirmed: list[tuple[str, str, int]] = []
+        self._confirm_due = False
         self._last_flush = time.monotonic()
         self._flush_armed = False
         self._stopped: asyncio.Future[None] | None = None
@@ -164,8 +182,10 @@ class Coordinator:
             max_delay=self.config.retry_backoff_max,
             objects=objects,
             max_message_size=self.config.max_message_size,
+            confirmed=self._on_confirmed if self.config.durable_dispatch else None,
         )
         self._submissions = Submissions(self)
+        self._requests = ClientRequests(self)
         self._strays = Strays(
             store,
             transport,
@@ -174,10 +194,12 @@ class Coordinator:
             min(self.config.retry_backoff_max, self.config.lease / 3),
         )
         self.workers_seen: dict[str, float] = {}  # worker (instance) → monotonic time last heard
+        self._tracing: Tracing | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Coordinator:
+        self._tracing = tracing.load()
         await self.transport.declare_queue(
             self.reply_queue,
             durable=self.config.durable_replies,
@@ -379,11 +401,13 @@ class Coordinator:
 
     async def accept_submissions(self) -> None:
         """Serve runs submitted by library clients through the broker
-        (:mod:`aexec.submissions`)."""
+        (:mod:`aexec.submissions`), and their clients' requests (:mod:`aexec.client_requests`)."""
+        await self._requests.accept()
         await self._submissions.accept()
 
     async def stop_accepting(self) -> None:
         await self._submissions.stop()
+        await self._requests.stop()
 
     async def _on_command(self, delivery: Delivery) -> None:
         try:
@@ -394,7 +418,7 @@ class Coordinator:
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
         if msg.run_id is not None and msg.run_id in self.runs:
-            await self.cancel(msg.run_id)
+            self._inbox.post(Cancel(msg.run_id, msg.reason))
 
     async def submit(
         self,
@@ -427,6 +451,7 @@ class Coordinator:
         broker that is unavailable now raises at once (a submission from the broker goes
         back to its queue)."""
         self._require_running()
+        given = run_id is not None
         run_id = run_id or uuid.uuid4().hex
         priority = min(max(int(priority), 0), MAX_PRIORITY)
         now = time.time()
@@ -446,16 +471,43 @@ class Coordinator:
             await self.declare(queue)
 
         async def create() -> Event:
-            return await self.store.create_run(record, plan)
+            return await self.store.create_run(record, plan, notify=notify)
 
         submitted = await (self._with_retry("create run", create) if retry else create())
         state = RunState(plan, fail_fast=self.config.fail_fast)
         run = ActiveRun(run_id, plan, priority, state, record.epoch)
         run.notify = notify
-        await self._notify(run, [submitted])  # before the run starts: the client sees it first
+        self.trace(run)
+        await self.notify(run, [submitted])  # before the run starts: the client sees it first
+        if given:
+            # Its client may have asked to cancel it before it was created (the submission
+            # was still queued): then it is cancelled instead of started.  A request
+            # recorded after this read is broadcast once the run is driven here.
+            try:
+                requests = await self.store.cancel_requests([run_id])
+            except StoreError as exc:  # the lease renewal looks again
+                log.warning("could not read the cancel requests of run %s: %s", run_id, exc)
+                requests = {}
+            if run_id in requests:
+                run.cancel = requests[run_id] or ""
         self.runs[run_id] = run
         self._inbox.post(Start(run_id))
         return run
+
+    def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
+        """Give ``run`` a span (when tracing is on), ended when this coordinator is done
+        with the run: it ended, or was let go of."""
+        tracing = self._tracing
+        if tracing is None:
+            return
+        span = tracing.start_run(run.run_id, run.plan.pipeline, resumed=resumed)
+        run.trace = span.traceparent
+
+        def ended(done: asyncio.Future[RunStatus]) -> None:
+            status = "lost" if done.cancelled() or done.exception() else str(done.result())
+            tracing.end_run(span, status)
+
+        run.done.add_done_callback(ended)
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
         """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt
@@ -466,15 +518,49 @@ class Coordinator:
         """Hand this coordinator's unfinished runs over at once (a clean shutdown)."""
         await self.leases.release()
 
-    async def cancel(self, run_id: str) -> None:
-        """Cancel a run: here if this coordinator drives it, else through the broadcast.
-        Workers hear of it once it is recorded (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Cancel a run, durably: the request is recorded in the store, so that whichever
+        coordinator drives the run, takes it over or starts it later honours it.  A run
+        driven here is cancelled at once (the request is recorded too, in case it is taken
+        over first: an unavailable store is then only logged).  For one driven elsewhere,
+        the request is first broadcast, so that its coordinator acts at once whatever this
+        one's store does, then recorded (its coordinator also finds it at its next lease
+        renewal, if it missed the broadcast).  Workers hear of the end once it is recorded
+        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`).  A store error is raised only for a run
+        not driven here (the request was not recorded: send it again)."""
         if run_id in self.runs:
-            self._inbox.post(Cancel(run_id))
-        else:
-            await self.transport.broadcast(
-                COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
-            )
+            self._inbox.post(Cancel(run_id, reason))
+            try:
+                await self.store.request_cancel(run_id, reason)
+            except StoreError as exc:
+                log.warning("could not record the cancel request of run %s: %s", run_id, exc)
+            return
+        command = messages.Control("cancel", run_id=run_id, reason=reason)
+        try:
+            await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
+        except TransportError as exc:  # recorded below: found at the next lease renewal
+            log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
+        await self.store.request_cancel(run_id, reason)
+        if run_id in self.runs:  # it started here meanwhile
+            self._inbox.post(Cancel(run_id, reason))
+
+    async def cancel_requested(self, run_ids: Iterable[str]) -> None:
+        """Cancel those of ``run_ids`` driven here that have a cancel request in the store
+        and are not being cancelled yet."""
+        wanted = [
+            run_id
+            for run_id in run_ids
+            if (run := self.runs.get(run_id)) is not None
+            and run.cancel is None
+            and not run.state.finished
+        ]
+        if not wanted:
+            return
+        for run_id, reason in (await self.store.cancel_requests(wanted)).items():
+            run = self.runs.get(run_id)
+            if run is not None and run.cancel is None:
+                run.cancel = reason or ""
+                self._inbox.post(Cancel(run_id, reason))
 
     def message_rejected(self, body: bytes, reason: str, destination: str) -> None:
         """A message was refused at ``destination`` for ``reason`` (its signature, as
@@ -561,10 +647,12 @@ class Coordinator:
                 case _:
                     batch.command(item)
         if self.config.durable_dispatch:
+            batch.confirmed, self._confirmed = self._confirmed, []
+            self._confirm_due = False
             # A step's dependents go out only once its completion is committed.
             lost: set[str] = set()
-            if batch.events:
-                lost, failed = await self._recorder.commit(batch.events)
+            if batch.events or batch.confirmed:
+                lost, failed = await self._recorder.commit(batch.events, batch.confirmed)
                 batch.discard(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
@@ -599,6 +687,10 @@ class Coordinator:
                     batch.acks.append((delivery, msg))
                 else:
                     strays.append(Stray(msg, delivery))
+            case messages.Output():
+                # Telemetry: what is about runs this coordinator does not drive is ignored.
+                batch.output(msg)
+                batch.acks.append((delivery, None))
             case messages.Heartbeat():
                 batch.heartbeat(msg)
                 batch.acks.append((delivery, None))
@@ -643,7 +735,7 @@ class Coordinator:
         if event is not None:
             for subscriber in run.subscribers:
                 subscriber.put(event)
-            await self._notify(run, [event])
+            await self.notify(run, [event])
         for subscriber in run.subscribers:
             subscriber.close()
         await self.leases.release_adopted(run_id, delete=True)
@@ -685,6 +777,12 @@ class Coordinator:
             with contextlib.suppress(AexecError):  # stopping: unacked, they go back anyway
                 self._require_running().start_work(self._strays.handle(strays))
 
+    def _on_confirmed(self, steps: list[tuple[str, str, int]]) -> None:
+        self._confirmed.extend(steps)
+        if not self._confirm_due:
+            self._confirm_due = True
+            self._timers.after(CONFIRM_DELAY, FlushDue())
+
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
         """Events are in the store: tell their subscribers; finish the runs that ended."""
         notify: dict[str, list[Event]] = {}
@@ -697,7 +795,7 @@ class Coordinator:
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
         for run_id, batch_events in notify.items():
-            await self._notify(self.runs[run_id], batch_events)
+            await self.notify(self.runs[run_id], batch_events)
         for run in finished:
             self.runs.pop(run.run_id, None)
             await self.leases.release_adopted(run.run_id, delete=True)
@@ -749,31 +847,68 @@ class Coordinator:
             else:
                 await settle(delivery, requeue=True)
 
-    async def _notify(self, run: ActiveRun, events: list[Event]) -> None:
-        """Send a remote client its run's events; a client that went away stops the sends.
-        Events that would make a message too large go in several (and a result too large
-        for any goes to the object store, as a claim check)."""
+    async def notify(self, run: ActiveRun, events: list[Event]) -> None:
+        """Send a remote client its run's events.  After a send failed (the client is gone,
+        or its queue is, until it reconnects) only the run's end is sent, with the whole
+        log before it, so that a client that comes back learns how its run ended."""
         if run.notify is None:
             return
+        if run.notify_lost:
+            if not any(event.kind.ends_run for event in events):
+                return
+            try:
+                events = await self._history(run.run_id)
+            except StoreError as exc:
+                log.warning("cannot read the events of run %s: %s", run.run_id, exc)
+        try:
+            await self._send(run.run_id, run.notify, events)
+        except TransportError as exc:
+            if not run.notify_lost:
+                log.info("cannot send run %s its events for now: %s", run.run_id, exc)
+            run.notify_lost = True
+        else:
+            run.notify_lost = False
+
+    async def send_events(self, run_id: str, queue: str) -> None:
+        """Send the events of run ``run_id`` recorded so far to a client's ``queue`` (a
+        client that missed its run's end asks for them); a queue gone is no error."""
+        events = await self._history(run_id)
+        if not events:
+            return
+        try:
+            await self._send(run_id, queue, events)
+        except TransportError as exc:
+            log.info("cannot send run %s its events: %s", run_id, exc)
+
+    async def _history(self, run_id: str) -> list[Event]:
+        """The events of run ``run_id`` as its client receives them: as logged, and the
+        run's result with its run_succeeded (the log keeps no values; the run's row does)."""
+        events = await self.store.get_events(run_id)
+        if events and events[-1].kind is EventKind.RUN_SUCCEEDED:
+            record = await self.store.get_run(run_id)
+            if record is not None and record.run_id == run_id:
+                events[-1].output = record.result
+        return events
+
+    async def _send(self, run_id: str, queue: str, events: list[Event]) -> None:
+        """Publish ``events`` of run ``run_id`` to a client's ``queue``.  Events that would
+        make a message too large go in several (and a result too large for any goes to the
+        object store, as a claim check)."""
         records = [to_record(e) for e in events]
-        body = messages.Events(run.run_id, records).encode()
+        body = messages.Events(run_id, records).encode()
         if len(body) <= self.config.max_message_size:
             bodies = [body]
         else:
             try:
                 batches = await claim.event_batches(
-                    self.objects, run.run_id, records, self.config.max_message_size
+                    self.objects, run_id, records, self.config.max_message_size
                 )
             except (ObjectStoreError, ValueTooLargeError) as exc:
-                log.error("cannot send run %s its events: %s", run.run_id, exc)
+                log.error("cannot send run %s its events: %s", run_id, exc)
                 return
-            bodies = [messages.Events(run.run_id, batch).encode() for batch in batches]
-        try:
-            for body in bodies:
-                await self.transport.publish(run.notify, body)
-        except TransportError as exc:
-            log.info("client of run %s is gone (%s); not notifying it any more", run.run_id, exc)
-            run.notify = None
+            bodies = [messages.Events(run_id, batch).encode() for batch in batches]
+        for body in bodies:
+            await self.transport.publish(queue, body)
 
     async def _watch_workers(self) -> None:
         """Re-dispatch the steps of worker instances whose heartbeats lapsed."""

@@ -37,8 +37,9 @@ StepMessage = tuple[str, bytes, int]
 
 class Dispatcher:
     """Publishes step messages for coordinator ``owner`` (whose replies go to ``reply_to``);
-    ``post`` is told of each dispatch the broker did not confirm (:class:`Unconfirmed`) and
-    of each that could not be sent (:class:`DispatchFailed`).  Inputs too large for a
+    ``confirmed`` is told of the dispatches the broker confirmed, as ``(run id, step key,
+    attempt)``; ``post`` of each it did not confirm (:class:`Unconfirmed`) and of each that
+    could not be sent (:class:`DispatchFailed`).  Inputs too large for a
     message of ``max_message_size`` bytes go to ``objects``."""
 
     def __init__(
@@ -52,6 +53,7 @@ class Dispatcher:
         max_delay: float,
         objects: ObjectStore | None = None,
         max_message_size: int,
+        confirmed: Callable[[list[tuple[str, str, int]]], None] | None = None,
     ) -> None:
         self._transport = transport
         self._owner = owner
@@ -62,6 +64,7 @@ class Dispatcher:
         self._delay = delay
         self._objects = objects
         self._limit = max_message_size
+        self._confirmed = confirmed
 
     def message(self, outgoing: Outgoing, inputs: list[bytes] | None = None) -> StepMessage:
         """The step message for ``outgoing`` (built when it is decided: its inputs are the
@@ -77,6 +80,7 @@ class Dispatcher:
             _inputs(run, outgoing.index) if inputs is None else inputs,
             step.timeout,
             self._reply_to,
+            run.trace,
         ).encode()
         return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
 
@@ -132,6 +136,9 @@ class Dispatcher:
             failed, reason = outgoing, one_line(str(exc))
         else:
             self._delay = self._first_delay
+            if self._confirmed is not None:
+                steps = [(o.run.run_id, o.run.plan.steps[o.index].key, o.attempt) for o in outgoing]
+                self._confirmed(steps)
             return
         delay = self._delay
         self._delay = min(delay * 2, self._max_delay)

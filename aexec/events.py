@@ -17,6 +17,10 @@ class EventKind(StrEnum):
     STEP_DISPATCHED = "step_dispatched"
     STEP_STARTED = "step_started"
     STEP_PROGRESS = "step_progress"
+    STEP_LOG = "step_log"  # a log record of the step's code (aexec.telemetry)
+    STEP_OUTPUT = "step_output"  # lines the step wrote to stdout or stderr
+    STEP_EVENT = "step_event"  # aexec.current().emit(name, data)
+    STEP_OUTPUT_DROPPED = "step_output_dropped"  # output past a limit, counted
     STEP_RETRYING = "step_retrying"
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"

@@ -28,7 +28,7 @@ import aexec.transport
 from aexec import messages
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
-from aexec.control import list_workers
+from aexec.control import cancel_run, list_workers
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
@@ -41,7 +41,7 @@ from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus
-from aexec.wire import COORDINATOR_TOPIC, MAX_PRIORITY, SUBMIT_QUEUE
+from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
 
 
@@ -188,6 +188,12 @@ class Executor:
                 subscription = await transport.consume(queue, self._on_events, prefetch=100)
                 self._require_stack().push_async_callback(subscription.cancel)
                 self._notify_queue = queue
+                # A run whose end this client missed (its queue was gone a while, or the
+                # coordinator died before telling it) is caught up from the retained
+                # announcements of ended runs, read again after every reconnection.
+                await transport.declare_queue(REQUEST_QUEUE, max_priority=0)
+                ended = await transport.follow(RUNS_ENDED_TOPIC, self._on_run_ended)
+                self._require_stack().push_async_callback(ended.cancel)
             return transport
 
     async def serve(
@@ -296,21 +302,28 @@ class Executor:
             if run.status.finished:
                 self._remote_runs.pop(msg.run_id, None)
 
-    async def cancel(self, run_id: str) -> None:
-        """Cancel run ``run_id``: its unfinished steps are cancelled and it ends
-        ``cancelled``.  The coordinator driving it hears of it here if it is this
-        executor's, else through the broker; in embedded mode (no broker) only a run of
-        this executor can be cancelled, any other is an :class:`~aexec.errors.AexecError`."""
+    async def cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Cancel run ``run_id`` (``reason``: why, in its ``run_cancelled`` event): its
+        unfinished steps are cancelled and it ends ``cancelled``.  The request is durable
+        (:func:`aexec.control.cancel_run`): kept in this executor's store when it has one,
+        else in the broker's request queue, and honoured by whichever coordinator drives
+        the run now or later.  In embedded mode (no broker) only a run of this executor
+        can be cancelled, any other is an :class:`~aexec.errors.AexecError`."""
         coordinator = self._coordinator
         if coordinator is not None and run_id in coordinator.runs:
-            await coordinator.cancel(run_id)
+            await coordinator.cancel(run_id, reason)
         elif self.settings.embedded:
             raise AexecError(
                 f"run {run_id} is not driven by this process: with no broker, only the "
                 "process running a run can cancel it"
             )
+        elif coordinator is not None:
+            await coordinator.cancel(run_id, reason)  # recorded, and passed on
+        elif self._store is not None:
+            transport = await self._open_transport()
+            await cancel_run(run_id, reason, store=self._store, transport=transport)
         else:
-            await self._broadcast_cancel(run_id)
+            await self._broadcast_cancel(run_id, reason)
 
     async def workers(self, *, wait: float = 0.5) -> list[messages.WorkerInfo]:
         """The workers that answer a ping within ``wait`` seconds, by name (in embedded
@@ -325,11 +338,25 @@ class Executor:
             return {}
         return await (await self._open_transport()).queue_depths(names)
 
-    async def _broadcast_cancel(self, run_id: str) -> None:
+    async def _on_run_ended(self, delivery: Delivery) -> None:
+        """A run ended: if it is one of this client's and its end has not arrived, ask a
+        coordinator service for its events."""
+        try:
+            msg = messages.decode(delivery.body)
+        except CodecError:
+            return
+        if not isinstance(msg, messages.RunEnded):
+            return
+        run = self._remote_runs.get(msg.run_id)
+        if run is None or run.status.finished or self._transport is None:
+            return
+        ask = messages.Control("events", reply_to=self._notify_queue, run_id=msg.run_id)
+        await self._transport.publish(REQUEST_QUEUE, ask.encode())
+
+    async def _broadcast_cancel(self, run_id: str, reason: str | None) -> None:
+        """A remote run's cancel: durable, whether a coordinator drives it yet or not."""
         transport = await self._open_transport()
-        await transport.broadcast(
-            COORDINATOR_TOPIC, messages.Control("cancel", run_id=run_id).encode()
-        )
+        await cancel_run(run_id, reason, transport=transport)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -34,18 +34,24 @@ class Start:
 @dataclass(frozen=True, slots=True)
 class Resume:
     """Run ``run_id``, taken over from coordinator ``previous``, goes on with ``actions``
-    (what :meth:`~aexec.scheduling.RunState.restore` decided)."""
+    (what :meth:`~aexec.scheduling.RunState.restore` decided).  ``unconfirmed`` are the
+    ``(step index, attempt)`` recorded as queued whose message the broker never confirmed:
+    they are dispatched again as new attempts, that one lost.  ``started`` is False for a
+    run recorded as pending (its coordinator stopped before starting it): it starts now."""
 
     run_id: str
     actions: tuple[Action, ...]
     previous: str | None
+    unconfirmed: tuple[tuple[int, int], ...] = ()
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Cancel run ``run_id``."""
+    """Cancel run ``run_id`` (``reason``: why, if the request said)."""
 
     run_id: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """Logging helpers: the CLI installs handlers; library code only calls ``getLogger``.
 
 :class:`StepContextFilter` stamps each record with the run id, step key and attempt of
-the step running in the current task or thread (``-`` outside a step), so a handler's
-format can say ``%(run_id)s %(step_key)s %(attempt)s``.
+the step running in the current task or thread, or of the attempt a worker task works on
+(``-`` elsewhere), so a handler's format can say ``%(run_id)s %(step_key)s %(attempt)s``.
 
 :class:`RedactingFilter` is the last line of defence for credentials: aexec never logs one
 (URLs go through :func:`aexec.redaction.redact`), but libraries below it may log the URL
@@ -26,14 +26,15 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s%(step_context)s: %(message)s"
 
 class StepContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = context._CURRENT.get(None)
-        if ctx is None:
+        label = context.attempt_label()
+        if label is None:
             record.run_id = record.step_key = "-"
             record.attempt = 0
             record.step_context = ""
         else:
-            record.run_id, record.step_key, record.attempt = ctx.run_id, ctx.step_key, ctx.attempt
-            record.step_context = f" [{ctx.run_id[:8]} {ctx.step_key}#{ctx.attempt}]"
+            run_id, step_key, attempt = label
+            record.run_id, record.step_key, record.attempt = run_id, step_key, attempt
+            record.step_context = f" [{run_id[:8]} {step_key}#{attempt}]"
         return True
 
 
@@ -82,11 +83,30 @@ def hide_secrets(secrets: Iterable[str], logger: logging.Logger | None = None) -
                 found.hide(values)
 
 
-def configure(level: int) -> None:
-    """Log to stderr at ``level`` with the step context in every line (CLI and workers)."""
+def let_through(level: int | str) -> None:
+    """Let records from ``level`` on through the root logger, if it stops them now, without
+    showing more on its handlers (whose own levels are kept): a worker records its steps'
+    log records from that level (:mod:`aexec.capture`) whatever stderr shows."""
+    root = logging.getLogger()
+    number = level if isinstance(level, int) else logging.getLevelName(level.upper())
+    if not isinstance(number, int) or root.level <= number:
+        return
+    for handler in root.handlers:
+        if handler.level == logging.NOTSET:
+            handler.setLevel(root.level)
+    root.setLevel(number)
+
+
+def configure(level: int, step_level: int = logging.INFO) -> None:
+    """Log to stderr at ``level`` with the step context in every line (CLI and workers).
+
+    The root logger lets records through from ``step_level`` too, if that is lower, so that
+    a worker can record its steps' log records (:mod:`aexec.capture`) that stderr does not
+    show."""
     handler = logging.StreamHandler()
+    handler.setLevel(level)
     handler.addFilter(StepContextFilter())
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(min(level, step_level))

@@ -14,6 +14,7 @@ Queue and topic names live beside this module, in :mod:`aexec.wire`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -26,7 +27,10 @@ from aexec.types import ErrorInfo
 
 VERSION = 1
 
-CONTROL_COMMANDS = ("ping", "terminate", "cancel")
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+"""The W3C ``traceparent`` format (version, trace id, parent span id, flags)."""
+
+CONTROL_COMMANDS = ("ping", "terminate", "cancel", "events")
 
 LOST_REASONS = ("redelivered", "crashed", "stopped")
 """Why a worker reports an attempt lost (:class:`AttemptLost`)."""
@@ -63,6 +67,8 @@ class StepMessage(_Wire):
 
     ``call`` is the step's encoded ``[args, kwargs]`` template; ``inputs`` are the encoded
     upstream outputs it refers to by slot (an encoded ``ObjectRef`` for large ones).
+    ``trace`` is the W3C ``traceparent`` of the run's span when the coordinator traces
+    (:mod:`aexec.tracing`): an optional last field, absent otherwise.
     """
 
     KIND: ClassVar[str] = "step"
@@ -75,9 +81,10 @@ class StepMessage(_Wire):
     inputs: Sequence[bytes]
     timeout: float | None
     reply_to: str
+    trace: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [
+        fields = [
             self.run_id,
             self.step_key,
             self.attempt,
@@ -87,10 +94,20 @@ class StepMessage(_Wire):
             self.timeout,
             self.reply_to,
         ]
+        if self.trace is not None:
+            fields.append(self.trace)
+        return fields
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, key, attempt, name, call, inputs, timeout, reply_to = fields
+        run_id, key, attempt, name, call, inputs, timeout, reply_to, *rest = fields
+        if len(rest) > 1:
+            raise ValueError("too many fields")  # reported by decode() with the field count
+        trace = None
+        if rest:
+            trace = _text(rest[0], "trace")
+            if not TRACEPARENT.match(trace):
+                raise CodecError("trace must be a W3C traceparent")
         return cls(
             _text(run_id, "run id"),
             _text(key, "step key"),
@@ -100,6 +117,7 @@ class StepMessage(_Wire):
             _blob_list(inputs, "inputs"),
             None if timeout is None else _number(timeout, "timeout"),
             _text(reply_to, "reply_to"),
+            trace,
         )
 
 
@@ -193,6 +211,42 @@ class Progress(_Wire):
             None if message is None else _text(message, "message"),
             _instance(rest),
         )
+
+
+OUTPUT_KINDS = ("progress", "log", "stdout", "stderr", "event", "dropped")
+"""The kinds of entry an :class:`Output` carries (:mod:`aexec.telemetry`)."""
+
+
+@dataclass(slots=True)
+class Output(_Wire):
+    """What the steps running on worker ``worker`` reported since its last flush, for one
+    coordinator: ``entries``, each ``[run_id, step_key, attempt, ts, kind, data]`` with
+    ``kind`` one of :data:`OUTPUT_KINDS` and ``data`` a map (checked here only for its
+    shape: :func:`aexec.telemetry.entry_event` trusts none of its values).  ``instance``
+    is the worker process's random id (see :class:`Heartbeat`)."""
+
+    KIND: ClassVar[str] = "output"
+
+    worker: str
+    instance: str
+    ts: float
+    entries: list[list[Any]]
+
+    def to_wire(self) -> list[Any]:
+        return [self.worker, self.instance, self.ts, self.entries]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        worker, instance, ts, entries = fields
+        if not isinstance(entries, list):
+            raise CodecError("entries must be a list")
+        for entry in entries:
+            if not _is_entry(entry):
+                raise CodecError(
+                    "each entry must be [run id, step key, attempt, ts, kind, data] with a "
+                    f"kind of {', '.join(OUTPUT_KINDS)} and a map of data"
+                )
+        return cls(_text(worker, "worker"), _text(instance, "instance"), _number(ts, "ts"), entries)
 
 
 @dataclass(slots=True)
@@ -292,8 +346,10 @@ class Control(_Wire):
     """A command broadcast to workers or coordinators.
 
     ``ping`` (answer with WorkerInfo on ``reply_to``) and ``terminate`` (drain and exit),
-    for workers; ``cancel`` (cancel run ``run_id``, wherever it is driven), for coordinators.
-    ``target`` is a worker name, or None for every one.
+    for workers; ``cancel`` (cancel run ``run_id``, wherever it is driven, for ``reason``)
+    and ``events`` (send run ``run_id``'s events so far to ``reply_to``), for coordinators.
+    ``target`` is a worker name, or None for every one.  ``reason`` travels as a fifth
+    field only when it is set (a message without it reads as before).
     """
 
     KIND: ClassVar[str] = "control"
@@ -302,12 +358,18 @@ class Control(_Wire):
     target: str | None = None
     reply_to: str | None = None
     run_id: str | None = None
+    reason: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.command, self.target, self.reply_to, self.run_id]
+        fields = [self.command, self.target, self.reply_to, self.run_id]
+        return fields if self.reason is None else [*fields, self.reason]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
+        if len(fields) == 5:
+            *fields, reason = fields
+        else:
+            reason = None
         command, target, reply_to, run_id = fields
         if not isinstance(command, str) or command not in CONTROL_COMMANDS:
             raise CodecError(f"unknown command {command!r}")
@@ -316,6 +378,7 @@ class Control(_Wire):
             None if target is None else _text(target, "target"),
             None if reply_to is None else _text(reply_to, "reply_to"),
             None if run_id is None else _text(run_id, "run id"),
+            None if reason is None else _text(reason, "reason"),
         )
 
 
@@ -427,6 +490,7 @@ Message = (
     StepMessage
     | Completion
     | Progress
+    | Output
     | Heartbeat
     | AttemptLost
     | RunEnded
@@ -442,6 +506,7 @@ KINDS: dict[str, type[Message]] = {
         StepMessage,
         Completion,
         Progress,
+        Output,
         Heartbeat,
         AttemptLost,
         RunEnded,
@@ -553,4 +618,19 @@ def _is_attempt(entry: Any) -> bool:
         and isinstance(entry[2], int)
         and not isinstance(entry[2], bool)
         and entry[2] >= 0
+    )
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 6
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], str)
+        and type(entry[2]) is int
+        and entry[2] >= 0
+        and isinstance(entry[3], int | float)
+        and not isinstance(entry[3], bool)
+        and entry[4] in OUTPUT_KINDS
+        and isinstance(entry[5], dict)
     )

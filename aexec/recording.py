@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aexec.errors import LeaseLostError, StoreError, StoreUnavailableError
@@ -33,16 +34,20 @@ class Recorder:
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
-    async def commit(self, events: list[Event]) -> tuple[set[str], set[str]]:
-        """Record ``events``, fenced; return the runs whose events were not recorded:
-        ``(lost, failed)``, runs taken over by another coordinator (let go of) and runs
-        whose events the store refused for good (ended failed)."""
+    async def commit(
+        self, events: list[Event], confirmed: Sequence[tuple[str, str, int]] = ()
+    ) -> tuple[set[str], set[str]]:
+        """Record ``events``, fenced, and the dispatches the broker ``confirmed``; return
+        the runs whose events were not recorded: ``(lost, failed)``, runs taken over by
+        another coordinator (let go of) and runs whose events the store refused for good
+        (ended failed).  Confirmations go with the events, or are dropped with a batch the
+        store refused (a takeover then dispatches those steps again)."""
         coordinator = self._coordinator
         lost: set[str] = set()
         delay = coordinator.config.retry_backoff
-        while events:
+        while events or confirmed:
             try:
-                await coordinator.store.append(events, fence=coordinator.fence)
+                await coordinator.store.append(events, fence=coordinator.fence, confirmed=confirmed)
                 break
             except LeaseLostError as exc:
                 lost |= exc.run_ids

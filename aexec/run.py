@@ -53,8 +53,10 @@ class Run(Protocol):
     async def steps(self) -> list[StepRecord]:
         """The run's steps with their status and attempts, in plan order."""
 
-    async def cancel(self) -> None:
-        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``."""
+    async def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run: unfinished steps are cancelled and the run ends ``cancelled``
+        (its ``run_cancelled`` event says ``reason``).  The request is durable: whichever
+        coordinator drives the run, or starts or takes it over later, honours it."""
 
 
 async def load_result(
@@ -128,8 +130,8 @@ class LocalRun:
     async def steps(self) -> list[StepRecord]:
         return await self._store.get_steps(self.run_id)
 
-    async def cancel(self) -> None:
-        await self._coordinator.cancel(self.run_id)
+    async def cancel(self, reason: str | None = None) -> None:
+        await self._coordinator.cancel(self.run_id, reason)
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"
@@ -146,7 +148,7 @@ class RemoteRun:
         priority: int,
         *,
         objects: ObjectStore,
-        cancel: Callable[[str], Awaitable[None]],
+        cancel: Callable[[str, str | None], Awaitable[None]],
         max_value_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._objects = objects
@@ -225,8 +227,8 @@ class RemoteRun:
         """Step statuses as the events received so far tell them."""
         return [replace(step) for step in self._steps.values()]
 
-    async def cancel(self) -> None:
-        await self._cancel(self.run_id)
+    async def cancel(self, reason: str | None = None) -> None:
+        await self._cancel(self.run_id, reason)
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} {self.plan.pipeline} {self.status}>"

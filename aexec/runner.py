@@ -19,6 +19,7 @@ thread, sees ``aexec.current().cancelled``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Sequence
@@ -36,6 +37,7 @@ from aexec.errors import (
     ValueTooLargeError,
 )
 from aexec.objects import ObjectStore, load_value, output_key
+from aexec.output import OutputLimits
 from aexec.pool import ProcessPool
 from aexec.types import ErrorInfo
 
@@ -62,7 +64,8 @@ class StepRunner:
     """Runs attempts for one worker.  ``pool`` is ``"thread"`` or ``"process"`` (sync steps
     in ``processes`` children that load ``modules``); ``threads`` bounds the thread pool;
     outputs longer than ``inline_threshold`` bytes go to ``objects``; inputs and outputs
-    over ``max_value_size`` bytes are refused."""
+    over ``max_value_size`` bytes are refused; ``limits`` bound what steps in child
+    processes report."""
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class StepRunner:
         modules: Sequence[str],
         inline_threshold: int,
         max_value_size: int,
+        limits: OutputLimits | None = None,
     ) -> None:
         self._objects = objects
         self._pool = pool
@@ -82,15 +86,17 @@ class StepRunner:
         self._modules = tuple(modules)
         self._inline_threshold = inline_threshold
         self._max_value_size = max_value_size
+        self._limits = limits
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPool | None = None
 
     async def run(
-        self, msg: messages.StepMessage, step: StepDef[Any, Any], progress: context.ProgressSink
+        self, msg: messages.StepMessage, step: StepDef[Any, Any], output: context.StepOutput
     ) -> bytes:
         """The encoded output of ``msg``'s attempt of ``step`` (an encoded ``ObjectRef`` for
         a large one); raises what the step raises, :class:`StepFailure` or
-        :class:`LostAttempt`.  ``progress`` receives the step's progress reports."""
+        :class:`LostAttempt`.  ``output`` receives what the step reports (progress, log
+        records, what it prints, custom events)."""
         limit = self._max_value_size
         try:
             inputs = [await load_value(self._objects, blob, max_size=limit) for blob in msg.inputs]
@@ -109,9 +115,9 @@ class StepRunner:
         if cached is not None:
             encoded = cached
         elif self._pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs)
+            encoded = await self._run_in_process(msg, inputs, output)
         else:
-            encoded = await self._run_here(msg, step, inputs, progress)
+            encoded = await self._run_here(msg, step, inputs, output)
         if (
             entry is not None
             and cached is None
@@ -172,7 +178,7 @@ class StepRunner:
         msg: messages.StepMessage,
         step: StepDef[Any, Any],
         inputs: list[Any],
-        progress: context.ProgressSink,
+        output: context.StepOutput,
     ) -> bytes:
         try:
             args, kwargs = codec.decode(msg.call, inputs=inputs)
@@ -184,7 +190,7 @@ class StepRunner:
                     InputError(f"cannot decode the call: {exc}"), retryable=False
                 )
             ) from None
-        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, progress)
+        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, output)
         fn = step.fn
         assert fn is not None
         try:
@@ -199,9 +205,13 @@ class StepRunner:
                 finally:
                     context.unbind(token)
             else:
+                # The thread runs in a copy of this task's context (as asyncio.to_thread
+                # does): a span current here is current in the step too.
                 future = asyncio.get_running_loop().run_in_executor(
                     self._thread_pool(),
-                    functools.partial(context.run_with, ctx, fn, *args, **kwargs),
+                    functools.partial(
+                        contextvars.copy_context().run, context.run_with, ctx, fn, *args, **kwargs
+                    ),
                 )
                 result = await _within(future, msg.timeout)
         except TimeoutError:
@@ -225,16 +235,23 @@ class StepRunner:
                 )
             ) from None
 
-    async def _run_in_process(self, msg: messages.StepMessage, inputs: list[Any]) -> bytes:
+    async def _run_in_process(
+        self, msg: messages.StepMessage, inputs: list[Any], output: context.StepOutput
+    ) -> bytes:
         processes = self._processes
         if processes is None:
             processes = self._processes = ProcessPool(
-                self._modules, self._process_count, max_value_size=self._max_value_size
+                self._modules,
+                self._process_count,
+                max_value_size=self._max_value_size,
+                limits=self._limits,
             )
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
-                processes.run(msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt),
+                processes.run(
+                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output
+                ),
                 msg.timeout,
             )
         except TimeoutError:

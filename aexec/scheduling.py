@@ -126,6 +126,13 @@ class RecordedStep(NamedTuple):
     output: Any = None
     error: ErrorInfo | None = None
     failures: int = 0  # attempts that really failed (lost ones not counted)
+    confirmed: int = 0  # the attempt whose step message the broker confirmed (0: none)
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Recorded as queued, but the broker never confirmed its current attempt's
+        message: it may never have been sent."""
+        return self.status is StepStatus.QUEUED and self.confirmed < self.attempts
 
 
 NONE_OUTPUT = codec.encode(None)
@@ -226,13 +233,15 @@ class RunState:
         """Rebuild the schedule of a run another coordinator drove, from its recorded steps
         in plan order, and return what to do now.
 
-        Steps recorded as queued may never have reached the broker: they are dispatched
-        again as new attempts (a stale attempt's completion is ignored when it arrives),
-        which spend no retry.  Running steps stay running: their worker's heartbeats, or
-        their absence, decide.  Retrying steps lost their backoff timer and are
-        dispatched again at once, unless they wait to run again (:func:`aexec.again`):
-        ``waits`` gives those their ``(due, since)`` times, and they are dispatched at
-        ``due`` (``now`` is the time now, on the clock of ``due``).
+        Steps recorded as queued whose message the broker confirmed stay queued: their
+        message is in its queue (a worker that takes it reports to the reply queue of the
+        coordinator that sent it).  Those never confirmed may never have reached the
+        broker: they are dispatched again as new attempts (a stale attempt's completion is
+        ignored when it arrives), which spend no retry.  Running steps stay running: their
+        worker's heartbeats, or their absence, decide.  Retrying steps lost their backoff
+        timer and are dispatched again at once, unless they wait to run again
+        (:func:`aexec.again`): ``waits`` gives those their ``(due, since)`` times, and they
+        are dispatched at ``due`` (``now`` is the time now, on the clock of ``due``).
         """
         if self.run_status is not RunStatus.PENDING:
             return []
@@ -241,7 +250,7 @@ class RunState:
         self.run_status = RunStatus.RUNNING
         plan_steps = self.plan.steps
         actions: list[Action] = []
-        for i, (status, attempts, output, error, failures) in enumerate(steps):
+        for i, (status, attempts, output, error, failures, _) in enumerate(steps):
             self.attempts[i] = attempts
             self.failures[i] = failures
             if status.finished:
@@ -260,12 +269,15 @@ class RunState:
                 self.status[i] = _RUNNING
         ready: list[int] = []
         waits = waits or {}
-        for i, (status, attempts, *_) in enumerate(steps):
+        for i, recorded in enumerate(steps):
+            status, attempts = recorded.status, recorded.attempts
             if status is _RETRYING and i in waits:
                 due, self.since[i] = waits[i]
                 self.status[i] = _RETRYING
                 self.attempts[i] = attempts + 1
                 actions.append(Later(i, attempts + 1, max(0.0, due - now)))
+            elif status is _QUEUED and not recorded.unconfirmed:
+                self.status[i] = _QUEUED  # its message is in the broker
             elif status is _QUEUED or status is _RETRYING:
                 self.status[i] = _QUEUED
                 self.attempts[i] = attempts + 1

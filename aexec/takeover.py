@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from aexec import claim
 from aexec.batch import ActiveRun
 from aexec.errors import ObjectStoreError, StoreError, TransportError
-from aexec.events import EventKind
+from aexec.events import Event, EventKind
 from aexec.inbox import Resume
 from aexec.plan import Plan
 from aexec.scheduling import Action, RecordedStep, RunState
@@ -76,6 +76,8 @@ class Leases:
             lost = run_id not in kept and run is not None and run.epoch == epoch
             if lost and run is not None and not run.state.finished:
                 await coordinator.lose(run)
+        # A cancel request whose broadcast this coordinator missed is honoured now.
+        await coordinator.cancel_requested(kept)
 
     async def take_over(self) -> None:
         """Claim the runs whose leases ended and take each over; release at once those
@@ -126,13 +128,27 @@ class Leases:
         for queue in plan.queues:
             await coordinator.declare(queue)
         run = ActiveRun(record.run_id, plan, record.priority, RunState(plan), record.epoch)
-        actions = await self._restore(run, record)
-        previous = await self._last_driver(record.run_id)
-        if previous and previous != config.id:
-            await self._adopt_replies(reply_queue(previous), record.run_id)
+        actions, unconfirmed = await self._restore(run, record)
+        history = await store.get_events(record.run_id)
+        drivers = _drivers(history)
+        for driver in drivers:
+            # Replies to the attempts any of them dispatched (and heartbeats of the steps
+            # running) may still come to its reply queue.
+            if driver != config.id:
+                await self._adopt_replies(reply_queue(driver), record.run_id)
+        requests = await store.cancel_requests([record.run_id])
+        if record.run_id in requests:  # the run is cancelled instead of resumed
+            run.cancel = requests[record.run_id] or ""
+        run.notify = _client(history)
+        previous = drivers[-1] if drivers else None
         coordinator.runs[record.run_id] = run
-        coordinator.post(Resume(record.run_id, tuple(actions), previous))
+        coordinator.trace(run, resumed=True)
+        started = record.status is not RunStatus.PENDING
+        coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
         log.warning("coordinator %s took over run %s from %s", config.id, record.run_id, previous)
+        # Its client may have missed events while nobody drove the run: it gets them all
+        # (it keeps those it has not seen yet).
+        await coordinator.notify(run, history)
         return run
 
     async def reload(self, run: ActiveRun) -> None:
@@ -141,11 +157,18 @@ class Leases:
         record = await self._coordinator.store.get_run(run.run_id)
         if record is None or record.run_id != run.run_id:
             raise StoreError(f"run {run.run_id} is not in the store any more")
-        actions = await self._restore(run, record)
-        self._coordinator.post(Resume(run.run_id, tuple(actions), self._coordinator.config.id))
+        actions, unconfirmed = await self._restore(run, record)
+        coordinator_id = self._coordinator.config.id
+        started = record.status is not RunStatus.PENDING
+        resume = Resume(run.run_id, tuple(actions), coordinator_id, unconfirmed, started)
+        self._coordinator.post(resume)
 
-    async def _restore(self, run: ActiveRun, record: RunRecord) -> list[Action]:
-        """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now."""
+    async def _restore(
+        self, run: ActiveRun, record: RunRecord
+    ) -> tuple[list[Action], tuple[tuple[int, int], ...]]:
+        """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now,
+        and the ``(step index, attempt)`` whose dispatch was never confirmed (dispatched
+        again)."""
         coordinator = self._coordinator
         store = coordinator.store
         plan, waiting = await self._history(run.plan, record.run_id)
@@ -159,12 +182,18 @@ class Leases:
             data = await claim.load_list(coordinator.objects, steps[index].output)
             if data is not None:
                 state.lists[index] = data
+        recorded = [
+            RecordedStep(s.status, s.attempts, s.output, s.error, s.failures, s.confirmed)
+            for s in steps
+        ]
+        started = record.status is not RunStatus.PENDING
         actions = state.restore(
-            [RecordedStep(s.status, s.attempts, s.output, s.error, s.failures) for s in steps],
-            started=record.status is not RunStatus.PENDING,
+            recorded,
+            started=started,
             waits={plan.index[key]: times for key, times in waiting.items()},
             now=time.time(),
         )
+        unconfirmed = tuple((i, r.attempts) for i, r in enumerate(recorded) if r.unconfirmed)
         run.state = state
         run.running_on = {}
         now = time.monotonic()
@@ -175,7 +204,7 @@ class Leases:
                 worker = step.worker or f"unknown-worker-of-{record.owner}"
                 run.running_on[index] = worker
                 coordinator.workers_seen.setdefault(worker, now)
-        return actions
+        return actions, unconfirmed if started else ()
 
     async def _history(
         self, plan: Plan, run_id: str
@@ -212,15 +241,6 @@ class Leases:
                 raise StoreError(f"run {run_id}: its expansion of {event.step!r} does not fit")
             plan = plan.expand(index, count, fold.labels(event))
         return plan, waiting
-
-    async def _last_driver(self, run_id: str) -> str | None:
-        """The coordinator that drove the run last, as its event log tells."""
-        driver = None
-        for event in await self._coordinator.store.get_events(run_id):
-            if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
-                coordinator = event.data.get("coordinator")
-                driver = coordinator if isinstance(coordinator, str) else driver
-        return driver
 
     async def _adopt_replies(self, queue: str, run_id: str) -> None:
         runs = self._adopted.get(queue)
@@ -264,6 +284,27 @@ class Leases:
         if coordinator.runs:
             with contextlib.suppress(StoreError):
                 await coordinator.store.release_runs(coordinator.config.id, list(coordinator.runs))
+
+
+def _drivers(history: list[Event]) -> list[str]:
+    """The coordinators that drove a run, as its event log tells, the last one last."""
+    drivers: dict[str, None] = {}
+    for event in history:
+        if event.kind is EventKind.RUN_STARTED or event.kind is EventKind.RUN_RESUMED:
+            coordinator = event.data.get("coordinator")
+            if isinstance(coordinator, str):
+                drivers.pop(coordinator, None)
+                drivers[coordinator] = None
+    return list(drivers)
+
+
+def _client(history: list[Event]) -> str | None:
+    """The queue of the remote client that submitted a run, as its run_submitted keeps it."""
+    for event in history:
+        if event.kind is EventKind.RUN_SUBMITTED:
+            notify = event.data.get("notify")
+            return notify if isinstance(notify, str) else None
+    return None
 
 
 __all__ = ["Leases"]

@@ -40,6 +40,11 @@ SUBMIT_QUEUE = "coordinator.submit"
 COORDINATOR_TOPIC = "coordinators"
 """Broadcast commands for coordinators (cancel a run, wherever it is driven)."""
 
+REQUEST_QUEUE = "coordinator.requests"
+"""Requests from clients without a store, as :class:`~aexec.messages.Control` messages:
+cancel a run, send a run's events again.  Every coordinator service consumes it
+(:mod:`aexec.client_requests`); a request waits here while no coordinator runs."""
+
 
 MAX_RUN_ID = 255
 """The longest run id, in characters: ids travel in every message, name objects and rows,
@@ -79,6 +84,7 @@ __all__ = [
     "COORDINATOR_TOPIC",
     "MAX_PRIORITY",
     "MAX_RUN_ID",
+    "REQUEST_QUEUE",
     "RETAINED_MAX_AGE",
     "RETAINED_MAX_BYTES",
     "RETAINED_SEGMENT_BYTES",

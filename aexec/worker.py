@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -52,22 +51,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aexec import messages
+from aexec import capture, context, messages, tracing
 from aexec.background import Background
 from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
 from aexec.ended import EndedRuns
 from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableError
 from aexec.objects import ObjectStore
+from aexec.output import OutputBuffer, OutputLimits, encode_output
 from aexec.runner import LostAttempt, StepFailure, StepRunner
+from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport
-from aexec.types import ErrorInfo, clip
+from aexec.types import ErrorInfo
 from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
 
 log = logging.getLogger(__name__)
-
-MAX_PROGRESS_MESSAGE = 4096
-"""Characters of a progress message that are reported (and recorded in its event)."""
 
 
 def default_worker_name() -> str:
@@ -92,7 +90,7 @@ class WorkerConfig:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE  # the largest output a step may return
     heartbeat_interval: float = 1.0
     ack_after: float = 10.0
-    progress_interval: float = 0.1  # at most one progress message per step per interval
+    output: OutputLimits = field(default_factory=OutputLimits)  # steps' logs, prints, progress
     publish_retry_max: float = 5.0
     drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
     lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
@@ -111,6 +109,7 @@ class WorkerConfig:
             "heartbeat_interval": settings.heartbeat_interval,
             "ack_after": settings.ack_after,
             "drain_grace": settings.drain_grace,
+            "output": OutputLimits.with_level(settings.step_log_level),
         }
         return cls(**(values | overrides))
 
@@ -130,7 +129,6 @@ class _Attempt:
     msg: messages.StepMessage
     delivery: Delivery
     started_at: float
-    last_progress: float = 0.0
     task: asyncio.Task[None] | None = None
     acked: bool = False
     reported: bool = False  # named in a heartbeat the coordinator has received
@@ -168,7 +166,13 @@ class Worker:
             modules=self.config.modules,
             inline_threshold=self.config.inline_threshold,
             max_value_size=self.config.max_value_size,
+            limits=self.config.output,
         )
+        self._output = OutputBuffer(self.config.output, self._wake_output)
+        self._flush_now = asyncio.Event()
+        self._flushing = False
+        self._capturing = False
+        self._tracing: Tracing | None = None
         self._last_heartbeat = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -182,6 +186,7 @@ class Worker:
         """Start the heartbeat, and read which runs ended (before consuming any step)."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._tracing = tracing.load()
         background = Background(f"worker {self.name}", on_failure=self._failed)
         await background.__aenter__()
         self._background = background
@@ -192,6 +197,9 @@ class Worker:
             await background.aclose()
             raise
         background.start_loop(self._heartbeat_loop(), name="aexec-heartbeat")
+        limits = self.config.output
+        capture.install(limits.level, streams=limits.capture_streams)
+        self._capturing = True
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -297,9 +305,11 @@ class Worker:
             await self._stop_listening()
         finally:
             self._background = None
-            if background is not None:
-                await background.aclose()  # the heartbeat stops last
-            self._close_pools()
+            try:
+                if background is not None:
+                    await background.aclose()  # the heartbeat stops last; raises a task's bug
+            finally:
+                self._close_pools()
 
     async def abort(self) -> None:
         """Stop at once, as a crash would: steps in flight are cancelled and publish no
@@ -316,6 +326,9 @@ class Worker:
 
     def _close_pools(self) -> None:
         self._runner.close()
+        if self._capturing:
+            self._capturing = False
+            capture.uninstall(streams=self.config.output.capture_streams)
 
     async def _stop_listening(self) -> None:
         control, self._control = self._control, None
@@ -452,22 +465,28 @@ class Worker:
         """Run one attempt, deliver its outcome and settle its delivery.  The attempt stays
         in :attr:`_running` (heartbeats name it) until its delivery is settled."""
         msg = attempt.msg
+        key = (msg.run_id, msg.step_key, msg.attempt)
+        context.bind_attempt(*key)  # the worker's own log lines about it name it
         try:
             await self._attempt(attempt, step)
         except asyncio.CancelledError:
             await self._cancelled(attempt)
             raise
         finally:
-            self._running.pop((msg.run_id, msg.step_key, msg.attempt), None)
+            self._running.pop(key, None)
+            self._output.finish(key)  # what is left of a cancelled attempt is dropped
 
     async def _attempt(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg
         output: bytes | None = None
         error: ErrorInfo | None = None
         try:
-            output = await self._runner.run(
-                msg, step, functools.partial(self._progress_sink, attempt)
-            )
+            if self._tracing is None:
+                output = await self._runner.run(msg, step, self._output.attempt(msg))
+            else:
+                key = (msg.run_id, msg.step_key, msg.attempt)
+                with self._tracing.step(msg.trace, *key, self.name):
+                    output = await self._runner.run(msg, step, self._output.attempt(msg))
         except asyncio.CancelledError as exc:
             if _cancelling():
                 raise  # the worker's own cancellation of the attempt
@@ -480,6 +499,7 @@ class Worker:
             error = failure.info
         except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
+        await self._send_last_output(msg)
         completion = messages.Completion(
             msg.run_id,
             msg.step_key,
@@ -513,6 +533,7 @@ class Worker:
 
     async def _give_up(self, msg: messages.StepMessage, delivery: Delivery, reason: str) -> None:
         """Report ``msg``'s attempt lost, then ack its delivery."""
+        context.bind_attempt(msg.run_id, msg.step_key, msg.attempt)
         await self._report_lost(msg, reason)
         await self._settle(delivery)
 
@@ -573,38 +594,62 @@ class Worker:
 
     # -- progress, heartbeats, control -----------------------------------------------------
 
-    def _progress_sink(
-        self, attempt: _Attempt, fraction: float | None, message: str | None
-    ) -> None:
-        """Called by ``StepContext.progress``; may run in a step's thread."""
+    def _wake_output(self, now: bool) -> None:
+        """Output arrived (from any thread): flush soon, or ``now``."""
         loop = self._loop
         if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._send_progress(attempt, fraction, message)
-        else:
-            loop.call_soon_threadsafe(self._send_progress, attempt, fraction, message)
-
-    def _send_progress(
-        self, attempt: _Attempt, fraction: float | None, message: str | None
-    ) -> None:
-        if fraction is None and message is None:
-            return  # a bare heartbeat: the periodic heartbeat already reports this attempt
-        now = time.time()
-        final = fraction is not None and fraction >= 1.0
-        if now - attempt.last_progress < self.config.progress_interval and not final:
+            self._flush_soon(now)
             return
+        with contextlib.suppress(RuntimeError):  # the loop closed: a thread left behind
+            loop.call_soon_threadsafe(self._flush_soon, now)
+
+    def _flush_soon(self, now: bool) -> None:
+        if now:
+            self._flush_now.set()
+        if self._flushing:
+            return  # the flusher takes it on its next round
         background = self._background
         if background is None or not background.running:
-            return  # a step thread that outlived its attempt, reporting after the worker stopped
-        attempt.last_progress = now
-        msg = attempt.msg
-        text = None if message is None else clip(message, MAX_PROGRESS_MESSAGE)
-        body = messages.Progress(
-            msg.run_id, msg.step_key, msg.attempt, self.name, now, fraction, text, self.instance
-        ).encode()
-        with contextlib.suppress(AexecError):  # unless a task failed and the worker is stopping
-            background.start_work(self._publish_quietly(msg.reply_to, body))
+            self._output.take()  # stopping: nobody sends it
+            return
+        try:
+            background.start_work(self._flush_output())
+        except AexecError:
+            self._output.take()
+            return
+        self._flushing = True
+
+    async def _flush_output(self) -> None:
+        """Send what the steps reported, a flush interval after the first entry (or at once
+        when asked), in one message per coordinator, until nothing is left; one flusher at
+        a time, so that a slow broker makes the buffer drop (with markers), never grow.
+        Best-effort: telemetry is not worth a retry."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.output.flush_interval):
+                        await self._flush_now.wait()
+                self._flush_now.clear()
+                taken = self._output.take()
+                if not taken:
+                    return
+                for reply_to, entries in taken.items():
+                    body = encode_output(self.name, self.instance, entries)
+                    if body is not None:
+                        await self._publish_quietly(reply_to, body)
+        finally:
+            self._flushing = False
+
+    async def _send_last_output(self, msg: messages.StepMessage) -> None:
+        """Send what is left of an attempt's output, ahead of its completion (after which
+        the coordinator may end the run and ignore it)."""
+        reply_to, entries = self._output.finish((msg.run_id, msg.step_key, msg.attempt))
+        if entries:
+            body = encode_output(self.name, self.instance, entries)
+            if body is not None:
+                await self._publish_quietly(reply_to, body)
 
     async def _publish_quietly(self, queue: str, body: bytes) -> bool:
         try:

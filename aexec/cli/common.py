@@ -72,12 +72,13 @@ def resolve_settings(args: argparse.Namespace, **flags: Any) -> Settings:
     import os
 
     from aexec.config import Settings
-    from aexec.log import hide_secrets
+    from aexec.log import hide_secrets, let_through
 
     backends = {key: getattr(args, key, None) for key in ("broker", "store", "objects", "remote")}
     settings = Settings.resolve({**backends, **flags}, config_file=args.config)
     aws = [os.environ.get(name, "") for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     hide_secrets([*settings.secret_values(), *aws])
+    let_through(settings.step_log_level)
     return settings
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+from aexec.capture import outermost
 from aexec.cli.report import duration
 from aexec.events import Event, EventKind
 from aexec.store import RunRecord, StepRecord
@@ -95,9 +96,11 @@ class LiveDisplay:
         self._task = self._progress.add_task(title, total=max(total, 1), detail="")
         self._running: set[str] = set()
         self._failed = 0
+        self._capture = outermost()
 
     def __enter__(self) -> LiveDisplay:
-        self._progress.start()
+        self._progress.start()  # it replaces sys.stdout and sys.stderr...
+        self._capture.__enter__()  # ...so steps' prints are captured around it
         return self
 
     def __exit__(
@@ -106,6 +109,7 @@ class LiveDisplay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._capture.__exit__(exc_type, exc, tb)
         self._progress.stop()
 
     def update(self, event: Event) -> None:
@@ -270,16 +274,36 @@ def run_details(
 
 
 def event_line(event: Event) -> str:
-    """``12:00:01.250  step_failed  render  #2  ValueError: boom`` for ``runs logs``."""
+    """``12:00:01.250  step_failed  render  #2  ValueError: boom`` for ``runs logs``.
+
+    What a step printed is one line per line it printed (``stdout`` or ``stderr`` in the
+    kind's column), and a log record ``INFO logger: message``; their lines are shown as
+    they are (a traceback keeps its lines)."""
+    data = event.data
+    if event.kind is EventKind.STEP_OUTPUT:
+        lines = data.get("lines")
+        stream = str(data.get("stream", "stdout"))
+        texts = [str(line) for line in lines] if isinstance(lines, list) else [str(lines)]
+        return "\n".join(_event_prefix(event, stream) + text for text in texts).rstrip()
+    if event.kind is EventKind.STEP_LOG:
+        text = f"{data.get('level', '')} {data.get('logger', '')}: {data.get('message', '')}"
+        return (_event_prefix(event, "log") + text).rstrip()
+    if event.kind is EventKind.STEP_EVENT:
+        text = f"{data.get('name', '')} {_field(data.get('data'))}"
+        return (_event_prefix(event, "event") + text).rstrip()
+    return (_event_prefix(event, str(event.kind)) + event_message(event)).rstrip()
+
+
+def _event_prefix(event: Event, kind: str) -> str:
     return "  ".join(
         [
             format_time(event.ts, precise=True),
-            f"{event.kind!s:<15}",
+            f"{kind:<15}",
             f"{event.step or '-':<20}",
             f"#{event.attempt}" if event.attempt else "- ",
-            event_message(event),
+            "",
         ]
-    ).rstrip()
+    )
 
 
 def event_message(event: Event) -> str:

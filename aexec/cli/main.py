@@ -183,12 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
         "logs",
         parents=parents,
         help="print a run's event log",
-        description="Print a run's event log, oldest first.",
+        description="Print a run's event log, oldest first: steps' progress, log records, "
+        "output lines and custom events among them.",
     )
     runs_logs.add_argument(
         "run_id", metavar="RUN_ID", type=run_id_argument, help="a run id or a unique prefix of one"
     )
     runs_logs.add_argument("--json", action="store_true", help="one JSON event per line")
+    runs_logs.add_argument(
+        "--step",
+        metavar="KEY",
+        help="only the events of this step (its progress, logs, output lines, events...)",
+    )
     runs_logs.add_argument(
         "-f",
         "--follow",
@@ -408,16 +414,19 @@ def configure_logging(verbosity: int) -> None:
     """Log to stderr: warnings by default, INFO with -v, DEBUG with -vv; credentials of the
     resolved settings masked in every line."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    from aexec.log import RedactingFilter
+    from aexec.log import RedactingFilter, StepContextFilter
 
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)-7s %(name)s%(step_context)s: %(message)s",
         force=True,
     )
-    # Secrets are added when settings are resolved (aexec.cli.common.resolve_settings).
+    # Secrets are added when settings are resolved (aexec.cli.common.resolve_settings),
+    # and so is the level of the steps' records a worker records (which may be lower).
     for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+        handler.addFilter(StepContextFilter())
         handler.addFilter(RedactingFilter())
     # aiormq logs every failed connection attempt as an ERROR of its own; the AMQP transport
     # reports the same failure as one aexec error, so it is shown only with -v.

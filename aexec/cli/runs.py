@@ -17,6 +17,7 @@ from aexec.cli.common import (
 
 if TYPE_CHECKING:
     from aexec.config import Settings
+    from aexec.events import Event
     from aexec.executor import Executor
     from aexec.store import RunRecord
 
@@ -80,24 +81,34 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
     from aexec.executor import Executor
 
     page = 1000
+    step = args.step
+
+    def show(event: Event) -> None:
+        if step is not None and event.step != step:
+            return
+        sys.stdout.write((dump_json(event.to_dict()) if args.json else event_line(event)) + "\n")
+
     async with Executor(settings) as ex:
         record = await _find_run(ex, args.run_id)
+        if step is not None:
+            keys = {s.key for s in await ex.get_steps(record.run_id)}
+            if step not in keys:
+                raise UsageError(f"run {record.run_id} has no step {step!r}")
         after = 0
         while True:
             events = await ex.get_events(record.run_id, after=after, limit=page)
             for event in events:
-                line = dump_json(event.to_dict()) if args.json else event_line(event)
-                sys.stdout.write(line + "\n")
+                show(event)
             if events:
                 after = events[-1].seq
             if len(events) < page:
                 break
         if args.follow:
+            sys.stdout.flush()
             follower = ex.store.follow(record.run_id, after=after)
             try:
                 async for event in follower:
-                    line = dump_json(event.to_dict()) if args.json else event_line(event)
-                    sys.stdout.write(line + "\n")
+                    show(event)
                     sys.stdout.flush()
             finally:
                 await follower.aclose()  # type: ignore[attr-defined]

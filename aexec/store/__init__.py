@@ -27,6 +27,9 @@ run_failed / cancelled  run → failed / cancelled, error, finished_at
 run_resumed             none
 step_expanded           rows ``step[0..count-1]`` added, pending (a map expanded)
 step_progress           none
+step_log, step_output   none (what a step logged or printed, :mod:`aexec.telemetry`)
+step_event              none
+step_output_dropped     none
 message_rejected        none
 ======================  =====================================================
 
@@ -50,6 +53,12 @@ the write's own transaction and after locking the run rows, that the writer stil
 every run of the batch at that epoch, and otherwise commits nothing and raises
 :class:`~aexec.errors.LeaseLostError` naming the runs lost.  A coordinator whose lease
 lapsed, however alive it is, can no longer change a run another one took over.
+
+Cancel requests are durable: :meth:`Store.request_cancel` records one, for a run that exists
+or not yet (its submission may still be queued), and keeps it until the run is deleted;
+:meth:`Store.cancel_requests` tells which runs have one.  A coordinator checks them when it
+starts a submitted run, takes a run over, and renews its leases, so a cancel is honoured
+by whichever coordinator drives the run, however it was sent.
 
 Retention: :meth:`Store.finished_runs` finds runs that finished before a time and
 :meth:`Store.delete_runs` deletes finished runs with their steps and events (and plans no
@@ -101,6 +110,9 @@ class StepRecord:
     error: ErrorInfo | None = None
     output: bytes | None = None
     failures: int = 0  # attempts that failed (lost workers and unconfirmed dispatches aside)
+    # The attempt whose step message the broker confirmed (0: none): the coordinators'
+    # bookkeeping, not the step's state (records compare equal without it).
+    confirmed: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,20 +158,32 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+    async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         """Record a new run, its pending steps, its plan (stored once per digest), and log
         the run's first event, ``run_submitted`` at ``run.created_at``, all in one
-        transaction; return that event (its ``seq`` assigned).
+        transaction; return that event (its ``seq`` assigned).  ``notify``, the queue of
+        the remote client that submitted the run, is kept in that event's data
+        (``"notify"``): whichever coordinator drives the run sends the client its events.
 
         ``run.owner``, ``run.lease_until`` and ``run.epoch`` (1 unless set) are stored as
         given: a coordinator creating a run usually owns it from the start."""
 
-    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         """Log ``events`` and apply them to run and step rows, in one transaction.
 
         With ``fence``, only if ``fence.owner`` still owns every run of the batch at the
         epoch the fence gives it, checked after locking the run rows; otherwise nothing is
-        committed and :class:`~aexec.errors.LeaseLostError` names the runs it lost."""
+        committed and :class:`~aexec.errors.LeaseLostError` names the runs it lost.
+
+        ``confirmed`` are ``(run_id, step key, attempt)`` whose step messages the broker
+        confirmed, recorded in the same transaction (unfenced: it is a fact about the
+        broker) as the step's ``confirmed`` attempt, for the attempt still current only."""
 
     async def fail_run(
         self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
@@ -237,6 +261,15 @@ class Store(Protocol):
         """End at once ``owner``'s lease on those unfinished runs (all of them for None), so
         that another coordinator can claim them without waiting; the owner is kept."""
 
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Record that run ``run_id`` is to be cancelled (``reason``: why, for its
+        ``run_cancelled`` event), whether the run exists yet or not; a run that has a
+        request already keeps its first one.  Recording it cancels nothing by itself: the
+        coordinator driving the run acts on it (:mod:`aexec.cancel`)."""
+
+    async def cancel_requests(self, run_ids: Iterable[str]) -> dict[str, str | None]:
+        """The runs of ``run_ids`` that have a cancel request, each with its reason."""
+
     async def finished_runs(
         self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
     ) -> list[RunRecord]:
@@ -246,9 +279,9 @@ class Store(Protocol):
         run of the previous page."""
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
-        """Delete those of ``run_ids`` that are finished, with their steps and events, and
-        the plans no remaining run uses, in one transaction; return the ids deleted.
-        Unfinished and unknown runs are left as they are."""
+        """Delete those of ``run_ids`` that are finished, with their steps, events and
+        cancel requests, and the plans no remaining run uses, in one transaction; return
+        the ids deleted.  Unfinished and unknown runs are left as they are."""
 
 
 def from_url(url: str) -> Store:

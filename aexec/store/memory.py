@@ -53,6 +53,7 @@ class MemoryStore(Opened):
         self._runs: dict[str, _Run] = {}
         self._last_seq = 0
         self._wakeups = Wakeups()
+        self._cancel_requests: dict[str, str | None] = {}  # run id → reason
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -64,7 +65,7 @@ class MemoryStore(Opened):
         self._open = False
         self._wakeups.notify_all()  # followers wake up and find the store closed
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+    async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -80,7 +81,7 @@ class MemoryStore(Opened):
             for s in plan.steps
         }
         record = replace(run, params={})
-        submitted = shared.submitted(run, plan)
+        submitted = shared.submitted(run, plan, notify)
         submitted.seq = self._last_seq + 1
         logged = _LoggedEvent(
             submitted.seq, submitted.kind, submitted.ts, None, 0, json.dumps(submitted.data)
@@ -89,7 +90,13 @@ class MemoryStore(Opened):
         self._last_seq = submitted.seq
         return submitted
 
-    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         self._check_open()
         # Everything that can fail is checked before anything changes, as a rollback would.
         logged_data = [
@@ -114,6 +121,10 @@ class MemoryStore(Opened):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
             self._wakeups.notify(run_id)
+        for run_id, key, attempt in confirmed:
+            row = self._runs[run_id].steps.get(key) if run_id in self._runs else None
+            if row is not None and row.attempts == attempt and row.confirmed < attempt:
+                row.confirmed = attempt
 
     async def fail_run(
         self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
@@ -292,6 +303,15 @@ class MemoryStore(Opened):
 
     # -- retention --------------------------------------------------------------------------
 
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        self._check_open()
+        self._cancel_requests.setdefault(run_id, reason)
+
+    async def cancel_requests(self, run_ids: Iterable[str]) -> dict[str, str | None]:
+        self._check_open()
+        requests = self._cancel_requests
+        return {run_id: requests[run_id] for run_id in run_ids if run_id in requests}
+
     async def finished_runs(
         self, before: float, *, limit: int = 100, after: tuple[float, str] | None = None
     ) -> list[RunRecord]:
@@ -318,6 +338,7 @@ class MemoryStore(Opened):
         digests = {self._runs[run_id].record.plan_digest for run_id in deleted}
         for run_id in deleted:
             del self._runs[run_id]
+            self._cancel_requests.pop(run_id, None)
         used = {run.record.plan_digest for run in self._runs.values()}
         for digest in digests - used:
             self._plans.pop(digest, None)

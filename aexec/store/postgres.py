@@ -116,6 +116,13 @@ class Queries(NamedTuple):
     delete_steps_of_runs: str
     delete_runs: str
     delete_unused_plans: str
+    confirm_dispatches: str
+    current_transaction: str
+    transaction_status: str
+    end_backend: str
+    request_cancel: str
+    cancel_requests: str
+    delete_cancel_requests: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -242,7 +249,7 @@ class PostgresStore(Opened):
 
     # -- runs -------------------------------------------------------------------------------
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+    async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         self._check_open()
         if run.plan_digest != plan.digest:
             raise StoreError(
@@ -250,7 +257,7 @@ class PostgresStore(Opened):
             )
         params = shared.dump_json(run.params, "run params")
         steps = plan.steps
-        submitted = shared.submitted(run, plan)
+        submitted = shared.submitted(run, plan, notify)
         columns = [_text(c) if isinstance(c, str) else c for c in shared.run_columns(run, params)]
         async with self._transaction(f"create run {run.run_id!r}") as conn:
             await conn.execute(SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes())
@@ -275,28 +282,86 @@ class PostgresStore(Opened):
             submitted.seq = await conn.fetchval(SQL.insert_events, *_event_columns([submitted]))
         return submitted
 
-    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         self._check_open()
-        if not events:
+        if not events and not confirmed:
             return
         logged = _event_columns(events)
         rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
         run_ids = sorted({e.run_id for e in events})
-        async with self._transaction("append events") as conn:
-            await self._lock_runs(conn, run_ids, fence)
-            seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
-            for event in events:
-                if event.kind is EventKind.STEP_EXPANDED:
-                    rows = fold.expansion(event)
-                    columns = [list(column) for column in zip(*rows, strict=True)] or [[]] * 4
-                    await conn.execute(SQL.insert_expanded_steps, event.run_id, *columns)
-            for step_columns, run_columns in rounds:
-                if step_columns[0]:
-                    await conn.execute(SQL.update_steps, *step_columns)
-                if run_columns[0]:
-                    await conn.execute(SQL.update_runs, *run_columns)
+        seqs: list[int] = []
+        commit = _Commit()
+        try:
+            async with self._transaction("append events", commit=commit) as conn:
+                commit.begun(await conn.fetchval(SQL.current_transaction), conn)
+                seqs = await self._append(conn, events, run_ids, fence, logged, rounds, confirmed)
+        except StoreUnavailableError as exc:
+            # The connection failed during COMMIT: the batch may be in the store.  Retrying a
+            # batch that is would record every event of it twice, so find out.
+            if not commit.committing or not await self._committed(commit):
+                raise
+            log.warning("%s: committed all the same, as the database tells", exc)
         for event, seq in zip(events, seqs, strict=True):
             event.seq = seq
+
+    async def _append(
+        self,
+        conn: Any,
+        events: Sequence[Event],
+        run_ids: list[str],
+        fence: Fence | None,
+        logged: list[list[Any]],
+        rounds: list[tuple[list[list[Any]], list[list[Any]]]],
+        confirmed: Sequence[tuple[str, str, int]],
+    ) -> list[int]:
+        """The statements of :meth:`append`, on ``conn`` in its transaction; the seqs."""
+        seqs: list[int] = []
+        if events:
+            await self._lock_runs(conn, run_ids, fence)
+            seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
+        for event in events:
+            if event.kind is EventKind.STEP_EXPANDED:  # the steps of a map, before their changes
+                rows = fold.expansion(event)
+                columns = [list(column) for column in zip(*rows, strict=True)] or [[]] * 4
+                await conn.execute(SQL.insert_expanded_steps, event.run_id, *columns)
+        for step_columns, run_columns in rounds:
+            if step_columns[0]:
+                await conn.execute(SQL.update_steps, *step_columns)
+            if run_columns[0]:
+                await conn.execute(SQL.update_runs, *run_columns)
+        if confirmed:
+            sent = sorted(confirmed)
+            await conn.execute(
+                SQL.confirm_dispatches,
+                [c[0] for c in sent],
+                [_text(c[1]) for c in sent],
+                [c[2] for c in sent],
+            )
+        return seqs
+
+    async def _committed(self, commit: _Commit) -> bool:
+        """Did the transaction of ``commit``, whose connection failed during COMMIT, commit?
+        Its server process is ended first (a stalled link could still deliver the COMMIT
+        later), then the server's record of the transaction tells.  While the database
+        cannot be asked, it asks again (backing off): guessing could record a batch twice."""
+        delay = 0.05
+        while True:
+            try:
+                async with self._connection("check a commit") as conn:
+                    await conn.fetchval(SQL.end_backend, commit.pid)
+                    status = await conn.fetchval(SQL.transaction_status, commit.xid)
+                if status != "in progress":
+                    return bool(status == "committed")
+            except StoreUnavailableError as exc:
+                log.warning("cannot tell whether a batch committed yet: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def fail_run(
         self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
@@ -453,6 +518,21 @@ class PostgresStore(Opened):
         async with self._connection("release runs") as conn:
             await conn.execute(SQL.release_runs, owner, chosen)
 
+    # -- cancel requests --------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        async with self._connection(f"record a cancel request for run {run_id!r}") as conn:
+            await conn.execute(SQL.request_cancel, _text(run_id), _text_or_none(reason))
+
+    async def cancel_requests(self, run_ids: Iterable[str]) -> dict[str, str | None]:
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return {}
+        rows = await self._read(
+            "read cancel requests", lambda conn: conn.fetch(SQL.cancel_requests, wanted)
+        )
+        return {row[0]: row[1] for row in rows}
+
     # -- retention --------------------------------------------------------------------------
 
     async def finished_runs(
@@ -477,6 +557,7 @@ class PostgresStore(Opened):
                 await conn.execute(SQL.delete_events_of_runs, found)
                 await conn.execute(SQL.delete_steps_of_runs, found)
                 await conn.execute(SQL.delete_runs, found)
+                await conn.execute(SQL.delete_cancel_requests, found)
                 await conn.execute(SQL.delete_unused_plans, sorted({row[1] for row in rows}))
         order = set(found)
         return [run_id for run_id in wanted if run_id in order]
@@ -526,9 +607,12 @@ class PostgresStore(Opened):
             return await read(conn)
 
     @asynccontextmanager
-    async def _transaction(self, action: str, within: float | None = None) -> AsyncIterator[Any]:
+    async def _transaction(
+        self, action: str, within: float | None = None, *, commit: _Commit | None = None
+    ) -> AsyncIterator[Any]:
         """:meth:`_connection` in a transaction.  A connection that failed is closed
-        without a ROLLBACK (which could wait forever on it): the server rolls back."""
+        without a ROLLBACK (which could wait forever on it): the server rolls back.
+        ``commit`` is told when the COMMIT starts."""
         async with self._connection(action, within) as conn:
             transaction = conn.transaction()
             await transaction.start()
@@ -540,6 +624,8 @@ class PostgresStore(Opened):
                 else:
                     _discard(conn)
                 raise
+            if commit is not None:
+                commit.committing = True
             await transaction.commit()
 
     def _error(self, action: str, exc: BaseException, within: float | None = None) -> StoreError:
@@ -636,6 +722,22 @@ def _discard(conn: Any) -> None:
     """Close a pool connection at once (the pool opens another when needed)."""
     with suppress(asyncpg.InterfaceError):  # already closed and handed back to the pool
         conn.terminate()
+
+
+class _Commit:
+    """A transaction of :meth:`PostgresStore.append`: its id and server process, and
+    whether its COMMIT was sent."""
+
+    __slots__ = ("committing", "pid", "xid")
+
+    def __init__(self) -> None:
+        self.xid: int | None = None
+        self.pid = 0
+        self.committing = False
+
+    def begun(self, xid: int, conn: Any) -> None:
+        self.xid = xid
+        self.pid = conn.get_server_pid()
 
 
 def _connection_is_sound(exc: BaseException) -> bool:

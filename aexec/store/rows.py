@@ -68,15 +68,14 @@ def failed_event(run_id: str, error: str, ts: float) -> Event:
     return Event(EventKind.RUN_FAILED, run_id, ts, data={"error": error})
 
 
-def submitted(run: RunRecord, plan: Plan) -> Event:
+def submitted(run: RunRecord, plan: Plan, notify: str | None = None) -> Event:
     """The ``run_submitted`` event :meth:`~aexec.store.Store.create_run` logs as the run's
-    first: at its creation time, with its priority and its number of steps."""
-    return Event(
-        EventKind.RUN_SUBMITTED,
-        run.run_id,
-        run.created_at,
-        data={"priority": run.priority, "steps": len(plan.steps)},
-    )
+    first: at its creation time, with its priority, its number of steps and, for a run a
+    remote client submitted, the client's queue (``notify``)."""
+    data: dict[str, Any] = {"priority": run.priority, "steps": len(plan.steps)}
+    if notify is not None:
+        data["notify"] = notify
+    return Event(EventKind.RUN_SUBMITTED, run.run_id, run.created_at, data=data)
 
 
 def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
@@ -171,7 +170,7 @@ def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
 
 def step_record(row: Sequence[Any]) -> StepRecord:
     """``run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-    output, failures``."""
+    output, failures, confirmed``."""
     return StepRecord(
         run_id=row[0],
         key=row[1],
@@ -185,6 +184,7 @@ def step_record(row: Sequence[Any]) -> StepRecord:
         error=None if row[9] is None else ErrorInfo.from_dict(json.loads(row[9])),
         output=row[10],
         failures=row[11],
+        confirmed=row[12],
     )
 
 

@@ -105,6 +105,10 @@ class Queries(NamedTuple):
     delete_run_steps: str
     delete_run: str
     delete_plan_if_unused: str
+    confirm_dispatch: str
+    request_cancel: str
+    cancel_requests: str
+    delete_cancel_request: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -196,14 +200,14 @@ class SqliteStore(Opened):
             with self._errors("close the database"):
                 conn.close()
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+    async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         conn = self._connection()
         if run.plan_digest != plan.digest:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
             )
         params = shared.dump_json(run.params, "run params")
-        submitted = shared.submitted(run, plan)
+        submitted = shared.submitted(run, plan, notify)
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
             if conn.execute(SQL.run_exists, (run.run_id,)).fetchone() is not None:
                 raise StoreError(f"run {run.run_id!r} already exists")
@@ -218,9 +222,15 @@ class SqliteStore(Opened):
             submitted.seq = conn.execute(SQL.last_insert).fetchone()[0]
         return submitted
 
-    async def append(self, events: Sequence[Event], *, fence: Fence | None = None) -> None:
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
         conn = self._connection()
-        if not events:
+        if not events and not confirmed:
             return
         logged = _event_rows(events)
         updates = _row_updates(events)
@@ -230,8 +240,9 @@ class SqliteStore(Opened):
             if e.kind is EventKind.STEP_EXPANDED
             for row in fold.expansion(e)
         ]
+        first = 0
         with self._errors("append events"), self._transaction(conn):
-            if fence is not None:  # under the write lock: nobody claims a run meanwhile
+            if fence is not None and events:  # under the write lock: nobody claims a run
                 self._check_fence(conn, fence, dict.fromkeys(e.run_id for e in events))
             try:
                 conn.executemany(SQL.insert_event, logged)
@@ -240,12 +251,17 @@ class SqliteStore(Opened):
                     if conn.execute(SQL.run_exists, (run_id,)).fetchone() is None:
                         raise StoreError(f"cannot append events: unknown run {run_id!r}") from exc
                 raise
-            # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
-            first = conn.execute(SQL.last_insert).fetchone()[0] - len(logged) + 1
+            if logged:
+                # AUTOINCREMENT under our write lock: the batch got consecutive seqs.
+                first = conn.execute(SQL.last_insert).fetchone()[0] - len(logged) + 1
             if expanded:
                 conn.executemany(SQL.insert_expanded_step, expanded)
             for statement, rows in updates:
                 conn.executemany(statement, rows)
+            conn.executemany(
+                SQL.confirm_dispatch,
+                ({"run_id": r, "key": k, "attempt": a} for r, k, a in confirmed),
+            )
         for i, event in enumerate(events):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
@@ -411,6 +427,22 @@ class SqliteStore(Opened):
             else:
                 conn.executemany(SQL.release_run, ((owner, run_id) for run_id in run_ids))
 
+    # -- cancel requests --------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        conn = self._connection()
+        with self._errors(f"record a cancel request for run {run_id!r}"), self._transaction(conn):
+            conn.execute(SQL.request_cancel, (run_id, reason, time.time()))
+
+    async def cancel_requests(self, run_ids: Iterable[str]) -> dict[str, str | None]:
+        conn = self._connection()
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return {}
+        with self._errors("read cancel requests"):
+            rows = conn.execute(SQL.cancel_requests, (json.dumps(wanted),)).fetchall()
+        return {run_id: reason for run_id, reason in rows}
+
     # -- retention --------------------------------------------------------------------------
 
     async def finished_runs(
@@ -436,6 +468,7 @@ class SqliteStore(Opened):
                 conn.execute(SQL.delete_run_events, (run_id,))
                 conn.execute(SQL.delete_run_steps, (run_id,))
                 conn.execute(SQL.delete_run, (run_id,))
+                conn.execute(SQL.delete_cancel_request, (run_id,))
                 deleted.append(run_id)
                 digests.add(row[0])
             for digest in sorted(digests):

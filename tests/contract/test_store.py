@@ -967,6 +967,33 @@ async def test_deleting_runs_deletes_only_finished_ones_with_their_steps_and_eve
     assert await store.delete_runs([]) == []
 
 
+# -- cancel requests ------------------------------------------------------------------------
+
+
+async def test_a_cancel_request_is_kept_for_a_run_that_does_not_exist_yet(
+    store: Store, other_store: Store
+) -> None:
+    await store.request_cancel("r-queued", "changed my mind")
+    await store.request_cancel("r-queued", "a second request")  # the first reason stays
+    await store.create_run(new_run("r-queued"), PLAN)
+    await store.create_run(new_run("r-other"), PLAN)
+    await store.request_cancel("r-other")
+    assert await other_store.cancel_requests(["r-queued", "r-other", "r-none"]) == {
+        "r-queued": "changed my mind",
+        "r-other": None,
+    }
+    assert await other_store.cancel_requests([]) == {}
+
+
+async def test_a_cancel_request_is_deleted_with_its_run(store: Store) -> None:
+    await finished_run(store, "r-old", K.RUN_CANCELLED, 300.0)
+    await store.create_run(new_run("r-pending"), PLAN)
+    await store.request_cancel("r-old", "stop")
+    await store.request_cancel("r-pending", "stop")
+    assert await store.delete_runs(["r-old", "r-pending"]) == ["r-old"]
+    assert await store.cancel_requests(["r-old", "r-pending"]) == {"r-pending": "stop"}
+
+
 async def test_a_plan_is_deleted_with_the_last_run_of_it_and_stored_again_by_the_next(
     store: Store,
 ) -> None:
@@ -1505,7 +1532,7 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
         conn.close()
     assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
     tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
-    assert tables == {"plans", "runs", "steps", "events"}
+    assert tables == {"plans", "runs", "steps", "events", "cancel_requests"}
 
 
 def structure(path: Path) -> dict[str, Any]:

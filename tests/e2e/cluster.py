@@ -52,8 +52,11 @@ class Process:
         self.out: list[str] = []
         self.err: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._out_lines: queue.Queue[str | None] = queue.Queue()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.popen.stdout, self.out, None)),
+            threading.Thread(
+                target=self._read, args=(self.popen.stdout, self.out, self._out_lines)
+            ),
             threading.Thread(target=self._read, args=(self.popen.stderr, self.err, self._lines)),
         ]
         for reader in self._readers:
@@ -80,12 +83,16 @@ class Process:
     def output(self) -> str:
         return f"exit {self.popen.poll()}\nstdout:\n{''.join(self.out)}stderr:\n{''.join(self.err)}"
 
-    def wait_for_line(self, fragment: str, timeout: float = TIMEOUT) -> str:
-        """The first stderr line (not yet awaited) containing ``fragment``."""
+    def wait_for_line(
+        self, fragment: str, timeout: float = TIMEOUT, *, stdout: bool = False
+    ) -> str:
+        """The first stderr line (stdout line, with ``stdout``) not yet awaited that
+        contains ``fragment``."""
         deadline = time.monotonic() + timeout
+        lines = self._out_lines if stdout else self._lines
         while True:
             try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 pytest.fail(f"no line with {fragment!r} within {timeout:g} s\n{self.output()}")
             if line is None:

@@ -252,3 +252,84 @@ async def test_a_lost_worker_is_logged_as_lost_not_as_a_failure() -> None:
     batch = Batch(runs, "c1", {})
     batch.command(WorkerLost("r1", 0, 1, "w"))
     assert batch.events[0].data["lost"] is True
+
+
+def output(*entries: list[object]) -> messages.Output:
+    return messages.Output("w", "i1", time.time(), list(entries))  # type: ignore[arg-type]
+
+
+async def test_step_output_of_the_current_attempt_is_recorded_and_marks_it_started() -> None:
+    run, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    seen: dict[str, float] = {}
+    batch = Batch(runs, "c1", seen)
+    assert batch.reply(output(["r1", "first", 1, 5.0, "stdout", {"lines": ["hi"]}]))
+    started, printed = batch.events
+    assert started.kind is EventKind.STEP_STARTED and started.data["worker"] == "w"
+    assert printed.kind is EventKind.STEP_OUTPUT
+    assert printed.data == {"worker": "w", "stream": "stdout", "lines": ["hi"]}
+    assert run.running_on[0] == "w#i1" and "w#i1" in seen
+
+
+async def test_step_output_of_other_runs_stale_attempts_and_unknown_steps_is_ignored() -> None:
+    _, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    batch.reply(
+        output(
+            ["r2", "first", 1, 5.0, "stdout", {"lines": ["another coordinator's run"]}],
+            ["r1", "first", 2, 5.0, "stdout", {"lines": ["a newer attempt"]}],
+            ["r1", "first", 0, 5.0, "stdout", {"lines": ["an older attempt"]}],
+            ["r1", "nope", 1, 5.0, "stdout", {"lines": ["no such step"]}],
+        )
+    )
+    assert batch.events == [] and batch.touched == set()
+
+
+async def test_step_output_data_is_clipped_and_made_plain_whoever_sent_it() -> None:
+    _, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    batch.reply(
+        output(
+            ["r1", "first", 1, 5.0, "log", {"level": 5, "message": "x" * 100_000}],
+            ["r1", "first", 1, 5.0, "progress", {"fraction": 7, "message": None}],
+            ["r1", "first", 1, 5.0, "stderr", {"lines": "one\x00line"}],
+            ["r1", "first", 1, 5.0, "event", {"name": "n", "data": {"deep": [[[[1]]]]}}],
+            ["r1", "first", 1, 5.0, "dropped", {"entries": -1, "bytes": 10}],
+        )
+    )
+    _, log, progress, stderr, event, dropped = batch.events
+    assert log.data["level"] == "5" and len(log.data["message"]) < 17_000
+    assert progress.data == {"worker": "w", "fraction": 1.0}
+    assert stderr.data["lines"] == ["one\\x00line"]
+    assert event.data["data"] == {"deep": [[[[1]]]]}
+    assert dropped.data == {"worker": "w", "bytes": 10, "reason": "output dropped"}
+
+
+async def test_a_pass_records_a_bounded_amount_of_step_output_and_marks_the_rest() -> None:
+    _, runs = driven(chain())
+    Batch(runs, "c1", {}).command(Start("r1"))
+    batch = Batch(runs, "c1", {})
+    line = "y" * 16_000
+    for _ in range(20):
+        batch.reply(output(*[["r1", "first", 1, 5.0, "stdout", {"lines": [line] * 100}]] * 10))
+    recorded = [e for e in batch.events if e.kind is EventKind.STEP_OUTPUT]
+    assert sum(len(e.data["lines"]) for e in recorded) * len(line) <= 8 << 20
+    markers = [e for e in batch.events if e.kind is EventKind.STEP_OUTPUT_DROPPED]
+    assert markers and all(m.data["entries"] > 0 for m in markers)
+
+
+async def test_a_run_ends_when_the_pass_decides_it_not_when_a_late_completion_finished() -> None:
+    plan = build("p", [StepSpec(key="first", name="noop")])
+    _, runs = driven(plan)
+    Batch(runs, "c1", {}).command(Start("r1"))
+    finished_long_ago = time.time() - 30.0  # its completion waited in the broker
+    late = messages.Completion(
+        "r1", "first", 1, b"\x01", None, "w", finished_long_ago - 1, finished_long_ago
+    )
+    batch = Batch(runs, "c1", {})
+    assert batch.reply(late)
+    succeeded, ended = batch.events
+    assert succeeded.kind is EventKind.STEP_SUCCEEDED and succeeded.ts == finished_long_ago
+    assert ended.kind is EventKind.RUN_SUCCEEDED and ended.ts == batch.now

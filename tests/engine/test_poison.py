@@ -63,9 +63,9 @@ class Blip(MemoryStore):
         self._check_up()
         return await super().owners(run_ids)
 
-    async def create_run(self, run: RunRecord, plan: Plan) -> Event:
+    async def create_run(self, run: RunRecord, plan: Plan, **options: Any) -> Event:
         self._check_up()
-        return await super().create_run(run, plan)
+        return await super().create_run(run, plan, **options)
 
 
 @pytest.fixture

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Sequence
 
+import aexec
 from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
-from aexec.events import EventKind
+from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
+from aexec.store import Fence, RunRecord
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -86,7 +90,39 @@ async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None
     await transport.close()
 
 
-async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() -> None:
+class Unconfirming(MemoryStore):
+    """Never records a confirmed dispatch: as if its coordinator died before it could."""
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
+        await super().append(events, fence=fence)
+
+
+class Confirming(MemoryStore):
+    """Tells when it has recorded a confirmed dispatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirmed = asyncio.Event()
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
+        await super().append(events, fence=fence, confirmed=confirmed)
+        if confirmed:
+            self.confirmed.set()
+
+
+async def test_queued_steps_never_confirmed_are_dispatched_again_after_a_takeover() -> None:
     @step
     async def only() -> str:
         return "done"
@@ -96,7 +132,7 @@ async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() 
         return only()
 
     compiled = p.compile()
-    transport, store = MemoryTransport(), MemoryStore()
+    transport, store = MemoryTransport(), Unconfirming()
     await transport.open()
     await store.open()
     fast = dict(lease=0.3, worker_timeout=2.0)
@@ -111,9 +147,81 @@ async def test_steps_recorded_as_queued_are_dispatched_again_after_a_takeover() 
         Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
     ):
         await worker.serve("default")
-        kinds = [e.kind async for e in store.follow(run.run_id)]
-    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+        events = [e async for e in store.follow(run.run_id)]
+    assert events[-1].kind is EventKind.RUN_SUCCEEDED
     (record,) = await store.get_steps(run.run_id)
     assert record.status is StepStatus.SUCCEEDED and record.attempts == 2
+    (lost,) = [e for e in events if e.kind is EventKind.STEP_RETRYING]
+    assert lost.attempt == 1 and lost.data["lost"] is True  # said so, and no retry spent
+    await store.close()
+    await transport.close()
+
+
+async def test_a_step_whose_message_the_broker_confirmed_runs_once_after_a_takeover() -> None:
+    executions: list[int] = []
+
+    @step
+    async def only() -> str:
+        executions.append(aexec.current().attempt)
+        return "done"
+
+    @pipeline
+    def p() -> object:
+        return only()
+
+    compiled = p.compile()
+    transport, store = MemoryTransport(), Confirming()
+    await transport.open()
+    await store.open()
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
+    await doomed.__aenter__()
+    run = await doomed.submit(compiled.plan)  # no worker yet: the message waits in its queue
+    await asyncio.wait_for(store.confirmed.wait(), 5)
+    await doomed.abort()
+    async with Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast)):
+        await wait_for_event(store.follow(run.run_id), EventKind.RUN_RESUMED)
+        async with Worker(transport, MemoryObjectStore(), compiled.steps) as worker:
+            await worker.serve("default")  # takes the first message; replies reach the heir
+            kinds = [e.kind async for e in store.follow(run.run_id)]
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+    assert kinds.count(EventKind.STEP_DISPATCHED) == 1 and EventKind.STEP_RETRYING not in kinds
+    (record,) = await store.get_steps(run.run_id)
+    assert record.status is StepStatus.SUCCEEDED and record.attempts == 1
+    assert executions == [1]
+    await store.close()
+    await transport.close()
+
+
+async def test_a_run_taken_over_before_it_started_is_started_by_its_new_coordinator() -> None:
+    @step
+    async def only() -> str:
+        return "done"
+
+    @pipeline
+    def p() -> object:
+        return only()
+
+    compiled = p.compile()
+    plan = compiled.plan
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    # Created by a coordinator that died before it started the run: pending, lease ended.
+    record = RunRecord("r-pending", plan.pipeline, plan.digest, created_at=time.time())
+    record.owner, record.lease_until = "doomed", time.time() - 1
+    await store.create_run(record, plan)
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    async with (
+        Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast)),
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        kinds = [e.kind async for e in store.follow("r-pending")]
+    assert kinds[:3] == [EventKind.RUN_SUBMITTED, EventKind.RUN_RESUMED, EventKind.RUN_STARTED]
+    assert kinds[-1] is EventKind.RUN_SUCCEEDED
+    finished = await store.get_run("r-pending")
+    assert finished is not None and finished.started_at is not None
+    assert finished.status is RunStatus.SUCCEEDED
     await store.close()
     await transport.close()

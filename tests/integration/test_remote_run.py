@@ -54,7 +54,7 @@ async def test_a_remote_run_shows_the_log_the_store_keeps_from_run_submitted_on(
         stored = await service.get_run(run.run_id)
 
     assert seen[0].kind is EventKind.RUN_SUBMITTED
-    assert seen[0].data == {"priority": 2, "steps": 2}
+    assert seen[0].data == {"priority": 2, "steps": 2, "notify": client._notify_queue}
     assert [(e.seq, e.kind, e.step, e.attempt, e.data) for e in seen] == [
         (e.seq, e.kind, e.step, e.attempt, e.data) for e in logged
     ]

@@ -97,7 +97,7 @@ def test_a_ledger_line_reads_back_as_the_execution_it_records(
 ) -> None:
     monkeypatch.setenv(ledger.LEDGER_ENV, str(tmp_path))
     monkeypatch.setenv(ledger.WORKER_ENV, "w9")
-    token = context.bind(context.StepContext("run-1", "add3", 2, "add", lambda f, m: None))
+    token = context.bind(context.StepContext("run-1", "add3", 2, "add"))
     try:
         ledger.note()
         ledger.note()

@@ -18,6 +18,7 @@ from aexec.messages import (
     Control,
     Events,
     Heartbeat,
+    Output,
     Progress,
     RunEnded,
     StepMessage,
@@ -45,11 +46,25 @@ DONE_ERROR = Completion(
 EXAMPLES: dict[str, Any] = {
     "step": STEP,
     "step without timeout or inputs": StepMessage("r", "k", 1, "n", b"\x92\x90\x80", [], None, "q"),
+    "step traced": StepMessage(
+        "r", "k", 1, "n", b"", [], 1.5, "q", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    ),
     "completion with output": DONE_OK,
     "completion with error": DONE_ERROR,
     "completion with empty output": Completion("r", "k", 0, b"", None, "w", 0.0, 0.0),
     "progress": Progress("run-1", "k", 1, "w1", 11.0, 0.5, "half way"),
     "progress started": Progress("run-1", "k", 1, "w1", 11.0),
+    "output": Output(
+        "w1",
+        "a1b2",
+        12.0,
+        [
+            ["run-1", "k", 1, 11.5, "stdout", {"lines": ["hello", "world"]}],
+            ["run-1", "k", 1, 11.6, "log", {"level": "INFO", "logger": "x", "message": "m"}],
+            ["run-2", "j", 3, 11.7, "event", {"name": "rows", "data": {"n": 3}}],
+        ],
+    ),
+    "output empty": Output("w1", "", 12.0, []),
     "heartbeat": Heartbeat("w1", 13.0, [("run-1", "a", 1), ("run-2", "b", 4)]),
     "heartbeat idle": Heartbeat("w1", 13.0, []),
     "attempt lost, redelivered": AttemptLost("run-1", "k", 2, "w1", "redelivered"),
@@ -58,6 +73,7 @@ EXAMPLES: dict[str, Any] = {
     "control ping": Control("ping", None, "reply-queue"),
     "control terminate": Control("terminate", "w1"),
     "control cancel": Control("cancel", None, None, "run-1"),
+    "control cancel with a reason": Control("cancel", None, None, "run-1", "not needed"),
     "worker info": WorkerInfo("w1", "host", 1234, ["default", "gpu"], 2, 0.5, 100.0),
     "submit": Submit("run-1", b"plan bytes", 5, "client-queue"),
     "submit without notify": Submit("run-1", b"", 0, None),
@@ -252,7 +268,7 @@ NAMED: dict[str, tuple[bytes, str]] = {
     "step inputs": (packed(*step_fields(inputs=["x"])), "step message: inputs"),
     "step timeout": (packed(*step_fields(timeout="x")), "step message: timeout"),
     "step reply_to": (packed(*step_fields(reply_to=1)), "step message: reply_to"),
-    "step arity": (packed(*step_fields()[:-1]), "step message: 7 fields where 8"),
+    "step arity": (packed(*step_fields()[:-1]), "step message: 7 fields where 9"),
     "done run id": (packed(*done_fields(run_id=1)), "done message: run id"),
     "done key": (packed(*done_fields(key=1)), "done message: step key"),
     "done attempt": (packed(*done_fields(attempt="1")), "done message: attempt"),
@@ -271,6 +287,20 @@ NAMED: dict[str, tuple[bytes, str]] = {
     "progress ts": (packed(1, "progress", "r", "k", 1, "w", "x", None, None), "ts"),
     "progress fraction": (packed(1, "progress", "r", "k", 1, "w", 1.0, "x", None), "fraction"),
     "progress message": (packed(1, "progress", "r", "k", 1, "w", 1.0, None, 1), "message must"),
+    "output worker": (packed(1, "output", 1, "", 1.0, []), "output message: worker"),
+    "output entries": (packed(1, "output", "w", "", 1.0, {}), "entries must be a list"),
+    "output entry kind": (
+        packed(1, "output", "w", "", 1.0, [["r", "k", 1, 1.0, "shout", {}]]),
+        "each entry must be",
+    ),
+    "output entry data": (
+        packed(1, "output", "w", "", 1.0, [["r", "k", 1, 1.0, "log", "text"]]),
+        "each entry must be",
+    ),
+    "output entry attempt": (
+        packed(1, "output", "w", "", 1.0, [["r", "k", True, 1.0, "log", {}]]),
+        "each entry must be",
+    ),
     "heartbeat worker": (packed(1, "heartbeat", 1, 1.0, []), "heartbeat message: worker"),
     "heartbeat ts": (packed(1, "heartbeat", "w", "x", []), "heartbeat message: ts"),
     "heartbeat running": (packed(1, "heartbeat", "w", 1.0, [["r"]]), "message: running"),
@@ -355,7 +385,17 @@ def decode_or_codec_error(body: bytes) -> None:
         return
     assert isinstance(
         message,
-        StepMessage | Completion | Progress | Heartbeat | Control | WorkerInfo | Submit | Events,
+        StepMessage
+        | Completion
+        | Progress
+        | Output
+        | Heartbeat
+        | AttemptLost
+        | RunEnded
+        | Control
+        | WorkerInfo
+        | Submit
+        | Events,
     )
     # Anything accepted encodes again to a body that decodes to the same message.
     again = messages.decode(message.encode())

@@ -82,7 +82,7 @@ SELECT status FROM aexec_runs WHERE run_id = $1
 
 -- name: get_steps
 SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-       output, failures
+       output, failures, confirmed
 FROM aexec_steps WHERE run_id = $1 ORDER BY position
 
 -- name: get_plan
@@ -276,3 +276,37 @@ DELETE FROM aexec_runs WHERE run_id = ANY($1::text[])
 DELETE FROM aexec_plans AS plan
 WHERE plan.digest = ANY($1::text[])
   AND NOT EXISTS (SELECT 1 FROM aexec_runs AS run WHERE run.plan_digest = plan.digest)
+
+-- name: current_transaction
+-- The first statement of an append: the transaction's id, to find out whether it committed
+-- if the connection fails during COMMIT.
+SELECT txid_current()
+
+-- name: transaction_status
+SELECT txid_status($1)
+
+-- name: end_backend
+-- The server process of a connection that failed during COMMIT: ended, so that a COMMIT
+-- still on its way (a stalled link) cannot land after the status was read.
+SELECT pg_terminate_backend($1)
+
+-- name: confirm_dispatches
+-- The broker confirmed these attempts' step messages: kept for the attempt still current.
+UPDATE aexec_steps AS step
+SET confirmed = sent.attempt
+FROM unnest($1::text[], $2::text[], $3::integer[]) AS sent (run_id, key, attempt)
+WHERE step.run_id = sent.run_id AND step.key = sent.key
+  AND step.attempts = sent.attempt AND step.confirmed < sent.attempt
+
+-- == cancel requests ========================================================================
+
+-- name: request_cancel
+INSERT INTO aexec_cancel_requests (run_id, reason, requested_at)
+VALUES ($1, $2, extract(epoch FROM clock_timestamp())::float8)
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: cancel_requests
+SELECT run_id, reason FROM aexec_cancel_requests WHERE run_id = ANY($1::text[])
+
+-- name: delete_cancel_requests
+DELETE FROM aexec_cancel_requests WHERE run_id = ANY($1::text[])

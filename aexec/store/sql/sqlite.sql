@@ -86,7 +86,7 @@ SELECT status FROM runs WHERE run_id = ?
 
 -- name: get_steps
 SELECT run_id, key, name, queue, status, attempts, started_at, finished_at, worker, error,
-       output, failures
+       output, failures, confirmed
 FROM steps WHERE run_id = ? ORDER BY position
 
 -- name: get_plan
@@ -245,3 +245,20 @@ DELETE FROM runs WHERE run_id = ?
 -- name: delete_plan_if_unused
 DELETE FROM plans
 WHERE digest = ? AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.plan_digest = plans.digest)
+
+-- name: confirm_dispatch
+-- The broker confirmed this attempt's step message: kept for the attempt still current.
+UPDATE steps SET confirmed = :attempt
+WHERE run_id = :run_id AND key = :key AND attempts = :attempt AND confirmed < :attempt
+
+-- == cancel requests ========================================================================
+
+-- name: request_cancel
+INSERT INTO cancel_requests (run_id, reason, requested_at) VALUES (?, ?, ?)
+ON CONFLICT (run_id) DO NOTHING
+
+-- name: cancel_requests
+SELECT run_id, reason FROM cancel_requests WHERE run_id IN (SELECT value FROM json_each(?))
+
+-- name: delete_cancel_request
+DELETE FROM cancel_requests WHERE run_id = ?

@@ -59,6 +59,7 @@ CREATE TABLE aexec_steps (
     error       text,                        -- JSON of ErrorInfo.to_dict()
     output      bytea,                       -- the encoded step output
     failures    integer NOT NULL DEFAULT 0,  -- attempts that really failed (not lost ones)
+    confirmed   integer NOT NULL DEFAULT 0,  -- the attempt whose dispatch the broker confirmed
     PRIMARY KEY (run_id, key)
 );
 
@@ -75,3 +76,11 @@ CREATE TABLE aexec_events (
 );
 
 CREATE INDEX aexec_events_by_run ON aexec_events (run_id, seq);
+
+-- A request to cancel a run, kept until the run is deleted, whether the run exists yet or
+-- not (its submission may still be queued); the first request's reason is kept.
+CREATE TABLE aexec_cancel_requests (
+    run_id       text PRIMARY KEY,
+    reason       text,
+    requested_at double precision NOT NULL
+);

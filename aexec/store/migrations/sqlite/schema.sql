@@ -53,6 +53,7 @@ CREATE TABLE steps (
     error       TEXT,                        -- JSON of ErrorInfo.to_dict()
     output      BLOB,                        -- the encoded step output
     failures    INTEGER NOT NULL DEFAULT 0,  -- attempts that really failed (not lost ones)
+    confirmed   INTEGER NOT NULL DEFAULT 0,  -- the attempt whose dispatch the broker confirmed
     PRIMARY KEY (run_id, key)
 );
 
@@ -68,3 +69,11 @@ CREATE TABLE events (
 );
 
 CREATE INDEX events_by_run ON events (run_id, seq);
+
+-- A request to cancel a run, kept until the run is deleted, whether the run exists yet or
+-- not (its submission may still be queued); the first request's reason is kept.
+CREATE TABLE cancel_requests (
+    run_id       TEXT PRIMARY KEY,
+    reason       TEXT,
+    requested_at REAL NOT NULL
+);
