@@ -521,27 +521,23 @@ class Coordinator:
     async def cancel(self, run_id: str, reason: str | None = None) -> None:
         """Cancel a run, durably: the request is recorded in the store, so that whichever
         coordinator drives the run, takes it over or starts it later honours it.  A run
-        driven here is cancelled at once (the request is recorded too, in case it is taken
-        over first: an unavailable store is then only logged).  For one driven elsewhere,
-        the request is first broadcast, so that its coordinator acts at once whatever this
-        one's store does, then recorded (its coordinator also finds it at its next lease
-        renewal, if it missed the broadcast).  Workers hear of the end once it is recorded
-        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`).  A store error is raised only for a run
-        not driven here (the request was not recorded: send it again)."""
-        if run_id in self.runs:
+        driven here is cancelled at once; for one driven elsewhere the request is
+        broadcast, so that its coordinator acts at once whatever this one's store does
+        (it also finds the request at its next lease renewal, if it missed the broadcast).
+        Then the request is recorded: a store error is raised (the request may not be
+        kept: send it again).  Workers hear of the end once it is recorded
+        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
+        driven = run_id in self.runs
+        if driven:
             self._inbox.post(Cancel(run_id, reason))
+        else:
+            command = messages.Control("cancel", run_id=run_id, reason=reason)
             try:
-                await self.store.request_cancel(run_id, reason)
-            except StoreError as exc:
-                log.warning("could not record the cancel request of run %s: %s", run_id, exc)
-            return
-        command = messages.Control("cancel", run_id=run_id, reason=reason)
-        try:
-            await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
-        except TransportError as exc:  # recorded below: found at the next lease renewal
-            log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
+                await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
+            except TransportError as exc:  # recorded below: found at the next renewal
+                log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
         await self.store.request_cancel(run_id, reason)
-        if run_id in self.runs:  # it started here meanwhile
+        if not driven and run_id in self.runs:  # it started here meanwhile
             self._inbox.post(Cancel(run_id, reason))
 
     async def cancel_requested(self, run_ids: Iterable[str]) -> None:
