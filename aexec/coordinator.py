@@ -38,6 +38,7 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
+    Mapping,
 )
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -427,16 +428,17 @@ class Coordinator:
         priority: int = 0,
         run_id: str | None = None,
         notify: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable (while the
-        store is unavailable, it waits).
+        """Record a new run of ``plan`` (labelled ``tags``) and start it; returns once it
+        is durable (while the store is unavailable, it waits).
 
         ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
         :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
         event of the run from its run_submitted on."""
         if run_id is not None:
             check_run_id(run_id)
-        return await self.create(plan, priority, run_id, notify, retry=True)
+        return await self.create(plan, priority, run_id, notify, retry=True, tags=tags)
 
     async def create(
         self,
@@ -446,6 +448,7 @@ class Coordinator:
         notify: str | None,
         *,
         retry: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
         """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
         broker that is unavailable now raises at once (a submission from the broker goes
@@ -466,6 +469,7 @@ class Coordinator:
             owner=self.config.id,
             lease_until=now + self.config.lease,
             epoch=1,
+            tags=dict(tags or {}),
         )
         for queue in plan.queues:
             await self.declare(queue)

@@ -67,8 +67,9 @@ class Reads:
         return record
 
     async def runs(self, request: Request) -> Response:
-        """``GET /api/runs?status=&pipeline=&offset=&limit=``: a page of runs, newest first,
-        each a ``runs list --json`` line with ``steps``, its step counts by status."""
+        """``GET /api/runs?status=&pipeline=&tag=KEY=VALUE&offset=&limit=``: a page of runs,
+        newest first, each a ``runs list --json`` line with ``steps``, its step counts by
+        status."""
         params = request.query_params
         status_text = params.get("status") or None
         try:
@@ -77,12 +78,19 @@ class Reads:
             choices = ", ".join(s.value for s in RunStatus)
             raise HttpError(400, f"status must be one of {choices}") from None
         pipeline = params.get("pipeline") or None
+        tag_text = params.get("tag") or None
+        tag = None
+        if tag_text is not None:
+            key, sep, value = tag_text.partition("=")
+            if not sep or not key:
+                raise HttpError(400, f"tag must be KEY=VALUE, not {tag_text!r}")
+            tag = (key, value)
         limit = query_int(request, "limit", PAGE, low=1, high=MAX_PAGE)
         offset = query_int(request, "offset", 0, low=0, high=10**9)
         store = self.executor.store
         # One more than the page tells whether there is a next page.
         runs = await store.list_runs(
-            limit=limit + 1, status=status, pipeline=pipeline, offset=offset
+            limit=limit + 1, status=status, pipeline=pipeline, tag=tag, offset=offset
         )
         more = len(runs) > limit
         runs = runs[:limit]

@@ -38,8 +38,12 @@ async def test_the_runs_list_shows_a_fresh_run_and_then_one_started_while_it_is_
     await expect(row.locator(".badge")).to_have_text("succeeded")
     await expect(row).to_contain_text("2/2")
 
-    second = await ui.executor.submit(small)  # appears without a reload
+    second = await ui.executor.submit(small, tags={"team": "data"})  # appears, no reload
     await expect(page.locator(f'tr[data-run="{second.run_id}"]')).to_be_visible()
+
+    await page.click(f'tr[data-run="{second.run_id}"] a.tag')  # the runs with that tag
+    await expect(page.locator("#runs-body tr")).to_have_count(1)
+    await expect(page.locator(f'tr[data-run="{second.run_id}"]')).to_contain_text("team=data")
 
 
 async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page) -> None:
