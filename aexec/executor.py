@@ -41,7 +41,7 @@ from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus, check_tags
-from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
+from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
 
 
@@ -343,7 +343,9 @@ class Executor:
         """How many messages wait in each of the step queues ``names`` (those that exist)."""
         if self.settings.embedded and self._worker is None:
             return {}
-        return await (await self._open_transport()).queue_depths(names)
+        physical = {step_queue(name): name for name in names}
+        depths = await (await self._open_transport()).queue_depths(physical)
+        return {physical[queue]: depth for queue, depth in depths.items()}
 
     async def _on_run_ended(self, delivery: Delivery) -> None:
         """A run ended: if it is one of this client's and its end has not arrived, ask a

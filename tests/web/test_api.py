@@ -379,3 +379,17 @@ async def test_runs_are_found_by_tag_and_a_launch_tags_its_run(
     assert status == 400 and "KEY=VALUE" in error["error"]
     status, error = await post(http, f"{url}api/runs", {"pipeline": "small", "tags": {"": "x"}})
     assert status == 400 and "tag key" in error["error"]
+
+
+async def test_workers_and_queues_show_the_embedded_worker_once_it_runs(
+    ui: Ui, http: aiohttp.ClientSession
+) -> None:
+    assert await get(http, f"{ui.url}api/workers") == (200, {"workers": []})
+    run = await ui.executor.submit(small)
+    await run.wait()
+    status, body = await get(http, f"{ui.url}api/workers?wait_ms=200")
+    assert status == 200
+    [worker] = body["workers"]
+    assert (worker["name"], worker["queues"], worker["in_flight"]) == ("embedded", ["default"], 0)
+    status, body = await get(http, f"{ui.url}api/queues?wait_ms=200")
+    assert body == {"queues": [{"name": "default", "depth": 0, "consumers": 1, "in_flight": 0}]}
