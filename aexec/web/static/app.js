@@ -520,6 +520,12 @@ class Dag {
       g.moveTo(ax, ay); g.bezierCurveTo(ax + 30, ay, bx - 30, by, bx, by);
     }
     g.stroke();
+    // What the graph shows, for tests and scripts: its nodes and its steps by status.
+    const tally = {};
+    for (const s of Object.values(this.steps)) tally[s.status] = (tally[s.status] || 0) + 1;
+    c.dataset.nodes = this.nodes.length;
+    c.dataset.view = `${this.scale.toFixed(3)} ${Math.round(this.tx)} ${Math.round(this.ty)}`;
+    c.dataset.drawn = STATUSES.filter((s) => tally[s]).map((s) => `${s}:${tally[s]}`).join(",");
     const text = this.scale > 0.45;
     g.font = "12px system-ui, sans-serif"; g.textBaseline = "middle";
     for (const n of visible) {
