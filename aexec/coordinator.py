@@ -774,8 +774,7 @@ class Coordinator:
                 subscriber.put(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, batch_events in notify.items():
-            await self.notify(self.runs[run_id], batch_events)
+        await self._notify_all(notify)
         for run in finished:
             self.runs.pop(run.run_id, None)
             await self.leases.release_adopted(run.run_id, delete=True)
@@ -786,15 +785,27 @@ class Coordinator:
         if finished:
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
 
+    async def _notify_all(self, notify: dict[str, list[Event]]) -> None:
+        """Send each run its events of one batch, the runs concurrently: every send waits
+        for the broker's confirm, and one batch can touch thousands of runs, so sending
+        them one after the other made a batch take one round trip per run.  A run's own
+        messages still go in order (one :meth:`notify` each)."""
+        if len(notify) == 1:
+            [(run_id, events)] = notify.items()
+            await self.notify(self.runs[run_id], events)
+        elif notify:
+            sends = (self.notify(self.runs[run_id], events) for run_id, events in notify.items())
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
+
     async def _announce_ended(self, runs: list[tuple[str, RunStatus]]) -> None:
         """Tell every worker, present and future, that these runs ended (they are recorded):
         their step messages still queued are skipped, a cancelled run's attempts stop."""
         now = time.time()
         bodies = [messages.RunEnded(run_id, status.value, now).encode() for run_id, status in runs]
 
-        async def announce() -> None:
-            for body in bodies:
-                await self.transport.announce(RUNS_ENDED_TOPIC, body)
+        async def announce() -> None:  # all again on a failure: a worker skips duplicates
+            sends = (self.transport.announce(RUNS_ENDED_TOPIC, body) for body in bodies)
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
 
         background = self._background
         if background is not None and background.running:
@@ -933,3 +944,11 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     """Fail ``future`` with ``error``; nobody awaiting it is no error."""
     future.set_exception(error)
     future.exception()  # marks it retrieved: no "exception was never retrieved" at exit
+
+
+def _raise_first(results: list[Any]) -> None:
+    """Raise the first exception among ``gather(..., return_exceptions=True)`` results (all
+    of them have finished: nothing is left running)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
