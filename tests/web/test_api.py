@@ -359,6 +359,7 @@ async def test_the_timeline_has_an_attempt_for_each_step_that_ran(
     bars = body["attempts"]
     assert sorted(b["step"] for b in bars) == ["add", "first"]
     assert all(b["status"] == "succeeded" and b["end"] >= b["start"] for b in bars)
+    assert {b["worker"] for b in bars} == {"embedded"}  # from the completions
 
 
 async def test_runs_are_found_by_tag_and_a_launch_tags_its_run(

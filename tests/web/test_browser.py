@@ -82,6 +82,10 @@ async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page
     await expect(page.locator("#result")).to_contain_text('"a"')
     await expect(page.locator('#log-body tr[data-kind="run_succeeded"]')).to_have_count(1)
     assert await run.result() == ["a", "b"]
+    # both attempts ran at once on the embedded worker: two lanes of its timeline
+    timeline = page.locator("#timeline canvas")
+    await expect(timeline).to_have_attribute("data-bars", "2")
+    await expect(timeline).to_have_attribute("data-lanes", "2")
 
 
 async def test_cancel_from_the_run_page_cancels_a_running_run(ui: Ui, page: Page) -> None:
