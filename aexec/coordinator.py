@@ -28,6 +28,7 @@ opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -94,6 +95,9 @@ from aexec.wire import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+HEARD_CANCELS = 10_000
+"""Broadcast cancels of runs not driven here that a coordinator remembers, at most."""
 
 CONFIRM_DELAY = 0.05
 """Seconds a confirmed dispatch waits at most to be recorded, if no other commit takes it."""
@@ -169,6 +173,9 @@ class Coordinator:
         # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
         self._confirmed: list[tuple[str, str, int]] = []
         self._confirm_due = False
+        # Cancels broadcast for runs not driven here (yet): a run this coordinator starts
+        # or takes over a moment later is cancelled all the same.  The newest kept.
+        self._heard_cancels: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._last_flush = time.monotonic()
         self._flush_armed = False
         self._stopped: asyncio.Future[None] | None = None
@@ -418,8 +425,24 @@ class Coordinator:
             return
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
-        if msg.run_id is not None and msg.run_id in self.runs:
+        if msg.run_id is None:
+            return
+        if msg.run_id in self.runs:
             self._inbox.post(Cancel(msg.run_id, msg.reason))
+            return
+        heard = self._heard_cancels
+        heard[msg.run_id] = msg.reason
+        while len(heard) > HEARD_CANCELS:
+            heard.popitem(last=False)
+
+    def drive(self, run: ActiveRun) -> None:
+        """Drive ``run`` from now on (it was just created or taken over); a cancel heard
+        for it meanwhile applies."""
+        self.runs[run.run_id] = run
+        if run.run_id in self._heard_cancels:
+            reason = self._heard_cancels.pop(run.run_id)
+            if run.cancel is None:
+                run.cancel = reason or ""
 
     async def submit(
         self,
@@ -494,7 +517,7 @@ class Coordinator:
                 requests = {}
             if run_id in requests:
                 run.cancel = requests[run_id] or ""
-        self.runs[run_id] = run
+        self.drive(run)
         self._inbox.post(Start(run_id))
         return run
 

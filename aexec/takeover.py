@@ -139,7 +139,7 @@ class Leases:
             run.cancel = requests[record.run_id] or ""
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
-        coordinator.runs[record.run_id] = run
+        coordinator.drive(run)
         coordinator.trace(run, resumed=True)
         started = record.status is not RunStatus.PENDING
         coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
