@@ -396,7 +396,7 @@ class Coordinator:
                 f"run {run.run_id} was taken over by another coordinator", [run.run_id]
             )
             _fail(run.done, error)
-        await self.leases.release_adopted(run.run_id, delete=False)
+        await self.leases.release_adopted(run.run_id)
 
     async def lose_all(self, run_ids: Iterable[str]) -> None:
         """Let go of these runs (those driven here): see :meth:`lose`."""
@@ -741,7 +741,7 @@ class Coordinator:
             await self.notify(run, [event])
         for subscriber in run.subscribers:
             subscriber.close()
-        await self.leases.release_adopted(run_id, delete=True)
+        await self.leases.release_adopted(run_id)
         if not run.done.done():
             run.done.set_result(RunStatus.FAILED)
         await self._announce_ended([(run_id, RunStatus.FAILED)])
@@ -800,7 +800,7 @@ class Coordinator:
         await self._notify_all(notify)
         for run in finished:
             self.runs.pop(run.run_id, None)
-            await self.leases.release_adopted(run.run_id, delete=True)
+            await self.leases.release_adopted(run.run_id)
             for subscriber in run.subscribers:
                 subscriber.close()
             if not run.done.done():
