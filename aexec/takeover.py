@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aexec.batch import ActiveRun
-from aexec.errors import StoreError, TransportError
+from aexec.errors import ConfigError, StoreError, TransportError
 from aexec.events import Event, EventKind
 from aexec.inbox import Resume
 from aexec.scheduling import Action, RecordedStep, RunState
@@ -122,6 +122,11 @@ class Leases:
             log.error("run %s: %s", record.run_id, error)
             fence = Fence(config.id, {record.run_id: record.epoch})
             await store.fail_run(record.run_id, error, ts=time.time(), fence=fence)
+            return None
+        try:
+            await coordinator.open_gateways(plan)
+        except ConfigError as exc:
+            log.error("coordinator %s cannot take over run %s: %s", config.id, record.run_id, exc)
             return None
         for queue in plan.queues:
             await coordinator.declare(queue)
