@@ -11,8 +11,10 @@ import pytest
 
 from aexec import pipeline
 from aexec.celery import celery_step
+from aexec.celery.protocol import task_id
 from aexec.config import Settings
 from aexec.events import EventKind
+from aexec.testing import wait_for_event
 from aexec.executor import Executor
 from tests.plugins.celery import CeleryWorkers
 
@@ -66,3 +68,219 @@ async def test_a_chain_of_celery_tasks_passes_results_along(
     assert {e.step for e in started} == set(steps)
     assert all(e.data["worker"].startswith("w1-") for e in started)
     assert len(celery_rpc.executions("mul")) >= 4
+
+
+async def test_a_failed_task_fails_its_step_with_the_exception_and_traceback_and_skips_dependents(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    t = tasks(celery_rpc)
+
+    @pipeline
+    def failing() -> Any:
+        bad = t["fail"].alias("bad")("no such thing")
+        t["add"].alias("after")(bad, 1)
+        return t["add"].alias("independent")(1, 1)
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(failing)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        steps = {s.key: s for s in await ex.get_steps(run.run_id)}
+    assert steps["independent"].status == "succeeded"
+    assert steps["after"].status == "skipped"
+    error = steps["bad"].error
+    assert error is not None
+    assert (error.type, error.message) == ("ValueError", "no such thing")
+    assert 'raise ValueError(message)' in error.traceback
+
+
+async def test_a_task_retrying_itself_is_one_running_step(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    t = tasks(celery_rpc)
+
+    @pipeline
+    def retrying() -> Any:
+        return t["flaky"].alias("flaky")(2)
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(retrying)
+        assert await run.result() == 2
+        steps = await ex.get_steps(run.run_id)
+        events = await ex.get_events(run.run_id)
+    assert [(s.status, s.attempts) for s in steps] == [("succeeded", 1)]
+    retries = [
+        e.data["message"]
+        for e in events
+        if e.kind is EventKind.STEP_PROGRESS and "message" in e.data
+    ]
+    assert retries == [
+        "Celery retries the task: RuntimeError: not yet (0)",
+        "Celery retries the task: RuntimeError: not yet (1)",
+    ]
+    assert not [e for e in events if e.kind is EventKind.STEP_RETRYING]
+
+
+async def test_a_task_no_worker_knows_is_a_clear_step_error(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    unknown = celery_step("tests.celery.tasks.nobody_wrote_this", queue=celery_rpc.queue)
+
+    @pipeline
+    def lost() -> Any:
+        return unknown(1)
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(lost)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        (record,) = await ex.get_steps(run.run_id)
+    assert record.error is not None
+    assert record.error.type == "NotRegistered"
+    assert "tests.celery.tasks.nobody_wrote_this" in record.error.message
+
+
+async def test_a_queue_no_celery_worker_declared_fails_the_step_instead_of_losing_the_task(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    nowhere = celery_step("tests.celery.tasks.add", queue=f"{celery_rpc.prefix}.nobody-here")
+
+    @pipeline
+    def unrouted() -> Any:
+        return nowhere(1, 2)
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(unrouted)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        (record,) = await ex.get_steps(run.run_id)
+    assert record.error is not None
+    assert record.error.type == "UnroutableError"
+    assert "nobody-here" in record.error.message
+
+
+async def test_a_time_limit_is_a_clear_step_error(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    limited = celery_step("tests.celery.tasks.sleep", queue=celery_rpc.queue, time_limit=0.5)
+
+    @pipeline
+    def slow() -> Any:
+        return limited(30, "limited")
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(slow)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        (record,) = await ex.get_steps(run.run_id)
+    assert record.error is not None
+    assert record.error.type == "TimeLimitExceeded"
+    assert not record.error.retryable
+
+
+async def test_values_cross_to_celery_with_their_types_and_back(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    echo = celery_step("tests.celery.tasks.echo", queue=celery_rpc.queue)
+    when = dt.datetime(2026, 11, 30, 5, 6, 7, tzinfo=dt.UTC)
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    values = {
+        "when": when,
+        "day": when.date(),
+        "money": decimal.Decimal("12.50"),
+        "ident": ident,
+        "blob": b"\x00\xff",
+        "nested": {"list": [1, 2.5, None, True, "x"]},
+    }
+
+    @pipeline
+    def types() -> Any:
+        return [echo.alias(k)(v) for k, v in values.items()]
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        results = await (await ex.submit(types)).result()
+    assert [r["type"] for r in results] == ["datetime", "date", "Decimal", "UUID", "bytes", "dict"]
+    assert [r["value"] for r in results] == list(values.values())
+
+
+async def test_a_value_json_cannot_carry_fails_the_step_with_a_clear_error(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    echo = celery_step("tests.celery.tasks.echo", queue=celery_rpc.queue)
+
+    @step
+    def make_set() -> set[int]:
+        return {1, 2}
+
+    @pipeline
+    def unfit() -> Any:
+        return echo(make_set())
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path, fail_fast=False) as ex:
+        run = await ex.submit(unfit)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        steps = {s.key: s for s in await ex.get_steps(run.run_id)}
+    error = steps["tests.celery.tasks.echo"].error
+    assert error is not None
+    assert error.type == "CodecError"
+    assert "is a set, which does not cross to Celery as JSON" in error.message
+    assert celery_rpc.executions("echo") == [] or steps["make_set"].status == "succeeded"
+
+
+async def test_native_and_celery_steps_feed_each_other_in_one_pipeline(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    t = tasks(celery_rpc)
+
+    @step
+    def double(x: int) -> int:
+        return 2 * x
+
+    @step
+    async def describe(total: int, each: list[int]) -> str:
+        return f"{total} from {each}"
+
+    @pipeline
+    def mixed(n: int = 3) -> Any:
+        doubled = [double.alias(f"d{i}")(i) for i in range(n)]  # native
+        each = [t["add"].alias(f"a{i}")(d, 100) for i, d in enumerate(doubled)]  # Celery
+        total = t["xsum"].alias("total")(each)  # Celery, fan-in
+        return describe(total, each)  # native again
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        assert await (await ex.submit(mixed)).result() == "306 from [100, 102, 104]"
+
+
+async def test_cancelling_a_run_revokes_its_running_celery_task_with_terminate(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    sleeper = celery_step("tests.celery.tasks.sleep", queue=celery_rpc.queue)
+    name = f"cancelled-{uuid.uuid4().hex[:6]}"
+
+    @pipeline
+    def long() -> Any:
+        return sleeper(30, name)
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(long)
+        await wait_for_event(run, EventKind.STEP_STARTED)
+        await run.cancel()
+        await run.wait()
+        assert (await ex.get_run(run.run_id)).status is RunStatus.CANCELLED
+        tid = task_id(run.run_id, 1, "tests.celery.tasks.sleep")
+        # The Celery worker hears the revoke and terminates the task's process.
+        await _until(lambda: f"Terminating {tid} (15)" in _log(celery_rpc))
+    assert [line for line in celery_rpc.executions("sleep-start") if name in line]
+    assert not [line for line in celery_rpc.executions("sleep-end") if name in line]
+
+
+def _log(workers: CeleryWorkers) -> str:
+    return "".join(p.log.read_text(errors="replace") for p in workers.processes)
+
+
+async def _until(check: Any, timeout: float = 20.0) -> None:
+    """Wait for a Celery worker process to have done something only its log shows."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.05)
