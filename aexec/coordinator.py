@@ -358,7 +358,8 @@ class Coordinator:
             if gateway is None:
                 raise ConfigError(
                     f"pipeline {plan.pipeline!r} has {kind} steps, which this coordinator "
-                    f"cannot send: configure a {kind} broker (see the README)"
+                    f"cannot send: configure a {kind} broker (AEXEC_{kind.upper()}_BROKER="
+                    "amqp://..., or an amqp:// --broker)"
                 )
             if kind in self._gateways_open:
                 continue

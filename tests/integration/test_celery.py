@@ -14,9 +14,10 @@ from aexec.celery import celery_step
 from aexec.celery.protocol import task_id
 from aexec.config import Settings
 from aexec.events import EventKind
-from aexec.testing import wait_for_event
 from aexec.executor import Executor
-from tests.plugins.celery import CeleryWorkers
+from aexec.testing import wait_for_event
+from aexec.types import RunStatus
+from tests.plugins.celery import CeleryProcess, CeleryWorkers
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -91,7 +92,7 @@ async def test_a_failed_task_fails_its_step_with_the_exception_and_traceback_and
     error = steps["bad"].error
     assert error is not None
     assert (error.type, error.message) == ("ValueError", "no such thing")
-    assert 'raise ValueError(message)' in error.traceback
+    assert "raise ValueError(message)" in error.traceback
 
 
 async def test_a_task_retrying_itself_is_one_running_step(
@@ -270,17 +271,11 @@ async def test_cancelling_a_run_revokes_its_running_celery_task_with_terminate(
         assert (await ex.get_run(run.run_id)).status is RunStatus.CANCELLED
         tid = task_id(run.run_id, 1, "tests.celery.tasks.sleep")
         # The Celery worker hears the revoke and terminates the task's process.
-        await _until(lambda: f"Terminating {tid} (15)" in _log(celery_rpc))
+        assert await _heard(celery_rpc.processes[0], f"Terminating {tid} (15)")
     assert [line for line in celery_rpc.executions("sleep-start") if name in line]
     assert not [line for line in celery_rpc.executions("sleep-end") if name in line]
 
 
-def _log(workers: CeleryWorkers) -> str:
-    return "".join(p.log.read_text(errors="replace") for p in workers.processes)
-
-
-async def _until(check: Any, timeout: float = 20.0) -> None:
-    """Wait for a Celery worker process to have done something only its log shows."""
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.05)
+async def _heard(process: CeleryProcess, text: str) -> bool:
+    """Wait for a Celery worker to print ``text`` (what only its output tells)."""
+    return await asyncio.to_thread(process.wait_for, text)

@@ -37,6 +37,8 @@ class CeleryProcess:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._ready = threading.Event()
+        self._lines: list[str] = []
+        self._heard = threading.Condition()
         self.process = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -56,6 +58,14 @@ class CeleryProcess:
                 out.flush()
                 if b" ready." in line:
                     self._ready.set()
+                with self._heard:
+                    self._lines.append(line.decode(errors="replace"))
+                    self._heard.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> bool:
+        """Block until the worker printed a line holding ``text`` (False after ``timeout``)."""
+        with self._heard:
+            return self._heard.wait_for(lambda: any(text in x for x in self._lines), timeout)
 
     def wait_ready(self) -> None:
         if not self._ready.wait(READY_TIMEOUT) or self.process.poll() is not None:
@@ -154,6 +164,12 @@ def celery_rpc(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for workers in _workers(amqp_url, "rpc://", tmp_path_factory.mktemp("celery-rpc")):
         workers.start("w1")
         yield workers
+
+
+@pytest.fixture
+def celery_private(amqp_url: str, tmp_path: Path) -> Iterator[CeleryWorkers]:
+    """Celery workers of this test alone (none started yet), reporting over ``rpc://``."""
+    yield from _workers(amqp_url, "rpc://", tmp_path)
 
 
 @pytest.fixture(scope="session")
