@@ -17,7 +17,6 @@ import datetime as dt
 from typing import Any
 
 from aexec.dsl import StepDef, _check_options, _definition_error, _retry_policy, _where
-from aexec.wire import MAX_PRIORITY
 
 KIND = "celery"
 DEFAULT_QUEUE = "celery"
@@ -57,8 +56,6 @@ def celery_step(
     attempt to aexec)."""
     where = _where()
     _check_options(name, queue, priority, retries, retry_backoff, None)
-    if priority > MAX_PRIORITY:  # pragma: no cover - _check_options refuses it
-        raise _definition_error(f"Celery step {name!r}: priority must be 0..{MAX_PRIORITY}")
     if serializer not in ("json", "msgpack"):
         raise _definition_error(
             f"Celery step {name!r}: serializer must be 'json' or 'msgpack' (never pickle)", where

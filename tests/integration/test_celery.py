@@ -4,12 +4,18 @@ RabbitMQ, results over the ``rpc://`` backend (and Redis, at the end)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
-from aexec import pipeline
+import aexec
+from aexec import codec, pipeline, step
 from aexec.celery import celery_step
 from aexec.celery.protocol import task_id
 from aexec.config import Settings
@@ -279,3 +285,96 @@ async def test_cancelling_a_run_revokes_its_running_celery_task_with_terminate(
 async def _heard(process: CeleryProcess, text: str) -> bool:
     """Wait for a Celery worker to print ``text`` (what only its output tells)."""
     return await asyncio.to_thread(process.wait_for, text)
+
+
+async def test_a_celery_worker_killed_mid_task_with_acks_late_leaves_it_to_another(
+    celery_private: CeleryWorkers, tmp_path: Path
+) -> None:
+    late = celery_step("tests.celery.tasks.sleep_late", queue=celery_private.queue)
+    first = celery_private.start("doomed")
+
+    @pipeline
+    def survive() -> Any:
+        return late(1.0, "survivor")
+
+    async with asyncio.timeout(WAIT), executor(celery_private, tmp_path) as ex:
+        run = await ex.submit(survive)
+        await wait_for_event(run, EventKind.STEP_STARTED)
+        assert await _heard(first, "ledger: sleep_late-start survivor")
+        first.kill()  # SIGKILL, pool and all, mid-task: RabbitMQ requeues the unacked task
+        celery_private.start("heir")
+        assert await run.result() == "survivor"
+        (record,) = await ex.get_steps(run.run_id)
+        events = await ex.get_events(run.run_id)
+    assert (record.status, record.attempts) == ("succeeded", 1)
+    assert len(celery_private.executions("sleep_late-start")) == 2
+    assert len(celery_private.executions("sleep_late-end")) == 1
+    (done,) = [e for e in events if e.kind is EventKind.STEP_SUCCEEDED]
+    assert done.data["worker"].startswith("heir-")
+
+
+async def test_a_duplicate_result_is_never_recorded_twice(
+    celery_rpc: CeleryWorkers, tmp_path: Path
+) -> None:
+    t = tasks(celery_rpc)
+
+    @pipeline
+    def two() -> Any:
+        return t["echo"].alias("b")(t["add"].alias("a")(1, 2))
+
+    async with asyncio.timeout(WAIT), executor(celery_rpc, tmp_path) as ex:
+        run = await ex.submit(two)
+        await wait_for_event(run, EventKind.STEP_SUCCEEDED, step="a")
+        # The same result again, as a redelivery would bring it, but saying something else.
+        await _publish_reply(
+            celery_rpc,
+            task_id(run.run_id, 1, "a"),
+            {"status": "SUCCESS", "result": 999, "traceback": None, "children": []},
+        )
+        assert await run.result() == {"value": 3, "type": "int"}
+        events = await ex.get_events(run.run_id)
+    succeeded = [e for e in events if e.kind is EventKind.STEP_SUCCEEDED and e.step == "a"]
+    assert len(succeeded) == 1
+
+
+async def _publish_reply(workers: CeleryWorkers, tid: str, meta: dict[str, Any]) -> None:
+    connection = await aio_pika.connect(workers.broker)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                json.dumps({**meta, "task_id": tid}).encode(),
+                content_type="application/json",
+                content_encoding="utf-8",
+                correlation_id=tid,
+            ),
+            routing_key=f"{workers.prefix}.celery.replies",
+        )
+
+
+async def test_results_come_back_through_a_redis_backend(
+    celery_redis: CeleryWorkers, tmp_path: Path
+) -> None:
+    t = tasks(celery_redis)
+
+    @pipeline
+    def over_redis() -> Any:
+        total = t["add"].alias("add")(20, 1)
+        doubled = t["mul"].alias("mul")(total, 2)
+        t["fail"].alias("bad")("through redis")
+        return t["flaky"].alias("flaky")(1), doubled
+
+    async with asyncio.timeout(WAIT), executor(celery_redis, tmp_path) as ex:
+        run = await ex.submit(over_redis)
+        with pytest.raises(aexec.RunFailedError):
+            await run.result()
+        steps = {s.key: s for s in await ex.get_steps(run.run_id)}
+    assert {k: s.status for k, s in steps.items()} == {
+        "add": "succeeded",
+        "mul": "succeeded",
+        "bad": "failed",
+        "flaky": "succeeded",
+    }
+    bad = steps["bad"].error
+    assert bad is not None and (bad.type, bad.message) == ("ValueError", "through redis")
+    assert codec.decode(steps["mul"].output or b"") == 42

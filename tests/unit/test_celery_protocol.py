@@ -179,7 +179,7 @@ def test_celery_steps_keep_their_kind_and_options_in_the_stored_plan() -> None:
     assert again.digest == plan.digest
     step = again.step("proj.tasks.add")
     assert (step.kind, step.queue, step.priority) == ("celery", "math", 3)
-    assert dict(step.options) == {"countdown": 2.0, "serializer": "json", "time_limit": 30.0}
+    assert dict(step.task_options) == {"countdown": 2.0, "serializer": "json", "time_limit": 30.0}
     assert again.queues == frozenset()  # no aexec step queue to declare
     assert again.kinds == frozenset({"celery"})
 
