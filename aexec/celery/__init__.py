@@ -9,14 +9,18 @@ the coordinator speaks the protocol itself (:mod:`aexec.celery.protocol`,
 
 Values cross as JSON-compatible data (plus datetime, date, time, Decimal, UUID and
 bytes, as kombu encodes them); a value that does not fit fails the step with a clear error.
+
+``from_canvas(workflow)`` turns a Celery canvas (chains, groups, chords, ``.s``/``.si``,
+``link``) into a pipeline of such steps, with Celery's semantics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
-from aexec.dsl import StepDef, _check_options, _definition_error, _retry_policy, _where
+from aexec.dsl import Pipeline, StepDef, _check_options, _definition_error, _retry_policy, _where
 
 KIND = "celery"
 DEFAULT_QUEUE = "celery"
@@ -84,4 +88,14 @@ def celery_step(
     )
 
 
-__all__ = ["KIND", "celery_step"]
+def from_canvas(
+    signature: Mapping[str, Any], *, name: str | None = None, queue: str = DEFAULT_QUEUE
+) -> Pipeline:
+    """The pipeline that runs Celery canvas ``signature`` on Celery workers: see
+    :func:`aexec.celery.canvas.from_canvas`."""
+    from aexec.celery.canvas import from_canvas as convert
+
+    return convert(signature, name=name, queue=queue)
+
+
+__all__ = ["KIND", "celery_step", "from_canvas"]

@@ -30,6 +30,8 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     task_queue_max_priority=10,
+    # Where the worker sends what follows in a chain or chord (Celery's own canvases).
+    task_default_queue=os.environ.get("AEXEC_TEST_CELERY_QUEUE", "celery"),
 )
 
 

@@ -117,6 +117,7 @@ class CeleryWorkers:
             AEXEC_TEST_CELERY_BROKER=self.broker,
             AEXEC_TEST_CELERY_BACKEND=self.backend,
             AEXEC_TEST_CELERY_LEDGER=str(self.ledger),
+            AEXEC_TEST_CELERY_QUEUE=self.queue,
             PYTHONPATH=str(ROOT),
         )
         argv = [
