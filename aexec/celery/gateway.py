@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 KIND = "celery"
 PIDBOX_EXCHANGE = "celery.pidbox"
-REDIS_PATTERN = "celery-task-meta-aexec.*"
 _BROKER_ERRORS = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -92,6 +91,18 @@ class CeleryConfig:
     @property
     def uses_rpc(self) -> bool:
         return self.backend.startswith("rpc:")
+
+    @property
+    def redis(self) -> tuple[str, str]:
+        """The Redis URL and the prefix of its result keys: Celery's ``global_keyprefix``
+        (its ``result_backend_transport_options``), given as that query parameter."""
+        parts = urlsplit(self.backend)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefix = dict(query).get("global_keyprefix", "")
+        if prefix and prefix[-1] not in ":_-.":
+            prefix += "_"  # as Celery does
+        rest = urlencode([(k, v) for k, v in query if k != "global_keyprefix"])
+        return urlunsplit(parts._replace(query=rest)), prefix + "celery-task-meta-"
 
 
 class _RpcReply:
@@ -377,14 +388,15 @@ class CeleryGateway:
         import redis.asyncio
         import redis.exceptions
 
+        url, keys = self.config.redis
         delay = 0.1
         while True:
-            client = redis.asyncio.Redis.from_url(self.config.backend)
+            client = redis.asyncio.Redis.from_url(url)
             try:
                 pubsub = client.pubsub()
-                await pubsub.psubscribe(REDIS_PATTERN)
+                await pubsub.psubscribe(f"{keys}aexec.*")
                 for tid in list(self._pending):
-                    stored = await client.get(f"celery-task-meta-{tid}")
+                    stored = await client.get(f"{keys}{tid}")
                     if stored is not None:
                         await self._on_redis_result(tid, stored)
                 delay = 0.1
@@ -393,7 +405,7 @@ class CeleryGateway:
                         channel = message["channel"]
                         if isinstance(channel, bytes):
                             channel = channel.decode()
-                        tid = channel.removeprefix("celery-task-meta-")
+                        tid = channel.removeprefix(keys)
                         await self._on_redis_result(tid, message["data"])
             except (redis.exceptions.RedisError, OSError) as exc:
                 log.warning(
