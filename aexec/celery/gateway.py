@@ -392,8 +392,8 @@ class CeleryGateway:
         delay = 0.1
         while True:
             client = redis.asyncio.Redis.from_url(url)
+            pubsub = client.pubsub()  # a connection of its own
             try:
-                pubsub = client.pubsub()
                 await pubsub.psubscribe(f"{keys}aexec.*")
                 for tid in list(self._pending):
                     stored = await client.get(f"{keys}{tid}")
@@ -416,6 +416,8 @@ class CeleryGateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
 

@@ -4,6 +4,7 @@ which Celery's own chords need), beside the same canvas run by Celery itself."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,22 @@ pytestmark = pytest.mark.rabbitmq
 WAIT = 120.0
 
 
-def client(workers: CeleryWorkers) -> Celery:
+@pytest.fixture
+def client(celery_redis: CeleryWorkers) -> Iterator[Celery]:
     """A Celery client app without the tasks' code, as a service that only sends them."""
-    app = Celery("client", broker=workers.broker, backend=workers.backend)
+    app = Celery("client", broker=celery_redis.broker, backend=celery_redis.backend)
     app.conf.update(
-        task_default_queue=workers.queue, task_queue_max_priority=10, result_expires=600
+        task_default_queue=celery_redis.queue, task_queue_max_priority=10, result_expires=600
     )
-    return app
+    try:
+        yield app
+    finally:  # its sockets to Redis and RabbitMQ go with it, not to the garbage collector
+        backend = app.backend
+        consumer = getattr(backend, "result_consumer", None)
+        if consumer is not None:
+            consumer.stop()
+        backend.client.connection_pool.disconnect()
+        app.close()
 
 
 def stubs(app: Celery) -> Any:
@@ -69,9 +79,9 @@ async def through_aexec(workers: CeleryWorkers, tmp_path: Path, workflow: Any) -
     ids=["chain_of_chords_57", "nested_graph_23"],
 )
 async def test_the_ovh_workflows_give_celerys_results_with_every_task_run_once(
-    celery_redis: CeleryWorkers, tmp_path: Path, build: Any, tasks: int
+    celery_redis: CeleryWorkers, client: Celery, tmp_path: Path, build: Any, tasks: int
 ) -> None:
-    t = stubs(client(celery_redis))
+    t = stubs(client)
     async with asyncio.timeout(WAIT):
         before = len(celery_redis.executions("noop"))
         expected = await through_celery(build(t.noop))
@@ -83,9 +93,9 @@ async def test_the_ovh_workflows_give_celerys_results_with_every_task_run_once(
 
 
 async def test_results_flow_through_chains_chords_partials_immutables_and_links_as_in_celery(
-    celery_redis: CeleryWorkers, tmp_path: Path
+    celery_redis: CeleryWorkers, client: Celery, tmp_path: Path
 ) -> None:
-    t = stubs(client(celery_redis))
+    t = stubs(client)
 
     def build() -> Any:
         fan = group(t.mul.s(2), t.mul.s(3), chain(t.add.s(1), t.mul.s(10)))
