@@ -461,16 +461,17 @@ class Coordinator:
         priority: int = 0,
         run_id: str | None = None,
         notify: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable (while the
-        store is unavailable, it waits).
+        """Record a new run of ``plan`` (labelled ``tags``) and start it; returns once it
+        is durable (while the store is unavailable, it waits).
 
         ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
         :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
         event of the run from its run_submitted on."""
         if run_id is not None:
             check_run_id(run_id)
-        return await self.create(plan, priority, run_id, notify, retry=True)
+        return await self.create(plan, priority, run_id, notify, retry=True, tags=tags)
 
     async def create(
         self,
@@ -480,6 +481,7 @@ class Coordinator:
         notify: str | None,
         *,
         retry: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
         """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
         broker that is unavailable now raises at once (a submission from the broker goes
@@ -500,6 +502,7 @@ class Coordinator:
             owner=self.config.id,
             lease_until=now + self.config.lease,
             epoch=1,
+            tags=dict(tags or {}),
         )
         await self.open_gateways(plan)
         for queue in plan.queues:
@@ -556,27 +559,23 @@ class Coordinator:
     async def cancel(self, run_id: str, reason: str | None = None) -> None:
         """Cancel a run, durably: the request is recorded in the store, so that whichever
         coordinator drives the run, takes it over or starts it later honours it.  A run
-        driven here is cancelled at once (the request is recorded too, in case it is taken
-        over first: an unavailable store is then only logged).  For one driven elsewhere,
-        the request is first broadcast, so that its coordinator acts at once whatever this
-        one's store does, then recorded (its coordinator also finds it at its next lease
-        renewal, if it missed the broadcast).  Workers hear of the end once it is recorded
-        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`).  A store error is raised only for a run
-        not driven here (the request was not recorded: send it again)."""
-        if run_id in self.runs:
+        driven here is cancelled at once; for one driven elsewhere the request is
+        broadcast, so that its coordinator acts at once whatever this one's store does
+        (it also finds the request at its next lease renewal, if it missed the broadcast).
+        Then the request is recorded: a store error is raised (the request may not be
+        kept: send it again).  Workers hear of the end once it is recorded
+        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
+        driven = run_id in self.runs
+        if driven:
             self._inbox.post(Cancel(run_id, reason))
+        else:
+            command = messages.Control("cancel", run_id=run_id, reason=reason)
             try:
-                await self.store.request_cancel(run_id, reason)
-            except StoreError as exc:
-                log.warning("could not record the cancel request of run %s: %s", run_id, exc)
-            return
-        command = messages.Control("cancel", run_id=run_id, reason=reason)
-        try:
-            await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
-        except TransportError as exc:  # recorded below: found at the next lease renewal
-            log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
+                await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
+            except TransportError as exc:  # recorded below: found at the next renewal
+                log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
         await self.store.request_cancel(run_id, reason)
-        if run_id in self.runs:  # it started here meanwhile
+        if not driven and run_id in self.runs:  # it started here meanwhile
             self._inbox.post(Cancel(run_id, reason))
 
     async def cancel_requested(self, run_ids: Iterable[str]) -> None:

@@ -41,8 +41,8 @@ from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
-from aexec.types import RunStatus
-from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
+from aexec.types import RunStatus, check_tags
+from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
 
 
@@ -228,16 +228,22 @@ class Executor:
         *,
         priority: int = 0,
         params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Run:
         """Compile ``pipeline`` with its parameters (``params`` and/or keyword arguments)
-        and start a run of it with ``priority`` (0..10)."""
+        and start a run of it with ``priority`` (0..10), labelled ``tags`` (text to text:
+        ``aexec runs list --tag k=v`` and the UI find runs by them)."""
         if (
             isinstance(priority, bool)
             or not isinstance(priority, int)
             or not (0 <= priority <= MAX_PRIORITY)
         ):
             raise PlanError(f"run priority must be an integer 0..{MAX_PRIORITY}, not {priority!r}")
+        try:
+            labels = check_tags(dict(tags or {}))
+        except (ValueError, TypeError) as exc:
+            raise PlanError(str(exc)) from None
         values = {**(params or {}), **kwargs}
         if isinstance(pipeline, Pipeline):
             compiled = pipeline.compile(**values)
@@ -246,7 +252,7 @@ class Executor:
         else:
             compiled = pipeline
         if self.settings.remote:
-            return await self._submit_remote(compiled.plan, priority)
+            return await self._submit_remote(compiled.plan, priority, labels)
         coordinator = await self._start_engine()
         if self._worker is not None:
             local = {s.name for s in self._extra_steps}
@@ -261,7 +267,7 @@ class Executor:
                     "run with a broker and a worker that serves it"
                 )
             self._worker.add_steps(compiled.steps.values())
-        active = await coordinator.submit(compiled.plan, priority=priority)
+        active = await coordinator.submit(compiled.plan, priority=priority, tags=labels)
         return LocalRun(
             coordinator,
             active,
@@ -270,7 +276,7 @@ class Executor:
             max_value_size=self.settings.max_value_size,
         )
 
-    async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
+    async def _submit_remote(self, plan: Plan, priority: int, tags: dict[str, str]) -> RemoteRun:
         data = plan.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE - ENVELOPE:
             raise PlanError(
@@ -286,9 +292,10 @@ class Executor:
             objects=self.objects,
             cancel=self._broadcast_cancel,
             max_value_size=self.settings.max_value_size,
+            tags=tags,
         )
         self._remote_runs[run.run_id] = run
-        body = messages.Submit(run.run_id, data, priority, self._notify_queue).encode()
+        body = messages.Submit(run.run_id, data, priority, self._notify_queue, tags).encode()
         await transport.publish(SUBMIT_QUEUE, body)
         return run
 
@@ -341,7 +348,9 @@ class Executor:
         """How many messages wait in each of the step queues ``names`` (those that exist)."""
         if self.settings.embedded and self._worker is None:
             return {}
-        return await (await self._open_transport()).queue_depths(names)
+        physical = {step_queue(name): name for name in names}
+        depths = await (await self._open_transport()).queue_depths(physical)
+        return {physical[queue]: depth for queue, depth in depths.items()}
 
     async def _on_run_ended(self, delivery: Delivery) -> None:
         """A run ended: if it is one of this client's and its end has not arrived, ask a
@@ -381,9 +390,18 @@ class Executor:
         return await self.store.get_run(run_id)
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
-        return await self.store.list_runs(limit=limit, status=status)
+        """Most recent first, filtered as :meth:`Store.list_runs <aexec.store.Store.list_runs>`."""
+        return await self.store.list_runs(
+            limit=limit, status=status, pipeline=pipeline, tag=tag, offset=offset
+        )
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self.store.get_steps(run_id)

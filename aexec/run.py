@@ -150,6 +150,7 @@ class RemoteRun:
         objects: ObjectStore,
         cancel: Callable[[str, str | None], Awaitable[None]],
         max_value_size: int = DEFAULT_MAX_BODY,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self._objects = objects
         self._max_value_size = max_value_size
@@ -164,6 +165,7 @@ class RemoteRun:
             priority,
             plan.parameters,
             created_at=time.time(),
+            tags=dict(tags or {}),
         )
         self._steps = {s.key: StepRecord(run_id, s.key, s.name, s.queue) for s in plan.steps}
         self._history: list[Event] = []

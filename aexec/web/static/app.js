@@ -197,22 +197,24 @@ function runsPage(main) {
   const status = el("select", { name: "status" }, el("option", { value: "" }, "any"),
     ...["pending", "running", "succeeded", "failed", "cancelled"].map((s) => el("option", { value: s, selected: params.get("status") === s }, s)));
   const pipeline = el("input", { name: "pipeline", value: params.get("pipeline") || "", placeholder: "pipeline name" });
+  const tag = el("input", { name: "tag", value: params.get("tag") || "", placeholder: "key=value" });
   const form = el("form", { class: "filters", method: "get", action: ROOT + "/" },
-    el("label", {}, "status", status), el("label", {}, "pipeline", pipeline),
+    el("label", {}, "status", status), el("label", {}, "pipeline", pipeline), el("label", {}, "tag", tag),
     el("button", { type: "submit" }, "Filter"));
   const body = el("tbody", { id: "runs-body" });
   const table = el("table", { id: "runs" }, el("thead", {}, el("tr", {},
-    ...["run", "pipeline", "status", "created", "duration", "steps"].map((h) => el("th", {}, h)))), body);
+    ...["run", "pipeline", "status", "created", "duration", "steps", "tags"].map((h) => el("th", {}, h)))), body);
   const pager = el("div", { class: "pager" });
   main.replaceChildren(el("h1", {}, "Runs"), form, table, pager);
   const query = new URLSearchParams();
-  for (const name of ["status", "pipeline", "offset", "limit"]) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of ["status", "pipeline", "tag", "offset", "limit"]) if (params.get(name)) query.set(name, params.get(name));
   function render(page) {
     body.replaceChildren(...page.runs.map((run) => el("tr", { dataset: { run: run.run_id, status: run.status } },
       el("td", { class: "mono" }, el("a", { href: "/runs/" + encodeURIComponent(run.run_id) }, run.run_id.slice(0, 12))),
       el("td", {}, run.pipeline), el("td", {}, badge(run.status)), el("td", {}, when(run.created_at)),
-      el("td", {}, seconds(run.duration)), el("td", { class: "counts" }, counts(run.steps)))));
-    if (!page.runs.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "no runs")));
+      el("td", {}, seconds(run.duration)), el("td", { class: "counts" }, counts(run.steps)),
+      el("td", { class: "tags" }, tagList(run.tags)))));
+    if (!page.runs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no runs")));
     const link = (offset, text) => {
       const q = new URLSearchParams(query); q.set("offset", offset);
       return el("a", { href: "/?" + q.toString() }, text);
@@ -222,6 +224,11 @@ function runsPage(main) {
       page.next !== null ? link(page.next, "older →") : "");
   }
   stream("/api/runs/stream?" + query.toString(), { event(kind, page) { if (kind === "runs") render(page); } });
+}
+
+function tagList(tags) {
+  return Object.entries(tags || {}).map(([k, v]) =>
+    el("a", { class: "tag", href: "/?tag=" + encodeURIComponent(`${k}=${v}`) }, `${k}=${v}`));
 }
 
 function counts(steps) {
@@ -269,7 +276,7 @@ async function runPage(main, runId) {
     statusBox.replaceChildren(badge(run.status));
     cancel.disabled = ["succeeded", "failed", "cancelled"].includes(run.status);
     const rows = [["run", run.run_id], ["pipeline", run.pipeline], ["priority", run.priority],
-      ["params", JSON.stringify(run.params)], ["created", when(run.created_at)],
+      ["params", JSON.stringify(run.params)], ["tags", tagList(run.tags)], ["created", when(run.created_at)],
       ["started", when(run.started_at)], ["finished", when(run.finished_at)], ["duration", seconds(run.duration)]];
     if (run.error) rows.push(["error", run.error]);
     header.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, v)]));
@@ -513,6 +520,12 @@ class Dag {
       g.moveTo(ax, ay); g.bezierCurveTo(ax + 30, ay, bx - 30, by, bx, by);
     }
     g.stroke();
+    // What the graph shows, for tests and scripts: its nodes and its steps by status.
+    const tally = {};
+    for (const s of Object.values(this.steps)) tally[s.status] = (tally[s.status] || 0) + 1;
+    c.dataset.nodes = this.nodes.length;
+    c.dataset.view = `${this.scale.toFixed(3)} ${Math.round(this.tx)} ${Math.round(this.ty)}`;
+    c.dataset.drawn = STATUSES.filter((s) => tally[s]).map((s) => `${s}:${tally[s]}`).join(",");
     const text = this.scale > 0.45;
     g.font = "12px system-ui, sans-serif"; g.textBaseline = "middle";
     for (const n of visible) {
@@ -659,6 +672,7 @@ async function launchPage(main) {
   const name = el("input", { name: "name", id: "launch-name", placeholder: "pipeline in the file (if several)" });
   const params = el("textarea", { name: "params", id: "launch-params", rows: 4, cols: 50 }, "{}");
   const priority = el("input", { name: "priority", type: "number", min: 0, max: 10, value: 0, id: "launch-priority" });
+  const tags = el("input", { name: "tags", id: "launch-tags", size: 40, placeholder: "team=data env=staging" });
   const hint = el("p", { class: "muted" });
   function showParams() {
     const p = known.pipelines.find((x) => x.name === pipeline.value);
@@ -669,7 +683,13 @@ async function launchPage(main) {
     e.preventDefault();
     let values;
     try { values = JSON.parse(params.value || "{}"); } catch (err) { notice("parameters are not JSON: " + err.message); return; }
-    const body = { params: values, priority: Number(priority.value) };
+    const labels = {};
+    for (const item of tags.value.split(/\s+/).filter(Boolean)) {
+      const cut = item.indexOf("=");
+      if (cut <= 0) { notice(`tag ${item} is not key=value`); return; }
+      labels[item.slice(0, cut)] = item.slice(cut + 1);
+    }
+    const body = { params: values, priority: Number(priority.value), tags: labels };
     if (file.value.trim()) { body.file = file.value.trim(); if (name.value.trim()) body.pipeline = name.value.trim(); }
     else body.pipeline = pipeline.value;
     try {
@@ -682,6 +702,7 @@ async function launchPage(main) {
     known.files ? el("p", {}, el("label", {}, "or a file on the server ", file), " ", name) : null,
     el("p", {}, el("label", {}, "parameters (JSON object)", el("br"), params)),
     el("p", {}, el("label", {}, "priority ", priority)),
+    el("p", {}, el("label", {}, "tags ", tags)),
     el("button", { type: "submit", id: "launch-submit" }, "Launch"));
   main.replaceChildren(el("h1", {}, "Launch a run"), form);
 }
