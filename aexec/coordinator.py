@@ -53,6 +53,7 @@ from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
     CodecError,
+    ConfigError,
     LeaseLostError,
     ObjectStoreError,
     StoreError,
@@ -61,6 +62,7 @@ from aexec.errors import (
     ValueTooLargeError,
 )
 from aexec.events import Event, EventKind, to_record
+from aexec.gateway import Gateway
 from aexec.inbox import (
     Cancel,
     FlushDue,
@@ -82,7 +84,7 @@ from aexec.submissions import Submissions
 from aexec.takeover import Leases
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
-from aexec.types import ErrorInfo, RunStatus
+from aexec.types import ErrorInfo, RunStatus, StepStatus
 from aexec.wire import (
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
@@ -149,8 +151,12 @@ class Coordinator:
         *,
         objects: ObjectStore | None = None,
         on_queue: Callable[[str], Awaitable[None]] | None = None,
+        gateways: Mapping[str, Gateway] | None = None,
     ) -> None:
         self.transport = transport
+        self.gateways = dict(gateways or {})
+        self._gateways_open: set[str] = set()
+        self._gateway_lock = asyncio.Lock()
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
@@ -191,6 +197,7 @@ class Coordinator:
             objects=objects,
             max_message_size=self.config.max_message_size,
             confirmed=self._on_confirmed if self.config.durable_dispatch else None,
+            gateways=self.gateways,
         )
         self._submissions = Submissions(self)
         self._requests = ClientRequests(self)
@@ -256,6 +263,7 @@ class Coordinator:
             try:
                 await background.aclose()  # raises what stopped it, if a task failed
             finally:
+                await self._close_gateways()
                 self._resolve_stopped()
         if self._unrecorded or self._unfinished:
             try:
@@ -294,6 +302,7 @@ class Coordinator:
             await background.aclose()
         finally:
             await self._drop_subscriptions()
+            await self._close_gateways()
             self._end_runs()
             self._resolve_stopped()
 
@@ -334,6 +343,7 @@ class Coordinator:
         does, and let the runs' waiters know why."""
         error = AexecError(f"coordinator {self.config.id} stopped: {failure!r}")
         await self._drop_subscriptions()
+        await self._close_gateways()
         self._end_runs(error)
         self._resolve_stopped(error)
 
@@ -346,6 +356,29 @@ class Coordinator:
             if subscription is not None:
                 await subscription.cancel()
         await self.leases.drop_subscriptions()
+
+    async def open_gateways(self, plan: Plan) -> None:
+        """Start the gateways that the foreign steps of ``plan`` (Celery tasks) go through,
+        once; a :class:`~aexec.errors.ConfigError` if this coordinator has none for a kind."""
+        for kind in sorted(plan.kinds):
+            gateway = self.gateways.get(kind)
+            if gateway is None:
+                raise ConfigError(
+                    f"pipeline {plan.pipeline!r} has {kind} steps, which this coordinator "
+                    f"cannot send: configure a {kind} broker (AEXEC_{kind.upper()}_BROKER="
+                    "amqp://..., or an amqp:// --broker)"
+                )
+            if kind in self._gateways_open:
+                continue
+            async with self._gateway_lock:
+                if kind not in self._gateways_open:
+                    await gateway.start(self._inbox.post)
+                    self._gateways_open.add(kind)
+
+    async def _close_gateways(self) -> None:
+        opened, self._gateways_open = self._gateways_open, set()
+        for kind in sorted(opened):
+            await self.gateways[kind].close()
 
     def _end_runs(self, error: AexecError | None = None) -> None:
         """Stop driving every run: end their event streams, and cancel their waiters (or
@@ -494,6 +527,7 @@ class Coordinator:
             epoch=1,
             tags=dict(tags or {}),
         )
+        await self.open_gateways(plan)
         for queue in plan.queues:
             await self.declare(queue)
 
@@ -785,9 +819,7 @@ class Coordinator:
         if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            outgoing = batch.outgoing
-            bodies = [self._dispatcher.message(step) for step in outgoing]
-            self._require_running().start_work(self._dispatcher.publish(outgoing, bodies))
+            self._require_running().start_work(self._dispatcher.send(batch.outgoing))
         acks, batch.acks = batch.acks, []
         for delivery, msg in acks:
             if msg is not None and msg.run_id in lost:
@@ -827,6 +859,23 @@ class Coordinator:
                 run.done.set_result(run.state.run_status)
         if finished:
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
+            if self.gateways:
+                await self._revoke([r for r in finished if r.status is RunStatus.CANCELLED])
+
+    async def _revoke(self, runs: list[ActiveRun]) -> None:
+        """Stop the gateway steps (Celery tasks) that the cancelled ``runs`` had sent."""
+        for kind, gateway in self.gateways.items():
+            attempts = [
+                (run.run_id, step.key, run.state.attempts[step.index])
+                for run in runs
+                for step in run.plan.steps
+                if step.kind == kind
+                and run.state.attempts[step.index] > 0
+                and run.state.status[step.index] is StepStatus.CANCELLED
+            ]
+            if attempts:
+                with contextlib.suppress(AexecError):
+                    self.start_work(gateway.revoke(attempts))
 
     async def _notify_all(self, notify: dict[str, list[Event]]) -> None:
         """Send each run its events of one batch, the runs concurrently: every send waits

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
-from aexec.plan import DEFAULT_QUEUE, Plan, StepSpec, build
+from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY
 
@@ -67,6 +67,8 @@ class StepDef(Generic[P, R]):
     """A step definition: a function plus its execution options.
 
     ``remote_step`` makes one without a function; its code lives in another code base.
+    ``kind`` says who runs it (aexec workers, or a gateway such as Celery's, with
+    ``task_options``).
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class StepDef(Generic[P, R]):
         version: str = "",
         cache_ttl: float | None = None,
         max_wait: float | None = None,
+        kind: str = NATIVE,
+        task_options: tuple[tuple[str, Any], ...] = (),
     ) -> None:
         self.fn = fn
         self.max_wait = max_wait
@@ -91,6 +95,8 @@ class StepDef(Generic[P, R]):
         self.cache = cache
         self.version = version
         self.cache_ttl = cache_ttl
+        self.kind = kind
+        self.task_options = task_options
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -170,7 +176,7 @@ class StepDef(Generic[P, R]):
         return Signature(self, args, kwargs, immutable=True)
 
     def __repr__(self) -> str:
-        kind = "remote_step" if self.fn is None else "step"
+        kind = self.kind or ("remote_step" if self.fn is None else "step")
         return f"<{kind} {self.name!r} queue={self.queue!r}>"
 
 
@@ -481,6 +487,8 @@ class _Builder:
                 None if map_over is None else map_over.key,
                 step.max_wait,
                 map_key,
+                step.kind,
+                step.task_options,
             )
         )
         return Output(self, key)

@@ -35,6 +35,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
+from aexec.gateway import Gateway
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.retention import Pruned, cutoff, prune
@@ -162,6 +163,7 @@ class Executor:
                     ),
                     objects=objects,
                     on_queue=worker.serve,
+                    gateways=_gateways(settings, objects),
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
@@ -174,6 +176,7 @@ class Executor:
                     store,
                     CoordinatorConfig.from_settings(settings, adopt=adopt),
                     objects=objects,
+                    gateways=_gateways(settings, objects),
                 )
                 await stack.enter_async_context(coordinator)
             if isinstance(transport, SignedTransport):
@@ -283,7 +286,9 @@ class Executor:
         if self._worker is not None:
             local = {s.name for s in self._extra_steps}
             missing = sorted(
-                n for n, s in compiled.steps.items() if s.fn is None and n not in local
+                n
+                for n, s in compiled.steps.items()
+                if s.fn is None and not s.kind and n not in local
             )
             if missing:
                 raise PlanError(
@@ -465,3 +470,12 @@ def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> 
         coordinator.message_rejected(rejection.body, rejection.reason, rejection.destination)
 
     transport.on_reject(rejected)
+
+
+def _gateways(settings: Settings, objects: ObjectStore) -> dict[str, Gateway]:
+    """The gateways a coordinator built from ``settings`` sends foreign steps through:
+    Celery's, when a Celery broker is configured (or aexec's broker is RabbitMQ)."""
+    from aexec.celery.gateway import KIND, from_settings
+
+    celery = from_settings(settings, objects)
+    return {} if celery is None else {KIND: celery}

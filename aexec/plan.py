@@ -23,6 +23,8 @@ from aexec.wire import MAX_PRIORITY
 
 PLAN_VERSION = 1
 DEFAULT_QUEUE = "default"
+NATIVE = ""
+"""The kind of step aexec workers run; other kinds go through a gateway (Celery)."""
 
 EMPTY_CALL = codec.encode([[], {}])
 NULL_RESULT = codec.encode(None)
@@ -45,6 +47,8 @@ class StepSpec:
     map_over: str | None = None  # a dep whose list output this step is mapped over
     max_wait: float | None = None  # how long it may keep asking to run again (aexec.again)
     map_key: str | None = None  # a map: the field of each item (a dict) that keys its step
+    kind: str = NATIVE  # who runs it: aexec workers (NATIVE) or a gateway (``"celery"``)
+    task_options: tuple[tuple[str, Any], ...] = ()  # the gateway's options for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,9 @@ class PlanStep:
         """A map template: expanded at run time, then collecting its steps' outputs."""
         return self.map_over is not None and self.element is None
 
+    kind: str = NATIVE
+    task_options: tuple[tuple[str, Any], ...] = ()  # sorted by name
+
     def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
         """The step's dynamic options as the plan's wire form keeps them (only those set,
         so that the plans of pipelines that use none keep their digests)."""
@@ -87,6 +94,10 @@ class PlanStep:
             options["max_wait"] = self.max_wait
         if self.map_key is not None:
             options["map_key"] = self.map_key
+        if self.kind != NATIVE:
+            options["kind"] = self.kind
+        if self.task_options:
+            options["task_options"] = dict(self.task_options)
         return options
 
 
@@ -117,7 +128,13 @@ class Plan:
 
     @property
     def queues(self) -> frozenset[str]:
-        return frozenset(s.queue for s in self.steps)
+        """The aexec step queues its native steps go to."""
+        return frozenset(s.queue for s in self.steps if s.kind == NATIVE)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of step it holds besides native ones (``"celery"``)."""
+        return frozenset(s.kind for s in self.steps if s.kind != NATIVE)
 
     def expand(self, index: int, count: int, labels: Sequence[str] | None = None) -> Plan:
         """This plan with map ``index`` expanded into ``count`` steps, appended after every
@@ -146,6 +163,8 @@ class Plan:
                 map_over=template.map_over,
                 element=i,
                 max_wait=template.max_wait,
+                kind=template.kind,
+                task_options=template.task_options,
             )
             for i in range(count)
         ]
@@ -214,13 +233,20 @@ class Plan:
         return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
 
 
-_OPTIONS = frozenset({"when", "accept_missing", "map_over", "max_wait", "map_key"})
+_OPTIONS = frozenset(
+    {"when", "accept_missing", "map_over", "max_wait", "map_key", "kind", "task_options"}
+)
 
 
 def _options(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not set(value) <= _OPTIONS:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
-    return value
+    task_options = value.get("task_options")
+    if task_options is None:
+        return value
+    if not isinstance(task_options, dict):
+        raise PlanError(f"malformed plan: task options {task_options!r:.80}")
+    return {**value, "task_options": tuple(sorted(task_options.items()))}
 
 
 def _wire(
@@ -292,6 +318,12 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: max_wait must be a positive number of seconds")
     if not isinstance(spec.accept_missing, bool):
         raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
+    if not isinstance(spec.kind, str):
+        raise PlanError(f"step {spec.key!r}: kind must be a string")
+    if not isinstance(spec.task_options, tuple) or not all(
+        isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in spec.task_options
+    ):
+        raise PlanError(f"step {spec.key!r}: task options must be (name, value) pairs")
 
 
 def build(
@@ -353,6 +385,8 @@ def build(
             map_over=_index_of(specs[old].map_over, new_index),
             max_wait=_seconds(specs[old].max_wait),
             map_key=specs[old].map_key,
+            kind=specs[old].kind,
+            task_options=tuple(sorted(specs[old].task_options)),
         )
         for new, old in enumerate(order)
     )

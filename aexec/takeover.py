@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from aexec import claim
 from aexec.batch import ActiveRun
-from aexec.errors import ObjectStoreError, StoreError, TransportError
+from aexec.errors import ConfigError, ObjectStoreError, StoreError, TransportError
 from aexec.events import Event, EventKind
 from aexec.inbox import Resume
 from aexec.plan import Plan
@@ -124,6 +124,11 @@ class Leases:
             log.error("run %s: %s", record.run_id, error)
             fence = Fence(config.id, {record.run_id: record.epoch})
             await store.fail_run(record.run_id, error, ts=time.time(), fence=fence)
+            return None
+        try:
+            await coordinator.open_gateways(plan)
+        except ConfigError as exc:
+            log.error("coordinator %s cannot take over run %s: %s", config.id, record.run_id, exc)
             return None
         for queue in plan.queues:
             await coordinator.declare(queue)

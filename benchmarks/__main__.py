@@ -31,11 +31,12 @@ from benchmarks.spec import BY_NAME, SCALE_WORKLOADS, WORKLOADS, Workload
 from benchmarks.systems import ROOT, BenchConfig, System
 from benchmarks.systems.aexec_system import AexecSystem
 from benchmarks.systems.celery_system import CelerySystem
+from benchmarks.systems.celery_workers import CeleryWorkersSystem
 from benchmarks.systems.dask_system import DaskSystem
 from benchmarks.systems.raw import RawSystem
 
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (AexecSystem, RawSystem, CelerySystem, DaskSystem)
+    cls.name: cls for cls in (AexecSystem, RawSystem, CelerySystem, CeleryWorkersSystem, DaskSystem)
 }
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 
