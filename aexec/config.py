@@ -44,7 +44,14 @@ _ENV = {
     "secret": "AEXEC_SECRET",
     "max_value_size": "AEXEC_MAX_VALUE_SIZE",
     "step_log_level": "AEXEC_STEP_LOG_LEVEL",
+    "metrics_port": "AEXEC_METRICS_PORT",
+    "metrics_host": "AEXEC_METRICS_HOST",
 }
+
+COORDINATOR_METRICS_PORT = 9180
+WORKER_METRICS_PORT = 9181
+"""The ports ``aexec coordinator`` and ``aexec worker start`` serve ``/metrics``,
+``/healthz`` and ``/readyz`` on unless ``metrics_port`` says otherwise (0: not at all)."""
 
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
 STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
@@ -80,6 +87,8 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     step_log_level: str = "INFO"  # steps' log records from this level on are recorded
+    metrics_port: int | None = None  # None: the command's default; 0: no endpoint
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
@@ -106,6 +115,8 @@ class Settings:
                 f"step_log_level must be a log level name (DEBUG, INFO, WARNING, ERROR), "
                 f"not {self.step_log_level!r}"
             )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port must be 0 (off) .. 65535")
         if self.remote and self.embedded:
             raise ConfigError("submitting to a remote coordinator needs a broker (--broker)")
 
@@ -190,8 +201,11 @@ def _apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
     return replace(settings, **changes) if changes else settings
 
 
+_OPTIONAL_INT = frozenset({"metrics_port"})
+
+
 def _coerce(key: str, value: Any, settings: Settings) -> Any:
-    current = getattr(settings, key)
+    current = 0 if key in _OPTIONAL_INT else getattr(settings, key)
     try:
         if isinstance(current, bool):
             if isinstance(value, str):

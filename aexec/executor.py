@@ -33,6 +33,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
+from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.retention import Pruned, cutoff, prune
@@ -49,9 +50,16 @@ class Executor:
     """Submit pipelines, await results, inspect runs.  Use it as an async context manager."""
 
     def __init__(
-        self, settings: Settings | None = None, *, steps: Iterable[StepDef[Any, Any]] = ()
+        self,
+        settings: Settings | None = None,
+        *,
+        steps: Iterable[StepDef[Any, Any]] = (),
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
+        """``steps`` are served by the embedded worker besides those of the pipelines
+        submitted; ``metrics`` (if given) counts what the coordinator records."""
         self.settings = settings or Settings.resolve()
+        self.metrics = metrics
         self._extra_steps = list(steps)
         self._stack: contextlib.AsyncExitStack | None = None
         self._store: Store | None = None
@@ -157,6 +165,7 @@ class Executor:
                     ),
                     objects=objects,
                     on_queue=worker.serve,
+                    metrics=self.metrics,
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
@@ -169,6 +178,7 @@ class Executor:
                     store,
                     CoordinatorConfig.from_settings(settings, adopt=adopt),
                     objects=objects,
+                    metrics=self.metrics,
                 )
                 await stack.enter_async_context(coordinator)
             if isinstance(transport, SignedTransport):
@@ -215,6 +225,11 @@ class Executor:
         if pending:
             await asyncio.wait([asyncio.shield(done) for done in pending], timeout=grace)
         await coordinator.release()  # what is still running goes to another coordinator now
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The coordinator it runs, once started (by the first submission, or :meth:`serve`)."""
+        return self._coordinator
 
     # -- submitting ------------------------------------------------------------------------
 
