@@ -115,8 +115,7 @@ def test_keda_scales_the_workers_to_zero_and_back_on_predicted_demand() -> None:
     assert float(metadata["threshold"]) > 0 and float(metadata["activationThreshold"]) == 0
     metric = re.findall(r"\b(aexec_[a-z_]+)", metadata["query"])
     exported = {
-        family.name
-        for family in CoordinatorCollector(CoordinatorMetrics(), dict, dict).collect()
+        family.name for family in CoordinatorCollector(CoordinatorMetrics(), dict, dict).collect()
     }
     assert metric == ["aexec_queue_predicted_demand_seconds"]
     assert set(metric) <= exported
