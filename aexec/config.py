@@ -58,6 +58,62 @@ STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
 OBJECTS_SCHEMES = ("memory", "file", "s3")
 
 
+WEBHOOK_EVENTS = ("run_succeeded", "run_failed", "run_cancelled")
+"""The events a webhook may subscribe to: a run's ending, by its event kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ``webhooks:`` entry of aexec.yaml: POST a signed JSON notification to ``url``
+    when a run ends with one of ``events``; ``timeout`` bounds each attempt (seconds)."""
+
+    url: str
+    events: frozenset[str]
+    secret: str = field(repr=False)
+    timeout: float = 10.0
+
+    @classmethod
+    def parse(cls, value: Any, index: int) -> Webhook:
+        where = f"webhooks[{index}]"
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping with url, events and secret")
+        unknown = sorted(set(value) - {"url", "events", "secret", "timeout"})
+        if unknown:
+            raise ConfigError(f"{where} has an unknown key {unknown[0]!r}")
+        url, events, secret = value.get("url"), value.get("events"), value.get("secret")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"{where}.url must be an http:// or https:// URL")
+        if not urlsplit(url).hostname:
+            raise ConfigError(f"{where}.url {redact(url)!r} names no host")
+        if not isinstance(events, list) or not events:
+            raise ConfigError(f"{where}.events must list events: {', '.join(WEBHOOK_EVENTS)}")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(
+                    f"{where}.events: unknown event {event!r} (one of {', '.join(WEBHOOK_EVENTS)})"
+                )
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{where}.secret must be a non-empty string (it signs each call)")
+        timeout = value.get("timeout", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"{where}.timeout must be a positive number of seconds")
+        return cls(url, frozenset(events), secret, float(timeout))
+
+
+def parse_webhooks(value: Any) -> tuple[Webhook, ...]:
+    """The ``webhooks:`` list of aexec.yaml; a :class:`~aexec.errors.ConfigError` naming
+    the entry at fault."""
+    if isinstance(value, tuple) and all(isinstance(w, Webhook) for w in value):
+        return value
+    if not isinstance(value, list):
+        raise ConfigError("webhooks must be a list of {url, events, secret}")
+    hooks = tuple(Webhook.parse(item, i) for i, item in enumerate(value))
+    urls = [hook.url for hook in hooks]
+    if len(set(urls)) != len(urls):
+        raise ConfigError("webhooks: each url may appear once")
+    return hooks
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Backend URLs and engine knobs.  ``None`` URLs mean the embedded defaults under ``home``.
@@ -88,7 +144,8 @@ class Settings:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     step_log_level: str = "INFO"  # steps' log records from this level on are recorded
     metrics_port: int | None = None  # None: the command's default; 0: no endpoint
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "0.0.0.0"  # probes and scrapers come from other hosts
+    webhooks: tuple[Webhook, ...] = ()  # aexec.yaml only
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
@@ -131,6 +188,8 @@ class Settings:
         found = [*url_secrets(self.broker), *url_secrets(self.store), *url_secrets(self.objects)]
         if self.secret:
             found.append(self.secret)
+        for hook in self.webhooks:
+            found.extend([hook.secret, *url_secrets(hook.url)])
         return list(dict.fromkeys(found))
 
     @property
@@ -205,6 +264,8 @@ _OPTIONAL_INT = frozenset({"metrics_port"})
 
 
 def _coerce(key: str, value: Any, settings: Settings) -> Any:
+    if key == "webhooks":
+        return parse_webhooks(value)
     current = 0 if key in _OPTIONAL_INT else getattr(settings, key)
     try:
         if isinstance(current, bool):

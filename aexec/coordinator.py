@@ -83,6 +83,7 @@ from aexec.takeover import Leases
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus
+from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
@@ -147,12 +148,14 @@ class Coordinator:
         objects: ObjectStore | None = None,
         on_queue: Callable[[str], Awaitable[None]] | None = None,
         metrics: CoordinatorMetrics | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
         self.metrics = metrics  # counts what is recorded, when given
+        self.webhooks = webhooks  # decides the deliveries that ending runs make, when given
         self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
         self.runs: dict[str, ActiveRun] = {}

@@ -38,10 +38,11 @@ from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
-from aexec.store import RunRecord, StepRecord, Store
+from aexec.store import RunRecord, StepRecord, Store, WebhookDelivery
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus, check_tags
+from aexec.webhooks import Deliverer, Webhooks
 from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
 
@@ -148,6 +149,13 @@ class Executor:
             stack, store, objects = self._require_stack(), self.store, self.objects
             settings = self.settings
             transport = await self._open_transport()
+            webhooks = None
+            if settings.webhooks:
+                # Entered before the coordinator, so left after it: what its last commits
+                # decided gets a grace period to be sent.
+                webhooks = Webhooks(settings.webhooks)
+                owner = f"webhooks-{uuid.uuid4().hex[:12]}"
+                await stack.enter_async_context(Deliverer(store, webhooks, owner))
             if settings.embedded:
                 worker = Worker(
                     transport,
@@ -166,6 +174,7 @@ class Executor:
                     objects=objects,
                     on_queue=worker.serve,
                     metrics=self.metrics,
+                    webhooks=webhooks,
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
@@ -179,6 +188,7 @@ class Executor:
                     CoordinatorConfig.from_settings(settings, adopt=adopt),
                     objects=objects,
                     metrics=self.metrics,
+                    webhooks=webhooks,
                 )
                 await stack.enter_async_context(coordinator)
             if isinstance(transport, SignedTransport):
@@ -415,6 +425,10 @@ class Executor:
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self.store.get_steps(run_id)
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        """The run's webhook deliveries (the outbox rows its ending made), oldest first."""
+        return await self.store.get_deliveries(run_id)
 
     async def get_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.plugins.rabbitmq",
     "tests.plugins.postgres",
     "tests.plugins.private_rabbitmq",
+    "tests.plugins.webhooks",
 ]

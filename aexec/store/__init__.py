@@ -358,7 +358,8 @@ class Store(Protocol):
         """The run's deliveries, oldest first."""
 
     async def next_delivery_at(self) -> float | None:
-        """When the soonest pending delivery is due (None: there is none)."""
+        """When a pending delivery can next be claimed: the soonest time at which one is
+        due and its lease (if it has one) has ended; None if none is pending."""
 
 
 def from_url(url: str) -> Store:

@@ -420,7 +420,7 @@ class MemoryStore(Opened):
     async def next_delivery_at(self) -> float | None:
         self._check_open()
         pending = [
-            d.record.next_at
+            max(d.record.next_at, d.lease_until or 0.0)
             for d in self._deliveries.values()
             if d.record.status is DeliveryStatus.PENDING
         ]

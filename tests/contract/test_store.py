@@ -1651,6 +1651,10 @@ async def test_deliveries_are_written_with_the_events_that_end_the_run_and_only_
     ]
     assert found[0].body == b'{"run_id": "run-0001"}'
     assert await other_store.next_delivery_at() == 300.0
+    await store.claim_deliveries("d-1", 50.0, now=310.0, limit=1)
+    assert await other_store.next_delivery_at() == 300.0  # the other one is free
+    await store.claim_deliveries("d-1", 50.0, now=310.0, limit=1)
+    assert await other_store.next_delivery_at() == 360.0  # both leased until 360
 
 
 async def test_a_batch_refused_by_its_fence_adds_no_delivery(store: Store) -> None:

@@ -346,7 +346,9 @@ SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, fini
 FROM aexec_webhooks WHERE run_id = $1 ORDER BY created_at, id
 
 -- name: next_delivery_at
-SELECT min(next_at) FROM aexec_webhooks WHERE status = 'pending'
+-- When a delivery can next be claimed: it is due, and its lease (if any) has ended.
+SELECT min(greatest(next_at, coalesce(lease_until, 0))) FROM aexec_webhooks
+WHERE status = 'pending'
 
 -- name: delete_deliveries_of_runs
 DELETE FROM aexec_webhooks WHERE run_id = ANY($1::text[])

@@ -294,7 +294,8 @@ SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, fini
 FROM webhooks WHERE run_id = ? ORDER BY created_at, id
 
 -- name: next_delivery_at
-SELECT min(next_at) FROM webhooks WHERE status = 'pending'
+-- When a delivery can next be claimed: it is due, and its lease (if any) has ended.
+SELECT min(max(next_at, coalesce(lease_until, 0))) FROM webhooks WHERE status = 'pending'
 
 -- name: delete_run_deliveries
 DELETE FROM webhooks WHERE run_id = ?
