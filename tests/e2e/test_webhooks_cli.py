@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aexec.webhooks import SIGNATURE_HEADER, verify
+from tests.e2e.cluster import Cluster
 from tests.e2e.test_cli import FAILING, Result, _command, _env, aexec
 from tests.plugins.webhooks import Receiver
 
@@ -74,3 +75,37 @@ def test_a_bad_webhook_in_aexec_yaml_is_a_one_line_error(tmp_path: Path) -> None
         aexec(tmp_path / "home", "run", FAILING, "-c", str(config)),
         "webhooks[0].events: unknown event 'run_exploded'",
     )
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+async def test_a_coordinator_killed_mid_delivery_leaves_it_to_the_next_which_delivers_it_once(
+    tmp_path: Path, receiver: Receiver, cluster: Cluster, postgres_dsn: str
+) -> None:
+    receiver.answers = ["hang"]  # the first call never gets an answer
+    config = tmp_path / "aexec.yaml"
+    config.write_text(
+        f"webhooks:\n  - url: {receiver.url}\n    events: [run_failed]\n"
+        "    secret: whsec-e2e\n    timeout: 2\n"
+    )
+    backends = ("--broker", cluster.broker, "--store", postgres_dsn)
+    service = ("coordinator", "-v", "-c", str(config), "--metrics-port", "0", *backends)
+    await asyncio.to_thread(cluster.start_worker, "w1", "-A", FAILING)
+    first = cluster.start(*service)
+    ran = await asyncio.to_thread(cluster.aexec, "run", FAILING, "--remote", "--json", *backends)
+    assert ran.returncode == 1, ran.stderr
+    run_id = json.loads(ran.stdout)["run_id"]
+    await receiver.wait_for(1, hanging=1)
+    first.popen.kill()  # SIGKILL while the endpoint holds the call
+    await asyncio.to_thread(first.wait)
+
+    cluster.start(*service)  # takes the delivery over once the dead one's lease ends
+    calls = await receiver.wait_for(2)
+    assert calls[0].headers["Aexec-Delivery"] == calls[1].headers["Aexec-Delivery"]
+    assert verify("whsec-e2e", calls[1].body, calls[1].headers[SIGNATURE_HEADER])
+    shown = await asyncio.to_thread(
+        cluster.aexec, "runs", "show", run_id, "--json", "--store", postgres_dsn
+    )
+    [delivery] = json.loads(shown.stdout)["webhooks"]
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+    assert len(receiver.calls) == 2
