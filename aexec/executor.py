@@ -216,6 +216,14 @@ class Executor:
                 self._require_stack().push_async_callback(ended.cancel)
             return transport
 
+    async def start(self, *, service: bool = False) -> None:
+        """Connect to the broker and start the coordinator now, rather than at the first
+        submission; a ``service`` coordinator also takes over the runs of coordinators
+        that stopped (as :meth:`serve` does)."""
+        if self.settings.remote:
+            raise ConfigError("a remote executor runs no coordinator")
+        await self._start_engine(adopt=service)
+
     async def serve(
         self, stop: asyncio.Event, *, grace: float = 30.0, ready: asyncio.Event | None = None
     ) -> None:

@@ -4,8 +4,9 @@ the running component.
 
 Liveness fails once the component stopped or failed; readiness needs it started and
 consuming, the broker answering (a passive declare of its queues, which also reads their
-depths) and, for a coordinator, the store answering.  The endpoint opens before the
-component, so that a process still connecting is alive and not ready.
+depths) and, for a coordinator, the store answering.  The endpoint opens once the broker
+answers (an unreachable broker is the one error a start reports) and before the component
+consumes, so that a process still starting is alive and not ready.
 """
 
 from __future__ import annotations

@@ -70,10 +70,12 @@ async def run_worker(
     metrics = WorkerMetrics()
     started: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
+        transport = await stack.enter_async_context(_opened_transport(settings))
+        # Once the broker answers (an unreachable one is the one error a start reports),
+        # and before the worker: it answers /healthz while the worker drains.
         await stack.enter_async_context(
             worker_endpoint(settings, lambda: started[0] if started else None, metrics, ready=ready)
         )
-        transport = await stack.enter_async_context(_opened_transport(settings))
         objects = aexec.objects.from_url(settings.objects_url)
         await objects.open()
         stack.push_async_callback(objects.close)
@@ -114,11 +116,10 @@ async def run_coordinator(
     )
     ready = ready or asyncio.Event()
     metrics = CoordinatorMetrics()
-    async with (
-        Executor(settings, metrics=metrics) as ex,
-        coordinator_endpoint(settings, ex, metrics, ready=ready, stop=stop),
-    ):
-        await ex.serve(stop, ready=ready)
+    async with Executor(settings, metrics=metrics) as ex:
+        await ex.start(service=True)  # an unreachable broker fails here, before anything
+        async with coordinator_endpoint(settings, ex, metrics, ready=ready, stop=stop):
+            await ex.serve(stop, ready=ready)
     log.info("coordinator stopped")
     return 0
 

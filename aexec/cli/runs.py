@@ -69,7 +69,8 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         deliveries = await ex.get_deliveries(record.run_id)
     if args.json:
         report = run_report(record, steps, result)
-        report["webhooks"] = [describe(d) for d in deliveries]
+        if deliveries:  # else the same shape as `run --json`
+            report["webhooks"] = [describe(d) for d in deliveries]
         sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
