@@ -212,11 +212,6 @@ class Transport(Protocol):
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         """The dead letters waiting (at most ``limit``), oldest first; they stay queued."""
 
-    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
-        """The messages waiting (ready, not delivered) in each of these queues; a queue
-        that does not exist is left out.  Raises :class:`~aexec.errors.TransportError` if
-        the broker cannot be asked (so it doubles as a probe of the connection)."""
-
     async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
         """Publish the dead letters ``ids`` names (every one for None) back to the queue
         each came from, as they were, and take them off the dead-letter queue; ids that

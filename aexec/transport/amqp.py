@@ -724,32 +724,6 @@ class AmqpTransport:
         found.sort(key=lambda letter: letter.dead_at or 0.0)
         return found
 
-    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
-        """Passive declares on a channel of their own: one for a missing queue closes the
-        channel, which is then opened again for the next name."""
-        connection = self._require(self._connection)
-        depths: dict[str, int] = {}
-        channel: AbstractRobustChannel | None = None
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                for name in names:
-                    if channel is None:
-                        channel = await self._open_channel(connection, confirms=False)
-                        await self._ready(channel)
-                    try:
-                        queue = await channel.declare_queue(self.broker_name(name), passive=True)
-                    except aiormq.exceptions.ChannelNotFoundEntity:
-                        await self._abandon(channel)
-                        channel = None
-                        continue
-                    depths[name] = queue.declaration_result.message_count or 0
-        except (TimeoutError, *_BROKER_ERRORS) as exc:
-            raise TransportError(f"cannot read queue depths: {_reason(exc)}") from exc
-        finally:
-            if channel is not None:
-                await self._abandon(channel)
-        return depths
-
     async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
         done: list[Replay] = []
         for queue in (LEGACY_DEAD_LETTER_QUEUE, DEAD_LETTER_QUEUE):

@@ -458,9 +458,6 @@ class MemoryTransport:
             retained = self._retained[topic] = _Retained()
         return retained
 
-    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
-        return {name: len(self._queues[name].heap) for name in names if name in self._queues}
-
     def queue_depth(self, queue: str) -> int:
         """Messages waiting (not delivered) in ``queue``."""
         q = self._queues.get(queue)

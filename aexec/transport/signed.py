@@ -222,9 +222,6 @@ class SignedTransport:
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
         return await self.inner.dead_letters(limit=limit)
 
-    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
-        return await self.inner.queue_depths(names)
-
     async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Replay]:
         """Bodies go back as they were dead-lettered (signed ones still signed): a replayed
         message verifies again at its queue, or is refused again."""

@@ -256,19 +256,6 @@ async def test_publishing_to_an_undeclared_queue_raises_and_keeps_the_transport_
     assert [d.body for d in await inbox.wait_for(1)] == [b"still works"]
 
 
-async def test_queue_depths_count_waiting_messages_and_leave_out_missing_queues(
-    transport: Transport,
-) -> None:
-    await transport.declare_queue("work")
-    await transport.declare_queue("idle")
-    await publish_all(transport, "work", [b"a", b"b", b"c"])
-    assert await transport.queue_depths(["work", "nowhere", "idle"]) == {"work": 3, "idle": 0}
-    inbox = Inbox(ack=False)
-    await transport.consume("work", inbox, prefetch=2)
-    await inbox.wait_for(2)
-    assert await transport.queue_depths(["work"]) == {"work": 1}  # delivered ones are not waiting
-
-
 async def test_consuming_from_an_undeclared_queue_raises(transport: Transport) -> None:
     with pytest.raises(TransportError, match="nowhere"):
         await transport.consume("nowhere", Inbox(), prefetch=1)
