@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.cluster import Cluster
 from tests.e2e.test_cli import FAILING, aexec, assert_bad_input
-from tests.http import free_port, get, scrape, value
+from tests.endpoints import free_port, get, scrape, value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq]
 

@@ -18,7 +18,7 @@ from aexec.objects.memory import MemoryObjectStore
 from aexec.ops import worker_endpoint
 from aexec.transport.memory import MemoryTransport
 from aexec.worker import Worker, WorkerConfig
-from tests.http import free_port, get
+from tests.endpoints import free_port, get
 
 
 @step(queue="q")

@@ -21,7 +21,7 @@ from aexec.config import Settings
 from aexec.executor import Executor
 from aexec.loader import load_module_or_file
 from aexec.service import run_coordinator, run_worker
-from tests.http import free_port, get, scrape, until, value
+from tests.endpoints import free_port, get, scrape, until, value
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
