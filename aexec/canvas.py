@@ -25,6 +25,8 @@ The semantics are Celery's:
   it, a chain contributes its last result).
 - ``chord(header, body)`` is ``chain(group(header), body)``: the body takes the list of the
   header's results.
+- ``sig.link(callback)`` runs ``callback`` after ``sig`` with its result, on a branch of
+  its own (the chain goes on with ``sig``'s result).
 - Execution stops on failure: a failed task's dependents do not run (they are skipped) and
   the run fails; tasks that do not depend on it still finish.
 
@@ -63,7 +65,7 @@ class Canvas:
 class Signature(Canvas):
     """A step with some of its arguments: ``step.s(...)`` or ``step.si(...)``."""
 
-    __slots__ = ("args", "immutable", "key", "kwargs", "step")
+    __slots__ = ("args", "immutable", "key", "kwargs", "links", "step")
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class Signature(Canvas):
         *,
         immutable: bool = False,
         key: str | None = None,
+        links: tuple[Canvas, ...] = (),
     ) -> None:
         if not isinstance(step, StepDef):
             raise _definition_error(f"a signature needs a step, not {step!r}")
@@ -81,10 +84,28 @@ class Signature(Canvas):
         self.kwargs = dict(kwargs or {})
         self.immutable = immutable
         self.key = key
+        self.links = tuple(links)
 
     def alias(self, key: str) -> Signature:
         """The same signature, added under the step key ``key``."""
-        return Signature(self.step, self.args, self.kwargs, immutable=self.immutable, key=key)
+        return Signature(
+            self.step, self.args, self.kwargs, immutable=self.immutable, key=key, links=self.links
+        )
+
+    def link(self, callback: Canvas) -> Signature:
+        """The same signature with ``callback`` run after it (Celery's ``link``): the
+        callback takes its result as a chained task would, on a branch of its own; what
+        follows the signature in a chain still takes the signature's result."""
+        if not isinstance(callback, Canvas):
+            raise _definition_error(f"a link is a signature or workflow, not {callback!r}")
+        return Signature(
+            self.step,
+            self.args,
+            self.kwargs,
+            immutable=self.immutable,
+            key=self.key,
+            links=(*self.links, callback),
+        )
 
     def __repr__(self) -> str:
         kind = "si" if self.immutable else "s"
@@ -179,7 +200,10 @@ def _add(node: Canvas, incoming: Result) -> Result:
                     after = tuple(incoming) if isinstance(incoming, list) else (incoming,)
                 else:
                     args = (incoming, *args)
-            return builder.add(node.step, node.key, args, node.kwargs, after)
+            result = builder.add(node.step, node.key, args, node.kwargs, after)
+            for callback in node.links:
+                _add(callback, result)
+            return result
         case chain():
             for task in _chain_links(node):
                 incoming = _add(task, incoming)

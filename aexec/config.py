@@ -46,6 +46,8 @@ _ENV = {
     "step_log_level": "AEXEC_STEP_LOG_LEVEL",
     "metrics_port": "AEXEC_METRICS_PORT",
     "metrics_host": "AEXEC_METRICS_HOST",
+    "celery_broker": "AEXEC_CELERY_BROKER",
+    "celery_backend": "AEXEC_CELERY_BACKEND",
 }
 
 COORDINATOR_METRICS_PORT = 9180
@@ -146,11 +148,17 @@ class Settings:
     metrics_port: int | None = None  # None: the command's default; 0: no endpoint
     metrics_host: str = "0.0.0.0"  # probes and scrapers come from other hosts
     webhooks: tuple[Webhook, ...] = ()  # aexec.yaml only
+    # Celery steps: the broker its workers consume (default: ``broker`` when it is RabbitMQ)
+    # and the result backend they report to (``rpc://`` or ``redis://...``).
+    celery_broker: str | None = None
+    celery_backend: str = "rpc://"
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
         _check_url("store", self.store, STORE_SCHEMES)
         _check_url("objects", self.objects, OBJECTS_SCHEMES)
+        _check_url("celery broker", self.celery_broker, ("amqp", "amqps"))
+        _check_url("celery backend", self.celery_backend, ("rpc", "redis", "rediss"))
         if not 0 <= self.inline_threshold <= MAX_INLINE_THRESHOLD:
             raise ConfigError(f"inline_threshold must be 0..{MAX_INLINE_THRESHOLD} bytes")
         if self.max_value_size < self.inline_threshold:
@@ -185,7 +193,13 @@ class Settings:
     def secret_values(self) -> list[str]:
         """Every credential these settings hold (passwords and secret-like query values
         of the URLs, the signing secret), for a log filter to hide."""
-        found = [*url_secrets(self.broker), *url_secrets(self.store), *url_secrets(self.objects)]
+        found = [
+            *url_secrets(self.broker),
+            *url_secrets(self.store),
+            *url_secrets(self.objects),
+            *url_secrets(self.celery_broker),
+            *url_secrets(self.celery_backend),
+        ]
         if self.secret:
             found.append(self.secret)
         for hook in self.webhooks:

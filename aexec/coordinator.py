@@ -28,6 +28,7 @@ opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -52,6 +53,7 @@ from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
     CodecError,
+    ConfigError,
     LeaseLostError,
     ObjectStoreError,
     StoreError,
@@ -60,6 +62,7 @@ from aexec.errors import (
     ValueTooLargeError,
 )
 from aexec.events import Event, EventKind, to_record
+from aexec.gateway import Gateway
 from aexec.inbox import (
     Cancel,
     FlushDue,
@@ -82,7 +85,7 @@ from aexec.submissions import Submissions
 from aexec.takeover import Leases
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
-from aexec.types import ErrorInfo, RunStatus
+from aexec.types import ErrorInfo, RunStatus, StepStatus
 from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
@@ -96,6 +99,9 @@ from aexec.wire import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+HEARD_CANCELS = 10_000
+"""Broadcast cancels of runs not driven here that a coordinator remembers, at most."""
 
 CONFIRM_DELAY = 0.05
 """Seconds a confirmed dispatch waits at most to be recorded, if no other commit takes it."""
@@ -149,8 +155,12 @@ class Coordinator:
         on_queue: Callable[[str], Awaitable[None]] | None = None,
         metrics: CoordinatorMetrics | None = None,
         webhooks: Webhooks | None = None,
+        gateways: Mapping[str, Gateway] | None = None,
     ) -> None:
         self.transport = transport
+        self.gateways = dict(gateways or {})
+        self._gateways_open: set[str] = set()
+        self._gateway_lock = asyncio.Lock()
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
@@ -175,6 +185,9 @@ class Coordinator:
         # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
         self._confirmed: list[tuple[str, str, int]] = []
         self._confirm_due = False
+        # Cancels broadcast for runs not driven here (yet): a run this coordinator starts
+        # or takes over a moment later is cancelled all the same.  The newest kept.
+        self._heard_cancels: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._last_flush = time.monotonic()
         self._flush_armed = False
         self._stopped: asyncio.Future[None] | None = None
@@ -190,6 +203,7 @@ class Coordinator:
             objects=objects,
             max_message_size=self.config.max_message_size,
             confirmed=self._on_confirmed if self.config.durable_dispatch else None,
+            gateways=self.gateways,
         )
         self._submissions = Submissions(self)
         self._requests = ClientRequests(self)
@@ -255,6 +269,7 @@ class Coordinator:
             try:
                 await background.aclose()  # raises what stopped it, if a task failed
             finally:
+                await self._close_gateways()
                 self._resolve_stopped()
         if self._unrecorded or self._unfinished:
             try:
@@ -293,6 +308,7 @@ class Coordinator:
             await background.aclose()
         finally:
             await self._drop_subscriptions()
+            await self._close_gateways()
             self._end_runs()
             self._resolve_stopped()
 
@@ -333,6 +349,7 @@ class Coordinator:
         does, and let the runs' waiters know why."""
         error = AexecError(f"coordinator {self.config.id} stopped: {failure!r}")
         await self._drop_subscriptions()
+        await self._close_gateways()
         self._end_runs(error)
         self._resolve_stopped(error)
 
@@ -345,6 +362,29 @@ class Coordinator:
             if subscription is not None:
                 await subscription.cancel()
         await self.leases.drop_subscriptions()
+
+    async def open_gateways(self, plan: Plan) -> None:
+        """Start the gateways that the foreign steps of ``plan`` (Celery tasks) go through,
+        once; a :class:`~aexec.errors.ConfigError` if this coordinator has none for a kind."""
+        for kind in sorted(plan.kinds):
+            gateway = self.gateways.get(kind)
+            if gateway is None:
+                raise ConfigError(
+                    f"pipeline {plan.pipeline!r} has {kind} steps, which this coordinator "
+                    f"cannot send: configure a {kind} broker (AEXEC_{kind.upper()}_BROKER="
+                    "amqp://..., or an amqp:// --broker)"
+                )
+            if kind in self._gateways_open:
+                continue
+            async with self._gateway_lock:
+                if kind not in self._gateways_open:
+                    await gateway.start(self._inbox.post)
+                    self._gateways_open.add(kind)
+
+    async def _close_gateways(self) -> None:
+        opened, self._gateways_open = self._gateways_open, set()
+        for kind in sorted(opened):
+            await self.gateways[kind].close()
 
     def _end_runs(self, error: AexecError | None = None) -> None:
         """Stop driving every run: end their event streams, and cancel their waiters (or
@@ -395,7 +435,7 @@ class Coordinator:
                 f"run {run.run_id} was taken over by another coordinator", [run.run_id]
             )
             _fail(run.done, error)
-        await self.leases.release_adopted(run.run_id, delete=False)
+        await self.leases.release_adopted(run.run_id)
 
     async def lose_all(self, run_ids: Iterable[str]) -> None:
         """Let go of these runs (those driven here): see :meth:`lose`."""
@@ -424,8 +464,24 @@ class Coordinator:
             return
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
-        if msg.run_id is not None and msg.run_id in self.runs:
+        if msg.run_id is None:
+            return
+        if msg.run_id in self.runs:
             self._inbox.post(Cancel(msg.run_id, msg.reason))
+            return
+        heard = self._heard_cancels
+        heard[msg.run_id] = msg.reason
+        while len(heard) > HEARD_CANCELS:
+            heard.popitem(last=False)
+
+    def drive(self, run: ActiveRun) -> None:
+        """Drive ``run`` from now on (it was just created or taken over); a cancel heard
+        for it meanwhile applies."""
+        self.runs[run.run_id] = run
+        if run.run_id in self._heard_cancels:
+            reason = self._heard_cancels.pop(run.run_id)
+            if run.cancel is None:
+                run.cancel = reason or ""
 
     async def submit(
         self,
@@ -477,6 +533,7 @@ class Coordinator:
             epoch=1,
             tags=dict(tags or {}),
         )
+        await self.open_gateways(plan)
         for queue in plan.queues:
             await self.declare(queue)
 
@@ -500,7 +557,7 @@ class Coordinator:
                 requests = {}
             if run_id in requests:
                 run.cancel = requests[run_id] or ""
-        self.runs[run_id] = run
+        self.drive(run)
         self._inbox.post(Start(run_id))
         return run
 
@@ -735,7 +792,7 @@ class Coordinator:
             await self.notify(run, [event])
         for subscriber in run.subscribers:
             subscriber.close()
-        await self.leases.release_adopted(run_id, delete=True)
+        await self.leases.release_adopted(run_id)
         if not run.done.done():
             run.done.set_result(RunStatus.FAILED)
         await self._announce_ended([(run_id, RunStatus.FAILED)])
@@ -759,9 +816,7 @@ class Coordinator:
         if batch.outgoing:
             # The next steps go out before the acks, and the scheduler does not wait for the
             # broker's confirms (a round trip) before taking the next completions in.
-            outgoing = batch.outgoing
-            bodies = [self._dispatcher.message(step) for step in outgoing]
-            self._require_running().start_work(self._dispatcher.publish(outgoing, bodies))
+            self._require_running().start_work(self._dispatcher.send(batch.outgoing))
         acks, batch.acks = batch.acks, []
         for delivery, msg in acks:
             if msg is not None and msg.run_id in lost:
@@ -794,17 +849,45 @@ class Coordinator:
                 subscriber.put(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, batch_events in notify.items():
-            await self.notify(self.runs[run_id], batch_events)
+        await self._notify_all(notify)
         for run in finished:
             self.runs.pop(run.run_id, None)
-            await self.leases.release_adopted(run.run_id, delete=True)
+            await self.leases.release_adopted(run.run_id)
             for subscriber in run.subscribers:
                 subscriber.close()
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
         if finished:
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
+            if self.gateways:
+                await self._revoke([r for r in finished if r.status is RunStatus.CANCELLED])
+
+    async def _revoke(self, runs: list[ActiveRun]) -> None:
+        """Stop the gateway steps (Celery tasks) that the cancelled ``runs`` had sent."""
+        for kind, gateway in self.gateways.items():
+            attempts = [
+                (run.run_id, step.key, run.state.attempts[step.index])
+                for run in runs
+                for step in run.plan.steps
+                if step.kind == kind
+                and run.state.attempts[step.index] > 0
+                and run.state.status[step.index] is StepStatus.CANCELLED
+            ]
+            if attempts:
+                with contextlib.suppress(AexecError):
+                    self.start_work(gateway.revoke(attempts))
+
+    async def _notify_all(self, notify: dict[str, list[Event]]) -> None:
+        """Send each run its events of one batch, the runs concurrently: every send waits
+        for the broker's confirm, and one batch can touch thousands of runs, so sending
+        them one after the other made a batch take one round trip per run.  A run's own
+        messages still go in order (one :meth:`notify` each)."""
+        if len(notify) == 1:
+            [(run_id, events)] = notify.items()
+            await self.notify(self.runs[run_id], events)
+        elif notify:
+            sends = (self.notify(self.runs[run_id], events) for run_id, events in notify.items())
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
 
     async def _announce_ended(self, runs: list[tuple[str, RunStatus]]) -> None:
         """Tell every worker, present and future, that these runs ended (they are recorded):
@@ -812,9 +895,9 @@ class Coordinator:
         now = time.time()
         bodies = [messages.RunEnded(run_id, status.value, now).encode() for run_id, status in runs]
 
-        async def announce() -> None:
-            for body in bodies:
-                await self.transport.announce(RUNS_ENDED_TOPIC, body)
+        async def announce() -> None:  # all again on a failure: a worker skips duplicates
+            sends = (self.transport.announce(RUNS_ENDED_TOPIC, body) for body in bodies)
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
 
         background = self._background
         if background is not None and background.running:
@@ -953,3 +1036,11 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     """Fail ``future`` with ``error``; nobody awaiting it is no error."""
     future.set_exception(error)
     future.exception()  # marks it retrieved: no "exception was never retrieved" at exit
+
+
+def _raise_first(results: list[Any]) -> None:
+    """Raise the first exception among ``gather(..., return_exceptions=True)`` results (all
+    of them have finished: nothing is left running)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -11,19 +11,31 @@ completion is stale and ignored; the attempt spends no retry either way.
 No step message is larger than ``max_message_size``: one that would be has its largest
 inline inputs moved to the object store first (:mod:`aexec.claim`), or, when that cannot be
 done, its step fails (:class:`~aexec.inbox.DispatchFailed`) with a clear error.
+
+Steps of another kind (Celery tasks) go to the gateway for their kind
+(:mod:`aexec.gateway`) instead of a step queue; one whose kind has no gateway here fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from aexec import claim, messages
 from aexec.batch import ActiveRun, Outgoing
-from aexec.errors import ObjectStoreError, PublishError, TransportError, ValueTooLargeError
+from aexec.errors import (
+    ObjectStoreError,
+    PlanError,
+    PublishError,
+    TransportError,
+    ValueTooLargeError,
+)
+from aexec.gateway import Gateway, GatewayStep
 from aexec.inbox import DispatchFailed, Item, Unconfirmed
 from aexec.objects import ObjectStore
+from aexec.plan import NATIVE
 from aexec.recording import one_line
 from aexec.transport import Transport
 from aexec.types import ErrorInfo
@@ -54,6 +66,7 @@ class Dispatcher:
         objects: ObjectStore | None = None,
         max_message_size: int,
         confirmed: Callable[[list[tuple[str, str, int]]], None] | None = None,
+        gateways: Mapping[str, Gateway] | None = None,
     ) -> None:
         self._transport = transport
         self._owner = owner
@@ -65,6 +78,52 @@ class Dispatcher:
         self._objects = objects
         self._limit = max_message_size
         self._confirmed = confirmed
+        self._gateways = dict(gateways or {})
+
+    def send(self, outgoing: list[Outgoing]) -> Coroutine[Any, Any, None]:
+        """Build the messages of ``outgoing`` now (their inputs are the run's outputs now)
+        and return the coroutine that publishes them: native steps to their step queues,
+        the others through their gateways."""
+        if all(o.run.plan.steps[o.index].kind == NATIVE for o in outgoing):
+            return self.publish(outgoing, [self.message(o) for o in outgoing])
+        native = [o for o in outgoing if o.run.plan.steps[o.index].kind == NATIVE]
+        foreign: dict[str, list[GatewayStep]] = {}
+        for o in outgoing:
+            step = o.run.plan.steps[o.index]
+            if step.kind != NATIVE:
+                foreign.setdefault(step.kind, []).append(
+                    GatewayStep(
+                        o.run.run_id,
+                        o.index,
+                        o.attempt,
+                        step,
+                        _inputs(o.run, o.index),
+                        min(MAX_PRIORITY, o.run.priority + step.priority),
+                    )
+                )
+        return self._send(native, [self.message(o) for o in native], foreign)
+
+    async def _send(
+        self,
+        native: list[Outgoing],
+        bodies: list[StepMessage],
+        foreign: dict[str, list[GatewayStep]],
+    ) -> None:
+        for kind, steps in foreign.items():
+            gateway = self._gateways.get(kind)
+            if gateway is None:
+                error = ErrorInfo.from_exception(
+                    PlanError(f"this coordinator has no gateway for {kind} steps"),
+                    retryable=False,
+                )
+                for s in steps:
+                    self._post(DispatchFailed(s.run_id, s.index, s.attempt, error))
+            else:
+                confirmed = await gateway.publish(steps)
+                if confirmed and self._confirmed is not None:
+                    self._confirmed([(s.run_id, s.step.key, s.attempt) for s in confirmed])
+        if native:
+            await self.publish(native, bodies)
 
     def message(self, outgoing: Outgoing, inputs: list[bytes] | None = None) -> StepMessage:
         """The step message for ``outgoing`` (built when it is decided: its inputs are the

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
-from aexec.plan import DEFAULT_QUEUE, Plan, StepSpec, build
+from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY
 
@@ -67,6 +67,8 @@ class StepDef(Generic[P, R]):
     """A step definition: a function plus its execution options.
 
     ``remote_step`` makes one without a function; its code lives in another code base.
+    ``kind`` says who runs it (aexec workers, or a gateway such as Celery's, with
+    ``task_options``).
     """
 
     def __init__(
@@ -80,9 +82,13 @@ class StepDef(Generic[P, R]):
         timeout: float | None = None,
         where: str = "<unknown>",
         accept_missing: bool = False,
+        kind: str = NATIVE,
+        task_options: tuple[tuple[str, Any], ...] = (),
     ) -> None:
         self.fn = fn
         self.accept_missing = accept_missing
+        self.kind = kind
+        self.task_options = task_options
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -143,7 +149,7 @@ class StepDef(Generic[P, R]):
         return Signature(self, args, kwargs, immutable=True)
 
     def __repr__(self) -> str:
-        kind = "remote_step" if self.fn is None else "step"
+        kind = self.kind or ("remote_step" if self.fn is None else "step")
         return f"<{kind} {self.name!r} queue={self.queue!r}>"
 
 
@@ -413,6 +419,8 @@ class _Builder:
                 call,
                 None if when is None else when.key,
                 step.accept_missing,
+                step.kind,
+                step.task_options,
             )
         )
         return Output(self, key)

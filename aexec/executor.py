@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ import aexec.objects
 import aexec.store
 import aexec.transport
 from aexec import messages
+from aexec.background import Background
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.control import cancel_run, list_workers
@@ -33,6 +35,7 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
+from aexec.gateway import Gateway
 from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
@@ -45,6 +48,9 @@ from aexec.types import RunStatus, check_tags
 from aexec.webhooks import Deliverer, Webhooks
 from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
+
+SILENCE = 10.0
+"""Seconds a remote run may stay silent before its client asks about it (then doubling)."""
 
 
 class Executor:
@@ -175,6 +181,7 @@ class Executor:
                     on_queue=worker.serve,
                     metrics=self.metrics,
                     webhooks=webhooks,
+                    gateways=_gateways(settings, objects),
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
@@ -189,6 +196,7 @@ class Executor:
                     objects=objects,
                     metrics=self.metrics,
                     webhooks=webhooks,
+                    gateways=_gateways(settings, objects),
                 )
                 await stack.enter_async_context(coordinator)
             if isinstance(transport, SignedTransport):
@@ -214,6 +222,10 @@ class Executor:
                 await transport.declare_queue(REQUEST_QUEUE, max_priority=0)
                 ended = await transport.follow(RUNS_ENDED_TOPIC, self._on_run_ended)
                 self._require_stack().push_async_callback(ended.cancel)
+                # And, should both miss it, a run silent for long is asked about.
+                background = Background("aexec client")
+                await self._require_stack().enter_async_context(background)
+                background.start_loop(self._ask_about_silent_runs(), name="aexec-client")
             return transport
 
     async def start(self, *, service: bool = False) -> None:
@@ -223,6 +235,26 @@ class Executor:
         if self.settings.remote:
             raise ConfigError("a remote executor runs no coordinator")
         await self._start_engine(adopt=service)
+
+    async def _ask_about_silent_runs(self) -> None:
+        """Ask a coordinator service for the events of each unfinished remote run this
+        client has heard nothing of for a while (the silence allowed doubles each time,
+        up to a minute): a last resort, for an end whose message and announcement were
+        both lost to this client (its queue was gone, or a coordinator died in between)."""
+        allowed: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(SILENCE / 2)
+            now = time.monotonic()
+            for run_id, run in list(self._remote_runs.items()):
+                quiet = allowed.get(run_id, SILENCE)
+                if run.status.finished or now - run.heard < quiet:
+                    continue
+                allowed[run_id] = min(quiet * 2, 60.0)
+                run.heard = now
+                with contextlib.suppress(AexecError):
+                    await self._ask_for_events(run_id)
+            for run_id in [r for r in allowed if r not in self._remote_runs]:
+                del allowed[run_id]
 
     async def serve(
         self, stop: asyncio.Event, *, grace: float = 30.0, ready: asyncio.Event | None = None
@@ -287,7 +319,9 @@ class Executor:
         if self._worker is not None:
             local = {s.name for s in self._extra_steps}
             missing = sorted(
-                n for n, s in compiled.steps.items() if s.fn is None and n not in local
+                n
+                for n, s in compiled.steps.items()
+                if s.fn is None and not s.kind and n not in local
             )
             if missing:
                 raise PlanError(
@@ -390,9 +424,15 @@ class Executor:
         if not isinstance(msg, messages.RunEnded):
             return
         run = self._remote_runs.get(msg.run_id)
-        if run is None or run.status.finished or self._transport is None:
+        if run is None or run.status.finished:
             return
-        ask = messages.Control("events", reply_to=self._notify_queue, run_id=msg.run_id)
+        await self._ask_for_events(msg.run_id)
+
+    async def _ask_for_events(self, run_id: str) -> None:
+        """Ask a coordinator service to send this client run ``run_id``'s events."""
+        if self._transport is None:
+            return
+        ask = messages.Control("events", reply_to=self._notify_queue, run_id=run_id)
         await self._transport.publish(REQUEST_QUEUE, ask.encode())
 
     async def _broadcast_cancel(self, run_id: str, reason: str | None) -> None:
@@ -467,3 +507,12 @@ def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> 
         coordinator.message_rejected(rejection.body, rejection.reason, rejection.destination)
 
     transport.on_reject(rejected)
+
+
+def _gateways(settings: Settings, objects: ObjectStore) -> dict[str, Gateway]:
+    """The gateways a coordinator built from ``settings`` sends foreign steps through:
+    Celery's, when a Celery broker is configured (or aexec's broker is RabbitMQ)."""
+    from aexec.celery.gateway import KIND, from_settings
+
+    celery = from_settings(settings, objects)
+    return {} if celery is None else {KIND: celery}

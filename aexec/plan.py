@@ -22,6 +22,8 @@ from aexec.wire import MAX_PRIORITY
 
 PLAN_VERSION = 1
 DEFAULT_QUEUE = "default"
+NATIVE = ""
+"""The kind of step aexec workers run; other kinds go through a gateway (Celery)."""
 
 EMPTY_CALL = codec.encode([[], {}])
 NULL_RESULT = codec.encode(None)
@@ -41,6 +43,8 @@ class StepSpec:
     call: bytes = EMPTY_CALL
     when: str | None = None  # a dep whose output must be true for this step to run
     accept_missing: bool = False  # runs with None for skipped inputs (join semantics)
+    kind: str = NATIVE  # who runs it: aexec workers (NATIVE) or a gateway (``"celery"``)
+    task_options: tuple[tuple[str, Any], ...] = ()  # the gateway's options for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class PlanStep:
     call: bytes
     when: int | None = None
     accept_missing: bool = False
+    kind: str = NATIVE
+    task_options: tuple[tuple[str, Any], ...] = ()  # sorted by name
 
     def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
         """The step's dynamic options as the plan's wire form keeps them (only those set,
@@ -68,6 +74,10 @@ class PlanStep:
             options["when"] = steps[self.when].key
         if self.accept_missing:
             options["accept_missing"] = True
+        if self.kind != NATIVE:
+            options["kind"] = self.kind
+        if self.task_options:
+            options["task_options"] = dict(self.task_options)
         return options
 
 
@@ -97,7 +107,13 @@ class Plan:
 
     @property
     def queues(self) -> frozenset[str]:
-        return frozenset(s.queue for s in self.steps)
+        """The aexec step queues its native steps go to."""
+        return frozenset(s.queue for s in self.steps if s.kind == NATIVE)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of step it holds besides native ones (``"celery"``)."""
+        return frozenset(s.kind for s in self.steps if s.kind != NATIVE)
 
     def to_wire(self) -> list[Any]:
         return _wire(self.pipeline, self.steps, self.result_deps, self.result, self.params)
@@ -143,9 +159,17 @@ class Plan:
 
 
 def _options(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not set(value) <= {"when", "accept_missing"}:
+    if not isinstance(value, dict) or not set(value) <= _OPTIONS:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
-    return value
+    task_options = value.get("task_options")
+    if task_options is None:
+        return value
+    if not isinstance(task_options, dict):
+        raise PlanError(f"malformed plan: task options {task_options!r:.80}")
+    return {**value, "task_options": tuple(sorted(task_options.items()))}
+
+
+_OPTIONS = frozenset({"when", "accept_missing", "kind", "task_options"})
 
 
 def _wire(
@@ -205,6 +229,12 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: its condition must be one of its inputs")
     if not isinstance(spec.accept_missing, bool):
         raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
+    if not isinstance(spec.kind, str):
+        raise PlanError(f"step {spec.key!r}: kind must be a string")
+    if not isinstance(spec.task_options, tuple) or not all(
+        isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in spec.task_options
+    ):
+        raise PlanError(f"step {spec.key!r}: task options must be (name, value) pairs")
 
 
 def build(
@@ -263,6 +293,8 @@ def build(
             call=specs[old].call,
             when=_index_of(specs[old].when, new_index),
             accept_missing=specs[old].accept_missing,
+            kind=specs[old].kind,
+            task_options=tuple(sorted(specs[old].task_options)),
         )
         for new, old in enumerate(order)
     )

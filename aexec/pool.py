@@ -182,6 +182,7 @@ class ProcessPool:
         mp = multiprocessing.get_context("spawn")
         self._reader, self._writer = mp.Pipe(duplex=False)
         self._outputs: dict[AttemptKey, tuple[AttemptOutput, asyncio.Future[None]]] = {}
+        self._lock = mp.Lock()
         self._executor = ProcessPoolExecutor(
             max_workers=size,
             mp_context=mp,
@@ -189,7 +190,7 @@ class ProcessPool:
             initargs=(
                 list(modules),
                 self._writer,
-                mp.Lock(),
+                self._lock,
                 [
                     limits.level,
                     limits.flush_interval,
@@ -240,6 +241,12 @@ class ProcessPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # A child may still be starting, and needs the pipe and the lock it was given (they
+        # go when this pool goes): a thread keeps them until the children are gone.
+        threading.Thread(target=self._close, name="aexec-pool-close", daemon=True).start()
+
+    def _close(self) -> None:
+        self._executor.shutdown(wait=True)
         with contextlib.suppress(OSError):  # one byte: written whole beside the children's
             self._writer.send_bytes(_STOP)
 

@@ -171,6 +171,7 @@ class RemoteRun:
         self._history: list[Event] = []
         self._changed = asyncio.Event()  # set (and replaced) whenever history grows
         self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self.heard = time.monotonic()  # when its events last arrived (or it was submitted)
 
     @property
     def status(self) -> RunStatus:
@@ -181,6 +182,7 @@ class RemoteRun:
         was delivered again is ignored): the run and its steps change as they do in the
         store (:mod:`aexec.store.fold`)."""
         record = self._record
+        self.heard = time.monotonic()
         for event in events:
             if event.seq and self._history and event.seq <= self._history[-1].seq:
                 continue  # a redelivered batch

@@ -197,6 +197,7 @@ async def run_page(chords: int, repeat: int) -> dict[str, Any] | None:
             await server
     return {
         "steps": len(run.plan),
+        "first_load_ms": times[0] * 1000,  # the server reads the plan's graph, then caches it
         "load_ms": statistics.median(times) * 1000,
         "fit_ms": zoom * 1000,
     }
@@ -283,7 +284,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         results["run_page"] = page
         print(
             f"run page of {page['steps']} steps in headless Chromium: interactive in "
-            f"{page['load_ms']:.0f} ms (median), fit redraw {page['fit_ms']:.0f} ms"
+            f"{page['first_load_ms']:.0f} ms the first time, {page['load_ms']:.0f} ms (median), "
+            f"fit redraw {page['fit_ms']:.0f} ms"
         )
     many = await compare(args.repeat)
     results["many_runs"] = many

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.private_rabbitmq",
     "tests.plugins.webhooks",
+    "tests.plugins.celery",
 ]

@@ -463,3 +463,8 @@ def test_runs_logs_prints_one_line_per_event(history: History) -> None:
     assert [(e["step"], e["attempt"]) for e in failed] == [("boom", 2)]
     lines = text.out.splitlines()
     assert any("step_failed" in line and "ValueError: boom" in line for line in lines)
+
+
+def test_celery_tasks_without_a_celery_broker_exit_2_naming_the_setting(home: Path) -> None:
+    result = aexec(home, "run", str(PIPELINES / "celery_only.py"))
+    assert_bad_input(result, "has celery steps", "AEXEC_CELERY_BROKER")

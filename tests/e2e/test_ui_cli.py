@@ -146,3 +146,32 @@ async def test_coordinator_ui_over_postgres_and_rabbitmq_shows_workers_and_drive
     assert runs["runs"][0]["steps"] == {"succeeded": 6}
     coordinator.popen.send_signal(signal.SIGTERM)
     assert coordinator.wait() == 0, coordinator.output()
+
+
+def test_a_run_of_another_process_appears_live_on_the_runs_stream(tmp_path: Path) -> None:
+    ui = start_ui(tmp_path, "ui", "--port", "0")
+    try:
+        url, _ = address(ui)
+        with urllib.request.urlopen(url + "api/runs/stream", timeout=30) as stream:
+
+            def next_page() -> dict[str, Any]:
+                while True:
+                    line = stream.readline().decode()
+                    if line.startswith("data: "):
+                        page: dict[str, Any] = json.loads(line.removeprefix("data: "))
+                        return page
+
+            assert next_page()["runs"] == []
+            other = start_ui(tmp_path, "run", str(REPO / "examples" / "fan_in.py"), "--json")
+            assert other.wait() == 0, other.output()
+            report = json.loads("".join(other.out))
+            while True:  # pages as the run goes: pending, running, succeeded
+                [row] = next_page()["runs"]
+                assert row["run_id"] == report["run_id"]
+                if row["status"] == "succeeded":
+                    break
+            assert row["steps"] == {"succeeded": 101}
+            ui.popen.send_signal(signal.SIGTERM)  # with the stream still open
+            assert ui.wait() == 0, ui.output()
+    finally:
+        ui.stop()

@@ -18,7 +18,7 @@ from aexec.testing import wait_for_event
 from aexec.transport import Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
-from aexec.wire import REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
+from aexec.wire import COORDINATOR_TOPIC, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
 
 WAIT = 10.0
@@ -250,5 +250,34 @@ async def test_a_cancel_of_a_run_driven_here_is_recorded_even_after_a_store_blip
         gate.set()
     assert flaky.failed
     assert await store.cancel_requests([run.run_id]) == {run.run_id: "stop"}
+    await store.close()
+    await transport.close()
+
+
+async def test_a_cancel_broadcast_just_before_a_coordinator_starts_the_run_is_honoured() -> None:
+    compiled, gate, executions = gated()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    announced = await ended(transport, "r-late")
+    service = Coordinator(transport, store, CoordinatorConfig(id="service", **FAST))
+    async with (
+        service,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        # Heard before the run exists anywhere, and recorded nowhere (its sender's store
+        # write is still under way): the coordinator that starts it remembers it.
+        cancel = messages.Control("cancel", run_id="r-late", reason="too late")
+        await transport.broadcast(COORDINATOR_TOPIC, cancel.encode())
+        await transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
+        submit = messages.Submit("r-late", compiled.plan.to_bytes(), 0, None)
+        await transport.publish(SUBMIT_QUEUE, submit.encode())
+        await service.accept_submissions()
+        assert await asyncio.wait_for(announced, WAIT) == "cancelled"
+    gate.set()
+    assert executions == []
+    record = await store.get_run("r-late")
+    assert record is not None and record.error == "run cancelled: too late"
     await store.close()
     await transport.close()

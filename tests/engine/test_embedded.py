@@ -446,6 +446,24 @@ async def test_sync_steps_can_run_in_a_process_pool(tmp_path: Path) -> None:
     await transport.close()
 
 
+async def test_a_pipeline_of_celery_tasks_without_a_celery_broker_is_refused_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    from aexec.celery import celery_step
+    from aexec.errors import ConfigError
+
+    task = celery_step("proj.tasks.add")
+
+    @pipeline
+    def celery_sum() -> object:
+        return task(1, 2)
+
+    async with aexec.testing.executor() as ex:
+        with pytest.raises(ConfigError, match="has celery steps, which this coordinator cannot"):
+            await ex.submit(celery_sum)
+        assert await ex.list_runs() == []
+
+
 async def test_a_run_keeps_its_tags_and_bad_tags_are_refused_before_it_starts(
     ex: Executor,
 ) -> None:

@@ -323,7 +323,11 @@ async function runPage(main, runId) {
     if (row && status && event.attempt >= row.attempts) {
       row.status = status; row.attempts = event.attempt;
       if (event.kind === "step_started") { row.started_at = event.ts; row.worker = event.data.worker || row.worker; }
-      if (["step_succeeded", "step_failed"].includes(event.kind)) row.finished_at = event.ts;
+      if (["step_succeeded", "step_failed"].includes(event.kind)) {
+        row.finished_at = event.ts;  // a quick step's start comes with its end
+        if (typeof event.data.started_at === "number") row.started_at = event.data.started_at;
+        row.worker = event.data.worker || row.worker;
+      }
       if (event.data && typeof event.data.error === "object" && event.data.error) row.error = event.data.error;
       if (event.kind === "step_succeeded") row.error = null;
     }
@@ -435,7 +439,7 @@ class Dag {
     this.canvas = el("canvas", { "aria-label": "step graph" });
     this.tip = el("div", { class: "tooltip" });
     this.picked = el("div", { id: "picked" });
-    const legend = el("div", { class: "legend" }, ...STATUSES.map((s) => el("span", {}, el("i", { style: `background:${COLORS[s]}` }), s)));
+    const legend = el("div", { class: "legend" }, ...STATUSES.map((s) => el("span", {}, el("i", { class: "swatch " + s }), s)));
     this.element = el("div", { id: "dag" }, el("div", { class: "toolbar" },
       el("button", { class: "plain", on: { click: () => this.zoom(1.25) } }, "+"),
       el("button", { class: "plain", on: { click: () => this.zoom(0.8) } }, "−"),
@@ -563,26 +567,42 @@ class Timeline {
   }
   async load(runId) {
     try { this.bars = (await api(`/api/runs/${encodeURIComponent(runId)}/timeline`)).attempts; } catch (e) { return; }
-    this.lanes = [...new Set(this.bars.map((b) => b.worker))].sort();
+    // Each worker gets as many lanes as it ran attempts at once (at most 12): a bar goes on
+    // its worker's first lane that is free when it starts.
+    const lanes = [];
+    const byStart = [...this.bars].sort((a, b) => a.start - b.start);
+    for (const bar of byStart) {
+      const mine = lanes.filter((l) => l.worker === bar.worker);
+      let lane = mine.find((l) => l.end <= bar.start);
+      if (!lane && mine.length >= 12) lane = mine.reduce((a, b) => (a.end <= b.end ? a : b));
+      if (!lane) { lane = { worker: bar.worker, end: 0, first: mine.length === 0 }; lanes.push(lane); }
+      lane.end = bar.end || Infinity; bar.lane = lane;
+    }
+    lanes.sort((a, b) => a.worker.localeCompare(b.worker));
+    this.lanes = lanes;
     this.draw();
   }
   geometry() {
     const r = this.canvas.getBoundingClientRect();
     const start = Math.min(...this.bars.map((b) => b.start));
     const end = Math.max(...this.bars.map((b) => b.end || Date.now() / 1000));
-    const left = 150, lane = Math.min(28, (r.height - 20) / Math.max(this.lanes.length, 1));
+    const left = 150, lane = Math.max(2, Math.min(28, (r.height - 20) / Math.max(this.lanes.length, 1)));
     return { r, start, span: Math.max(end - start, 0.001), left, lane };
   }
   draw() {
     const c = this.canvas, ratio = window.devicePixelRatio || 1, r = c.getBoundingClientRect();
     c.width = Math.round(r.width * ratio); c.height = Math.round(r.height * ratio);
+    c.dataset.bars = this.bars.length; c.dataset.lanes = this.lanes.length;
     const g = c.getContext("2d"); g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.font = "12px system-ui, sans-serif"; g.textBaseline = "middle";
     if (!this.bars.length) { g.fillStyle = "#6b7280"; g.fillText("no attempt has started yet", 10, 20); return; }
     const { start, span, left, lane } = this.geometry(), width = r.width - left - 10;
-    this.lanes.forEach((w, i) => { g.fillStyle = "#1d2330"; g.fillText(w.length > 20 ? w.slice(0, 19) + "…" : w, 6, 10 + i * lane + lane / 2); });
+    this.lanes.forEach((l, i) => {
+      if (!l.first) return;
+      g.fillStyle = "#1d2330"; g.fillText(l.worker.length > 20 ? l.worker.slice(0, 19) + "…" : l.worker, 6, 10 + i * lane + lane / 2);
+    });
     for (const b of this.bars) {
-      const i = this.lanes.indexOf(b.worker);
+      const i = this.lanes.indexOf(b.lane);
       const x = left + (b.start - start) / span * width;
       const w = Math.max(1, ((b.end || Date.now() / 1000) - b.start) / span * width);
       g.fillStyle = COLORS[b.status] || COLORS.running; g.fillRect(x, 12 + i * lane, w, lane - 6);
@@ -594,7 +614,7 @@ class Timeline {
     const { r, start, span, left, lane } = this.geometry(), width = r.width - left - 10;
     const x = e.clientX - r.left, y = e.clientY - r.top, i = Math.floor((y - 10) / lane);
     const t = start + (x - left) / width * span;
-    const bar = this.bars.find((b) => this.lanes.indexOf(b.worker) === i && b.start <= t && (b.end || Infinity) >= t);
+    const bar = this.bars.find((b) => this.lanes.indexOf(b.lane) === i && b.start <= t && (b.end || Infinity) >= t);
     if (!bar) { this.tip.style.display = "none"; return; }
     this.tip.textContent = `${bar.step} #${bar.attempt} ${bar.status}\n${seconds((bar.end || Date.now() / 1000) - bar.start)} on ${bar.worker}`;
     this.tip.style.display = "block"; this.tip.style.left = (x + 12) + "px"; this.tip.style.top = (y + 12) + "px";
