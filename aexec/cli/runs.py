@@ -120,8 +120,8 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
                     sys.stdout.flush()
             finally:
                 await follower.aclose()  # type: ignore[attr-defined]
-        deliveries = await ex.get_deliveries(record.run_id)
-    _write_deliveries(deliveries, as_json=args.json)
+        deliveries = [] if step is not None else await ex.get_deliveries(record.run_id)
+    _write_deliveries(deliveries, as_json=args.json)  # about the run, not one step
     return EXIT_OK
 
 
