@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from aexec.config import Settings
     from aexec.events import Event
     from aexec.executor import Executor
-    from aexec.store import RunRecord
+    from aexec.store import RunRecord, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +56,28 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
-    from aexec.cli.display import dump_json, run_details
+    from aexec.cli.display import deliveries_table, dump_json, run_details
     from aexec.cli.report import jsonable, run_report, step_notes
     from aexec.executor import Executor
     from aexec.types import RunStatus
+    from aexec.webhooks import describe
 
     async with Executor(settings) as ex:
         record = await _find_run(ex, args.run_id)
         steps = await ex.get_steps(record.run_id)
         result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
         notes = step_notes(await ex.get_events(record.run_id))
+        deliveries = await ex.get_deliveries(record.run_id)
     if args.json:
-        sys.stdout.write(dump_json(run_report(record, steps, result, notes)) + "\n")
+        report = run_report(record, steps, result, notes)
+        if deliveries:  # else the same shape as `run --json`
+            report["webhooks"] = [describe(d) for d in deliveries]
+        sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
         sys.stdout.write(run_details(record, steps, shown, notes) + "\n")
+        if deliveries:
+            sys.stdout.write("\n" + deliveries_table(deliveries) + "\n")
     return EXIT_OK
 
 
@@ -114,7 +121,22 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
                     sys.stdout.flush()
             finally:
                 await follower.aclose()  # type: ignore[attr-defined]
+        deliveries = [] if step is not None else await ex.get_deliveries(record.run_id)
+    _write_deliveries(deliveries, as_json=args.json)  # about the run, not one step
     return EXIT_OK
+
+
+def _write_deliveries(deliveries: list[WebhookDelivery], *, as_json: bool) -> None:
+    """The run's webhook deliveries after its events, as ``runs logs`` shows them."""
+    from aexec.cli.display import delivery_line, dump_json
+    from aexec.webhooks import describe
+
+    for delivery in deliveries:
+        if as_json:
+            line = dump_json({"kind": "webhook", **describe(delivery)})
+        else:
+            line = delivery_line(delivery)
+        sys.stdout.write(line + "\n")
 
 
 def cmd_runs_prune(args: argparse.Namespace) -> int:
