@@ -21,7 +21,7 @@ from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
 from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
-from aexec.wire import MAX_PRIORITY
+from aexec.wire import MAX_PRIORITY, check_version
 
 if TYPE_CHECKING:
     from aexec.canvas import Signature
@@ -84,8 +84,10 @@ class StepDef(Generic[P, R]):
         accept_missing: bool = False,
         kind: str = NATIVE,
         task_options: tuple[tuple[str, Any], ...] = (),
+        version: str | None = None,
     ) -> None:
         self.fn = fn
+        self.version = version
         self.accept_missing = accept_missing
         self.kind = kind
         self.task_options = task_options
@@ -208,6 +210,7 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    version: str | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -224,6 +227,7 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    version: str | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
@@ -231,7 +235,8 @@ def step(
     ``retry_backoff · 2^(n-1)`` seconds (capped at ``retry_backoff_max``) with jitter.
     ``accept_missing``: the step runs even when some of its inputs were skipped
     (:func:`aexec.skip`), taking None in their place (join semantics); otherwise a skipped
-    input skips it too.
+    input skips it too.  ``version``: this code is that version of the step ``name``; a
+    pipeline that asks for a version runs only on workers serving it.
     """
     where = _where()
 
@@ -249,6 +254,7 @@ def step(
             timeout=timeout,
             where=where,
             accept_missing=_flag(step_name, "accept_missing", accept_missing),
+            version=_version(step_name, version, where),
         )
 
     if fn is not None:
@@ -265,8 +271,11 @@ def remote_step(
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 60.0,
     timeout: float | None = None,
+    version: str | None = None,
 ) -> StepDef[..., Any]:
-    """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs it."""
+    """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs
+    it; with ``version``, only a worker serving that version of it (``@step(name=...,
+    version=...)``), so that versions serve side by side."""
     where = _where()
     _check_options(name, queue, priority, retries, retry_backoff, timeout)
     return StepDef(
@@ -277,7 +286,15 @@ def remote_step(
         retry=_retry_policy(name, retries, retry_backoff, retry_backoff_max),
         timeout=timeout,
         where=where,
+        version=_version(name, version, where),
     )
+
+
+def _version(name: str, version: object, where: str) -> str | None:
+    try:
+        return check_version(version)
+    except CodecError as exc:
+        raise _definition_error(f"step {name!r}: {exc}", where) from None
 
 
 class Output:
@@ -421,6 +438,7 @@ class _Builder:
                 step.accept_missing,
                 step.kind,
                 step.task_options,
+                step.version,
             )
         )
         return Output(self, key)

@@ -111,7 +111,7 @@ class StepRunner:
                 ErrorInfo(type(exc).__name__, f"cannot load an input: {exc}")
             ) from None
         if self._pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs, output)
+            encoded = await self._run_in_process(msg, step.name, inputs, output)
         else:
             encoded = await self._run_here(msg, step, inputs, output)
         if len(encoded) > limit:
@@ -161,7 +161,7 @@ class StepRunner:
                     InputError(f"cannot decode the call: {exc}"), retryable=False
                 )
             ) from None
-        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, output)
+        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, step.name, output)
         fn = step.fn
         assert fn is not None
         try:
@@ -207,8 +207,13 @@ class StepRunner:
             ) from None
 
     async def _run_in_process(
-        self, msg: messages.StepMessage, inputs: list[Any], output: context.StepOutput
+        self,
+        msg: messages.StepMessage,
+        name: str,
+        inputs: list[Any],
+        output: context.StepOutput,
     ) -> bytes:
+        """Run step ``name`` (its code's name: ``msg.name`` may carry a version)."""
         processes = self._processes
         if processes is None:
             processes = self._processes = ProcessPool(
@@ -220,9 +225,7 @@ class StepRunner:
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
-                processes.run(
-                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output
-                ),
+                processes.run(name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output),
                 msg.timeout,
             )
         except TimeoutError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -227,11 +227,18 @@ def runs_table(runs: Sequence[RunRecord]) -> str:
     return table(["RUN ID", "PIPELINE", "STATUS", "CREATED", "DURATION"], rows)
 
 
-def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None = None) -> str:
+def run_details(
+    run: RunRecord,
+    steps: Sequence[StepRecord],
+    result: str | None = None,
+    notes: Mapping[str, str] | None = None,
+) -> str:
     """The header of a run and a table of its steps, for ``runs show``.
 
     ``result`` is the run's result as JSON text, if it has one; it is clipped to a line.
+    ``notes`` say more about some steps (by key), where they have no error to show.
     """
+    notes = notes or {}
     header = [
         ("run", run.run_id),
         ("pipeline", run.pipeline),
@@ -254,7 +261,7 @@ def run_details(run: RunRecord, steps: Sequence[StepRecord], result: str | None 
             s.key,
             str(s.status),
             str(s.attempts),
-            _clip(_one_line(str(s.error)), 80) if s.error is not None else "",
+            _clip(_one_line(str(s.error)), 80) if s.error is not None else notes.get(s.key, ""),
         ]
         for s in steps
     ]

@@ -16,10 +16,13 @@ from aexec.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aexec.config import Settings
     from aexec.events import Event
     from aexec.executor import Executor
-    from aexec.store import RunRecord
+    from aexec.plan import Plan
+    from aexec.store import RunRecord, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +66,39 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         record = await _find_run(ex, args.run_id)
         steps = await ex.get_steps(record.run_id)
         result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
+        plan = await ex.store.get_plan(record.plan_digest)
+    waiting = {} if plan is None else await _waiting_for_versions(settings, plan, steps)
     if args.json:
-        sys.stdout.write(dump_json(run_report(record, steps, result)) + "\n")
+        report = run_report(record, steps, result)
+        for key, address in waiting.items():
+            report["steps"][key]["waiting_for"] = address
+        sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
-        sys.stdout.write(run_details(record, steps, shown) + "\n")
+        notes = {
+            key: f"waiting for version: no live worker serves {a}" for key, a in waiting.items()
+        }
+        sys.stdout.write(run_details(record, steps, shown, notes) + "\n")
     return EXIT_OK
+
+
+async def _waiting_for_versions(
+    settings: Settings, plan: Plan, steps: Sequence[StepRecord]
+) -> dict[str, str]:
+    """The queued steps that ask for a version no live worker serves: their keys and the
+    ``name@version`` they wait for (nothing without a broker to ask the workers on)."""
+    from aexec.service import find_workers
+    from aexec.types import StepStatus
+
+    asking = {
+        s.key: plan.step(s.key).address
+        for s in steps
+        if s.status is StepStatus.QUEUED and plan.step(s.key).version is not None
+    }
+    if not asking or settings.embedded:
+        return {}
+    served = {name for w in await find_workers(settings, wait=0.5) for name in w.steps}
+    return {key: address for key, address in asking.items() if address not in served}
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
