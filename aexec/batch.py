@@ -607,7 +607,10 @@ class Batch:
                             Event(kind, run_id, ts, steps[index].key, attempts[index], why)
                         )
                 case Finish():
-                    self.events.append(self._finish_event(run, action.status, ts))
+                    # The run ends when this pass decides it, not when the step whose
+                    # completion tipped it finished (one delayed in the broker came last).
+                    end = max(ts, self.now)
+                    self.events.append(self._finish_event(run, action.status, end))
                     self.finished.append(run)
                 case _:
                     assert_never(action)

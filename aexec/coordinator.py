@@ -28,6 +28,7 @@ opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinat
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -96,6 +97,9 @@ from aexec.wire import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+HEARD_CANCELS = 10_000
+"""Broadcast cancels of runs not driven here that a coordinator remembers, at most."""
 
 CONFIRM_DELAY = 0.05
 """Seconds a confirmed dispatch waits at most to be recorded, if no other commit takes it."""
@@ -175,6 +179,9 @@ class Coordinator:
         # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
         self._confirmed: list[tuple[str, str, int]] = []
         self._confirm_due = False
+        # Cancels broadcast for runs not driven here (yet): a run this coordinator starts
+        # or takes over a moment later is cancelled all the same.  The newest kept.
+        self._heard_cancels: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._last_flush = time.monotonic()
         self._flush_armed = False
         self._stopped: asyncio.Future[None] | None = None
@@ -422,7 +429,7 @@ class Coordinator:
                 f"run {run.run_id} was taken over by another coordinator", [run.run_id]
             )
             _fail(run.done, error)
-        await self.leases.release_adopted(run.run_id, delete=False)
+        await self.leases.release_adopted(run.run_id)
 
     async def lose_all(self, run_ids: Iterable[str]) -> None:
         """Let go of these runs (those driven here): see :meth:`lose`."""
@@ -451,8 +458,24 @@ class Coordinator:
             return
         if not isinstance(msg, messages.Control) or msg.command != "cancel":
             return
-        if msg.run_id is not None and msg.run_id in self.runs:
+        if msg.run_id is None:
+            return
+        if msg.run_id in self.runs:
             self._inbox.post(Cancel(msg.run_id, msg.reason))
+            return
+        heard = self._heard_cancels
+        heard[msg.run_id] = msg.reason
+        while len(heard) > HEARD_CANCELS:
+            heard.popitem(last=False)
+
+    def drive(self, run: ActiveRun) -> None:
+        """Drive ``run`` from now on (it was just created or taken over); a cancel heard
+        for it meanwhile applies."""
+        self.runs[run.run_id] = run
+        if run.run_id in self._heard_cancels:
+            reason = self._heard_cancels.pop(run.run_id)
+            if run.cancel is None:
+                run.cancel = reason or ""
 
     async def submit(
         self,
@@ -461,16 +484,17 @@ class Coordinator:
         priority: int = 0,
         run_id: str | None = None,
         notify: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` and start it; returns once it is durable (while the
-        store is unavailable, it waits).
+        """Record a new run of ``plan`` (labelled ``tags``) and start it; returns once it
+        is durable (while the store is unavailable, it waits).
 
         ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
         :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
         event of the run from its run_submitted on."""
         if run_id is not None:
             check_run_id(run_id)
-        return await self.create(plan, priority, run_id, notify, retry=True)
+        return await self.create(plan, priority, run_id, notify, retry=True, tags=tags)
 
     async def create(
         self,
@@ -480,6 +504,7 @@ class Coordinator:
         notify: str | None,
         *,
         retry: bool = False,
+        tags: Mapping[str, str] | None = None,
     ) -> ActiveRun:
         """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
         broker that is unavailable now raises at once (a submission from the broker goes
@@ -500,6 +525,7 @@ class Coordinator:
             owner=self.config.id,
             lease_until=now + self.config.lease,
             epoch=1,
+            tags=dict(tags or {}),
         )
         await self.open_gateways(plan)
         for queue in plan.queues:
@@ -525,7 +551,7 @@ class Coordinator:
                 requests = {}
             if run_id in requests:
                 run.cancel = requests[run_id] or ""
-        self.runs[run_id] = run
+        self.drive(run)
         self._inbox.post(Start(run_id))
         return run
 
@@ -556,27 +582,23 @@ class Coordinator:
     async def cancel(self, run_id: str, reason: str | None = None) -> None:
         """Cancel a run, durably: the request is recorded in the store, so that whichever
         coordinator drives the run, takes it over or starts it later honours it.  A run
-        driven here is cancelled at once (the request is recorded too, in case it is taken
-        over first: an unavailable store is then only logged).  For one driven elsewhere,
-        the request is first broadcast, so that its coordinator acts at once whatever this
-        one's store does, then recorded (its coordinator also finds it at its next lease
-        renewal, if it missed the broadcast).  Workers hear of the end once it is recorded
-        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`).  A store error is raised only for a run
-        not driven here (the request was not recorded: send it again)."""
-        if run_id in self.runs:
+        driven here is cancelled at once; for one driven elsewhere the request is
+        broadcast, so that its coordinator acts at once whatever this one's store does
+        (it also finds the request at its next lease renewal, if it missed the broadcast).
+        Then the request is recorded: a store error is raised (the request may not be
+        kept: send it again).  Workers hear of the end once it is recorded
+        (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
+        driven = run_id in self.runs
+        if driven:
             self._inbox.post(Cancel(run_id, reason))
+        else:
+            command = messages.Control("cancel", run_id=run_id, reason=reason)
             try:
-                await self.store.request_cancel(run_id, reason)
-            except StoreError as exc:
-                log.warning("could not record the cancel request of run %s: %s", run_id, exc)
-            return
-        command = messages.Control("cancel", run_id=run_id, reason=reason)
-        try:
-            await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
-        except TransportError as exc:  # recorded below: found at the next lease renewal
-            log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
+                await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
+            except TransportError as exc:  # recorded below: found at the next renewal
+                log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
         await self.store.request_cancel(run_id, reason)
-        if run_id in self.runs:  # it started here meanwhile
+        if not driven and run_id in self.runs:  # it started here meanwhile
             self._inbox.post(Cancel(run_id, reason))
 
     async def cancel_requested(self, run_ids: Iterable[str]) -> None:
@@ -753,7 +775,7 @@ class Coordinator:
             await self.notify(run, [event])
         for subscriber in run.subscribers:
             subscriber.close()
-        await self.leases.release_adopted(run_id, delete=True)
+        await self.leases.release_adopted(run_id)
         if not run.done.done():
             run.done.set_result(RunStatus.FAILED)
         await self._announce_ended([(run_id, RunStatus.FAILED)])
@@ -807,11 +829,10 @@ class Coordinator:
                 subscriber.put(event)
             if target.notify is not None:
                 notify.setdefault(target.run_id, []).append(event)
-        for run_id, batch_events in notify.items():
-            await self.notify(self.runs[run_id], batch_events)
+        await self._notify_all(notify)
         for run in finished:
             self.runs.pop(run.run_id, None)
-            await self.leases.release_adopted(run.run_id, delete=True)
+            await self.leases.release_adopted(run.run_id)
             for subscriber in run.subscribers:
                 subscriber.close()
             if not run.done.done():
@@ -836,15 +857,27 @@ class Coordinator:
                 with contextlib.suppress(AexecError):
                     self.start_work(gateway.revoke(attempts))
 
+    async def _notify_all(self, notify: dict[str, list[Event]]) -> None:
+        """Send each run its events of one batch, the runs concurrently: every send waits
+        for the broker's confirm, and one batch can touch thousands of runs, so sending
+        them one after the other made a batch take one round trip per run.  A run's own
+        messages still go in order (one :meth:`notify` each)."""
+        if len(notify) == 1:
+            [(run_id, events)] = notify.items()
+            await self.notify(self.runs[run_id], events)
+        elif notify:
+            sends = (self.notify(self.runs[run_id], events) for run_id, events in notify.items())
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
+
     async def _announce_ended(self, runs: list[tuple[str, RunStatus]]) -> None:
         """Tell every worker, present and future, that these runs ended (they are recorded):
         their step messages still queued are skipped, a cancelled run's attempts stop."""
         now = time.time()
         bodies = [messages.RunEnded(run_id, status.value, now).encode() for run_id, status in runs]
 
-        async def announce() -> None:
-            for body in bodies:
-                await self.transport.announce(RUNS_ENDED_TOPIC, body)
+        async def announce() -> None:  # all again on a failure: a worker skips duplicates
+            sends = (self.transport.announce(RUNS_ENDED_TOPIC, body) for body in bodies)
+            _raise_first(await asyncio.gather(*sends, return_exceptions=True))
 
         background = self._background
         if background is not None and background.running:
@@ -983,3 +1016,11 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
     """Fail ``future`` with ``error``; nobody awaiting it is no error."""
     future.set_exception(error)
     future.exception()  # marks it retrieved: no "exception was never retrieved" at exit
+
+
+def _raise_first(results: list[Any]) -> None:
+    """Raise the first exception among ``gather(..., return_exceptions=True)`` results (all
+    of them have finished: nothing is left running)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ import aexec.objects
 import aexec.store
 import aexec.transport
 from aexec import messages
+from aexec.background import Background
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.control import cancel_run, list_workers
@@ -41,9 +43,12 @@ from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
-from aexec.types import RunStatus
-from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
+from aexec.types import RunStatus, check_tags
+from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
+
+SILENCE = 10.0
+"""Seconds a remote run may stay silent before its client asks about it (then doubling)."""
 
 
 class Executor:
@@ -197,7 +202,31 @@ class Executor:
                 await transport.declare_queue(REQUEST_QUEUE, max_priority=0)
                 ended = await transport.follow(RUNS_ENDED_TOPIC, self._on_run_ended)
                 self._require_stack().push_async_callback(ended.cancel)
+                # And, should both miss it, a run silent for long is asked about.
+                background = Background("aexec client")
+                await self._require_stack().enter_async_context(background)
+                background.start_loop(self._ask_about_silent_runs(), name="aexec-client")
             return transport
+
+    async def _ask_about_silent_runs(self) -> None:
+        """Ask a coordinator service for the events of each unfinished remote run this
+        client has heard nothing of for a while (the silence allowed doubles each time,
+        up to a minute): a last resort, for an end whose message and announcement were
+        both lost to this client (its queue was gone, or a coordinator died in between)."""
+        allowed: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(SILENCE / 2)
+            now = time.monotonic()
+            for run_id, run in list(self._remote_runs.items()):
+                quiet = allowed.get(run_id, SILENCE)
+                if run.status.finished or now - run.heard < quiet:
+                    continue
+                allowed[run_id] = min(quiet * 2, 60.0)
+                run.heard = now
+                with contextlib.suppress(AexecError):
+                    await self._ask_for_events(run_id)
+            for run_id in [r for r in allowed if r not in self._remote_runs]:
+                del allowed[run_id]
 
     async def serve(
         self, stop: asyncio.Event, *, grace: float = 30.0, ready: asyncio.Event | None = None
@@ -228,16 +257,22 @@ class Executor:
         *,
         priority: int = 0,
         params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> Run:
         """Compile ``pipeline`` with its parameters (``params`` and/or keyword arguments)
-        and start a run of it with ``priority`` (0..10)."""
+        and start a run of it with ``priority`` (0..10), labelled ``tags`` (text to text:
+        ``aexec runs list --tag k=v`` and the UI find runs by them)."""
         if (
             isinstance(priority, bool)
             or not isinstance(priority, int)
             or not (0 <= priority <= MAX_PRIORITY)
         ):
             raise PlanError(f"run priority must be an integer 0..{MAX_PRIORITY}, not {priority!r}")
+        try:
+            labels = check_tags(dict(tags or {}))
+        except (ValueError, TypeError) as exc:
+            raise PlanError(str(exc)) from None
         values = {**(params or {}), **kwargs}
         if isinstance(pipeline, Pipeline):
             compiled = pipeline.compile(**values)
@@ -246,7 +281,7 @@ class Executor:
         else:
             compiled = pipeline
         if self.settings.remote:
-            return await self._submit_remote(compiled.plan, priority)
+            return await self._submit_remote(compiled.plan, priority, labels)
         coordinator = await self._start_engine()
         if self._worker is not None:
             local = {s.name for s in self._extra_steps}
@@ -261,7 +296,7 @@ class Executor:
                     "run with a broker and a worker that serves it"
                 )
             self._worker.add_steps(compiled.steps.values())
-        active = await coordinator.submit(compiled.plan, priority=priority)
+        active = await coordinator.submit(compiled.plan, priority=priority, tags=labels)
         return LocalRun(
             coordinator,
             active,
@@ -270,7 +305,7 @@ class Executor:
             max_value_size=self.settings.max_value_size,
         )
 
-    async def _submit_remote(self, plan: Plan, priority: int) -> RemoteRun:
+    async def _submit_remote(self, plan: Plan, priority: int, tags: dict[str, str]) -> RemoteRun:
         data = plan.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE - ENVELOPE:
             raise PlanError(
@@ -286,9 +321,10 @@ class Executor:
             objects=self.objects,
             cancel=self._broadcast_cancel,
             max_value_size=self.settings.max_value_size,
+            tags=tags,
         )
         self._remote_runs[run.run_id] = run
-        body = messages.Submit(run.run_id, data, priority, self._notify_queue).encode()
+        body = messages.Submit(run.run_id, data, priority, self._notify_queue, tags).encode()
         await transport.publish(SUBMIT_QUEUE, body)
         return run
 
@@ -341,7 +377,9 @@ class Executor:
         """How many messages wait in each of the step queues ``names`` (those that exist)."""
         if self.settings.embedded and self._worker is None:
             return {}
-        return await (await self._open_transport()).queue_depths(names)
+        physical = {step_queue(name): name for name in names}
+        depths = await (await self._open_transport()).queue_depths(physical)
+        return {physical[queue]: depth for queue, depth in depths.items()}
 
     async def _on_run_ended(self, delivery: Delivery) -> None:
         """A run ended: if it is one of this client's and its end has not arrived, ask a
@@ -353,9 +391,15 @@ class Executor:
         if not isinstance(msg, messages.RunEnded):
             return
         run = self._remote_runs.get(msg.run_id)
-        if run is None or run.status.finished or self._transport is None:
+        if run is None or run.status.finished:
             return
-        ask = messages.Control("events", reply_to=self._notify_queue, run_id=msg.run_id)
+        await self._ask_for_events(msg.run_id)
+
+    async def _ask_for_events(self, run_id: str) -> None:
+        """Ask a coordinator service to send this client run ``run_id``'s events."""
+        if self._transport is None:
+            return
+        ask = messages.Control("events", reply_to=self._notify_queue, run_id=run_id)
         await self._transport.publish(REQUEST_QUEUE, ask.encode())
 
     async def _broadcast_cancel(self, run_id: str, reason: str | None) -> None:
@@ -381,9 +425,18 @@ class Executor:
         return await self.store.get_run(run_id)
 
     async def list_runs(
-        self, *, limit: int = 50, status: RunStatus | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: RunStatus | None = None,
+        pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
+        offset: int = 0,
     ) -> list[RunRecord]:
-        return await self.store.list_runs(limit=limit, status=status)
+        """Most recent first, filtered as :meth:`Store.list_runs <aexec.store.Store.list_runs>`."""
+        return await self.store.list_runs(
+            limit=limit, status=status, pipeline=pipeline, tag=tag, offset=offset
+        )
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self.store.get_steps(run_id)

@@ -23,7 +23,7 @@ import msgpack
 
 from aexec.codec import DEFAULT_MAX_BODY as MAX_BODY
 from aexec.errors import CodecError
-from aexec.types import ErrorInfo
+from aexec.types import ErrorInfo, check_tags
 
 VERSION = 1
 
@@ -449,18 +449,28 @@ class Submit(_Wire):
     plan: bytes
     priority: int
     notify: str | None
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
-        return [self.run_id, self.plan, self.priority, self.notify]
+        # Without tags, the four fields coordinators before tags read.
+        fields = [self.run_id, self.plan, self.priority, self.notify]
+        return [*fields, self.tags] if self.tags else fields
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        run_id, plan, priority, notify = fields
+        run_id, plan, priority, notify, *rest = fields
+        if len(rest) > 1:
+            raise ValueError(f"a submit has 4 or 5 fields, not {len(fields)}")
+        try:
+            tags = check_tags(rest[0]) if rest else {}
+        except ValueError as exc:
+            raise CodecError(f"malformed submit: {exc}") from None
         return cls(
             _text(run_id, "run id"),
             _blob(plan, "plan"),
             _count(priority, "priority"),
             None if notify is None else _text(notify, "notify"),
+            tags,
         )
 
 

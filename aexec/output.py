@@ -83,7 +83,6 @@ class _Pending:
     dropped: int = 0
     dropped_bytes: int = 0
     reason: str = ""
-    closed: bool = False
 
 
 class OutputBuffer:
@@ -103,10 +102,9 @@ class OutputBuffer:
         return self.open((msg.run_id, msg.step_key, msg.attempt), msg.reply_to)
 
     def open(self, key: AttemptKey, reply_to: str) -> AttemptOutput:
-        """The output of attempt ``key``, for ``reply_to``: collected until :meth:`finish`."""
-        with self._lock:
-            self._attempts.setdefault(key, _Pending(reply_to))
-        return AttemptOutput(self, key)
+        """The output of attempt ``key``, for ``reply_to``: collected until :meth:`finish`
+        (nothing is kept for it until it reports something)."""
+        return AttemptOutput(self, key, reply_to)
 
     @property
     def pending(self) -> int:
@@ -119,23 +117,22 @@ class OutputBuffer:
         out: dict[str, list[list[Any]]] = {}
         with self._lock:
             self._armed = self._urged = False
-            for key, pending in list(self._attempts.items()):
+            for key, pending in self._attempts.items():
                 entries = self._drain(key, pending, now)
                 if entries:
                     out.setdefault(pending.reply_to, []).extend(entries)
-                if pending.closed:
-                    del self._attempts[key]
         return out
 
-    def finish(self, key: AttemptKey) -> tuple[str, list[list[Any]]]:
-        """The attempt ``key`` ended: its last entries (partial lines included) and its
-        reply queue; it collects nothing more."""
-        now = time.time()
+    def finish(self, owner: AttemptOutput) -> tuple[str, list[list[Any]]]:
+        """The attempt of ``owner`` ended: its reply queue and its last entries (partial
+        lines included); it collects nothing more (again: nothing more to say)."""
+        key = owner.key
         with self._lock:
+            owner.closed = True
             pending = self._attempts.pop(key, None)
             if pending is None:
-                return "", []
-            pending.closed = True
+                return owner.reply_to, []
+            now = time.time()
             for stream, rest in pending.partial.items():
                 if rest:
                     self._add_lines(key, pending, stream, [rest], now)
@@ -163,6 +160,16 @@ class OutputBuffer:
 
     # -- adding (under the lock) --------------------------------------------------------
 
+    def _pending(self, owner: AttemptOutput) -> _Pending | None:
+        """``owner``'s pending entries, made on its first report; None once it ended (a
+        thread it left behind writing)."""
+        if owner.closed:
+            return None
+        pending = self._attempts.get(owner.key)
+        if pending is None:
+            pending = self._attempts[owner.key] = _Pending(owner.reply_to)
+        return pending
+
     def _admit(self, pending: _Pending, size: int) -> bool:
         """Room for ``size`` more bytes of ``pending``'s attempt?  Else it is counted as
         dropped, with why."""
@@ -185,25 +192,25 @@ class OutputBuffer:
         pending.reason = reason
         return False
 
-    def add(self, key: AttemptKey, kind: str, data: dict[str, Any], size: int) -> None:
+    def add(self, owner: AttemptOutput, kind: str, data: dict[str, Any], size: int) -> None:
         wake: bool | None = None
         with self._lock:
-            pending = self._attempts.get(key)
-            if pending is None or pending.closed:
-                return  # the attempt ended: a thread it left behind writing
+            pending = self._pending(owner)
+            if pending is None:
+                return
             if self._admit(pending, size + ENTRY_OVERHEAD):
-                pending.entries.append([*key, time.time(), kind, data])
+                pending.entries.append([*owner.key, time.time(), kind, data])
             wake = self._arm(pending)
         if wake is not None:
             self._wake(wake)
 
-    def extend(self, key: AttemptKey, entries: list[list[Any]]) -> None:
+    def extend(self, owner: AttemptOutput, entries: list[list[Any]]) -> None:
         """Entries collected elsewhere (a child process) for attempt ``key``, within its
         bounds; its progress keeps the latest, its markers' counts add up."""
         wake: bool | None = None
         with self._lock:
-            pending = self._attempts.get(key)
-            if pending is None or pending.closed:
+            pending = self._pending(owner)
+            if pending is None:
                 return
             for entry in entries:
                 kind, data = entry[4], entry[5]
@@ -219,22 +226,22 @@ class OutputBuffer:
         if wake is not None:
             self._wake(wake)
 
-    def progress(self, key: AttemptKey, data: dict[str, Any]) -> None:
+    def progress(self, owner: AttemptOutput, data: dict[str, Any]) -> None:
         wake: bool | None = None
         with self._lock:
-            pending = self._attempts.get(key)
-            if pending is None or pending.closed:
+            pending = self._pending(owner)
+            if pending is None:
                 return
-            pending.progress = [*key, time.time(), "progress", data]
+            pending.progress = [*owner.key, time.time(), "progress", data]
             wake = self._arm(pending)
         if wake is not None:
             self._wake(wake)
 
-    def write(self, key: AttemptKey, stream: str, text: str) -> None:
+    def write(self, owner: AttemptOutput, stream: str, text: str) -> None:
         wake: bool | None = None
         with self._lock:
-            pending = self._attempts.get(key)
-            if pending is None or pending.closed:
+            pending = self._pending(owner)
+            if pending is None:
                 return
             text = pending.partial.pop(stream, "") + text
             if "\n" not in text:
@@ -247,7 +254,7 @@ class OutputBuffer:
                 rest = lines.pop()
                 if rest:
                     pending.partial[stream] = rest
-            self._add_lines(key, pending, stream, lines, time.time())
+            self._add_lines(owner.key, pending, stream, lines, time.time())
             wake = self._arm(pending)
         if wake is not None:
             self._wake(wake)
@@ -310,11 +317,18 @@ class AttemptOutput:
     """The :class:`~aexec.context.StepOutput` of one attempt: what it reports goes to its
     worker's :class:`OutputBuffer`.  Never raises, never blocks on I/O."""
 
-    __slots__ = ("_buffer", "key")
+    __slots__ = ("_buffer", "closed", "key", "reply_to")
 
-    def __init__(self, buffer: OutputBuffer, key: AttemptKey) -> None:
+    def __init__(self, buffer: OutputBuffer, key: AttemptKey, reply_to: str) -> None:
         self._buffer = buffer
         self.key = key
+        self.reply_to = reply_to
+        self.closed = False  # set by the buffer, under its lock
+
+    def finish(self) -> tuple[str, list[list[Any]]]:
+        """The attempt ended: its reply queue and its last entries (see
+        :meth:`OutputBuffer.finish`)."""
+        return self._buffer.finish(self)
 
     def progress(self, fraction: float | None, message: str | None) -> None:
         data: dict[str, Any] = {}
@@ -323,7 +337,7 @@ class AttemptOutput:
         if message is not None:
             data["message"] = clip_text(message)
         if data:
-            self._buffer.progress(self.key, data)
+            self._buffer.progress(self, data)
 
     def log(self, record: logging.LogRecord) -> None:
         try:
@@ -334,15 +348,15 @@ class AttemptOutput:
             message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
         message = clip_text(message)
         data = {"level": record.levelname, "logger": record.name, "message": message}
-        self._buffer.add(self.key, "log", data, len(message) + len(record.name) + 16)
+        self._buffer.add(self, "log", data, len(message) + len(record.name) + 16)
 
     def write(self, stream: str, text: str) -> None:
         if text:
-            self._buffer.write(self.key, stream, text)
+            self._buffer.write(self, stream, text)
 
     def extend(self, entries: list[list[Any]]) -> None:
         """Entries of this attempt collected in a child process."""
-        self._buffer.extend(self.key, entries)
+        self._buffer.extend(self, entries)
 
     def emit(self, name: str, data: Any) -> None:
         try:
@@ -354,7 +368,7 @@ class AttemptOutput:
             value = {"dropped": f"event data of about {size} bytes, over the 65536-byte limit"}
             size = 100
         entry = {"name": clip_text(name, 200), "data": value}
-        self._buffer.add(self.key, "event", entry, size + len(name))
+        self._buffer.add(self, "event", entry, size + len(name))
 
 
 __all__ = ["AttemptOutput", "OutputBuffer", "OutputLimits", "encode_output"]

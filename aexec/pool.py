@@ -65,7 +65,7 @@ class _ChildOutput:
         timer.daemon = True
         timer.start()
 
-    def flush(self, done: AttemptKey | None = None) -> None:
+    def flush(self, done: AttemptOutput | None = None) -> None:
         with self._send_lock:
             frames = [
                 _ENTRIES + body
@@ -73,11 +73,11 @@ class _ChildOutput:
                 if (body := encode_output("", "", entries)) is not None
             ]
             if done is not None:
-                _, entries = self.buffer.finish(done)
+                _, entries = done.finish()
                 body = encode_output("", "", entries) if entries else None
                 if body is not None:
                     frames.append(_ENTRIES + body)
-                frames.append(_DONE + msgpack.packb(list(done)))
+                frames.append(_DONE + msgpack.packb(list(done.key)))
             for frame in frames:
                 with self._lock:
                     self._writer.send_bytes(frame)
@@ -122,13 +122,13 @@ def _call(
     """Run step ``name`` in this child (inputs up to ``max_size`` bytes each); returns
     (encoded output, None) or (None, error).  Its output goes through the pipe, ending
     with a done frame."""
-    output = _child_output[0] if _child_output else None
-    attempt_key = (run_id, key, attempt)
+    child = _child_output[0] if _child_output else None
+    output = None if child is None else child.buffer.open((run_id, key, attempt), "")
     try:
         return _run(name, call, inputs, run_id, key, attempt, max_size, output)
     finally:
-        if output is not None:
-            output.flush(done=attempt_key)
+        if child is not None and output is not None:
+            child.flush(done=output)
 
 
 def _run(
@@ -139,7 +139,7 @@ def _run(
     key: str,
     attempt: int,
     max_size: int,
-    output: _ChildOutput | None,
+    output: AttemptOutput | None,
 ) -> tuple[bytes | None, list[Any] | None]:
     step = _child_steps.get(name)
     if step is None or step.fn is None:
@@ -152,9 +152,7 @@ def _run(
     except Exception as exc:
         bad_input = InputError(f"cannot decode inputs: {exc}")
         return None, ErrorInfo.from_exception(bad_input, retryable=False).to_wire()
-    sink: context.StepOutput = (
-        context.DISCARD if output is None else output.buffer.open((run_id, key, attempt), "")
-    )
+    sink: context.StepOutput = context.DISCARD if output is None else output
     ctx = context.StepContext(run_id, key, attempt, name, sink)
     try:
         result = context.run_with(ctx, step.fn, *args, **kwargs)
@@ -184,6 +182,7 @@ class ProcessPool:
         mp = multiprocessing.get_context("spawn")
         self._reader, self._writer = mp.Pipe(duplex=False)
         self._outputs: dict[AttemptKey, tuple[AttemptOutput, asyncio.Future[None]]] = {}
+        self._lock = mp.Lock()
         self._executor = ProcessPoolExecutor(
             max_workers=size,
             mp_context=mp,
@@ -191,7 +190,7 @@ class ProcessPool:
             initargs=(
                 list(modules),
                 self._writer,
-                mp.Lock(),
+                self._lock,
                 [
                     limits.level,
                     limits.flush_interval,
@@ -242,6 +241,12 @@ class ProcessPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # A child may still be starting, and needs the pipe and the lock it was given (they
+        # go when this pool goes): a thread keeps them until the children are gone.
+        threading.Thread(target=self._close, name="aexec-pool-close", daemon=True).start()
+
+    def _close(self) -> None:
+        self._executor.shutdown(wait=True)
         with contextlib.suppress(OSError):  # one byte: written whole beside the children's
             self._writer.send_bytes(_STOP)
 

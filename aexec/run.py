@@ -150,6 +150,7 @@ class RemoteRun:
         objects: ObjectStore,
         cancel: Callable[[str, str | None], Awaitable[None]],
         max_value_size: int = DEFAULT_MAX_BODY,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self._objects = objects
         self._max_value_size = max_value_size
@@ -164,11 +165,13 @@ class RemoteRun:
             priority,
             plan.parameters,
             created_at=time.time(),
+            tags=dict(tags or {}),
         )
         self._steps = {s.key: StepRecord(run_id, s.key, s.name, s.queue) for s in plan.steps}
         self._history: list[Event] = []
         self._changed = asyncio.Event()  # set (and replaced) whenever history grows
         self._done: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self.heard = time.monotonic()  # when its events last arrived (or it was submitted)
 
     @property
     def status(self) -> RunStatus:
@@ -179,6 +182,7 @@ class RemoteRun:
         was delivered again is ignored): the run and its steps change as they do in the
         store (:mod:`aexec.store.fold`)."""
         record = self._record
+        self.heard = time.monotonic()
         for event in events:
             if event.seq and self._history and event.seq <= self._history[-1].seq:
                 continue  # a redelivered batch

@@ -85,7 +85,7 @@ class Submissions:
             return
         try:
             if not await self._known(msg.run_id):
-                await coordinator.create(plan, msg.priority, msg.run_id, msg.notify)
+                await coordinator.create(plan, msg.priority, msg.run_id, msg.notify, tags=msg.tags)
         except (StoreUnavailableError, TransportError) as exc:
             self._take_again(delivery, msg.run_id, exc)
             return

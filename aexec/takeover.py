@@ -145,7 +145,7 @@ class Leases:
             run.cancel = requests[record.run_id] or ""
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
-        coordinator.runs[record.run_id] = run
+        coordinator.drive(run)
         coordinator.trace(run, resumed=True)
         started = record.status is not RunStatus.PENDING
         coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
@@ -212,10 +212,11 @@ class Leases:
             self._subscriptions[queue] = subscription
         runs.add(run_id)
 
-    async def release_adopted(self, run_id: str, *, delete: bool) -> None:
-        """The run no longer needs the old reply queue it was taken over from: stop
-        consuming a queue no run needs any more, and delete it with ``delete`` (the run
-        ended; not when it was lost, since its new owner may consume that queue too)."""
+    async def release_adopted(self, run_id: str) -> None:
+        """The run no longer needs the old reply queues it was taken over from: stop
+        consuming those no run needs any more.  They are not deleted: other coordinators
+        may have taken over other runs of the same dead coordinator, whose replies (of
+        steps whose messages the broker holds) still come to them."""
         for queue, runs in list(self._adopted.items()):
             if run_id not in runs:
                 continue
@@ -225,9 +226,6 @@ class Leases:
                 subscription = self._subscriptions.pop(queue, None)
                 if subscription is not None:  # None once the coordinator stops consuming
                     await subscription.cancel()
-                if delete:
-                    with contextlib.suppress(TransportError):
-                        await self._coordinator.transport.delete_queues([queue])
 
     async def drop_subscriptions(self) -> None:
         """Consume no old reply queue any more (unacked deliveries go back to them)."""

@@ -109,6 +109,31 @@ class ErrorInfo:
         return f"{self.type}: {self.message}"
 
 
+MAX_TAGS = 20
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 256
+
+
+def check_tags(tags: object) -> dict[str, str]:
+    """``tags`` as a run's labels, or a ValueError naming what is wrong: a mapping of at
+    most :data:`MAX_TAGS` non-empty text keys (at most :data:`MAX_TAG_KEY` characters, no
+    ``=``) to text values (at most :data:`MAX_TAG_VALUE`)."""
+    if not isinstance(tags, dict):
+        raise ValueError(f"tags must be a mapping of text to text, not {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"a run has at most {MAX_TAGS} tags, not {len(tags)}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_TAG_KEY or "=" in key:
+            raise ValueError(
+                f"tag key {key!r} must be text of 1..{MAX_TAG_KEY} characters without '='"
+            )
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
+            raise ValueError(f"tag {key!r} must have a text value of at most {MAX_TAG_VALUE}")
+        if "\x00" in key or "\x00" in value:
+            raise ValueError(f"tag {key!r} must not contain NUL characters")
+    return dict(tags)
+
+
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, saying how much was cut."""
     if len(text) <= limit:

@@ -58,7 +58,7 @@ from aexec.dsl import StepDef
 from aexec.ended import EndedRuns
 from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableError
 from aexec.objects import ObjectStore
-from aexec.output import OutputBuffer, OutputLimits, encode_output
+from aexec.output import AttemptOutput, OutputBuffer, OutputLimits, encode_output
 from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport
@@ -129,6 +129,7 @@ class _Attempt:
     msg: messages.StepMessage
     delivery: Delivery
     started_at: float
+    output: AttemptOutput | None = None  # what its step reports, once it runs
     task: asyncio.Task[None] | None = None
     acked: bool = False
     reported: bool = False  # named in a heartbeat the coordinator has received
@@ -476,19 +477,21 @@ class Worker:
             raise
         finally:
             self._running.pop(key, None)
-            self._output.finish(key)  # what is left of a cancelled attempt is dropped
+            if attempt.output is not None:
+                attempt.output.finish()  # what is left of a cancelled attempt is dropped
 
     async def _attempt(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg
         output: bytes | None = None
         error: ErrorInfo | None = None
+        reported = attempt.output = self._output.attempt(msg)
         try:
             if self._tracing is None:
-                output = await self._runner.run(msg, step, self._output.attempt(msg))
+                output = await self._runner.run(msg, step, reported)
             else:
                 key = (msg.run_id, msg.step_key, msg.attempt)
                 with self._tracing.step(msg.trace, *key, self.name):
-                    output = await self._runner.run(msg, step, self._output.attempt(msg))
+                    output = await self._runner.run(msg, step, reported)
         except asyncio.CancelledError as exc:
             if _cancelling():
                 raise  # the worker's own cancellation of the attempt
@@ -501,7 +504,7 @@ class Worker:
             error = failure.info
         except Exception as exc:  # the step's own exception, whatever it is
             error = ErrorInfo.from_exception(exc)
-        await self._send_last_output(msg)
+        await self._send_last_output(reported)
         completion = messages.Completion(
             msg.run_id,
             msg.step_key,
@@ -644,10 +647,10 @@ class Worker:
         finally:
             self._flushing = False
 
-    async def _send_last_output(self, msg: messages.StepMessage) -> None:
+    async def _send_last_output(self, output: AttemptOutput) -> None:
         """Send what is left of an attempt's output, ahead of its completion (after which
         the coordinator may end the run and ignore it)."""
-        reply_to, entries = self._output.finish((msg.run_id, msg.step_key, msg.attempt))
+        reply_to, entries = output.finish()
         if entries:
             body = encode_output(self.name, self.instance, entries)
             if body is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks import broker, machine, table
 from benchmarks.runner import run_all
-from benchmarks.spec import BY_NAME, WORKLOADS, Workload
+from benchmarks.spec import BY_NAME, SCALE_WORKLOADS, WORKLOADS, Workload
 from benchmarks.systems import ROOT, BenchConfig, System
 from benchmarks.systems.aexec_system import AexecSystem
 from benchmarks.systems.celery_system import CelerySystem
@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run only these workloads (repeat or comma-separate): {', '.join(BY_NAME)}",
     )
     parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="add the scale workloads (110,002-step chains, 2,000 concurrent runs): "
+        "aexec and the raw floor only, up to 15 minutes a repetition",
+    )
+    parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
         metavar="LIST",
@@ -117,12 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def select_workloads(only: Sequence[str]) -> list[Workload]:
+def select_workloads(only: Sequence[str], *, scale: bool = False) -> list[Workload]:
+    """The workloads named (in table order), else the standard set (plus the scale set with
+    ``scale``)."""
     names = [n.strip() for item in only for n in item.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown workload {unknown[0]!r}: choose from {', '.join(BY_NAME)}")
-    return [w for w in WORKLOADS if not names or w.name in names]
+    if names:
+        return [w for w in BY_NAME.values() if w.name in names]
+    return [*WORKLOADS, *(SCALE_WORKLOADS if scale else ())]
 
 
 def select_systems(text: str) -> list[type[System]]:
@@ -139,7 +149,7 @@ def progress(line: str) -> None:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    workloads = select_workloads(args.only)
+    workloads = select_workloads(args.only, scale=args.scale)
     systems = select_systems("aexec" if args.profile else args.systems)
     if await broker.server_version(args.broker) is None:
         raise SystemExit(f"RabbitMQ is not reachable at {broker.plain_url(args.broker)}")

@@ -123,10 +123,23 @@ class Child:
 
     def peak_rss_bytes(self) -> int | None:
         """``VmHWM`` from /proc: the child's peak resident set size so far."""
-        return _status_field(self.pid, "VmHWM")
+        return peak_rss_bytes(self.pid)
 
     def rss_bytes(self) -> int | None:
         return _status_field(self.pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """``VmHWM`` from /proc: a process's peak resident set size since it started, or since
+    :func:`reset_peak_rss`."""
+    return _status_field(pid, "VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset a process's peak RSS to its current RSS (Linux >= 4.0; silently nothing where
+    /proc does not allow it)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _status_field(pid: int, field: str) -> int | None:

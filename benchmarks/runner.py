@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.cpu import CpuMeter
-from benchmarks.spec import BY_NAME, Workload
+from benchmarks.spec import BY_NAME, SCALE_TIMEOUT, Workload
 from benchmarks.systems import BenchConfig, Sample, System
 
 log = logging.getLogger(__name__)
@@ -196,10 +196,10 @@ async def _one(entry: _Entry, workload: Workload, config: BenchConfig, progress:
     try:
         # Systems whose client blocks enforce config.timeout themselves; the margin lets
         # them report it before this (which cannot stop a thread) fires.
-        sample = await asyncio.wait_for(system.run(workload), config.timeout + 30)
+        sample = await asyncio.wait_for(system.run(workload), cap(workload, config) + 30)
         sample.cpu_seconds = meter.spent(before, meter.snapshot())
     except TimeoutError as exc:
-        entry.status, entry.note = "timeout", f"no result within {config.timeout:g} s"
+        entry.status, entry.note = "timeout", f"no result within {cap(workload, config):g} s"
         log.debug("%s %s timed out: %s", system.name, workload.name, exc)
     except Exception as exc:
         entry.status, entry.note = "failed", f"{type(exc).__name__}: {_first_line(exc)}"
@@ -212,6 +212,11 @@ async def _one(entry: _Entry, workload: Workload, config: BenchConfig, progress:
         await system.recover()
     except Exception as exc:
         progress(f"{system.name}: cannot recover ({type(exc).__name__}: {_first_line(exc)})")
+
+
+def cap(workload: Workload, config: BenchConfig) -> float:
+    """The cap on one repetition of ``workload``."""
+    return max(config.timeout, SCALE_TIMEOUT) if workload.scale else config.timeout
 
 
 def _first_line(exc: BaseException) -> str:

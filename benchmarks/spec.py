@@ -17,7 +17,10 @@ class Workload:
 
     ``waves`` are the layer sizes of one run; ``runs`` runs go concurrently (``many_runs``).
     ``params`` are the aexec pipeline's parameters; ``pipeline`` names it in
-    :mod:`benchmarks.workloads`.
+    :mod:`benchmarks.workloads`.  ``service`` runs aexec through an ``aexec coordinator``
+    subprocess (so its peak RSS is measured), as every workload with ``runs > 1`` does.
+    ``scale`` workloads prove the limits: they run only when named (``--only`` or
+    ``--scale``), with a longer cap per repetition, and only against the raw floor.
     """
 
     name: str
@@ -29,6 +32,12 @@ class Workload:
     params: dict[str, int] = field(default_factory=dict)
     runs: int = 1
     embedded: bool = False
+    service: bool = False
+    scale: bool = False
+
+    @property
+    def through_coordinator(self) -> bool:
+        return self.runs > 1 or self.service
 
     @property
     def steps_per_run(self) -> int:
@@ -114,4 +123,44 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
 )
 
-BY_NAME = {w.name: w for w in WORKLOADS}
+#: Cap on one repetition of a scale workload, in seconds (the floor alone needs ~100 s for
+#: 110,002 dependent steps on 2 cores).
+SCALE_TIMEOUT = 900.0
+
+SCALE_WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        "chain_of_chords_10000",
+        "noop, 10,000 x [10 parallel -> 1], noop through one `aexec coordinator`",
+        "chain_of_chords",
+        chain_of_chords_waves(10000),
+        1,
+        1,
+        {"n": 10000},
+        service=True,
+        scale=True,
+    ),
+    Workload(
+        "embedded_chain_of_chords_10000",
+        "chain_of_chords_10000 in one process: no broker, SQLite store",
+        "chain_of_chords",
+        chain_of_chords_waves(10000),
+        1,
+        1,
+        {"n": 10000},
+        embedded=True,
+        scale=True,
+    ),
+    Workload(
+        "many_runs_2000",
+        "2,000 concurrent runs x 50 no-op steps through one coordinator",
+        "independent",
+        (50,),
+        1,
+        1,
+        {"n": 50},
+        runs=2000,
+        scale=True,
+    ),
+)
+
+BY_NAME = {w.name: w for w in (*WORKLOADS, *SCALE_WORKLOADS)}

@@ -114,6 +114,11 @@ def notes(rows: Sequence[Row]) -> list[str]:
                 f"{row['system']} {row['workload']}: coordinator peak RSS "
                 f"{row['coordinator_peak_rss_mb']:.1f} MiB"
             )
+        if "process_peak_rss_mb" in row:
+            found.append(
+                f"{row['system']} {row['workload']}: peak RSS of the process "
+                f"{row['process_peak_rss_mb']:.1f} MiB"
+            )
     return found
 
 

@@ -39,6 +39,14 @@ def run_id_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def parse_tag(text: str) -> tuple[str, str]:
+    """``"team=data"`` → ``("team", "data")``; a UsageError without a ``=`` or a key."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"malformed tag {text!r}: expected --tag KEY=VALUE")
+    return key.strip(), value
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split()) or "(no message)"
 

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--priority", type=int, default=0, metavar="N", help="the run's priority (default 0)"
     )
     run.add_argument(
+        "--tag",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="label the run (runs list --tag and the UI find runs by tags); repeat for several",
+    )
+    run.add_argument(
         "--json", action="store_true", help="print one JSON report of the run on stdout"
     )
     run.add_argument(
@@ -160,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)"
     )
     runs_list.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    runs_list.add_argument("--pipeline", metavar="NAME", help="only runs of this pipeline")
+    runs_list.add_argument("--tag", metavar="KEY=VALUE", help="only runs with this tag")
     runs_list.add_argument(
         "--json", action="store_true", help="one JSON object per run, one per line"
     )

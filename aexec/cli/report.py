@@ -44,6 +44,7 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "duration": duration(run),
         "error": run.error,
+        "tags": run.tags,
     }
 
 

@@ -17,6 +17,7 @@ from aexec.cli.common import (
     PROG,
     UsageError,
     one_line,
+    parse_tag,
     resolve_settings,
     run_async,
     write_line,
@@ -73,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aexec.wire import MAX_PRIORITY
 
     params = parse_params(args.param)
+    tags = dict(parse_tag(text) for text in args.tag)
     if not 0 <= args.priority <= MAX_PRIORITY:
         raise UsageError(f"--priority must be an integer 0..{MAX_PRIORITY}")
     settings = with_connect_timeout(resolve_settings(args))
@@ -84,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         module = load_file(args.file)
         pipeline = choose_pipeline(module, args.file, args.pipeline)
-        return run_async(_run(pipeline, params, settings, args, out, cancelled))
+        return run_async(_run(pipeline, params, tags, settings, args, out, cancelled))
     except KeyboardInterrupt:
         what = f"run {cancelled[0][:8]} cancelled" if cancelled else "no run started"
         sys.stderr.write(f"{PROG}: interrupted: {what}\n")
@@ -96,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(
     pipeline: Pipeline,
     params: dict[str, Any],
+    tags: dict[str, str],
     settings: Settings,
     args: argparse.Namespace,
     out: TextIO,
@@ -117,7 +120,7 @@ async def _run(
 
     async with Executor(settings) as ex:
         try:
-            run = await ex.submit(pipeline, priority=args.priority, **params)
+            run = await ex.submit(pipeline, priority=args.priority, tags=tags, params=params)
         except TransportError as exc:
             # The broker cannot be used: nothing was submitted (bad input, as for `worker`).
             raise UsageError(str(exc)) from exc

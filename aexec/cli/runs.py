@@ -11,6 +11,7 @@ from aexec.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    parse_tag,
     resolve_settings,
     run_async,
 )
@@ -40,8 +41,9 @@ async def _runs_list(settings: Settings, args: argparse.Namespace) -> int:
     from aexec.types import RunStatus
 
     status = RunStatus(args.status) if args.status else None
+    tag = parse_tag(args.tag) if args.tag else None
     async with Executor(settings) as ex:
-        runs = await ex.list_runs(limit=args.limit, status=status)
+        runs = await ex.list_runs(limit=args.limit, status=status, pipeline=args.pipeline, tag=tag)
     if args.json:
         for r in runs:
             sys.stdout.write(dump_json(run_summary(r)) + "\n")

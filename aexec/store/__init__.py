@@ -92,6 +92,7 @@ class RunRecord:
     owner: str | None = None  # the coordinator holding the run's lease
     lease_until: float | None = None  # when that lease ends (seconds since the epoch)
     epoch: int = 1  # how many times the run was claimed, its creation included (fencing)
+    tags: dict[str, str] = field(default_factory=dict)  # labels to find runs by (check_tags)
 
 
 @dataclass(slots=True)
@@ -200,10 +201,12 @@ class Store(Protocol):
         limit: int = 50,
         status: RunStatus | None = None,
         pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
         offset: int = 0,
     ) -> list[RunRecord]:
         """Most recent first: up to ``limit`` runs after skipping ``offset``, only those
-        with ``status`` and of ``pipeline`` when given (a page of the UI's runs list)."""
+        with ``status``, of ``pipeline`` and tagged ``tag`` (key, value) when given (a page
+        of the UI's runs list)."""
 
     async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:
         """How many steps of each run of ``run_ids`` are in each status, in one read (a run

@@ -80,7 +80,7 @@ class MemoryStore(Opened):
             s.key: StepRecord(run_id=run.run_id, key=s.key, name=s.name, queue=s.queue)
             for s in plan.steps
         }
-        record = replace(run, params={})
+        record = replace(run, params={}, tags=dict(run.tags))
         submitted = shared.submitted(run, plan, notify)
         submitted.seq = self._last_seq + 1
         logged = _LoggedEvent(
@@ -164,6 +164,7 @@ class MemoryStore(Opened):
         limit: int = 50,
         status: RunStatus | None = None,
         pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
         offset: int = 0,
     ) -> list[RunRecord]:
         self._check_open()
@@ -174,6 +175,7 @@ class MemoryStore(Opened):
             for r in self._runs.values()
             if (status is None or r.record.status == status)
             and (pipeline is None or r.record.pipeline == pipeline)
+            and (tag is None or r.record.tags.get(tag[0]) == tag[1])
         ]
         runs.sort(key=lambda r: (r.record.created_at, r.order), reverse=True)
         return [_copy_run(r) for r in runs[offset : offset + limit]]
@@ -357,4 +359,4 @@ class MemoryStore(Opened):
 
 
 def _copy_run(run: _Run) -> RunRecord:
-    return replace(run.record, params=json.loads(run.params))
+    return replace(run.record, params=json.loads(run.params), tags=dict(run.record.tags))

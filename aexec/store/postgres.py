@@ -23,6 +23,7 @@ re-reads the log on each wake-up, and at least every ``FOLLOW_FALLBACK`` seconds
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -407,14 +408,16 @@ class PostgresStore(Opened):
         limit: int = 50,
         status: RunStatus | None = None,
         pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
         offset: int = 0,
     ) -> list[RunRecord]:
         shared.check_limit(limit)
         shared.check_offset(offset)
         wanted = None if status is None else status.value
+        tagged = None if tag is None else json.dumps({tag[0]: tag[1]})
         rows = await self._read(
             "list runs",
-            lambda conn: conn.fetch(SQL.list_runs, wanted, pipeline, limit, offset),
+            lambda conn: conn.fetch(SQL.list_runs, wanted, pipeline, limit, offset, tagged),
         )
         return [shared.run_record(row) for row in rows]
 

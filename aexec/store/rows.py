@@ -129,7 +129,8 @@ def change_data(event: Event) -> tuple[str | None, str | None, int]:
 
 def run_record(row: Sequence[Any]) -> RunRecord:
     """``run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-    finished_at, result, error, owner, lease_until, epoch``."""
+    finished_at, result, error, owner, lease_until, epoch, tags`` (params and tags as
+    JSON text)."""
     return RunRecord(
         run_id=row[0],
         pipeline=row[1],
@@ -145,11 +146,13 @@ def run_record(row: Sequence[Any]) -> RunRecord:
         owner=row[11],
         lease_until=row[12],
         epoch=row[13],
+        tags=json.loads(row[14]) if row[14] else {},
     )
 
 
 def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
-    """The values :func:`run_record` reads back, in its column order (``params`` as JSON)."""
+    """The values :func:`run_record` reads back, in its column order (``params`` and
+    ``tags`` as JSON)."""
     return (
         run.run_id,
         run.pipeline,
@@ -165,6 +168,7 @@ def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
         run.owner,
         run.lease_until,
         run.epoch,
+        json.dumps(run.tags, ensure_ascii=False, sort_keys=True),
     )
 
 

@@ -307,6 +307,7 @@ class SqliteStore(Opened):
         limit: int = 50,
         status: RunStatus | None = None,
         pipeline: str | None = None,
+        tag: tuple[str, str] | None = None,
         offset: int = 0,
     ) -> list[RunRecord]:
         conn = self._connection()
@@ -314,7 +315,10 @@ class SqliteStore(Opened):
         shared.check_offset(offset)
         wanted = None if status is None else status.value
         with self._errors("list runs"):
-            rows = conn.execute(SQL.list_runs, (wanted, pipeline, limit, offset)).fetchall()
+            key, value = tag if tag is not None else (None, None)
+            rows = conn.execute(
+                SQL.list_runs, (wanted, pipeline, limit, offset, key, value)
+            ).fetchall()
         return [shared.run_record(row) for row in rows]
 
     async def step_counts(self, run_ids: Iterable[str]) -> dict[str, dict[StepStatus, int]]:

@@ -80,8 +80,8 @@ class Actions:
 
     async def launch(self, request: Request) -> Response:
         """``POST /api/runs`` ``{"pipeline": NAME, "file": PATH?, "params": {...},
-        "priority": N, "wait": false, "timeout": SECONDS}``: start a run; 201 with its
-        ``run_id``.  With ``"wait": true``, answer when it ends (or after ``timeout``
+        "priority": N, "tags": {...}, "wait": false, "timeout": SECONDS}``: start a run;
+        201 with its ``run_id``.  With ``"wait": true``, answer when it ends (or after ``timeout``
         seconds, 202) with the ``runs show --json`` report."""
         body = await json_body(request)
         pipeline = self._pipeline(body)
@@ -89,13 +89,14 @@ class Actions:
         if not isinstance(params, dict):
             raise HttpError(400, "params must be a JSON object")
         priority = body.get("priority", 0)
+        tags = body.get("tags") or {}
         timeout = body.get("timeout")
         if timeout is not None and not (
             isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0
         ):
             raise HttpError(400, "timeout must be a positive number of seconds")
         try:
-            run = await self.executor.submit(pipeline, priority=priority, params=params)
+            run = await self.executor.submit(pipeline, priority=priority, params=params, tags=tags)
         except TransportError as exc:
             raise HttpError(503, str(exc)) from exc
         except AexecError as exc:

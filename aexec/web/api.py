@@ -5,6 +5,7 @@ the shapes come from :mod:`aexec.web.views`."""
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 PAGE = 50  # runs per page of the runs list
 MAX_PAGE = 500
 EVENTS_PAGE = 1000  # events per read of the event log
+GRAPH_CACHE = 16  # plans whose graphs are kept, the most recently shown
 STEP_EVENTS_LIMIT = 5000  # events read for one step's page or a run's timeline, at most
 
 
@@ -56,6 +58,8 @@ class Reads:
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
+        # Plans never change (a digest names one): their graphs, as sent, by digest.
+        self._graphs: OrderedDict[str, bytes] = OrderedDict()
 
     async def find_run(self, run_id: str) -> RunRecord:
         try:
@@ -67,8 +71,9 @@ class Reads:
         return record
 
     async def runs(self, request: Request) -> Response:
-        """``GET /api/runs?status=&pipeline=&offset=&limit=``: a page of runs, newest first,
-        each a ``runs list --json`` line with ``steps``, its step counts by status."""
+        """``GET /api/runs?status=&pipeline=&tag=KEY=VALUE&offset=&limit=``: a page of runs,
+        newest first, each a ``runs list --json`` line with ``steps``, its step counts by
+        status."""
         params = request.query_params
         status_text = params.get("status") or None
         try:
@@ -77,12 +82,19 @@ class Reads:
             choices = ", ".join(s.value for s in RunStatus)
             raise HttpError(400, f"status must be one of {choices}") from None
         pipeline = params.get("pipeline") or None
+        tag_text = params.get("tag") or None
+        tag = None
+        if tag_text is not None:
+            key, sep, value = tag_text.partition("=")
+            if not sep or not key:
+                raise HttpError(400, f"tag must be KEY=VALUE, not {tag_text!r}")
+            tag = (key, value)
         limit = query_int(request, "limit", PAGE, low=1, high=MAX_PAGE)
         offset = query_int(request, "offset", 0, low=0, high=10**9)
         store = self.executor.store
         # One more than the page tells whether there is a next page.
         runs = await store.list_runs(
-            limit=limit + 1, status=status, pipeline=pipeline, offset=offset
+            limit=limit + 1, status=status, pipeline=pipeline, tag=tag, offset=offset
         )
         more = len(runs) > limit
         runs = runs[:limit]
@@ -116,10 +128,17 @@ class Reads:
     async def plan(self, request: Request) -> Response:
         """``GET /api/runs/{id}/plan``: the run's DAG."""
         record = await self.find_run(request.path_params["run_id"])
-        plan = await self.executor.store.get_plan(record.plan_digest)
-        if plan is None:
-            raise HttpError(404, f"the plan of run {record.run_id} is not in the store")
-        return JSONResponse(views.plan_graph(plan))
+        body = self._graphs.get(record.plan_digest)
+        if body is None:
+            plan = await self.executor.store.get_plan(record.plan_digest)
+            if plan is None:
+                raise HttpError(404, f"the plan of run {record.run_id} is not in the store")
+            body = bytes(JSONResponse(views.plan_graph(plan)).body)
+            self._graphs[record.plan_digest] = body
+            while len(self._graphs) > GRAPH_CACHE:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(record.plan_digest)
+        return Response(body, media_type="application/json")
 
     async def events(self, request: Request) -> Response:
         """``GET /api/runs/{id}/events?after=&limit=``: ``runs logs --json`` lines as a list."""

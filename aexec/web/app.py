@@ -10,17 +10,23 @@ Access (:class:`UiConfig`):
   reads a token given in the URL fragment (``/#token=...``), keeps it in the tab's
   ``sessionStorage`` and sends it as the bearer header.  No cookie is ever set, so another
   site cannot act with the user's credentials (no CSRF), and every response forbids
-  framing and inline scripts (Content-Security-Policy).
+  framing and inline scripts (Content-Security-Policy);
+* the credentials the executor's settings hold (broker and store passwords, the signing
+  secret, ``AWS_SECRET_ACCESS_KEY``) are masked as ``***`` in every response, wherever a
+  message or an error carries them.
 """
 
 from __future__ import annotations
 
 import hmac
 import html
+import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -102,7 +108,11 @@ def app(executor: Executor, config: UiConfig | None = None) -> Starlette:
         Mount("/static", app=StaticFiles(directory=str(static)), name="static"),
         Route("/{page:path}", _shell(static.joinpath("index.html").read_text(encoding="utf-8"))),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+    secrets = [*executor.settings.secret_values(), os.environ.get("AWS_SECRET_ACCESS_KEY", "")]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_SecurityHeaders), Middleware(_Masked, secrets=secrets)],
+    )
 
 
 class _Guard:
@@ -159,6 +169,45 @@ def _shell(template: str) -> Handler:
         return Response(template.replace("{root}", root), media_type="text/html; charset=utf-8")
 
     return page
+
+
+class _Masked:
+    """Replaces each of ``secrets`` (as text, and as JSON escapes it) with ``***`` in the
+    bodies of JSON and event-stream responses.  Every body chunk this app sends is a whole
+    JSON document or SSE message, so a secret is never split across two."""
+
+    def __init__(self, app: ASGIApp, secrets: list[str]) -> None:
+        self.app = app
+        found: set[bytes] = set()
+        for secret in secrets:
+            if len(secret) >= 4:  # shorter values would mask ordinary text
+                found |= {secret.encode(), json.dumps(secret, ensure_ascii=False)[1:-1].encode()}
+        self.secrets = sorted(found, key=len, reverse=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.secrets:
+            await self.app(scope, receive, send)
+            return
+        masking = False
+
+        async def send_masked(message: dict[str, Any]) -> None:
+            nonlocal masking
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                kind = headers.get(b"content-type", b"")
+                masking = kind.startswith((b"application/json", b"text/event-stream"))
+                if masking:  # the length changes
+                    message["headers"] = [
+                        (k, v) for k, v in message.get("headers", []) if k != b"content-length"
+                    ]
+            elif message["type"] == "http.response.body" and masking:
+                body = message.get("body", b"")
+                for secret in self.secrets:
+                    body = body.replace(secret, b"***")
+                message["body"] = body
+            await send(message)
+
+        await self.app(scope, receive, send_masked)  # type: ignore[arg-type]
 
 
 class _SecurityHeaders:

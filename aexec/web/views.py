@@ -131,9 +131,8 @@ _ENDS = {
 }
 
 
-UNREPORTED = "(start not reported)"
-"""The timeline's lane for attempts that ended before their worker reported them started
-(a quick step's start is not reported): drawn from their dispatch to their end."""
+UNREPORTED = "(worker not reported)"
+"""The timeline's lane for attempts whose worker is not known (lost before they started)."""
 
 
 def timeline(events: Iterable[Event]) -> list[dict[str, Any]]:
@@ -155,9 +154,14 @@ def timeline(events: Iterable[Event]) -> list[dict[str, Any]]:
         elif event.kind in _ENDS and event.kind is not EventKind.STEP_SKIPPED:
             bar = open_.pop(key, None)
             if bar is None:
-                if key not in dispatched:
+                # A quick step's start is not recorded: its completion says where and when.
+                worker, started = event.data.get("worker"), event.data.get("started_at")
+                if not isinstance(started, int | float) or isinstance(started, bool):
+                    started = dispatched.get(key)
+                if started is None:
                     continue  # cancelled before it was dispatched
-                bar = _bar(UNREPORTED, event, dispatched[key])
+                name = worker if isinstance(worker, str) and worker else UNREPORTED
+                bar = _bar(name, event, float(started))
                 bars.append(bar)
             bar["end"], bar["status"] = event.ts, _ENDS[event.kind]
     return bars

@@ -1,15 +1,17 @@
 """aexec over RabbitMQ: worker subprocesses (``aexec worker start``) and, per workload, a
 coordinator embedded in this process (``Executor.from_url``) with a fresh SQLite store.
 
-``many_runs`` goes through a long-lived ``aexec coordinator`` subprocess instead (clients
-submit with ``Settings(remote=True)``), whose peak RSS is read from /proc.  The embedded
-workload runs ``Executor()`` with no broker at all.
+``many_runs`` and the scale chain go through a long-lived ``aexec coordinator`` subprocess
+instead (clients submit with ``Settings(remote=True)``), whose peak RSS is read from /proc.
+The embedded workloads run ``Executor()`` with no broker at all, in this process, whose peak
+RSS is reset before each repetition and read after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from aexec.wire import SUBMIT_QUEUE, step_queue
 from benchmarks import workloads
 from benchmarks.broker import purge_queue, wait_for_consumers, with_query
 from benchmarks.cpu import trees
-from benchmarks.procs import Child, stop_all
+from benchmarks.procs import Child, peak_rss_bytes, reset_peak_rss, stop_all
 from benchmarks.profiling import Profiler
 from benchmarks.spec import Workload
 from benchmarks.systems import ROOT, BenchConfig, Sample, System
@@ -132,7 +134,7 @@ class AexecSystem(System):
             if self._profiler is not None:
                 await self._profiler.start()
             return
-        if workload.runs > 1:
+        if workload.through_coordinator:
             await self._start_coordinator(workdir)
             settings = Settings(
                 broker=self.url, objects=_file_url(workdir / "client-objects"), remote=True
@@ -218,7 +220,11 @@ class AexecSystem(System):
             result = await run.result()
             seconds = time.perf_counter() - t0
         _check(workload, result, len(run.plan))
-        return Sample(seconds)
+        return Sample(seconds, self._coordinator_rss())
+
+    def _coordinator_rss(self) -> dict[str, Any]:
+        peak = self._coordinator.peak_rss_bytes() if self._coordinator is not None else None
+        return {} if peak is None else {"coordinator_peak_rss_mb": round(peak / 2**20, 1)}
 
     async def _run_many(self, workload: Workload, pipeline: Pipeline, ex: Executor) -> Sample:
         compiled = pipeline.compile(**workload.params)
@@ -228,16 +234,12 @@ class AexecSystem(System):
         seconds = time.perf_counter() - t0
         for result in results:
             _check(workload, result, len(compiled.plan))
-        extra: dict[str, Any] = {}
-        if self._coordinator is not None:
-            peak = self._coordinator.peak_rss_bytes()
-            if peak is not None:
-                extra["coordinator_peak_rss_mb"] = round(peak / 2**20, 1)
-        return Sample(seconds, extra)
+        return Sample(seconds, self._coordinator_rss())
 
     async def _run_embedded(self, workload: Workload, pipeline: Pipeline) -> Sample:
         self._serial += 1
         home = self.config.workdir / f"aexec-embedded-{self._serial}"
+        reset_peak_rss(os.getpid())
         async with Executor(Settings(home=str(home))) as ex:
             with self._profiled():
                 t0 = time.perf_counter()
@@ -245,7 +247,9 @@ class AexecSystem(System):
                 result = await run.result()
                 seconds = time.perf_counter() - t0
         _check(workload, result, len(run.plan))
-        return Sample(seconds)
+        peak = peak_rss_bytes(os.getpid())
+        extra = {} if peak is None else {"process_peak_rss_mb": round(peak / 2**20, 1)}
+        return Sample(seconds, extra)
 
     @contextlib.contextmanager
     def _profiled(self) -> Iterator[None]:

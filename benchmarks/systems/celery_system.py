@@ -55,6 +55,8 @@ class CelerySystem(System):
         return None
 
     def supports(self, workload: Workload) -> str | None:
+        if workload.scale:
+            return "the scale workloads compare aexec with the raw floor only"
         if workload.embedded:
             return "Celery has no embedded mode (task_always_eager is not a runtime)"
         return None

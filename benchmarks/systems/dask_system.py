@@ -57,6 +57,11 @@ class DaskSystem(System):
             return "dask[distributed] is not installed (pip install -e '.[bench]')"
         return None
 
+    def supports(self, workload: Workload) -> str | None:
+        if workload.scale:
+            return "the scale workloads compare aexec with the raw floor only"
+        return None
+
     def describe(self) -> dict[str, Any]:
         import dask
         import distributed

@@ -38,11 +38,11 @@ app.conf.update(
 def _ledger(name: str, *values: Any) -> None:
     """One line per execution, in the ledger file and in the worker's log."""
     line = " ".join([name, *map(str, values)])
-    print(f"ledger: {line}", flush=True)  # the worker logs what tasks print
     path = os.environ.get("AEXEC_TEST_CELERY_LEDGER")
     if path:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+    print(f"ledger: {line}", flush=True)  # after the file: seen printed, it is written
 
 
 @app.task

@@ -299,6 +299,21 @@ async def test_list_runs_pages_with_an_offset(store: Store) -> None:
         await store.list_runs(offset=-1)
 
 
+async def test_tags_are_kept_with_the_run_and_list_runs_filters_by_one(store: Store) -> None:
+    odd = {"team": "data", "note": 'quote " and ünïcode', "empty": ""}
+    await store.create_run(new_run("r1", created_at=1.0, tags=odd), PLAN)
+    await store.create_run(new_run("r2", created_at=2.0, tags={"team": "web"}), PLAN)
+    await store.create_run(new_run("r3", created_at=3.0), PLAN)
+    assert (await run_row(store, "r1")).tags == odd
+    assert (await run_row(store, "r3")).tags == {}
+    assert [r.tags for r in await store.list_runs()] == [{}, {"team": "web"}, odd]
+    assert [r.run_id for r in await store.list_runs(tag=("team", "data"))] == ["r1"]
+    assert [r.run_id for r in await store.list_runs(tag=("note", odd["note"]))] == ["r1"]
+    assert [r.run_id for r in await store.list_runs(tag=("empty", ""))] == ["r1"]
+    assert await store.list_runs(tag=("team", "nobody")) == []
+    assert await store.list_runs(tag=("team", "data"), status=RunStatus.RUNNING) == []
+
+
 async def test_step_counts_count_each_runs_steps_by_status(store: Store) -> None:
     await store.create_run(new_run("r1"), PLAN)
     await store.create_run(new_run("r2"), PLAN)

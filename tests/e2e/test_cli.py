@@ -378,7 +378,7 @@ class History:
 def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     home = tmp_path_factory.mktemp("history") / "home"
     succeeded = aexec(home, "run", ARITH, "-p", "n=3", "--json")
-    failed = aexec(home, "run", FAILING, "--json")
+    failed = aexec(home, "run", FAILING, "--json", "--tag", "team=data", "--tag", "why=test")
     assert (succeeded.code, failed.code) == (0, 1), (succeeded, failed)
     return History(home, succeeded.json(), failed.json())
 
@@ -410,6 +410,21 @@ def test_runs_list_filters_by_status_and_limits(history: History) -> None:
     assert [r["run_id"] for r in failed] == [history.failed["run_id"]]
     newest = aexec(history.home, "runs", "list", "--json", "--limit", "1").json_lines()
     assert [r["run_id"] for r in newest] == [history.failed["run_id"]]
+
+
+def test_runs_list_filters_by_pipeline_and_tag(history: History) -> None:
+    tagged = aexec(history.home, "runs", "list", "--json", "--tag", "team=data").json_lines()
+    assert [(r["run_id"], r["tags"]) for r in tagged] == [
+        (history.failed["run_id"], {"team": "data", "why": "test"})
+    ]
+    by_pipeline = aexec(history.home, "runs", "list", "--json", "--pipeline", "sum_of_squares")
+    assert [r["run_id"] for r in by_pipeline.json_lines()] == [history.succeeded["run_id"]]
+    assert aexec(history.home, "runs", "list", "--tag", "team=nobody").out == ""
+
+
+@pytest.mark.parametrize("command", [["run", "x.py"], ["runs", "list"]], ids=["run", "runs"])
+def test_a_malformed_tag_is_bad_input(home: Path, command: list[str]) -> None:
+    assert_bad_input(aexec(home, *command, "--tag", "no-equals"), "malformed tag")
 
 
 def test_runs_show_json_is_the_run_report(history: History) -> None:

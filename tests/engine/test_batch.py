@@ -318,3 +318,18 @@ async def test_a_pass_records_a_bounded_amount_of_step_output_and_marks_the_rest
     assert sum(len(e.data["lines"]) for e in recorded) * len(line) <= 8 << 20
     markers = [e for e in batch.events if e.kind is EventKind.STEP_OUTPUT_DROPPED]
     assert markers and all(m.data["entries"] > 0 for m in markers)
+
+
+async def test_a_run_ends_when_the_pass_decides_it_not_when_a_late_completion_finished() -> None:
+    plan = build("p", [StepSpec(key="first", name="noop")])
+    _, runs = driven(plan)
+    Batch(runs, "c1", {}).command(Start("r1"))
+    finished_long_ago = time.time() - 30.0  # its completion waited in the broker
+    late = messages.Completion(
+        "r1", "first", 1, b"\x01", None, "w", finished_long_ago - 1, finished_long_ago
+    )
+    batch = Batch(runs, "c1", {})
+    assert batch.reply(late)
+    succeeded, ended = batch.events
+    assert succeeded.kind is EventKind.STEP_SUCCEEDED and succeeded.ts == finished_long_ago
+    assert ended.kind is EventKind.RUN_SUCCEEDED and ended.ts == batch.now

@@ -4,12 +4,13 @@ honoured by whichever coordinator starts, drives or takes over the run, however 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from aexec import messages, pipeline, step
 from aexec.control import cancel_run
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline
+from aexec.errors import StoreUnavailableError
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.memory import MemoryStore
@@ -17,7 +18,7 @@ from aexec.testing import wait_for_event
 from aexec.transport import Delivery
 from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus, StepStatus
-from aexec.wire import REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
+from aexec.wire import COORDINATOR_TOPIC, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE
 from aexec.worker import Worker, WorkerConfig
 
 WAIT = 10.0
@@ -204,5 +205,79 @@ async def test_a_cancel_request_reaches_the_runs_coordinator_while_its_taker_can
         assert await asyncio.wait_for(asyncio.shield(run.done), WAIT) is RunStatus.CANCELLED
         gate.set()
     assert executions == ["wait"]
+    await store.close()
+    await transport.close()
+
+
+class FlakyCancels:
+    """A store (``store``'s data) whose first attempt to record a cancel request fails, as
+    on a database blip; ``recorded`` is set once one is recorded."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.failed = False
+        self.recorded = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailableError("connection refused")
+        await self._store.request_cancel(run_id, reason)
+        self.recorded.set()
+
+
+async def test_a_cancel_of_a_run_driven_here_is_recorded_even_after_a_store_blip() -> None:
+    compiled, gate, _ = gated()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    flaky = FlakyCancels(store)
+    config = CoordinatorConfig(id="owner", retry_backoff=0.01, **FAST)
+    async with (
+        Coordinator(transport, cast(Any, flaky), config) as owner,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        await owner.accept_submissions()
+        run = await owner.submit(compiled.plan)
+        await cancel_run(run.run_id, "stop", transport=transport)
+        assert await asyncio.wait_for(asyncio.shield(run.done), WAIT) is RunStatus.CANCELLED
+        # Kept for whoever takes the run over, though the first try failed: taken again.
+        await asyncio.wait_for(flaky.recorded.wait(), WAIT)
+        gate.set()
+    assert flaky.failed
+    assert await store.cancel_requests([run.run_id]) == {run.run_id: "stop"}
+    await store.close()
+    await transport.close()
+
+
+async def test_a_cancel_broadcast_just_before_a_coordinator_starts_the_run_is_honoured() -> None:
+    compiled, gate, executions = gated()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    announced = await ended(transport, "r-late")
+    service = Coordinator(transport, store, CoordinatorConfig(id="service", **FAST))
+    async with (
+        service,
+        Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        await worker.serve("default")
+        # Heard before the run exists anywhere, and recorded nowhere (its sender's store
+        # write is still under way): the coordinator that starts it remembers it.
+        cancel = messages.Control("cancel", run_id="r-late", reason="too late")
+        await transport.broadcast(COORDINATOR_TOPIC, cancel.encode())
+        await transport.declare_queue(SUBMIT_QUEUE, max_priority=0)
+        submit = messages.Submit("r-late", compiled.plan.to_bytes(), 0, None)
+        await transport.publish(SUBMIT_QUEUE, submit.encode())
+        await service.accept_submissions()
+        assert await asyncio.wait_for(announced, WAIT) == "cancelled"
+    gate.set()
+    assert executions == []
+    record = await store.get_run("r-late")
+    assert record is not None and record.error == "run cancelled: too late"
     await store.close()
     await transport.close()

@@ -462,3 +462,17 @@ async def test_a_pipeline_of_celery_tasks_without_a_celery_broker_is_refused_wit
         with pytest.raises(ConfigError, match="has celery steps, which this coordinator cannot"):
             await ex.submit(celery_sum)
         assert await ex.list_runs() == []
+
+
+async def test_a_run_keeps_its_tags_and_bad_tags_are_refused_before_it_starts(
+    ex: Executor,
+) -> None:
+    run = await ex.submit(fan_in, n=2, tags={"team": "data", "ticket": "AB-12"})
+    await run.wait()
+    record = await ex.get_run(run.run_id)
+    assert record is not None and record.tags == {"team": "data", "ticket": "AB-12"}
+    assert [r.run_id for r in await ex.list_runs(tag=("ticket", "AB-12"))] == [run.run_id]
+    for bad in ({"": "x"}, {"k": 3}, {"a=b": "c"}):
+        with pytest.raises(PlanError, match="tag"):
+            await ex.submit(fan_in, tags=bad)
+    assert len(await ex.list_runs()) == 1

@@ -32,13 +32,18 @@ def client(celery_redis: CeleryWorkers) -> Iterator[Celery]:
     )
     try:
         yield app
-    finally:  # its sockets to Redis and RabbitMQ go with it, not to the garbage collector
-        backend = app.backend
-        consumer = getattr(backend, "result_consumer", None)
-        if consumer is not None:
-            consumer.stop()
-        backend.client.connection_pool.disconnect()
+    finally:  # its sockets to RabbitMQ go with it, not to the garbage collector
         app.close()
+
+
+def close_backend(app: Celery) -> None:
+    """Close this thread's result backend of ``app`` (Celery keeps one per thread) and its
+    sockets to Redis."""
+    backend = app.backend
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.stop()
+    backend.client.connection_pool.disconnect()
 
 
 def stubs(app: Celery) -> Any:
@@ -58,7 +63,13 @@ def stubs(app: Celery) -> Any:
 
 
 async def through_celery(workflow: Any) -> Any:
-    return await asyncio.to_thread(lambda: workflow.apply_async().get(timeout=WAIT))
+    def run() -> Any:
+        try:
+            return workflow.apply_async().get(timeout=WAIT)
+        finally:
+            close_backend(workflow.app)
+
+    return await asyncio.to_thread(run)
 
 
 async def through_aexec(workers: CeleryWorkers, tmp_path: Path, workflow: Any) -> Any:

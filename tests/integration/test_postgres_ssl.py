@@ -48,7 +48,7 @@ async def fresh_database(private_postgres_ssl: PrivatePostgres) -> AsyncIterator
     try:
         await conn.execute(
             "DROP TABLE IF EXISTS aexec_events, aexec_steps, aexec_runs, aexec_plans, "
-            "aexec_migrations CASCADE"
+            "aexec_cancel_requests, aexec_migrations CASCADE"
         )
     finally:
         await conn.close()

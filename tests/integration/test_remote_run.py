@@ -65,3 +65,30 @@ async def test_a_remote_run_shows_the_log_the_store_keeps_from_run_submitted_on(
         stored.finished_at,
         stored.error,
     )
+
+
+async def test_a_remote_runs_tags_reach_the_services_store(
+    amqp_url: str, amqp_prefix: str, tmp_path: Path
+) -> None:
+    common = {"broker": amqp_url, "objects": f"file://{tmp_path / 'objects'}"}
+    service = Executor(
+        Settings(store=f"sqlite:///{tmp_path / 'runs.db'}", queue_prefix=amqp_prefix, **common)
+    )
+    client = Executor(Settings(remote=True, queue_prefix=amqp_prefix, **common))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(WAIT), service, client:
+        serving = asyncio.create_task(service.serve(stop, grace=1.0, ready=ready))
+        try:
+            await ready.wait()
+            run = await client.submit(unserved, tags={"team": "data"})
+            async for event in run.events():
+                if event.kind is EventKind.STEP_DISPATCHED:
+                    await run.cancel()
+            await run.wait()
+        finally:
+            stop.set()
+            await serving
+        stored = await service.get_run(run.run_id)
+        tagged = await service.list_runs(tag=("team", "data"))
+    assert stored is not None and stored.tags == {"team": "data"}
+    assert [r.run_id for r in tagged] == [run.run_id]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import aexec.executor
 import aexec.transport
 from aexec import pipeline, step
 from aexec.batch import ActiveRun
@@ -21,6 +22,7 @@ from aexec.objects.fs import FileObjectStore
 from aexec.store.sqlite import SqliteStore
 from aexec.testing import wait_for_event
 from aexec.transport import Transport
+from aexec.types import RunStatus
 from aexec.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.rabbitmq
@@ -133,3 +135,39 @@ async def test_a_client_that_missed_its_runs_end_catches_up_from_the_announcemen
         logged = await store.get_events(run.run_id)
     assert events[-1].kind is EventKind.RUN_SUCCEEDED
     assert [e.seq for e in events] == [e.seq for e in logged]
+
+
+class Silent(Forgetful):
+    """Never tells anyone a run ended: no end sent to the client, no announcement either
+    (as a coordinator killed right after recording the end)."""
+
+    async def _announce_ended(self, runs: list[tuple[str, RunStatus]]) -> None:
+        return None
+
+
+async def test_a_client_told_nothing_of_its_runs_end_asks_once_the_run_is_silent(
+    amqp_url: str,
+    amqp_prefix: str,
+    tmp_path: Path,
+    opened: list[Transport],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aexec.executor, "SILENCE", 0.5)
+    GATE.set()
+    service_transport, worker_transport, _ = opened
+    store = SqliteStore(tmp_path / "runs.db")
+    client = Executor(
+        Settings(
+            remote=True,
+            broker=amqp_url,
+            queue_prefix=amqp_prefix,
+            objects=f"file://{tmp_path / 'objects'}",
+        )
+    )
+    worker = Worker(worker_transport, FileObjectStore(tmp_path / "objects"), gated.compile().steps)
+    service = Silent(service_transport, store, CoordinatorConfig(id="silent"))
+    async with asyncio.timeout(WAIT), store, client, worker, service:
+        await worker.serve("default")
+        await service.accept_submissions()
+        run = await client.submit(gated)
+        assert await run.result() == 21

@@ -77,6 +77,7 @@ EXAMPLES: dict[str, Any] = {
     "worker info": WorkerInfo("w1", "host", 1234, ["default", "gpu"], 2, 0.5, 100.0),
     "submit": Submit("run-1", b"plan bytes", 5, "client-queue"),
     "submit without notify": Submit("run-1", b"", 0, None),
+    "submit with tags": Submit("run-1", b"plan", 1, None, {"team": "data", "env": ""}),
     "events": Events("run-1", [[1, 10.0, "step_succeeded", "a", 1, {"k": "v"}, b"out"]]),
     "no events": Events("run-1", []),
 }
@@ -444,3 +445,19 @@ def test_a_workers_instance_id_travels_and_a_worker_that_predates_it_is_still_un
     newer = msgpack.packb([messages.VERSION, message.KIND, *message.to_wire(), "extra"])
     with pytest.raises(CodecError, match="fields where"):
         messages.decode(newer)
+
+
+def test_a_submit_without_tags_has_the_four_fields_earlier_coordinators_read() -> None:
+    assert Submit("run-1", b"p", 0, None).to_wire() == ["run-1", b"p", 0, None]
+    assert messages.decode(Submit("run-1", b"p", 0, None, {"a": "b"}).encode()) == Submit(
+        "run-1", b"p", 0, None, {"a": "b"}
+    )
+
+
+@pytest.mark.parametrize(
+    "tags", [{"": "x"}, {"k": 1}, {"a=b": "c"}, ["k", "v"], {f"k{i}": "" for i in range(21)}]
+)
+def test_a_submit_with_malformed_tags_is_refused(tags: Any) -> None:
+    body = msgpack.packb([messages.VERSION, Submit.KIND, "run-1", b"p", 0, None, tags])
+    with pytest.raises(CodecError, match="tag"):
+        messages.decode(body)

@@ -39,7 +39,7 @@ def test_lines_are_cut_at_newlines_and_consecutive_ones_share_an_entry() -> None
         ("stderr", {"lines": ["e"]}),
     ]
     assert wakes == [False]  # once per flush, not per line
-    reply_to, last = out.finish(("r1", "k", 1))
+    reply_to, last = attempt.finish()
     assert (reply_to, lines_of(last)) == ("replies", ["partial"])
     attempt.write("stdout", "after the end\n")  # a thread the step left behind
     assert out.take() == {} and out.pending == 0

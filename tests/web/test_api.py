@@ -359,3 +359,70 @@ async def test_the_timeline_has_an_attempt_for_each_step_that_ran(
     bars = body["attempts"]
     assert sorted(b["step"] for b in bars) == ["add", "first"]
     assert all(b["status"] == "succeeded" and b["end"] >= b["start"] for b in bars)
+    assert {b["worker"] for b in bars} == {"embedded"}  # from the completions
+
+
+async def test_runs_are_found_by_tag_and_a_launch_tags_its_run(
+    ex: Executor, serve_ui: Any, http: aiohttp.ClientSession
+) -> None:
+    url = await serve_ui(ex, ui_config({"small": small}))
+    untagged = await ex.submit(small)
+    await untagged.wait()
+    status, started = await post(
+        http, f"{url}api/runs", {"pipeline": "small", "tags": {"team": "data"}, "wait": True}
+    )
+    assert status == 200
+    _, page = await get(http, f"{url}api/runs?tag=team=data")
+    assert [(r["run_id"], r["tags"]) for r in page["runs"]] == [
+        (started["run_id"], {"team": "data"})
+    ]
+    status, error = await get(http, f"{url}api/runs?tag=oops")
+    assert status == 400 and "KEY=VALUE" in error["error"]
+    status, error = await post(http, f"{url}api/runs", {"pipeline": "small", "tags": {"": "x"}})
+    assert status == 400 and "tag key" in error["error"]
+
+
+async def test_workers_and_queues_show_the_embedded_worker_once_it_runs(
+    ui: Ui, http: aiohttp.ClientSession
+) -> None:
+    assert await get(http, f"{ui.url}api/workers") == (200, {"workers": []})
+    run = await ui.executor.submit(small)
+    await run.wait()
+    status, body = await get(http, f"{ui.url}api/workers?wait_ms=200")
+    assert status == 200
+    [worker] = body["workers"]
+    assert (worker["name"], worker["queues"], worker["in_flight"]) == ("embedded", ["default"], 0)
+    status, body = await get(http, f"{ui.url}api/queues?wait_ms=200")
+    assert body == {"queues": [{"name": "default", "depth": 0, "consumers": 1, "in_flight": 0}]}
+
+
+async def test_the_executors_credentials_are_masked_in_every_response(
+    serve_ui: Any, http: aiohttp.ClientSession
+) -> None:
+    import aexec.testing
+
+    secret = 'sign-me "quoted" s3cret'
+
+    @step
+    async def leaky() -> None:
+        raise RuntimeError(f"could not use {secret} here")
+
+    @pipeline
+    def leaking() -> object:
+        return leaky()
+
+    async with aexec.testing.executor(secret=secret) as ex:
+        url = await serve_ui(ex, ui_config())
+        run = await ex.submit(leaking)
+        await run.wait()
+        for path in (f"api/runs/{run.run_id}", f"api/runs/{run.run_id}/steps/leaky"):
+            async with http.get(url + path) as response:
+                text = await response.text()
+                assert response.status == 200
+            body = json.loads(text)
+            error = body["error"] if "/steps/" in path else body["steps"]["leaky"]["error"]
+            assert error["message"] == "could not use *** here"
+            assert "s3cret" not in text
+        async with http.get(f"{url}api/runs/{run.run_id}/stream") as response:
+            streamed = await response.text()
+        assert "could not use *** here" in streamed and "s3cret" not in streamed

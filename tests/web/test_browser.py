@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from playwright.async_api import Page, expect
 
 import aexec
 from aexec import pipeline, step
+from aexec.executor import Executor
 from aexec.types import RunStatus
-from tests.web.conftest import Ui
+from tests.web.conftest import TOKEN, Ui, ui_config
 
 pytestmark = pytest.mark.browser
 
@@ -22,9 +24,14 @@ async def add(a: int, b: int) -> int:
     return a + b
 
 
+@step
+async def total(values: list[int]) -> int:
+    return sum(values)
+
+
 @pipeline
-def small() -> object:
-    return add(add.alias("first")(1, 2), 3)
+def small(x: int = 1) -> object:
+    return add(add.alias("first")(x, 2), 3)
 
 
 async def test_the_runs_list_shows_a_fresh_run_and_then_one_started_while_it_is_open(
@@ -38,8 +45,12 @@ async def test_the_runs_list_shows_a_fresh_run_and_then_one_started_while_it_is_
     await expect(row.locator(".badge")).to_have_text("succeeded")
     await expect(row).to_contain_text("2/2")
 
-    second = await ui.executor.submit(small)  # appears without a reload
+    second = await ui.executor.submit(small, tags={"team": "data"})  # appears, no reload
     await expect(page.locator(f'tr[data-run="{second.run_id}"]')).to_be_visible()
+
+    await page.click(f'tr[data-run="{second.run_id}"] a.tag')  # the runs with that tag
+    await expect(page.locator("#runs-body tr")).to_have_count(1)
+    await expect(page.locator(f'tr[data-run="{second.run_id}"]')).to_contain_text("team=data")
 
 
 async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page) -> None:
@@ -60,7 +71,10 @@ async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page
     row_a = page.locator('#steps-body tr[data-step="a"]')
     await expect(row_a).to_have_attribute("data-status", "running")
 
+    graph = page.locator("#dag canvas")
+    await expect(graph).to_have_attribute("data-drawn", "running:2")
     gates["a"].set()
+    await expect(graph).to_have_attribute("data-drawn", "running:1,succeeded:1")
     await expect(row_a).to_have_attribute("data-status", "succeeded")
     await expect(page.locator('#steps-body tr[data-step="b"]')).to_have_attribute(
         "data-status", "running"
@@ -70,6 +84,10 @@ async def test_the_run_page_follows_steps_live_as_they_finish(ui: Ui, page: Page
     await expect(page.locator("#result")).to_contain_text('"a"')
     await expect(page.locator('#log-body tr[data-kind="run_succeeded"]')).to_have_count(1)
     assert await run.result() == ["a", "b"]
+    # both attempts ran at once on the embedded worker: two lanes of its timeline
+    timeline = page.locator("#timeline canvas")
+    await expect(timeline).to_have_attribute("data-bars", "2")
+    await expect(timeline).to_have_attribute("data-lanes", "2")
 
 
 async def test_cancel_from_the_run_page_cancels_a_running_run(ui: Ui, page: Page) -> None:
@@ -148,3 +166,62 @@ async def test_an_error_message_containing_html_is_shown_as_text(ui: Ui, page: P
     await expect(page.locator(".error-message").first).to_have_text(f"ValueError: {HOSTILE}")
     await expect(page.locator("#injected")).to_have_count(0)
     assert await page.evaluate("window.pwned") is None
+
+
+async def test_a_wide_layer_of_one_step_is_drawn_as_one_node_with_zoom_and_pan(
+    ui: Ui, page: Page
+) -> None:
+    @pipeline
+    def wide() -> object:
+        return total([add.alias(f"w{i}")(i, i) for i in range(40)])
+
+    run = await ui.executor.submit(wide)
+    await run.wait()
+    await page.goto(ui.page_url(f"runs/{run.run_id}"))
+    graph = page.locator("#dag canvas")
+    await expect(graph).to_have_attribute("data-nodes", "2")  # 40 "add" steps, then 1
+    await expect(graph).to_have_attribute("data-drawn", "succeeded:41")
+    assert await run.result() == sum(2 * i for i in range(40))
+    fitted = await graph.get_attribute("data-view")
+    box = await graph.bounding_box()
+    assert box is not None and fitted is not None
+    await page.mouse.move(box["x"] + 40, box["y"] + 40)
+    await page.mouse.wheel(0, -300)  # zoom in at the cursor
+    await expect(graph).not_to_have_attribute("data-view", fitted)
+    zoomed = await graph.get_attribute("data-view")
+    assert zoomed is not None and float(zoomed.split()[0]) > float(fitted.split()[0])
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + 140, box["y"] + 90, steps=5)  # pan
+    await page.mouse.up()
+    panned = await graph.get_attribute("data-view")
+    assert panned is not None and panned.split()[0] == zoomed.split()[0] and panned != zoomed
+    await page.click("#fit")
+    await expect(graph).to_have_attribute("data-view", fitted)
+    await expect(page.locator("#steps-body tr")).to_have_count(41)
+
+
+async def test_a_pipeline_launched_from_the_page_runs_with_its_parameters_and_tags(
+    ex: Executor, serve_ui: Any, page: Page
+) -> None:
+    url = await serve_ui(ex, ui_config({"small": small}))
+    await page.goto(f"{url}launch#token={TOKEN}")
+    await page.select_option("#launch-pipeline", "small")
+    await expect(page.locator("#launch")).to_contain_text("x=1")  # its parameters
+    await page.fill("#launch-params", '{"x": 10}')
+    await page.fill("#launch-tags", "team=data")
+    await page.click("#launch-submit")
+    await expect(page.locator("#run-status .badge")).to_have_text("succeeded")
+    await expect(page.locator("#result")).to_have_text("15")
+    [record] = await ex.list_runs()
+    assert (record.params, record.tags) == ({"x": 10}, {"team": "data"})
+    assert page.url.endswith(f"/runs/{record.run_id}")
+
+
+async def test_the_workers_and_queues_pages_show_the_embedded_worker(ui: Ui, page: Page) -> None:
+    run = await ui.executor.submit(small)
+    await run.wait()
+    await page.goto(ui.page_url("workers"))
+    row = page.locator('tr[data-worker="embedded"]')
+    await expect(row).to_contain_text("default")
+    await page.goto(ui.page_url("queues"))
+    await expect(page.locator('tr[data-queue="default"]')).to_contain_text("default")

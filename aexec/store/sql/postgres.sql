@@ -32,8 +32,9 @@ ON CONFLICT (digest) DO NOTHING
 -- name: insert_run
 -- Returns nothing when the run already exists.
 INSERT INTO aexec_runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
-                        started_at, finished_at, result, error, owner, lease_until, epoch)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                        started_at, finished_at, result, error, owner, lease_until, epoch,
+                        tags)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING serial
 
@@ -45,7 +46,7 @@ FROM unnest($2::integer[], $3::text[], $4::text[], $5::text[])
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch
+       finished_at, result, error, owner, lease_until, epoch, tags::text
 FROM aexec_runs WHERE run_id = $1
 
 -- name: run_ids_from
@@ -53,11 +54,13 @@ FROM aexec_runs WHERE run_id = $1
 SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
 
 -- name: list_runs
--- $1 status or NULL, $2 pipeline or NULL, $3 limit, $4 offset.
+-- $1 status or NULL, $2 pipeline or NULL, $3 limit, $4 offset, $5 a tag as a JSON object
+-- (one key and its value) or NULL.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch
+       finished_at, result, error, owner, lease_until, epoch, tags::text
 FROM aexec_runs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR pipeline = $2)
+  AND ($5::jsonb IS NULL OR tags @> $5::jsonb)
 ORDER BY created_at DESC, serial DESC
 LIMIT $3 OFFSET $4
 
@@ -181,7 +184,7 @@ FROM claimable
 WHERE run.run_id = claimable.run_id
 RETURNING run.serial, run.run_id, run.pipeline, run.plan_digest, run.status, run.priority,
           run.params, run.created_at, run.started_at, run.finished_at, run.result, run.error,
-          run.owner, run.lease_until, run.epoch
+          run.owner, run.lease_until, run.epoch, run.tags::text
 
 -- name: renew_leases
 WITH owned AS (
@@ -237,7 +240,7 @@ WHERE run.run_id = owned.run_id
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last ($3, $4).
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch
+       finished_at, result, error, owner, lease_until, epoch, tags::text
 FROM aexec_runs
 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
   AND (finished_at, run_id) > ($3, $4)

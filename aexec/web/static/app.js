@@ -197,22 +197,24 @@ function runsPage(main) {
   const status = el("select", { name: "status" }, el("option", { value: "" }, "any"),
     ...["pending", "running", "succeeded", "failed", "cancelled"].map((s) => el("option", { value: s, selected: params.get("status") === s }, s)));
   const pipeline = el("input", { name: "pipeline", value: params.get("pipeline") || "", placeholder: "pipeline name" });
+  const tag = el("input", { name: "tag", value: params.get("tag") || "", placeholder: "key=value" });
   const form = el("form", { class: "filters", method: "get", action: ROOT + "/" },
-    el("label", {}, "status", status), el("label", {}, "pipeline", pipeline),
+    el("label", {}, "status", status), el("label", {}, "pipeline", pipeline), el("label", {}, "tag", tag),
     el("button", { type: "submit" }, "Filter"));
   const body = el("tbody", { id: "runs-body" });
   const table = el("table", { id: "runs" }, el("thead", {}, el("tr", {},
-    ...["run", "pipeline", "status", "created", "duration", "steps"].map((h) => el("th", {}, h)))), body);
+    ...["run", "pipeline", "status", "created", "duration", "steps", "tags"].map((h) => el("th", {}, h)))), body);
   const pager = el("div", { class: "pager" });
   main.replaceChildren(el("h1", {}, "Runs"), form, table, pager);
   const query = new URLSearchParams();
-  for (const name of ["status", "pipeline", "offset", "limit"]) if (params.get(name)) query.set(name, params.get(name));
+  for (const name of ["status", "pipeline", "tag", "offset", "limit"]) if (params.get(name)) query.set(name, params.get(name));
   function render(page) {
     body.replaceChildren(...page.runs.map((run) => el("tr", { dataset: { run: run.run_id, status: run.status } },
       el("td", { class: "mono" }, el("a", { href: "/runs/" + encodeURIComponent(run.run_id) }, run.run_id.slice(0, 12))),
       el("td", {}, run.pipeline), el("td", {}, badge(run.status)), el("td", {}, when(run.created_at)),
-      el("td", {}, seconds(run.duration)), el("td", { class: "counts" }, counts(run.steps)))));
-    if (!page.runs.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "no runs")));
+      el("td", {}, seconds(run.duration)), el("td", { class: "counts" }, counts(run.steps)),
+      el("td", { class: "tags" }, tagList(run.tags)))));
+    if (!page.runs.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no runs")));
     const link = (offset, text) => {
       const q = new URLSearchParams(query); q.set("offset", offset);
       return el("a", { href: "/?" + q.toString() }, text);
@@ -222,6 +224,11 @@ function runsPage(main) {
       page.next !== null ? link(page.next, "older →") : "");
   }
   stream("/api/runs/stream?" + query.toString(), { event(kind, page) { if (kind === "runs") render(page); } });
+}
+
+function tagList(tags) {
+  return Object.entries(tags || {}).map(([k, v]) =>
+    el("a", { class: "tag", href: "/?tag=" + encodeURIComponent(`${k}=${v}`) }, `${k}=${v}`));
 }
 
 function counts(steps) {
@@ -269,7 +276,7 @@ async function runPage(main, runId) {
     statusBox.replaceChildren(badge(run.status));
     cancel.disabled = ["succeeded", "failed", "cancelled"].includes(run.status);
     const rows = [["run", run.run_id], ["pipeline", run.pipeline], ["priority", run.priority],
-      ["params", JSON.stringify(run.params)], ["created", when(run.created_at)],
+      ["params", JSON.stringify(run.params)], ["tags", tagList(run.tags)], ["created", when(run.created_at)],
       ["started", when(run.started_at)], ["finished", when(run.finished_at)], ["duration", seconds(run.duration)]];
     if (run.error) rows.push(["error", run.error]);
     header.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, v)]));
@@ -316,7 +323,11 @@ async function runPage(main, runId) {
     if (row && status && event.attempt >= row.attempts) {
       row.status = status; row.attempts = event.attempt;
       if (event.kind === "step_started") { row.started_at = event.ts; row.worker = event.data.worker || row.worker; }
-      if (["step_succeeded", "step_failed"].includes(event.kind)) row.finished_at = event.ts;
+      if (["step_succeeded", "step_failed"].includes(event.kind)) {
+        row.finished_at = event.ts;  // a quick step's start comes with its end
+        if (typeof event.data.started_at === "number") row.started_at = event.data.started_at;
+        row.worker = event.data.worker || row.worker;
+      }
       if (event.data && typeof event.data.error === "object" && event.data.error) row.error = event.data.error;
       if (event.kind === "step_succeeded") row.error = null;
     }
@@ -428,7 +439,7 @@ class Dag {
     this.canvas = el("canvas", { "aria-label": "step graph" });
     this.tip = el("div", { class: "tooltip" });
     this.picked = el("div", { id: "picked" });
-    const legend = el("div", { class: "legend" }, ...STATUSES.map((s) => el("span", {}, el("i", { style: `background:${COLORS[s]}` }), s)));
+    const legend = el("div", { class: "legend" }, ...STATUSES.map((s) => el("span", {}, el("i", { class: "swatch " + s }), s)));
     this.element = el("div", { id: "dag" }, el("div", { class: "toolbar" },
       el("button", { class: "plain", on: { click: () => this.zoom(1.25) } }, "+"),
       el("button", { class: "plain", on: { click: () => this.zoom(0.8) } }, "−"),
@@ -513,6 +524,12 @@ class Dag {
       g.moveTo(ax, ay); g.bezierCurveTo(ax + 30, ay, bx - 30, by, bx, by);
     }
     g.stroke();
+    // What the graph shows, for tests and scripts: its nodes and its steps by status.
+    const tally = {};
+    for (const s of Object.values(this.steps)) tally[s.status] = (tally[s.status] || 0) + 1;
+    c.dataset.nodes = this.nodes.length;
+    c.dataset.view = `${this.scale.toFixed(3)} ${Math.round(this.tx)} ${Math.round(this.ty)}`;
+    c.dataset.drawn = STATUSES.filter((s) => tally[s]).map((s) => `${s}:${tally[s]}`).join(",");
     const text = this.scale > 0.45;
     g.font = "12px system-ui, sans-serif"; g.textBaseline = "middle";
     for (const n of visible) {
@@ -550,26 +567,42 @@ class Timeline {
   }
   async load(runId) {
     try { this.bars = (await api(`/api/runs/${encodeURIComponent(runId)}/timeline`)).attempts; } catch (e) { return; }
-    this.lanes = [...new Set(this.bars.map((b) => b.worker))].sort();
+    // Each worker gets as many lanes as it ran attempts at once (at most 12): a bar goes on
+    // its worker's first lane that is free when it starts.
+    const lanes = [];
+    const byStart = [...this.bars].sort((a, b) => a.start - b.start);
+    for (const bar of byStart) {
+      const mine = lanes.filter((l) => l.worker === bar.worker);
+      let lane = mine.find((l) => l.end <= bar.start);
+      if (!lane && mine.length >= 12) lane = mine.reduce((a, b) => (a.end <= b.end ? a : b));
+      if (!lane) { lane = { worker: bar.worker, end: 0, first: mine.length === 0 }; lanes.push(lane); }
+      lane.end = bar.end || Infinity; bar.lane = lane;
+    }
+    lanes.sort((a, b) => a.worker.localeCompare(b.worker));
+    this.lanes = lanes;
     this.draw();
   }
   geometry() {
     const r = this.canvas.getBoundingClientRect();
     const start = Math.min(...this.bars.map((b) => b.start));
     const end = Math.max(...this.bars.map((b) => b.end || Date.now() / 1000));
-    const left = 150, lane = Math.min(28, (r.height - 20) / Math.max(this.lanes.length, 1));
+    const left = 150, lane = Math.max(2, Math.min(28, (r.height - 20) / Math.max(this.lanes.length, 1)));
     return { r, start, span: Math.max(end - start, 0.001), left, lane };
   }
   draw() {
     const c = this.canvas, ratio = window.devicePixelRatio || 1, r = c.getBoundingClientRect();
     c.width = Math.round(r.width * ratio); c.height = Math.round(r.height * ratio);
+    c.dataset.bars = this.bars.length; c.dataset.lanes = this.lanes.length;
     const g = c.getContext("2d"); g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.font = "12px system-ui, sans-serif"; g.textBaseline = "middle";
     if (!this.bars.length) { g.fillStyle = "#6b7280"; g.fillText("no attempt has started yet", 10, 20); return; }
     const { start, span, left, lane } = this.geometry(), width = r.width - left - 10;
-    this.lanes.forEach((w, i) => { g.fillStyle = "#1d2330"; g.fillText(w.length > 20 ? w.slice(0, 19) + "…" : w, 6, 10 + i * lane + lane / 2); });
+    this.lanes.forEach((l, i) => {
+      if (!l.first) return;
+      g.fillStyle = "#1d2330"; g.fillText(l.worker.length > 20 ? l.worker.slice(0, 19) + "…" : l.worker, 6, 10 + i * lane + lane / 2);
+    });
     for (const b of this.bars) {
-      const i = this.lanes.indexOf(b.worker);
+      const i = this.lanes.indexOf(b.lane);
       const x = left + (b.start - start) / span * width;
       const w = Math.max(1, ((b.end || Date.now() / 1000) - b.start) / span * width);
       g.fillStyle = COLORS[b.status] || COLORS.running; g.fillRect(x, 12 + i * lane, w, lane - 6);
@@ -581,7 +614,7 @@ class Timeline {
     const { r, start, span, left, lane } = this.geometry(), width = r.width - left - 10;
     const x = e.clientX - r.left, y = e.clientY - r.top, i = Math.floor((y - 10) / lane);
     const t = start + (x - left) / width * span;
-    const bar = this.bars.find((b) => this.lanes.indexOf(b.worker) === i && b.start <= t && (b.end || Infinity) >= t);
+    const bar = this.bars.find((b) => this.lanes.indexOf(b.lane) === i && b.start <= t && (b.end || Infinity) >= t);
     if (!bar) { this.tip.style.display = "none"; return; }
     this.tip.textContent = `${bar.step} #${bar.attempt} ${bar.status}\n${seconds((bar.end || Date.now() / 1000) - bar.start)} on ${bar.worker}`;
     this.tip.style.display = "block"; this.tip.style.left = (x + 12) + "px"; this.tip.style.top = (y + 12) + "px";
@@ -659,6 +692,7 @@ async function launchPage(main) {
   const name = el("input", { name: "name", id: "launch-name", placeholder: "pipeline in the file (if several)" });
   const params = el("textarea", { name: "params", id: "launch-params", rows: 4, cols: 50 }, "{}");
   const priority = el("input", { name: "priority", type: "number", min: 0, max: 10, value: 0, id: "launch-priority" });
+  const tags = el("input", { name: "tags", id: "launch-tags", size: 40, placeholder: "team=data env=staging" });
   const hint = el("p", { class: "muted" });
   function showParams() {
     const p = known.pipelines.find((x) => x.name === pipeline.value);
@@ -669,7 +703,13 @@ async function launchPage(main) {
     e.preventDefault();
     let values;
     try { values = JSON.parse(params.value || "{}"); } catch (err) { notice("parameters are not JSON: " + err.message); return; }
-    const body = { params: values, priority: Number(priority.value) };
+    const labels = {};
+    for (const item of tags.value.split(/\s+/).filter(Boolean)) {
+      const cut = item.indexOf("=");
+      if (cut <= 0) { notice(`tag ${item} is not key=value`); return; }
+      labels[item.slice(0, cut)] = item.slice(cut + 1);
+    }
+    const body = { params: values, priority: Number(priority.value), tags: labels };
     if (file.value.trim()) { body.file = file.value.trim(); if (name.value.trim()) body.pipeline = name.value.trim(); }
     else body.pipeline = pipeline.value;
     try {
@@ -682,6 +722,7 @@ async function launchPage(main) {
     known.files ? el("p", {}, el("label", {}, "or a file on the server ", file), " ", name) : null,
     el("p", {}, el("label", {}, "parameters (JSON object)", el("br"), params)),
     el("p", {}, el("label", {}, "priority ", priority)),
+    el("p", {}, el("label", {}, "tags ", tags)),
     el("button", { type: "submit", id: "launch-submit" }, "Launch"));
   main.replaceChildren(el("h1", {}, "Launch a run"), form);
 }

@@ -30,7 +30,8 @@ CREATE TABLE aexec_runs (
     error       text,
     owner       text,                        -- the coordinator holding the lease
     lease_until double precision,            -- when that lease ends
-    epoch       integer NOT NULL DEFAULT 1   -- times claimed, creation included (fencing)
+    epoch       integer NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
+    tags        jsonb NOT NULL DEFAULT '{}'  -- labels: a JSON object of text to text
 );
 
 CREATE INDEX aexec_runs_by_created_at ON aexec_runs (created_at, serial);
@@ -44,6 +45,7 @@ CREATE INDEX aexec_runs_finished ON aexec_runs (finished_at, run_id)
 CREATE INDEX aexec_runs_by_plan ON aexec_runs (plan_digest);
 -- The UI's runs list filters by pipeline, most recent first.
 CREATE INDEX aexec_runs_by_pipeline ON aexec_runs (pipeline, created_at, serial);
+CREATE INDEX aexec_runs_by_tags ON aexec_runs USING gin (tags jsonb_path_ops);
 
 CREATE TABLE aexec_steps (
     run_id      text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),

@@ -23,7 +23,8 @@ CREATE TABLE runs (
     error       TEXT,
     owner       TEXT,                        -- the coordinator holding the lease
     lease_until REAL,                        -- when that lease ends (seconds since the epoch)
-    epoch       INTEGER NOT NULL DEFAULT 1   -- times claimed, creation included (fencing)
+    epoch       INTEGER NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
+    tags        TEXT NOT NULL DEFAULT '{}'   -- JSON object of text to text
 );
 
 CREATE INDEX runs_by_created_at ON runs (created_at);
