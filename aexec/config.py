@@ -44,13 +44,76 @@ _ENV = {
     "secret": "AEXEC_SECRET",
     "max_value_size": "AEXEC_MAX_VALUE_SIZE",
     "step_log_level": "AEXEC_STEP_LOG_LEVEL",
+    "metrics_port": "AEXEC_METRICS_PORT",
+    "metrics_host": "AEXEC_METRICS_HOST",
     "celery_broker": "AEXEC_CELERY_BROKER",
     "celery_backend": "AEXEC_CELERY_BACKEND",
 }
 
+COORDINATOR_METRICS_PORT = 9180
+WORKER_METRICS_PORT = 9181
+"""The ports ``aexec coordinator`` and ``aexec worker start`` serve ``/metrics``,
+``/healthz`` and ``/readyz`` on unless ``metrics_port`` says otherwise (0: not at all)."""
+
 BROKER_SCHEMES = ("memory", "amqp", "amqps")
 STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
 OBJECTS_SCHEMES = ("memory", "file", "s3")
+
+
+WEBHOOK_EVENTS = ("run_succeeded", "run_failed", "run_cancelled")
+"""The events a webhook may subscribe to: a run's ending, by its event kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One ``webhooks:`` entry of aexec.yaml: POST a signed JSON notification to ``url``
+    when a run ends with one of ``events``; ``timeout`` bounds each attempt (seconds)."""
+
+    url: str
+    events: frozenset[str]
+    secret: str = field(repr=False)
+    timeout: float = 10.0
+
+    @classmethod
+    def parse(cls, value: Any, index: int) -> Webhook:
+        where = f"webhooks[{index}]"
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping with url, events and secret")
+        unknown = sorted(set(value) - {"url", "events", "secret", "timeout"})
+        if unknown:
+            raise ConfigError(f"{where} has an unknown key {unknown[0]!r}")
+        url, events, secret = value.get("url"), value.get("events"), value.get("secret")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"{where}.url must be an http:// or https:// URL")
+        if not urlsplit(url).hostname:
+            raise ConfigError(f"{where}.url {redact(url)!r} names no host")
+        if not isinstance(events, list) or not events:
+            raise ConfigError(f"{where}.events must list events: {', '.join(WEBHOOK_EVENTS)}")
+        for event in events:
+            if event not in WEBHOOK_EVENTS:
+                raise ConfigError(
+                    f"{where}.events: unknown event {event!r} (one of {', '.join(WEBHOOK_EVENTS)})"
+                )
+        if not isinstance(secret, str) or not secret:
+            raise ConfigError(f"{where}.secret must be a non-empty string (it signs each call)")
+        timeout = value.get("timeout", 10.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"{where}.timeout must be a positive number of seconds")
+        return cls(url, frozenset(events), secret, float(timeout))
+
+
+def parse_webhooks(value: Any) -> tuple[Webhook, ...]:
+    """The ``webhooks:`` list of aexec.yaml; a :class:`~aexec.errors.ConfigError` naming
+    the entry at fault."""
+    if isinstance(value, tuple) and all(isinstance(w, Webhook) for w in value):
+        return value
+    if not isinstance(value, list):
+        raise ConfigError("webhooks must be a list of {url, events, secret}")
+    hooks = tuple(Webhook.parse(item, i) for i, item in enumerate(value))
+    urls = [hook.url for hook in hooks]
+    if len(set(urls)) != len(urls):
+        raise ConfigError("webhooks: each url may appear once")
+    return hooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +145,9 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     step_log_level: str = "INFO"  # steps' log records from this level on are recorded
+    metrics_port: int | None = None  # None: the command's default; 0: no endpoint
+    metrics_host: str = "0.0.0.0"  # probes and scrapers come from other hosts
+    webhooks: tuple[Webhook, ...] = ()  # aexec.yaml only
     # Celery steps: the broker its workers consume (default: ``broker`` when it is RabbitMQ)
     # and the result backend they report to (``rpc://`` or ``redis://...``).
     celery_broker: str | None = None
@@ -114,6 +180,8 @@ class Settings:
                 f"step_log_level must be a log level name (DEBUG, INFO, WARNING, ERROR), "
                 f"not {self.step_log_level!r}"
             )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port must be 0 (off) .. 65535")
         if self.remote and self.embedded:
             raise ConfigError("submitting to a remote coordinator needs a broker (--broker)")
 
@@ -134,6 +202,8 @@ class Settings:
         ]
         if self.secret:
             found.append(self.secret)
+        for hook in self.webhooks:
+            found.extend([hook.secret, *url_secrets(hook.url)])
         return list(dict.fromkeys(found))
 
     @property
@@ -204,8 +274,13 @@ def _apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
     return replace(settings, **changes) if changes else settings
 
 
+_OPTIONAL_INT = frozenset({"metrics_port"})
+
+
 def _coerce(key: str, value: Any, settings: Settings) -> Any:
-    current = getattr(settings, key)
+    if key == "webhooks":
+        return parse_webhooks(value)
+    current = 0 if key in _OPTIONAL_INT else getattr(settings, key)
     try:
         if isinstance(current, bool):
             if isinstance(value, str):

@@ -73,6 +73,7 @@ from aexec.inbox import (
     Start,
     WorkerLost,
 )
+from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.recording import Recorder
@@ -85,6 +86,7 @@ from aexec.takeover import Leases
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
@@ -151,6 +153,8 @@ class Coordinator:
         *,
         objects: ObjectStore | None = None,
         on_queue: Callable[[str], Awaitable[None]] | None = None,
+        metrics: CoordinatorMetrics | None = None,
+        webhooks: Webhooks | None = None,
         gateways: Mapping[str, Gateway] | None = None,
     ) -> None:
         self.transport = transport
@@ -160,6 +164,8 @@ class Coordinator:
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
+        self.metrics = metrics  # counts what is recorded, when given
+        self.webhooks = webhooks  # decides the deliveries that ending runs make, when given
         self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
         self.runs: dict[str, ActiveRun] = {}
@@ -660,6 +666,17 @@ class Coordinator:
         """The handler of the reply queues this coordinator consumes."""
         self._inbox.post(Reply(delivery))
 
+    @property
+    def queues(self) -> list[str]:
+        """The step queues it has published to (declared)."""
+        return sorted(self._declared)
+
+    @property
+    def running(self) -> bool:
+        """True from entering until it stops (or a failure stops it)."""
+        background = self._background
+        return background is not None and background.running
+
     async def declare(self, queue: str) -> None:
         """Declare the step queue ``queue`` (once)."""
         if queue in self._declared:
@@ -819,7 +836,10 @@ class Coordinator:
             self._timers.after(CONFIRM_DELAY, FlushDue())
 
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
-        """Events are in the store: tell their subscribers; finish the runs that ended."""
+        """Events are in the store: count them, tell their subscribers; finish the runs
+        that ended."""
+        if self.metrics is not None:
+            self.metrics.recorded(events, self.runs)
         notify: dict[str, list[Event]] = {}
         for event in events:
             target = self.runs.get(event.run_id)

@@ -36,14 +36,16 @@ from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, PlanError
 from aexec.events import Event, from_record
 from aexec.gateway import Gateway
+from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
-from aexec.store import RunRecord, StepRecord, Store
+from aexec.store import RunRecord, StepRecord, Store, WebhookDelivery
 from aexec.transport import Delivery, Transport
 from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus, check_tags
+from aexec.webhooks import Deliverer, Webhooks
 from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
 
@@ -55,9 +57,16 @@ class Executor:
     """Submit pipelines, await results, inspect runs.  Use it as an async context manager."""
 
     def __init__(
-        self, settings: Settings | None = None, *, steps: Iterable[StepDef[Any, Any]] = ()
+        self,
+        settings: Settings | None = None,
+        *,
+        steps: Iterable[StepDef[Any, Any]] = (),
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
+        """``steps`` are served by the embedded worker besides those of the pipelines
+        submitted; ``metrics`` (if given) counts what the coordinator records."""
         self.settings = settings or Settings.resolve()
+        self.metrics = metrics
         self._extra_steps = list(steps)
         self._stack: contextlib.AsyncExitStack | None = None
         self._store: Store | None = None
@@ -146,6 +155,13 @@ class Executor:
             stack, store, objects = self._require_stack(), self.store, self.objects
             settings = self.settings
             transport = await self._open_transport()
+            webhooks = None
+            if settings.webhooks:
+                # Entered before the coordinator, so left after it: what its last commits
+                # decided gets a grace period to be sent.
+                webhooks = Webhooks(settings.webhooks)
+                owner = f"webhooks-{uuid.uuid4().hex[:12]}"
+                await stack.enter_async_context(Deliverer(store, webhooks, owner))
             if settings.embedded:
                 worker = Worker(
                     transport,
@@ -163,6 +179,8 @@ class Executor:
                     ),
                     objects=objects,
                     on_queue=worker.serve,
+                    metrics=self.metrics,
+                    webhooks=webhooks,
                     gateways=_gateways(settings, objects),
                 )
                 # Exits run in reverse: the worker drains before the coordinator stops.
@@ -176,6 +194,8 @@ class Executor:
                     store,
                     CoordinatorConfig.from_settings(settings, adopt=adopt),
                     objects=objects,
+                    metrics=self.metrics,
+                    webhooks=webhooks,
                     gateways=_gateways(settings, objects),
                 )
                 await stack.enter_async_context(coordinator)
@@ -207,6 +227,14 @@ class Executor:
                 await self._require_stack().enter_async_context(background)
                 background.start_loop(self._ask_about_silent_runs(), name="aexec-client")
             return transport
+
+    async def start(self, *, service: bool = False) -> None:
+        """Connect to the broker and start the coordinator now, rather than at the first
+        submission; a ``service`` coordinator also takes over the runs of coordinators
+        that stopped (as :meth:`serve` does)."""
+        if self.settings.remote:
+            raise ConfigError("a remote executor runs no coordinator")
+        await self._start_engine(adopt=service)
 
     async def _ask_about_silent_runs(self) -> None:
         """Ask a coordinator service for the events of each unfinished remote run this
@@ -247,6 +275,11 @@ class Executor:
         if pending:
             await asyncio.wait([asyncio.shield(done) for done in pending], timeout=grace)
         await coordinator.release()  # what is still running goes to another coordinator now
+
+    @property
+    def coordinator(self) -> Coordinator | None:
+        """The coordinator it runs, once started (by the first submission, or :meth:`serve`)."""
+        return self._coordinator
 
     # -- submitting ------------------------------------------------------------------------
 
@@ -440,6 +473,10 @@ class Executor:
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self.store.get_steps(run_id)
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        """The run's webhook deliveries (the outbox rows its ending made), oldest first."""
+        return await self.store.get_deliveries(run_id)
 
     async def get_events(
         self, run_id: str, *, after: int = 0, limit: int | None = None

@@ -9,6 +9,9 @@ tries again: a run stalls, it is never lost.  A batch refused for good is record
 run, so that one run's poison — a value the store will never take — fails that run only:
 it ends ``failed`` (:meth:`~aexec.store.Store.fail_run`) with a one-line error naming what
 was refused, and every other run goes on.
+
+With webhooks configured, the deliveries that a batch's ending events decide
+(:meth:`~aexec.webhooks.Webhooks.outbox`) are written in the batch's own transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from aexec.errors import LeaseLostError, StoreError, StoreUnavailableError
 from aexec.events import Event
+from aexec.store import WebhookDelivery
+from aexec.store.rows import failed_event
 
 if TYPE_CHECKING:
     from aexec.coordinator import Coordinator
@@ -45,14 +50,19 @@ class Recorder:
         coordinator = self._coordinator
         lost: set[str] = set()
         delay = coordinator.config.retry_backoff
+        outbox = self._outbox(events)
         while events or confirmed:
             try:
-                await coordinator.store.append(events, fence=coordinator.fence, confirmed=confirmed)
+                await coordinator.store.append(
+                    events, fence=coordinator.fence, confirmed=confirmed, outbox=outbox
+                )
+                self._recorded(outbox)
                 break
             except LeaseLostError as exc:
                 lost |= exc.run_ids
                 await coordinator.lose_all(exc.run_ids)
                 events = [e for e in events if e.run_id not in exc.run_ids]
+                outbox = [d for d in outbox if d.run_id not in exc.run_ids]
             except StoreUnavailableError as exc:
                 delay = await self.backoff("record events", exc, delay)
             except StoreError as exc:
@@ -77,9 +87,11 @@ class Recorder:
         failed: set[str] = set()
         for run_id, of_run in by_run.items():
             delay = coordinator.config.retry_backoff
+            outbox = self._outbox(of_run)
             while True:
                 try:
-                    await coordinator.store.append(of_run, fence=coordinator.fence)
+                    await coordinator.store.append(of_run, fence=coordinator.fence, outbox=outbox)
+                    self._recorded(outbox)
                 except LeaseLostError:
                     lost.add(run_id)
                     await coordinator.lose_all({run_id})
@@ -102,11 +114,14 @@ class Recorder:
         log.error("coordinator %s fails run %s: %s", coordinator.config.id, run_id, error)
         delay = coordinator.config.retry_backoff
         event: Event | None = None
+        ts = time.time()
+        outbox = self._outbox([failed_event(run_id, error, ts)])
         while True:
             try:
                 event = await coordinator.store.fail_run(
-                    run_id, error, ts=time.time(), fence=coordinator.fence
+                    run_id, error, ts=ts, fence=coordinator.fence, outbox=outbox
                 )
+                self._recorded(outbox if event is not None else [])
             except LeaseLostError:
                 await coordinator.lose_all({run_id})
                 return False
@@ -123,6 +138,15 @@ class Recorder:
             break
         await coordinator.end_failed(run_id, event)
         return True
+
+    def _outbox(self, events: list[Event]) -> list[WebhookDelivery]:
+        webhooks = self._coordinator.webhooks
+        return [] if webhooks is None else webhooks.outbox(events, self._coordinator.runs)
+
+    def _recorded(self, outbox: list[WebhookDelivery]) -> None:
+        webhooks = self._coordinator.webhooks
+        if outbox and webhooks is not None:
+            webhooks.wake()
 
     async def backoff(self, what: str, exc: Exception, delay: float) -> float:
         """Log that ``what`` failed, wait ``delay`` seconds, and return the next delay."""

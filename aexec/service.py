@@ -25,6 +25,8 @@ from aexec.errors import ConfigError, LoadError
 from aexec.executor import Executor
 from aexec.loader import find_steps, load_module_or_file
 from aexec.messages import WorkerInfo
+from aexec.metrics import CoordinatorMetrics, WorkerMetrics
+from aexec.ops import coordinator_endpoint, worker_endpoint
 from aexec.redaction import redact
 from aexec.transport import DeadLetter, Replay, Transport
 from aexec.wire import versioned
@@ -67,14 +69,24 @@ async def run_worker(
     config = WorkerConfig.from_settings(
         settings, name=name or default_worker_name(), pool=pool, modules=tuple(modules)
     )
+    ready = ready or asyncio.Event()
+    metrics = WorkerMetrics()
+    started: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
         transport = await stack.enter_async_context(_opened_transport(settings))
+        # Once the broker answers (an unreachable one is the one error a start reports),
+        # and before the worker: it answers /healthz while the worker drains.
+        await stack.enter_async_context(
+            worker_endpoint(settings, lambda: started[0] if started else None, metrics, ready=ready)
+        )
         objects = aexec.objects.from_url(settings.objects_url)
         await objects.open()
         stack.push_async_callback(objects.close)
         # Exits run in reverse: the worker drains (in-flight steps finish and their
         # completions are published) before the object store and the transport close.
         worker = await stack.enter_async_context(Worker(transport, objects, steps, config))
+        worker.metrics = metrics
+        started.append(worker)
         for queue in served:
             await worker.serve(queue)
         await worker.listen_for_control()
@@ -84,8 +96,7 @@ async def run_worker(
             ",".join(served),
             ",".join(worker.step_names),
         )
-        if ready is not None:
-            ready.set()
+        ready.set()
         await _first_set(stop, worker.terminated)
         log.info(
             "worker %s stopping: %d steps in flight finish first", worker.name, worker.in_flight
@@ -115,8 +126,12 @@ async def run_coordinator(
         redact(settings.store_url),
         redact(settings.objects_url),
     )
-    async with Executor(settings) as ex:
-        await ex.serve(stop, ready=ready)
+    ready = ready or asyncio.Event()
+    metrics = CoordinatorMetrics()
+    async with Executor(settings, metrics=metrics) as ex:
+        await ex.start(service=True)  # an unreachable broker fails here, before anything
+        async with coordinator_endpoint(settings, ex, metrics, ready=ready, stop=stop):
+            await ex.serve(stop, ready=ready)
     log.info("coordinator stopped")
     return 0
 

@@ -57,6 +57,7 @@ from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
 from aexec.ended import EndedRuns
 from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableError
+from aexec.metrics import WorkerMetrics
 from aexec.objects import ObjectStore
 from aexec.output import AttemptOutput, OutputBuffer, OutputLimits, encode_output
 from aexec.runner import LostAttempt, StepFailure, StepRunner
@@ -178,6 +179,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self.terminated = asyncio.Event()
+        self.metrics: WorkerMetrics | None = None  # counts finished attempts when set
+        self._consuming = False
         if steps:
             self.add_steps(steps.values())
 
@@ -213,6 +216,21 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def consuming(self) -> bool:
+        """True while it runs and takes steps from its queues (not once it drains)."""
+        background = self._background
+        return self._consuming and background is not None and background.running
+
+    def in_flight_by_queue(self) -> dict[str, int]:
+        """The attempts running now, per queue of their steps."""
+        found = dict.fromkeys(self._subscriptions, 0)
+        for attempt in self._running.values():
+            step = self._steps.get(attempt.msg.name)
+            if step is not None:
+                found[step.queue] = found.get(step.queue, 0) + 1
+        return found
 
     @property
     def step_names(self) -> list[str]:
@@ -255,6 +273,7 @@ class Worker:
         self._subscriptions[queue] = await self.transport.consume(
             name, self._on_delivery, prefetch=self.prefetch
         )
+        self._consuming = True
         log.info("worker %s serving queue %s", self.name, queue)
 
     async def listen_for_control(self) -> None:
@@ -265,6 +284,7 @@ class Worker:
     async def stop_consuming(self) -> None:
         """Take no new step: the consumers stop, and keep the deliveries of the steps in
         flight until those are settled (see :meth:`drain`)."""
+        self._consuming = False
         for subscription in list(self._subscriptions.values()):
             await subscription.stop()
 
@@ -497,6 +517,8 @@ class Worker:
                 raise  # the worker's own cancellation of the attempt
             error = ErrorInfo.from_exception(exc)  # the step's own: a failure like another
         except LostAttempt as lost:
+            if self.metrics is not None:
+                self.metrics.finished(step.queue, step.name, "lost", 0.0)
             await self._give_up(msg, attempt.delivery, lost.reason)
             attempt.acked = True
             return
@@ -516,6 +538,10 @@ class Worker:
             time.time(),
             self.instance,
         )
+        if self.metrics is not None:
+            outcome = "succeeded" if error is None else "failed"
+            seconds = completion.finished_at - attempt.started_at
+            self.metrics.finished(step.queue, step.name, outcome, seconds)
         await self._send(msg, completion.encode(), "completion")
         if not attempt.acked:
             attempt.acked = True

@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="py-spy",
         help="py-spy samples every process (default); cprofile traces the coordinator",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="aexec with metrics on: every coordinator and worker serves /metrics, scraped "
+        "every second (default: off, --metrics-port 0)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -165,6 +171,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         redis=args.redis,
         profile_dir=args.profile.absolute() if args.profile else None,
         profiler=args.profiler,
+        metrics=args.metrics,
     )
     described = await machine.describe(args.broker, args.redis)
     progress(

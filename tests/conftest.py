@@ -10,5 +10,6 @@ pytest_plugins = [
     "tests.plugins.rabbitmq",
     "tests.plugins.postgres",
     "tests.plugins.private_rabbitmq",
+    "tests.plugins.webhooks",
     "tests.plugins.celery",
 ]

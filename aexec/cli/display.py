@@ -15,7 +15,8 @@ from typing import Any, Protocol, TextIO
 from aexec.capture import outermost
 from aexec.cli.report import duration
 from aexec.events import Event, EventKind
-from aexec.store import RunRecord, StepRecord
+from aexec.redaction import redact
+from aexec.store import DeliveryStatus, RunRecord, StepRecord, WebhookDelivery
 from aexec.types import ErrorInfo, StepStatus
 
 _STEP_DONE = frozenset(
@@ -267,6 +268,50 @@ def run_details(
     ]
     lines += ["", table(["STEP", "STATUS", "ATTEMPTS", "ERROR"], rows)]
     return "\n".join(lines)
+
+
+def deliveries_table(deliveries: Sequence[WebhookDelivery]) -> str:
+    """The webhook deliveries of a run, for ``runs show``."""
+    rows = [
+        [
+            redact(d.url),
+            d.event,
+            str(d.status),
+            str(d.attempts),
+            _delivery_outcome(d),
+        ]
+        for d in deliveries
+    ]
+    return table(["WEBHOOK", "EVENT", "STATUS", "ATTEMPTS", "LAST ATTEMPT"], rows)
+
+
+def delivery_line(delivery: WebhookDelivery) -> str:
+    """``12:00:02.100  webhook_delivered  -  #1  https://hooks.example/x  HTTP 204`` for
+    ``runs logs``: where a delivery stands, at the time of its last change."""
+    ts = delivery.finished_at or (delivery.next_at if delivery.attempts else delivery.created_at)
+    return "  ".join(
+        [
+            format_time(ts, precise=True),
+            f"{'webhook_' + str(delivery.status):<15}",
+            f"{delivery.event:<20}",
+            f"#{delivery.attempts}" if delivery.attempts else "- ",
+            redact(delivery.url),
+            _delivery_outcome(delivery),
+        ]
+    ).rstrip()
+
+
+def _delivery_outcome(delivery: WebhookDelivery) -> str:
+    parts = []
+    if delivery.last_status is not None:
+        parts.append(f"HTTP {delivery.last_status}")
+    if delivery.last_error and not delivery.last_error.startswith("HTTP "):
+        parts.append(delivery.last_error)
+    elif delivery.last_error:
+        parts = [delivery.last_error]
+    if delivery.status is DeliveryStatus.PENDING and delivery.attempts:
+        parts.append(f"next try {format_time(delivery.next_at, precise=True)}")
+    return _clip(_one_line(" ".join(parts)), 100)
 
 
 def event_line(event: Event) -> str:

@@ -44,6 +44,7 @@ from aexec.cli.serve import (
     cmd_worker_terminate,
 )
 from aexec.cli.ui import add_ui_options, cmd_ui
+from aexec.config import COORDINATOR_METRICS_PORT, WORKER_METRICS_PORT
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinator resumes the rest.",
     )
     add_ui_options(coordinator, flag=True)
+    _add_metrics_port(coordinator, COORDINATOR_METRICS_PORT)
     coordinator.set_defaults(handler=cmd_coordinator)
 
     ui = commands.add_parser(
@@ -258,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_ui_options(ui, flag=False)
     ui.set_defaults(handler=cmd_ui)
     return parser
+
+
+def _add_metrics_port(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"serve /metrics, /healthz and /readyz on this port (default {default}, or "
+        "AEXEC_METRICS_PORT; 0: off)",
+    )
 
 
 def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -318,6 +330,7 @@ def _add_worker_commands(commands: Any, common: argparse.ArgumentParser) -> None
         default="thread",
         help="where sync steps run: a thread pool (default) or child processes",
     )
+    _add_metrics_port(start, WORKER_METRICS_PORT)
     start.set_defaults(handler=cmd_worker_start)
 
     listing = worker_commands.add_parser(

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from aexec.events import Event
     from aexec.executor import Executor
     from aexec.plan import Plan
-    from aexec.store import RunRecord, StepRecord
+    from aexec.store import RunRecord, StepRecord, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +59,25 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
-    from aexec.cli.display import dump_json, run_details
+    from aexec.cli.display import deliveries_table, dump_json, run_details
     from aexec.cli.report import jsonable, run_report
     from aexec.executor import Executor
     from aexec.types import RunStatus
+    from aexec.webhooks import describe
 
     async with Executor(settings) as ex:
         record = await _find_run(ex, args.run_id)
         steps = await ex.get_steps(record.run_id)
         result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
         plan = await ex.store.get_plan(record.plan_digest)
+        deliveries = await ex.get_deliveries(record.run_id)
     waiting = {} if plan is None else await _waiting_for_versions(settings, plan, steps)
     if args.json:
         report = run_report(record, steps, result)
         for key, address in waiting.items():
             report["steps"][key]["waiting_for"] = address
+        if deliveries:  # else the same shape as `run --json`
+            report["webhooks"] = [describe(d) for d in deliveries]
         sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
@@ -81,6 +85,8 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
             key: f"waiting for version: no live worker serves {a}" for key, a in waiting.items()
         }
         sys.stdout.write(run_details(record, steps, shown, notes) + "\n")
+        if deliveries:
+            sys.stdout.write("\n" + deliveries_table(deliveries) + "\n")
     return EXIT_OK
 
 
@@ -143,7 +149,22 @@ async def _runs_logs(settings: Settings, args: argparse.Namespace) -> int:
                     sys.stdout.flush()
             finally:
                 await follower.aclose()  # type: ignore[attr-defined]
+        deliveries = [] if step is not None else await ex.get_deliveries(record.run_id)
+    _write_deliveries(deliveries, as_json=args.json)  # about the run, not one step
     return EXIT_OK
+
+
+def _write_deliveries(deliveries: list[WebhookDelivery], *, as_json: bool) -> None:
+    """The run's webhook deliveries after its events, as ``runs logs`` shows them."""
+    from aexec.cli.display import delivery_line, dump_json
+    from aexec.webhooks import describe
+
+    for delivery in deliveries:
+        if as_json:
+            line = dump_json({"kind": "webhook", **describe(delivery)})
+        else:
+            line = delivery_line(delivery)
+        sys.stdout.write(line + "\n")
 
 
 def cmd_runs_prune(args: argparse.Namespace) -> int:

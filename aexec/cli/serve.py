@@ -33,7 +33,9 @@ def cmd_worker_start(args: argparse.Namespace) -> int:
         raise UsageError("-Q needs at least one queue name (-Q q1,q2)")
     if args.name is not None and not args.name.strip():
         raise UsageError("-n needs a non-empty worker name")
-    settings = with_connect_timeout(resolve_settings(args, concurrency=args.concurrency))
+    settings = with_connect_timeout(
+        resolve_settings(args, concurrency=args.concurrency, metrics_port=args.metrics_port)
+    )
 
     def serve(stop: asyncio.Event, ready: asyncio.Event) -> Coroutine[Any, Any, int]:
         return run_worker(
@@ -56,7 +58,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         from aexec.cli.ui import check_ui_options
 
         check_ui_options(args)
-    settings = with_connect_timeout(resolve_settings(args))
+    settings = with_connect_timeout(resolve_settings(args, metrics_port=args.metrics_port))
     if args.ui:
         from aexec.cli.ui import coordinator_with_ui, ui_config
 

@@ -135,12 +135,19 @@ async def coordinator_with_ui(
     import asyncio
 
     from aexec.executor import Executor
+    from aexec.metrics import CoordinatorMetrics
+    from aexec.ops import coordinator_endpoint
     from aexec.service import require_broker
     from aexec.web.server import bind, serve
 
     require_broker(settings, "coordinator")
     sock = bind(args.host, args.port)
-    async with Executor(settings) as ex, asyncio.TaskGroup() as group:
+    metrics = CoordinatorMetrics()  # /metrics, /healthz and /readyz, as without --ui
+    async with (
+        Executor(settings, metrics=metrics) as ex,
+        coordinator_endpoint(settings, ex, metrics, ready=ready, stop=stop),
+        asyncio.TaskGroup() as group,
+    ):
         ui = group.create_task(
             serve(ex, config, sock, stop=stop, on_ready=lambda url: _announce(url, shown))
         )

@@ -58,6 +58,15 @@ or not yet (its submission may still be queued), and keeps it until the run is d
 starts a submitted run, takes a run over, and renews its leases, so a cancel is honoured
 by whichever coordinator drives the run, however it was sent.
 
+Webhook outbox: the decision to notify a webhook that a run ended is a
+:class:`WebhookDelivery` row, written by :meth:`Store.append` (or :meth:`Store.fail_run`)
+in the same transaction as the run's ending event, so that a coordinator crash neither
+loses nor repeats it (a delivery's id is derived from its run, webhook and event: writing
+it twice writes it once).  Deliverers take due deliveries with
+:meth:`Store.claim_deliveries` (a lease each, so that two never send one at once and a
+crashed deliverer's are taken again once the lease ends), and record each attempt with
+:meth:`Store.settle_delivery`.  Times are ``time.time()`` of the caller.
+
 Retention: :meth:`Store.finished_runs` finds runs that finished before a time and
 :meth:`Store.delete_runs` deletes finished runs with their steps and events (and plans no
 run uses any more); an unfinished run is never deleted.  Their objects are the caller's to
@@ -68,6 +77,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, Self
 
 from aexec.errors import ConfigError
@@ -112,6 +122,43 @@ class StepRecord:
     # The attempt whose step message the broker confirmed (0: none): the coordinators'
     # bookkeeping, not the step's state (records compare equal without it).
     confirmed: int = field(default=0, compare=False)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # to be sent (again) at ``next_at``
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # given up after the last attempt
+
+
+@dataclass(slots=True)
+class WebhookDelivery:
+    """One webhook notification of one run's ending: ``body`` is the JSON sent, fixed when
+    the run ended; ``url`` names the webhook (its secret stays in the configuration)."""
+
+    id: str
+    run_id: str
+    url: str
+    event: str
+    body: bytes
+    created_at: float
+    next_at: float
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    finished_at: float | None = None
+    last_status: int | None = None  # the HTTP status of the last attempt (None: no answer)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """The outcome of one attempt at a delivery, for :meth:`Store.settle_delivery`:
+    ``next_at`` None ends it (delivered, or failed for good)."""
+
+    delivered: bool
+    ts: float
+    next_at: float | None
+    status: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +220,11 @@ class Store(Protocol):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
-        """Log ``events`` and apply them to run and step rows, in one transaction.
+        """Log ``events`` and apply them to run and step rows, and add the ``outbox``
+        deliveries (those whose id exists already are left as they are), in one
+        transaction.
 
         With ``fence``, only if ``fence.owner`` still owns every run of the batch at the
         epoch the fence gives it, checked after locking the run rows; otherwise nothing is
@@ -185,12 +235,19 @@ class Store(Protocol):
         broker) as the step's ``confirmed`` attempt, for the attempt still current only."""
 
     async def fail_run(
-        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        ts: float,
+        fence: Fence | None = None,
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> Event | None:
         """End an unfinished run ``failed`` with ``error`` at ``ts``, logging its
-        ``run_failed`` event, and nothing else: what a coordinator does to a run whose
-        events the store refused for good.  Returns the event logged (its ``seq``
-        assigned), or None if the run had already finished.  Fenced as :meth:`append`."""
+        ``run_failed`` event (with the ``outbox`` deliveries), and nothing else: what a
+        coordinator does to a run whose events the store refused for good.  Returns the
+        event logged (its ``seq`` assigned), or None if the run had already finished (no
+        delivery is added then).  Fenced as :meth:`append`."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run with this id, or with this unique id prefix; None if there is none."""
@@ -281,8 +338,28 @@ class Store(Protocol):
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
         """Delete those of ``run_ids`` that are finished, with their steps, events and
-        cancel requests, and the plans no remaining run uses, in one transaction; return
-        the ids deleted.  Unfinished and unknown runs are left as they are."""
+        cancel requests, webhook deliveries, and the plans no remaining run uses, in one
+        transaction; return the ids deleted.  Unfinished and unknown runs are left as
+        they are."""
+
+    async def claim_deliveries(
+        self, owner: str, lease: float, *, now: float, limit: int = 20
+    ) -> list[WebhookDelivery]:
+        """Take up to ``limit`` pending deliveries due by ``now`` whose lease is free or
+        ended, for ``owner`` until ``now + lease``; soonest due first.  Atomic: two callers
+        never take one delivery at once."""
+
+    async def settle_delivery(self, delivery_id: str, owner: str, outcome: Attempted) -> bool:
+        """Record an attempt at a delivery ``owner`` holds and free its lease: delivered,
+        failed for good (``next_at`` None), or pending again at ``next_at``.  False (and
+        nothing changed) if ``owner`` does not hold it any more."""
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        """The run's deliveries, oldest first."""
+
+    async def next_delivery_at(self) -> float | None:
+        """When a pending delivery can next be claimed: the soonest time at which one is
+        due and its lease (if it has one) has ended; None if none is pending."""
 
 
 def from_url(url: str) -> Store:

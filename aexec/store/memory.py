@@ -17,7 +17,17 @@ from dataclasses import dataclass, field, replace
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold
+from aexec.store import (
+    Attempted,
+    DeliveryStatus,
+    Fence,
+    Opened,
+    Ownership,
+    RunRecord,
+    StepRecord,
+    WebhookDelivery,
+    fold,
+)
 from aexec.store import rows as shared
 from aexec.store.follow import TicketWatch, Wakeups, follow_log
 from aexec.types import RunStatus, StepStatus
@@ -44,6 +54,20 @@ class _Run:
     events: list[_LoggedEvent] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Delivery:
+    record: WebhookDelivery
+    owner: str | None = None
+    lease_until: float | None = None
+
+    def claimable(self, now: float) -> bool:
+        return (
+            self.record.status is DeliveryStatus.PENDING
+            and self.record.next_at <= now
+            and (self.lease_until is None or self.lease_until <= now)
+        )
+
+
 class MemoryStore(Opened):
     """The run store in a few dictionaries; nothing is shared between instances."""
 
@@ -54,6 +78,7 @@ class MemoryStore(Opened):
         self._last_seq = 0
         self._wakeups = Wakeups()
         self._cancel_requests: dict[str, str | None] = {}  # run id → reason
+        self._deliveries: dict[str, _Delivery] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -96,6 +121,7 @@ class MemoryStore(Opened):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
         self._check_open()
         # Everything that can fail is checked before anything changes, as a rollback would.
@@ -110,6 +136,12 @@ class MemoryStore(Opened):
             runs.append(run)
         if fence is not None:
             self._check_fence(fence, {run.record.run_id: run for run in runs}.values())
+        for delivery in outbox:
+            if delivery.run_id not in self._runs:
+                raise StoreError(f"cannot add a delivery: unknown run {delivery.run_id!r}")
+        for delivery in outbox:
+            if delivery.id not in self._deliveries:
+                self._deliveries[delivery.id] = _Delivery(replace(delivery))
         first = self._last_seq + 1
         for i, (event, run, data) in enumerate(zip(events, runs, logged_data, strict=True)):
             run.events.append(
@@ -127,7 +159,13 @@ class MemoryStore(Opened):
                 row.confirmed = attempt
 
     async def fail_run(
-        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        ts: float,
+        fence: Fence | None = None,
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> Event | None:
         self._check_open()
         run = self._runs.get(run_id)
@@ -138,7 +176,7 @@ class MemoryStore(Opened):
         if run.record.status.finished:
             return None
         event = shared.failed_event(run_id, error, ts)
-        await self.append([event])
+        await self.append([event], outbox=outbox)
         return event
 
     def _check_fence(self, fence: Fence, runs: Iterable[_Run]) -> None:
@@ -341,10 +379,52 @@ class MemoryStore(Opened):
         for run_id in deleted:
             del self._runs[run_id]
             self._cancel_requests.pop(run_id, None)
+        gone = set(deleted)
+        for delivery_id in [k for k, d in self._deliveries.items() if d.record.run_id in gone]:
+            del self._deliveries[delivery_id]
         used = {run.record.plan_digest for run in self._runs.values()}
         for digest in digests - used:
             self._plans.pop(digest, None)
         return deleted
+
+    async def claim_deliveries(
+        self, owner: str, lease: float, *, now: float, limit: int = 20
+    ) -> list[WebhookDelivery]:
+        self._check_open()
+        due = sorted(
+            (d for d in self._deliveries.values() if d.claimable(now)),
+            key=lambda d: (d.record.next_at, d.record.id),
+        )[:limit]
+        for delivery in due:
+            delivery.owner, delivery.lease_until = owner, now + lease
+        return [replace(d.record) for d in due]
+
+    async def settle_delivery(self, delivery_id: str, owner: str, outcome: Attempted) -> bool:
+        self._check_open()
+        delivery = self._deliveries.get(delivery_id)
+        if (
+            delivery is None
+            or delivery.owner != owner
+            or delivery.record.status is not DeliveryStatus.PENDING
+        ):
+            return False
+        delivery.record = shared.attempted(delivery.record, outcome)
+        delivery.owner = delivery.lease_until = None
+        return True
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        self._check_open()
+        found = [replace(d.record) for d in self._deliveries.values() if d.record.run_id == run_id]
+        return sorted(found, key=lambda d: (d.created_at, d.id))
+
+    async def next_delivery_at(self) -> float | None:
+        self._check_open()
+        pending = [
+            max(d.record.next_at, d.lease_until or 0.0)
+            for d in self._deliveries.values()
+            if d.record.status is DeliveryStatus.PENDING
+        ]
+        return min(pending, default=None)
 
     def _owned(self, owner: str) -> list[_Run]:
         return [

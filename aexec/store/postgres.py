@@ -39,7 +39,17 @@ import asyncpg
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event
 from aexec.plan import Plan
-from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
+from aexec.store import (
+    Attempted,
+    Fence,
+    Opened,
+    Ownership,
+    RunRecord,
+    StepRecord,
+    WebhookDelivery,
+    fold,
+    sql,
+)
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus, StepStatus
@@ -123,6 +133,13 @@ class Queries(NamedTuple):
     request_cancel: str
     cancel_requests: str
     delete_cancel_requests: str
+    insert_deliveries: str
+    claim_deliveries: str
+    held_delivery: str
+    settle_delivery: str
+    run_deliveries: str
+    next_delivery_at: str
+    delete_deliveries_of_runs: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -288,19 +305,22 @@ class PostgresStore(Opened):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
         self._check_open()
-        if not events and not confirmed:
+        if not events and not confirmed and not outbox:
             return
         logged = _event_columns(events)
         rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
-        run_ids = sorted({e.run_id for e in events})
+        run_ids = sorted({e.run_id for e in events} | {d.run_id for d in outbox})
         seqs: list[int] = []
         commit = _Commit()
         try:
             async with self._transaction("append events", commit=commit) as conn:
                 commit.begun(await conn.fetchval(SQL.current_transaction), conn)
                 seqs = await self._append(conn, events, run_ids, fence, logged, rounds, confirmed)
+                if outbox:
+                    await conn.execute(SQL.insert_deliveries, *_delivery_columns(outbox))
         except StoreUnavailableError as exc:
             # The connection failed during COMMIT: the batch may be in the store.  Retrying a
             # batch that is would record every event of it twice, so find out.
@@ -359,7 +379,13 @@ class PostgresStore(Opened):
             delay = min(delay * 2, 5.0)
 
     async def fail_run(
-        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        ts: float,
+        fence: Fence | None = None,
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> Event | None:
         self._check_open()
         event = shared.failed_event(run_id, error, ts)
@@ -370,6 +396,8 @@ class PostgresStore(Opened):
             event.seq = await conn.fetchval(SQL.insert_events, *_event_columns([event]))
             _, run_columns = _round_columns([event])
             await conn.execute(SQL.update_runs, *run_columns)
+            if outbox:
+                await conn.execute(SQL.insert_deliveries, *_delivery_columns(outbox))
         return event
 
     async def _lock_runs(self, conn: Any, run_ids: list[str], fence: Fence | None) -> list[Any]:
@@ -551,6 +579,7 @@ class PostgresStore(Opened):
             rows = await conn.fetch(SQL.lock_finished_runs, wanted)
             found = [row[0] for row in rows]
             if found:
+                await conn.execute(SQL.delete_deliveries_of_runs, found)
                 await conn.execute(SQL.delete_events_of_runs, found)
                 await conn.execute(SQL.delete_steps_of_runs, found)
                 await conn.execute(SQL.delete_runs, found)
@@ -558,6 +587,48 @@ class PostgresStore(Opened):
                 await conn.execute(SQL.delete_unused_plans, sorted({row[1] for row in rows}))
         order = set(found)
         return [run_id for run_id in wanted if run_id in order]
+
+    async def claim_deliveries(
+        self, owner: str, lease: float, *, now: float, limit: int = 20
+    ) -> list[WebhookDelivery]:
+        shared.check_limit(limit)
+        shared.check_lease(lease)
+        async with self._transaction("claim webhook deliveries") as conn:
+            rows = await conn.fetch(SQL.claim_deliveries, owner, now, lease, limit)
+        found = [shared.delivery_record(row) for row in rows]
+        return sorted(found, key=lambda d: (d.next_at, d.id))
+
+    async def settle_delivery(self, delivery_id: str, owner: str, outcome: Attempted) -> bool:
+        async with self._transaction("record a webhook delivery") as conn:
+            row = await conn.fetchrow(SQL.held_delivery, delivery_id, owner)
+            if row is None:
+                return False
+            after = shared.attempted(shared.delivery_record(row), outcome)
+            await conn.execute(
+                SQL.settle_delivery,
+                after.id,
+                after.next_at,
+                after.status.value,
+                after.attempts,
+                after.finished_at,
+                after.last_status,
+                after.last_error,
+            )
+        return True
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        async def read(conn: Any) -> Any:
+            return await conn.fetch(SQL.run_deliveries, run_id)
+
+        rows = await self._read(f"read the deliveries of run {run_id!r}", read)
+        return [shared.delivery_record(row) for row in rows]
+
+    async def next_delivery_at(self) -> float | None:
+        async def read(conn: Any) -> Any:
+            return await conn.fetchval(SQL.next_delivery_at)
+
+        found: float | None = await self._read("read the next delivery", read)
+        return found
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -759,6 +830,18 @@ def _text(value: str) -> str:
 
 def _text_or_none(value: str | None) -> str | None:
     return None if value is None else _text(value)
+
+
+def _delivery_columns(outbox: Sequence[WebhookDelivery]) -> list[list[Any]]:
+    return [
+        [d.id for d in outbox],
+        [d.run_id for d in outbox],
+        [d.url for d in outbox],
+        [d.event for d in outbox],
+        [d.body for d in outbox],
+        [d.created_at for d in outbox],
+        [d.next_at for d in outbox],
+    ]
 
 
 def _event_columns(events: Sequence[Event]) -> list[list[Any]]:

@@ -9,7 +9,15 @@ from typing import Any
 from aexec.errors import LeaseLostError, StoreError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Fence, RunRecord, StepRecord, fold
+from aexec.store import (
+    Attempted,
+    DeliveryStatus,
+    Fence,
+    RunRecord,
+    StepRecord,
+    WebhookDelivery,
+    fold,
+)
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
@@ -202,4 +210,54 @@ def event(row: Sequence[Any]) -> Event:
         attempt=row[5],
         data={} if row[6] is None else json.loads(row[6]),
         seq=row[0],
+    )
+
+
+DELIVERY_COLUMNS = (
+    "id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at, "
+    "last_status, last_error"
+)
+"""The columns of a delivery row, in :class:`~aexec.store.WebhookDelivery` field order."""
+
+
+def delivery_record(row: Sequence[Any]) -> WebhookDelivery:
+    """A delivery from a row of :data:`DELIVERY_COLUMNS`."""
+    (id_, run_id, url, event, body, created, next_at, status, attempts, finished, code, err) = row
+    return WebhookDelivery(
+        id_,
+        run_id,
+        url,
+        event,
+        bytes(body),
+        created,
+        next_at,
+        DeliveryStatus(status),
+        attempts,
+        finished,
+        code,
+        err,
+    )
+
+
+def attempted(delivery: WebhookDelivery, outcome: Attempted) -> WebhookDelivery:
+    """``delivery`` after the attempt ``outcome`` (one rule for every store)."""
+    if outcome.delivered:
+        status = DeliveryStatus.DELIVERED
+    elif outcome.next_at is None:
+        status = DeliveryStatus.FAILED
+    else:
+        status = DeliveryStatus.PENDING
+    return WebhookDelivery(
+        delivery.id,
+        delivery.run_id,
+        delivery.url,
+        delivery.event,
+        delivery.body,
+        delivery.created_at,
+        delivery.next_at if outcome.next_at is None else outcome.next_at,
+        status,
+        delivery.attempts + 1,
+        None if status is DeliveryStatus.PENDING else outcome.ts,
+        outcome.status,
+        outcome.error,
     )

@@ -37,7 +37,17 @@ from urllib.parse import unquote
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.plan import Plan
-from aexec.store import Fence, Opened, Ownership, RunRecord, StepRecord, fold, sql
+from aexec.store import (
+    Attempted,
+    Fence,
+    Opened,
+    Ownership,
+    RunRecord,
+    StepRecord,
+    WebhookDelivery,
+    fold,
+    sql,
+)
 from aexec.store import rows as shared
 from aexec.store.follow import Wakeups, follow_log, wait_for_ticket
 from aexec.types import RunStatus, StepStatus
@@ -107,6 +117,15 @@ class Queries(NamedTuple):
     request_cancel: str
     cancel_requests: str
     delete_cancel_request: str
+    insert_delivery: str
+    due_deliveries: str
+    lease_delivery: str
+    get_delivery: str
+    held_delivery: str
+    settle_delivery: str
+    run_deliveries: str
+    next_delivery_at: str
+    delete_run_deliveries: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -226,9 +245,10 @@ class SqliteStore(Opened):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
         conn = self._connection()
-        if not events and not confirmed:
+        if not events and not confirmed and not outbox:
             return
         logged = _event_rows(events)
         updates = _row_updates(events)
@@ -252,13 +272,20 @@ class SqliteStore(Opened):
                 SQL.confirm_dispatch,
                 ({"run_id": r, "key": k, "attempt": a} for r, k, a in confirmed),
             )
+            _insert_deliveries(conn, outbox)
         for i, event in enumerate(events):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
             self._wakeups.notify(run_id)
 
     async def fail_run(
-        self, run_id: str, error: str, *, ts: float, fence: Fence | None = None
+        self,
+        run_id: str,
+        error: str,
+        *,
+        ts: float,
+        fence: Fence | None = None,
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> Event | None:
         conn = self._connection()
         event = shared.failed_event(run_id, error, ts)
@@ -275,6 +302,7 @@ class SqliteStore(Opened):
             conn.execute(SQL.insert_event, _event_rows([event])[0])
             event.seq = conn.execute(SQL.last_insert).fetchone()[0]
             conn.execute(SQL.run_failed, _row_params(event))
+            _insert_deliveries(conn, outbox)
         self._wakeups.notify(run_id)
         return event
 
@@ -459,6 +487,7 @@ class SqliteStore(Opened):
                 row = conn.execute(SQL.finished_run, (run_id,)).fetchone()
                 if row is None:
                     continue
+                conn.execute(SQL.delete_run_deliveries, (run_id,))
                 conn.execute(SQL.delete_run_events, (run_id,))
                 conn.execute(SQL.delete_run_steps, (run_id,))
                 conn.execute(SQL.delete_run, (run_id,))
@@ -468,6 +497,40 @@ class SqliteStore(Opened):
             for digest in sorted(digests):
                 conn.execute(SQL.delete_plan_if_unused, (digest,))
         return deleted
+
+    async def claim_deliveries(
+        self, owner: str, lease: float, *, now: float, limit: int = 20
+    ) -> list[WebhookDelivery]:
+        shared.check_limit(limit)
+        shared.check_lease(lease)
+        conn = self._connection()
+        with self._errors("claim webhook deliveries"), self._transaction(conn):
+            ids = [row[0] for row in conn.execute(SQL.due_deliveries, (now, limit))]
+            conn.executemany(SQL.lease_delivery, ((owner, now + lease, id_) for id_ in ids))
+            rows = [conn.execute(SQL.get_delivery, (id_,)).fetchone() for id_ in ids]
+        return [shared.delivery_record(row) for row in rows]
+
+    async def settle_delivery(self, delivery_id: str, owner: str, outcome: Attempted) -> bool:
+        conn = self._connection()
+        with self._errors("record a webhook delivery"), self._transaction(conn):
+            row = conn.execute(SQL.held_delivery, (delivery_id, owner)).fetchone()
+            if row is None:
+                return False
+            after = shared.attempted(shared.delivery_record(row), outcome)
+            conn.execute(SQL.settle_delivery, _settled(after))
+        return True
+
+    async def get_deliveries(self, run_id: str) -> list[WebhookDelivery]:
+        conn = self._connection()
+        with self._errors(f"read the deliveries of run {run_id!r}"):
+            rows = conn.execute(SQL.run_deliveries, (run_id,)).fetchall()
+        return [shared.delivery_record(row) for row in rows]
+
+    async def next_delivery_at(self) -> float | None:
+        conn = self._connection()
+        with self._errors("read the next delivery"):
+            found: float | None = conn.execute(SQL.next_delivery_at).fetchone()[0]
+        return found
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -548,6 +611,28 @@ class SqliteStore(Opened):
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
+
+
+def _insert_deliveries(conn: sqlite3.Connection, outbox: Sequence[WebhookDelivery]) -> None:
+    try:
+        conn.executemany(
+            SQL.insert_delivery,
+            [(d.id, d.run_id, d.url, d.event, d.body, d.created_at, d.next_at) for d in outbox],
+        )
+    except sqlite3.IntegrityError as exc:  # webhooks.run_id is a foreign key
+        raise StoreError("cannot add a webhook delivery: unknown run") from exc
+
+
+def _settled(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "next_at": delivery.next_at,
+        "status": delivery.status.value,
+        "attempts": delivery.attempts,
+        "finished_at": delivery.finished_at,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+    }
 
 
 def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]]]]:

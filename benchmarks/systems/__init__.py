@@ -31,6 +31,7 @@ class BenchConfig:
     redis: str = "redis://127.0.0.1:6379/0"
     profile_dir: Path | None = None
     profiler: str = "py-spy"  # or "cprofile"
+    metrics: bool = False  # aexec with /metrics served and scraped every second
     python: str = sys.executable
 
 

@@ -20,10 +20,12 @@ from typing import Any
 from aexec.config import Settings
 from aexec.dsl import Pipeline
 from aexec.executor import Executor
+from aexec.metrics import CoordinatorMetrics
 from aexec.wire import SUBMIT_QUEUE, step_queue
 from benchmarks import workloads
 from benchmarks.broker import purge_queue, wait_for_consumers, with_query
 from benchmarks.cpu import trees
+from benchmarks.metrics import Scraper, free_port, in_process_registry
 from benchmarks.procs import Child, peak_rss_bytes, reset_peak_rss, stop_all
 from benchmarks.profiling import Profiler
 from benchmarks.spec import Workload
@@ -60,6 +62,7 @@ class AexecSystem(System):
         self._coordinator: Child | None = None
         self._profiler: Profiler | None = None
         self._serial = 0
+        self._scraped: list[int] = []  # the metrics ports scraped every second
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -67,7 +70,16 @@ class AexecSystem(System):
             "concurrency": self.config.concurrency,
             "coordinator": "in-process Executor.from_url (uvloop), SQLite store",
             "many_runs": "`aexec coordinator` subprocess, clients with Settings(remote=True)",
+            "metrics": "served and scraped every second" if self.config.metrics else "off",
         }
+
+    def _metrics_port(self) -> int:
+        """A free port to serve /metrics on (scraped every second), or 0 (off)."""
+        if not self.config.metrics:
+            return 0
+        port = free_port()
+        self._scraped.append(port)
+        return port
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -90,6 +102,8 @@ class AexecSystem(System):
                     str(self.config.concurrency),
                     "-n",
                     name,
+                    "--metrics-port",
+                    str(self._metrics_port()),
                     "-v",
                 ],
                 log_file=self.config.workdir / f"aexec-{name}.log",
@@ -145,7 +159,12 @@ class AexecSystem(System):
                 store=f"sqlite:///{workdir / 'aexec.db'}",
                 objects=_file_url(workdir / "objects"),
             )
-        self._executor = await stack.enter_async_context(Executor(settings))
+        metrics = CoordinatorMetrics() if self.config.metrics and workload.runs == 1 else None
+        executor = Executor(settings, metrics=metrics)
+        self._executor = await stack.enter_async_context(executor)
+        if self.config.metrics:
+            scrape = Scraper(self._scraped, _in_process(executor, metrics))
+            await stack.enter_async_context(scrape)
         # Warm up: the first submission declares the coordinator's queues; not measured.
         run = await self._executor.submit(workloads.roundtrip)
         await run.result()
@@ -189,6 +208,8 @@ class AexecSystem(System):
                 f"sqlite:///{workdir / 'coordinator.db'}",
                 "--objects",
                 _file_url(workdir / "objects"),
+                "--metrics-port",
+                str(self._metrics_port()),
                 "-v",
             ],
             log_file=self.config.workdir / "aexec-coordinator.log",
@@ -258,6 +279,11 @@ class AexecSystem(System):
             return
         with self._profiler.coordinator():
             yield
+
+
+def _in_process(executor: Executor, metrics: CoordinatorMetrics | None) -> Any:
+    """The registry of the coordinator ``executor`` embeds (None without metrics)."""
+    return None if metrics is None else in_process_registry(executor, metrics)
 
 
 def _check(workload: Workload, result: Any, steps: int) -> None:

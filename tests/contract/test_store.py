@@ -1547,7 +1547,7 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
         conn.close()
     assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
     tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
-    assert tables == {"plans", "runs", "steps", "events", "cancel_requests"}
+    assert tables == {"plans", "runs", "steps", "events", "cancel_requests", "webhooks"}
 
 
 def structure(path: Path) -> dict[str, Any]:
@@ -1615,3 +1615,146 @@ async def test_a_database_from_a_newer_aexec_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         await SqliteStore(path).open()
+
+
+# -- webhook outbox --------------------------------------------------------------------------
+
+
+def delivery(run_id: str = "run-0001", url: str = "http://hooks/a", **fields: Any) -> Any:
+    from aexec.store import WebhookDelivery
+
+    fields.setdefault("next_at", 300.0)
+    return WebhookDelivery(
+        id=f"{run_id}|{url}",
+        run_id=run_id,
+        url=url,
+        event="run_failed",
+        body=b'{"run_id": "%s"}' % run_id.encode(),
+        created_at=300.0,
+        **fields,
+    )
+
+
+async def test_deliveries_are_written_with_the_events_that_end_the_run_and_only_once(
+    store: Store, other_store: Store
+) -> None:
+    from aexec.store import DeliveryStatus
+
+    await started_run(store)
+    ending = ev(K.RUN_FAILED, ts=300.0, error="boom")
+    await store.append([ending], outbox=[delivery(), delivery(url="http://hooks/b")])
+    await store.append([], outbox=[delivery(next_at=999.0)])  # the same decision, again
+    found = await other_store.get_deliveries("run-0001")
+    assert [(d.url, d.status, d.attempts, d.next_at) for d in found] == [
+        ("http://hooks/a", DeliveryStatus.PENDING, 0, 300.0),
+        ("http://hooks/b", DeliveryStatus.PENDING, 0, 300.0),
+    ]
+    assert found[0].body == b'{"run_id": "run-0001"}'
+    assert await other_store.next_delivery_at() == 300.0
+    await store.claim_deliveries("d-1", 50.0, now=310.0, limit=1)
+    assert await other_store.next_delivery_at() == 300.0  # the other one is free
+    await store.claim_deliveries("d-1", 50.0, now=310.0, limit=1)
+    assert await other_store.next_delivery_at() == 360.0  # both leased until 360
+
+
+async def test_a_batch_refused_by_its_fence_adds_no_delivery(store: Store) -> None:
+    from aexec.errors import LeaseLostError
+    from aexec.store import Fence
+
+    await store.create_run(new_run(owner="c-1", lease_until=1e12), PLAN)
+    with pytest.raises(LeaseLostError):
+        await store.append(
+            [ev(K.RUN_FAILED, ts=300.0)],
+            fence=Fence("c-2", {"run-0001": 1}),
+            outbox=[delivery()],
+        )
+    assert await store.get_deliveries("run-0001") == []
+    assert await store.next_delivery_at() is None
+
+
+async def test_fail_run_writes_its_deliveries_unless_the_run_had_ended(store: Store) -> None:
+    await started_run(store)
+    assert await store.fail_run("run-0001", "refused", ts=300.0, outbox=[delivery()])
+    assert len(await store.get_deliveries("run-0001")) == 1
+    await store.append([], outbox=[])
+    assert await store.fail_run("run-0001", "again", ts=301.0, outbox=[delivery(url="x")]) is None
+    assert len(await store.get_deliveries("run-0001")) == 1
+
+
+async def test_due_deliveries_are_claimed_by_one_deliverer_until_the_lease_ends(
+    store: Store, other_store: Store
+) -> None:
+    await started_run(store)
+    await store.append(
+        [ev(K.RUN_FAILED, ts=300.0)],
+        outbox=[delivery(url="late", next_at=500.0), delivery(url="soon", next_at=300.0)],
+    )
+    assert await store.claim_deliveries("d-1", 10.0, now=299.0) == []  # none due yet
+    [claimed] = await store.claim_deliveries("d-1", 10.0, now=400.0)
+    assert claimed.url == "soon"
+    assert await other_store.claim_deliveries("d-2", 10.0, now=405.0) == []  # leased
+    [taken] = await other_store.claim_deliveries("d-2", 10.0, now=410.0)  # lease ended
+    assert taken.url == "soon"
+    both = await store.claim_deliveries("d-3", 10.0, now=600.0, limit=5)
+    assert [d.url for d in both] == ["soon", "late"]
+
+
+async def test_settling_records_each_attempt_and_only_for_the_deliverer_holding_it(
+    store: Store, other_store: Store
+) -> None:
+    from aexec.store import Attempted, DeliveryStatus
+
+    await started_run(store)
+    await store.append([ev(K.RUN_FAILED, ts=300.0)], outbox=[delivery()])
+    await store.claim_deliveries("d-1", 10.0, now=300.0)
+    await other_store.claim_deliveries("d-2", 10.0, now=311.0)  # d-1's lease ended
+    retry = Attempted(False, 312.0, 320.0, status=503, error="HTTP 503")
+    assert not await store.settle_delivery("run-0001|http://hooks/a", "d-1", retry)
+    assert await other_store.settle_delivery("run-0001|http://hooks/a", "d-2", retry)
+    [found] = await store.get_deliveries("run-0001")
+    assert (found.status, found.attempts, found.next_at, found.last_status) == (
+        DeliveryStatus.PENDING,
+        1,
+        320.0,
+        503,
+    )
+    assert found.last_error == "HTTP 503" and found.finished_at is None
+    assert await store.claim_deliveries("d-1", 10.0, now=319.0) == []
+    [again] = await store.claim_deliveries("d-1", 10.0, now=320.0)
+    assert again.attempts == 1
+    assert await store.settle_delivery(again.id, "d-1", Attempted(True, 321.0, None, 204))
+    [done] = await other_store.get_deliveries("run-0001")
+    assert (done.status, done.attempts, done.finished_at, done.last_status) == (
+        DeliveryStatus.DELIVERED,
+        2,
+        321.0,
+        204,
+    )
+    assert await store.claim_deliveries("d-1", 10.0, now=1000.0) == []
+    assert not await store.settle_delivery(done.id, "d-1", Attempted(True, 322.0, None))
+    assert await store.next_delivery_at() is None
+
+
+async def test_a_delivery_given_up_is_failed_and_never_claimed_again(store: Store) -> None:
+    from aexec.store import Attempted, DeliveryStatus
+
+    await started_run(store)
+    await store.append([ev(K.RUN_FAILED, ts=300.0)], outbox=[delivery()])
+    [claimed] = await store.claim_deliveries("d-1", 10.0, now=300.0)
+    gave_up = Attempted(False, 301.0, None, error="connection refused")
+    assert await store.settle_delivery(claimed.id, "d-1", gave_up)
+    [found] = await store.get_deliveries("run-0001")
+    assert (found.status, found.finished_at, found.last_status, found.last_error) == (
+        DeliveryStatus.FAILED,
+        301.0,
+        None,
+        "connection refused",
+    )
+    assert await store.claim_deliveries("d-1", 10.0, now=1000.0) == []
+
+
+async def test_deleting_a_run_deletes_its_deliveries(store: Store) -> None:
+    await started_run(store)
+    await store.append([ev(K.RUN_FAILED, ts=300.0)], outbox=[delivery()])
+    assert await store.delete_runs(["run-0001"]) == ["run-0001"]
+    assert await store.get_deliveries("run-0001") == []

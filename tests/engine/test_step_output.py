@@ -275,3 +275,54 @@ async def test_what_steps_in_a_process_pool_print_log_report_and_emit_is_recorde
         kinds = [e.kind for e in events if e.step == f"c{i}"]
         assert kinds[-1] is EventKind.STEP_SUCCEEDED  # the last lines went ahead of it
         assert len(of_kind(events, EventKind.STEP_OUTPUT, f"c{i}")) >= 2  # live, then the rest
+
+
+async def test_the_worker_s_own_log_lines_about_an_attempt_carry_its_run_step_and_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aexec import messages
+    from aexec.coordinator import Coordinator
+    from aexec.errors import TransportError
+    from aexec.log import StepContextFilter
+    from aexec.objects.memory import MemoryObjectStore
+    from aexec.store.memory import MemoryStore
+    from aexec.transport.memory import MemoryTransport
+    from aexec.worker import Worker
+
+    class CompletionFailsOnce(MemoryTransport):
+        failed = False
+
+        async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
+            if not self.failed and isinstance(messages.decode(body), messages.Completion):
+                self.failed = True
+                raise TransportError("the broker is away for a moment")
+            await super().publish(queue, body, priority=priority)
+
+    @step
+    async def first() -> int:
+        return 1
+
+    @pipeline
+    def p() -> object:
+        return first()
+
+    compiled = p.compile()
+    transport, store = CompletionFailsOnce(), MemoryStore()
+    await transport.open()
+    await store.open()
+    caplog.handler.addFilter(StepContextFilter())
+    caplog.set_level(logging.WARNING, logger="aexec.worker")
+    try:
+        async with (
+            Coordinator(transport, store) as coordinator,
+            Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
+        ):
+            await worker.serve("default")
+            run = await coordinator.submit(compiled.plan)
+            assert await asyncio.wait_for(run.done, 30) is RunStatus.SUCCEEDED
+    finally:
+        await store.close()
+        await transport.close()
+    (retried,) = [r for r in caplog.records if "publishing the completion" in r.getMessage()]
+    assert (retried.run_id, retried.step_key, retried.attempt) == (run.run_id, "first", 1)  # type: ignore[attr-defined]
+    assert retried.step_context == f" [{run.run_id[:8]} first#1]"  # type: ignore[attr-defined]

@@ -305,3 +305,50 @@ SELECT run_id, reason FROM aexec_cancel_requests WHERE run_id = ANY($1::text[])
 
 -- name: delete_cancel_requests
 DELETE FROM aexec_cancel_requests WHERE run_id = ANY($1::text[])
+
+-- == webhook outbox =========================================================================
+
+-- name: insert_deliveries
+-- In the transaction of the events that end the runs; an id stored already is kept.
+INSERT INTO aexec_webhooks (id, run_id, url, event, body, created_at, next_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                     $6::float8[], $7::float8[])
+ON CONFLICT (id) DO NOTHING
+
+-- name: claim_deliveries
+-- $1 owner, $2 now, $3 lease, $4 limit.  SKIP LOCKED: another deliverer is taking those.
+UPDATE aexec_webhooks SET owner = $1, lease_until = $2 + $3
+WHERE id IN (
+    SELECT id FROM aexec_webhooks
+    WHERE status = 'pending' AND next_at <= $2 AND (lease_until IS NULL OR lease_until <= $2)
+    ORDER BY next_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+          last_status, last_error
+
+-- name: held_delivery
+SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+       last_status, last_error
+FROM aexec_webhooks WHERE id = $1 AND owner = $2 AND status = 'pending'
+FOR UPDATE
+
+-- name: settle_delivery
+UPDATE aexec_webhooks
+SET next_at = $2, status = $3, attempts = $4, finished_at = $5, last_status = $6,
+    last_error = $7, owner = NULL, lease_until = NULL
+WHERE id = $1
+
+-- name: run_deliveries
+SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+       last_status, last_error
+FROM aexec_webhooks WHERE run_id = $1 ORDER BY created_at, id
+
+-- name: next_delivery_at
+-- When a delivery can next be claimed: it is due, and its lease (if any) has ended.
+SELECT min(greatest(next_at, coalesce(lease_until, 0))) FROM aexec_webhooks
+WHERE status = 'pending'
+
+-- name: delete_deliveries_of_runs
+DELETE FROM aexec_webhooks WHERE run_id = ANY($1::text[])

@@ -254,3 +254,48 @@ SELECT run_id, reason FROM cancel_requests WHERE run_id IN (SELECT value FROM js
 
 -- name: delete_cancel_request
 DELETE FROM cancel_requests WHERE run_id = ?
+
+-- == webhook outbox =========================================================================
+
+-- name: insert_delivery
+INSERT INTO webhooks (id, run_id, url, event, body, created_at, next_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+
+-- name: due_deliveries
+-- $1 now, $2 limit: pending, due, and no live lease.
+SELECT id FROM webhooks
+WHERE status = 'pending' AND next_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+ORDER BY next_at, id
+LIMIT ?2
+
+-- name: lease_delivery
+UPDATE webhooks SET owner = ?, lease_until = ? WHERE id = ?
+
+-- name: get_delivery
+SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+       last_status, last_error
+FROM webhooks WHERE id = ?
+
+-- name: held_delivery
+SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+       last_status, last_error
+FROM webhooks WHERE id = ? AND owner = ? AND status = 'pending'
+
+-- name: settle_delivery
+UPDATE webhooks
+SET next_at = :next_at, status = :status, attempts = :attempts, finished_at = :finished_at,
+    last_status = :last_status, last_error = :last_error, owner = NULL, lease_until = NULL
+WHERE id = :id
+
+-- name: run_deliveries
+SELECT id, run_id, url, event, body, created_at, next_at, status, attempts, finished_at,
+       last_status, last_error
+FROM webhooks WHERE run_id = ? ORDER BY created_at, id
+
+-- name: next_delivery_at
+-- When a delivery can next be claimed: it is due, and its lease (if any) has ended.
+SELECT min(max(next_at, coalesce(lease_until, 0))) FROM webhooks WHERE status = 'pending'
+
+-- name: delete_run_deliveries
+DELETE FROM webhooks WHERE run_id = ?

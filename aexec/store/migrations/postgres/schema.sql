@@ -86,3 +86,25 @@ CREATE TABLE aexec_cancel_requests (
     reason       text,
     requested_at double precision NOT NULL
 );
+
+-- The webhook outbox (aexec.store: Webhook outbox): one row per notification of a run's
+-- ending, written with the run's ending event; deliverers lease due rows.
+CREATE TABLE aexec_webhooks (
+    id          text PRIMARY KEY,            -- derived from (run, webhook, event)
+    run_id      text COLLATE "C" NOT NULL REFERENCES aexec_runs (run_id),
+    url         text NOT NULL,
+    event       text NOT NULL,
+    body        bytea NOT NULL,              -- the JSON sent, fixed when the run ended
+    created_at  double precision NOT NULL,
+    next_at     double precision NOT NULL,   -- when it is (next) due
+    status      text NOT NULL DEFAULT 'pending',
+    attempts    integer NOT NULL DEFAULT 0,
+    finished_at double precision,            -- delivered or given up
+    last_status integer,                     -- HTTP status of the last attempt
+    last_error  text,
+    owner       text,                        -- the deliverer holding its lease
+    lease_until double precision
+);
+
+CREATE INDEX aexec_webhooks_by_run ON aexec_webhooks (run_id, created_at);
+CREATE INDEX aexec_webhooks_due ON aexec_webhooks (next_at) WHERE status = 'pending';
