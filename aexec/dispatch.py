@@ -134,14 +134,14 @@ class Dispatcher:
             run.run_id,
             step.key,
             outgoing.attempt,
-            step.name,
+            step.address,
             step.call,
             _inputs(run, outgoing.index) if inputs is None else inputs,
             step.timeout,
             self._reply_to,
             run.trace,
         ).encode()
-        return step_queue(step.queue), body, min(MAX_PRIORITY, run.priority + step.priority)
+        return step_queue(step.route), body, min(MAX_PRIORITY, run.priority + step.priority)
 
     async def publish(self, outgoing: list[Outgoing], bodies: list[StepMessage]) -> None:
         """Publish the messages ``bodies`` of ``outgoing``; those not confirmed are posted

@@ -21,7 +21,7 @@ from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
 from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
-from aexec.wire import MAX_PRIORITY
+from aexec.wire import MAX_PRIORITY, check_version
 
 if TYPE_CHECKING:
     from aexec.canvas import Signature
@@ -83,11 +83,11 @@ class StepDef(Generic[P, R]):
         where: str = "<unknown>",
         accept_missing: bool = False,
         cache: bool | Callable[..., Any] = False,
-        version: str = "",
         cache_ttl: float | None = None,
         max_wait: float | None = None,
         kind: str = NATIVE,
         task_options: tuple[tuple[str, Any], ...] = (),
+        version: str | None = None,
     ) -> None:
         self.fn = fn
         self.max_wait = max_wait
@@ -209,16 +209,14 @@ def _flag(name: str, option: str, value: Any) -> bool:
     return value
 
 
-def _cache_options(name: str, cache: Any, version: Any, ttl: Any) -> dict[str, Any]:
+def _cache_options(name: str, cache: Any, ttl: Any) -> dict[str, Any]:
     if not (isinstance(cache, bool) or callable(cache)):
         raise _definition_error(f"step {name!r}: cache must be True, False or a key function")
-    if not isinstance(version, str):
-        raise _definition_error(f'step {name!r}: version must be a string, such as "2"')
     if ttl is not None and (
         not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0
     ):
         raise _definition_error(f"step {name!r}: cache_ttl must be a positive number of seconds")
-    return {"cache": cache, "version": version, "cache_ttl": None if ttl is None else float(ttl)}
+    return {"cache": cache, "cache_ttl": None if ttl is None else float(ttl)}
 
 
 def _max_wait(name: str, value: Any) -> float | None:
@@ -255,8 +253,8 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    version: str | None = None,
     cache: bool | Callable[..., Any] = False,
-    version: str = "",
     cache_ttl: float | None = None,
     max_wait: float | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
@@ -275,8 +273,8 @@ def step(
     retry_jitter: bool = True,
     timeout: float | None = None,
     accept_missing: bool = False,
+    version: str | None = None,
     cache: bool | Callable[..., Any] = False,
-    version: str = "",
     cache_ttl: float | None = None,
     max_wait: float | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
@@ -286,7 +284,8 @@ def step(
     ``retry_backoff · 2^(n-1)`` seconds (capped at ``retry_backoff_max``) with jitter.
     ``accept_missing``: the step runs even when some of its inputs were skipped
     (:func:`aexec.skip`), taking None in their place (join semantics); otherwise a skipped
-    input skips it too.
+    input skips it too.  ``version``: this code is that version of the step ``name``; a
+    pipeline that asks for a version runs only on workers serving it.
     ``cache=True`` reuses the output of an earlier successful attempt of this step with
     the same ``version`` and inputs (or the same value of a key function: ``cache=fn``
     called with the step's arguments), for ``cache_ttl`` seconds or for good
@@ -310,7 +309,8 @@ def step(
             timeout=timeout,
             where=where,
             accept_missing=_flag(step_name, "accept_missing", accept_missing),
-            **_cache_options(step_name, cache, version, cache_ttl),
+            version=_version(step_name, version, where),
+            **_cache_options(step_name, cache, cache_ttl),
             max_wait=_max_wait(step_name, max_wait),
         )
 
@@ -328,8 +328,11 @@ def remote_step(
     retry_backoff: float = 1.0,
     retry_backoff_max: float = 60.0,
     timeout: float | None = None,
+    version: str | None = None,
 ) -> StepDef[..., Any]:
-    """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs it."""
+    """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs
+    it; with ``version``, only a worker serving that version of it (``@step(name=...,
+    version=...)``), so that versions serve side by side."""
     where = _where()
     _check_options(name, queue, priority, retries, retry_backoff, timeout)
     return StepDef(
@@ -340,7 +343,15 @@ def remote_step(
         retry=_retry_policy(name, retries, retry_backoff, retry_backoff_max),
         timeout=timeout,
         where=where,
+        version=_version(name, version, where),
     )
+
+
+def _version(name: str, version: object, where: str) -> str | None:
+    try:
+        return check_version(version)
+    except CodecError as exc:
+        raise _definition_error(f"step {name!r}: {exc}", where) from None
 
 
 class Output:
@@ -489,6 +500,7 @@ class _Builder:
                 map_key,
                 step.kind,
                 step.task_options,
+                step.version,
             )
         )
         return Output(self, key)

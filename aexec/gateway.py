@@ -55,5 +55,9 @@ class Gateway(Protocol):
         """Stop these ``(run_id, step_key, attempt)`` wherever they wait or run (their
         run was cancelled); best effort."""
 
+    def vouch(self, attempts: Sequence[tuple[str, str, int, str]]) -> None:
+        """These ``(run_id, step_key, attempt, worker)`` were running when this coordinator
+        took their run over: listen for them as for those it saw start."""
+
 
 __all__ = ["Gateway", "GatewayStep"]

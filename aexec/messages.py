@@ -395,6 +395,7 @@ class WorkerInfo(_Wire):
     in_flight: int
     heartbeat_age: float
     started_at: float
+    steps: list[str] = field(default_factory=list)  # names it serves, ``name@version`` too
 
     def to_wire(self) -> list[Any]:
         return [
@@ -405,11 +406,12 @@ class WorkerInfo(_Wire):
             self.in_flight,
             self.heartbeat_age,
             self.started_at,
+            self.steps,
         ]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
-        name, host, pid, queues, in_flight, age, started = fields
+        name, host, pid, queues, in_flight, age, started, *rest = fields
         return cls(
             _text(name, "name"),
             _text(host, "host"),
@@ -418,6 +420,7 @@ class WorkerInfo(_Wire):
             _count(in_flight, "in_flight"),
             _number(age, "heartbeat_age"),
             _number(started, "started_at"),
+            _text_list(rest[0], "steps") if rest else [],  # none from workers before 0.2
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,6 +432,7 @@ class WorkerInfo(_Wire):
             "in_flight": self.in_flight,
             "heartbeat_age": self.heartbeat_age,
             "started_at": self.started_at,
+            "steps": self.steps,
         }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from aexec import codec
 from aexec.errors import CodecError, PlanError
 from aexec.retry import RetryPolicy
-from aexec.wire import MAX_PRIORITY
+from aexec.wire import MAX_PRIORITY, check_version, versioned
 
 PLAN_VERSION = 1
 DEFAULT_QUEUE = "default"
@@ -49,6 +49,7 @@ class StepSpec:
     map_key: str | None = None  # a map: the field of each item (a dict) that keys its step
     kind: str = NATIVE  # who runs it: aexec workers (NATIVE) or a gateway (``"celery"``)
     task_options: tuple[tuple[str, Any], ...] = ()  # the gateway's options for it
+    version: str | None = None  # only workers serving this version of ``name`` run it
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,17 @@ class PlanStep:
 
     kind: str = NATIVE
     task_options: tuple[tuple[str, Any], ...] = ()  # sorted by name
+    version: str | None = None
+
+    @property
+    def route(self) -> str:
+        """The step queue (name) its messages go to: its queue, at its version."""
+        return versioned(self.queue, self.version)
+
+    @property
+    def address(self) -> str:
+        """The name its messages carry: its name, at its version."""
+        return versioned(self.name, self.version)
 
     def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
         """The step's dynamic options as the plan's wire form keeps them (only those set,
@@ -98,6 +110,8 @@ class PlanStep:
             options["kind"] = self.kind
         if self.task_options:
             options["task_options"] = dict(self.task_options)
+        if self.version is not None:
+            options["version"] = self.version
         return options
 
 
@@ -129,7 +143,7 @@ class Plan:
     @property
     def queues(self) -> frozenset[str]:
         """The aexec step queues its native steps go to."""
-        return frozenset(s.queue for s in self.steps if s.kind == NATIVE)
+        return frozenset(s.route for s in self.steps if s.kind == NATIVE)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -234,7 +248,7 @@ class Plan:
 
 
 _OPTIONS = frozenset(
-    {"when", "accept_missing", "map_over", "max_wait", "map_key", "kind", "task_options"}
+    {"when", "accept_missing", "map_over", "max_wait", "map_key", "kind", "task_options", "version"}
 )
 
 
@@ -324,6 +338,10 @@ def _validate_spec(spec: StepSpec) -> None:
         isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in spec.task_options
     ):
         raise PlanError(f"step {spec.key!r}: task options must be (name, value) pairs")
+    try:
+        check_version(spec.version)
+    except CodecError as exc:
+        raise PlanError(f"step {spec.key!r}: {exc}") from None
 
 
 def build(
@@ -387,6 +405,7 @@ def build(
             map_key=specs[old].map_key,
             kind=specs[old].kind,
             task_options=tuple(sorted(specs[old].task_options)),
+            version=specs[old].version,
         )
         for new, old in enumerate(order)
     )

@@ -115,7 +115,7 @@ class StepRunner:
         if cached is not None:
             encoded = cached
         elif self._pool == "process" and not step.is_async:
-            encoded = await self._run_in_process(msg, inputs, output)
+            encoded = await self._run_in_process(msg, step.name, inputs, output)
         else:
             encoded = await self._run_here(msg, step, inputs, output)
         if (
@@ -162,7 +162,7 @@ class StepRunner:
             except Exception as exc:
                 log.warning("step %s: its cache key function failed: %r", msg.step_key, exc)
                 return None
-        return cache.key(msg.name, step.version, msg.call, inputs, custom)
+        return cache.key(msg.name, step.version or "", msg.call, inputs, custom)
 
     def close(self) -> None:
         """Let go of the pools (a sync step still running in a thread goes on, detached)."""
@@ -190,7 +190,7 @@ class StepRunner:
                     InputError(f"cannot decode the call: {exc}"), retryable=False
                 )
             ) from None
-        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, msg.name, output)
+        ctx = context.StepContext(msg.run_id, msg.step_key, msg.attempt, step.name, output)
         fn = step.fn
         assert fn is not None
         try:
@@ -236,8 +236,13 @@ class StepRunner:
             ) from None
 
     async def _run_in_process(
-        self, msg: messages.StepMessage, inputs: list[Any], output: context.StepOutput
+        self,
+        msg: messages.StepMessage,
+        name: str,
+        inputs: list[Any],
+        output: context.StepOutput,
     ) -> bytes:
+        """Run step ``name`` (its code's name: ``msg.name`` may carry a version)."""
         processes = self._processes
         if processes is None:
             processes = self._processes = ProcessPool(
@@ -249,9 +254,7 @@ class StepRunner:
         blobs = [codec.encode(value) for value in inputs]
         try:
             output, error = await _within(
-                processes.run(
-                    msg.name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output
-                ),
+                processes.run(name, msg.call, blobs, msg.run_id, msg.step_key, msg.attempt, output),
                 msg.timeout,
             )
         except TimeoutError:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aexec.objects
 import aexec.transport
 from aexec.config import Settings
 from aexec.control import list_workers, terminate_workers
+from aexec.dsl import StepDef
 from aexec.errors import ConfigError, LoadError
 from aexec.executor import Executor
 from aexec.loader import find_steps, load_module_or_file
@@ -27,6 +29,7 @@ from aexec.metrics import CoordinatorMetrics, WorkerMetrics
 from aexec.ops import coordinator_endpoint, worker_endpoint
 from aexec.redaction import redact
 from aexec.transport import DeadLetter, Replay, Transport
+from aexec.wire import versioned
 from aexec.worker import Worker, WorkerConfig, default_worker_name
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ async def run_worker(
             f"{', '.join(modules)}: no step to serve (decorate a function with @step; "
             "remote_step declarations have no code to run)"
         )
-    served = sorted(set(queues)) if queues else sorted({s.queue for s in steps.values()})
+    served = served_queues(steps.values(), queues)
     config = WorkerConfig.from_settings(
         settings, name=name or default_worker_name(), pool=pool, modules=tuple(modules)
     )
@@ -101,6 +104,15 @@ async def run_worker(
         await worker.drain()
     log.info("worker %s stopped", config.name)
     return 0
+
+
+def served_queues(steps: Iterable[StepDef[Any, Any]], queues: Sequence[str] | None) -> list[str]:
+    """The step queues a worker serving ``steps`` consumes: ``queues`` (default: every queue
+    its steps name), and the versioned queue of each of its versioned steps on one of them
+    (a pipeline asking for that version sends there)."""
+    plain = set(queues) if queues else {s.queue for s in steps}
+    routes = {versioned(s.queue, s.version) for s in steps if s.version and s.queue in plain}
+    return sorted(plain | routes)
 
 
 async def run_coordinator(

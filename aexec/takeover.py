@@ -26,7 +26,7 @@ from aexec.batch import ActiveRun
 from aexec.errors import ConfigError, ObjectStoreError, StoreError, TransportError
 from aexec.events import Event, EventKind
 from aexec.inbox import Resume
-from aexec.plan import Plan
+from aexec.plan import NATIVE, Plan
 from aexec.scheduling import Action, RecordedStep, RunState
 from aexec.store import Fence, RunRecord, fold
 from aexec.transport import Subscription
@@ -209,6 +209,11 @@ class Leases:
                 worker = step.worker or f"unknown-worker-of-{record.owner}"
                 run.running_on[index] = worker
                 coordinator.workers_seen.setdefault(worker, now)
+                kind = run.plan.steps[index].kind
+                if kind != NATIVE:  # a Celery task: its gateway speaks for its worker
+                    coordinator.gateways[kind].vouch(
+                        [(run.run_id, step.key, step.attempts, worker)]
+                    )
         return actions, unconfirmed if started else ()
 
     async def _history(

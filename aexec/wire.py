@@ -16,6 +16,34 @@ MAX_PRIORITY = 10
 STEP_QUEUE_PREFIX = "step."
 """Step queues are named after the ``queue`` a step is declared with, behind this prefix."""
 
+VERSION_MARK = "@"
+"""Between a step's name (or queue) and its version, where a version routes it."""
+
+
+def versioned(name: str, version: str | None) -> str:
+    """How a step at ``version`` is addressed: its name in step messages and its queue
+    (``reconstruct@2`` on ``repo@2``), so that only workers serving that version take it;
+    without a version, the name itself (any worker serving the name takes it)."""
+    return name if not version else f"{name}{VERSION_MARK}{version}"
+
+
+def check_version(version: object) -> str | None:
+    """``version`` if it is usable (None, or a non-empty string of letters, digits and
+    ``._-+``); else a :class:`~aexec.errors.CodecError` saying why."""
+    if version is None:
+        return None
+    if (
+        not isinstance(version, str)
+        or not version
+        or len(version) > 64
+        or not all(c.isalnum() or c in "._-+" for c in version)
+    ):
+        raise CodecError(
+            f"a version is a short string of letters, digits and ._-+, not {version!r:.60}"
+        )
+    return version
+
+
 CONTROL_TOPIC = "control"
 """Broadcast commands for workers: ping, terminate."""
 
@@ -91,7 +119,10 @@ __all__ = [
     "RUNS_ENDED_TOPIC",
     "STEP_QUEUE_PREFIX",
     "SUBMIT_QUEUE",
+    "VERSION_MARK",
     "check_run_id",
+    "check_version",
     "reply_queue",
     "step_queue",
+    "versioned",
 ]

@@ -64,7 +64,7 @@ from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport
 from aexec.types import ErrorInfo
-from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue
+from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue, versioned
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +259,8 @@ class Worker:
         for step in steps:
             if step.fn is not None:
                 self._steps[step.name] = step
+                if step.version is not None:  # messages for that version name it
+                    self._steps[versioned(step.name, step.version)] = step
 
     async def serve(self, queue: str) -> None:
         """Start consuming the step queue for ``queue`` (idempotent)."""
@@ -738,6 +740,7 @@ class Worker:
                 self.in_flight,
                 time.monotonic() - self._last_heartbeat,
                 self.started_at,
+                self.step_names,
             )
             await self._publish_quietly(msg.reply_to, info.encode())
         elif msg.command == "terminate":

@@ -33,10 +33,19 @@ from benchmarks.systems.aexec_system import AexecSystem
 from benchmarks.systems.celery_system import CelerySystem
 from benchmarks.systems.celery_workers import CeleryWorkersSystem
 from benchmarks.systems.dask_system import DaskSystem
+from benchmarks.systems.dyrygent_system import DyrygentSystem
 from benchmarks.systems.raw import RawSystem
 
 SYSTEMS: dict[str, type[System]] = {
-    cls.name: cls for cls in (AexecSystem, RawSystem, CelerySystem, CeleryWorkersSystem, DaskSystem)
+    cls.name: cls
+    for cls in (
+        AexecSystem,
+        RawSystem,
+        CelerySystem,
+        CeleryWorkersSystem,
+        DyrygentSystem,
+        DaskSystem,
+    )
 }
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "latest.json"
 

@@ -198,7 +198,21 @@ class CeleryGateway:
 
     async def publish(self, steps: Sequence[GatewayStep]) -> list[GatewayStep]:
         sent = await asyncio.gather(*(self._publish_one(s) for s in steps))
+        # A new attempt supersedes the one before: if that one still waits in a queue (its
+        # run was taken over, its worker fell silent), it must not run as well.
+        superseded = [(s.run_id, s.step.key, s.attempt - 1) for s in steps if s.attempt > 1]
+        if superseded:
+            await self.revoke(superseded)
         return [s for s, ok in zip(steps, sent, strict=True) if ok]
+
+    def vouch(self, attempts: Sequence[tuple[str, str, int, str]]) -> None:
+        for run_id, key, attempt, worker in attempts:
+            self._started[(run_id, key, attempt)] = worker
+            if not self.config.uses_rpc:
+                with contextlib.suppress(CodecError):
+                    self._pending.add(protocol.task_id(run_id, attempt, key))
+        if not self.config.uses_rpc and self._background is not None:
+            self._background.start_work(self._fetch_stored())
 
     async def _publish_one(self, s: GatewayStep) -> bool:
         """Send one step; True once the broker confirmed it."""
@@ -395,10 +409,7 @@ class CeleryGateway:
             pubsub = client.pubsub()  # a connection of its own
             try:
                 await pubsub.psubscribe(f"{keys}aexec.*")
-                for tid in list(self._pending):
-                    stored = await client.get(f"{keys}{tid}")
-                    if stored is not None:
-                        await self._on_redis_result(tid, stored)
+                await self._fetch_stored(client)
                 delay = 0.1
                 async for message in pubsub.listen():
                     if message.get("type") == "pmessage":
@@ -420,6 +431,27 @@ class CeleryGateway:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 with contextlib.suppress(Exception):
                     await client.aclose()
+
+    async def _fetch_stored(self, client: Any = None) -> None:
+        """Read the results already stored for the tasks sent (or vouched for) here that
+        have none yet: those that ended while nobody listened."""
+        import redis.asyncio
+        import redis.exceptions
+
+        url, keys = self.config.redis
+        own = client is None
+        if own:
+            client = redis.asyncio.Redis.from_url(url)
+        try:
+            for tid in list(self._pending):
+                stored = await client.get(f"{keys}{tid}")
+                if stored is not None:
+                    await self._on_redis_result(tid, stored)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("cannot read stored Celery results: %s", exc)  # the listener retries
+        finally:
+            if own:
+                await client.aclose()
 
     async def _on_redis_result(self, tid: str, data: bytes | str) -> None:
         raw = data.encode() if isinstance(data, str) else data

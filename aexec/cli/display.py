@@ -237,7 +237,9 @@ def run_details(
     """The header of a run and a table of its steps, for ``runs show``.
 
     ``result`` is the run's result as JSON text, if it has one; it is clipped to a line.
+    ``notes`` say more about some steps (by key), where they have no error to show.
     """
+    notes = notes or {}
     header = [
         ("run", run.run_id),
         ("pipeline", run.pipeline),
@@ -261,7 +263,7 @@ def run_details(
             s.key,
             str(s.status),
             str(s.attempts),
-            _clip(_one_line(str(s.error)), 80) if s.error is not None else "",
+            _clip(_one_line(str(s.error)), 80) if s.error is not None else notes.get(s.key, ""),
         ]
         for s in steps
     ]

@@ -17,10 +17,13 @@ from aexec.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aexec.config import Settings
     from aexec.events import Event
     from aexec.executor import Executor
-    from aexec.store import RunRecord, WebhookDelivery
+    from aexec.plan import Plan
+    from aexec.store import RunRecord, StepRecord, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +70,44 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         steps = await ex.get_steps(record.run_id)
         result = await ex.load_result(record) if record.status is RunStatus.SUCCEEDED else None
         notes = step_notes(await ex.get_events(record.run_id))
+        plan = await ex.store.get_plan(record.plan_digest)
         deliveries = await ex.get_deliveries(record.run_id)
+    waiting = {} if plan is None else await _waiting_for_versions(settings, plan, steps)
     if args.json:
         report = run_report(record, steps, result, notes)
+        for key, address in waiting.items():
+            report["steps"][key]["waiting_for"] = address
         if deliveries:  # else the same shape as `run --json`
             report["webhooks"] = [describe(d) for d in deliveries]
         sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
+        notes |= {
+            key: f"waiting for version: no live worker serves {a}" for key, a in waiting.items()
+        }
         sys.stdout.write(run_details(record, steps, shown, notes) + "\n")
         if deliveries:
             sys.stdout.write("\n" + deliveries_table(deliveries) + "\n")
     return EXIT_OK
+
+
+async def _waiting_for_versions(
+    settings: Settings, plan: Plan, steps: Sequence[StepRecord]
+) -> dict[str, str]:
+    """The queued steps that ask for a version no live worker serves: their keys and the
+    ``name@version`` they wait for (nothing without a broker to ask the workers on)."""
+    from aexec.service import find_workers
+    from aexec.types import StepStatus
+
+    asking = {
+        s.key: plan.step(s.key).address
+        for s in steps
+        if s.status is StepStatus.QUEUED and plan.step(s.key).version is not None
+    }
+    if not asking or settings.embedded:
+        return {}
+    served = {name for w in await find_workers(settings, wait=0.5) for name in w.steps}
+    return {key: address for key, address in asking.items() if address not in served}
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:

@@ -145,12 +145,22 @@ def workers_table(workers: Sequence[WorkerInfo]) -> str:
             w.host,
             str(w.pid),
             ",".join(w.queues) or "-",
+            ",".join(_served(w.steps)) or "-",
             str(w.in_flight),
             format_seconds(w.heartbeat_age),
         ]
         for w in workers
     ]
-    return table(["NAME", "HOST", "PID", "QUEUES", "IN-FLIGHT", "HEARTBEAT AGE"], rows)
+    headers = ["NAME", "HOST", "PID", "QUEUES", "STEPS", "IN-FLIGHT", "HEARTBEAT AGE"]
+    return table(headers, rows)
+
+
+def _served(steps: Sequence[str]) -> list[str]:
+    """The steps a worker serves, each once: ``name@version`` for a versioned one."""
+    from aexec.wire import VERSION_MARK
+
+    versioned = {s.split(VERSION_MARK, 1)[0] for s in steps if VERSION_MARK in s}
+    return [s for s in steps if s not in versioned]
 
 
 def cmd_worker_terminate(args: argparse.Namespace) -> int:

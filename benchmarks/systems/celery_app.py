@@ -50,6 +50,12 @@ def make_app(broker: str, backend: str, prefix: str, prefetch_multiplier: int) -
     def join(results: list[bool]) -> bool:
         return all(results)
 
+    try:  # celery-dyrygent's workflow processor, where it is installed (the bench extra)
+        from celery_dyrygent.tasks import register_workflow_processor
+    except ImportError:
+        pass
+    else:
+        register_workflow_processor(app, shared=False)
     return app
 
 

@@ -61,7 +61,7 @@ class CeleryWorkersSystem(CelerySystem):
         self._stack = stack
         self._executor = await stack.enter_async_context(Executor(settings))
         # Warm up: the first submission opens the gateway; not measured.
-        await self._submit(self._canvas("roundtrip", 0))
+        await self._submit(canvas_of(self.app, "roundtrip", 0))
 
     async def finish(self) -> dict[str, Any]:
         stack, self._stack, self._executor = self._stack, None, None
@@ -72,7 +72,7 @@ class CeleryWorkersSystem(CelerySystem):
     async def run(self, workload: Workload) -> Sample:
         t0 = time.perf_counter()
         n = workload.params.get("n", 0)
-        value = await self._submit(self._canvas(workload.pipeline, n))
+        value = await self._submit(canvas_of(self.app, workload.pipeline, n))
         if workload.pipeline == "chord":
             assert value == n * (n - 1), value
         elif workload.pipeline == "chain_of_chords":
@@ -84,23 +84,24 @@ class CeleryWorkersSystem(CelerySystem):
         run = await self._executor.submit(from_canvas(canvas, name="bench", queue=self.queue))
         return await run.result()
 
-    def _canvas(self, name: str, n: int) -> Any:
-        """The workload as a Celery user writes it (as :class:`CelerySystem` does)."""
-        from celery import chain, chord, group
 
-        app = self.app
-        noop, add = app.tasks["bench.noop"], app.tasks["bench.add"]
-        total, join = app.tasks["bench.total"], app.tasks["bench.join"]
-        if name == "roundtrip":
-            return noop.s()
-        if name == "independent":
-            return group(noop.s() for _ in range(n))
-        if name == "chord":
-            return chord([add.s(i, i) for i in range(n)], total.s())
-        if name == "chain_of_chords":
-            return chain(
-                noop.s(),
-                *(chord([noop.s() for _ in range(10)], join.s()) for _ in range(n)),
-                noop.s(),
-            )
-        raise ValueError(f"no Celery canvas for {name}")
+def canvas_of(app: Any, name: str, n: int, *, join: str = "bench.join") -> Any:
+    """Workload ``name`` as a Celery user writes it (as :class:`CelerySystem` does);
+    ``join`` names the chords' body task."""
+    from celery import chain, chord, group
+
+    noop, add = app.tasks["bench.noop"], app.tasks["bench.add"]
+    total, body = app.tasks["bench.total"], app.tasks[join]
+    if name == "roundtrip":
+        return noop.s()
+    if name == "independent":
+        return group(noop.s() for _ in range(n))
+    if name == "chord":
+        return chord([add.s(i, i) for i in range(n)], total.s())
+    if name == "chain_of_chords":
+        return chain(
+            noop.s(),
+            *(chord([noop.s() for _ in range(10)], body.s()) for _ in range(n)),
+            noop.s(),
+        )
+    raise ValueError(f"no Celery canvas for {name}")

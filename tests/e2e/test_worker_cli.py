@@ -126,7 +126,7 @@ def test_worker_list_shows_a_running_worker_and_terminate_stops_it(cluster: Clus
     table = cluster.aexec("worker", "list", "--broker", cluster.broker)
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == [
-        "NAME", "HOST", "PID", "QUEUES", "IN-FLIGHT", "HEARTBEAT", "AGE"
+        "NAME", "HOST", "PID", "QUEUES", "STEPS", "IN-FLIGHT", "HEARTBEAT", "AGE"
     ]  # fmt: skip
     assert any(line.split()[:4] == [name, listed[0]["host"], str(worker.pid), "text"]
                for line in table.stdout.splitlines()[1:])  # fmt: skip

@@ -17,11 +17,16 @@ import pytest
 import aexec
 from aexec import codec, pipeline, step
 from aexec.celery import celery_step
+from aexec.celery.gateway import CeleryConfig, CeleryGateway
 from aexec.celery.protocol import task_id
 from aexec.config import Settings
+from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import EventKind
 from aexec.executor import Executor
+from aexec.objects.memory import MemoryObjectStore
+from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
+from aexec.transport.memory import MemoryTransport
 from aexec.types import RunStatus
 from tests.plugins.celery import CeleryProcess, CeleryWorkers
 
@@ -378,3 +383,53 @@ async def test_results_come_back_through_a_redis_backend(
     bad = steps["bad"].error
     assert bad is not None and (bad.type, bad.message) == ("ValueError", "through redis")
     assert codec.decode(steps["mul"].output or b"") == 42
+
+
+async def test_a_coordinator_taking_over_a_run_hears_its_celery_task_and_runs_it_once(
+    celery_rpc: CeleryWorkers,
+) -> None:
+    sleeper = celery_step("tests.celery.tasks.sleep", queue=celery_rpc.queue)
+    name = f"taken-over-{uuid.uuid4().hex[:6]}"
+
+    @pipeline
+    def long() -> Any:
+        return sleeper(3.0, name)
+
+    def gateway() -> CeleryGateway:
+        config = CeleryConfig(celery_rpc.broker, prefix=celery_rpc.prefix, heartbeat_interval=0.1)
+        return CeleryGateway(config, MemoryObjectStore())
+
+    compiled = long.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    # Silence longer than worker_timeout would re-dispatch the task, had nobody vouched.
+    fast = dict(lease=0.3, worker_timeout=1.0)
+    async with asyncio.timeout(WAIT):
+        doomed = Coordinator(
+            transport, store, CoordinatorConfig(id="doomed", **fast), gateways={"celery": gateway()}
+        )
+        await doomed.__aenter__()
+        run = await doomed.submit(compiled.plan)
+        await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED)
+        await doomed.abort()  # as SIGKILL would: the Celery task runs on regardless
+        heir = Coordinator(
+            transport,
+            store,
+            CoordinatorConfig(id="heir", adopt=True, **fast),
+            gateways={"celery": gateway()},
+        )
+        async with heir:
+            async for event in store.follow(run.run_id):
+                if event.kind in (EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED):
+                    break
+    record = await store.get_run(run.run_id)
+    (step_record,) = await store.get_steps(run.run_id)
+    assert record is not None and (record.status, record.owner) == (RunStatus.SUCCEEDED, "heir")
+    assert step_record.attempts == 1
+    assert codec.decode(step_record.output or b"") == name
+    assert [line for line in celery_rpc.executions("sleep-start") if name in line] == [
+        f"sleep-start {name}"
+    ]
+    await store.close()
+    await transport.close()
