@@ -21,7 +21,8 @@ def run_report(run: RunRecord, steps: list[StepRecord], result: Any) -> dict[str
          "result": <the pipeline result, JSON-safe, or null>, "error": str | null,
          "steps": {step_key: {"status": str, "attempts": int}}}
 
-    Steps keep plan order.  ``result`` goes through :func:`jsonable`.
+    Steps keep plan order.  ``result`` goes through :func:`jsonable`.  ``runs show`` and
+    ``runs rerun`` add ``"parent"`` and ``"tags"`` (:func:`lineage`).
     """
     return {
         "run_id": run.run_id,
@@ -30,6 +31,12 @@ def run_report(run: RunRecord, steps: list[StepRecord], result: Any) -> dict[str
         "error": run.error,
         "steps": {s.key: {"status": str(s.status), "attempts": s.attempts} for s in steps},
     }
+
+
+def lineage(run: RunRecord) -> dict[str, Any]:
+    """What ``runs show --json`` and ``runs rerun --json`` add to :func:`run_report`: the
+    run this one reruns (``"parent"``, or null) and its ``"tags"``."""
+    return {"parent": run.parent, "tags": dict(run.tags)}
 
 
 def run_summary(run: RunRecord) -> dict[str, Any]:
@@ -45,6 +52,7 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
         "duration": duration(run),
         "error": run.error,
         "tags": run.tags,
+        "parent": run.parent,
     }
 
 
