@@ -628,7 +628,10 @@ class Coordinator:
             if run_id in requests:
                 run.cancel = requests[run_id] or ""
         self.drive(run)
-        self.start_or_queue(Candidate(run_id, priority, now, record.tags))
+        if run.cancel is not None:
+            self._inbox.post(Start(run_id))  # it is cancelled at once, not queued first
+        else:
+            self.start_or_queue(Candidate(run_id, priority, now, record.tags))
         return run
 
     def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
