@@ -21,22 +21,21 @@ def run_report(run: RunRecord, steps: list[StepRecord], result: Any) -> dict[str
          "result": <the pipeline result, JSON-safe, or null>, "error": str | null,
          "steps": {step_key: {"status": str, "attempts": int}}}
 
-    Steps keep plan order.  ``result`` goes through :func:`jsonable`.  ``runs show`` and
-    ``runs rerun`` add ``"parent"`` and ``"tags"`` (:func:`lineage`).
+    plus ``"parent"`` (the run it reruns) and ``"tags"`` for a run that has them.  Steps
+    keep plan order.  ``result`` goes through :func:`jsonable`.
     """
-    return {
+    report: dict[str, Any] = {
         "run_id": run.run_id,
         "status": str(run.status),
         "result": jsonable(result),
         "error": run.error,
         "steps": {s.key: {"status": str(s.status), "attempts": s.attempts} for s in steps},
     }
-
-
-def lineage(run: RunRecord) -> dict[str, Any]:
-    """What ``runs show --json`` and ``runs rerun --json`` add to :func:`run_report`: the
-    run this one reruns (``"parent"``, or null) and its ``"tags"``."""
-    return {"parent": run.parent, "tags": dict(run.tags)}
+    if run.parent is not None:
+        report["parent"] = run.parent
+    if run.tags:
+        report["tags"] = dict(run.tags)
+    return report
 
 
 def run_summary(run: RunRecord) -> dict[str, Any]:

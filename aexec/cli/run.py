@@ -146,7 +146,7 @@ async def follow(
         run_summary_line,
         step_failure_lines,
     )
-    from aexec.cli.report import jsonable, lineage, run_report
+    from aexec.cli.report import jsonable, run_report
     from aexec.executor import Executor
     from aexec.types import RunStatus
 
@@ -168,10 +168,7 @@ async def follow(
         result = await run.result() if succeeded else None
 
     if args.json:
-        report = run_report(record, steps, result)
-        if record.parent is not None:  # a rerun says what it reruns
-            report |= lineage(record)
-        write_line(out, dump_json(report))
+        write_line(out, dump_json(run_report(record, steps, result)))
     else:
         if result is not None:
             write_line(out, dump_json(jsonable(result)))
