@@ -31,13 +31,16 @@ from aexec.inbox import (
     Cancel,
     DispatchFailed,
     MessageRejected,
+    Queued,
     Resume,
     RetryDue,
     RunCommand,
     Start,
+    TokensGranted,
     Unconfirmed,
     WorkerLost,
 )
+from aexec.limits import Limiter, Ticket, key_text
 from aexec.plan import Plan
 from aexec.scheduling import (
     Action,
@@ -179,6 +182,7 @@ class Batch:
         "coordinator_id",
         "events",
         "finished",
+        "limiter",
         "now",
         "outgoing",
         "output_budget",
@@ -189,9 +193,14 @@ class Batch:
     )
 
     def __init__(
-        self, runs: dict[str, ActiveRun], coordinator_id: str, workers_seen: dict[str, float]
+        self,
+        runs: dict[str, ActiveRun],
+        coordinator_id: str,
+        workers_seen: dict[str, float],
+        limiter: Limiter | None = None,
     ) -> None:
         self.runs = runs
+        self.limiter = Limiter() if limiter is None else limiter
         self.coordinator_id = coordinator_id
         self.workers_seen = workers_seen
         self.now = time.time()
@@ -228,6 +237,10 @@ class Batch:
         match command:
             case Start():
                 self._start(run, now)
+            case Queued(position=position):
+                self.events.append(
+                    Event(EventKind.RUN_QUEUED, run_id, now, data={"position": position})
+                )
             case RetryDue(index=index, attempt=attempt):
                 self.actions(run, run.state.retry_due(index, attempt), now)
             case Cancel(reason=reason):
@@ -243,9 +256,11 @@ class Batch:
                         data={"coordinator": self.coordinator_id, "previous": previous},
                     )
                 )
+                self.admitted(self.limiter.forget_run(run_id), now)  # a schedule rebuilt
                 if run.cancel is not None:  # a cancel was requested before it was taken over
                     actions = tuple(run.state.cancel())
                 else:
+                    self._occupy(run)
                     self._unconfirmed_before(run, command.unconfirmed, now)
                     if not command.started:  # recorded as pending: it starts now
                         self.events.append(self._started_event(run, now))
@@ -280,6 +295,8 @@ class Batch:
         if run.cancel is not None:  # cancelled before it started: nothing is dispatched
             self.actions(run, run.state.cancel(), now)
             return
+        if run.state.run_status is not RunStatus.PENDING:
+            return  # cancelled while it was queued for admission
         self.events.append(self._started_event(run, now))
         self.actions(run, run.state.start(), now)
 
@@ -423,6 +440,8 @@ class Batch:
             actions = run.state.succeeded(index, msg.attempt, msg.output)
             if actions is None:
                 return  # a duplicate or a superseded attempt: recorded once already
+            if self.limiter:
+                self._release(run.run_id, index, msg.finished_at)
             self.events.append(
                 Event(
                     EventKind.STEP_SUCCEEDED,
@@ -595,16 +614,21 @@ class Batch:
         timers and a finished run; ``extra`` goes into the data of failure events."""
         run_id, steps = run.run_id, run.plan.steps
         self.touched.add(run_id)
+        limiter = self.limiter
         for action in actions:
             # Class patterns without sub-patterns: this runs once per step and event.
             match action:
                 case Dispatch():
                     index, attempt = action.index, action.attempt
+                    if steps[index].limits is not None and not self._admit(run, index):
+                        continue  # it waits in the coordinator for a limit
                     self.outgoing.append(Outgoing(run, index, attempt))
                     self.events.append(
                         Event(EventKind.STEP_DISPATCHED, run_id, ts, steps[index].key, attempt)
                     )
                 case Fail():
+                    if limiter:
+                        self._release(run_id, action.index, ts)
                     self.events.append(
                         Event(
                             EventKind.STEP_FAILED,
@@ -616,6 +640,8 @@ class Batch:
                         )
                     )
                 case Retry():
+                    if limiter:
+                        self._release(run_id, action.index, ts)
                     self.events.append(
                         Event(
                             EventKind.STEP_RETRYING,
@@ -641,6 +667,8 @@ class Batch:
                     attempts = run.state.attempts
                     why = {"reason": action.reason} if action.reason else {}
                     for index in action.indices:
+                        if limiter:
+                            self._release(run_id, index, ts)
                         self.events.append(
                             Event(kind, run_id, ts, steps[index].key, attempts[index], why)
                         )
@@ -696,6 +724,8 @@ class Batch:
                         )
                     )
                 case Finish():
+                    if limiter:
+                        self.admitted(limiter.forget_run(run_id), ts)
                     # The run ends when this pass decides it, not when the step whose
                     # completion tipped it finished (one delayed in the broker came last).
                     end = max(ts, self.now)
@@ -703,6 +733,63 @@ class Batch:
                     self.finished.append(run)
                 case _:
                     assert_never(action)
+
+    # -- limits ----------------------------------------------------------------------------
+
+    def _admit(self, run: ActiveRun, index: int) -> bool:
+        """Step ``index`` of ``run`` is ready and has limits: True if it may go now; if
+        not, it waits in the limiter, and no event says so (``runs show`` tells it from
+        the plan: :mod:`aexec.waiting`), so that waiting costs nothing in the store."""
+        step = run.plan.steps[index]
+        limits = step.limits
+        assert limits is not None
+        key = limits.key
+        if key is None and limits.key_input is not None:
+            key = _input_key(run.state.outputs[step.deps[limits.key_input]])
+        limiter = self.limiter
+        return limiter.admit(
+            (run.run_id, index),
+            limiter.gates(step.name, limits, key),
+            run.run_id if key is None else key,
+        )
+
+    def _occupy(self, run: ActiveRun) -> None:
+        """A run taken over: its limited steps in flight hold their caps."""
+        steps, status = run.plan.steps, run.state.status
+        for index in range(len(steps)):
+            limits = steps[index].limits
+            if limits is None or status[index] is not StepStatus.RUNNING:
+                continue
+            key = limits.key
+            if key is None and limits.key_input is not None:
+                key = _input_key(run.state.outputs[steps[index].deps[limits.key_input]])
+            gates = self.limiter.gates(steps[index].name, limits, key)
+            self.limiter.occupy((run.run_id, index), gates)
+
+    def _release(self, run_id: str, index: int, ts: float) -> None:
+        self.admitted(self.limiter.release((run_id, index)), ts)
+
+    def admitted(self, tickets: list[Ticket], ts: float) -> None:
+        """The limiter let these waiting steps go: publish them."""
+        for run_id, index in tickets:
+            run = self.runs.get(run_id)
+            if run is None:
+                continue  # a run let go of: forget_run drops its tickets
+            state = run.state
+            attempt = state.attempts[index]
+            if state.status[index] is not StepStatus.QUEUED:
+                self.admitted(self.limiter.release((run_id, index)), ts)  # it will not go
+                continue
+            self.touched.add(run_id)
+            self.outgoing.append(Outgoing(run, index, attempt))
+            self.events.append(
+                Event(EventKind.STEP_DISPATCHED, run_id, ts, run.plan.steps[index].key, attempt)
+            )
+
+    def tokens(self, command: TokensGranted, monotonic_now: float) -> None:
+        """Tokens of a rate limit came from the store."""
+        admitted = self.limiter.grant(command.gate, command.tokens, command.retry_in, monotonic_now)
+        self.admitted(admitted, self.now)
 
     def _finish_event(self, run: ActiveRun, status: RunStatus, ts: float) -> Event:
         if status is RunStatus.SUCCEEDED:
@@ -728,6 +815,14 @@ class Batch:
 def _started_data(worker: str, instance: str) -> dict[str, Any]:
     """step_started's data: the worker's name (its step's row keeps it), and its instance."""
     return {"worker": worker, "instance": instance} if instance else {"worker": worker}
+
+
+def _input_key(output: bytes) -> str:
+    """A limit key taken from an upstream step's (encoded) output."""
+    try:
+        return key_text(codec.decode(output))
+    except CodecError:
+        return output.hex()[:64]
 
 
 def _undecodable(msg: messages.Completion) -> ErrorInfo | None:

@@ -48,6 +48,9 @@ _ENV = {
     "metrics_host": "AEXEC_METRICS_HOST",
     "celery_broker": "AEXEC_CELERY_BROKER",
     "celery_backend": "AEXEC_CELERY_BACKEND",
+    "limits": "AEXEC_LIMITS",
+    "max_concurrent_runs": "AEXEC_MAX_CONCURRENT_RUNS",
+    "run_limits": "AEXEC_RUN_LIMITS",
 }
 
 COORDINATOR_METRICS_PORT = 9180
@@ -152,6 +155,11 @@ class Settings:
     # and the result backend they report to (``rpc://`` or ``redis://...``).
     celery_broker: str | None = None
     celery_backend: str = "rpc://"
+    # named concurrency limits for ``@step(uses=NAME)``: NAME → running attempts at once
+    limits: Mapping[str, int] = field(default_factory=dict)
+    # run admission (aexec.admission): runs a coordinator starts at once, and per tag
+    max_concurrent_runs: int | None = None
+    run_limits: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_url("broker", self.broker, BROKER_SCHEMES)
@@ -280,6 +288,16 @@ _OPTIONAL_INT = frozenset({"metrics_port"})
 def _coerce(key: str, value: Any, settings: Settings) -> Any:
     if key == "webhooks":
         return parse_webhooks(value)
+    if key in ("limits", "run_limits"):
+        return parse_limits(value, key)
+    if key == "max_concurrent_runs":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if isinstance(value, bool) or number < 1:
+            raise ConfigError(f"max_concurrent_runs must be a positive integer, not {value!r}")
+        return number
     current = 0 if key in _OPTIONAL_INT else getattr(settings, key)
     try:
         if isinstance(current, bool):
@@ -293,6 +311,33 @@ def _coerce(key: str, value: Any, settings: Settings) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"setting {key!r} has an invalid value {value!r}") from None
     return str(value)
+
+
+def parse_limits(value: Any, what: str = "limits") -> dict[str, int]:
+    """Named limits from a mapping (``limits: {gpu: 2}`` in aexec.yaml) or from text
+    (``AEXEC_LIMITS="gpu=2,db=4"``, ``AEXEC_RUN_LIMITS="tenant=acme=2,team=4"``: the size
+    follows the last ``=``); a :class:`ConfigError` for anything else."""
+    if isinstance(value, str):
+        pairs: list[tuple[Any, Any]] = []
+        for part in value.split(","):
+            if part.strip():
+                name, sep, size = part.rpartition("=")
+                if not sep:
+                    raise ConfigError(f"{what} must look like 'gpu=2,db=4', not {value!r}")
+                pairs.append((name.strip(), size.strip()))
+        value = dict(pairs)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must map limit names to sizes, not {value!r}")
+    limits: dict[str, int] = {}
+    for name, size in value.items():
+        try:
+            number = int(size)
+        except (TypeError, ValueError):
+            number = 0
+        if not isinstance(name, str) or not name or isinstance(size, bool) or number < 1:
+            raise ConfigError(f"limit {name!r} must be a positive integer, not {size!r}")
+        limits[name] = number
+    return limits
 
 
 def _check_url(what: str, url: str | None, schemes: tuple[str, ...]) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aexec import claim, codec, messages, tracing
+from aexec.admission import DEFAULT_AGING, Admission, AdmissionPolicy, Candidate
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.client_requests import ClientRequests
@@ -56,6 +57,7 @@ from aexec.errors import (
     ConfigError,
     LeaseLostError,
     ObjectStoreError,
+    PlanError,
     StoreError,
     StoreUnavailableError,
     TransportError,
@@ -68,15 +70,21 @@ from aexec.inbox import (
     FlushDue,
     Inbox,
     Item,
+    LetGo,
     MessageRejected,
+    Queued,
     Reply,
     Start,
+    TokensDue,
+    TokensGranted,
     WorkerLost,
 )
+from aexec.limits import Limiter, Rate
 from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
 from aexec.recording import Recorder
+from aexec.rerun import reused_outputs
 from aexec.scheduling import RunState
 from aexec.store import Fence, RunRecord, Store
 from aexec.strays import Stray, Strays
@@ -85,7 +93,7 @@ from aexec.submissions import Submissions
 from aexec.takeover import Leases
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
-from aexec.types import ErrorInfo, RunStatus, StepStatus
+from aexec.types import ErrorInfo, RunStatus, StepStatus, check_tags
 from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
@@ -123,6 +131,10 @@ class CoordinatorConfig:
     durable_dispatch: bool = True  # False (embedded only): commits may trail dispatches
     flush_interval: float = 0.02  # with durable_dispatch False: the longest a commit trails
     max_message_size: int = MAX_MESSAGE_SIZE  # no message it publishes is larger
+    limits: Mapping[str, int] = field(default_factory=dict)  # named limits (`uses=`)
+    max_concurrent_runs: int | None = None  # runs started at once; the others wait, queued
+    run_limits: Mapping[str, int] = field(default_factory=dict)  # per tag (aexec.admission)
+    admission_aging: float = DEFAULT_AGING  # seconds of waiting worth one priority level
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CoordinatorConfig:
@@ -132,6 +144,9 @@ class CoordinatorConfig:
             "fail_fast": settings.fail_fast,
             "worker_timeout": settings.worker_timeout,
             "lease": settings.lease,
+            "limits": dict(settings.limits),
+            "max_concurrent_runs": settings.max_concurrent_runs,
+            "run_limits": dict(settings.run_limits),
         }
         return cls(**(values | overrides))
 
@@ -169,6 +184,11 @@ class Coordinator:
         self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
         self.runs: dict[str, ActiveRun] = {}
+        self.limiter = Limiter(self.config.limits)
+        policy = AdmissionPolicy(
+            self.config.max_concurrent_runs, self.config.run_limits, self.config.admission_aging
+        )
+        self.admission = Admission(policy) if policy.limited else None
         self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
         self._timers: Timers[Item] = Timers(self._inbox.post)
@@ -428,6 +448,8 @@ class Coordinator:
             return
         log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
         del self.runs[run.run_id]
+        self._inbox.post(LetGo(run.run_id))
+        self._admit_after([run.run_id])
         for subscriber in run.subscribers:
             subscriber.close(taken_over=True)
         if not run.done.done():
@@ -491,16 +513,30 @@ class Coordinator:
         run_id: str | None = None,
         notify: str | None = None,
         tags: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        from_failure: bool = False,
     ) -> ActiveRun:
-        """Record a new run of ``plan`` (labelled ``tags``) and start it; returns once it
-        is durable (while the store is unavailable, it waits).
+        """Record a new run of ``plan`` and start it (or queue it, see
+        :mod:`aexec.admission`); returns once it is durable (while the store is
+        unavailable, it waits).
 
         ``run_id`` (default: a new one) must pass :func:`~aexec.wire.check_run_id`, else a
         :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
-        event of the run from its run_submitted on."""
+        event of the run from its run_submitted on.  ``tags`` (checked by
+        :func:`~aexec.types.check_tags`) label the run; ``parent`` is the run it reruns,
+        whose succeeded steps it reuses with ``from_failure`` (:mod:`aexec.rerun`)."""
         if run_id is not None:
             check_run_id(run_id)
-        return await self.create(plan, priority, run_id, notify, retry=True, tags=tags)
+        return await self.create(
+            plan,
+            priority,
+            run_id,
+            notify,
+            retry=True,
+            tags=_labels(tags),
+            parent=parent,
+            from_failure=from_failure,
+        )
 
     async def create(
         self,
@@ -511,6 +547,8 @@ class Coordinator:
         *,
         retry: bool = False,
         tags: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        from_failure: bool = False,
     ) -> ActiveRun:
         """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
         broker that is unavailable now raises at once (a submission from the broker goes
@@ -532,6 +570,7 @@ class Coordinator:
             lease_until=now + self.config.lease,
             epoch=1,
             tags=dict(tags or {}),
+            parent=parent,
         )
         await self.open_gateways(plan)
         for queue in plan.queues:
@@ -540,8 +579,39 @@ class Coordinator:
         async def create() -> Event:
             return await self.store.create_run(record, plan, notify=notify)
 
+        async def reused() -> dict[int, bytes]:
+            return await reused_outputs(self.store, parent, plan) if parent else {}
+
+        reuse = {}
+        if from_failure:
+            reuse = await (self._with_retry("read the run to rerun", reused) if retry else reused())
         submitted = await (self._with_retry("create run", create) if retry else create())
         state = RunState(plan, fail_fast=self.config.fail_fast)
+        if reuse:
+            # A crash before this commits leaves a run that runs every step: slower, not wrong.
+            events = [
+                Event(
+                    EventKind.STEP_SUCCEEDED,
+                    run_id,
+                    now,
+                    plan.steps[i].key,
+                    0,
+                    {"reused_from": parent},
+                    output,
+                )
+                for i, output in sorted(reuse.items())
+            ]
+            fence = Fence(self.config.id, {run_id: record.epoch})
+
+            async def record_reused() -> None:
+                await self.store.append(events, fence=fence)
+
+            await (
+                self._with_retry("record reused outputs", record_reused)
+                if retry
+                else record_reused()
+            )
+            state.reuse(reuse)
         run = ActiveRun(run_id, plan, priority, state, record.epoch)
         run.notify = notify
         self.trace(run)
@@ -558,7 +628,10 @@ class Coordinator:
             if run_id in requests:
                 run.cancel = requests[run_id] or ""
         self.drive(run)
-        self._inbox.post(Start(run_id))
+        if run.cancel is not None:
+            self._inbox.post(Start(run_id))  # it is cancelled at once, not queued first
+        else:
+            self.start_or_queue(Candidate(run_id, priority, now, record.tags))
         return run
 
     def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
@@ -575,6 +648,27 @@ class Coordinator:
             tracing.end_run(span, status)
 
         run.done.add_done_callback(ended)
+
+    def start_or_queue(self, candidate: Candidate) -> bool:
+        """Start the run of ``candidate`` (driven here, not started) if admission lets it,
+        else queue it; True if it starts."""
+        admission = self.admission
+        if admission is None or admission.offer(candidate, time.time()):
+            self._inbox.post(Start(candidate.run_id))
+            return True
+        position = admission.position(candidate.run_id, time.time()) or 1
+        self._inbox.post(Queued(candidate.run_id, position))
+        return False
+
+    def _admit_after(self, run_ids: list[str]) -> None:
+        """These runs ended or left: start the queued runs that admission lets in now."""
+        admission = self.admission
+        if admission is None:
+            return
+        now = time.time()
+        for run_id in run_ids:
+            for admitted in admission.finished(run_id, now):
+                self._inbox.post(Start(admitted))
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
         """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt
@@ -694,7 +788,7 @@ class Coordinator:
         while True:
             await inbox.wait()
             while inbox and self._background is not None:
-                batch = Batch(self.runs, self.config.id, self.workers_seen)
+                batch = Batch(self.runs, self.config.id, self.workers_seen, self.limiter)
                 try:
                     await self._schedule_once(batch)
                 except Exception:  # a bug must not stop every run this coordinator drives
@@ -716,10 +810,18 @@ class Coordinator:
             match item:
                 case Reply():
                     await self._take_reply(batch, item.delivery, strays)
-                case FlushDue():
-                    pass  # it woke the scheduler: whether a flush is due is decided below
+                case FlushDue() | TokensDue():
+                    pass  # it woke the scheduler: what is due is decided below
+                case LetGo():
+                    batch.admitted(self.limiter.forget_run(item.run_id), batch.now)
+                case TokensGranted():
+                    batch.tokens(item, time.monotonic())
+                    if item.retry_in > 0:
+                        self._timers.after(item.retry_in, TokensDue())
                 case _:
                     batch.command(item)
+        if self.limiter:
+            self._request_tokens()
         if self.config.durable_dispatch:
             batch.confirmed, self._confirmed = self._confirmed, []
             self._confirm_due = False
@@ -742,6 +844,23 @@ class Coordinator:
         elif self._unrecorded and not self._flush_armed:
             self._flush_armed = True
             self._timers.after(self.config.flush_interval, FlushDue())
+
+    def _request_tokens(self) -> None:
+        """Ask the store for the tokens the rate limits with waiting steps need."""
+        for gate, want in self.limiter.token_requests(time.monotonic()):
+            assert gate.rate is not None
+            with contextlib.suppress(AexecError):  # stopping
+                self.start_work(self._take_tokens(gate.name, gate.rate, want))
+
+    async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
+        try:
+            granted, retry_in = await self._with_retry(
+                "take tokens", lambda: self.store.take_tokens(gate, rate, want)
+            )
+        except StoreError as exc:
+            log.error("coordinator %s cannot take tokens of %s: %s", self.config.id, gate, exc)
+            granted, retry_in = 0, self.config.retry_backoff_max
+        self._inbox.post(TokensGranted(gate, granted, retry_in))
 
     async def _take_reply(self, batch: Batch, delivery: Delivery, strays: list[Stray]) -> None:
         """Apply a reply to ``batch``, or set it aside in ``strays`` if it is about a run
@@ -805,6 +924,8 @@ class Coordinator:
         run = self.runs.pop(run_id, None)
         if run is None:
             return
+        self._inbox.post(LetGo(run_id))
+        self._admit_after([run_id])
         run.state.halt(RunStatus.FAILED)
         if event is not None:
             for subscriber in run.subscribers:
@@ -878,6 +999,7 @@ class Coordinator:
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
         if finished:
+            self._admit_after([r.run_id for r in finished])
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
             if self.gateways:
                 await self._revoke([r for r in finished if r.status is RunStatus.CANCELLED])
@@ -1046,6 +1168,14 @@ class Coordinator:
                 return await call()
             except (StoreUnavailableError, TransportError) as exc:
                 delay = await self._recorder.backoff(what, exc, delay)
+
+
+def _labels(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """``tags`` checked (:func:`~aexec.types.check_tags`); a :class:`PlanError` if bad."""
+    try:
+        return check_tags(dict(tags or {}))
+    except (ValueError, TypeError) as exc:
+        raise PlanError(str(exc)) from None
 
 
 def step_errors(run: ActiveRun) -> dict[str, ErrorInfo]:

@@ -13,12 +13,13 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
+from aexec.limits import Rate, StepLimits, key_text
 from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY, check_version
@@ -88,6 +89,7 @@ class StepDef(Generic[P, R]):
         kind: str = NATIVE,
         task_options: tuple[tuple[str, Any], ...] = (),
         version: str | None = None,
+        limits: StepLimits | None = None,
     ) -> None:
         self.fn = fn
         self.max_wait = max_wait
@@ -97,6 +99,7 @@ class StepDef(Generic[P, R]):
         self.cache_ttl = cache_ttl
         self.kind = kind
         self.task_options = task_options
+        self.limits = limits  # its key (if it has one) is resolved per call
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -257,6 +260,10 @@ def step(
     cache: bool | Callable[..., Any] = False,
     cache_ttl: float | None = None,
     max_wait: float | None = None,
+    concurrency: int | None = None,
+    uses: str | tuple[str, ...] = (),
+    rate_limit: str | None = None,
+    limit_key: str | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -277,6 +284,10 @@ def step(
     cache: bool | Callable[..., Any] = False,
     cache_ttl: float | None = None,
     max_wait: float | None = None,
+    concurrency: int | None = None,
+    uses: str | tuple[str, ...] = (),
+    rate_limit: str | None = None,
+    limit_key: str | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
@@ -292,6 +303,13 @@ def step(
     (:mod:`aexec.cache`); bump ``version`` when the code changes.
     ``max_wait``: how long, in seconds from its first :func:`aexec.again`, the step may
     keep asking to run again before it fails.
+
+    Limits (held by the coordinator, see :mod:`aexec.limits`): ``concurrency`` caps the
+    step's running attempts across all runs (per ``limit_key`` value if given), ``uses``
+    takes a slot of each named limit of the configuration's ``limits:``, ``rate_limit``
+    (``"10/s"``, ``"100/m"``, ``"1000/h"``) caps how often it starts, and ``limit_key``
+    names the step argument (or else pipeline parameter) whose value keys the limit and
+    whose waiting steps are served round-robin.
     """
     where = _where()
 
@@ -312,6 +330,7 @@ def step(
             version=_version(step_name, version, where),
             **_cache_options(step_name, cache, cache_ttl),
             max_wait=_max_wait(step_name, max_wait),
+            limits=_step_limits(step_name, concurrency, uses, rate_limit, limit_key, where),
         )
 
     if fn is not None:
@@ -329,10 +348,14 @@ def remote_step(
     retry_backoff_max: float = 60.0,
     timeout: float | None = None,
     version: str | None = None,
+    concurrency: int | None = None,
+    uses: str | tuple[str, ...] = (),
+    rate_limit: str | None = None,
+    limit_key: str | None = None,
 ) -> StepDef[..., Any]:
     """Declare a step whose code lives elsewhere: a worker serving ``name`` on ``queue`` runs
     it; with ``version``, only a worker serving that version of it (``@step(name=...,
-    version=...)``), so that versions serve side by side."""
+    version=...)``), so that versions serve side by side.  Limits as for :func:`step`."""
     where = _where()
     _check_options(name, queue, priority, retries, retry_backoff, timeout)
     return StepDef(
@@ -344,6 +367,7 @@ def remote_step(
         timeout=timeout,
         where=where,
         version=_version(name, version, where),
+        limits=_step_limits(name, concurrency, uses, rate_limit, limit_key, where),
     )
 
 
@@ -352,6 +376,38 @@ def _version(name: str, version: object, where: str) -> str | None:
         return check_version(version)
     except CodecError as exc:
         raise _definition_error(f"step {name!r}: {exc}", where) from None
+
+
+def _step_limits(
+    name: str,
+    concurrency: int | None,
+    uses: str | tuple[str, ...],
+    rate_limit: str | None,
+    limit_key: str | None,
+    where: str,
+) -> StepLimits | None:
+    """The limits a step declares (its key still unresolved), or None without any."""
+    names = (uses,) if isinstance(uses, str) else tuple(uses)
+    if concurrency is None and not names and rate_limit is None:
+        if limit_key is not None:
+            raise _definition_error(
+                f"step {name!r}: limit_key needs a limit (concurrency=, uses= or rate_limit=)",
+                where,
+            )
+        return None
+    if limit_key is not None and (not isinstance(limit_key, str) or not limit_key):
+        raise _definition_error(f"step {name!r}: limit_key must name an argument", where)
+    try:
+        limits = StepLimits(
+            concurrency,
+            names,
+            None if rate_limit is None else Rate.parse(rate_limit),
+            limit_key,
+        )
+        limits.check()
+    except PlanError as exc:
+        raise _definition_error(f"step {name!r}: {exc}", where) from None
+    return limits
 
 
 class Output:
@@ -401,6 +457,7 @@ class _Builder:
     steps: dict[str, StepDef[Any, Any]] = field(default_factory=dict)
     prefix: str = ""  # of the keys of the sub-pipeline being inlined ("child.")
     prefixes: set[str] = field(default_factory=set)  # sub-pipelines inlined, by key
+    params: dict[str, Any] = field(default_factory=dict)  # the pipeline's, bound
 
     def _key_for(self, step: StepDef[Any, Any], alias: str | None) -> str:
         if alias is not None:
@@ -482,6 +539,9 @@ class _Builder:
             call = codec.encode(template)
         except CodecError:
             raise _definition_error(_unencodable(step.name, args, kwargs)) from None
+        limits = step.limits
+        if limits is not None and limits.key_name is not None:
+            limits = self._keyed(step, limits, args, kwargs, deps)
         self.keys.add(key)
         self.nodes.append(
             StepSpec(
@@ -501,9 +561,47 @@ class _Builder:
                 step.kind,
                 step.task_options,
                 step.version,
+                limits,
             )
         )
         return Output(self, key)
+
+    def _keyed(
+        self,
+        step: StepDef[Any, Any],
+        limits: StepLimits,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        deps: dict[str, int],
+    ) -> StepLimits:
+        """``limits`` with the limit key of this call: the step argument ``limit_key``
+        names (a constant, or the output of an upstream step), else the pipeline parameter."""
+        name = limits.key_name
+        assert name is not None
+        value: Any = inspect.Parameter.empty
+        if name in kwargs:
+            value = kwargs[name]
+        elif step.fn is not None and step._signature is not None:
+            try:
+                bound = step._signature.bind(*args, **kwargs)
+            except TypeError:
+                bound = None
+            if bound is not None and name in bound.arguments:
+                value = bound.arguments[name]
+        if value is inspect.Parameter.empty:
+            if name not in self.params:
+                raise _definition_error(
+                    f"step {step.name!r}: limit_key {name!r} is neither an argument of this "
+                    f"call nor a parameter of pipeline {self.pipeline!r}"
+                )
+            value = self.params[name]
+        if isinstance(value, Output):
+            return replace(limits, key_input=deps[value.key])
+        if _holds_output(value):
+            raise _definition_error(
+                f"step {step.name!r}: limit_key {name!r} must be a value or one step's output"
+            )
+        return replace(limits, key=key_text(value))
 
     def _template(self, value: Any, deps: dict[str, int], key: str) -> Any:
         if isinstance(value, Output):
@@ -654,7 +752,7 @@ class Pipeline:
     def compile(self, **params: Any) -> CompiledPipeline:
         """Run the body once with ``params`` and compile the resulting DAG into a plan."""
         bound = self.bind(params)
-        builder = _Builder(self.name)
+        builder = _Builder(self.name, params=bound)
         token = _BUILDER.set(builder)
         try:
             returned = self.fn(**bound)

@@ -9,6 +9,7 @@ from typing import Any
 
 class EventKind(StrEnum):
     RUN_SUBMITTED = "run_submitted"
+    RUN_QUEUED = "run_queued"  # waits for admission (max_concurrent_runs, run limits)
     RUN_STARTED = "run_started"
     RUN_RESUMED = "run_resumed"  # another coordinator took the run over
     RUN_SUCCEEDED = "run_succeeded"

@@ -33,7 +33,7 @@ from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.control import cancel_run, list_workers
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
-from aexec.errors import AexecError, CodecError, ConfigError, PlanError
+from aexec.errors import AexecError, CodecError, ConfigError, ParameterError, PlanError
 from aexec.events import Event, from_record
 from aexec.gateway import Gateway
 from aexec.metrics import CoordinatorMetrics
@@ -313,23 +313,95 @@ class Executor:
             raise PlanError("parameters are bound at compile time: pass the Pipeline, not a plan")
         else:
             compiled = pipeline
+        return await self._start_run(compiled.plan, compiled.steps, priority, labels)
+
+    async def rerun(
+        self,
+        run_id: str,
+        /,
+        *,
+        from_failure: bool = False,
+        pipeline: Pipeline | None = None,
+        priority: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Run:
+        """Start a new run of run ``run_id``'s pipeline, recording ``run_id`` as its parent.
+
+        With ``from_failure``, the new run takes the outputs of the steps that succeeded in
+        ``run_id`` (which must have ended) as they are, without running them again, and
+        runs only the others (failed, skipped, cancelled) and their dependents; a step is
+        reused only if its call and its inputs are the same in both runs.  Parameters
+        (``params`` and/or keyword arguments) change the run's parameters: they need the
+        ``pipeline`` to compile again, and so does the embedded mode (its worker needs the
+        steps' code).  ``priority`` and ``tags`` default to those of ``run_id``."""
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise ParameterError(f"no run {run_id!r} to rerun")
+        if from_failure and not record.status.finished:
+            raise ParameterError(
+                f"run {record.run_id} is {record.status}: --from-failure needs a run that ended"
+            )
+        values = {**(params or {}), **kwargs}
+        if pipeline is not None:
+            if pipeline.name != record.pipeline:
+                raise ParameterError(
+                    f"run {record.run_id} ran pipeline {record.pipeline!r}, not {pipeline.name!r}"
+                )
+            compiled = pipeline.compile(**{**record.params, **values})
+            plan, steps = compiled.plan, compiled.steps
+        elif values:
+            raise ParameterError(
+                "changing the parameters of a rerun needs the pipeline's code (pipeline=, or "
+                "--file FILE at the command line)"
+            )
+        elif not self.settings.remote and self.settings.embedded:
+            raise ParameterError(
+                "a rerun in embedded mode needs the pipeline's code for its worker "
+                "(pipeline=, or --file FILE at the command line)"
+            )
+        else:
+            found = await self.store.get_plan(record.plan_digest)
+            if found is None:
+                raise ParameterError(f"the plan of run {record.run_id} is not in the store")
+            plan, steps = found, {}
+        return await self._start_run(
+            plan,
+            steps,
+            record.priority if priority is None else priority,
+            record.tags if tags is None else _labels(tags),
+            parent=record.run_id,
+            from_failure=from_failure,
+        )
+
+    async def _start_run(
+        self,
+        plan: Plan,
+        steps: Mapping[str, StepDef[Any, Any]],
+        priority: int,
+        tags: dict[str, str],
+        *,
+        parent: str | None = None,
+        from_failure: bool = False,
+    ) -> Run:
         if self.settings.remote:
-            return await self._submit_remote(compiled.plan, priority, labels)
+            return await self._submit_remote(plan, priority, tags, parent, from_failure)
         coordinator = await self._start_engine()
         if self._worker is not None:
             local = {s.name for s in self._extra_steps}
             missing = sorted(
-                n
-                for n, s in compiled.steps.items()
-                if s.fn is None and not s.kind and n not in local
+                n for n, s in steps.items() if s.fn is None and not s.kind and n not in local
             )
             if missing:
                 raise PlanError(
                     f"remote step {missing[0]!r} has no implementation in embedded mode: "
                     "run with a broker and a worker that serves it"
                 )
-            self._worker.add_steps(compiled.steps.values())
-        active = await coordinator.submit(compiled.plan, priority=priority, tags=labels)
+            self._worker.add_steps(steps.values())
+        active = await coordinator.submit(
+            plan, priority=priority, tags=tags, parent=parent, from_failure=from_failure
+        )
         return LocalRun(
             coordinator,
             active,
@@ -338,7 +410,14 @@ class Executor:
             max_value_size=self.settings.max_value_size,
         )
 
-    async def _submit_remote(self, plan: Plan, priority: int, tags: dict[str, str]) -> RemoteRun:
+    async def _submit_remote(
+        self,
+        plan: Plan,
+        priority: int,
+        tags: dict[str, str],
+        parent: str | None = None,
+        from_failure: bool = False,
+    ) -> RemoteRun:
         data = plan.to_bytes()
         if len(data) > MAX_MESSAGE_SIZE - ENVELOPE:
             raise PlanError(
@@ -357,7 +436,9 @@ class Executor:
             tags=tags,
         )
         self._remote_runs[run.run_id] = run
-        body = messages.Submit(run.run_id, data, priority, self._notify_queue, tags).encode()
+        body = messages.Submit(
+            run.run_id, data, priority, self._notify_queue, tags, parent, from_failure
+        ).encode()
         await transport.publish(SUBMIT_QUEUE, body)
         return run
 
@@ -516,3 +597,11 @@ def _gateways(settings: Settings, objects: ObjectStore) -> dict[str, Gateway]:
 
     celery = from_settings(settings, objects)
     return {} if celery is None else {KIND: celery}
+
+
+def _labels(tags: Mapping[str, str]) -> dict[str, str]:
+    """Run tags checked (:func:`~aexec.types.check_tags`); a :class:`PlanError` if bad."""
+    try:
+        return check_tags(dict(tags))
+    except (ValueError, TypeError) as exc:
+        raise PlanError(str(exc)) from None

@@ -47,6 +47,14 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """Run ``run_id`` waits for admission, at ``position`` in the queue (1: next)."""
+
+    run_id: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """Cancel run ``run_id`` (``reason``: why, if the request said)."""
 
@@ -110,9 +118,40 @@ class MessageRejected:
 
 
 RunCommand = (
-    Start | Resume | Cancel | RetryDue | WorkerLost | Unconfirmed | DispatchFailed | MessageRejected
+    Start
+    | Queued
+    | Resume
+    | Cancel
+    | RetryDue
+    | WorkerLost
+    | Unconfirmed
+    | DispatchFailed
+    | MessageRejected
 )
 """A command about one run; one for a run this coordinator no longer drives is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class LetGo:
+    """Run ``run_id`` is not driven here any more (taken over, or failed by the store): the
+    limits its steps held or waited for are free."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokensGranted:
+    """``tokens`` of rate limit ``gate`` came from the store; ask again for more in
+    ``retry_in`` seconds if none are left."""
+
+    gate: str
+    tokens: int
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokensDue:
+    """A rate limit may ask the store for tokens again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +166,7 @@ class Reply:
     delivery: Delivery
 
 
-Item = RunCommand | FlushDue | Reply
+Item = RunCommand | FlushDue | Reply | LetGo | TokensGranted | TokensDue
 
 
 class Inbox:
@@ -166,12 +205,16 @@ __all__ = [
     "FlushDue",
     "Inbox",
     "Item",
+    "LetGo",
     "MessageRejected",
+    "Queued",
     "Reply",
     "Resume",
     "RetryDue",
     "RunCommand",
     "Start",
+    "TokensDue",
+    "TokensGranted",
     "Unconfirmed",
     "WorkerLost",
 ]

@@ -450,27 +450,36 @@ class Submit(_Wire):
     priority: int
     notify: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None  # the run this one reruns
+    from_failure: bool = False  # reusing the outputs of the steps that succeeded in parent
 
     def to_wire(self) -> list[Any]:
-        # Without tags, the four fields coordinators before tags read.
+        # Without tags, the four fields coordinators before tags read; a rerun adds two.
         fields = [self.run_id, self.plan, self.priority, self.notify]
+        if self.parent is not None:
+            return [*fields, self.tags, self.parent, self.from_failure]
         return [*fields, self.tags] if self.tags else fields
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
         run_id, plan, priority, notify, *rest = fields
-        if len(rest) > 1:
-            raise ValueError(f"a submit has 4 or 5 fields, not {len(fields)}")
+        if len(rest) not in (0, 1, 3):
+            raise ValueError(f"a submit has 4, 5 or 7 fields, not {len(fields)}")
         try:
             tags = check_tags(rest[0]) if rest else {}
         except ValueError as exc:
             raise CodecError(f"malformed submit: {exc}") from None
+        parent, from_failure = rest[1:] if len(rest) == 3 else (None, False)
+        if not isinstance(from_failure, bool):
+            raise CodecError("malformed submit: from_failure must be a boolean")
         return cls(
             _text(run_id, "run id"),
             _blob(plan, "plan"),
             _count(priority, "priority"),
             None if notify is None else _text(notify, "notify"),
             tags,
+            None if parent is None else _text(parent, "parent"),
+            from_failure,
         )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from aexec import codec
 from aexec.errors import CodecError, PlanError
+from aexec.limits import StepLimits
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY, check_version, versioned
 
@@ -50,6 +51,7 @@ class StepSpec:
     kind: str = NATIVE  # who runs it: aexec workers (NATIVE) or a gateway (``"celery"``)
     task_options: tuple[tuple[str, Any], ...] = ()  # the gateway's options for it
     version: str | None = None  # only workers serving this version of ``name`` run it
+    limits: StepLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class PlanStep:
         """The name its messages carry: its name, at its version."""
         return versioned(self.name, self.version)
 
+    limits: StepLimits | None = None  # None: no limit (the hot path checks just this)
+
     def options(self, steps: Sequence[PlanStep]) -> dict[str, Any]:
         """The step's dynamic options as the plan's wire form keeps them (only those set,
         so that the plans of pipelines that use none keep their digests)."""
@@ -112,6 +116,8 @@ class PlanStep:
             options["task_options"] = dict(self.task_options)
         if self.version is not None:
             options["version"] = self.version
+        if self.limits is not None:
+            options["limits"] = self.limits.to_wire()
         return options
 
 
@@ -248,19 +254,32 @@ class Plan:
 
 
 _OPTIONS = frozenset(
-    {"when", "accept_missing", "map_over", "max_wait", "map_key", "kind", "task_options", "version"}
+    {
+        "when",
+        "accept_missing",
+        "map_over",
+        "max_wait",
+        "map_key",
+        "kind",
+        "task_options",
+        "version",
+        "limits",
+    }
 )
 
 
 def _options(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not set(value) <= _OPTIONS:
         raise PlanError(f"malformed plan: step options {value!r:.80}")
-    task_options = value.get("task_options")
+    options: dict[str, Any] = dict(value)
+    if "limits" in options:
+        options["limits"] = StepLimits.from_wire(options["limits"])
+    task_options = options.get("task_options")
     if task_options is None:
-        return value
+        return options
     if not isinstance(task_options, dict):
         raise PlanError(f"malformed plan: task options {task_options!r:.80}")
-    return {**value, "task_options": tuple(sorted(task_options.items()))}
+    return {**options, "task_options": tuple(sorted(task_options.items()))}
 
 
 def _wire(
@@ -342,6 +361,14 @@ def _validate_spec(spec: StepSpec) -> None:
         check_version(spec.version)
     except CodecError as exc:
         raise PlanError(f"step {spec.key!r}: {exc}") from None
+    if spec.limits is not None:
+        try:
+            spec.limits.check()
+        except PlanError as exc:
+            raise PlanError(f"step {spec.key!r}: {exc}") from None
+        key_input = spec.limits.key_input
+        if key_input is not None and key_input >= len(spec.deps):
+            raise PlanError(f"step {spec.key!r}: its limit key input is not one of its inputs")
 
 
 def build(
@@ -406,6 +433,7 @@ def build(
             kind=specs[old].kind,
             task_options=tuple(sorted(specs[old].task_options)),
             version=specs[old].version,
+            limits=specs[old].limits,
         )
         for new, old in enumerate(order)
     )

@@ -206,15 +206,29 @@ class RunState:
     def finished(self) -> bool:
         return self.run_status.finished
 
+    def reuse(self, outputs: Mapping[int, Any]) -> None:
+        """Before the run starts: these steps (index → output) succeeded in the run this one
+        reruns; they count as succeeded with those outputs, with no attempt of their own."""
+        if self.run_status is not RunStatus.PENDING:
+            return
+        steps = self.plan.steps
+        for i, output in outputs.items():
+            if self.status[i] is _PENDING:
+                self.status[i] = _SUCCEEDED
+                self.outputs[i] = output
+                self.unfinished -= 1
+                for d in steps[i].dependents:
+                    self.waiting[d] -= 1
+
     def start(self) -> list[Action]:
-        """Begin the run: dispatch every step without inputs."""
+        """Begin the run: dispatch every step without inputs (or with them all reused)."""
         if self.run_status is not RunStatus.PENDING:
             return []
         self.run_status = RunStatus.RUNNING
         actions: list[Action] = []
         status, attempts = self.status, self.attempts
         for i, waiting in enumerate(self.waiting):
-            if waiting == 0:
+            if waiting == 0 and status[i] is _PENDING:
                 status[i] = _QUEUED
                 attempts[i] = 1
                 actions.append(Dispatch(i, 1))

@@ -85,7 +85,15 @@ class Submissions:
             return
         try:
             if not await self._known(msg.run_id):
-                await coordinator.create(plan, msg.priority, msg.run_id, msg.notify, tags=msg.tags)
+                await coordinator.create(
+                    plan,
+                    msg.priority,
+                    msg.run_id,
+                    msg.notify,
+                    tags=msg.tags,
+                    parent=msg.parent,
+                    from_failure=msg.from_failure,
+                )
         except (StoreUnavailableError, TransportError) as exc:
             self._take_again(delivery, msg.run_id, exc)
             return

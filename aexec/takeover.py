@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aexec import claim
+from aexec.admission import Candidate
 from aexec.batch import ActiveRun
 from aexec.errors import ConfigError, ObjectStoreError, StoreError, TransportError
 from aexec.events import Event, EventKind
@@ -147,6 +148,17 @@ class Leases:
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
         coordinator.drive(run)
+        admission = coordinator.admission
+        if admission is not None and run.cancel is None:
+            candidate = Candidate(record.run_id, record.priority, record.created_at, record.tags)
+            if record.status is RunStatus.PENDING:
+                # Never started: it asks for admission again, as a new run would.
+                run.state = RunState(plan, fail_fast=config.fail_fast)
+                coordinator.start_or_queue(candidate)
+                log.warning("coordinator %s took over run %s (not started)", config.id, run.run_id)
+                await coordinator.notify(run, history)
+                return run
+            admission.occupy(candidate)
         coordinator.trace(run, resumed=True)
         started = record.status is not RunStatus.PENDING
         coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))

@@ -214,12 +214,15 @@ def step_failure_lines(steps: Iterable[StepRecord]) -> list[str]:
     return lines
 
 
-def runs_table(runs: Sequence[RunRecord]) -> str:
+def runs_table(runs: Sequence[RunRecord], positions: Mapping[str, int] | None = None) -> str:
+    """``runs list``: a run not started yet shows as ``queued #N``, its place in the queue
+    (``positions``)."""
+    positions = positions or {}
     rows = [
         [
             r.run_id,
             r.pipeline,
-            str(r.status),
+            f"queued #{positions[r.run_id]}" if r.run_id in positions else str(r.status),
             format_time(r.created_at),
             format_seconds(duration(r)),
         ]

@@ -35,8 +35,14 @@ from aexec.cli.common import (
     run_id_argument,
 )
 from aexec.cli.dlq import cmd_dlq_list, cmd_dlq_replay
-from aexec.cli.run import cmd_run
-from aexec.cli.runs import cmd_runs_list, cmd_runs_logs, cmd_runs_prune, cmd_runs_show
+from aexec.cli.run import cmd_run, cmd_runs_rerun
+from aexec.cli.runs import (
+    cmd_runs_cancel,
+    cmd_runs_list,
+    cmd_runs_logs,
+    cmd_runs_prune,
+    cmd_runs_show,
+)
 from aexec.cli.serve import (
     cmd_coordinator,
     cmd_worker_list,
@@ -212,6 +218,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep printing events as they are recorded, until the run ends",
     )
     runs_logs.set_defaults(handler=cmd_runs_logs)
+
+    runs_cancel = runs_commands.add_parser(
+        "cancel",
+        parents=parents,
+        help="cancel a run",
+        description="Cancel a run, whichever coordinator drives it (or starts it later): "
+        "its queued steps never start, running ones are cancelled, and it ends `cancelled`. "
+        "Waits for the run to end (exit 0), unless --no-wait; a run that ended already is "
+        "a no-op (exit 0).",
+    )
+    runs_cancel.add_argument(
+        "run_id", metavar="RUN_ID", type=run_id_argument, help="a run id or a unique prefix of one"
+    )
+    runs_cancel.add_argument("--reason", metavar="TEXT", help="why, kept in the run's log")
+    runs_cancel.add_argument(
+        "--no-wait", action="store_true", help="return once the cancel request is recorded"
+    )
+    runs_cancel.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the run to end (default 60; exit 1 if it has not)",
+    )
+    runs_cancel.set_defaults(handler=cmd_runs_cancel)
+
+    runs_rerun = runs_commands.add_parser(
+        "rerun",
+        parents=parents,
+        help="run a run again, or from its failure",
+        description="Start a new run of a run's pipeline, recording the run as its parent, "
+        "and follow it as `run` does (exit 0 if it succeeded, 1 if not, 2 on bad input).  "
+        "With --from-failure, the steps that succeeded keep their outputs and only the "
+        "others and their dependents run.  New parameters, and the embedded mode, need "
+        "the pipeline's file (--file).",
+    )
+    runs_rerun.add_argument(
+        "run_id", metavar="RUN_ID", type=run_id_argument, help="a run id or a unique prefix of one"
+    )
+    runs_rerun.add_argument(
+        "--from-failure",
+        action="store_true",
+        help="reuse the outputs of the steps that succeeded; run only the rest",
+    )
+    runs_rerun.add_argument(
+        "-p",
+        "--param",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="change a pipeline parameter (needs --file); parsed as for `run`",
+    )
+    runs_rerun.add_argument(
+        "--file", metavar="FILE", help="the Python file defining the run's pipeline"
+    )
+    runs_rerun.add_argument(
+        "-P", "--pipeline", metavar="NAME", help="the pipeline in FILE, if it has several"
+    )
+    runs_rerun.add_argument(
+        "--priority", type=int, metavar="N", help="the new run's priority (default: the run's)"
+    )
+    runs_rerun.add_argument(
+        "--tag",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="the new run's tags (default: the run's)",
+    )
+    runs_rerun.add_argument(
+        "--json", action="store_true", help="print one JSON report of the new run on stdout"
+    )
+    runs_rerun.set_defaults(handler=cmd_runs_rerun)
 
     runs_prune = runs_commands.add_parser(
         "prune",

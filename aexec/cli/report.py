@@ -27,22 +27,28 @@ def run_report(
          "result": <the pipeline result, JSON-safe, or null>, "error": str | null,
          "steps": {step_key: {"status": str, "attempts": int}}}
 
-    Steps keep plan order.  ``result`` goes through :func:`jsonable`.  A step with a
-    note (:func:`step_notes`) has it under ``"note"``.
+    plus ``"parent"`` (the run it reruns) and ``"tags"`` for a run that has them.  Steps
+    keep plan order.  ``result`` goes through :func:`jsonable`.  A step with a note
+    (:func:`step_notes`) has it under ``"note"``.
     """
     notes = notes or {}
-    report: dict[str, dict[str, Any]] = {}
+    steps_report: dict[str, dict[str, Any]] = {}
     for s in steps:
-        report[s.key] = {"status": str(s.status), "attempts": s.attempts}
+        steps_report[s.key] = {"status": str(s.status), "attempts": s.attempts}
         if s.key in notes:
-            report[s.key]["note"] = notes[s.key]
-    return {
+            steps_report[s.key]["note"] = notes[s.key]
+    report: dict[str, Any] = {
         "run_id": run.run_id,
         "status": str(run.status),
         "result": jsonable(result),
         "error": run.error,
-        "steps": report,
+        "steps": steps_report,
     }
+    if run.parent is not None:
+        report["parent"] = run.parent
+    if run.tags:
+        report["tags"] = dict(run.tags)
+    return report
 
 
 def step_notes(events: Iterable[Event]) -> dict[str, str]:
@@ -83,6 +89,7 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
         "duration": duration(run),
         "error": run.error,
         "tags": run.tags,
+        "parent": run.parent,
     }
 
 

@@ -1,4 +1,5 @@
-"""``aexec run``: compile a pipeline file and run it."""
+"""``aexec run``: compile a pipeline file and run it; ``aexec runs rerun``: run a run
+again, from its failure or from the start."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aexec.cli.common import (
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
     from aexec.config import Settings
     from aexec.dsl import Pipeline
+    from aexec.executor import Executor
+    from aexec.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +108,11 @@ async def _run(
     cancelled: list[str],
 ) -> int:
     """Submit and follow the run; on cancellation (Ctrl-C) cancel it, note its id, re-raise."""
-    import asyncio
-
-    from aexec.cli.display import (
-        dump_json,
-        open_display,
-        run_summary_line,
-        step_failure_lines,
-    )
-    from aexec.cli.report import jsonable, run_report
     from aexec.errors import AexecError, DefinitionError, TransportError
-    from aexec.executor import Executor
-    from aexec.types import RunStatus
 
-    async with Executor(settings) as ex:
+    async def start(ex: Executor) -> Run:
         try:
-            run = await ex.submit(pipeline, priority=args.priority, tags=tags, params=params)
+            return await ex.submit(pipeline, priority=args.priority, tags=tags, params=params)
         except TransportError as exc:
             # The broker cannot be used: nothing was submitted (bad input, as for `worker`).
             raise UsageError(str(exc)) from exc
@@ -132,8 +124,36 @@ async def _run(
                 f"{_raised_where(exc, pipeline)}: pipeline {pipeline.name!r} raised "
                 f"{type(exc).__name__} while compiling: {exc}"
             ) from exc
+
+    return await follow(settings, start, args, out, cancelled)
+
+
+async def follow(
+    settings: Settings,
+    start: Callable[[Executor], Awaitable[Run]],
+    args: argparse.Namespace,
+    out: TextIO,
+    cancelled: list[str],
+) -> int:
+    """Start a run (``start``) and follow it to its end, showing its progress; print its
+    result or report (``args.json``); on cancellation (Ctrl-C) cancel it, note its id in
+    ``cancelled``, re-raise.  Exit 0 if it succeeded, else 1."""
+    import asyncio
+
+    from aexec.cli.display import (
+        dump_json,
+        open_display,
+        run_summary_line,
+        step_failure_lines,
+    )
+    from aexec.cli.report import jsonable, run_report
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    async with Executor(settings) as ex:
+        run = await start(ex)
         try:
-            display = open_display(sys.stderr, title=pipeline.name, total=len(run.plan))
+            display = open_display(sys.stderr, title=run.plan.pipeline, total=len(run.plan))
             with display:
                 if display.live:
                     async for event in run.events():
@@ -158,6 +178,45 @@ async def _run(
         for line in [*failures, run_summary_line(record, steps)]:
             sys.stderr.write(line + "\n")
     return EXIT_OK if succeeded else EXIT_FAILED
+
+
+def cmd_runs_rerun(args: argparse.Namespace) -> int:
+    """``aexec runs rerun RUN_ID [--from-failure] [-p KEY=VALUE ...] [--file FILE]``."""
+    from aexec.loader import load_file
+    from aexec.service import with_connect_timeout
+    from aexec.wire import MAX_PRIORITY
+
+    params = parse_params(args.param)
+    tags = dict(parse_tag(text) for text in args.tag)
+    if args.priority is not None and not 0 <= args.priority <= MAX_PRIORITY:
+        raise UsageError(f"--priority must be an integer 0..{MAX_PRIORITY}")
+    settings = with_connect_timeout(resolve_settings(args))
+    out = sys.stdout
+    sys.stdout = sys.stderr  # as for `run`: only the result or report goes to stdout
+    cancelled: list[str] = []
+    try:
+        pipeline = None
+        if args.file is not None:
+            module = load_file(args.file)
+            pipeline = choose_pipeline(module, args.file, args.pipeline)
+
+        async def start(ex: Executor) -> Run:
+            return await ex.rerun(
+                args.run_id,
+                from_failure=args.from_failure,
+                pipeline=pipeline,
+                priority=args.priority,
+                tags=tags or None,
+                params=params,
+            )
+
+        return run_async(follow(settings, start, args, out, cancelled))
+    except KeyboardInterrupt:
+        what = f"run {cancelled[0][:8]} cancelled" if cancelled else "no run started"
+        sys.stderr.write(f"{PROG}: interrupted: {what}\n")
+        return EXIT_INTERRUPTED
+    finally:
+        sys.stdout = out
 
 
 def _raised_where(exc: BaseException, pipeline: Pipeline) -> str:

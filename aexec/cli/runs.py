@@ -44,13 +44,83 @@ async def _runs_list(settings: Settings, args: argparse.Namespace) -> int:
     tag = parse_tag(args.tag) if args.tag else None
     async with Executor(settings) as ex:
         runs = await ex.list_runs(limit=args.limit, status=status, pipeline=args.pipeline, tag=tag)
+        positions = await _queue_positions(ex, runs)
     if args.json:
         for r in runs:
-            sys.stdout.write(dump_json(run_summary(r)) + "\n")
+            summary = run_summary(r)
+            if r.run_id in positions:
+                summary["position"] = positions[r.run_id]
+            sys.stdout.write(dump_json(summary) + "\n")
     elif runs:
-        sys.stdout.write(runs_table(runs) + "\n")
+        sys.stdout.write(runs_table(runs, positions) + "\n")
     else:
         sys.stderr.write("no runs\n")
+    return EXIT_OK
+
+
+async def _queue_positions(ex: Executor, runs: list[RunRecord]) -> dict[str, int]:
+    """Where each run not started yet (``pending``: queued for admission) is in the
+    queue, 1 first, in the order coordinators admit them (:mod:`aexec.admission`)."""
+    import time
+
+    from aexec.admission import Candidate, queue_order
+    from aexec.types import RunStatus
+
+    if not any(r.status is RunStatus.PENDING for r in runs):
+        return {}
+    pending = await ex.list_runs(limit=100_000, status=RunStatus.PENDING)
+    order = queue_order(
+        (Candidate(r.run_id, r.priority, r.created_at, r.tags) for r in pending), time.time()
+    )
+    return {run_id: position for position, run_id in enumerate(order, start=1)}
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    return run_async(_runs_cancel(resolve_settings(args), args))
+
+
+async def _runs_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask for the run to be cancelled (durably: :meth:`Executor.cancel
+    <aexec.executor.Executor.cancel>`), then, unless ``--no-wait``, follow it in the store
+    until it ends.  A run that ended already is a no-op (exit 0)."""
+    import asyncio
+    import contextlib
+
+    from aexec.executor import Executor
+    from aexec.types import RunStatus
+
+    async with Executor(settings) as ex:
+        record = await _find_run(ex, args.run_id)
+        run_id = record.run_id
+        if record.status.finished:
+            sys.stdout.write(f"run {run_id} already ended {record.status}: nothing to cancel\n")
+            return EXIT_OK
+        if settings.embedded:
+            # The process running it finds the request at its next lease renewal.
+            await ex.store.request_cancel(run_id, args.reason)
+        else:
+            await ex.cancel(run_id, args.reason)
+        sys.stderr.write(f"cancelling run {run_id}\n")
+        if args.no_wait:
+            return EXIT_OK
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.timeout):
+                events = ex.store.follow(run_id)
+                try:
+                    async for _ in events:
+                        pass  # it ends with the run's ending event
+                finally:
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+        record = await _find_run(ex, run_id)
+    if record.status is RunStatus.PENDING or record.status is RunStatus.RUNNING:
+        sys.stdout.write(
+            f"run {run_id} is still {record.status} after {args.timeout:g} s: the cancel "
+            "request is kept, its coordinator acts on it when it can\n"
+        )
+        return EXIT_FAILED
+    sys.stdout.write(f"run {run_id} {record.status}\n")
     return EXIT_OK
 
 
@@ -63,6 +133,7 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
     from aexec.cli.report import jsonable, run_report, step_notes
     from aexec.executor import Executor
     from aexec.types import RunStatus
+    from aexec.waiting import waiting_for
     from aexec.webhooks import describe
 
     async with Executor(settings) as ex:
@@ -72,9 +143,12 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         notes = step_notes(await ex.get_events(record.run_id))
         plan = await ex.store.get_plan(record.plan_digest)
         deliveries = await ex.get_deliveries(record.run_id)
+        reasons = {} if record.status.finished else waiting_for(record, steps, plan)
     waiting = {} if plan is None else await _waiting_for_versions(settings, plan, steps)
     if args.json:
         report = run_report(record, steps, result, notes)
+        for key, reason in reasons.items():
+            report["steps"][key]["waiting_for"] = reason
         for key, address in waiting.items():
             report["steps"][key]["waiting_for"] = address
         if deliveries:  # else the same shape as `run --json`
@@ -82,6 +156,7 @@ async def _runs_show(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(dump_json(report) + "\n")
     else:
         shown = None if result is None else dump_json(jsonable(result))
+        notes |= {key: f"waits for {reason}" for key, reason in reasons.items()}
         notes |= {
             key: f"waiting for version: no live worker serves {a}" for key, a in waiting.items()
         }

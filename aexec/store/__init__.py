@@ -31,6 +31,7 @@ step_log, step_output   none (what a step logged or printed, :mod:`aexec.telemet
 step_event              none
 step_output_dropped     none
 message_rejected        none
+run_queued              none (the run waits for admission: ``data["position"]``)
 ======================  =====================================================
 
 Step transitions are compare-and-set on the attempt: an event for an attempt older than
@@ -84,6 +85,7 @@ from typing import Any, Protocol, Self
 
 from aexec.errors import ConfigError
 from aexec.events import Event
+from aexec.limits import Rate
 from aexec.plan import Plan
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
@@ -105,6 +107,7 @@ class RunRecord:
     lease_until: float | None = None  # when that lease ends (seconds since the epoch)
     epoch: int = 1  # how many times the run was claimed, its creation included (fencing)
     tags: dict[str, str] = field(default_factory=dict)  # labels to find runs by (check_tags)
+    parent: str | None = None  # the run this one reruns
 
 
 @dataclass(slots=True)
@@ -362,6 +365,13 @@ class Store(Protocol):
     async def next_delivery_at(self) -> float | None:
         """When a pending delivery can next be claimed: the soonest time at which one is
         due and its lease (if it has one) has ended; None if none is pending."""
+
+    async def take_tokens(self, bucket: str, rate: Rate, want: int) -> tuple[int, float]:
+        """Take up to ``want`` tokens from the token bucket ``bucket``, shared by every
+        coordinator of this store: created full (``rate.count`` tokens), refilled at
+        ``rate`` by the store's clock (:func:`aexec.limits.refill`).  Atomic.  Returns the
+        tokens granted and, when the bucket has less than one left, the seconds until it
+        has one (else 0)."""
 
 
 def from_url(url: str) -> Store:

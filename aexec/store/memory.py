@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from aexec.errors import StoreError
 from aexec.events import Event, EventKind
+from aexec.limits import Rate
 from aexec.plan import Plan
 from aexec.store import (
     Attempted,
@@ -79,6 +80,7 @@ class MemoryStore(Opened):
         self._wakeups = Wakeups()
         self._cancel_requests: dict[str, str | None] = {}  # run id → reason
         self._deliveries: dict[str, _Delivery] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # name → (tokens, updated_at)
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -432,6 +434,15 @@ class MemoryStore(Opened):
             for run in self._runs.values()
             if run.record.owner == owner and not run.record.status.finished
         ]
+
+    async def take_tokens(self, bucket: str, rate: Rate, want: int) -> tuple[int, float]:
+        self._check_open()
+        now = time.time()
+        tokens, granted, retry_in = shared.take_from_bucket(
+            self._buckets.get(bucket), now, rate, want
+        )
+        self._buckets[bucket] = (tokens, now)
+        return granted, retry_in
 
     def _check_open(self) -> None:
         if not self._open:

@@ -38,6 +38,7 @@ import asyncpg
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
+from aexec.limits import Rate
 from aexec.plan import Plan
 from aexec.store import (
     Attempted,
@@ -141,6 +142,9 @@ class Queries(NamedTuple):
     run_deliveries: str
     next_delivery_at: str
     delete_deliveries_of_runs: str
+    create_bucket: str
+    lock_bucket: str
+    put_bucket: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -576,6 +580,14 @@ class PostgresStore(Opened):
             lambda conn: conn.fetch(SQL.finished_runs, before, limit, after_ts, after_id),
         )
         return [shared.run_record(row) for row in rows]
+
+    async def take_tokens(self, bucket: str, rate: Rate, want: int) -> tuple[int, float]:
+        async with self._transaction("take tokens") as conn:
+            await conn.execute(SQL.create_bucket, bucket, float(rate.count))
+            tokens, updated_at, now = await conn.fetchrow(SQL.lock_bucket, bucket)
+            left, granted, retry_in = shared.take_from_bucket((tokens, updated_at), now, rate, want)
+            await conn.execute(SQL.put_bucket, bucket, left, now)
+        return granted, retry_in
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(run_ids))

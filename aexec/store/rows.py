@@ -8,6 +8,7 @@ from typing import Any
 
 from aexec.errors import LeaseLostError, StoreError
 from aexec.events import Event, EventKind
+from aexec.limits import Rate, refill, take_tokens
 from aexec.plan import Plan
 from aexec.store import (
     Attempted,
@@ -137,8 +138,8 @@ def change_data(event: Event) -> tuple[str | None, str | None, int]:
 
 def run_record(row: Sequence[Any]) -> RunRecord:
     """``run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-    finished_at, result, error, owner, lease_until, epoch, tags`` (params and tags as
-    JSON text)."""
+    finished_at, result, error, owner, lease_until, epoch, tags, parent`` (params and tags
+    as JSON text)."""
     return RunRecord(
         run_id=row[0],
         pipeline=row[1],
@@ -155,6 +156,7 @@ def run_record(row: Sequence[Any]) -> RunRecord:
         lease_until=row[12],
         epoch=row[13],
         tags=json.loads(row[14]) if row[14] else {},
+        parent=row[15],
     )
 
 
@@ -177,6 +179,7 @@ def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
         run.lease_until,
         run.epoch,
         json.dumps(run.tags, ensure_ascii=False, sort_keys=True),
+        run.parent,
     )
 
 
@@ -261,3 +264,16 @@ def attempted(delivery: WebhookDelivery, outcome: Attempted) -> WebhookDelivery:
         outcome.status,
         outcome.error,
     )
+
+
+def take_from_bucket(
+    stored: tuple[float, float] | None, now: float, rate: Rate, want: int
+) -> tuple[float, int, float]:
+    """A token bucket that held ``stored`` (tokens, updated_at; None: a new bucket, full)
+    gives up to ``want`` tokens at ``now``: the tokens it keeps, those granted and the
+    seconds until its next one (0 if it keeps one), as :meth:`Store.take_tokens
+    <aexec.store.Store.take_tokens>` returns them."""
+    if want < 0:
+        raise StoreError("cannot take a negative number of tokens")
+    tokens = float(rate.count) if stored is None else refill(stored[0], now - stored[1], rate)
+    return take_tokens(tokens, want, rate)

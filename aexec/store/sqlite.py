@@ -36,6 +36,7 @@ from urllib.parse import unquote
 
 from aexec.errors import ConfigError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
+from aexec.limits import Rate
 from aexec.plan import Plan
 from aexec.store import (
     Attempted,
@@ -128,6 +129,8 @@ class Queries(NamedTuple):
     run_deliveries: str
     next_delivery_at: str
     delete_run_deliveries: str
+    get_bucket: str
+    put_bucket: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -487,6 +490,16 @@ class SqliteStore(Opened):
         with self._errors("list finished runs"):
             rows = conn.execute(SQL.finished_runs, params).fetchall()
         return [shared.run_record(row) for row in rows]
+
+    async def take_tokens(self, bucket: str, rate: Rate, want: int) -> tuple[int, float]:
+        conn = self._connection()
+        with self._errors("take tokens"), self._transaction(conn):
+            row = conn.execute(SQL.get_bucket, (bucket,)).fetchone()
+            now = time.time()
+            stored = None if row is None else (float(row[0]), float(row[1]))
+            tokens, granted, retry_in = shared.take_from_bucket(stored, now, rate, want)
+            conn.execute(SQL.put_bucket, (bucket, tokens, now))
+        return granted, retry_in
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
         conn = self._connection()

@@ -21,6 +21,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from aexec.errors import ConfigError, LeaseLostError, StoreError
 from aexec.events import Event, EventKind, from_record, to_record
+from aexec.limits import Rate
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan, StepSpec, build
 from aexec.run import RemoteRun
@@ -139,9 +141,16 @@ async def test_a_created_run_reads_back_with_every_field(store: Store) -> None:
         error="earlier",
         owner="coordinator-1",
         lease_until=12.5,
+        tags={"tenant": "acme", "team": "data"},
+        parent="run-0000",
     )
     await store.create_run(run, PLAN)
     assert await store.get_run("run-0001") == run
+    assert (await store.list_runs())[0] == run
+    await store.release_runs("coordinator-1")
+    assert await store.acquire_runs("coordinator-2", 5.0) == [
+        replace(run, owner="coordinator-2", lease_until=ANY, epoch=2)
+    ]
 
 
 async def test_run_params_come_back_as_json_would_return_them(store: Store) -> None:
@@ -1547,7 +1556,15 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
         conn.close()
     assert schema(tmp_path / "migrated.db") == schema(tmp_path / "scripted.db")
     tables = {name for kind, name, _ in schema(tmp_path / "migrated.db") if kind == "table"}
-    assert tables == {"plans", "runs", "steps", "events", "cancel_requests", "webhooks"}
+    assert tables == {
+        "plans",
+        "runs",
+        "steps",
+        "events",
+        "cancel_requests",
+        "webhooks",
+        "rate_buckets",
+    }
 
 
 def structure(path: Path) -> dict[str, Any]:
@@ -1789,3 +1806,37 @@ async def test_deleting_a_run_deletes_its_deliveries(store: Store) -> None:
     await store.append([ev(K.RUN_FAILED, ts=300.0)], outbox=[delivery()])
     assert await store.delete_runs(["run-0001"]) == ["run-0001"]
     assert await store.get_deliveries("run-0001") == []
+
+
+# -- rate limit buckets ----------------------------------------------------------------------
+
+
+async def test_a_new_token_bucket_is_full_and_gives_no_more_than_it_holds(store: Store) -> None:
+    rate = Rate(5, 3600.0)  # refills one token every 12 minutes: none during the test
+    assert await store.take_tokens("rate:a", rate, 3) == (3, 0.0)
+    granted, retry_in = await store.take_tokens("rate:a", rate, 10)
+    assert granted == 2
+    assert 700.0 < retry_in <= 720.0  # a whole token is 720 s away
+    assert (await store.take_tokens("rate:a", rate, 1))[0] == 0
+    assert await store.take_tokens("rate:b", rate, 1) == (1, 0.0)  # buckets are separate
+
+
+async def test_a_token_bucket_is_shared_by_every_store_on_the_same_data(
+    store: Store, other_store: Store
+) -> None:
+    rate = Rate(4, 3600.0)
+    takes = await asyncio.gather(
+        *(s.take_tokens("rate:shared", rate, 1) for s in (store, other_store) * 4)
+    )
+    assert sum(granted for granted, _ in takes) == 4
+
+
+async def test_a_token_bucket_refills_at_its_rate(store: Store) -> None:
+    rate = Rate(20, 1.0)  # a token every 50 ms
+    assert (await store.take_tokens("rate:fast", rate, 20))[0] == 20
+    granted, retry_in = await store.take_tokens("rate:fast", rate, 1)
+    if granted == 0:
+        assert 0.0 < retry_in <= 0.05
+        await asyncio.sleep(retry_in + 0.06)  # the refill is what is under test
+        granted, _ = await store.take_tokens("rate:fast", rate, 1)
+    assert granted == 1

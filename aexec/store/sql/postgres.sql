@@ -33,8 +33,8 @@ ON CONFLICT (digest) DO NOTHING
 -- Returns nothing when the run already exists.
 INSERT INTO aexec_runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
                         started_at, finished_at, result, error, owner, lease_until, epoch,
-                        tags)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb)
+                        tags, parent)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING serial
 
@@ -54,7 +54,7 @@ ON CONFLICT (run_id, key) DO NOTHING
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
 FROM aexec_runs WHERE run_id = $1
 
 -- name: run_ids_from
@@ -65,7 +65,7 @@ SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
 -- $1 status or NULL, $2 pipeline or NULL, $3 limit, $4 offset, $5 a tag as a JSON object
 -- (one key and its value) or NULL.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
 FROM aexec_runs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR pipeline = $2)
   AND ($5::jsonb IS NULL OR tags @> $5::jsonb)
@@ -192,7 +192,7 @@ FROM claimable
 WHERE run.run_id = claimable.run_id
 RETURNING run.serial, run.run_id, run.pipeline, run.plan_digest, run.status, run.priority,
           run.params, run.created_at, run.started_at, run.finished_at, run.result, run.error,
-          run.owner, run.lease_until, run.epoch, run.tags::text
+          run.owner, run.lease_until, run.epoch, run.tags::text, run.parent
 
 -- name: renew_leases
 WITH owned AS (
@@ -248,7 +248,7 @@ WHERE run.run_id = owned.run_id
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last ($3, $4).
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
 FROM aexec_runs
 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
   AND (finished_at, run_id) > ($3, $4)
@@ -360,3 +360,17 @@ WHERE status = 'pending'
 
 -- name: delete_deliveries_of_runs
 DELETE FROM aexec_webhooks WHERE run_id = ANY($1::text[])
+
+-- name: create_bucket
+-- A new bucket is full ($2 tokens); the database's clock is every coordinator's clock.
+INSERT INTO aexec_rate_buckets (name, tokens, updated_at)
+VALUES ($1, $2, extract(epoch FROM clock_timestamp()))
+ON CONFLICT (name) DO NOTHING
+
+-- name: lock_bucket
+SELECT tokens, updated_at, extract(epoch FROM clock_timestamp())::double precision
+FROM aexec_rate_buckets WHERE name = $1
+FOR UPDATE
+
+-- name: put_bucket
+UPDATE aexec_rate_buckets SET tokens = $2, updated_at = $3 WHERE name = $1

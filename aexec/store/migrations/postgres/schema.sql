@@ -31,7 +31,8 @@ CREATE TABLE aexec_runs (
     owner       text,                        -- the coordinator holding the lease
     lease_until double precision,            -- when that lease ends
     epoch       integer NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
-    tags        jsonb NOT NULL DEFAULT '{}'  -- labels: a JSON object of text to text
+    tags        jsonb NOT NULL DEFAULT '{}', -- labels: a JSON object of text to text
+    parent      text                         -- the run this one reruns
 );
 
 CREATE INDEX aexec_runs_by_created_at ON aexec_runs (created_at, serial);
@@ -108,3 +109,10 @@ CREATE TABLE aexec_webhooks (
 
 CREATE INDEX aexec_webhooks_by_run ON aexec_webhooks (run_id, created_at);
 CREATE INDEX aexec_webhooks_due ON aexec_webhooks (next_at) WHERE status = 'pending';
+
+-- Token buckets of rate limits, shared by the coordinators of this database (its clock).
+CREATE TABLE aexec_rate_buckets (
+    name       text COLLATE "C" PRIMARY KEY,
+    tokens     double precision NOT NULL,
+    updated_at double precision NOT NULL
+);

@@ -24,7 +24,8 @@ CREATE TABLE runs (
     owner       TEXT,                        -- the coordinator holding the lease
     lease_until REAL,                        -- when that lease ends (seconds since the epoch)
     epoch       INTEGER NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
-    tags        TEXT NOT NULL DEFAULT '{}'   -- JSON object of text to text
+    tags        TEXT NOT NULL DEFAULT '{}',  -- JSON object of text to text
+    parent      TEXT                         -- the run this one reruns
 );
 
 CREATE INDEX runs_by_created_at ON runs (created_at);
@@ -99,3 +100,10 @@ CREATE TABLE webhooks (
 
 CREATE INDEX webhooks_by_run ON webhooks (run_id, created_at);
 CREATE INDEX webhooks_due ON webhooks (next_at) WHERE status = 'pending';
+
+-- Token buckets of rate limits, shared by the coordinators of this store.
+CREATE TABLE rate_buckets (
+    name       TEXT PRIMARY KEY,
+    tokens     REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
