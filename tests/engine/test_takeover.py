@@ -147,7 +147,8 @@ async def test_queued_steps_never_confirmed_are_dispatched_again_after_a_takeove
         Worker(transport, MemoryObjectStore(), compiled.steps) as worker,
     ):
         await worker.serve("default")
-        events = [e async for e in store.follow(run.run_id)]
+        async with asyncio.timeout(30):  # a run left undriven fails here instead of hanging
+            events = [e async for e in store.follow(run.run_id)]
     assert events[-1].kind is EventKind.RUN_SUCCEEDED
     (record,) = await store.get_steps(run.run_id)
     assert record.status is StepStatus.SUCCEEDED and record.attempts == 2
