@@ -323,17 +323,26 @@ class Batch:
         run.running_on.pop(index, None)
         if any(isinstance(action, Dispatch) for action in actions):  # else it failed for good
             error = ErrorInfo.from_exception(WorkerLostError(f"worker {worker} {why}"))
-            self.events.append(
-                Event(
-                    EventKind.STEP_RETRYING,
-                    run.run_id,
-                    now,
-                    run.plan.steps[index].key,
-                    attempt,
-                    {"worker": worker, "error": error.to_dict(), "retry_in": 0.0, "lost": True},
-                )
-            )
+            self._lost_attempt(run, index, attempt, error.to_dict(), now, worker=worker)
         self.actions(run, actions, now, {"worker": worker})
+
+    def _lost_attempt(
+        self,
+        run: ActiveRun,
+        index: int,
+        attempt: int,
+        error: dict[str, Any],
+        now: float,
+        *,
+        worker: str | None = None,
+    ) -> None:
+        """Log that ``attempt`` of step ``index`` was lost (its worker died, or its message
+        was never confirmed) and runs again at once, without spending a retry."""
+        data: dict[str, Any] = {"error": error, "retry_in": 0.0, "lost": True}
+        if worker is not None:
+            data = {"worker": worker, **data}
+        key = run.plan.steps[index].key
+        self.events.append(Event(EventKind.STEP_RETRYING, run.run_id, now, key, attempt, data))
 
     def _unconfirmed_before(
         self, run: ActiveRun, unconfirmed: tuple[tuple[int, int], ...], now: float
@@ -350,16 +359,7 @@ class Batch:
             )
         ).to_dict()
         for index, attempt in unconfirmed:
-            self.events.append(
-                Event(
-                    EventKind.STEP_RETRYING,
-                    run.run_id,
-                    now,
-                    run.plan.steps[index].key,
-                    attempt,
-                    {"error": error, "retry_in": 0.0, "lost": True},
-                )
-            )
+            self._lost_attempt(run, index, attempt, error, now)
 
     def _unconfirmed(
         self, run: ActiveRun, index: int, attempt: int, reason: str, now: float
@@ -370,16 +370,7 @@ class Batch:
         error = ErrorInfo.from_exception(
             PublishError(f"the broker did not confirm this step's message: {reason}", [])
         )
-        self.events.append(
-            Event(
-                EventKind.STEP_RETRYING,
-                run.run_id,
-                now,
-                run.plan.steps[index].key,
-                attempt,
-                {"error": error.to_dict(), "retry_in": 0.0, "lost": True},
-            )
-        )
+        self._lost_attempt(run, index, attempt, error.to_dict(), now)
         self.actions(run, actions, now)
 
     def reply(self, msg: messages.Message) -> bool:
