@@ -11,7 +11,7 @@ from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.store import Fence, RunRecord
+from aexec.store import Fence, RunRecord, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -99,8 +99,9 @@ class Unconfirming(MemoryStore):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
-        await super().append(events, fence=fence)
+        await super().append(events, fence=fence, outbox=outbox)
 
 
 class Confirming(MemoryStore):
@@ -116,8 +117,9 @@ class Confirming(MemoryStore):
         *,
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
     ) -> None:
-        await super().append(events, fence=fence, confirmed=confirmed)
+        await super().append(events, fence=fence, confirmed=confirmed, outbox=outbox)
         if confirmed:
             self.confirmed.set()
 
