@@ -248,6 +248,12 @@ def run_details(
         ("pipeline", run.pipeline),
         ("status", str(run.status)),
         ("priority", str(run.priority)),
+        *([("parent", f"{run.parent} (this run reruns it)")] if run.parent is not None else []),
+        *(
+            [("tags", ", ".join(f"{k}={v}" for k, v in sorted(run.tags.items())))]
+            if run.tags
+            else []
+        ),
         ("params", json.dumps(run.params, default=repr) if run.params else "-"),
         ("created", format_time(run.created_at)),
         ("started", format_time(run.started_at)),
