@@ -38,6 +38,7 @@ _ENV = {
     "worker_timeout": "AEXEC_WORKER_TIMEOUT",
     "ack_after": "AEXEC_ACK_AFTER",
     "drain_grace": "AEXEC_DRAIN_GRACE",
+    "cancel_grace": "AEXEC_CANCEL_GRACE",
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
     "lease": "AEXEC_LEASE",
@@ -141,6 +142,7 @@ class Settings:
     worker_timeout: float = 10.0  # a worker silent this long loses its running steps
     ack_after: float = 10.0  # a step running this long is acked and protected by heartbeats
     drain_grace: float = 60.0  # a stopping worker's steps get this long to finish
+    cancel_grace: float = 5.0  # a cancelled step in a child process is killed after this
     lease: float = 15.0  # a coordinator's hold on its runs; a dead one's runs wait this long
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
@@ -181,6 +183,8 @@ class Settings:
             raise ConfigError("lease must be > 0")
         if not self.drain_grace >= 0:
             raise ConfigError("drain_grace must be >= 0")
+        if not self.cancel_grace >= 0:
+            raise ConfigError("cancel_grace must be >= 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
         if not isinstance(logging.getLevelName(self.step_log_level.upper()), int):

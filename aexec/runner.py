@@ -9,11 +9,12 @@ report; the runner's own failures are typed:
 * :class:`StepFailure`: the plumbing failed (undecodable inputs, an unencodable output, an
   object store error), carried as an :class:`~aexec.types.ErrorInfo`;
 * :class:`LostAttempt`: the attempt cannot finish here because the child process running
-  it died; the pool is replaced, so the next sync step gets a new one.
+  it died; that child is replaced, and the steps in the pool's other children go on.
 
 A cancelled attempt (its run cancelled, its timeout fired, the worker stopping past its
 grace) is cancelled in its step context too, so that a sync step, which goes on in its
-thread, sees ``aexec.current().cancelled``.
+thread, sees ``aexec.current().cancelled``; in the process pool, a step that has not
+returned ``cancel_grace`` seconds later is killed with its child process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import functools
 import logging
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from aexec import cache, codec, context, directives, messages
@@ -38,7 +38,7 @@ from aexec.errors import (
 )
 from aexec.objects import ObjectStore, load_value, output_key
 from aexec.output import OutputLimits
-from aexec.pool import ProcessPool
+from aexec.pool import DEFAULT_CANCEL_GRACE, ChildDied, ProcessPool
 from aexec.types import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class StepRunner:
     in ``processes`` children that load ``modules``); ``threads`` bounds the thread pool;
     outputs longer than ``inline_threshold`` bytes go to ``objects``; inputs and outputs
     over ``max_value_size`` bytes are refused; ``limits`` bound what steps in child
-    processes report."""
+    processes report; a cancelled step in a child process is killed after
+    ``cancel_grace`` seconds."""
 
     def __init__(
         self,
@@ -78,8 +79,10 @@ class StepRunner:
         inline_threshold: int,
         max_value_size: int,
         limits: OutputLimits | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
     ) -> None:
         self._objects = objects
+        self._cancel_grace = cancel_grace
         self._pool = pool
         self._thread_count = threads
         self._process_count = processes
@@ -250,6 +253,7 @@ class StepRunner:
                 self._process_count,
                 max_value_size=self._max_value_size,
                 limits=self._limits,
+                cancel_grace=self._cancel_grace,
             )
         blobs = [codec.encode(value) for value in inputs]
         try:
@@ -261,13 +265,10 @@ class StepRunner:
             raise StepTimeoutError(
                 f"step {msg.step_key!r} timed out after {msg.timeout:g} s"
             ) from None
-        except BrokenProcessPool:
-            # A child died (OOM, a signal, a crash in native code): every attempt in this
-            # pool is lost, and the next sync step gets a new pool.
-            if self._processes is processes:
-                self._processes = None
-                processes.shutdown()
-                log.warning("a child process died: replacing the process pool")
+        except ChildDied as exc:
+            # OOM, a signal, a crash in native code: this attempt is lost (a new one runs,
+            # up to the coordinator's bound on lost attempts); the child is replaced.
+            log.warning("step %s (attempt %d): %s", msg.step_key, msg.attempt, exc)
             raise LostAttempt("crashed") from None
         if error is not None:
             raise StepFailure(error)

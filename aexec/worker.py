@@ -18,8 +18,9 @@ worker that died or lost its connection, so a worker never runs one (unless it r
 very attempt already: then it is the broker's ``consumer_timeout`` and the copy is acked).
 It reports the attempt lost to its coordinator (:class:`~aexec.messages.AttemptLost`),
 which dispatches a new attempt, and acks it.  The same report covers an attempt whose
-child process died (``--pool process``: the pool is replaced) and one still running when
-a stopping worker's grace ran out.
+child process died (``--pool process``: that child is replaced) and one still running when
+a stopping worker's grace ran out.  A cancelled sync step in a child process that does not
+return within ``cancel_grace`` seconds is killed with its child (:mod:`aexec.pool`).
 
 Ended runs: from start-up, before it consumes any step queue, a worker follows the
 retained :data:`~aexec.wire.RUNS_ENDED_TOPIC`.  Step messages of a run that has ended are
@@ -94,14 +95,14 @@ class WorkerConfig:
     output: OutputLimits = field(default_factory=OutputLimits)  # steps' logs, prints, progress
     publish_retry_max: float = 5.0
     drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
+    cancel_grace: float = 5.0  # a cancelled sync step in a child process: killed after this
     lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
         """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
-        threshold, max value size, heartbeat interval, ack_after, drain grace); ``overrides`` set
-        any
-        field."""
+        threshold, max value size, heartbeat interval, ack_after, drain and cancel grace);
+        ``overrides`` set any field."""
         values: dict[str, Any] = {
             "concurrency": settings.concurrency,
             "thread_pool_size": settings.thread_pool_size,
@@ -110,6 +111,7 @@ class WorkerConfig:
             "heartbeat_interval": settings.heartbeat_interval,
             "ack_after": settings.ack_after,
             "drain_grace": settings.drain_grace,
+            "cancel_grace": settings.cancel_grace,
             "output": OutputLimits.with_level(settings.step_log_level),
         }
         return cls(**(values | overrides))
@@ -169,6 +171,7 @@ class Worker:
             inline_threshold=self.config.inline_threshold,
             max_value_size=self.config.max_value_size,
             limits=self.config.output,
+            cancel_grace=self.config.cancel_grace,
         )
         self._output = OutputBuffer(self.config.output, self._wake_output)
         self._flush_now = asyncio.Event()
