@@ -126,6 +126,14 @@ def test_the_drain_grace_comes_from_the_environment_into_the_worker_config() -> 
         Settings(drain_grace=-1.0)
 
 
+def test_the_cancel_grace_comes_from_the_environment_into_the_worker_config() -> None:
+    settings = Settings.resolve(environ={"AEXEC_CANCEL_GRACE": "1.5"})
+    assert WorkerConfig.from_settings(settings).cancel_grace == 1.5
+    assert WorkerConfig.from_settings(Settings()).cancel_grace == 5.0
+    with pytest.raises(ConfigError, match="cancel_grace"):
+        Settings(cancel_grace=-1.0)
+
+
 def test_coordinator_config_takes_its_knobs_from_settings() -> None:
     settings = Settings(fail_fast=True, worker_timeout=4.0, lease=9.0)
     config = CoordinatorConfig.from_settings(settings, adopt=True)
