@@ -141,6 +141,21 @@ class Plan:
         except KeyError:
             raise PlanError(f"unknown step {key!r} in pipeline {self.pipeline!r}") from None
 
+    def declared(self, key: str) -> PlanStep | None:
+        """The step of this plan that a run's step ``key`` stands for: itself, or for a step
+        a map expanded into (``name[i]``, absent from the plan as stored), its map; None if
+        the plan has neither."""
+        found = self.index.get(key)
+        if found is not None:
+            return self.steps[found]
+        if key.endswith("]"):
+            for position, char in enumerate(key):
+                if char == "[":
+                    template = self.index.get(key[:position])
+                    if template is not None and self.steps[template].is_map:
+                        return self.steps[template]
+        return None
+
     @property
     def parameters(self) -> dict[str, Any]:
         value = codec.decode(self.params)
@@ -185,6 +200,8 @@ class Plan:
                 max_wait=template.max_wait,
                 kind=template.kind,
                 task_options=template.task_options,
+                version=template.version,
+                limits=template.limits,
             )
             for i in range(count)
         ]

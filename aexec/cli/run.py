@@ -146,7 +146,7 @@ async def follow(
         run_summary_line,
         step_failure_lines,
     )
-    from aexec.cli.report import jsonable, run_report
+    from aexec.cli.report import jsonable, run_report, step_notes
     from aexec.executor import Executor
     from aexec.types import RunStatus
 
@@ -166,9 +166,11 @@ async def follow(
         steps = await run.steps()
         succeeded = record.status is RunStatus.SUCCEEDED
         result = await run.result() if succeeded else None
+        # The notes of dynamic steps (map, cached, skipped), as `runs show --json` has them.
+        notes = step_notes(await ex.get_events(run.run_id)) if args.json else {}
 
     if args.json:
-        write_line(out, dump_json(run_report(record, steps, result)))
+        write_line(out, dump_json(run_report(record, steps, result, notes)))
     else:
         if result is not None:
             write_line(out, dump_json(jsonable(result)))

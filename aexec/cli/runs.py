@@ -175,9 +175,11 @@ async def _waiting_for_versions(
     from aexec.types import StepStatus
 
     asking = {
-        s.key: plan.step(s.key).address
+        s.key: declared.address
         for s in steps
-        if s.status is StepStatus.QUEUED and plan.step(s.key).version is not None
+        if s.status is StepStatus.QUEUED
+        and (declared := plan.declared(s.key)) is not None
+        and declared.version is not None
     }
     if not asking or settings.embedded:
         return {}

@@ -166,3 +166,26 @@ def wait_for_file(path: Path, process: Process, timeout: float = TIMEOUT) -> Non
         if process.popen.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"{path.name} never appeared\n{process.output()}")
         time.sleep(0.02)
+
+
+def show(cluster: Cluster, run_id: str) -> dict[str, Any] | None:
+    proc = cluster.aexec("runs", "show", run_id, "--json")
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def use_backends(cluster: Cluster, backends: str, request: pytest.FixtureRequest) -> None:
+    """``sqlite``: the embedded defaults under AEXEC_HOME; ``postgres``: the production
+    backends — PostgreSQL for the store and the S3 server for outputs."""
+    if backends == "postgres":
+        endpoint = request.getfixturevalue("s3_env")
+        bucket = request.getfixturevalue("s3_bucket")
+        cluster.env.update(
+            {
+                "AEXEC_STORE": request.getfixturevalue("postgres_dsn"),
+                "AEXEC_OBJECTS": f"s3://{bucket}/outputs",
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": "us-east-1",
+            }
+        )

@@ -11,38 +11,14 @@ from __future__ import annotations
 import json
 import signal
 import time
-from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import REPO, Cluster, wait_for_file
+from tests.e2e.cluster import REPO, Cluster, show, use_backends, wait_for_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq]
 
 CHORDS = str(REPO / "examples" / "chords.py")
-
-
-def show(cluster: Cluster, run_id: str) -> dict[str, Any] | None:
-    proc = cluster.aexec("runs", "show", run_id, "--json")
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
-def use_backends(cluster: Cluster, backends: str, request: pytest.FixtureRequest) -> None:
-    """``sqlite``: the embedded defaults under AEXEC_HOME; ``postgres``: the production
-    backends — PostgreSQL for the store and the S3 server for outputs."""
-    if backends == "postgres":
-        endpoint = request.getfixturevalue("s3_env")
-        bucket = request.getfixturevalue("s3_bucket")
-        cluster.env.update(
-            {
-                "AEXEC_STORE": request.getfixturevalue("postgres_dsn"),
-                "AEXEC_OBJECTS": f"s3://{bucket}/outputs",
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_REGION": "us-east-1",
-            }
-        )
 
 
 @pytest.mark.parametrize(

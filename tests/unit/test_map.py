@@ -7,6 +7,7 @@ import pytest
 
 from aexec import codec
 from aexec.errors import PlanError
+from aexec.limits import StepLimits
 from aexec.plan import Plan, StepSpec, build
 from aexec.scheduling import Collect, Dispatch, Expand, Fail, RecordedStep, RunState
 from aexec.types import RunStatus, StepStatus
@@ -41,6 +42,28 @@ def test_expand_appends_keyed_steps_taking_the_map_inputs_and_leaves_indices_alo
     assert expanded.digest == plan.digest and expanded.expanded == {1}
     with pytest.raises(PlanError, match="not a map"):
         plan.expand(0, 1)
+
+
+def test_the_steps_of_a_map_keep_its_version_and_limits() -> None:
+    limits = StepLimits(concurrency=2)
+    plan = build(
+        "p",
+        [
+            StepSpec("src", "n"),
+            StepSpec("each", "work", deps=("src",), map_over="src", version="2", limits=limits),
+        ],
+    )
+    child = plan.expand(1, 2).step("each[1]")
+    assert (child.version, child.address, child.route) == ("2", "work@2", "default@2")
+    assert child.limits == limits
+
+
+def test_a_step_a_map_expanded_into_is_declared_by_its_map() -> None:
+    plan = mapped()
+    assert plan.declared("each[7]") is plan.step("each")  # not expanded in this plan
+    assert plan.declared("each[a[1]]") is plan.step("each")  # a label with brackets
+    assert plan.declared("src") is plan.step("src")
+    assert plan.declared("src[0]") is None and plan.declared("nope") is None
 
 
 def test_a_list_expands_dispatches_every_item_and_collects_in_order() -> None:
