@@ -20,6 +20,13 @@ once recorded, so that workers, present and future, skip its step messages still
 (and stop a cancelled run's attempts).  No message it publishes is larger than
 ``max_message_size`` (:mod:`aexec.dispatch`, :mod:`aexec.claim`).
 
+Its concerns that are not orchestration live beside it: admission of runs and the limits
+and rate-limit tokens of steps (:mod:`aexec.throttle`), cancel requests
+(:mod:`aexec.cancels`), what remote clients are sent (:mod:`aexec.feed`), the gateways of
+foreign steps (:mod:`aexec.gateways`), recording (:mod:`aexec.recording`), leases and
+takeovers (:mod:`aexec.takeover`), submissions and client requests
+(:mod:`aexec.submissions`, :mod:`aexec.client_requests`).
+
 Its tasks — the scheduler, the worker watchdog, the lease keeper, the timers and the
 batches being published — belong to one :class:`~aexec.background.Background` group,
 opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinator.abort`.
@@ -28,7 +35,6 @@ opened by ``async with`` and closed when it ends, or at once by :meth:`Coordinat
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -45,41 +51,39 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aexec import claim, codec, messages, tracing
-from aexec.admission import DEFAULT_AGING, Admission, AdmissionPolicy, Candidate
+from aexec.admission import DEFAULT_AGING, Candidate
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
+from aexec.cancels import Cancels
 from aexec.client_requests import ClientRequests
 from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
     CodecError,
-    ConfigError,
     LeaseLostError,
     ObjectStoreError,
     PlanError,
     StoreError,
     StoreUnavailableError,
     TransportError,
-    ValueTooLargeError,
 )
-from aexec.events import Event, EventKind, to_record
+from aexec.events import Event, EventKind
+from aexec.feed import ClientFeed
 from aexec.gateway import Gateway
+from aexec.gateways import Gateways
 from aexec.inbox import (
-    Cancel,
     FlushDue,
     Inbox,
     Item,
     LetGo,
     MessageRejected,
-    Queued,
     Reply,
     Start,
     TokensDue,
     TokensGranted,
     WorkerLost,
 )
-from aexec.limits import Limiter, Rate
 from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
@@ -91,9 +95,10 @@ from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
 from aexec.submissions import Submissions
 from aexec.takeover import Leases
+from aexec.throttle import Throttle
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
-from aexec.types import ErrorInfo, RunStatus, StepStatus, check_tags
+from aexec.types import ErrorInfo, RunStatus, check_tags
 from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
@@ -107,9 +112,6 @@ from aexec.wire import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-HEARD_CANCELS = 10_000
-"""Broadcast cancels of runs not driven here that a coordinator remembers, at most."""
 
 CONFIRM_DELAY = 0.05
 """Seconds a confirmed dispatch waits at most to be recorded, if no other commit takes it."""
@@ -174,8 +176,6 @@ class Coordinator:
     ) -> None:
         self.transport = transport
         self.gateways = dict(gateways or {})
-        self._gateways_open: set[str] = set()
-        self._gateway_lock = asyncio.Lock()
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
@@ -184,13 +184,9 @@ class Coordinator:
         self.reply_queue = reply_queue(self.config.id)
         self._on_queue = on_queue
         self.runs: dict[str, ActiveRun] = {}
-        self.limiter = Limiter(self.config.limits)
-        policy = AdmissionPolicy(
-            self.config.max_concurrent_runs, self.config.run_limits, self.config.admission_aging
-        )
-        self.admission = Admission(policy) if policy.limited else None
         self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
+        self._gateways = Gateways(self.gateways, self._inbox.post)
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
         self._background: Background | None = None
@@ -205,13 +201,12 @@ class Coordinator:
         # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
         self._confirmed: list[tuple[str, str, int]] = []
         self._confirm_due = False
-        # Cancels broadcast for runs not driven here (yet): a run this coordinator starts
-        # or takes over a moment later is cancelled all the same.  The newest kept.
-        self._heard_cancels: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._last_flush = time.monotonic()
         self._flush_armed = False
         self._stopped: asyncio.Future[None] | None = None
         self.leases = Leases(self)
+        self._cancels = Cancels(self)
+        self.throttle = Throttle(self)  # admission of runs, limits of steps
         self._recorder = Recorder(self)
         self._dispatcher = Dispatcher(
             transport,
@@ -227,6 +222,7 @@ class Coordinator:
         )
         self._submissions = Submissions(self)
         self._requests = ClientRequests(self)
+        self.feed = ClientFeed(store, transport, objects, self.config.max_message_size)
         self._strays = Strays(
             store,
             transport,
@@ -250,7 +246,9 @@ class Coordinator:
             self._subscription = await self.transport.consume(
                 self.reply_queue, self.on_reply, prefetch=self.config.reply_prefetch
             )
-            self._commands = await self.transport.subscribe(COORDINATOR_TOPIC, self._on_command)
+            self._commands = await self.transport.subscribe(
+                COORDINATOR_TOPIC, self._cancels.on_command
+            )
             background = Background(f"coordinator {self.config.id}", on_failure=self._failed)
             await background.__aenter__()
         except BaseException:
@@ -289,7 +287,7 @@ class Coordinator:
             try:
                 await background.aclose()  # raises what stopped it, if a task failed
             finally:
-                await self._close_gateways()
+                await self._gateways.close()
                 self._resolve_stopped()
         if self._unrecorded or self._unfinished:
             try:
@@ -328,7 +326,7 @@ class Coordinator:
             await background.aclose()
         finally:
             await self._drop_subscriptions()
-            await self._close_gateways()
+            await self._gateways.close()
             self._end_runs()
             self._resolve_stopped()
 
@@ -369,7 +367,7 @@ class Coordinator:
         does, and let the runs' waiters know why."""
         error = AexecError(f"coordinator {self.config.id} stopped: {failure!r}")
         await self._drop_subscriptions()
-        await self._close_gateways()
+        await self._gateways.close()
         self._end_runs(error)
         self._resolve_stopped(error)
 
@@ -384,27 +382,9 @@ class Coordinator:
         await self.leases.drop_subscriptions()
 
     async def open_gateways(self, plan: Plan) -> None:
-        """Start the gateways that the foreign steps of ``plan`` (Celery tasks) go through,
-        once; a :class:`~aexec.errors.ConfigError` if this coordinator has none for a kind."""
-        for kind in sorted(plan.kinds):
-            gateway = self.gateways.get(kind)
-            if gateway is None:
-                raise ConfigError(
-                    f"pipeline {plan.pipeline!r} has {kind} steps, which this coordinator "
-                    f"cannot send: configure a {kind} broker (AEXEC_{kind.upper()}_BROKER="
-                    "amqp://..., or an amqp:// --broker)"
-                )
-            if kind in self._gateways_open:
-                continue
-            async with self._gateway_lock:
-                if kind not in self._gateways_open:
-                    await gateway.start(self._inbox.post)
-                    self._gateways_open.add(kind)
-
-    async def _close_gateways(self) -> None:
-        opened, self._gateways_open = self._gateways_open, set()
-        for kind in sorted(opened):
-            await self.gateways[kind].close()
+        """Start the gateways that the foreign steps of ``plan`` (Celery tasks) go through
+        (:meth:`Gateways.open_for <aexec.gateways.Gateways.open_for>`)."""
+        await self._gateways.open_for(plan)
 
     def _end_runs(self, error: AexecError | None = None) -> None:
         """Stop driving every run: end their event streams, and cancel their waiters (or
@@ -441,6 +421,10 @@ class Coordinator:
         """Hand ``item`` to the scheduler."""
         self._inbox.post(item)
 
+    def after(self, delay: float, item: Item) -> None:
+        """Hand ``item`` to the scheduler ``delay`` seconds from now."""
+        self._timers.after(delay, item)
+
     async def lose(self, run: ActiveRun) -> None:
         """Let go of ``run``: another coordinator took it over.  Its readers follow it on
         in the store; its waiters get a :class:`~aexec.errors.LeaseLostError`."""
@@ -449,7 +433,7 @@ class Coordinator:
         log.warning("coordinator %s lost run %s to another coordinator", self.config.id, run.run_id)
         del self.runs[run.run_id]
         self._inbox.post(LetGo(run.run_id))
-        self._admit_after([run.run_id])
+        self.throttle.admit_after([run.run_id])
         for subscriber in run.subscribers:
             subscriber.close(taken_over=True)
         if not run.done.done():
@@ -478,32 +462,11 @@ class Coordinator:
         await self._submissions.stop()
         await self._requests.stop()
 
-    async def _on_command(self, delivery: Delivery) -> None:
-        try:
-            msg = messages.decode(delivery.body)
-        except CodecError as exc:
-            log.warning("coordinator ignored a malformed command: %s", exc)
-            return
-        if not isinstance(msg, messages.Control) or msg.command != "cancel":
-            return
-        if msg.run_id is None:
-            return
-        if msg.run_id in self.runs:
-            self._inbox.post(Cancel(msg.run_id, msg.reason))
-            return
-        heard = self._heard_cancels
-        heard[msg.run_id] = msg.reason
-        while len(heard) > HEARD_CANCELS:
-            heard.popitem(last=False)
-
     def drive(self, run: ActiveRun) -> None:
         """Drive ``run`` from now on (it was just created or taken over); a cancel heard
         for it meanwhile applies."""
         self.runs[run.run_id] = run
-        if run.run_id in self._heard_cancels:
-            reason = self._heard_cancels.pop(run.run_id)
-            if run.cancel is None:
-                run.cancel = reason or ""
+        self._cancels.heard_for(run)
 
     async def submit(
         self,
@@ -584,8 +547,8 @@ class Coordinator:
 
         reuse = {}
         if from_failure:
-            reuse = await (self._with_retry("read the run to rerun", reused) if retry else reused())
-        submitted = await (self._with_retry("create run", create) if retry else create())
+            reuse = await (self.with_retry("read the run to rerun", reused) if retry else reused())
+        submitted = await (self.with_retry("create run", create) if retry else create())
         state = RunState(plan, fail_fast=self.config.fail_fast)
         if reuse:
             # A crash before this commits leaves a run that runs every step: slower, not wrong.
@@ -607,7 +570,7 @@ class Coordinator:
                 await self.store.append(events, fence=fence)
 
             await (
-                self._with_retry("record reused outputs", record_reused)
+                self.with_retry("record reused outputs", record_reused)
                 if retry
                 else record_reused()
             )
@@ -617,21 +580,12 @@ class Coordinator:
         self.trace(run)
         await self.notify(run, [submitted])  # before the run starts: the client sees it first
         if given:
-            # Its client may have asked to cancel it before it was created (the submission
-            # was still queued): then it is cancelled instead of started.  A request
-            # recorded after this read is broadcast once the run is driven here.
-            try:
-                requests = await self.store.cancel_requests([run_id])
-            except StoreError as exc:  # the lease renewal looks again
-                log.warning("could not read the cancel requests of run %s: %s", run_id, exc)
-                requests = {}
-            if run_id in requests:
-                run.cancel = requests[run_id] or ""
+            await self._cancels.recorded_for(run)  # cancelled before it was created?
         self.drive(run)
         if run.cancel is not None:
             self._inbox.post(Start(run_id))  # it is cancelled at once, not queued first
         else:
-            self.start_or_queue(Candidate(run_id, priority, now, record.tags))
+            self.throttle.start_or_queue(Candidate(run_id, priority, now, record.tags))
         return run
 
     def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
@@ -648,27 +602,6 @@ class Coordinator:
             tracing.end_run(span, status)
 
         run.done.add_done_callback(ended)
-
-    def start_or_queue(self, candidate: Candidate) -> bool:
-        """Start the run of ``candidate`` (driven here, not started) if admission lets it,
-        else queue it; True if it starts."""
-        admission = self.admission
-        if admission is None or admission.offer(candidate, time.time()):
-            self._inbox.post(Start(candidate.run_id))
-            return True
-        position = admission.position(candidate.run_id, time.time()) or 1
-        self._inbox.post(Queued(candidate.run_id, position))
-        return False
-
-    def _admit_after(self, run_ids: list[str]) -> None:
-        """These runs ended or left: start the queued runs that admission lets in now."""
-        admission = self.admission
-        if admission is None:
-            return
-        now = time.time()
-        for run_id in run_ids:
-            for admitted in admission.finished(run_id, now):
-                self._inbox.post(Start(admitted))
 
     async def adopt(self, record: RunRecord) -> ActiveRun | None:
         """Take over a run claimed at ``record.epoch`` (see :meth:`Leases.adopt
@@ -688,36 +621,12 @@ class Coordinator:
         Then the request is recorded: a store error is raised (the request may not be
         kept: send it again).  Workers hear of the end once it is recorded
         (:data:`~aexec.wire.RUNS_ENDED_TOPIC`)."""
-        driven = run_id in self.runs
-        if driven:
-            self._inbox.post(Cancel(run_id, reason))
-        else:
-            command = messages.Control("cancel", run_id=run_id, reason=reason)
-            try:
-                await self.transport.broadcast(COORDINATOR_TOPIC, command.encode())
-            except TransportError as exc:  # recorded below: found at the next renewal
-                log.warning("could not pass on the cancel request of run %s: %s", run_id, exc)
-        await self.store.request_cancel(run_id, reason)
-        if not driven and run_id in self.runs:  # it started here meanwhile
-            self._inbox.post(Cancel(run_id, reason))
+        await self._cancels.cancel(run_id, reason)
 
     async def cancel_requested(self, run_ids: Iterable[str]) -> None:
         """Cancel those of ``run_ids`` driven here that have a cancel request in the store
         and are not being cancelled yet."""
-        wanted = [
-            run_id
-            for run_id in run_ids
-            if (run := self.runs.get(run_id)) is not None
-            and run.cancel is None
-            and not run.state.finished
-        ]
-        if not wanted:
-            return
-        for run_id, reason in (await self.store.cancel_requests(wanted)).items():
-            run = self.runs.get(run_id)
-            if run is not None and run.cancel is None:
-                run.cancel = reason or ""
-                self._inbox.post(Cancel(run_id, reason))
+        await self._cancels.requested(run_ids)
 
     def message_rejected(self, body: bytes, reason: str, destination: str) -> None:
         """A message was refused at ``destination`` for ``reason`` (its signature, as
@@ -788,7 +697,7 @@ class Coordinator:
         while True:
             await inbox.wait()
             while inbox and self._background is not None:
-                batch = Batch(self.runs, self.config.id, self.workers_seen, self.limiter)
+                batch = Batch(self.runs, self.config.id, self.workers_seen, self.throttle.limiter)
                 try:
                     await self._schedule_once(batch)
                 except Exception:  # a bug must not stop every run this coordinator drives
@@ -813,15 +722,12 @@ class Coordinator:
                 case FlushDue() | TokensDue():
                     pass  # it woke the scheduler: what is due is decided below
                 case LetGo():
-                    batch.admitted(self.limiter.forget_run(item.run_id), batch.now)
+                    self.throttle.let_go(batch, item.run_id)
                 case TokensGranted():
-                    batch.tokens(item, time.monotonic())
-                    if item.retry_in > 0:
-                        self._timers.after(item.retry_in, TokensDue())
+                    self.throttle.granted(batch, item)
                 case _:
                     batch.command(item)
-        if self.limiter:
-            self._request_tokens()
+        self.throttle.request_tokens()
         if self.config.durable_dispatch:
             batch.confirmed, self._confirmed = self._confirmed, []
             self._confirm_due = False
@@ -844,23 +750,6 @@ class Coordinator:
         elif self._unrecorded and not self._flush_armed:
             self._flush_armed = True
             self._timers.after(self.config.flush_interval, FlushDue())
-
-    def _request_tokens(self) -> None:
-        """Ask the store for the tokens the rate limits with waiting steps need."""
-        for gate, want in self.limiter.token_requests(time.monotonic()):
-            assert gate.rate is not None
-            with contextlib.suppress(AexecError):  # stopping
-                self.start_work(self._take_tokens(gate.name, gate.rate, want))
-
-    async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
-        try:
-            granted, retry_in = await self._with_retry(
-                "take tokens", lambda: self.store.take_tokens(gate, rate, want)
-            )
-        except StoreError as exc:
-            log.error("coordinator %s cannot take tokens of %s: %s", self.config.id, gate, exc)
-            granted, retry_in = 0, self.config.retry_backoff_max
-        self._inbox.post(TokensGranted(gate, granted, retry_in))
 
     async def _take_reply(self, batch: Batch, delivery: Delivery, strays: list[Stray]) -> None:
         """Apply a reply to ``batch``, or set it aside in ``strays`` if it is about a run
@@ -925,7 +814,7 @@ class Coordinator:
         if run is None:
             return
         self._inbox.post(LetGo(run_id))
-        self._admit_after([run_id])
+        self.throttle.admit_after([run_id])
         run.state.halt(RunStatus.FAILED)
         if event is not None:
             for subscriber in run.subscribers:
@@ -999,25 +888,11 @@ class Coordinator:
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
         if finished:
-            self._admit_after([r.run_id for r in finished])
+            self.throttle.admit_after([r.run_id for r in finished])
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
-            if self.gateways:
-                await self._revoke([r for r in finished if r.status is RunStatus.CANCELLED])
-
-    async def _revoke(self, runs: list[ActiveRun]) -> None:
-        """Stop the gateway steps (Celery tasks) that the cancelled ``runs`` had sent."""
-        for kind, gateway in self.gateways.items():
-            attempts = [
-                (run.run_id, step.key, run.state.attempts[step.index])
-                for run in runs
-                for step in run.plan.steps
-                if step.kind == kind
-                and run.state.attempts[step.index] > 0
-                and run.state.status[step.index] is StepStatus.CANCELLED
-            ]
-            if attempts:
-                with contextlib.suppress(AexecError):
-                    self.start_work(gateway.revoke(attempts))
+            if self._gateways:
+                cancelled = [r for r in finished if r.status is RunStatus.CANCELLED]
+                self._gateways.revoke(cancelled, self.start_work)
 
     async def _notify_all(self, notify: dict[str, list[Event]]) -> None:
         """Send each run its events of one batch, the runs concurrently: every send waits
@@ -1043,7 +918,7 @@ class Coordinator:
 
         background = self._background
         if background is not None and background.running:
-            background.start_work(self._with_retry("announce ended runs", announce))
+            background.start_work(self.with_retry("announce ended runs", announce))
             return
         try:  # stopping: one try
             await announce()
@@ -1073,67 +948,14 @@ class Coordinator:
                 await settle(delivery, requeue=True)
 
     async def notify(self, run: ActiveRun, events: list[Event]) -> None:
-        """Send a remote client its run's events.  After a send failed (the client is gone,
-        or its queue is, until it reconnects) only the run's end is sent, with the whole
-        log before it, so that a client that comes back learns how its run ended."""
-        if run.notify is None:
-            return
-        if run.notify_lost:
-            if not any(event.kind.ends_run for event in events):
-                return
-            try:
-                events = await self._history(run.run_id)
-            except StoreError as exc:
-                log.warning("cannot read the events of run %s: %s", run.run_id, exc)
-        try:
-            await self._send(run.run_id, run.notify, events)
-        except TransportError as exc:
-            if not run.notify_lost:
-                log.info("cannot send run %s its events for now: %s", run.run_id, exc)
-            run.notify_lost = True
-        else:
-            run.notify_lost = False
+        """Send a remote client its run's events (:meth:`ClientFeed.notify
+        <aexec.feed.ClientFeed.notify>`)."""
+        await self.feed.notify(run, events)
 
     async def send_events(self, run_id: str, queue: str) -> None:
-        """Send the events of run ``run_id`` recorded so far to a client's ``queue`` (a
-        client that missed its run's end asks for them); a queue gone is no error."""
-        events = await self._history(run_id)
-        if not events:
-            return
-        try:
-            await self._send(run_id, queue, events)
-        except TransportError as exc:
-            log.info("cannot send run %s its events: %s", run_id, exc)
-
-    async def _history(self, run_id: str) -> list[Event]:
-        """The events of run ``run_id`` as its client receives them: as logged, and the
-        run's result with its run_succeeded (the log keeps no values; the run's row does)."""
-        events = await self.store.get_events(run_id)
-        if events and events[-1].kind is EventKind.RUN_SUCCEEDED:
-            record = await self.store.get_run(run_id)
-            if record is not None and record.run_id == run_id:
-                events[-1].output = record.result
-        return events
-
-    async def _send(self, run_id: str, queue: str, events: list[Event]) -> None:
-        """Publish ``events`` of run ``run_id`` to a client's ``queue``.  Events that would
-        make a message too large go in several (and a result too large for any goes to the
-        object store, as a claim check)."""
-        records = [to_record(e) for e in events]
-        body = messages.Events(run_id, records).encode()
-        if len(body) <= self.config.max_message_size:
-            bodies = [body]
-        else:
-            try:
-                batches = await claim.event_batches(
-                    self.objects, run_id, records, self.config.max_message_size
-                )
-            except (ObjectStoreError, ValueTooLargeError) as exc:
-                log.error("cannot send run %s its events: %s", run_id, exc)
-                return
-            bodies = [messages.Events(run_id, batch).encode() for batch in batches]
-        for body in bodies:
-            await self.transport.publish(queue, body)
+        """Send the events of run ``run_id`` recorded so far to a client's ``queue``
+        (:meth:`ClientFeed.send_events <aexec.feed.ClientFeed.send_events>`)."""
+        await self.feed.send_events(run_id, queue)
 
     async def _watch_workers(self) -> None:
         """Re-dispatch the steps of worker instances whose heartbeats lapsed."""
@@ -1159,7 +981,7 @@ class Coordinator:
             for command in lost:
                 self._inbox.post(command)
 
-    async def _with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def with_retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again while its backend is unavailable (a run stalls, it is never
         lost); an error that will not change is raised."""
         delay = self.config.retry_backoff

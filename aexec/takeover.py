@@ -148,13 +148,13 @@ class Leases:
         run.notify = _client(history)
         previous = drivers[-1] if drivers else None
         coordinator.drive(run)
-        admission = coordinator.admission
+        admission = coordinator.throttle.admission
         if admission is not None and run.cancel is None:
             candidate = Candidate(record.run_id, record.priority, record.created_at, record.tags)
             if record.status is RunStatus.PENDING:
                 # Never started: it asks for admission again, as a new run would.
                 run.state = RunState(plan, fail_fast=config.fail_fast)
-                coordinator.start_or_queue(candidate)
+                coordinator.throttle.start_or_queue(candidate)
                 log.warning("coordinator %s took over run %s (not started)", config.id, run.run_id)
                 await coordinator.notify(run, history)
                 return run

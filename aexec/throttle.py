@@ -1,0 +1,105 @@
+"""The coordinator's side of run admission and step limits: which of its runs start now
+and which wait ``queued`` (:mod:`aexec.admission`), and the rate-limit tokens it takes
+from the store for the steps that wait for them (:mod:`aexec.limits`).
+
+The decisions are pure and live in those modules; this is their plumbing.  A run that
+admission lets in, and tokens that the store grants, reach the scheduler through the
+coordinator's inbox (:class:`~aexec.inbox.Start`, :class:`~aexec.inbox.TokensGranted`),
+so that the steps they release go out in a scheduler pass like any other.  With no limit
+and no admission configured, none of this costs anything on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aexec.admission import Admission, AdmissionPolicy, Candidate
+from aexec.batch import Batch
+from aexec.errors import AexecError, StoreError
+from aexec.inbox import Queued, Start, TokensDue, TokensGranted
+from aexec.limits import Limiter, Rate
+
+if TYPE_CHECKING:
+    from aexec.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class Throttle:
+    """Admission and limits for ``coordinator``'s runs, as its config sets them."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        config = coordinator.config
+        self.limiter = Limiter(config.limits)
+        policy = AdmissionPolicy(
+            config.max_concurrent_runs, config.run_limits, config.admission_aging
+        )
+        self.admission = Admission(policy) if policy.limited else None
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_or_queue(self, candidate: Candidate) -> bool:
+        """Start the run of ``candidate`` (driven here, not started) if admission lets it,
+        else queue it; True if it starts."""
+        admission = self.admission
+        post = self._coordinator.post
+        if admission is None or admission.offer(candidate, time.time()):
+            post(Start(candidate.run_id))
+            return True
+        position = admission.position(candidate.run_id, time.time()) or 1
+        post(Queued(candidate.run_id, position))
+        return False
+
+    def admit_after(self, run_ids: list[str]) -> None:
+        """These runs ended or left: start the queued runs that admission lets in now."""
+        admission = self.admission
+        if admission is None:
+            return
+        now = time.time()
+        for run_id in run_ids:
+            for admitted in admission.finished(run_id, now):
+                self._coordinator.post(Start(admitted))
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def let_go(self, batch: Batch, run_id: str) -> None:
+        """Run ``run_id`` is no longer driven here: its steps hold no limit any more, and
+        the steps they held back may go (in ``batch``)."""
+        batch.admitted(self.limiter.forget_run(run_id), batch.now)
+
+    def granted(self, batch: Batch, item: TokensGranted) -> None:
+        """Tokens came from the store: the steps they let go go out with ``batch``; the
+        store's advice on when to ask again is a timer."""
+        batch.tokens(item, time.monotonic())
+        if item.retry_in > 0:
+            self._coordinator.after(item.retry_in, TokensDue())
+
+    def request_tokens(self) -> None:
+        """Ask the store for the tokens the rate limits with waiting steps need (each
+        request a task of the coordinator's; the answer comes back through its inbox)."""
+        if not self.limiter:
+            return
+        for gate, want in self.limiter.token_requests(time.monotonic()):
+            assert gate.rate is not None
+            with contextlib.suppress(AexecError):  # stopping
+                self._coordinator.start_work(self._take_tokens(gate.name, gate.rate, want))
+
+    async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
+        coordinator = self._coordinator
+        try:
+            granted, retry_in = await coordinator.with_retry(
+                "take tokens", lambda: coordinator.store.take_tokens(gate, rate, want)
+            )
+        except StoreError as exc:
+            log.error(
+                "coordinator %s cannot take tokens of %s: %s", coordinator.config.id, gate, exc
+            )
+            granted, retry_in = 0, coordinator.config.retry_backoff_max
+        coordinator.post(TokensGranted(gate, granted, retry_in))
+
+
+__all__ = ["Throttle"]
