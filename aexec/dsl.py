@@ -90,8 +90,10 @@ class StepDef(Generic[P, R]):
         task_options: tuple[tuple[str, Any], ...] = (),
         version: str | None = None,
         limits: StepLimits | None = None,
+        when: Output | StepDef[..., Any] | None = None,
     ) -> None:
         self.fn = fn
+        self.when = when
         self.max_wait = max_wait
         self.accept_missing = accept_missing
         self.cache = cache
@@ -264,6 +266,7 @@ def step(
     uses: str | tuple[str, ...] = (),
     rate_limit: str | None = None,
     limit_key: str | None = None,
+    when: Output | StepDef[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], StepDef[P, R]]: ...
 
 
@@ -288,6 +291,7 @@ def step(
     uses: str | tuple[str, ...] = (),
     rate_limit: str | None = None,
     limit_key: str | None = None,
+    when: Output | StepDef[..., Any] | None = None,
 ) -> StepDef[P, R] | Callable[[Callable[P, R]], StepDef[P, R]]:
     """Declare a step: ``@step`` or ``@step(queue=..., priority=..., retries=..., timeout=...)``.
 
@@ -303,6 +307,11 @@ def step(
     (:mod:`aexec.cache`); bump ``version`` when the code changes.
     ``max_wait``: how long, in seconds from its first :func:`aexec.again`, the step may
     keep asking to run again before it fails.
+    ``when``: the step runs only if a boolean output is true, else it is skipped (and its
+    dependents, as for :func:`aexec.skip`): an output handle (a step decorated in a
+    pipeline body), or a step, meaning that step's output where the same pipeline (or
+    sub-pipeline) body called it (once, before this step).  ``when=<handle>`` at a call
+    sets it for that call only.
 
     Limits (held by the coordinator, see :mod:`aexec.limits`): ``concurrency`` caps the
     step's running attempts across all runs (per ``limit_key`` value if given), ``uses``
@@ -331,11 +340,22 @@ def step(
             **_cache_options(step_name, cache, cache_ttl),
             max_wait=_max_wait(step_name, max_wait),
             limits=_step_limits(step_name, concurrency, uses, rate_limit, limit_key, where),
+            when=_condition(step_name, when, where),
         )
 
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+def _condition(name: str, when: Any, where: str) -> Output | StepDef[..., Any] | None:
+    if when is None or isinstance(when, Output | StepDef):
+        return when
+    raise _definition_error(
+        f"step {name!r}: when= must be an output handle or a step (whose boolean output "
+        f"decides), not {type(when).__name__}",
+        where,
+    )
 
 
 def remote_step(
@@ -458,6 +478,7 @@ class _Builder:
     prefix: str = ""  # of the keys of the sub-pipeline being inlined ("child.")
     prefixes: set[str] = field(default_factory=set)  # sub-pipelines inlined, by key
     params: dict[str, Any] = field(default_factory=dict)  # the pipeline's, bound
+    calls: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (prefix, name)
 
     def _key_for(self, step: StepDef[Any, Any], alias: str | None) -> str:
         if alias is not None:
@@ -516,10 +537,12 @@ class _Builder:
                 f"(defined at {known.where} and {step.where}); give one a name= option"
             )
         key = self._key_for(step, alias)
-        when = None
+        when: Any = None
         if "when" in kwargs:  # the condition, never an argument of the function
             when = kwargs["when"]
             kwargs = {k: v for k, v in kwargs.items() if k != "when"}
+        elif step.when is not None:
+            when = self._declared_condition(step, key)
         if when is not None and not isinstance(when, Output):
             raise _definition_error(
                 f"when= of step {key!r} must be the output of a step (its boolean result)"
@@ -543,6 +566,7 @@ class _Builder:
         if limits is not None and limits.key_name is not None:
             limits = self._keyed(step, limits, args, kwargs, deps)
         self.keys.add(key)
+        self.calls.setdefault((self.prefix, step.name), []).append(key)
         self.nodes.append(
             StepSpec(
                 key,
@@ -565,6 +589,25 @@ class _Builder:
             )
         )
         return Output(self, key)
+
+    def _declared_condition(self, step: StepDef[Any, Any], key: str) -> Output:
+        """The output that ``@step(when=...)`` of ``step`` names for its call ``key``."""
+        when = step.when
+        if isinstance(when, Output):
+            return when
+        assert when is not None
+        called = self.calls.get((self.prefix, when.name), [])
+        scope = (
+            f"sub-pipeline {self.prefix[:-1]!r}" if self.prefix else f"pipeline {self.pipeline!r}"
+        )
+        if len(called) != 1:
+            how = "never" if not called else f"{len(called)} times"
+            raise _definition_error(
+                f"step {key!r} runs when step {when.name!r} is true, but {scope} calls "
+                f"{when.name!r} {how} before it: call it once before, or pass "
+                f"when=<its output> where you call {step.name!r}"
+            )
+        return Output(self, called[0])
 
     def _keyed(
         self,

@@ -93,6 +93,91 @@ async def test_when_takes_only_an_output_handle() -> None:
         bad.compile()
 
 
+@step(when=is_big)  # declared: runs only if is_big, called in the same body, is true
+async def triple(x: int) -> int:
+    return 3 * x
+
+
+@pipeline
+def declared(n: int = 0) -> object:
+    is_big(n)
+    return report(triple(n), double(n))
+
+
+@pipeline
+def declared_inside(n: int = 0) -> object:
+    """A sub-pipeline's condition is the call in its own body, not its parent's."""
+    is_big.alias("outer_check")(100)
+    return declared.alias("inner")(n)
+
+
+async def test_a_step_declared_with_when_runs_only_if_that_step_is_true(ex: Executor) -> None:
+    small = await ex.submit(declared, n=1)
+    assert await small.result() == [None, 2]
+    steps = {s.key: s.status for s in await ex.get_steps(small.run_id)}
+    assert steps == {
+        "is_big": StepStatus.SUCCEEDED,
+        "triple": StepStatus.SKIPPED,
+        "double": StepStatus.SUCCEEDED,
+        "report": StepStatus.SUCCEEDED,
+    }
+    (skipped,) = [e for e in await ex.get_events(small.run_id) if e.kind is EventKind.STEP_SKIPPED]
+    assert skipped.step == "triple" and skipped.data["reason"] == "its condition 'is_big' is false"
+    assert await (await ex.submit(declared, n=5)).result() == [15, 10]
+    inner = await ex.submit(declared_inside, n=1)
+    assert await inner.result() == [None, 2]
+    plan = declared_inside.compile(n=1).plan
+    assert plan.step("inner.triple").when == plan.index["inner.is_big"]
+
+
+async def test_a_when_at_the_call_overrides_the_declared_one(ex: Executor) -> None:
+    @pipeline
+    def overridden(n: int = 1) -> object:
+        is_big(n)
+        return triple(n, when=is_big.alias("other")(n + 10))
+
+    assert await (await ex.submit(overridden, n=1)).result() == 3
+
+
+@pytest.mark.parametrize(
+    ("calls", "fragment"),
+    [(0, "calls 'is_big' never before it"), (2, "calls 'is_big' 2 times before it")],
+)
+async def test_a_declared_condition_must_name_one_call_of_its_step(
+    calls: int, fragment: str
+) -> None:
+    @pipeline
+    def ambiguous() -> object:
+        for i in range(calls):
+            is_big(i)
+        return triple(1)
+
+    with pytest.raises(DefinitionError, match=fragment):
+        ambiguous.compile()
+
+
+async def test_a_step_decorated_in_a_body_takes_an_output_handle_as_its_condition(
+    ex: Executor,
+) -> None:
+    @pipeline
+    def inline(n: int = 1) -> object:
+        big = is_big(n)
+
+        @step(name="quadruple", when=big)
+        async def quadruple(x: int) -> int:
+            return 4 * x
+
+        return report(quadruple(n), quadruple.alias("again")(n + 1))
+
+    assert await (await ex.submit(inline, n=1)).result() == [None, None]
+    assert await (await ex.submit(inline, n=3)).result() == [12, 16]
+
+
+def test_when_on_the_decorator_takes_a_handle_or_a_step() -> None:
+    with pytest.raises(DefinitionError, match="when= must be an output handle or a step"):
+        step(when=True)(lambda: None)  # type: ignore[call-overload]
+
+
 async def test_a_skip_and_a_join_are_restored_identically_after_a_takeover() -> None:
     gate, started = asyncio.Event(), asyncio.Event()
     ran: list[str] = []
