@@ -50,7 +50,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aexec import claim, codec, messages, tracing
+from aexec import claim, codec, messages, parts, tracing
 from aexec.admission import DEFAULT_AGING, Candidate
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
@@ -637,12 +637,14 @@ class Coordinator:
             msg = messages.decode(body)
         except CodecError:
             return
-        run_id = getattr(msg, "run_id", None)
-        if not isinstance(run_id, str) or run_id not in self.runs:
-            return
-        step = getattr(msg, "step_key", None)
-        attempt = getattr(msg, "attempt", 0)
-        self._inbox.post(MessageRejected(run_id, reason, destination, msg.KIND, step, attempt))
+        # Coalesced completions name a run each: each is told (as the kind they travel as).
+        for named in msg.items if isinstance(msg, messages.Completions) else [msg]:
+            run_id = getattr(named, "run_id", None)
+            if not isinstance(run_id, str) or run_id not in self.runs:
+                continue
+            step = getattr(named, "step_key", None)
+            attempt = getattr(named, "attempt", 0)
+            self._inbox.post(MessageRejected(run_id, reason, destination, msg.KIND, step, attempt))
 
     def events(self, run_id: str) -> AsyncIterator[Event]:
         """The run's events from the beginning: history from the store, then live ones (a
@@ -761,14 +763,11 @@ class Coordinator:
             await settle(delivery, reject=True, reason=f"malformed: {exc}")
             return
         match msg:
+            case messages.Completions():  # coalesced by a worker: each as if it came alone
+                for part in parts.split(delivery, msg):
+                    await self._take_report(batch, part, part.msg, strays)
             case messages.Completion() | messages.Progress() | messages.AttemptLost():
-                if isinstance(msg, messages.Completion):
-                    await self._load_list(msg)
-                batch.reply(msg)  # a progress report is news of its worker, whatever the run
-                if msg.run_id in self.runs:
-                    batch.acks.append((delivery, msg))
-                else:
-                    strays.append(Stray(msg, delivery))
+                await self._take_report(batch, delivery, msg, strays)
             case messages.Output():
                 # Telemetry: what is about runs this coordinator does not drive is ignored.
                 batch.output(msg)
@@ -788,6 +787,22 @@ class Coordinator:
                     type(msg).__name__,
                 )
                 await settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
+
+    async def _take_report(
+        self,
+        batch: Batch,
+        delivery: Delivery,
+        msg: messages.Completion | messages.Progress | messages.AttemptLost,
+        strays: list[Stray],
+    ) -> None:
+        """Apply a report about one attempt; acked with the batch, or a stray."""
+        if isinstance(msg, messages.Completion):
+            await self._load_list(msg)
+        batch.reply(msg)  # a progress report is news of its worker, whatever the run
+        if msg.run_id in self.runs:
+            batch.acks.append((delivery, msg))
+        else:
+            strays.append(Stray(msg, delivery))
 
     async def _load_list(self, msg: messages.Completion) -> None:
         """A step whose output a map runs over put that list in the object store: load it
@@ -848,11 +863,17 @@ class Coordinator:
             # broker's confirms (a round trip) before taking the next completions in.
             self._require_running().start_work(self._dispatcher.send(batch.outgoing))
         acks, batch.acks = batch.acks, []
+        done: list[Delivery] = []
         for delivery, msg in acks:
             if msg is not None and msg.run_id in lost:
                 strays.append(Stray(msg, delivery))
             else:
-                await settle(delivery)
+                done.append(delivery)
+        if done:
+            try:  # one frame for many, where the broker allows
+                await self.transport.ack_many(done)
+            except TransportError as exc:
+                log.info("could not ack replies (the broker gives them back): %s", exc)
         for timer in batch.retries:
             self._timers.after(timer.delay, timer.due)
         if strays:

@@ -172,6 +172,40 @@ class Completion(_Wire):
 
 
 @dataclass(slots=True)
+class Completions(_Wire):
+    """Several attempts finished on one worker, close together: ``items``, each a
+    :class:`Completion` of its own, coalesced into one message to one coordinator
+    (:mod:`aexec.outbox`).  A coordinator applies each item as if it had come alone; each
+    is recorded exactly once, whatever else the message carries."""
+
+    KIND: ClassVar[str] = "dones"
+
+    items: list[Completion]
+
+    def to_wire(self) -> list[Any]:
+        return [[item.to_wire() for item in self.items]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Self:
+        (items,) = fields
+        if not isinstance(items, list) or not items:
+            raise CodecError("items must be a non-empty list of completions")
+        completions: list[Completion] = []
+        for position, item in enumerate(items):
+            if not isinstance(item, list):
+                raise CodecError(f"item {position} must be a completion's fields")
+            try:
+                completions.append(Completion.from_wire(item))
+            except CodecError as exc:
+                raise CodecError(f"item {position}: {exc}") from None
+            except ValueError:
+                raise CodecError(
+                    f"item {position} has {len(item)} fields, not a completion's"
+                ) from None
+        return cls(completions)
+
+
+@dataclass(slots=True)
 class Progress(_Wire):
     """A step started, or reported progress (``fraction`` in [0, 1] and/or ``message``)."""
 
@@ -512,6 +546,7 @@ class Events(_Wire):
 Message = (
     StepMessage
     | Completion
+    | Completions
     | Progress
     | Output
     | Heartbeat
@@ -528,6 +563,7 @@ KINDS: dict[str, type[Message]] = {
     for cls in (
         StepMessage,
         Completion,
+        Completions,
         Progress,
         Output,
         Heartbeat,
@@ -570,6 +606,27 @@ def decode(body: bytes) -> Message:
         raise CodecError(
             f"malformed {kind} message: {len(m) - 2} fields where {expected} are expected"
         ) from None
+
+
+def pack_completion(completion: Completion) -> bytes:
+    """``completion``'s fields packed alone: an item of a :class:`Completions` body (see
+    :func:`completions_body`), packed once whether it travels alone or with others."""
+    item: bytes = msgpack.packb(completion.to_wire(), use_bin_type=True)
+    return item
+
+
+def completions_body(items: Sequence[bytes]) -> bytes:
+    """The body of a :class:`Completions` message whose items :func:`pack_completion`
+    packed already (at least one), without packing them again."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts: list[bytes] = [
+        packer.pack_array_header(3),
+        packer.pack(VERSION),
+        packer.pack(Completions.KIND),
+        packer.pack_array_header(len(items)),
+        *items,
+    ]
+    return b"".join(parts)
 
 
 # -- validation ----------------------------------------------------------------------------

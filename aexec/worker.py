@@ -48,11 +48,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from aexec import capture, context, messages, tracing
+from aexec import capture, context, messages, outbox, tracing
 from aexec.background import Background
 from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
@@ -94,6 +94,7 @@ class WorkerConfig:
     ack_after: float = 10.0
     output: OutputLimits = field(default_factory=OutputLimits)  # steps' logs, prints, progress
     publish_retry_max: float = 5.0
+    coalesce: float = outbox.WINDOW  # how long a completion may wait to share a message; 0: never
     drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
     cancel_grace: float = 5.0  # a cancelled sync step in a child process: killed after this
     lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
@@ -136,6 +137,7 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     acked: bool = False
     reported: bool = False  # named in a heartbeat the coordinator has received
+    sent: bool = False  # its completion is in the outbox, which settles its delivery
     on_cancel: OnCancel = "requeue"
 
 
@@ -162,6 +164,13 @@ class Worker:
         self._ended = EndedRuns()
         self._background: Background | None = None
         self._running: dict[AttemptKey, _Attempt] = {}
+        self.outbox = outbox.Outbox(
+            transport,
+            self._start_sending,
+            name=self.name,
+            window=self.config.coalesce,
+            retry_max=self.config.publish_retry_max,
+        )
         self._runner = StepRunner(
             objects,
             pool=self.config.pool,
@@ -545,15 +554,16 @@ class Worker:
             outcome = "succeeded" if error is None else "failed"
             seconds = completion.finished_at - attempt.started_at
             self.metrics.finished(step.queue, step.name, outcome, seconds)
-        await self._send(msg, completion.encode(), "completion")
-        if not attempt.acked:
-            attempt.acked = True
-            await self._settle(attempt.delivery)
+        delivery = None if attempt.acked else attempt.delivery
+        attempt.acked = attempt.sent = True  # from here on the outbox settles the delivery
+        await self.outbox.send(msg.reply_to, completion, delivery)
 
     async def _cancelled(self, attempt: _Attempt) -> None:
         """The worker cancelled ``attempt``: report it lost if ``on_cancel`` says so (within
         ``lost_report_timeout``: else the broker or the coordinator's lease on this worker's
         heartbeats gives it back), and settle its delivery."""
+        if attempt.sent:
+            return  # finished: the outbox publishes its completion and settles its delivery
         requeue = attempt.on_cancel == "requeue"
         if attempt.on_cancel == "lost":
             try:
@@ -625,6 +635,13 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.publish_retry_max)
+
+    def _start_sending(self, coro: Coroutine[Any, Any, None]) -> None:
+        background = self._background
+        if background is None:
+            coro.close()
+            raise AexecError(f"worker {self.name} is not running")
+        background.start_work(coro)
 
     # -- progress, heartbeats, control -----------------------------------------------------
 

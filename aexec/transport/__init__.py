@@ -19,6 +19,9 @@ Semantics every adapter keeps:
   handed back to its queue *unmarked* (not redelivered), with its priority.
 * Higher ``priority`` (0..max_priority) is delivered first among waiting messages.
 * At most ``prefetch`` deliveries per consumer are unacked at a time.
+* ``ack_many(deliveries)`` acks them all with as few broker frames as it can (RabbitMQ:
+  ``basic.ack`` with ``multiple`` over each consumer's oldest unsettled deliveries), and
+  never settles a delivery that is not in the list.
 * ``broadcast(topic, body)`` reaches every current ``subscribe(topic, ...)`` handler once
   (fire-and-forget control traffic: nothing is kept for subscribers that come later).
 * ``announce(topic, body)`` appends to a *retained* topic (confirmed); ``follow(topic,
@@ -152,6 +155,20 @@ async def settle(
     return True
 
 
+async def ack_each(deliveries: Iterable[Delivery]) -> None:
+    """Ack each of ``deliveries`` on its own: :meth:`Transport.ack_many` for an adapter (or a
+    delivery) that has no cheaper way.  Tries every one; then raises the first
+    :class:`~aexec.errors.TransportError`, if any (those are redelivered anyway)."""
+    failure: TransportError | None = None
+    for delivery in deliveries:
+        try:
+            await delivery.ack()
+        except TransportError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
 def retained_queue(topic: str) -> str:
     """The queue (a RabbitMQ stream) that keeps the announcements of ``topic``."""
     return f"retained.{topic}"
@@ -188,6 +205,12 @@ class Transport(Protocol):
         """Publish ``(queue, body, priority)`` messages; returns once all are confirmed."""
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription: ...
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack every one of ``deliveries`` (settled ones are left alone) with as few frames
+        as the broker allows, never settling one that is not in the list; tries them all,
+        then raises a :class:`~aexec.errors.TransportError` if some could not be acked (the
+        broker gives those back)."""
 
     async def delete_queues(self, names: Iterable[str]) -> None:
         """Delete these queues and their messages (a coordinator's reply queue it no longer

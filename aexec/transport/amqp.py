@@ -88,8 +88,10 @@ from aexec.transport import (
     Announcement,
     DeadLetter,
     DeadLetterLimits,
+    Delivery,
     Handler,
     Replay,
+    ack_each,
     retained_queue,
 )
 from aexec.wire import (
@@ -149,20 +151,69 @@ class _QueueSpec:
     arguments: dict[str, Any]
 
 
+class _Unsettled:
+    """The deliveries of one consumer not settled yet, by delivery tag, on the channel that
+    delivered the latest one: what a ``basic.ack`` with ``multiple`` may cover.
+
+    RabbitMQ numbers a channel's deliveries 1, 2, 3...; an ack with ``multiple`` settles
+    every unsettled one up to its tag.  Tags are noted as aio-pika hands the messages over
+    (in delivery order), so the dict keeps them in ascending order.  A restored channel
+    numbers from 1 again, and the deliveries of the closed one are the broker's again: they
+    are forgotten."""
+
+    __slots__ = ("_channel", "_tags")
+
+    def __init__(self) -> None:
+        self._channel: object = None
+        self._tags: dict[int, None] = {}
+
+    def add(self, message: AbstractIncomingMessage) -> None:
+        channel = _channel(message)
+        if channel is not self._channel:
+            self._channel = channel
+            self._tags.clear()
+        if message.delivery_tag is not None:
+            self._tags[message.delivery_tag] = None
+
+    def discard(self, message: AbstractIncomingMessage) -> None:
+        if _channel(message) is self._channel and message.delivery_tag is not None:
+            self._tags.pop(message.delivery_tag, None)
+
+    def cover(self, messages: list[AbstractIncomingMessage]) -> int | None:
+        """The highest tag an ack with ``multiple`` may carry to settle (some of)
+        ``messages`` and nothing else — the longest run of the oldest unsettled tags that
+        are all theirs — or None; the tags it covers are forgotten."""
+        wanted = {m.delivery_tag for m in messages if _channel(m) is self._channel}
+        highest = None
+        for tag in self._tags:
+            if tag not in wanted:
+                break
+            highest = tag
+        if highest is not None:
+            for tag in list(self._tags):
+                if tag > highest:
+                    break
+                del self._tags[tag]
+        return highest
+
+
 class AmqpDelivery:
     """One message handed to a handler.  Settling it twice is a no-op, as in memory."""
 
-    __slots__ = ("_message", "_queue", "_transport")
+    __slots__ = ("_message", "_queue", "_transport", "_unsettled", "settled")
 
     def __init__(
         self,
         message: AbstractIncomingMessage,
         transport: AmqpTransport | None = None,
         queue: str | None = None,
+        unsettled: _Unsettled | None = None,
     ) -> None:
         self._message = message
         self._transport = transport  # dead-letters through it (None: a broadcast)
         self._queue = queue  # the logical queue it came from
+        self._unsettled = unsettled  # its consumer's (None: nothing to ack many with)
+        self.settled = bool(message.processed)  # here, or by an ack with ``multiple``
 
     @property
     def body(self) -> bytes:
@@ -172,8 +223,17 @@ class AmqpDelivery:
     def redelivered(self) -> bool:
         return bool(self._message.redelivered)
 
+    def _settling(self) -> bool:
+        """Claim the settling of this delivery: False if it is settled already."""
+        if self.settled or self._message.processed:
+            return False
+        self.settled = True
+        if self._unsettled is not None:
+            self._unsettled.discard(self._message)
+        return True
+
     async def ack(self) -> None:
-        if self._message.processed:
+        if not self._settling():
             return
         try:
             await self._message.ack()
@@ -184,7 +244,7 @@ class AmqpDelivery:
 
     async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
         message = self._message
-        if message.processed:
+        if self.settled or message.processed:
             return
         if not requeue and self._transport is not None and self._queue is not None:
             try:
@@ -196,6 +256,8 @@ class AmqpDelivery:
                     f"cannot dead-letter: {exc} (the broker will redeliver the message)"
                 ) from exc
             await self.ack()
+            return
+        if not self._settling():
             return
         try:
             await message.reject(requeue=requeue)
@@ -244,6 +306,8 @@ class AmqpSubscription:
         self._active = True
         self._stopped = False
         self._consumer: tuple[AbstractRobustQueue, str] | None = None  # (queue, consumer tag)
+        # What an ack with ``multiple`` may cover (a topic's deliveries are auto-acked).
+        self._unsettled = _Unsettled() if queue is not None else None
 
     def consuming(self, queue: AbstractRobustQueue, tag: str) -> None:
         """The broker consumer this subscription stands for (``stop()`` cancels it)."""
@@ -252,6 +316,8 @@ class AmqpSubscription:
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """aio-pika's callback.  Tasks start in creation order, so handlers start in
         delivery order."""
+        if self._unsettled is not None:
+            self._unsettled.add(message)  # first: before any later message is handled
         if not self._active:
             return  # left unacked: requeued when the channel closes
         if self._stopped:
@@ -268,6 +334,8 @@ class AmqpSubscription:
         """Give back a delivery the handler never saw.  One that is marked redelivered
         already is requeued (it keeps its mark); any other is published again with its
         priority, then acked, so that it is not mistaken for one a crashed consumer held."""
+        if self._unsettled is not None:
+            self._unsettled.discard(message)
         try:
             if self._republish is None or message.redelivered:
                 await message.reject(requeue=True)
@@ -287,11 +355,11 @@ class AmqpSubscription:
             # In a task of its own: cancel() cancels handlers, not hand-backs.
             self._start(self._hand_back(message), self._handing_back)
             return
-        delivery = AmqpDelivery(message, self._transport, self.queue)
+        delivery = AmqpDelivery(message, self._transport, self.queue, self._unsettled)
         try:
             await self._handler(delivery)
         except Exception as failure:
-            if message.processed:  # settled by the handler, or auto-acked (a broadcast)
+            if delivery.settled or message.processed:  # by the handler, or auto-acked
                 logger.exception("handler for %s failed", self._label)
                 return
             logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
@@ -613,6 +681,42 @@ class AmqpTransport:
                     f"{len(failed)} of {len(messages)} messages were not confirmed: {failed[0][1]}",
                     [m for m, _ in failed],
                 )
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One ``basic.ack`` with ``multiple`` per consumer for its oldest unsettled
+        deliveries when they are all in ``deliveries`` (see :class:`_Unsettled`); one ack
+        each for the others."""
+        groups: dict[int, tuple[_Unsettled, list[AmqpDelivery]]] = {}
+        alone: list[Delivery] = []
+        for delivery in deliveries:
+            if not isinstance(delivery, AmqpDelivery) or delivery._unsettled is None:
+                alone.append(delivery)
+            elif not delivery.settled:
+                unsettled = delivery._unsettled
+                groups.setdefault(id(unsettled), (unsettled, []))[1].append(delivery)
+        failure: TransportError | None = None
+        for unsettled, group in groups.values():
+            highest = unsettled.cover([d._message for d in group])
+            if highest is None:
+                alone.extend(group)
+                continue
+            covered = [d for d in group if _tag(d) <= highest]
+            alone.extend(d for d in group if _tag(d) > highest)
+            for delivery in covered:
+                delivery.settled = True
+            try:
+                channel = max(covered, key=_tag)._message.channel
+                await channel.basic_ack(delivery_tag=highest, multiple=True)
+            except _BROKER_ERRORS as exc:
+                failure = failure or TransportError(
+                    f"cannot ack: {_reason(exc)} (the broker will redeliver the messages)"
+                )
+        try:
+            await ack_each(alone)
+        except TransportError as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> AmqpSubscription:
         connection = self._require(self._connection)
@@ -1047,6 +1151,21 @@ class AmqpTransport:
     def _scrub(self, text: str) -> str:
         password = urlsplit(self._url).password
         return text.replace(password, "***") if password else text
+
+
+_CLOSED = object()
+
+
+def _channel(message: AbstractIncomingMessage) -> object:
+    """The channel that delivered ``message``, or :data:`_CLOSED` once it closed."""
+    try:
+        return message.channel
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return _CLOSED
+
+
+def _tag(delivery: AmqpDelivery) -> int:
+    return delivery._message.delivery_tag or 0
 
 
 def _display(url: str) -> str:

@@ -30,6 +30,7 @@ from aexec.transport import (
     Delivery,
     Handler,
     Replay,
+    ack_each,
 )
 from aexec.wire import MAX_PRIORITY, RETAINED_MAX_AGE, RETAINED_MAX_BYTES
 
@@ -340,6 +341,9 @@ class MemoryTransport:
                 raise UnroutableError(f"no queue named {queue!r}: the message was not routed")
             self._push(q, body, priority, False, None)
             self._dispatch(q)
+
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_each(deliveries)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _Subscription:
         q = self._queues.get(queue)

@@ -179,6 +179,11 @@ class SignedTransport:
 
         return await self.inner.consume(queue, verified, prefetch=prefetch)
 
+    async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        await self.inner.ack_many(
+            [d._delivery if isinstance(d, _VerifiedDelivery) else d for d in deliveries]
+        )
+
     async def delete_queues(self, names: Iterable[str]) -> None:
         await self.inner.delete_queues(names)
 

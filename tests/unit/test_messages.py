@@ -15,6 +15,7 @@ from aexec.errors import CodecError
 from aexec.messages import (
     AttemptLost,
     Completion,
+    Completions,
     Control,
     Events,
     Heartbeat,
@@ -52,6 +53,9 @@ EXAMPLES: dict[str, Any] = {
     "completion with output": DONE_OK,
     "completion with error": DONE_ERROR,
     "completion with empty output": Completion("r", "k", 0, b"", None, "w", 0.0, 0.0),
+    "completions": Completions(
+        [DONE_OK, DONE_ERROR, Completion("r2", "k", 1, b"", None, "w", 0, 1)]
+    ),
     "progress": Progress("run-1", "k", 1, "w1", 11.0, 0.5, "half way"),
     "progress started": Progress("run-1", "k", 1, "w1", 11.0),
     "output": Output(
@@ -368,7 +372,18 @@ structures = st.recursive(
     max_leaves=20,
 )
 kinds = st.sampled_from(
-    ["step", "done", "progress", "heartbeat", "control", "worker_info", "submit", "events", "x"]
+    [
+        "step",
+        "done",
+        "dones",
+        "progress",
+        "heartbeat",
+        "control",
+        "worker_info",
+        "submit",
+        "events",
+        "x",
+    ]
 )
 # Arrays shaped like messages (right version and kind, random fields) reach the validators.
 message_like = st.builds(
@@ -388,6 +403,7 @@ def decode_or_codec_error(body: bytes) -> None:
         message,
         StepMessage
         | Completion
+        | Completions
         | Progress
         | Output
         | Heartbeat
@@ -461,3 +477,30 @@ def test_a_submit_with_malformed_tags_is_refused(tags: Any) -> None:
     body = msgpack.packb([messages.VERSION, Submit.KIND, "run-1", b"p", 0, None, tags])
     with pytest.raises(CodecError, match="tag"):
         messages.decode(body)
+
+
+# -- coalesced completions -----------------------------------------------------------------
+
+
+def test_a_completions_body_built_from_packed_items_decodes_to_those_completions() -> None:
+    items = [DONE_OK, DONE_ERROR]
+    body = messages.completions_body([messages.pack_completion(c) for c in items])
+    assert body == Completions(items).encode()
+    assert messages.decode(body) == Completions(items)
+
+
+@pytest.mark.parametrize(
+    ("items", "problem"),
+    [
+        ([], "items must be a non-empty list"),
+        ("not a list", "items must be a non-empty list"),
+        ([DONE_OK.to_wire(), "x"], "item 1 must be a completion's fields"),
+        ([DONE_OK.to_wire(), DONE_OK.to_wire()[:3]], "item 1 has 3 fields"),
+        ([[*DONE_OK.to_wire()[:2], "three", *DONE_OK.to_wire()[3:]]], "item 0: attempt"),
+    ],
+)
+def test_a_malformed_completions_message_is_a_codec_error_naming_the_item(
+    items: Any, problem: str
+) -> None:
+    with pytest.raises(CodecError, match=f"malformed dones message: {problem}"):
+        messages.decode(packed(messages.VERSION, "dones", items))
