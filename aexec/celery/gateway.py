@@ -20,11 +20,17 @@ attempt, so a result heard twice (a redelivery, the channel and the key) changes
 a result about a run another coordinator drives is forwarded to it.  An ``rpc://`` reply
 is acked only after the coordinator committed its effect.
 
-While a task runs (STARTED), the gateway heartbeats for it on behalf of its Celery worker:
-Celery workers do not heartbeat to aexec, and the coordinator must not take the task for
-lost.  A Celery worker killed mid-task is Celery's to handle: with ``acks_late`` its
-task is redelivered and runs again under the same id; otherwise Celery reports it failed
-(``WorkerLostError``).
+While a task runs (STARTED), the gateway heartbeats for it on behalf of its Celery worker
+(Celery workers do not heartbeat to aexec), as long as that worker is alive: an
+``events`` channel consumes the ``worker.*`` events of Celery's event exchange
+(``celeryev``, or the broker URL's ``event_exchange`` query parameter) into a queue of its
+own, and a worker that said ``worker-offline``, or that fell silent for two of its
+heartbeat periods, is taken for gone (:mod:`aexec.celery.liveness`).  Its tasks are then
+vouched for no more: unless another worker starts them (an ``acks_late`` task, which
+RabbitMQ redelivers under the same id), the coordinator takes them for lost after its
+``worker_timeout`` and sends each again as a new attempt, revoking the old one.  A task
+that was not ``acks_late`` is gone with its worker: this is what keeps it from hanging.
+Nothing is concluded about workers never heard (heartbeats off, ``--without-heartbeat``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +55,7 @@ from yarl import URL
 from aexec import codec, messages
 from aexec.background import Background
 from aexec.celery import protocol
+from aexec.celery.liveness import WorkerLiveness
 from aexec.config import Settings
 from aexec.errors import CodecError, ObjectStoreError, TransportError
 from aexec.gateway import GatewayStep
@@ -61,6 +69,7 @@ log = logging.getLogger(__name__)
 
 KIND = "celery"
 PIDBOX_EXCHANGE = "celery.pidbox"
+EVENT_EXCHANGE = "celeryev"  # Celery's event_exchange default
 _BROKER_ERRORS = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
@@ -83,6 +92,7 @@ class CeleryConfig:
     heartbeat_interval: float = 1.0
     connect_timeout: float = 10.0
     retry_delay: float = 1.0  # before an unconfirmed task is sent again as a new attempt
+    event_exchange: str = EVENT_EXCHANGE  # where Celery workers send their worker-* events
 
     @property
     def reply_queue(self) -> str:
@@ -147,6 +157,9 @@ class CeleryGateway:
         self._background: Background | None = None
         self._started: dict[tuple[str, str, int], str] = {}  # running attempt → Celery worker
         self._pending: set[str] = set()  # task ids sent here with no result yet (Redis)
+        self._liveness = WorkerLiveness()
+        self._events: AbstractRobustChannel | None = None
+        self._events_queue = f"{config.prefix}.celery.events.{uuid.uuid4().hex[:12]}"
 
     def __repr__(self) -> str:
         return f"<CeleryGateway {self._display} backend={redact(self.config.backend)}>"
@@ -165,6 +178,7 @@ class CeleryGateway:
                 await self._publisher.declare_exchange(
                     PIDBOX_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=False
                 )
+                self._events = await self._listen_events(connection)
                 if self.config.uses_rpc:
                     replies = await connection.channel()
                     await replies.set_qos(prefetch_count=1000)
@@ -189,7 +203,7 @@ class CeleryGateway:
         if background is not None:
             await background.aclose()
         connection, self._connection = self._connection, None
-        self._publisher = None
+        self._publisher = self._events = None
         if connection is not None:
             with contextlib.suppress(*_BROKER_ERRORS):
                 await connection.close()
@@ -386,15 +400,72 @@ class CeleryGateway:
         return codec.encode(codec.ObjectRef(object_key))
 
     async def _heartbeat(self) -> None:
-        """Vouch for the Celery tasks that run now (STARTED), for their Celery workers."""
+        """Vouch for the Celery tasks that run now (STARTED), for their Celery workers,
+        while those are alive."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
-            by_worker: dict[str, list[tuple[str, str, int]]] = {}
-            for attempt, worker in self._started.items():
-                by_worker.setdefault(worker, []).append(attempt)
-            for worker, attempts in by_worker.items():
+            for worker, attempts in self._alive_attempts().items():
                 body = messages.Heartbeat(worker, time.time(), attempts).encode()
                 self._posted(Reply(Announcement(body)))
+
+    def _alive_attempts(self) -> dict[str, list[tuple[str, str, int]]]:
+        """The running attempts by Celery worker, those of workers gone left out (and
+        forgotten: a redelivery that starts on another worker is heard again)."""
+        now = time.monotonic()
+        events = self._events
+        if events is None or events.is_closed:
+            self._liveness.deaf()
+        elif not self._liveness.is_listening:
+            self._liveness.listening(now)
+        by_worker: dict[str, list[tuple[str, str, int]]] = {}
+        gone: dict[str, tuple[str, list[tuple[str, str, int]]]] = {}
+        for attempt, worker in list(self._started.items()):
+            why = self._liveness.gone(worker, now)
+            if why is None:
+                by_worker.setdefault(worker, []).append(attempt)
+            else:
+                del self._started[attempt]
+                gone.setdefault(worker, (why, []))[1].append(attempt)
+        for why, attempts in gone.values():
+            log.warning(
+                "%s while it ran %d aexec task(s) (%s): unless Celery redelivers them "
+                "(acks_late), they are lost and sent again after the coordinator's "
+                "worker_timeout",
+                why,
+                len(attempts),
+                ", ".join(f"step {key} of run {run_id}" for run_id, key, _ in attempts[:5]),
+            )
+        return by_worker
+
+    async def _listen_events(self, connection: AbstractRobustConnection) -> AbstractRobustChannel:
+        """Consume the ``worker.*`` events of Celery's event exchange into a queue of this
+        gateway's own (deleted with its connection)."""
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            self.config.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(
+            self._events_queue,
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-message-ttl": 10_000},
+        )
+        await queue.bind(exchange, "worker.#")
+        await queue.consume(self._on_event, no_ack=True)
+        self._liveness.listening(time.monotonic())
+        return channel
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = protocol.worker_event(
+                protocol.loads(message.body, message.content_type, message.content_encoding)
+            )
+        except CodecError as exc:
+            log.debug("ignored a malformed Celery event: %s", exc)
+            return
+        if event is not None:
+            kind, hostname, freq = event
+            self._liveness.heard(hostname, kind, time.monotonic(), freq)
 
     async def _listen_redis(self) -> None:
         """Results from a Redis backend: the channels of aexec's tasks, and, on every
@@ -469,7 +540,8 @@ class CeleryGateway:
 def from_settings(settings: Settings, objects: ObjectStore) -> CeleryGateway | None:
     """The gateway that ``settings`` ask for: to ``celery_broker``, else to ``broker``
     when it is RabbitMQ (aexec's own ``prefix``/``connect_timeout`` options taken off the
-    URL); None without either."""
+    URL); None without either.  The URL's ``event_exchange`` query parameter names Celery's
+    event exchange (default ``celeryev``)."""
     broker = settings.celery_broker
     prefix = settings.queue_prefix
     if broker is None:
@@ -480,9 +552,15 @@ def from_settings(settings: Settings, objects: ObjectStore) -> CeleryGateway | N
         prefix = dict(query).get("prefix", prefix)
         rest = [(k, v) for k, v in query if k not in ("prefix", "connect_timeout")]
         broker = urlunsplit(parts._replace(query=urlencode(rest)))
+    parts = urlsplit(broker)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    event_exchange = dict(query).get("event_exchange") or EVENT_EXCHANGE
+    rest = [(k, v) for k, v in query if k != "event_exchange"]
+    broker = urlunsplit(parts._replace(query=urlencode(rest)))
     config = CeleryConfig(
         broker,
         settings.celery_backend,
+        event_exchange=event_exchange,
         prefix=prefix,
         inline_threshold=settings.inline_threshold,
         max_value_size=settings.max_value_size,

@@ -341,6 +341,21 @@ class TaskResult:
         )
 
 
+def worker_event(event: Any) -> tuple[str, str, float | None] | None:
+    """``(type, hostname, freq)`` of a Celery ``worker-*`` event (a heartbeat, online,
+    offline); None for any other event."""
+    if not isinstance(event, dict):
+        return None
+    kind, hostname, freq = event.get("type"), event.get("hostname"), event.get("freq")
+    if not isinstance(kind, str) or not kind.startswith("worker-"):
+        return None
+    if not isinstance(hostname, str) or not hostname:
+        return None
+    if isinstance(freq, bool) or not isinstance(freq, int | float):
+        freq = None
+    return kind, hostname, None if freq is None else float(freq)
+
+
 _NOT_RETRYABLE = frozenset({"NotRegistered", "TimeLimitExceeded", "SoftTimeLimitExceeded"})
 
 
@@ -363,4 +378,5 @@ __all__ = [
     "task_id",
     "task_message",
     "to_celery",
+    "worker_event",
 ]

@@ -318,6 +318,40 @@ async def test_a_celery_worker_killed_mid_task_with_acks_late_leaves_it_to_anoth
     assert done.data["worker"].startswith("heir-")
 
 
+async def test_a_task_lost_with_its_celery_worker_is_sent_again_instead_of_waited_for(
+    celery_private: CeleryWorkers, tmp_path: Path
+) -> None:
+    # Not acks_late: the worker acked the message when the task started, so RabbitMQ has
+    # nothing to redeliver once the worker is gone.  Its heartbeats stop: the gateway stops
+    # vouching for the task, and the coordinator sends it again as a new attempt.
+    sleeper = celery_step("tests.celery.tasks.sleep", queue=celery_private.queue)
+    name = f"orphan-{uuid.uuid4().hex[:6]}"
+    first = celery_private.start("doomed")
+
+    @pipeline
+    def orphan() -> Any:
+        return sleeper(3.0, name)
+
+    async with asyncio.timeout(WAIT), executor(celery_private, tmp_path, worker_timeout=3.0) as ex:
+        run = await ex.submit(orphan)
+        await wait_for_event(run, EventKind.STEP_STARTED)
+        assert await _heard(first, f"ledger: sleep-start {name}")
+        first.kill()  # SIGKILL mid-task, pool and all
+        celery_private.start("heir")
+        assert await run.result() == name
+        (record,) = await ex.get_steps(run.run_id)
+        events = await ex.get_events(run.run_id)
+    assert (record.status, record.attempts) == ("succeeded", 2)
+    assert len([x for x in celery_private.executions("sleep-start") if name in x]) == 2
+    assert len([x for x in celery_private.executions("sleep-end") if name in x]) == 1
+    (lost,) = [e for e in events if e.kind is EventKind.STEP_RETRYING]
+    assert (lost.attempt, lost.data["lost"]) == (1, True)
+    assert lost.data["worker"].startswith("doomed-")
+    assert lost.data["error"]["type"] == "WorkerLostError"
+    (done,) = [e for e in events if e.kind is EventKind.STEP_SUCCEEDED]
+    assert (done.attempt, done.data["worker"][:5]) == (2, "heir-")
+
+
 async def test_a_duplicate_result_is_never_recorded_twice(
     celery_rpc: CeleryWorkers, tmp_path: Path
 ) -> None:
