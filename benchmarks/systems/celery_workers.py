@@ -52,7 +52,8 @@ class CeleryWorkersSystem(CelerySystem):
         workdir.mkdir(parents=True)
         settings = Settings(
             home=str(workdir),
-            celery_broker=self.broker,
+            # The worker node's events go to <prefix>.celeryev (its app says so).
+            celery_broker=f"{self.broker}?event_exchange={self.prefix}.celeryev",
             celery_backend=f"{self.config.redis}?global_keyprefix={self.prefix}:",
             queue_prefix=f"{self.prefix}.aexec-celery",
         )
