@@ -39,6 +39,7 @@ _ENV = {
     "ack_after": "AEXEC_ACK_AFTER",
     "drain_grace": "AEXEC_DRAIN_GRACE",
     "cancel_grace": "AEXEC_CANCEL_GRACE",
+    "coalesce": "AEXEC_COALESCE",
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
     "lease": "AEXEC_LEASE",
@@ -143,6 +144,7 @@ class Settings:
     ack_after: float = 10.0  # a step running this long is acked and protected by heartbeats
     drain_grace: float = 60.0  # a stopping worker's steps get this long to finish
     cancel_grace: float = 5.0  # a cancelled step in a child process is killed after this
+    coalesce: float = 0.001  # how long a worker's completion may wait to share a message; 0: never
     lease: float = 15.0  # a coordinator's hold on its runs; a dead one's runs wait this long
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
@@ -185,6 +187,8 @@ class Settings:
             raise ConfigError("drain_grace must be >= 0")
         if not self.cancel_grace >= 0:
             raise ConfigError("cancel_grace must be >= 0")
+        if not self.coalesce >= 0:
+            raise ConfigError("coalesce must be >= 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
         if not isinstance(logging.getLevelName(self.step_log_level.upper()), int):

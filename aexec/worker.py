@@ -102,7 +102,8 @@ class WorkerConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
         """The worker knobs that ``settings`` carries (concurrency, thread pool size, inline
-        threshold, max value size, heartbeat interval, ack_after, drain and cancel grace);
+        threshold, max value size, heartbeat interval, ack_after, drain and cancel grace,
+        coalescing);
         ``overrides`` set any field."""
         values: dict[str, Any] = {
             "concurrency": settings.concurrency,
@@ -113,6 +114,7 @@ class WorkerConfig:
             "ack_after": settings.ack_after,
             "drain_grace": settings.drain_grace,
             "cancel_grace": settings.cancel_grace,
+            "coalesce": settings.coalesce,
             "output": OutputLimits.with_level(settings.step_log_level),
         }
         return cls(**(values | overrides))
@@ -338,6 +340,12 @@ class Worker:
                 await background.drain()  # the cancelled attempts report themselves lost
             await self._drop_consumers()
             await self._stop_listening()
+            log.info(
+                "worker %s sent %d completion(s) in %d message(s)",
+                self.name,
+                self.outbox.completions,
+                self.outbox.messages,
+            )
         finally:
             self._background = None
             try:

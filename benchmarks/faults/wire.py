@@ -96,6 +96,12 @@ def describe(body: bytes) -> str:
             f"completion of run {msg.run_id} step {msg.step_key} attempt {msg.attempt} "
             f"({outcome}, from {msg.worker})"
         )
+    if isinstance(msg, messages.Completions):
+        first = msg.items[0]
+        return (
+            f"{len(msg.items)} coalesced completions, the first of run {first.run_id} step "
+            f"{first.step_key} attempt {first.attempt} (from {first.worker})"
+        )
     if isinstance(msg, messages.Submit):
         return f"submission of run {msg.run_id[:40]} ({len(msg.run_id)}-character id)"
     return f"{type(msg).__name__} message"
@@ -115,6 +121,11 @@ def _classify(queue: str, body: bytes, properties: dict[str, Any]) -> Captured |
     if isinstance(msg, messages.Completion):
         return Captured(
             queue, body, priority, headers, "completion", msg.run_id, msg.step_key, msg.attempt
+        )
+    if isinstance(msg, messages.Completions):  # coalesced: replayed whole, named by its first
+        item = msg.items[0]
+        return Captured(
+            queue, body, priority, headers, "completion", item.run_id, item.step_key, item.attempt
         )
     if isinstance(msg, messages.Submit):
         return Captured(queue, body, priority, headers, "submit", msg.run_id)

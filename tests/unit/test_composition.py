@@ -126,6 +126,14 @@ def test_the_drain_grace_comes_from_the_environment_into_the_worker_config() -> 
         Settings(drain_grace=-1.0)
 
 
+def test_the_coalescing_window_comes_from_the_environment_into_the_worker_config() -> None:
+    settings = Settings.resolve(environ={"AEXEC_COALESCE": "0"})
+    assert WorkerConfig.from_settings(settings).coalesce == 0.0
+    assert WorkerConfig.from_settings(Settings()).coalesce == 0.001
+    with pytest.raises(ConfigError, match="coalesce"):
+        Settings(coalesce=-1.0)
+
+
 def test_the_cancel_grace_comes_from_the_environment_into_the_worker_config() -> None:
     settings = Settings.resolve(environ={"AEXEC_CANCEL_GRACE": "1.5"})
     assert WorkerConfig.from_settings(settings).cancel_grace == 1.5
