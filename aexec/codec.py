@@ -12,7 +12,9 @@ Three extension codes are internal plumbing:
 * ``EXT_VALUE`` — an already-encoded value embedded as-is (no re-encoding on the way);
 * ``EXT_REF`` — a claim check: the value lives in the object store under this key;
 * ``EXT_DIRECTIVE`` — a step's decision instead of an output (:mod:`aexec.directives`),
-  read by the coordinator with :func:`directive_of`.
+  read by the coordinator with :func:`directive_of`;
+* ``EXT_PARAM`` — in the plan of a child run (``run_as_child=True``), "the value of the
+  run's parameter NAME", known only when the run is created (:func:`fill_params`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -33,6 +35,7 @@ EXT_SLOT = 1
 EXT_VALUE = 2
 EXT_REF = 3
 EXT_DIRECTIVE = 5
+EXT_PARAM = 6
 EXT_DATETIME = 16
 EXT_DATE = 17
 EXT_TIME = 18
@@ -84,6 +87,24 @@ class Slot:
         return f"Slot({self.index})"
 
 
+class Param:
+    """Placeholder for the value of parameter ``name`` inside a child run's plan."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Param) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("Param", self.name))
+
+    def __repr__(self) -> str:
+        return f"Param({self.name!r})"
+
+
 _SLOTS = [ExtType(EXT_SLOT, i.to_bytes(4, "big")) for i in range(64)]
 
 
@@ -114,6 +135,8 @@ def _default(obj: Any) -> Any:
         return ExtType(EXT_SLOT, obj.index.to_bytes(4, "big"))
     if isinstance(obj, ObjectRef):
         return ExtType(EXT_REF, obj.key.encode())
+    if isinstance(obj, Param):
+        return ExtType(EXT_PARAM, obj.name.encode())
     if isinstance(obj, directives.Skip | directives.Cached | directives.Again):
         return ExtType(EXT_DIRECTIVE, _pack(obj.to_wire()))
     raise TypeError(f"cannot encode object of type {type(obj).__qualname__}")
@@ -158,6 +181,8 @@ class _Decoder:
             if index >= len(self.inputs):
                 raise CodecError(f"input slot {index} out of range ({len(self.inputs)} inputs)")
             return self.inputs[index]
+        if code == EXT_PARAM:
+            return Param(data.decode())
         if code == EXT_DIRECTIVE:
             try:
                 return directives.from_wire(self.unpack(data))
@@ -270,6 +295,28 @@ def decode_with_refs(
 def embed(encoded: bytes) -> Any:
     """Wrap already-encoded bytes so that packing them again copies, not re-encodes."""
     return ExtType(EXT_VALUE, encoded)
+
+
+def fill_params(data: bytes, values: Mapping[str, Any]) -> bytes:
+    """``data`` (a call template or a result template) with each :class:`Param` placeholder
+    replaced by its value in ``values`` (an encodable value, or an :func:`embed`); slots,
+    claim checks and everything else stay as they are.  A :class:`CodecError` for a
+    parameter ``values`` lacks."""
+    if bytes([EXT_PARAM]) not in data:  # a quick test: no placeholder in it can be there
+        return data
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, Param):
+            if value.name not in values:
+                raise CodecError(f"no value for parameter {value.name!r}")
+            return values[value.name]
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return value
+
+    return encode(fill(decode(data, max_size=len(data))))
 
 
 def map_refs(value: Any, resolve: Callable[[ObjectRef], Any]) -> Any:

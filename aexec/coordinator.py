@@ -55,6 +55,7 @@ from aexec.admission import DEFAULT_AGING, Candidate
 from aexec.background import Background, Timers
 from aexec.batch import ActiveRun, Batch, Epochs
 from aexec.cancels import Cancels
+from aexec.children import ChildRuns
 from aexec.client_requests import ClientRequests
 from aexec.config import MAX_MESSAGE_SIZE, Settings
 from aexec.dispatch import Dispatcher
@@ -86,7 +87,7 @@ from aexec.inbox import (
 )
 from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
-from aexec.plan import Plan
+from aexec.plan import CHILD, Plan
 from aexec.recording import Recorder
 from aexec.rerun import reused_outputs
 from aexec.scheduling import RunState
@@ -175,10 +176,11 @@ class Coordinator:
         gateways: Mapping[str, Gateway] | None = None,
     ) -> None:
         self.transport = transport
-        self.gateways = dict(gateways or {})
         self.store = store
         self.objects = objects
         self.config = config or CoordinatorConfig()
+        self.gateways = dict(gateways or {})
+        self.gateways[CHILD] = ChildRuns(self, self.config.worker_timeout / 4)
         self.metrics = metrics  # counts what is recorded, when given
         self.webhooks = webhooks  # decides the deliveries that ending runs make, when given
         self.reply_queue = reply_queue(self.config.id)
@@ -478,6 +480,7 @@ class Coordinator:
         tags: Mapping[str, str] | None = None,
         parent: str | None = None,
         from_failure: bool = False,
+        parent_step: str | None = None,
     ) -> ActiveRun:
         """Record a new run of ``plan`` and start it (or queue it, see
         :mod:`aexec.admission`); returns once it is durable (while the store is
@@ -487,7 +490,9 @@ class Coordinator:
         :class:`~aexec.errors.CodecError`.  ``notify``: a remote client's queue, sent every
         event of the run from its run_submitted on.  ``tags`` (checked by
         :func:`~aexec.types.check_tags`) label the run; ``parent`` is the run it reruns,
-        whose succeeded steps it reuses with ``from_failure`` (:mod:`aexec.rerun`)."""
+        whose succeeded steps it reuses with ``from_failure`` (:mod:`aexec.rerun`), or,
+        with ``parent_step``, the run whose step ``parent_step`` runs this one as its child
+        (:mod:`aexec.children`)."""
         if run_id is not None:
             check_run_id(run_id)
         return await self.create(
@@ -499,7 +504,13 @@ class Coordinator:
             tags=_labels(tags),
             parent=parent,
             from_failure=from_failure,
+            parent_step=parent_step,
         )
+
+    def driven(self, run_id: str) -> asyncio.Future[RunStatus] | None:
+        """The ending of run ``run_id`` if this coordinator drives it, else None."""
+        run = self.runs.get(run_id)
+        return None if run is None else run.done
 
     async def create(
         self,
@@ -512,6 +523,7 @@ class Coordinator:
         tags: Mapping[str, str] | None = None,
         parent: str | None = None,
         from_failure: bool = False,
+        parent_step: str | None = None,
     ) -> ActiveRun:
         """:meth:`submit` without checking ``run_id``; with ``retry`` False, a store or
         broker that is unavailable now raises at once (a submission from the broker goes
@@ -534,6 +546,7 @@ class Coordinator:
             epoch=1,
             tags=dict(tags or {}),
             parent=parent,
+            parent_step=parent_step,
         )
         await self.open_gateways(plan)
         for queue in plan.queues:

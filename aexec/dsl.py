@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
 from aexec.limits import Rate, StepLimits, key_text
-from aexec.plan import DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
+from aexec.plan import CHILD, DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY, check_version
 
@@ -528,14 +528,7 @@ class _Builder:
     ) -> Output:
         """Add a step; it takes the outputs in its arguments, and runs after ``after`` too
         (dependencies without data: a Celery immutable signature in a chain)."""
-        known = self.steps.get(step.name)
-        if known is None:
-            self.steps[step.name] = step
-        elif known is not step and known.fn is not step.fn:
-            raise _definition_error(
-                f"two different steps are named {step.name!r} "
-                f"(defined at {known.where} and {step.where}); give one a name= option"
-            )
+        self._register(step)
         key = self._key_for(step, alias)
         when: Any = None
         if "when" in kwargs:  # the condition, never an argument of the function
@@ -586,6 +579,49 @@ class _Builder:
                 step.task_options,
                 step.version,
                 limits,
+            )
+        )
+        return Output(self, key)
+
+    def _register(self, step: StepDef[Any, Any]) -> None:
+        known = self.steps.get(step.name)
+        if known is None:
+            self.steps[step.name] = step
+        elif known is not step and known.fn is not step.fn:
+            raise _definition_error(
+                f"two different steps are named {step.name!r} "
+                f"(defined at {known.where} and {step.where}); give one a name= option"
+            )
+
+    def child(self, child: Pipeline, alias: str | None, values: dict[str, Any]) -> Output:
+        """Add one step that runs pipeline ``child`` as a run of its own, a child of this
+        one, with the arguments ``values`` (by parameter name); return its result.
+
+        The child is compiled now: arguments known now are its parameters; those that hold
+        output handles are its *inputs*, placeholders in its plan (:class:`codec.Param`)
+        filled with their values when the child run is created, and this step's inputs."""
+        if alias is not None:
+            key = self.prefix + alias
+            if key in self.keys or key in self.prefixes:
+                raise _definition_error(f"duplicate step key {key!r} in pipeline {self.pipeline!r}")
+        else:
+            key = self._fresh(self.prefix + child.name)
+        inputs = {name: v for name, v in values.items() if _holds_output(v)}
+        constants = {name: v for name, v in values.items() if name not in inputs}
+        compiled = child.compile_child(constants, tuple(inputs))
+        for step in compiled.steps.values():
+            self._register(step)
+        deps: dict[str, int] = {}
+        template = [[], {name: self._template(v, deps, key) for name, v in inputs.items()}]
+        self.keys.add(key)
+        self.nodes.append(
+            StepSpec(
+                key,
+                child.name,
+                deps=tuple(deps),
+                call=codec.encode(template),
+                kind=CHILD,
+                task_options=(("inputs", list(inputs)), ("plan", compiled.plan.to_bytes())),
             )
         )
         return Output(self, key)
@@ -716,8 +752,8 @@ _CHECKED_TYPES: tuple[type, ...] = (int, float, str, bool, bytes, list, dict)
 
 def _check_type(pipeline: str, param: Parameter, value: Any) -> Any:
     expected = param.annotation
-    if expected not in _CHECKED_TYPES:
-        return value
+    if expected not in _CHECKED_TYPES or isinstance(value, codec.Param):
+        return value  # a child run's input: its value is known when the run is created
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = False if expected is int and isinstance(value, bool) else isinstance(value, expected)
@@ -794,7 +830,14 @@ class Pipeline:
 
     def compile(self, **params: Any) -> CompiledPipeline:
         """Run the body once with ``params`` and compile the resulting DAG into a plan."""
-        bound = self.bind(params)
+        return self._compile(self.bind(params))
+
+    def compile_child(self, constants: dict[str, Any], inputs: tuple[str, ...]) -> CompiledPipeline:
+        """Compile this pipeline as a child run's: ``constants`` are parameter values,
+        ``inputs`` the parameters whose values come at run time (placeholders here)."""
+        return self._compile(self.bind({**constants, **{n: codec.Param(n) for n in inputs}}))
+
+    def _compile(self, bound: dict[str, Any]) -> CompiledPipeline:
         builder = _Builder(self.name, params=bound)
         token = _BUILDER.set(builder)
         try:
@@ -828,30 +871,47 @@ class Pipeline:
             raise _definition_error(str(exc), self.where) from exc
         return CompiledPipeline(plan, dict(builder.steps))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, run_as_child: bool = False, **kwargs: Any) -> Any:
         """Inside another pipeline body, inline this pipeline's steps under the key prefix
-        ``<name>.`` and return its result; elsewhere, an error."""
-        return self._inline(None, args, kwargs)
+        ``<name>.`` and return its result; elsewhere, an error.  With ``run_as_child=True``,
+        one step ``<name>`` runs it instead as a child run (its own run, with its own
+        retries and cancellation, linked to this one) and succeeds with its result."""
+        return self._inline(None, args, kwargs, run_as_child)
 
     def alias(self, key: str) -> Callable[..., Any]:
-        """Return a callable that inlines this pipeline under the key prefix ``key.``."""
+        """Return a callable that inlines this pipeline under the key prefix ``key.`` (or,
+        with ``run_as_child=True``, runs it as a child run from the step ``key``)."""
         if not isinstance(key, str) or not key:
             raise _definition_error(f"alias of pipeline {self.name!r} must be a non-empty string")
-        return lambda *args, **kwargs: self._inline(key, args, kwargs)
 
-    def _inline(self, alias: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def call(*args: Any, run_as_child: bool = False, **kwargs: Any) -> Any:
+            return self._inline(key, args, kwargs, run_as_child)
+
+        return call
+
+    def _inline(
+        self,
+        alias: str | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_as_child: bool = False,
+    ) -> Any:
         builder = _BUILDER.get(None)
         if builder is None:
             raise _definition_error(
                 f"pipeline {self.name!r} is not called directly: submit it to an Executor "
                 "or run it with `aexec run`"
             )
+        if not isinstance(run_as_child, bool):
+            raise _definition_error(f"pipeline {self.name!r}: run_as_child must be True or False")
         try:
-            inspect.signature(self.fn).bind(*args, **kwargs)
+            bound = inspect.signature(self.fn).bind(*args, **kwargs)
         except TypeError as exc:
             raise _definition_error(
                 f"pipeline {self.name!r} called with bad arguments: {exc}"
             ) from None
+        if run_as_child:
+            return builder.child(self, alias, dict(bound.arguments))
         return builder.inline(self, alias, args, kwargs)
 
     def __repr__(self) -> str:

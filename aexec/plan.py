@@ -26,6 +26,9 @@ PLAN_VERSION = 1
 DEFAULT_QUEUE = "default"
 NATIVE = ""
 """The kind of step aexec workers run; other kinds go through a gateway (Celery)."""
+CHILD = "child"
+"""A sub-pipeline run as a child run (``run_as_child=True``): its task option ``plan`` is
+the child's plan, ``inputs`` the parameters its call gives at run time."""
 
 EMPTY_CALL = codec.encode([[], {}])
 NULL_RESULT = codec.encode(None)

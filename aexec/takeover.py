@@ -27,7 +27,7 @@ from aexec.batch import ActiveRun
 from aexec.errors import ConfigError, ObjectStoreError, StoreError, TransportError
 from aexec.events import Event, EventKind
 from aexec.inbox import Resume
-from aexec.plan import NATIVE, Plan
+from aexec.plan import CHILD, NATIVE, Plan
 from aexec.scheduling import Action, RecordedStep, RunState
 from aexec.store import Fence, RunRecord, fold
 from aexec.transport import Subscription
@@ -215,17 +215,24 @@ class Leases:
         run.running_on = {}
         now = time.monotonic()
         for index, step in enumerate(steps):
+            kind = run.plan.steps[index].kind
             if step.status is StepStatus.RUNNING:
                 # Its worker's heartbeats (to the old reply queue, consumed below) keep it;
                 # silence for worker_timeout re-dispatches it.
                 worker = step.worker or f"unknown-worker-of-{record.owner}"
                 run.running_on[index] = worker
                 coordinator.workers_seen.setdefault(worker, now)
-                kind = run.plan.steps[index].kind
                 if kind != NATIVE:  # a Celery task: its gateway speaks for its worker
                     coordinator.gateways[kind].vouch(
                         [(run.run_id, step.key, step.attempts, worker)]
                     )
+            elif (
+                kind == CHILD
+                and step.status is StepStatus.QUEUED
+                and step.confirmed == step.attempts
+            ):
+                # Its child run was created, its start not recorded: follow it.
+                coordinator.gateways[kind].vouch([(run.run_id, step.key, step.attempts, "")])
         return actions, unconfirmed if started else ()
 
     async def _history(

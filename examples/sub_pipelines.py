@@ -5,6 +5,11 @@ OVHcloud's hardware replacement, one node after another, built from one reusable
 pipeline per node:
 
     python -m aexec run examples/sub_pipelines.py -P replace_all -p nodes='["osd-1", "osd-2"]'
+
+With ``run_as_child=True`` each node's replacement is a run of its own, a child of this
+one (its own retries and cancellation; ``runs show`` links both ways):
+
+    python -m aexec run examples/sub_pipelines.py -P replace_as_children -p nodes='["a", "b"]'
 """
 
 from aexec import pipeline, step
@@ -42,5 +47,15 @@ def replace_all(nodes: list[str] | None = None) -> object:
     previous = None
     for node in nodes or ["osd-1"]:
         previous = replace.alias(node)(node, previous)  # one node at a time: osd-1.drain, ...
+        done.append(previous)
+    return report(done)
+
+
+@pipeline
+def replace_as_children(nodes: list[str] | None = None) -> object:
+    done: list[object] = []
+    previous = None
+    for node in nodes or ["osd-1"]:
+        previous = replace.alias(node)(node, previous, run_as_child=True)  # a child run each
         done.append(previous)
     return report(done)

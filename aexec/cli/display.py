@@ -231,6 +231,12 @@ def runs_table(runs: Sequence[RunRecord], positions: Mapping[str, int] | None = 
     return table(["RUN ID", "PIPELINE", "STATUS", "CREATED", "DURATION"], rows)
 
 
+def _parent(run: RunRecord) -> str:
+    if run.parent_step is not None:
+        return f"{run.parent} (its step {run.parent_step!r} runs this child run)"
+    return f"{run.parent} (this run reruns it)"
+
+
 def run_details(
     run: RunRecord,
     steps: Sequence[StepRecord],
@@ -248,7 +254,7 @@ def run_details(
         ("pipeline", run.pipeline),
         ("status", str(run.status)),
         ("priority", str(run.priority)),
-        *([("parent", f"{run.parent} (this run reruns it)")] if run.parent is not None else []),
+        *([("parent", _parent(run))] if run.parent is not None else []),
         *(
             [("tags", ", ".join(f"{k}={v}" for k, v in sorted(run.tags.items())))]
             if run.tags

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aexec.children import WORKER_PREFIX as CHILD_WORKER
 from aexec.events import Event, EventKind
 from aexec.store import RunRecord, StepRecord
 
@@ -27,9 +28,10 @@ def run_report(
          "result": <the pipeline result, JSON-safe, or null>, "error": str | null,
          "steps": {step_key: {"status": str, "attempts": int}}}
 
-    plus ``"parent"`` (the run it reruns) and ``"tags"`` for a run that has them.  Steps
-    keep plan order.  ``result`` goes through :func:`jsonable`.  A step with a note
-    (:func:`step_notes`) has it under ``"note"``.
+    plus ``"parent"`` (the run it reruns, or, with ``"parent_step"``, whose step runs it
+    as a child run) and ``"tags"`` for a run that has them.  Steps keep plan order.
+    ``result`` goes through :func:`jsonable`.  A step with a note (:func:`step_notes`) has
+    it under ``"note"``; a step that runs a child run names it under ``"child_run"``.
     """
     notes = notes or {}
     steps_report: dict[str, dict[str, Any]] = {}
@@ -37,6 +39,8 @@ def run_report(
         steps_report[s.key] = {"status": str(s.status), "attempts": s.attempts}
         if s.key in notes:
             steps_report[s.key]["note"] = notes[s.key]
+        if s.worker is not None and s.worker.startswith(CHILD_WORKER):
+            steps_report[s.key]["child_run"] = s.worker.removeprefix(CHILD_WORKER)
     report: dict[str, Any] = {
         "run_id": run.run_id,
         "status": str(run.status),
@@ -46,6 +50,8 @@ def run_report(
     }
     if run.parent is not None:
         report["parent"] = run.parent
+    if run.parent_step is not None:
+        report["parent_step"] = run.parent_step
     if run.tags:
         report["tags"] = dict(run.tags)
     return report
@@ -53,8 +59,9 @@ def run_report(
 
 def step_notes(events: Iterable[Event]) -> dict[str, str]:
     """What a run's dynamic steps did, by step key, from its event log: ``skipped: <why>``,
-    ``cached`` (its output came from the step cache), ``map of N steps``, and
-    ``waiting: <why>, again at <time>`` for a step waiting to run again."""
+    ``cached`` (its output came from the step cache), ``map of N steps``, ``child run
+    <id>`` (``run_as_child=True``), and ``waiting: <why>, again at <time>`` for a step
+    waiting to run again."""
     notes: dict[str, str] = {}
     for event in events:
         step, data = event.step, event.data
@@ -65,6 +72,8 @@ def step_notes(events: Iterable[Event]) -> dict[str, str]:
                 notes[step] = f"skipped: {data['reason']}"
             case EventKind.STEP_SUCCEEDED if data.get("cached"):
                 notes[step] = "cached"
+            case EventKind.STEP_STARTED if str(data.get("worker", "")).startswith(CHILD_WORKER):
+                notes[step] = f"child run {str(data['worker']).removeprefix(CHILD_WORKER)}"
             case EventKind.STEP_EXPANDED:
                 notes[step] = f"map of {data.get('count')} steps"
             case EventKind.STEP_WAITING:
@@ -90,6 +99,7 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
         "error": run.error,
         "tags": run.tags,
         "parent": run.parent,
+        "parent_step": run.parent_step,
     }
 
 

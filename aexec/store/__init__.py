@@ -107,7 +107,8 @@ class RunRecord:
     lease_until: float | None = None  # when that lease ends (seconds since the epoch)
     epoch: int = 1  # how many times the run was claimed, its creation included (fencing)
     tags: dict[str, str] = field(default_factory=dict)  # labels to find runs by (check_tags)
-    parent: str | None = None  # the run this one reruns
+    parent: str | None = None  # the run this one reruns, or is a child run of
+    parent_step: str | None = None  # a child run's: the step of ``parent`` that runs it
 
 
 @dataclass(slots=True)

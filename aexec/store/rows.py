@@ -80,8 +80,11 @@ def failed_event(run_id: str, error: str, ts: float) -> Event:
 def submitted(run: RunRecord, plan: Plan, notify: str | None = None) -> Event:
     """The ``run_submitted`` event :meth:`~aexec.store.Store.create_run` logs as the run's
     first: at its creation time, with its priority, its number of steps and, for a run a
-    remote client submitted, the client's queue (``notify``)."""
+    remote client submitted, the client's queue (``notify``); for a child run, its parent
+    run and step."""
     data: dict[str, Any] = {"priority": run.priority, "steps": len(plan.steps)}
+    if run.parent_step is not None:
+        data["parent"], data["parent_step"] = run.parent, run.parent_step
     if notify is not None:
         data["notify"] = notify
     return Event(EventKind.RUN_SUBMITTED, run.run_id, run.created_at, data=data)
@@ -138,8 +141,8 @@ def change_data(event: Event) -> tuple[str | None, str | None, int]:
 
 def run_record(row: Sequence[Any]) -> RunRecord:
     """``run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-    finished_at, result, error, owner, lease_until, epoch, tags, parent`` (params and tags
-    as JSON text)."""
+    finished_at, result, error, owner, lease_until, epoch, tags, parent, parent_step``
+    (params and tags as JSON text)."""
     return RunRecord(
         run_id=row[0],
         pipeline=row[1],
@@ -157,6 +160,7 @@ def run_record(row: Sequence[Any]) -> RunRecord:
         epoch=row[13],
         tags=json.loads(row[14]) if row[14] else {},
         parent=row[15],
+        parent_step=row[16],
     )
 
 
@@ -180,6 +184,7 @@ def run_columns(run: RunRecord, params: str) -> tuple[Any, ...]:
         run.epoch,
         json.dumps(run.tags, ensure_ascii=False, sort_keys=True),
         run.parent,
+        run.parent_step,
     )
 
 

@@ -209,3 +209,29 @@ def test_max_wait_fails_a_poll_that_never_comes_true_with_a_clear_error(pg: Clus
     assert "WaitTimeoutError: step 'ceph_healthy' was still not ready after" in report["error"]
     assert "max_wait=1.5 s" in report["error"] and "ceph-1 still degraded" in report["error"]
     assert "Traceback" not in report["error"]
+
+
+SUB_PIPELINES = str(EXAMPLES / "sub_pipelines.py")
+
+
+def test_child_runs_on_postgres_are_linked_both_ways(pg: Cluster) -> None:
+    pg.start_worker(worker_name(), "-A", SUB_PIPELINES)
+    code, report = pg.run(SUB_PIPELINES, "-P", "replace_as_children", "-p", 'nodes=["a", "b"]')
+    assert code == 0, report
+    assert report["result"] == "a back in the cluster; b back in the cluster"
+    assert list(report["steps"]) == ["a", "b", "report"]
+    children = {key: report["steps"][key]["child_run"] for key in ("a", "b")}
+    assert report["steps"]["b"]["note"] == f"child run {children['b']}"
+    for key, child_id in children.items():
+        child = show(pg, child_id)
+        assert child is not None and child["status"] == "succeeded"
+        assert (child["parent"], child["parent_step"]) == (report["run_id"], key)
+        assert list(child["steps"]) == ["drain", "swap", "rejoin"]
+        text = pg.aexec("runs", "show", child_id).stdout
+        assert f"parent:   {report['run_id']} (its step {key!r} runs this child run)" in text
+    assert show(pg, report["run_id"]) == report
+    listed = [json.loads(line) for line in pg.aexec("runs", "list", "--json").stdout.splitlines()]
+    assert {r["run_id"]: r["parent_step"] for r in listed if r["parent"]} == {
+        children["a"]: "a",
+        children["b"]: "b",
+    }

@@ -33,8 +33,8 @@ ON CONFLICT (digest) DO NOTHING
 -- Returns nothing when the run already exists.
 INSERT INTO aexec_runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
                         started_at, finished_at, result, error, owner, lease_until, epoch,
-                        tags, parent)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16)
+                        tags, parent, parent_step)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16, $17)
 ON CONFLICT (run_id) DO NOTHING
 RETURNING serial
 
@@ -54,7 +54,7 @@ ON CONFLICT (run_id, key) DO NOTHING
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent, parent_step
 FROM aexec_runs WHERE run_id = $1
 
 -- name: run_ids_from
@@ -65,7 +65,7 @@ SELECT run_id FROM aexec_runs WHERE run_id >= $1 ORDER BY run_id LIMIT 2
 -- $1 status or NULL, $2 pipeline or NULL, $3 limit, $4 offset, $5 a tag as a JSON object
 -- (one key and its value) or NULL.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent, parent_step
 FROM aexec_runs
 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR pipeline = $2)
   AND ($5::jsonb IS NULL OR tags @> $5::jsonb)
@@ -192,7 +192,7 @@ FROM claimable
 WHERE run.run_id = claimable.run_id
 RETURNING run.serial, run.run_id, run.pipeline, run.plan_digest, run.status, run.priority,
           run.params, run.created_at, run.started_at, run.finished_at, run.result, run.error,
-          run.owner, run.lease_until, run.epoch, run.tags::text, run.parent
+          run.owner, run.lease_until, run.epoch, run.tags::text, run.parent, run.parent_step
 
 -- name: renew_leases
 WITH owned AS (
@@ -248,7 +248,7 @@ WHERE run.run_id = owned.run_id
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last ($3, $4).
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags::text, parent
+       finished_at, result, error, owner, lease_until, epoch, tags::text, parent, parent_step
 FROM aexec_runs
 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
   AND (finished_at, run_id) > ($3, $4)

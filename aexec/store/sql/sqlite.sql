@@ -44,8 +44,8 @@ SELECT 1 FROM runs WHERE run_id = ?
 -- name: insert_run
 INSERT INTO runs (run_id, pipeline, plan_digest, status, priority, params, created_at,
                   started_at, finished_at, result, error, owner, lease_until, epoch, tags,
-                  parent)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  parent, parent_step)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: insert_step
 INSERT INTO steps (run_id, position, key, name, queue, status)
@@ -58,7 +58,7 @@ VALUES (?, ?, ?, ?, ?, 'pending')
 
 -- name: get_run
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags, parent
+       finished_at, result, error, owner, lease_until, epoch, tags, parent, parent_step
 FROM runs WHERE run_id = ?
 
 -- name: run_ids_from
@@ -69,7 +69,7 @@ SELECT run_id FROM runs WHERE run_id >= ? ORDER BY run_id LIMIT 2
 -- ?1 status or NULL, ?2 pipeline or NULL, ?3 limit, ?4 offset, ?5 and ?6 a tag's key and
 -- value or NULL.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags, parent
+       finished_at, result, error, owner, lease_until, epoch, tags, parent, parent_step
 FROM runs
 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR pipeline = ?2)
   AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) AS tag
@@ -191,7 +191,7 @@ WHERE run_id = :run_id AND key = :step AND attempts <= :attempt
 -- name: claimable_runs
 -- Claimable: unfinished, and no owner, no lease end, or a lease that ended.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags, parent
+       finished_at, result, error, owner, lease_until, epoch, tags, parent, parent_step
 FROM runs
 WHERE (status = 'pending' OR status = 'running')
   AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?)
@@ -226,7 +226,7 @@ WHERE owner = ? AND (status = 'pending' OR status = 'running') AND run_id = ?
 -- name: finished_runs
 -- Keyset pages: (finished_at, run_id) after the previous page's last.
 SELECT run_id, pipeline, plan_digest, status, priority, params, created_at, started_at,
-       finished_at, result, error, owner, lease_until, epoch, tags, parent
+       finished_at, result, error, owner, lease_until, epoch, tags, parent, parent_step
 FROM runs
 WHERE (status = 'succeeded' OR status = 'failed' OR status = 'cancelled')
   AND finished_at < :before AND (finished_at, run_id) > (:after_ts, :after_id)

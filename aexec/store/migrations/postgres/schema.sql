@@ -32,7 +32,8 @@ CREATE TABLE aexec_runs (
     lease_until double precision,            -- when that lease ends
     epoch       integer NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
     tags        jsonb NOT NULL DEFAULT '{}', -- labels: a JSON object of text to text
-    parent      text                         -- the run this one reruns
+    parent      text,                        -- the run this one reruns, or is a child of
+    parent_step text                         -- a child run's: the step of parent running it
 );
 
 CREATE INDEX aexec_runs_by_created_at ON aexec_runs (created_at, serial);

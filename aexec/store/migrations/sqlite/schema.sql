@@ -25,7 +25,8 @@ CREATE TABLE runs (
     lease_until REAL,                        -- when that lease ends (seconds since the epoch)
     epoch       INTEGER NOT NULL DEFAULT 1,  -- times claimed, creation included (fencing)
     tags        TEXT NOT NULL DEFAULT '{}',  -- JSON object of text to text
-    parent      TEXT                         -- the run this one reruns
+    parent      TEXT,                        -- the run this one reruns, or is a child of
+    parent_step TEXT                         -- a child run's: the step of parent running it
 );
 
 CREATE INDEX runs_by_created_at ON runs (created_at);

@@ -1,0 +1,3 @@
+-- A child run's parent step (run_as_child=True): the step of the run named by parent
+-- that runs it (NULL for a rerun, whose parent is the run it reruns).
+ALTER TABLE aexec_runs ADD COLUMN parent_step text;

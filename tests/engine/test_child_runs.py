@@ -1,0 +1,177 @@
+"""Sub-pipelines run as child runs (``run_as_child=True``) on the memory adapters: linked
+to their parent, with their own retries and cancellation, created once per attempt even
+across a takeover."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aexec import pipeline, step
+from aexec.children import WORKER_PREFIX, child_run_id
+from aexec.coordinator import Coordinator, CoordinatorConfig
+from aexec.errors import RunFailed
+from aexec.events import EventKind
+from aexec.executor import Executor
+from aexec.objects.memory import MemoryObjectStore
+from aexec.store.memory import MemoryStore
+from aexec.testing import wait_for_event
+from aexec.transport.memory import MemoryTransport
+from aexec.types import RunStatus, StepStatus
+from aexec.worker import Worker, WorkerConfig
+
+flaky_calls: list[str] = []
+
+
+@step
+async def drain(node: str, after: object = None) -> str:
+    return f"{node} drained" + ("" if after is None else f" after [{after}]")
+
+
+@step(retries=1, retry_backoff=0.01)
+async def swap(drained: str) -> str:
+    flaky_calls.append(drained)
+    if drained.startswith("flaky") and flaky_calls.count(drained) == 1:
+        raise OSError("the disk is not there yet")
+    if drained.startswith("broken"):
+        raise ValueError(f"cannot swap {drained}")
+    return drained.replace("drained", "replaced")
+
+
+@pipeline
+def replace(node: str, after: object = None) -> object:
+    return swap(drain(node, after))
+
+
+@step
+async def report(results: list[str]) -> str:
+    return " | ".join(results)
+
+
+@pipeline
+def replace_all(nodes: list[str]) -> object:
+    done: list[object] = []
+    previous = None
+    for node in nodes:
+        previous = replace.alias(node)(node, previous, run_as_child=True)
+        done.append(previous)
+    return report(done)
+
+
+async def test_a_child_run_gives_its_result_to_the_parent_step(ex: Executor) -> None:
+    flaky_calls.clear()
+    run = await ex.submit(replace_all, nodes=["a", "b"])
+    assert await run.result() == "a replaced | b replaced after [a replaced]"
+    rows = {s.key: s for s in await ex.get_steps(run.run_id)}
+    assert set(rows) == {"a", "b", "report"}  # a child's steps are its own run's
+    for key in ("a", "b"):
+        child_id = child_run_id(run.run_id, key, 1)
+        assert rows[key].status is StepStatus.SUCCEEDED
+        assert rows[key].worker == WORKER_PREFIX + child_id
+        child = await ex.store.get_run(child_id)
+        assert child is not None and child.status is RunStatus.SUCCEEDED
+        assert (child.parent, child.parent_step, child.pipeline) == (run.run_id, key, "replace")
+        child_rows = {s.key: s.status for s in await ex.get_steps(child_id)}
+        assert child_rows == {"drain": StepStatus.SUCCEEDED, "swap": StepStatus.SUCCEEDED}
+    b = await ex.store.get_run(child_run_id(run.run_id, "b", 1))
+    assert b is not None and b.params == {"node": "b", "after": "a replaced"}
+
+
+async def test_a_child_retries_its_own_steps(ex: Executor) -> None:
+    flaky_calls.clear()
+    run = await ex.submit(replace_all, nodes=["flaky"])
+    assert await run.result() == "flaky replaced"
+    child_id = child_run_id(run.run_id, "flaky", 1)
+    swap_row = {s.key: s for s in await ex.get_steps(child_id)}["swap"]
+    assert swap_row.attempts == 2
+    (parent_step,) = [s for s in await ex.get_steps(run.run_id) if s.key == "flaky"]
+    assert parent_step.attempts == 1
+
+
+async def test_a_failed_child_fails_its_parent_step_and_run(ex: Executor) -> None:
+    flaky_calls.clear()
+    run = await ex.submit(replace_all, nodes=["broken", "c"])
+    with pytest.raises(RunFailed):
+        await run.result()
+    rows = {s.key: s for s in await ex.get_steps(run.run_id)}
+    child_id = child_run_id(run.run_id, "broken", 1)
+    error = rows["broken"].error
+    assert error is not None and error.type == "ChildRunError"
+    assert f"child run {child_id} failed" in error.message
+    assert "cannot swap broken drained" in error.message
+    assert rows["c"].status is StepStatus.SKIPPED  # its input failed: never created
+    assert await ex.store.get_run(child_run_id(run.run_id, "c", 1)) is None
+
+
+gates: list[asyncio.Event] = []  # the current test's (an event belongs to one loop)
+
+
+@step
+async def held(node: str) -> str:
+    await gates[-1].wait()
+    return node
+
+
+@pipeline
+def hold(node: str) -> object:
+    return held(node)
+
+
+@pipeline
+def holds() -> object:
+    return hold("x", run_as_child=True)
+
+
+async def test_cancelling_the_parent_cancels_the_child(ex: Executor) -> None:
+    gates.append(asyncio.Event())
+    run = await ex.submit(holds)
+    child_id = child_run_id(run.run_id, "hold", 1)
+    await wait_for_event(run, EventKind.STEP_STARTED, step="hold")
+    await wait_for_event(ex.store.follow(child_id), EventKind.STEP_STARTED, step="held")
+    await run.cancel()
+    ended = await asyncio.wait_for(
+        wait_for_event(ex.store.follow(child_id), EventKind.RUN_CANCELLED), 10
+    )
+    assert "was cancelled" in str(ended.data)
+    parent = await ex.store.get_run(run.run_id)
+    assert parent is not None and parent.status is RunStatus.CANCELLED
+
+
+async def test_a_child_survives_a_takeover_and_is_created_once() -> None:
+    gates.append(gate := asyncio.Event())
+    compiled = holds.compile()
+    transport, store = MemoryTransport(), MemoryStore()
+    await transport.open()
+    await store.open()
+    fast = dict(lease=0.3, worker_timeout=2.0)
+    worker = Worker(
+        transport,
+        MemoryObjectStore(),
+        compiled.steps,
+        WorkerConfig(name="w", heartbeat_interval=0.05, ack_after=0.1),
+    )
+    async with worker:
+        await worker.serve("default")
+        doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
+        await doomed.__aenter__()
+        run = await doomed.submit(compiled.plan)
+        child_id = child_run_id(run.run_id, "hold", 1)
+        await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED, step="hold")
+        await wait_for_event(store.follow(child_id), EventKind.STEP_STARTED, step="held")
+        await doomed.abort()
+        heir = Coordinator(transport, store, CoordinatorConfig(id="heir", adopt=True, **fast))
+        async with heir:
+            await wait_for_event(store.follow(run.run_id), EventKind.RUN_RESUMED)
+            gate.set()
+            await asyncio.wait_for(
+                wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED), 10
+            )
+    parent = await store.get_run(run.run_id)
+    assert parent is not None and parent.status is RunStatus.SUCCEEDED
+    children = [r for r in await store.list_runs(limit=10) if r.parent == run.run_id]
+    assert [c.run_id for c in children] == [child_id]  # created once
+    (row,) = await store.get_steps(run.run_id)
+    assert (row.status, row.attempts) == (StepStatus.SUCCEEDED, 1)
+    await store.close()
+    await transport.close()
