@@ -169,7 +169,7 @@ def test_a_cache_hit_on_postgres_and_s3_is_recorded_as_an_event(pg: Cluster) -> 
 def test_a_durable_wait_survives_a_takeover_and_checks_once_per_wait(pg: Cluster) -> None:
     pg.env.update({"AEXEC_LEASE": "2", "AEXEC_HEARTBEAT_INTERVAL": "0.5"})
     pg.start_worker(worker_name(), "-A", WAIT, "-c", "1")
-    driver = pg.start("run", WAIT, "-p", "checks=2", "-p", "every=8", "--broker", pg.broker)
+    driver = pg.start("run", WAIT, "-p", "checks=2", "-p", "every=15", "--broker", pg.broker)
     deadline = time.monotonic() + 30
     run_id = first_run_id(pg, driver, deadline)
     step: dict[str, Any] = {}
@@ -181,6 +181,7 @@ def test_a_durable_wait_survives_a_takeover_and_checks_once_per_wait(pg: Cluster
     kill(driver)
 
     pg.start("coordinator", "-v", "--broker", pg.broker)
+    deadline = time.monotonic() + 60
     while not any(e["kind"] == "run_resumed" for e in events(pg, run_id)):
         assert time.monotonic() < deadline, "the run was not taken over"
         time.sleep(0.2)
