@@ -11,7 +11,9 @@
   the seconds are wall time and this process's CPU time).  Target: the map costs at most
   20% more than the static fan-out.
 
-Reports medians with min-max.
+Reports medians with min-max.  Over RabbitMQ, with the coordinator's own CPU time and
+the raw floor beside it, the same comparison is ``python -m benchmarks --only
+fan_out_10000,map_10000`` (:mod:`benchmarks.spec`).
 """
 
 from __future__ import annotations

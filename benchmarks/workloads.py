@@ -2,8 +2,8 @@
 
 Benchmark workers load this file (``aexec worker start -A benchmarks/workloads.py``) and the
 benchmark's coordinator imports it to compile the pipelines: both sides agree on the step
-names (``noop``, ``add``, ``total``, ``join``).  Every step is an async no-op (or nearly), so
-what is measured is the executor, not the work.
+names (``noop``, ``add``, ``total``, ``join``, ``items``).  Every step is an async no-op
+(or nearly), so what is measured is the executor, not the work.
 """
 
 from __future__ import annotations
@@ -58,3 +58,22 @@ def chain_of_chords(n: int = 100, width: int = 10) -> object:
         parallel = [noop.alias(f"c{i}_p{j}")(previous) for j in range(width)]
         previous = join.alias(f"c{i}_join")(parallel)
     return noop.alias("end")(previous)
+
+
+@step
+async def items(n: int) -> list[int]:
+    return list(range(n))
+
+
+@pipeline
+def fan_out(n: int = 10_000) -> object:
+    """root -> ``n`` no-op steps -> one join, written statically (``n`` + 2 steps)."""
+    root = noop.alias("root")()
+    return join([noop.alias(f"s{i}")(root) for i in range(n)])
+
+
+@pipeline
+def mapped(n: int = 10_000) -> object:
+    """The shape of :func:`fan_out` as a map: the ``n`` steps are added at run time, one
+    per item of the list ``items`` returns (plus the map's own row, which collects)."""
+    return join(noop.map(items(n)))
