@@ -597,6 +597,8 @@ class Coordinator:
         self.drive(run)
         if run.cancel is not None:
             self._inbox.post(Start(run_id))  # it is cancelled at once, not queued first
+        elif parent_step is not None:
+            self.throttle.start_now(Candidate(run_id, priority, now, record.tags))
         else:
             self.throttle.start_or_queue(Candidate(run_id, priority, now, record.tags))
         return run

@@ -458,6 +458,17 @@ class Output:
         return f"<output of step {self.key!r}>"
 
 
+def _runtime(value: Any) -> bool:
+    """``value`` holds an output handle or a child run's input: known only at run time."""
+    if isinstance(value, Output | codec.Param):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_runtime(v) for v in value)
+    if isinstance(value, dict):
+        return any(_runtime(v) for v in value.values())
+    return False
+
+
 def _holds_output(value: Any) -> bool:
     if isinstance(value, Output):
         return True
@@ -606,7 +617,7 @@ class _Builder:
                 raise _definition_error(f"duplicate step key {key!r} in pipeline {self.pipeline!r}")
         else:
             key = self._fresh(self.prefix + child.name)
-        inputs = {name: v for name, v in values.items() if _holds_output(v)}
+        inputs = {name: v for name, v in values.items() if _runtime(v)}
         constants = {name: v for name, v in values.items() if name not in inputs}
         compiled = child.compile_child(constants, tuple(inputs))
         for step in compiled.steps.values():

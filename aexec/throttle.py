@@ -54,6 +54,14 @@ class Throttle:
         post(Queued(candidate.run_id, position))
         return False
 
+    def start_now(self, candidate: Candidate) -> None:
+        """Start the run of ``candidate`` at once, counted by admission even over its caps:
+        a child run, part of the work of a parent admitted already (queued behind it, it
+        could wait forever)."""
+        if self.admission is not None:
+            self.admission.occupy(candidate)
+        self._coordinator.post(Start(candidate.run_id))
+
     def admit_after(self, run_ids: list[str]) -> None:
         """These runs ended or left: start the queued runs that admission lets in now."""
         admission = self.admission

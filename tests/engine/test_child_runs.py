@@ -175,3 +175,39 @@ async def test_a_child_survives_a_takeover_and_is_created_once() -> None:
     assert (row.status, row.attempts) == (StepStatus.SUCCEEDED, 1)
     await store.close()
     await transport.close()
+
+
+async def test_child_runs_start_even_when_admission_is_full() -> None:
+    """The parent holds the only run slot; its children are part of its work, not runs
+    that wait behind it (they would wait forever)."""
+    import aexec.testing
+
+    flaky_calls.clear()
+    async with aexec.testing.executor(max_concurrent_runs=1) as ex:
+        run = await ex.submit(replace_all, nodes=["a", "b"])
+        result = await asyncio.wait_for(run.result(), 10)
+        assert result == "a replaced | b replaced after [a replaced]"
+        other = await ex.submit(replace_all, nodes=["c"])  # the slot is free again
+        assert await asyncio.wait_for(other.result(), 10) == "c replaced"
+
+
+@pipeline
+def relay(node: str, after: object = None) -> object:
+    """A child that hands its own input (known only when it starts) to a child of its own."""
+    return replace(node, after, run_as_child=True)
+
+
+@pipeline
+def nested() -> object:
+    first = drain.alias("first")("root")
+    return relay("n", first, run_as_child=True)
+
+
+async def test_a_child_passes_its_inputs_on_to_its_own_children(ex: Executor) -> None:
+    flaky_calls.clear()
+    run = await ex.submit(nested)
+    assert await run.result() == "n replaced after [root replaced]"
+    middle = child_run_id(run.run_id, "relay", 1)
+    grandchild = await ex.store.get_run(child_run_id(middle, "replace", 1))
+    assert grandchild is not None and grandchild.params == {"node": "n", "after": "root drained"}
+    assert (grandchild.parent, grandchild.parent_step) == (middle, "replace")
