@@ -20,7 +20,15 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from aexec.dsl import Pipeline, StepDef, _check_options, _definition_error, _retry_policy, _where
+from aexec.dsl import (
+    Pipeline,
+    StepDef,
+    _check_options,
+    _definition_error,
+    _retry_policy,
+    _version,
+    _where,
+)
 
 KIND = "celery"
 DEFAULT_QUEUE = "celery"
@@ -48,6 +56,7 @@ def celery_step(
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
     serializer: str = "json",
+    version: str | None = None,
 ) -> StepDef[..., Any]:
     """A step that runs Celery task ``name`` on a Celery worker consuming ``queue``.
 
@@ -57,7 +66,13 @@ def celery_step(
     then; ``time_limit``/``soft_time_limit`` (seconds) are Celery's time limits;
     ``serializer`` is ``"json"`` or ``"msgpack"`` (never pickle).  ``retries`` are aexec's:
     a failed task is sent again as a new task (a task may also retry itself, which is one
-    attempt to aexec)."""
+    attempt to aexec).
+
+    ``version`` routes the task as ``remote_step(version=)`` routes a step: to the queue
+    ``<queue>@<version>`` (``images@2``), which only the Celery workers of that release
+    consume (``celery worker -Q images@2``, and ``-Q images,images@2`` to take unversioned
+    ones too), under the same task name; with no such queue the step fails at once
+    (``UnroutableError``)."""
     where = _where()
     _check_options(name, queue, priority, retries, retry_backoff, None)
     if serializer not in ("json", "msgpack"):
@@ -84,6 +99,7 @@ def celery_step(
         retry=_retry_policy(name, retries, retry_backoff, retry_backoff_max),
         where=where,
         kind=KIND,
+        version=_version(name, version, where),
         task_options=tuple(sorted((k, v) for k, v in options.items() if v is not None)),
     )
 

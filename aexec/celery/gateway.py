@@ -254,15 +254,15 @@ class CeleryGateway:
             await underlay.basic_publish(
                 message.body,
                 exchange="",
-                routing_key=s.step.queue,
+                routing_key=s.step.route,
                 properties=properties,
                 mandatory=True,
             )
         except aiormq.exceptions.PublishError:
             error = ErrorInfo(
                 "UnroutableError",
-                f"no Celery queue named {s.step.queue!r} on {self._display}: start a Celery "
-                f"worker that consumes it (celery worker -Q {s.step.queue})",
+                f"no Celery queue named {s.step.route!r} on {self._display}: start a Celery "
+                f"worker that consumes it (celery worker -Q {s.step.route})",
             )
             self._fail(s, error)
         except (TransportError, *_BROKER_ERRORS) as exc:

@@ -171,6 +171,7 @@ async def _waiting_for_versions(
 ) -> dict[str, str]:
     """The queued steps that ask for a version no live worker serves: their keys and the
     ``name@version`` they wait for (nothing without a broker to ask the workers on)."""
+    from aexec.plan import NATIVE
     from aexec.service import find_workers
     from aexec.types import StepStatus
 
@@ -180,6 +181,7 @@ async def _waiting_for_versions(
         if s.status is StepStatus.QUEUED
         and (declared := plan.declared(s.key)) is not None
         and declared.version is not None
+        and declared.kind == NATIVE  # Celery workers announce nothing: a queue routes them
     }
     if not asking or settings.embedded:
         return {}

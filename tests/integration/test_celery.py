@@ -352,6 +352,38 @@ async def test_a_task_lost_with_its_celery_worker_is_sent_again_instead_of_waite
     assert (done.attempt, done.data["worker"][:5]) == (2, "heir-")
 
 
+async def test_a_versioned_celery_step_runs_only_on_the_workers_of_its_version(
+    celery_private: CeleryWorkers, tmp_path: Path
+) -> None:
+    q = celery_private.queue
+    celery_private.start("v1")  # the release before: consumes the plain queue
+    celery_private.start("v2", queues=f"{q}@2")
+    add = "tests.celery.tasks.add"
+
+    @pipeline
+    def releases() -> Any:
+        return [
+            celery_step(add, queue=q, version="2").alias("pinned")(1, 2),
+            celery_step(add, queue=q).alias("any")(3, 4),
+        ]
+
+    @pipeline
+    def unserved() -> Any:
+        return celery_step(add, queue=q, version="3")(5, 6)
+
+    async with asyncio.timeout(WAIT), executor(celery_private, tmp_path) as ex:
+        run = await ex.submit(releases)
+        assert await run.result() == [3, 7]
+        events = await ex.get_events(run.run_id)
+        lonely = await ex.submit(unserved)
+        await lonely.wait()
+        (record,) = await ex.get_steps(lonely.run_id)
+    ran_on = {e.step: e.data["worker"] for e in events if e.kind is EventKind.STEP_SUCCEEDED}
+    assert ran_on["pinned"].startswith("v2-") and ran_on["any"].startswith("v1-")
+    assert record.error is not None and record.error.type == "UnroutableError"
+    assert f"no Celery queue named '{q}@3'" in record.error.message
+
+
 async def test_a_duplicate_result_is_never_recorded_twice(
     celery_rpc: CeleryWorkers, tmp_path: Path
 ) -> None:

@@ -111,7 +111,8 @@ class CeleryWorkers:
     def queue(self) -> str:
         return f"{self.prefix}.tasks"
 
-    def start(self, name: str, *, concurrency: int = 2) -> CeleryProcess:
+    def start(self, name: str, *, concurrency: int = 2, queues: str | None = None) -> CeleryProcess:
+        """Start a worker consuming ``queues`` (``-Q``; default :attr:`queue`)."""
         env = dict(os.environ)
         env.update(
             AEXEC_TEST_CELERY_BROKER=self.broker,
@@ -122,7 +123,7 @@ class CeleryWorkers:
         )
         argv = [
             sys.executable, "-m", "celery", "-A", "tests.celery.tasks", "worker",
-            "-Q", self.queue, "-c", str(concurrency), "-n", f"{name}-{self.prefix}@%h",
+            "-Q", queues or self.queue, "-c", str(concurrency), "-n", f"{name}-{self.prefix}@%h",
             "--without-gossip", "--without-mingle", "-l", "INFO",
         ]  # fmt: skip
         process = CeleryProcess(argv, env, self.folder / f"{name}.log")
