@@ -167,6 +167,11 @@ class _Unsettled:
         self._channel: object = None
         self._tags: dict[int, None] = {}
 
+    @property
+    def channel(self) -> object:
+        """The channel whose deliveries it notes (the latest one's)."""
+        return self._channel
+
     def add(self, message: AbstractIncomingMessage) -> None:
         channel = _channel(message)
         if channel is not self._channel:
@@ -700,8 +705,13 @@ class AmqpTransport:
             if highest is None:
                 alone.extend(group)
                 continue
-            covered = [d for d in group if _tag(d) <= highest]
-            alone.extend(d for d in group if _tag(d) > highest)
+            current = unsettled.channel  # a restored channel numbers its deliveries anew
+            covered: list[AmqpDelivery] = []
+            for delivery in group:
+                if _tag(delivery) <= highest and _channel(delivery._message) is current:
+                    covered.append(delivery)
+                else:
+                    alone.append(delivery)
             for delivery in covered:
                 delivery.settled = True
             try:
