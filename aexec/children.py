@@ -7,13 +7,14 @@ the step (task option ``plan``), its placeholders filled with the step's inputs
 the parent run and step (``parent``, ``parent_step``).  When it ends, the gateway hands the
 parent step back a completion, as a worker would: the child's result, or its error.
 
-Exactly one child per attempt, whatever repeats: its id is derived from the parent run,
-step and attempt (:func:`child_run_id`), a child that exists already is followed rather
-than created again (a re-dispatch after a takeover), and the parent step's completion is
-recorded once per attempt like any other.  The step shows as running on the "worker"
-``child:<id>``, for which the gateway heartbeats while it follows the child, so that the
-coordinator's usual watch on lost workers holds.  Cancelling the parent cancels its
-children (:meth:`ChildRuns.revoke`).
+Exactly one child per parent step, whatever repeats: its id is derived from the parent run
+and step (:func:`child_run_id`), so a child that exists already is followed rather than
+created again — by a re-dispatch after a takeover, or a new attempt of a step whose
+dispatch was never confirmed — and the parent step's completion is recorded once per
+attempt like any other.  (A child step has no retries of its own: the child has them.)
+The step shows as running on the "worker" ``child:<id>``, for which the gateway heartbeats
+while it follows the child, so that the coordinator's usual watch on lost workers holds.
+Cancelling the parent cancels its children (:meth:`ChildRuns.revoke`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aexec import codec, messages
@@ -31,7 +32,7 @@ from aexec.background import Background
 from aexec.errors import AexecError, CodecError, PlanError, StoreError
 from aexec.gateway import GatewayStep
 from aexec.inbox import DispatchFailed, Item, Reply
-from aexec.plan import CHILD, Plan
+from aexec.plan import Plan
 from aexec.store import RunRecord, Store
 from aexec.transport import Announcement
 from aexec.types import ErrorInfo, RunStatus
@@ -42,10 +43,10 @@ WORKER_PREFIX = "child:"
 """The worker a child step shows as running on: ``child:<child run id>``."""
 
 
-def child_run_id(run_id: str, key: str, attempt: int) -> str:
-    """The id of the child run that ``attempt`` of step ``key`` of run ``run_id`` starts:
-    the same on every coordinator, so that a repeated dispatch finds it."""
-    digest = hashlib.sha256(f"{run_id}\0{key}\0{attempt}".encode()).hexdigest()
+def child_run_id(run_id: str, key: str) -> str:
+    """The id of the child run that step ``key`` of run ``run_id`` starts: the same on
+    every coordinator and for every attempt, so that a repeated dispatch finds it."""
+    digest = hashlib.sha256(f"{run_id}\0{key}".encode()).hexdigest()
     return digest[:32]
 
 
@@ -124,8 +125,8 @@ class ChildRuns:
         return created
 
     async def revoke(self, attempts: Sequence[tuple[str, str, int]]) -> None:
-        for run_id, key, attempt in attempts:
-            child = child_run_id(run_id, key, attempt)
+        for run_id, key, _attempt in attempts:
+            child = child_run_id(run_id, key)
             try:
                 await self._host.cancel(child, f"its parent run {run_id} was cancelled")
             except AexecError as exc:
@@ -141,7 +142,7 @@ class ChildRuns:
     async def _create(self, s: GatewayStep) -> bool:
         """Create the child run of ``s`` unless it exists; follow it.  False if it cannot
         be created now (posted as a failure, or left for a re-dispatch)."""
-        key, child = s.step.key, child_run_id(s.run_id, s.step.key, s.attempt)
+        key, child = s.step.key, child_run_id(s.run_id, s.step.key)
         options = dict(s.step.task_options)
         try:
             if await self._host.store.get_run(child) is None:
@@ -162,7 +163,7 @@ class ChildRuns:
 
     def _follow(self, run_id: str, key: str, attempt: int) -> None:
         """Report the child of this attempt running, and its end once it ends."""
-        child = child_run_id(run_id, key, attempt)
+        child = child_run_id(run_id, key)
         if (run_id, key, attempt) in self._following or self._background is None:
             return
         self._following[(run_id, key, attempt)] = child
@@ -229,14 +230,4 @@ class ChildRuns:
             self._post(item)
 
 
-def children_of(plan: Plan, attempts: Mapping[str, int], run_id: str) -> dict[str, str]:
-    """Step key → the id of the child run its latest attempt started, for the child steps
-    of ``plan`` that were dispatched (``attempts``: step key → attempts)."""
-    return {
-        s.key: child_run_id(run_id, s.key, attempts[s.key])
-        for s in plan.steps
-        if s.kind == CHILD and attempts.get(s.key, 0) > 0
-    }
-
-
-__all__ = ["WORKER_PREFIX", "ChildHost", "ChildRuns", "child_plan", "child_run_id", "children_of"]
+__all__ = ["WORKER_PREFIX", "ChildHost", "ChildRuns", "child_plan", "child_run_id"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import REPO, Cluster, Process, show, use_backends
+from tests.e2e.cluster import REPO, Cluster, Process, show, use_backends, wait_for_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.s3]
 
@@ -236,3 +236,61 @@ def test_child_runs_on_postgres_are_linked_both_ways(pg: Cluster) -> None:
         children["a"]: "a",
         children["b"]: "b",
     }
+
+
+CHILD_GATED = str(PIPELINES / "child_gated.py")
+
+
+def test_a_child_run_survives_its_parents_coordinator_killed(pg: Cluster) -> None:
+    """The parent's `aexec run` is SIGKILLed while the child's step runs; `aexec
+    coordinator` takes both runs over, follows the child it finds (never a second one),
+    and the parent step succeeds with its result."""
+    marker, release = pg.home / "started", pg.home / "release"
+    pg.env.update({"AEXEC_LEASE": "2", "AEXEC_HEARTBEAT_INTERVAL": "0.5"})
+    pg.start_worker(worker_name(), "-A", CHILD_GATED)
+    driver = pg.start(
+        "run", CHILD_GATED, "-P", "parent", "-p", "node=osd-3", "-p", f"marker={marker}",
+        "-p", f"release={release}", "--broker", pg.broker,
+    )  # fmt: skip
+    wait_for_file(marker, driver, timeout=60)
+    kill(driver)
+    listed = [json.loads(line) for line in pg.aexec("runs", "list", "--json").stdout.splitlines()]
+    (parent_id,) = [r["run_id"] for r in listed if r["pipeline"] == "parent"]
+    pg.start("coordinator", "-v", "--broker", pg.broker)
+    deadline = time.monotonic() + 60
+    while not any(e["kind"] == "run_resumed" for e in events(pg, parent_id)):
+        assert time.monotonic() < deadline, "the parent was not taken over"
+        time.sleep(0.3)
+    release.touch()
+    report = finished(pg, parent_id, 60)
+    assert report["status"] == "succeeded", report["error"]
+    assert report["result"] == "osd-3 prepared, released"
+    child_id = report["steps"]["child"]["child_run"]
+    listed = [json.loads(line) for line in pg.aexec("runs", "list", "--json").stdout.splitlines()]
+    assert [r["run_id"] for r in listed if r["parent"] == parent_id] == [child_id]
+    child = show(pg, child_id)
+    assert child is not None and child["status"] == "succeeded"
+    assert child["steps"]["held"]["status"] == "succeeded"  # attempt 2 if its dispatch
+    # was not confirmed yet when the coordinator died: at least once, as any step
+
+
+def test_cancelling_a_parent_run_cancels_its_child_run(pg: Cluster) -> None:
+    marker, release = pg.home / "started", pg.home / "release"
+    pg.start_worker(worker_name(), "-A", CHILD_GATED)
+    driver = pg.start(
+        "run", CHILD_GATED, "-P", "parent", "-p", "node=osd-4", "-p", f"marker={marker}",
+        "-p", f"release={release}", "--broker", pg.broker, "--json",
+    )  # fmt: skip
+    wait_for_file(marker, driver, timeout=60)
+    listed = [json.loads(line) for line in pg.aexec("runs", "list", "--json").stdout.splitlines()]
+    (parent_id,) = [r["run_id"] for r in listed if r["pipeline"] == "parent"]
+    (child_id,) = [r["run_id"] for r in listed if r["parent"] == parent_id]
+    cancelled = pg.aexec("runs", "cancel", parent_id, "--reason", "change window closed")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert driver.wait(60) == 1
+    release.touch()  # the held step may finish now: its run is cancelled whatever it returns
+    child = finished(pg, child_id, 30)
+    assert child["status"] == "cancelled"
+    assert f"its parent run {parent_id} was cancelled" in (child["error"] or "")
+    parent = show(pg, parent_id)
+    assert parent is not None and parent["status"] == "cancelled"

@@ -14,7 +14,9 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.errors import RunFailed
 from aexec.events import EventKind
 from aexec.executor import Executor
+from aexec.gateway import GatewayStep
 from aexec.objects.memory import MemoryObjectStore
+from aexec.plan import CHILD
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -66,7 +68,7 @@ async def test_a_child_run_gives_its_result_to_the_parent_step(ex: Executor) -> 
     rows = {s.key: s for s in await ex.get_steps(run.run_id)}
     assert set(rows) == {"a", "b", "report"}  # a child's steps are its own run's
     for key in ("a", "b"):
-        child_id = child_run_id(run.run_id, key, 1)
+        child_id = child_run_id(run.run_id, key)
         assert rows[key].status is StepStatus.SUCCEEDED
         assert rows[key].worker == WORKER_PREFIX + child_id
         child = await ex.store.get_run(child_id)
@@ -74,7 +76,7 @@ async def test_a_child_run_gives_its_result_to_the_parent_step(ex: Executor) -> 
         assert (child.parent, child.parent_step, child.pipeline) == (run.run_id, key, "replace")
         child_rows = {s.key: s.status for s in await ex.get_steps(child_id)}
         assert child_rows == {"drain": StepStatus.SUCCEEDED, "swap": StepStatus.SUCCEEDED}
-    b = await ex.store.get_run(child_run_id(run.run_id, "b", 1))
+    b = await ex.store.get_run(child_run_id(run.run_id, "b"))
     assert b is not None and b.params == {"node": "b", "after": "a replaced"}
 
 
@@ -82,7 +84,7 @@ async def test_a_child_retries_its_own_steps(ex: Executor) -> None:
     flaky_calls.clear()
     run = await ex.submit(replace_all, nodes=["flaky"])
     assert await run.result() == "flaky replaced"
-    child_id = child_run_id(run.run_id, "flaky", 1)
+    child_id = child_run_id(run.run_id, "flaky")
     swap_row = {s.key: s for s in await ex.get_steps(child_id)}["swap"]
     assert swap_row.attempts == 2
     (parent_step,) = [s for s in await ex.get_steps(run.run_id) if s.key == "flaky"]
@@ -95,13 +97,13 @@ async def test_a_failed_child_fails_its_parent_step_and_run(ex: Executor) -> Non
     with pytest.raises(RunFailed):
         await run.result()
     rows = {s.key: s for s in await ex.get_steps(run.run_id)}
-    child_id = child_run_id(run.run_id, "broken", 1)
+    child_id = child_run_id(run.run_id, "broken")
     error = rows["broken"].error
     assert error is not None and error.type == "ChildRunError"
     assert f"child run {child_id} failed" in error.message
     assert "cannot swap broken drained" in error.message
     assert rows["c"].status is StepStatus.SKIPPED  # its input failed: never created
-    assert await ex.store.get_run(child_run_id(run.run_id, "c", 1)) is None
+    assert await ex.store.get_run(child_run_id(run.run_id, "c")) is None
 
 
 gates: list[asyncio.Event] = []  # the current test's (an event belongs to one loop)
@@ -126,7 +128,7 @@ def holds() -> object:
 async def test_cancelling_the_parent_cancels_the_child(ex: Executor) -> None:
     gates.append(asyncio.Event())
     run = await ex.submit(holds)
-    child_id = child_run_id(run.run_id, "hold", 1)
+    child_id = child_run_id(run.run_id, "hold")
     await wait_for_event(run, EventKind.STEP_STARTED, step="hold")
     await wait_for_event(ex.store.follow(child_id), EventKind.STEP_STARTED, step="held")
     await run.cancel()
@@ -156,7 +158,7 @@ async def test_a_child_survives_a_takeover_and_is_created_once() -> None:
         doomed = Coordinator(transport, store, CoordinatorConfig(id="doomed", **fast))
         await doomed.__aenter__()
         run = await doomed.submit(compiled.plan)
-        child_id = child_run_id(run.run_id, "hold", 1)
+        child_id = child_run_id(run.run_id, "hold")
         await wait_for_event(store.follow(run.run_id), EventKind.STEP_STARTED, step="hold")
         await wait_for_event(store.follow(child_id), EventKind.STEP_STARTED, step="held")
         await doomed.abort()
@@ -207,7 +209,24 @@ async def test_a_child_passes_its_inputs_on_to_its_own_children(ex: Executor) ->
     flaky_calls.clear()
     run = await ex.submit(nested)
     assert await run.result() == "n replaced after [root replaced]"
-    middle = child_run_id(run.run_id, "relay", 1)
-    grandchild = await ex.store.get_run(child_run_id(middle, "replace", 1))
+    middle = child_run_id(run.run_id, "relay")
+    grandchild = await ex.store.get_run(child_run_id(middle, "replace"))
     assert grandchild is not None and grandchild.params == {"node": "n", "after": "root drained"}
     assert (grandchild.parent, grandchild.parent_step) == (middle, "replace")
+
+
+async def test_a_child_step_dispatched_again_follows_the_child_it_started(ex: Executor) -> None:
+    """A new attempt of the step (its dispatch unconfirmed when its coordinator stopped, or
+    its "worker" lost) finds the child already there: never a second one."""
+    gates.append(gate := asyncio.Event())
+    run = await ex.submit(holds)
+    await wait_for_event(run, EventKind.STEP_STARTED, step="hold")
+    coordinator = ex._coordinator
+    assert coordinator is not None
+    step = run.plan.step("hold")
+    again = GatewayStep(run.run_id, step.index, 2, step, [], 0)
+    assert await coordinator.gateways[CHILD].publish([again]) == [again]
+    gate.set()
+    assert await asyncio.wait_for(run.result(), 10) == "x"
+    children = [r.run_id for r in await ex.store.list_runs(limit=10) if r.parent == run.run_id]
+    assert children == [child_run_id(run.run_id, "hold")]
