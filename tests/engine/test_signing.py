@@ -199,6 +199,56 @@ async def test_a_forged_completion_is_dead_lettered_and_does_not_finish_the_step
     }
 
 
+async def test_forged_coalesced_completions_are_dead_lettered_and_recorded_on_each_step_they_name(
+    broker: MemoryTransport, store: MemoryStore
+) -> None:
+    release, started = asyncio.Event(), asyncio.Event()
+
+    @step
+    async def slow(i: int) -> int:
+        if i == 1:
+            started.set()
+        await release.wait()
+        return i
+
+    @pipeline
+    def p() -> object:
+        return [slow.alias(f"s{i}")(i) for i in range(2)]
+
+    compiled = p.compile()
+    signed = SignedTransport(broker, SECRET)
+    async with (
+        Coordinator(signed, store) as coordinator,
+        Worker(signed, MemoryObjectStore(), compiled.steps) as worker,
+    ):
+        signed.on_reject(lambda r: coordinator.message_rejected(r.body, r.reason, r.destination))
+        await worker.serve("default")
+        run = await coordinator.submit(compiled.plan)
+        try:
+            await asyncio.wait_for(started.wait(), WAIT)
+            forged = messages.Completions(
+                [
+                    messages.Completion(run.run_id, f"s{i}", 1, b"\xa6forged", None, "evil", 0, 0)
+                    for i in range(2)
+                ]
+            )
+            await broker.publish(coordinator.reply_queue, forged.encode())
+            [letter] = await dead_letters(broker, bool)
+            assert (letter.queue, letter.reason) == (coordinator.reply_queue, UNSIGNED)
+            assert run.state.run_status is RunStatus.RUNNING
+        finally:
+            release.set()
+        assert await asyncio.wait_for(run.done, WAIT) is RunStatus.SUCCEEDED
+    assert [r.output for r in await store.get_steps(run.run_id)] == [b"\x00", b"\x01"]
+    rejected = [
+        e for e in await store.get_events(run.run_id) if e.kind is EventKind.MESSAGE_REJECTED
+    ]
+    assert sorted((e.step, e.attempt, e.data["message"]) for e in rejected) == [
+        ("s0", 1, "dones"),
+        ("s1", 1, "dones"),
+    ]
+
+
 async def test_a_forged_message_for_a_run_nobody_here_drives_leaves_no_event(
     broker: MemoryTransport, store: MemoryStore
 ) -> None:
