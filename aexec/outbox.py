@@ -121,7 +121,7 @@ class Outbox:
         self._timers.pop(reply_to, None)
         if not self._pending.get(reply_to) or self._in_flight.get(reply_to, 0) >= MAX_IN_FLIGHT:
             return  # a flusher in flight takes them once its publish is confirmed
-        self._in_flight[reply_to] += 1
+        self._in_flight[reply_to] = self._in_flight.get(reply_to, 0) + 1
         try:
             self._start(self._flush(reply_to))
         except AexecError:
