@@ -74,6 +74,7 @@ from aexec.feed import ClientFeed
 from aexec.gateway import Gateway
 from aexec.gateways import Gateways
 from aexec.inbox import (
+    ConfirmsDue,
     FlushDue,
     Inbox,
     Item,
@@ -738,6 +739,8 @@ class Coordinator:
                     await self._take_reply(batch, item.delivery, strays)
                 case FlushDue() | TokensDue():
                     pass  # it woke the scheduler: what is due is decided below
+                case ConfirmsDue():
+                    self._confirm_due = False  # the next confirm arms the timer again
                 case LetGo():
                     self.throttle.let_go(batch, item.run_id)
                 case TokensGranted():
@@ -747,7 +750,6 @@ class Coordinator:
         self.throttle.request_tokens()
         if self.config.durable_dispatch:
             batch.confirmed, self._confirmed = self._confirmed, []
-            self._confirm_due = False
             # A step's dependents go out only once its completion is committed.
             lost: set[str] = set()
             if batch.events or batch.confirmed:
@@ -896,10 +898,15 @@ class Coordinator:
                 self._require_running().start_work(self._strays.handle(strays))
 
     def _on_confirmed(self, steps: list[tuple[str, str, int]]) -> None:
+        """Confirmed dispatches: recorded with the next commit, or when the confirm timer
+        fires.  One timer at a time, whatever the passes take meanwhile: confirms that
+        arrive while it runs are recorded when it fires, within ``CONFIRM_DELAY`` (a timer
+        per confirmed batch cost a scheduler pass each when steps go out a few at a time,
+        as under a concurrency limit)."""
         self._confirmed.extend(steps)
         if not self._confirm_due:
             self._confirm_due = True
-            self._timers.after(CONFIRM_DELAY, FlushDue())
+            self._timers.after(CONFIRM_DELAY, ConfirmsDue())
 
     async def _recorded(self, events: list[Event], finished: list[ActiveRun]) -> None:
         """Events are in the store: count them, tell their subscribers; finish the runs

@@ -7,9 +7,10 @@ progress or heartbeat), or a command the coordinator posts itself — a run was 
 backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
 the broker did not confirm a step's message (:class:`Unconfirmed`), a step could not be
 sent (:class:`DispatchFailed`), a message naming a run failed its signature
-(:class:`MessageRejected`), or the trailing commits of the embedded mode may be due
-(:class:`FlushDue`).  The scheduler
-drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these types.
+(:class:`MessageRejected`), the trailing commits of the embedded mode may be due
+(:class:`FlushDue`), or confirmed dispatches wait to be recorded (:class:`ConfirmsDue`).
+The scheduler drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these
+types.
 """
 
 from __future__ import annotations
@@ -160,13 +161,18 @@ class FlushDue:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmsDue:
+    """The confirm timer fired: dispatches the broker confirmed may wait to be recorded."""
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A delivery from a reply queue, still undecoded (the scheduler decodes and settles it)."""
 
     delivery: Delivery
 
 
-Item = RunCommand | FlushDue | Reply | LetGo | TokensGranted | TokensDue
+Item = RunCommand | FlushDue | ConfirmsDue | Reply | LetGo | TokensGranted | TokensDue
 
 
 class Inbox:
@@ -201,6 +207,7 @@ class Inbox:
 
 __all__ = [
     "Cancel",
+    "ConfirmsDue",
     "DispatchFailed",
     "FlushDue",
     "Inbox",

@@ -222,11 +222,12 @@ class Limiter:
     a ticket when the step is ready (:meth:`admit`), releases it when the step's attempt
     ends (:meth:`release`), and publishes every ticket these return as admitted."""
 
-    __slots__ = ("_cache", "_capacities", "_entries", "_gates", "_runs")
+    __slots__ = ("_cache", "_capacities", "_entries", "_gates", "_rated", "_runs")
 
     def __init__(self, capacities: Mapping[str, int] | None = None) -> None:
         self._capacities = dict(capacities or {})
         self._gates: dict[str, Gate] = {}
+        self._rated: list[Gate] = []  # the token buckets among the gates (asked each pass)
         self._cache: dict[tuple[str, StepLimits, str | None], tuple[Gate, ...]] = {}
         self._entries: dict[Ticket, _Entry] = {}
         self._runs: dict[str, set[Ticket]] = {}
@@ -259,6 +260,8 @@ class Limiter:
         gate = self._gates.get(name)
         if gate is None:
             gate = self._gates[name] = Gate(name, capacity, rate)
+            if rate is not None:
+                self._rated.append(gate)
         return gate
 
     # -- tickets ---------------------------------------------------------------------------
@@ -343,14 +346,8 @@ class Limiter:
         """The rate gates that need tokens now, each with how many (marked as requesting
         until :meth:`grant`)."""
         wanted: list[tuple[Gate, int]] = []
-        for gate in self._gates.values():
-            if (
-                gate.rate is not None
-                and gate.waiting
-                and gate.tokens == 0
-                and not gate.requesting
-                and gate.retry_at <= now
-            ):
+        for gate in self._rated:
+            if gate.waiting and gate.tokens == 0 and not gate.requesting and gate.retry_at <= now:
                 gate.requesting = True
                 wanted.append((gate, gate.waiters))
         return wanted
@@ -358,9 +355,7 @@ class Limiter:
     def next_request(self) -> float | None:
         """When (monotonic) a rate gate that waits may ask for tokens again, if one does."""
         times = [
-            g.retry_at
-            for g in self._gates.values()
-            if g.rate is not None and g.waiting and not g.requesting and g.retry_at > 0
+            g.retry_at for g in self._rated if g.waiting and not g.requesting and g.retry_at > 0
         ]
         return min(times) if times else None
 

@@ -13,8 +13,9 @@ import aexec
 from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.errors import PublishError
-from aexec.events import EventKind
+from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
+from aexec.store import Fence, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -139,3 +140,75 @@ async def test_a_worker_restarted_under_the_same_name_does_not_hide_the_steps_it
     (record,) = await store.get_steps(run.run_id)
     assert (record.attempts, record.failures) == (2, 0)  # the lost attempt spent no retry
     await transport.close()
+
+
+class RecordsConfirms(MemoryStore):
+    """Keeps the ``(run, step, attempt)`` of every confirmed dispatch it records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirmed: set[tuple[str, str, int]] = set()
+        self.recorded = asyncio.Event()
+
+    async def append(
+        self,
+        events: Sequence[Event],
+        *,
+        fence: Fence | None = None,
+        confirmed: Sequence[tuple[str, str, int]] = (),
+        outbox: Sequence[WebhookDelivery] = (),
+    ) -> None:
+        await super().append(events, fence=fence, confirmed=confirmed, outbox=outbox)
+        self.confirmed.update(confirmed)
+        self.recorded.set()
+
+
+QUIET = WorkerConfig(
+    heartbeat_interval=60.0, drain_grace=1.0
+)  # no heartbeat: nothing commits but the timer
+
+
+async def test_every_confirmed_dispatch_is_recorded_even_when_no_commit_follows_it() -> None:
+    """Steps go out one at a time (a concurrency limit), so their confirms arrive while the
+    confirm timer of earlier ones runs; the last one's must be recorded all the same while
+    its step runs and nothing else happens."""
+    gate = asyncio.Event()
+
+    @step(concurrency=1)
+    async def one(i: int) -> int:
+        await asyncio.sleep(0.02)  # the 20 take several of the timer's windows
+        return i
+
+    @step
+    async def last(values: list[int]) -> int:
+        await gate.wait()
+        return sum(values)
+
+    @pipeline
+    def trickle() -> object:
+        return last([one.alias(f"one_{i}")(i) for i in range(20)])
+
+    compiled = trickle.compile()
+    transport, store = MemoryTransport(), RecordsConfirms()
+    await transport.open()
+    await store.open()
+    try:
+        async with (
+            Coordinator(transport, store) as coordinator,
+            Worker(transport, MemoryObjectStore(), compiled.steps, QUIET) as worker,
+        ):
+            await worker.serve("default")
+            run = await coordinator.submit(compiled.plan)
+            async with asyncio.timeout(WAIT):
+                await wait_for_event(coordinator.events(run.run_id), EventKind.STEP_DISPATCHED,
+                                     step="last")  # fmt: skip
+                while (run.run_id, "last", 1) not in store.confirmed:
+                    store.recorded.clear()
+                    await store.recorded.wait()
+            expected = {(run.run_id, f"one_{i}", 1) for i in range(20)} | {(run.run_id, "last", 1)}
+            assert store.confirmed == expected
+            gate.set()
+            assert await asyncio.wait_for(run.done, WAIT) is RunStatus.SUCCEEDED
+    finally:
+        await store.close()
+        await transport.close()
