@@ -12,7 +12,9 @@ at once, in three variants of the same step:
 
 For each: wall time, steps per second, process CPU per step, and fairness: the spread of
 the tenants' completion times (max - min, and as a share of the wall time; the tenants'
-runs finish together when they are served in turn).  Reports medians over ``--repeat`` rounds.
+runs finish together when they are served in turn).  Reports medians over ``--repeat``
+rounds; a ratio to the unlimited case is the median of each round's ratio to the unlimited
+round run just before it (under the same load).
 
 Embedded (the default), the CPU is the coordinator's and the in-process worker's together
 (the worker's share is the same in every variant, so it dilutes the ratios).  With
@@ -163,15 +165,22 @@ async def measure(args: argparse.Namespace, executor: Executors) -> dict[str, An
             rounds[name].append(await one_round(name, work, args.tenants, args.steps, executor))
     for name in variants:
         results[name] = median_of(rounds[name])
-    base = results["unlimited"]
+    # Ratios to the unlimited round of the same repeat (run next to it, under the same
+    # load), then their median: steadier than a ratio of medians on a shared machine.
+    base = rounds["unlimited"]
     for name in ("per_tenant_2", "global_64"):
-        results[name]["throughput_vs_unlimited"] = (
-            results[name]["steps_per_s"] / base["steps_per_s"]
+        pairs = list(zip(rounds[name], base, strict=True))
+        results[name]["throughput_vs_unlimited"] = statistics.median(
+            r["steps_per_s"] / b["steps_per_s"] for r, b in pairs
         )
         for measure in ("cpu", "user", "system"):
-            results[name][f"{measure}_vs_unlimited"] = (
-                results[name][f"{measure}_us_per_step"] / base[f"{measure}_us_per_step"]
+            key = f"{measure}_us_per_step"
+            results[name][f"{measure}_vs_unlimited"] = statistics.median(
+                r[key] / b[key] for r, b in pairs
             )
+        results[name]["cpu_vs_unlimited_each"] = [
+            round(r["cpu_us_per_step"] / b["cpu_us_per_step"], 3) for r, b in pairs
+        ]
     return results
 
 
@@ -204,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: throughput {r['throughput_vs_unlimited']:.2f}x unlimited, "
             f"CPU per step {r['cpu_vs_unlimited']:.2f}x unlimited (user "
-            f"{r['user_vs_unlimited']:.2f}x, system {r['system_vs_unlimited']:.2f}x)"
+            f"{r['user_vs_unlimited']:.2f}x, system {r['system_vs_unlimited']:.2f}x; "
+            f"each round {r['cpu_vs_unlimited_each']})"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
