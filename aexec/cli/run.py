@@ -167,7 +167,8 @@ async def follow(
         succeeded = record.status is RunStatus.SUCCEEDED
         result = await run.result() if succeeded else None
         # The notes of dynamic steps (map, cached, skipped), as `runs show --json` has them.
-        notes = step_notes(await ex.get_events(run.run_id)) if args.json else {}
+        # From the run, not the store: a remote executor has none.
+        notes = step_notes([e async for e in run.events()]) if args.json else {}
 
     if args.json:
         write_line(out, dump_json(run_report(record, steps, result, notes)))
