@@ -30,6 +30,7 @@ from benchmarks.runner import run_all
 from benchmarks.spec import BY_NAME, SCALE_WORKLOADS, WORKLOADS, Workload
 from benchmarks.systems import ROOT, BenchConfig, System
 from benchmarks.systems.aexec_system import AexecSystem
+from benchmarks.systems.celery_floor import CeleryFloorSystem
 from benchmarks.systems.celery_system import CelerySystem
 from benchmarks.systems.celery_workers import CeleryWorkersSystem
 from benchmarks.systems.dask_system import DaskSystem
@@ -44,6 +45,7 @@ SYSTEMS: dict[str, type[System]] = {
         CelerySystem,
         CeleryWorkersSystem,
         DyrygentSystem,
+        CeleryFloorSystem,
         DaskSystem,
     )
 }

@@ -172,6 +172,8 @@ async def _run_workload(
             found[name] = result_row(workload, name, [], status="skipped", note=entry.skipped)
             continue
         extra = await entry.system.finish() if entry.prepared else {}
+        if entry.status == "timeout":  # took longer than this: a bound for a speedup
+            extra = {**extra, "cap": cap(workload, config)}
         row = result_row(
             workload, name, entry.samples, status=entry.status, note=entry.note, extra=extra
         )

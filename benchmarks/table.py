@@ -11,6 +11,9 @@ Grid = tuple[list[str], list[list[str]]]
 
 TARGET_RAW_RATIO = 0.75  # aexec >= 0.75 x the raw floor's throughput on independent_1000
 TARGET_CHAIN_SECONDS = 6.0  # chain_of_chords_1000 over RabbitMQ
+# Issue 13: aexec driving Celery workers (celery-workers) on chain_of_chords_100, as many
+# times faster than each orchestrator of the same worker node.
+CELERY_TARGETS = {"celery": 10.0, "celery-dyrygent": 100.0}
 
 
 def seconds_text(value: float) -> str:
@@ -142,6 +145,7 @@ def targets(rows: Sequence[Row]) -> dict[str, Any]:
             "target": TARGET_CHAIN_SECONDS,
             "met": chain["seconds"] <= TARGET_CHAIN_SECONDS,
         }
+    result.update(_celery_targets(by))
     for other in ("celery", "dask"):
         speedups: dict[str, float | None] = {}
         for workload in _order(rows, "workload"):
@@ -160,8 +164,70 @@ def targets(rows: Sequence[Row]) -> dict[str, Any]:
     return result
 
 
-def targets_text(found: dict[str, Any]) -> list[str]:
+def _celery_targets(by: dict[tuple[str, str], Row]) -> dict[str, Any]:
+    """Issue 13's targets: celery-workers against Celery's canvas and celery-dyrygent on
+    chain_of_chords_100 (a timed-out orchestrator counts as its cap: a lower bound on the
+    speedup), chain_of_chords_1000 finishing, and celery-workers against the worker node's
+    own floor (celery-floor: the same number of tasks, no dependencies)."""
+    result: dict[str, Any] = {}
+    mine = by.get(("chain_of_chords_100", "celery-workers"))
+    if mine and mine["status"] == "ok" and mine["seconds"]:
+        for other, target in CELERY_TARGETS.items():
+            theirs = by.get(("chain_of_chords_100", other))
+            if not theirs or theirs["status"] == "skipped":
+                continue
+            if theirs["status"] == "ok" and theirs["seconds"]:
+                ratio, bound = theirs["seconds"] / mine["seconds"], False
+            elif theirs["status"] == "timeout" and theirs.get("cap"):
+                ratio, bound = theirs["cap"] / mine["seconds"], True
+            else:
+                continue
+            result[f"celery_workers_vs_{other.replace('-', '_')}_chain_of_chords_100"] = {
+                "value": round(ratio, 2),
+                "lower_bound": bound,
+                "target": target,
+                "met": ratio >= target,
+            }
+        floor = by.get(("chain_of_chords_100", "celery-floor"))
+        if floor and floor["status"] == "ok" and floor["seconds"]:
+            result["celery_workers_over_floor_chain_of_chords_100"] = {
+                "value": round(mine["seconds"] / floor["seconds"], 2)
+            }
+    big = by.get(("chain_of_chords_1000", "celery-workers"))
+    if big and big["status"] != "skipped":
+        result["celery_workers_chain_of_chords_1000"] = {
+            "seconds": big["seconds"],
+            "met": big["status"] == "ok",
+        }
+    return result
+
+
+def _celery_text(found: dict[str, Any]) -> list[str]:
     lines = []
+    for other in CELERY_TARGETS:
+        entry = found.get(f"celery_workers_vs_{other.replace('-', '_')}_chain_of_chords_100")
+        if entry:
+            at_least = "at least " if entry["lower_bound"] else ""
+            lines.append(
+                f"celery-workers vs {other} on chain_of_chords_100: {at_least}"
+                f"x{entry['value']:.1f} (target >= x{entry['target']:g}): "
+                f"{'met' if entry['met'] else 'NOT met'}"
+            )
+    floor = found.get("celery_workers_over_floor_chain_of_chords_100")
+    if floor:
+        lines.append(
+            f"celery-workers / celery-floor on chain_of_chords_100: x{floor['value']:.2f} "
+            "(the worker node alone, the same tasks without dependencies)"
+        )
+    big = found.get("celery_workers_chain_of_chords_1000")
+    if big:
+        done = f"finished in {big['seconds']:.1f} s" if big["met"] else "did NOT finish"
+        lines.append(f"celery-workers chain_of_chords_1000: {done}")
+    return lines
+
+
+def targets_text(found: dict[str, Any]) -> list[str]:
+    lines = _celery_text(found)
     raw = found.get("raw_ratio_independent_1000")
     if raw:
         lines.append(
