@@ -29,7 +29,13 @@ from typing import Any, Protocol
 
 from aexec import codec, messages
 from aexec.background import Background
-from aexec.errors import AexecError, CodecError, PlanError, StoreError
+from aexec.errors import (
+    AexecError,
+    LeaseLostError,
+    PlanError,
+    StoreError,
+    StoreUnavailableError,
+)
 from aexec.gateway import GatewayStep
 from aexec.inbox import DispatchFailed, Item, Reply
 from aexec.plan import Plan
@@ -150,13 +156,13 @@ class ChildRuns:
                 await self._host.submit(
                     plan, priority=s.priority, run_id=child, parent=s.run_id, parent_step=key
                 )
-        except (PlanError, CodecError, KeyError) as exc:
-            error = ErrorInfo(type(exc).__name__, f"cannot start the child run: {exc}", "", False)
-            self._posted(DispatchFailed(s.run_id, s.index, s.attempt, error))
-            return False
-        except StoreError as exc:
+        except (StoreUnavailableError, LeaseLostError) as exc:
             # Left unconfirmed: dispatched again after a restart (the id finds it if it was).
             log.warning("could not create child run %s of %s: %s", child, s.run_id, exc)
+            return False
+        except (AexecError, KeyError) as exc:  # a plan, value or setting that will not do
+            error = ErrorInfo(type(exc).__name__, f"cannot start the child run: {exc}", "", False)
+            self._posted(DispatchFailed(s.run_id, s.index, s.attempt, error))
             return False
         self._follow(s.run_id, key, s.attempt)
         return True

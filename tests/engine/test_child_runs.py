@@ -230,3 +230,24 @@ async def test_a_child_step_dispatched_again_follows_the_child_it_started(ex: Ex
     assert await asyncio.wait_for(run.result(), 10) == "x"
     children = [r.run_id for r in await ex.store.list_runs(limit=10) if r.parent == run.run_id]
     assert children == [child_run_id(run.run_id, "hold")]
+
+
+async def test_a_child_that_cannot_start_fails_its_step_with_the_reason(ex: Executor) -> None:
+    from aexec.celery import celery_step
+
+    resize = celery_step("proj.tasks.resize", queue="images")
+
+    @pipeline
+    def on_celery(path: str) -> object:
+        return resize(path)
+
+    @pipeline
+    def parent() -> object:
+        return on_celery("a.png", run_as_child=True)
+
+    run = await ex.submit(parent)
+    with pytest.raises(RunFailed):
+        await asyncio.wait_for(run.result(), 10)
+    (row,) = await ex.get_steps(run.run_id)
+    assert row.error is not None and row.error.type == "ConfigError"
+    assert row.error.message.startswith("cannot start the child run: pipeline 'on_celery' has")
