@@ -1,5 +1,6 @@
-"""Conditional branches: a step that skips itself, a step that runs only ``when`` a
-condition holds, and a join that runs whatever was skipped.
+"""Conditional branches: a step that skips itself, steps that run only ``when`` a
+condition holds (given at the call, or declared with ``@step(when=...)``), and a join
+that runs whatever was skipped.
 
     python -m aexec run examples/conditions.py -p hour=3     # the night: no backup report
     python -m aexec run examples/conditions.py -p hour=14 -p changed='["a.txt"]'
@@ -34,6 +35,11 @@ def notify_team(hour: int) -> str:
     return f"team notified at {hour}h"
 
 
+@step(when=is_daytime)  # declared on the step: runs only if is_daytime (above) is true
+def page_oncall(hour: int) -> str:
+    return f"on-call paged at {hour}h"
+
+
 @step(accept_missing=True)  # a join: runs with None in place of skipped inputs
 def summary(backup: str | None, notice: str | None) -> str:
     return "; ".join(part for part in (backup, notice) if part) or "nothing to do"
@@ -43,4 +49,5 @@ def summary(backup: str | None, notice: str | None) -> str:
 def nightly(hour: int = 3, changed: list[str] | None = None) -> object:
     backup = back_up(changes(changed or []))
     notice = notify_team(hour, when=is_daytime(hour))  # runs only if is_daytime is true
+    page_oncall(hour)  # its when= is declared: the is_daytime called just above
     return summary(backup, notice)

@@ -51,6 +51,7 @@ def test_skipped_branches_over_rabbitmq_do_not_fail_the_run(cluster: Cluster) ->
         "back_up": "skipped",
         "is_daytime": "succeeded",
         "notify_team": "skipped",
+        "page_oncall": "skipped",
         "summary": "succeeded",
     }
     logs = cluster.aexec("runs", "logs", report["run_id"], "--json")
@@ -63,10 +64,12 @@ def test_skipped_branches_over_rabbitmq_do_not_fail_the_run(cluster: Cluster) ->
         "changes": "no file changed",
         "back_up": "its input 'changes' was skipped",
         "notify_team": "its condition 'is_daytime' is false",
+        "page_oncall": "its condition 'is_daytime' is false",
     }
     code, report = cluster.run(CONDITIONS, "-p", "hour=14", "-p", 'changed=["a.txt"]')
     assert code == 0, report
     assert report["result"] == "backed up 1 file(s); team notified at 14h"
+    assert report["steps"]["page_oncall"]["status"] == "succeeded"
 
 
 SUB_PIPELINES = str(EXAMPLES / "sub_pipelines.py")
