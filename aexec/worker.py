@@ -357,10 +357,13 @@ class Worker:
     async def abort(self) -> None:
         """Stop at once, as a crash would: steps in flight are cancelled and publish no
         completion (their unacked deliveries go back to the broker), heartbeats stop, and
-        the consumers are dropped.  Leaving the ``async with`` afterwards does nothing."""
+        the consumers are dropped; sync steps in child processes are killed at once, not
+        after their cancel grace.  Leaving the ``async with`` afterwards does nothing."""
         background, self._background = self._background, None
         try:
             if background is not None:
+                background.cancel_work()
+                self._runner.close()  # the children die now, as with the worker
                 await background.aclose()
         finally:
             await self._drop_consumers()

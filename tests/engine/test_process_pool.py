@@ -327,3 +327,27 @@ async def test_a_worker_stopping_while_it_waits_to_kill_a_cancelled_step_kills_i
             async with asyncio.timeout(WAIT):
                 await worker.drain(grace=0.2)
         await gone(victim)
+
+
+async def test_an_aborted_worker_kills_its_children_at_once(
+    module: Path, tmp_path: Path, transport: MemoryTransport, store: MemoryStore
+) -> None:
+    loaded = load_file(module)
+
+    @pipeline
+    def doomed(where: str) -> object:
+        return loaded.stubborn(where)
+
+    compiled = doomed.compile(where=str(tmp_path))
+    config = WorkerConfig(
+        pool="process", process_pool_size=1, modules=(str(module),), cancel_grace=60.0
+    )
+    async with Coordinator(transport, store) as coordinator:
+        worker = Worker(transport, MemoryObjectStore(), compiled.steps, config)
+        async with worker:
+            await worker.serve("default")
+            await coordinator.submit(compiled.plan)
+            victim = await pid_file(tmp_path / "stubborn.pid")
+            async with asyncio.timeout(WAIT):  # as a crash would: not the 60 s grace
+                await worker.abort()
+        await gone(victim)
