@@ -21,6 +21,8 @@ class Workload:
     subprocess (so its peak RSS is measured), as every workload with ``runs > 1`` does.
     ``scale`` workloads prove the limits: they run only when named (``--only`` or
     ``--scale``), with a longer cap per repetition, and only against the raw floor.
+    ``aexec_only`` workloads compare two ways of writing one shape in aexec (a map and
+    its static fan-out): they run against the raw floor only.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Workload:
     embedded: bool = False
     service: bool = False
     scale: bool = False
+    aexec_only: bool = False
 
     @property
     def through_coordinator(self) -> bool:
@@ -120,6 +123,7 @@ WORKLOADS: tuple[Workload, ...] = (
         1,
         {"n": 10000},
         service=True,
+        aexec_only=True,
     ),
     Workload(
         "map_10000",
@@ -130,6 +134,7 @@ WORKLOADS: tuple[Workload, ...] = (
         1,
         {"n": 10000},
         service=True,
+        aexec_only=True,
     ),
     Workload(
         "embedded_chain_of_chords_1000",

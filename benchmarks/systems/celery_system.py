@@ -55,6 +55,8 @@ class CelerySystem(System):
         return None
 
     def supports(self, workload: Workload) -> str | None:
+        if workload.aexec_only:
+            return "a comparison of two ways to write one shape in aexec"
         if workload.scale:
             return "the scale workloads compare aexec with the raw floor only"
         if workload.embedded:

@@ -33,6 +33,8 @@ class CeleryWorkersSystem(CelerySystem):
         self._serial = 0
 
     def supports(self, workload: Workload) -> str | None:
+        if workload.aexec_only:
+            return "a comparison of two ways to write one shape in aexec"
         if workload.embedded:
             return "Celery workers are separate processes"
         if workload.runs > 1:

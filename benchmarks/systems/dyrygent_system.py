@@ -29,6 +29,8 @@ class DyrygentSystem(CelerySystem):
         return super().unavailable()
 
     def supports(self, workload: Workload) -> str | None:
+        if workload.aexec_only:
+            return "a comparison of two ways to write one shape in aexec"
         if workload.embedded or workload.runs > 1:
             return "one workflow at a time"
         return None
