@@ -22,7 +22,9 @@ A cancelled step that has not returned ``cancel_grace`` seconds later is killed 
 and its child replaced, so the pool keeps its size; a step that stops by itself leaves its
 child to serve the next one.  A child that dies on its own (a crash in native code, the
 OOM killer, ``os._exit``) fails only the attempt it ran, with :class:`ChildDied`, and is
-replaced too.  A child whose worker is gone (its pipe closed) exits.
+replaced too.  A child whose worker is gone (its pipe closed) exits.  Children are not
+daemons, so that a step may start processes of its own; a pool dropped without
+:meth:`ProcessPool.shutdown` (or its process exiting) kills them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import signal
@@ -242,7 +245,7 @@ class _Child:
             target=_child_main,
             args=(theirs, list(modules), limits),
             name="aexec-pool-child",
-            daemon=True,
+            daemon=False,  # its step may start processes of its own (a daemon may not)
         )
         self.process.start()
         theirs.close()  # ours closes when the child dies: the reader sees the end
@@ -361,6 +364,9 @@ class ProcessPool:
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._closed = False
+        # Children are not daemons: if the pool is dropped or the process exits without a
+        # shutdown, they are killed (before multiprocessing joins them at exit).
+        multiprocessing.util.Finalize(self, _kill_all, args=(self._children,), exitpriority=10)
 
     @property
     def pids(self) -> list[int]:
@@ -463,6 +469,11 @@ class ProcessPool:
             else:
                 child.kill()
         self._children.clear()
+
+
+def _kill_all(children: set[_Child]) -> None:
+    for child in list(children):
+        child.kill()
 
 
 __all__ = ["DEFAULT_CANCEL_GRACE", "ChildDied", "ProcessPool"]

@@ -77,6 +77,16 @@ def crash(code: int) -> None:
     os._exit(code)
 
 
+@step
+def with_a_process_of_its_own() -> int:
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=os.getpid)
+    process.start()
+    process.join()
+    return process.exitcode
+
+
 @step(timeout=2.0)  # the child starts first
 def overdue(where: str) -> None:
     _started(where, "overdue")
@@ -351,3 +361,14 @@ async def test_an_aborted_worker_kills_its_children_at_once(
             async with asyncio.timeout(WAIT):  # as a crash would: not the 60 s grace
                 await worker.abort()
         await gone(victim)
+
+
+async def test_a_step_in_the_pool_may_start_processes_of_its_own(module: Path) -> None:
+    pool = ProcessPool([str(module)], 1)
+    try:
+        blob, error = await asyncio.wait_for(
+            pool.run("with_a_process_of_its_own", call(), [], "r", "a", 1), WAIT
+        )
+        assert error is None and blob is not None and codec.decode(blob) == 0
+    finally:
+        pool.shutdown()
