@@ -1110,9 +1110,14 @@ class AmqpTransport:
     async def _open_channel(
         self, connection: AbstractRobustConnection, *, confirms: bool
     ) -> AbstractRobustChannel:
-        # on_return_raises: an unroutable mandatory publish raises PublishError; aio-pika's
-        # default (False) reports it as a success and the message is gone.
-        channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        try:
+            # on_return_raises: an unroutable mandatory publish raises PublishError;
+            # aio-pika's default (False) reports it as a success and the message is gone.
+            channel = connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        except RuntimeError as exc:  # "Connection was not opened": it is reconnecting
+            raise TransportError(
+                f"cannot open a channel to {self._display}: the connection is down ({exc})"
+            ) from exc
         try:
             async with asyncio.timeout(self._connect_timeout):
                 await channel
