@@ -35,6 +35,8 @@ from aexec.inbox import (
     Resume,
     RetryDue,
     RunCommand,
+    SlotsDue,
+    SlotsTaken,
     Start,
     TokensGranted,
     Unconfirmed,
@@ -169,6 +171,18 @@ class RetryTimer:
     due: RetryDue
 
 
+@dataclass(frozen=True, slots=True)
+class SlotTake:
+    """Take one slot of each of ``caps`` (``(gate, capacity)``) in the store for ``attempt``
+    of step ``index`` (key ``step``) of run ``run_id``, before it goes out."""
+
+    run_id: str
+    index: int
+    attempt: int
+    step: str
+    caps: tuple[tuple[str, int], ...]
+
+
 class Batch:
     """What one pass of the scheduler decided; ``runs`` are the coordinator's active runs.
 
@@ -188,6 +202,8 @@ class Batch:
         "output_budget",
         "retries",
         "runs",
+        "slot_frees",
+        "slot_takes",
         "touched",
         "workers_seen",
     )
@@ -214,6 +230,10 @@ class Batch:
         self.touched: set[str] = set()
         self.confirmed: list[tuple[str, str, int]] = []  # dispatches the broker confirmed
         self.output_budget = OUTPUT_BUDGET
+        # Slots of caps to take in the store before these steps go out, and to free (a
+        # step's attempts up to this one; every step of the run if None).
+        self.slot_takes: list[SlotTake] = []
+        self.slot_frees: list[tuple[str, str | None, int]] = []
 
     def discard(self, run_ids: set[str]) -> None:
         """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
@@ -257,10 +277,12 @@ class Batch:
                     )
                 )
                 self.admitted(self.limiter.forget_run(run_id), now)  # a schedule rebuilt
+                if command.slotted:  # freed from here when their attempts end
+                    self.limiter.slots[run_id] = {i: run.state.attempts[i] for i in command.slotted}
                 if run.cancel is not None:  # a cancel was requested before it was taken over
                     actions = tuple(run.state.cancel())
                 else:
-                    self._occupy(run)
+                    self._occupy(run, command.slotted)
                     self._unconfirmed_before(run, command.unconfirmed, now)
                     if not command.started:  # recorded as pending: it starts now
                         self.events.append(self._started_event(run, now))
@@ -611,8 +633,10 @@ class Batch:
             match action:
                 case Dispatch():
                     index, attempt = action.index, action.attempt
-                    if steps[index].limits is not None and not self._admit(run, index):
-                        continue  # it waits in the coordinator for a limit
+                    if steps[index].limits is not None:
+                        if self._admit(run, index):
+                            self._go(run, index, attempt, ts)
+                        continue  # or it waits in the coordinator for a limit
                     self.outgoing.append(Outgoing(run, index, attempt))
                     self.events.append(
                         Event(EventKind.STEP_DISPATCHED, run_id, ts, steps[index].key, attempt)
@@ -717,6 +741,8 @@ class Batch:
                 case Finish():
                     if limiter:
                         self.admitted(limiter.forget_run(run_id), ts)
+                        if limiter.slots.pop(run_id, None) is not None:
+                            self.slot_frees.append((run_id, None, 0))
                     # The run ends when this pass decides it, not when the step whose
                     # completion tipped it finished (one delayed in the broker came last).
                     end = max(ts, self.now)
@@ -744,12 +770,13 @@ class Batch:
             run.run_id if key is None else key,
         )
 
-    def _occupy(self, run: ActiveRun) -> None:
-        """A run taken over: its limited steps in flight hold their caps."""
+    def _occupy(self, run: ActiveRun, slotted: tuple[int, ...]) -> None:
+        """A run taken over: its limited steps in flight hold their caps, and so do those
+        whose attempts hold slots of caps in the store (``slotted``)."""
         steps, status = run.plan.steps, run.state.status
         for index in range(len(steps)):
             limits = steps[index].limits
-            if limits is None or status[index] is not StepStatus.RUNNING:
+            if limits is None or (status[index] is not StepStatus.RUNNING and index not in slotted):
                 continue
             key = limits.key
             if key is None and limits.key_input is not None:
@@ -758,7 +785,65 @@ class Batch:
             self.limiter.occupy((run.run_id, index), gates)
 
     def _release(self, run_id: str, index: int, ts: float) -> None:
-        self.admitted(self.limiter.release((run_id, index)), ts)
+        limiter = self.limiter
+        self.admitted(limiter.release((run_id, index)), ts)
+        held = limiter.slots.get(run_id)
+        if held is not None:
+            attempt = held.pop(index, None)
+            if attempt is not None:
+                run = self.runs.get(run_id)
+                if run is not None:
+                    self.slot_frees.append((run_id, run.plan.steps[index].key, attempt))
+
+    def _go(self, run: ActiveRun, index: int, attempt: int, ts: float) -> None:
+        """Step ``index`` of ``run`` passed its limits here: out it goes, once the store
+        gave it the slots of its caps if it has any (they hold across coordinators)."""
+        run_id = run.run_id
+        caps = self.limiter.caps((run_id, index))
+        if caps:
+            self.slot_takes.append(
+                SlotTake(run_id, index, attempt, run.plan.steps[index].key, caps)
+            )
+            return
+        self._publish(run, index, attempt, ts)
+
+    def _publish(self, run: ActiveRun, index: int, attempt: int, ts: float) -> None:
+        run_id = run.run_id
+        self.touched.add(run_id)
+        self.outgoing.append(Outgoing(run, index, attempt))
+        self.events.append(
+            Event(EventKind.STEP_DISPATCHED, run_id, ts, run.plan.steps[index].key, attempt)
+        )
+
+    def _slot_wanted(self, run_id: str, index: int, attempt: int) -> ActiveRun | None:
+        """The run of step ``index`` if its ``attempt`` still waits for the store's slots."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        state = run.state
+        if state.status[index] is not StepStatus.QUEUED or state.attempts[index] != attempt:
+            return None
+        return run if self.limiter.holds((run_id, index)) else None
+
+    def slots_taken(self, item: SlotsTaken) -> bool:
+        """The store answered a request for slots: the step goes out if they were given,
+        else it asks again later (True: the caller sets that timer).  Slots given to an
+        attempt that no longer wants them are freed."""
+        run = self._slot_wanted(item.run_id, item.index, item.attempt)
+        if item.granted:
+            if run is None:
+                self.slot_frees.append((item.run_id, item.step, item.attempt))
+                return False
+            self.limiter.slots.setdefault(item.run_id, {})[item.index] = item.attempt
+            self._publish(run, item.index, item.attempt, self.now)
+            return False
+        return run is not None
+
+    def slots_due(self, item: SlotsDue) -> None:
+        """Ask the store again for the slots it refused (if the step still wants them)."""
+        run = self._slot_wanted(item.run_id, item.index, item.attempt)
+        if run is not None:
+            self._go(run, item.index, item.attempt, self.now)
 
     def admitted(self, tickets: list[Ticket], ts: float) -> None:
         """The limiter let these waiting steps go: publish them."""
@@ -769,13 +854,9 @@ class Batch:
             state = run.state
             attempt = state.attempts[index]
             if state.status[index] is not StepStatus.QUEUED:
-                self.admitted(self.limiter.release((run_id, index)), ts)  # it will not go
+                self._release(run_id, index, ts)  # it will not go
                 continue
-            self.touched.add(run_id)
-            self.outgoing.append(Outgoing(run, index, attempt))
-            self.events.append(
-                Event(EventKind.STEP_DISPATCHED, run_id, ts, run.plan.steps[index].key, attempt)
-            )
+            self._go(run, index, attempt, ts)
 
     def tokens(self, command: TokensGranted, monotonic_now: float) -> None:
         """Tokens of a rate limit came from the store."""

@@ -81,6 +81,8 @@ from aexec.inbox import (
     LetGo,
     MessageRejected,
     Reply,
+    SlotsDue,
+    SlotsTaken,
     Start,
     TokensDue,
     TokensGranted,
@@ -745,6 +747,10 @@ class Coordinator:
                     self.throttle.let_go(batch, item.run_id)
                 case TokensGranted():
                     self.throttle.granted(batch, item)
+                case SlotsTaken():
+                    self.throttle.slots_taken(batch, item)
+                case SlotsDue():
+                    batch.slots_due(item)
                 case _:
                     batch.command(item)
         self.throttle.request_tokens()
@@ -757,10 +763,12 @@ class Coordinator:
                 batch.discard(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
+            self.throttle.sync_slots(batch)  # frees after the ends of attempts are recorded
             return
         # Embedded: nothing outlives this process, so commits may trail the dispatches and
         # several waves share one transaction.
         await self._dispatch(batch, set(), strays)
+        self.throttle.sync_slots(batch)
         self._unrecorded.extend(batch.events)
         self._unfinished.extend(batch.finished)
         due = time.monotonic() - self._last_flush >= self.config.flush_interval

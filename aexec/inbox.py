@@ -38,13 +38,16 @@ class Resume:
     (what :meth:`~aexec.scheduling.RunState.restore` decided).  ``unconfirmed`` are the
     ``(step index, attempt)`` recorded as queued whose message the broker never confirmed:
     they are dispatched again as new attempts, that one lost.  ``started`` is False for a
-    run recorded as pending (its coordinator stopped before starting it): it starts now."""
+    run recorded as pending (its coordinator stopped before starting it): it starts now.
+    ``slotted`` are the steps whose attempts hold slots of caps in the store: they hold
+    their caps here too."""
 
     run_id: str
     actions: tuple[Action, ...]
     previous: str | None
     unconfirmed: tuple[tuple[int, int], ...] = ()
     started: bool = True
+    slotted: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,28 @@ class TokensGranted:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotsTaken:
+    """The store gave (``granted``) or refused the slots of its caps to ``attempt`` of step
+    ``index`` (key ``step``) of run ``run_id``."""
+
+    run_id: str
+    index: int
+    attempt: int
+    step: str
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SlotsDue:
+    """Ask the store again for the slots it refused to ``attempt`` of step ``index`` of run
+    ``run_id`` (other coordinators held them)."""
+
+    run_id: str
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class TokensDue:
     """A rate limit may ask the store for tokens again."""
 
@@ -172,7 +197,17 @@ class Reply:
     delivery: Delivery
 
 
-Item = RunCommand | FlushDue | ConfirmsDue | Reply | LetGo | TokensGranted | TokensDue
+Item = (
+    RunCommand
+    | FlushDue
+    | ConfirmsDue
+    | Reply
+    | LetGo
+    | TokensGranted
+    | TokensDue
+    | SlotsTaken
+    | SlotsDue
+)
 
 
 class Inbox:
@@ -219,6 +254,8 @@ __all__ = [
     "Resume",
     "RetryDue",
     "RunCommand",
+    "SlotsDue",
+    "SlotsTaken",
     "Start",
     "TokensDue",
     "TokensGranted",

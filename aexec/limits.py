@@ -222,7 +222,7 @@ class Limiter:
     a ticket when the step is ready (:meth:`admit`), releases it when the step's attempt
     ends (:meth:`release`), and publishes every ticket these return as admitted."""
 
-    __slots__ = ("_cache", "_capacities", "_entries", "_gates", "_rated", "_runs")
+    __slots__ = ("_cache", "_capacities", "_entries", "_gates", "_rated", "_runs", "slots")
 
     def __init__(self, capacities: Mapping[str, int] | None = None) -> None:
         self._capacities = dict(capacities or {})
@@ -231,6 +231,9 @@ class Limiter:
         self._cache: dict[tuple[str, StepLimits, str | None], tuple[Gate, ...]] = {}
         self._entries: dict[Ticket, _Entry] = {}
         self._runs: dict[str, set[Ticket]] = {}
+        # run → step index → the attempt whose slots of caps in the store this coordinator
+        # frees when the step's attempt ends (it took them, or took their run over)
+        self.slots: dict[str, dict[int, int]] = {}
 
     def __bool__(self) -> bool:
         """True while any ticket holds or waits for a gate."""
@@ -371,6 +374,21 @@ class Limiter:
                 if self._try(ticket, entry):
                     admitted.append(ticket)
         return admitted
+
+    def holds(self, ticket: Ticket) -> bool:
+        """True if ``ticket`` holds its gates."""
+        entry = self._entries.get(ticket)
+        return entry is not None and entry.held
+
+    def caps(self, ticket: Ticket) -> tuple[tuple[str, int], ...]:
+        """The caps (``(gate name, capacity)``) that ``ticket`` holds or waits for: those
+        whose slots it takes in the store too, so that they hold across coordinators."""
+        entry = self._entries.get(ticket)
+        if entry is None:
+            return ()
+        return tuple(
+            (g.name, g.capacity) for g in entry.gates if g.rate is None and g.capacity is not None
+        )
 
     # -- introspection ---------------------------------------------------------------------
 

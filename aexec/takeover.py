@@ -134,7 +134,7 @@ class Leases:
         for queue in plan.queues:
             await coordinator.declare(queue)
         run = ActiveRun(record.run_id, plan, record.priority, RunState(plan), record.epoch)
-        actions, unconfirmed = await self._restore(run, record)
+        actions, unconfirmed, slotted = await self._restore(run, record)
         history = await store.get_events(record.run_id)
         drivers = _drivers(history)
         for driver in drivers:
@@ -161,7 +161,9 @@ class Leases:
             admission.occupy(candidate)
         coordinator.trace(run, resumed=True)
         started = record.status is not RunStatus.PENDING
-        coordinator.post(Resume(record.run_id, tuple(actions), previous, unconfirmed, started))
+        coordinator.post(
+            Resume(record.run_id, tuple(actions), previous, unconfirmed, started, slotted)
+        )
         log.warning("coordinator %s took over run %s from %s", config.id, record.run_id, previous)
         # Its client may have missed events while nobody drove the run: it gets them all
         # (it keeps those it has not seen yet).
@@ -174,18 +176,18 @@ class Leases:
         record = await self._coordinator.store.get_run(run.run_id)
         if record is None or record.run_id != run.run_id:
             raise StoreError(f"run {run.run_id} is not in the store any more")
-        actions, unconfirmed = await self._restore(run, record)
+        actions, unconfirmed, slotted = await self._restore(run, record)
         coordinator_id = self._coordinator.config.id
         started = record.status is not RunStatus.PENDING
-        resume = Resume(run.run_id, tuple(actions), coordinator_id, unconfirmed, started)
+        resume = Resume(run.run_id, tuple(actions), coordinator_id, unconfirmed, started, slotted)
         self._coordinator.post(resume)
 
     async def _restore(
         self, run: ActiveRun, record: RunRecord
-    ) -> tuple[list[Action], tuple[tuple[int, int], ...]]:
+    ) -> tuple[list[Action], tuple[tuple[int, int], ...], tuple[int, ...]]:
         """Give ``run`` a schedule rebuilt from its recorded steps; return what to do now,
-        and the ``(step index, attempt)`` whose dispatch was never confirmed (dispatched
-        again)."""
+        the ``(step index, attempt)`` whose dispatch was never confirmed (dispatched
+        again), and the steps that hold slots of caps in the store."""
         coordinator = self._coordinator
         store = coordinator.store
         plan, waiting = await self._history(run.plan, record.run_id)
@@ -211,6 +213,13 @@ class Leases:
             now=time.time(),
         )
         unconfirmed = tuple((i, r.attempts) for i, r in enumerate(recorded) if r.unconfirmed)
+        slotted: tuple[int, ...] = ()
+        if any(s.limits is not None for s in plan.steps):
+            # Slots of caps held by attempts that ended while nobody drove the run are
+            # freed; those of its steps queued or running stay theirs.
+            live = (StepStatus.QUEUED, StepStatus.RUNNING)
+            kept = await store.keep_slots(record.run_id, [s.key for s in steps if s.status in live])
+            slotted = tuple(sorted(plan.index[key] for key in kept if key in plan.index))
         run.state = state
         run.running_on = {}
         now = time.monotonic()
@@ -233,7 +242,7 @@ class Leases:
             ):
                 # Its child run was created, its start not recorded: follow it.
                 coordinator.gateways[kind].vouch([(run.run_id, step.key, step.attempts, "")])
-        return actions, unconfirmed if started else ()
+        return actions, unconfirmed if started else (), slotted
 
     async def _history(
         self, plan: Plan, run_id: str

@@ -17,15 +17,18 @@ import time
 from typing import TYPE_CHECKING
 
 from aexec.admission import Admission, AdmissionPolicy, Candidate
-from aexec.batch import Batch
+from aexec.batch import Batch, SlotTake
 from aexec.errors import AexecError, StoreError
-from aexec.inbox import Queued, Start, TokensDue, TokensGranted
+from aexec.inbox import Queued, SlotsDue, SlotsTaken, Start, TokensDue, TokensGranted
 from aexec.limits import Limiter, Rate
 
 if TYPE_CHECKING:
     from aexec.coordinator import Coordinator
 
 log = logging.getLogger(__name__)
+
+SLOT_RETRY = 0.25
+"""Seconds before a step the store refused the slots of its caps asks again."""
 
 
 class Throttle:
@@ -78,6 +81,7 @@ class Throttle:
         """Run ``run_id`` is no longer driven here: its steps hold no limit any more, and
         the steps they held back may go (in ``batch``)."""
         batch.admitted(self.limiter.forget_run(run_id), batch.now)
+        self.limiter.slots.pop(run_id, None)  # its attempts keep their slots in the store
 
     def granted(self, batch: Batch, item: TokensGranted) -> None:
         """Tokens came from the store: the steps they let go go out with ``batch``; the
@@ -95,6 +99,55 @@ class Throttle:
             assert gate.rate is not None
             with contextlib.suppress(AexecError):  # stopping
                 self._coordinator.start_work(self._take_tokens(gate.name, gate.rate, want))
+
+    def sync_slots(self, batch: Batch) -> None:
+        """Take and free in the store the slots of caps that ``batch`` decided (each a task
+        of the coordinator's; an answer to a take comes back through its inbox)."""
+        start = self._coordinator.start_work
+        with contextlib.suppress(AexecError):  # stopping
+            for take in batch.slot_takes:
+                start(self._take_slots(take))
+            for run_id, step, attempt in batch.slot_frees:
+                start(self._free_slots(run_id, step, attempt))
+
+    def slots_taken(self, batch: Batch, item: SlotsTaken) -> None:
+        """The store answered a take: a refused one asks again in a moment (other
+        coordinators hold the slots; they free them when their attempts end)."""
+        if batch.slots_taken(item):
+            self._coordinator.after(SLOT_RETRY, SlotsDue(item.run_id, item.index, item.attempt))
+
+    async def _take_slots(self, take: SlotTake) -> None:
+        coordinator = self._coordinator
+        try:
+            granted = await coordinator.with_retry(
+                "take limit slots",
+                lambda: coordinator.store.take_slots(
+                    take.caps, take.run_id, take.step, take.attempt
+                ),
+            )
+        except StoreError as exc:
+            log.error(
+                "coordinator %s cannot take limit slots for run %s: %s",
+                coordinator.config.id,
+                take.run_id,
+                exc,
+            )
+            granted = False
+        coordinator.post(SlotsTaken(take.run_id, take.index, take.attempt, take.step, granted))
+
+    async def _free_slots(self, run_id: str, step: str | None, attempt: int) -> None:
+        coordinator = self._coordinator
+        try:
+            await coordinator.with_retry(
+                "free limit slots", lambda: coordinator.store.release_slots(run_id, step, attempt)
+            )
+        except StoreError as exc:  # freed when the run ends, or by the next take of a full cap
+            log.error(
+                "coordinator %s cannot free limit slots of run %s: %s",
+                coordinator.config.id,
+                run_id,
+                exc,
+            )
 
     async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
         coordinator = self._coordinator

@@ -374,6 +374,28 @@ class Store(Protocol):
         tokens granted and, when the bucket has less than one left, the seconds until it
         has one (else 0)."""
 
+    async def take_slots(
+        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
+    ) -> bool:
+        """Take one slot of each cap in ``gates`` (``(name, capacity)``, shared by every
+        coordinator of this store) for ``attempt`` of step ``step`` of run ``run_id``: all
+        of them, or none if one is full (False).  Atomic, serialised per cap; an attempt
+        that holds its slots already takes none again (True).  Slots held by runs that
+        ended are freed first when a cap is full."""
+
+    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
+        """Free the slots held by step ``step`` of run ``run_id`` (by its attempts up to
+        ``attempt``), or by every step of the run if ``step`` is None.  Freeing slots not
+        held does nothing."""
+
+    async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
+        """Free the slots of run ``run_id`` but those of ``steps`` (a run taken over: its
+        steps queued or running keep theirs); returns the steps that hold slots still,
+        sorted."""
+
+    async def slot_holders(self, gate: str) -> list[tuple[str, str, int]]:
+        """The ``(run_id, step, attempt)`` holding slots of cap ``gate``, oldest first."""
+
 
 def from_url(url: str) -> Store:
     """The store adapter for ``url``: ``memory://``, ``sqlite:///path`` or

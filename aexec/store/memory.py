@@ -81,6 +81,8 @@ class MemoryStore(Opened):
         self._cancel_requests: dict[str, str | None] = {}  # run id → reason
         self._deliveries: dict[str, _Delivery] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # name → (tokens, updated_at)
+        # cap → (run_id, step, attempt) holding its slots → when it took them
+        self._slots: dict[str, dict[tuple[str, str, int], float]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -443,6 +445,57 @@ class MemoryStore(Opened):
         )
         self._buckets[bucket] = (tokens, now)
         return granted, retry_in
+
+    async def take_slots(
+        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
+    ) -> bool:
+        self._check_open()
+        holder = (run_id, step, attempt)
+        needed: list[str] = []
+        for gate, capacity in gates:
+            held = self._slots.setdefault(gate, {})
+            if not any(h[0] == run_id and h[1] == step for h in held) and len(held) >= capacity:
+                for ended in [h for h in held if self._ended(h[0])]:
+                    del held[ended]
+                if len(held) >= capacity:
+                    return False
+            needed.append(gate)
+        now = time.time()
+        for gate in needed:
+            held = self._slots[gate]
+            taken_at = now
+            for earlier in [h for h in held if h[0] == run_id and h[1] == step]:
+                taken_at = held.pop(earlier)  # the slot passes to the new attempt
+            held[holder] = taken_at
+        return True
+
+    def _ended(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        return run is None or run.record.status.finished
+
+    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
+        self._check_open()
+        for held in self._slots.values():
+            for holder in [h for h in held if h[0] == run_id]:
+                if step is None or (holder[1] == step and holder[2] <= attempt):
+                    del held[holder]
+
+    async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
+        self._check_open()
+        keep = set(steps)
+        kept: set[str] = set()
+        for held in self._slots.values():
+            for holder in [h for h in held if h[0] == run_id]:
+                if holder[1] in keep:
+                    kept.add(holder[1])
+                else:
+                    del held[holder]
+        return sorted(kept)
+
+    async def slot_holders(self, gate: str) -> list[tuple[str, str, int]]:
+        self._check_open()
+        held = self._slots.get(gate, {})
+        return sorted(held, key=lambda h: (held[h], h))
 
     def _check_open(self) -> None:
         if not self._open:

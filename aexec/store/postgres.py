@@ -145,6 +145,16 @@ class Queries(NamedTuple):
     create_bucket: str
     lock_bucket: str
     put_bucket: str
+    lock_gate: str
+    gate_usage: str
+    prune_gate: str
+    drop_step_slots: str
+    put_slots: str
+    release_step_slots: str
+    release_run_slots: str
+    prune_run_slots: str
+    run_slot_steps: str
+    slot_holders: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -588,6 +598,41 @@ class PostgresStore(Opened):
             left, granted, retry_in = shared.take_from_bucket((tokens, updated_at), now, rate, want)
             await conn.execute(SQL.put_bucket, bucket, left, now)
         return granted, retry_in
+
+    async def take_slots(
+        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
+    ) -> bool:
+        async with self._transaction("take limit slots") as conn:
+            needed: list[str] = []
+            for gate, capacity in sorted(gates):  # locked in one order: no deadlock
+                await conn.execute(SQL.lock_gate, gate)
+                used, held = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
+                if not held and used >= capacity:
+                    await conn.execute(SQL.prune_gate, gate)
+                    used, _ = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
+                    if used >= capacity:
+                        return False
+                needed.append(gate)
+            await conn.execute(SQL.drop_step_slots, needed, run_id, step)
+            await conn.execute(SQL.put_slots, needed, run_id, step, attempt)
+        return True
+
+    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
+        async with self._transaction("release limit slots") as conn:
+            if step is None:
+                await conn.execute(SQL.release_run_slots, run_id)
+            else:
+                await conn.execute(SQL.release_step_slots, run_id, step, attempt)
+
+    async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
+        async with self._transaction("release limit slots") as conn:
+            await conn.execute(SQL.prune_run_slots, run_id, sorted(set(steps)))
+            rows = await conn.fetch(SQL.run_slot_steps, run_id)
+        return sorted(row[0] for row in rows)
+
+    async def slot_holders(self, gate: str) -> list[tuple[str, str, int]]:
+        rows = await self._read("read limit slots", lambda conn: conn.fetch(SQL.slot_holders, gate))
+        return [(row[0], row[1], int(row[2])) for row in rows]
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(run_ids))

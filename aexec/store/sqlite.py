@@ -131,6 +131,15 @@ class Queries(NamedTuple):
     delete_run_deliveries: str
     get_bucket: str
     put_bucket: str
+    gate_usage: str
+    prune_gate: str
+    put_slot: str
+    drop_step_slot: str
+    release_step_slots: str
+    release_run_slots: str
+    run_slot_steps: str
+    release_slots_of_step: str
+    slot_holders: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -500,6 +509,51 @@ class SqliteStore(Opened):
             tokens, granted, retry_in = shared.take_from_bucket(stored, now, rate, want)
             conn.execute(SQL.put_bucket, (bucket, tokens, now))
         return granted, retry_in
+
+    async def take_slots(
+        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
+    ) -> bool:
+        conn = self._connection()
+        holder = {"run_id": run_id, "step": step, "attempt": attempt}
+        with self._errors("take limit slots"), self._transaction(conn):
+            needed: list[str] = []
+            for gate, capacity in gates:
+                used, held = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
+                if not held and used >= capacity:
+                    conn.execute(SQL.prune_gate, {"gate": gate})
+                    used, _ = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
+                    if used >= capacity:
+                        return False
+                needed.append(gate)
+            now = time.time()
+            for gate in needed:
+                conn.execute(SQL.drop_step_slot, {"gate": gate, **holder})
+                conn.execute(SQL.put_slot, {"gate": gate, "now": now, **holder})
+        return True
+
+    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
+        conn = self._connection()
+        with self._errors("release limit slots"), self._transaction(conn):
+            if step is None:
+                conn.execute(SQL.release_run_slots, (run_id,))
+            else:
+                conn.execute(SQL.release_step_slots, (run_id, step, attempt))
+
+    async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
+        conn = self._connection()
+        keep = set(steps)
+        with self._errors("release limit slots"), self._transaction(conn):
+            held = [row[0] for row in conn.execute(SQL.run_slot_steps, (run_id,)).fetchall()]
+            for step in held:
+                if step not in keep:
+                    conn.execute(SQL.release_slots_of_step, (run_id, step))
+        return sorted(step for step in held if step in keep)
+
+    async def slot_holders(self, gate: str) -> list[tuple[str, str, int]]:
+        conn = self._connection()
+        with self._errors("read limit slots"):
+            rows = conn.execute(SQL.slot_holders, (gate,)).fetchall()
+        return [(row[0], row[1], int(row[2])) for row in rows]
 
     async def delete_runs(self, run_ids: Iterable[str]) -> list[str]:
         conn = self._connection()

@@ -1840,3 +1840,81 @@ async def test_a_token_bucket_refills_at_its_rate(store: Store) -> None:
         await asyncio.sleep(retry_in + 0.06)  # the refill is what is under test
         granted, _ = await store.take_tokens("rate:fast", rate, 1)
     assert granted == 1
+
+
+# -- slots of concurrency caps ------------------------------------------------------------
+
+
+async def test_slots_of_a_cap_are_taken_up_to_its_capacity_and_freed_per_attempt(
+    store: Store,
+) -> None:
+    for run_id in ("r1", "r2"):
+        await started_run(store, run_id)
+    cap = [("step:a", 2)]
+    assert await store.take_slots(cap, "r1", "a", 1)
+    assert await store.take_slots(cap, "r1", "a", 1)  # held already: taken once
+    assert await store.take_slots(cap, "r2", "a", 1)
+    assert not await store.take_slots(cap, "r2", "b", 1)  # full
+    assert await store.slot_holders("step:a") == [("r1", "a", 1), ("r2", "a", 1)]
+    # A new attempt of a step takes over the slot of its earlier attempt.
+    assert await store.take_slots(cap, "r1", "a", 2)
+    assert sorted(await store.slot_holders("step:a")) == [("r1", "a", 2), ("r2", "a", 1)]
+    await store.release_slots("r1", "a", 1)  # a late free of the earlier attempt: no-op
+    assert len(await store.slot_holders("step:a")) == 2
+    await store.release_slots("r1", "a", 2)
+    await store.release_slots("r1", "a", 2)  # freed twice: nothing more happens
+    assert await store.slot_holders("step:a") == [("r2", "a", 1)]
+    assert await store.take_slots(cap, "r2", "b", 1)
+    await store.release_slots("r2")  # every step of the run
+    assert await store.slot_holders("step:a") == []
+
+
+async def test_slots_of_several_caps_are_taken_all_or_none(store: Store) -> None:
+    await started_run(store, "r1")
+    assert await store.take_slots([("limit:gpu", 1)], "r1", "a", 1)
+    both = [("step:b", 3), ("limit:gpu", 1)]
+    assert not await store.take_slots(both, "r1", "b", 1)
+    assert await store.slot_holders("step:b") == []  # nothing taken of the free cap
+    await store.release_slots("r1", "a", 1)
+    assert await store.take_slots(both, "r1", "b", 1)
+    assert await store.slot_holders("step:b") == [("r1", "b", 1)]
+    assert await store.slot_holders("limit:gpu") == [("r1", "b", 1)]
+
+
+async def test_a_full_cap_frees_the_slots_of_runs_that_ended(store: Store) -> None:
+    for run_id in ("r1", "r2"):
+        await started_run(store, run_id)
+    cap = [("step:a", 1)]
+    assert await store.take_slots(cap, "r1", "a", 1)
+    assert not await store.take_slots(cap, "r2", "a", 1)
+    # r1's coordinator stopped before it freed the slot; then the run ended.
+    await store.append([ev(K.RUN_CANCELLED, run_id="r1", ts=300.0)])
+    assert await store.take_slots(cap, "r2", "a", 1)
+    assert await store.slot_holders("step:a") == [("r2", "a", 1)]
+
+
+async def test_a_run_taken_over_keeps_the_slots_of_the_steps_it_names(store: Store) -> None:
+    await started_run(store, "r1")
+    await started_run(store, "r2")
+    for step in ("a", "b"):
+        assert await store.take_slots([("step:x", 5)], "r1", step, 1)
+    assert await store.take_slots([("step:x", 5)], "r2", "a", 1)
+    assert await store.keep_slots("r1", ["b", "c"]) == ["b"]
+    assert sorted(await store.slot_holders("step:x")) == [("r1", "b", 1), ("r2", "a", 1)]
+    assert await store.keep_slots("r1", []) == []
+    assert await store.slot_holders("step:x") == [("r2", "a", 1)]
+
+
+async def test_slots_of_a_cap_are_shared_by_every_store_on_the_same_data(
+    store: Store, other_store: Store
+) -> None:
+    for i in range(8):
+        await started_run(store, f"r{i}")
+    takes = await asyncio.gather(
+        *(
+            s.take_slots([("step:a", 3)], f"r{i}", "a", 1)
+            for i, s in enumerate((store, other_store) * 4)
+        )
+    )
+    assert sum(takes) == 3
+    assert len(await other_store.slot_holders("step:a")) == 3

@@ -374,3 +374,49 @@ FOR UPDATE
 
 -- name: put_bucket
 UPDATE aexec_rate_buckets SET tokens = $2, updated_at = $3 WHERE name = $1
+
+-- name: lock_gate
+-- Takes of one cap's slots are serialised, by every coordinator of this database.
+SELECT pg_advisory_xact_lock(hashtextextended('aexec_limit_slots:' || $1, 0))
+
+-- name: gate_usage
+-- The slots of cap $1 held, and whether step $3 of run $2 (an attempt of it) holds one.
+SELECT count(*)::integer, coalesce(bool_or(run_id = $2 AND step = $3), false)
+FROM aexec_limit_slots WHERE gate = $1
+
+-- name: prune_gate
+-- The slots of cap $1 held by runs that ended (or were deleted): a coordinator stopped
+-- before it freed them.
+DELETE FROM aexec_limit_slots AS slot
+WHERE slot.gate = $1
+  AND NOT EXISTS (
+      SELECT 1 FROM aexec_runs AS run
+      WHERE run.run_id = slot.run_id AND run.status NOT IN ('succeeded', 'failed', 'cancelled')
+  )
+
+-- name: drop_step_slots
+-- The slots that an earlier attempt of the step holds pass to the new one.
+DELETE FROM aexec_limit_slots WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3
+
+-- name: put_slots
+INSERT INTO aexec_limit_slots (gate, run_id, step, attempt, taken_at)
+SELECT gate, $2, $3, $4, extract(epoch FROM clock_timestamp())
+FROM unnest($1::text[]) AS gate
+ON CONFLICT DO NOTHING
+
+-- name: release_step_slots
+DELETE FROM aexec_limit_slots WHERE run_id = $1 AND step = $2 AND attempt <= $3
+
+-- name: release_run_slots
+DELETE FROM aexec_limit_slots WHERE run_id = $1
+
+-- name: prune_run_slots
+-- A run taken over: only its steps still queued or running ($2) keep their slots.
+DELETE FROM aexec_limit_slots WHERE run_id = $1 AND NOT (step = ANY($2::text[]))
+
+-- name: run_slot_steps
+SELECT DISTINCT step FROM aexec_limit_slots WHERE run_id = $1
+
+-- name: slot_holders
+SELECT run_id, step, attempt FROM aexec_limit_slots WHERE gate = $1
+ORDER BY taken_at, run_id, step, attempt

@@ -318,3 +318,49 @@ SELECT tokens, updated_at FROM rate_buckets WHERE name = ?
 -- name: put_bucket
 INSERT INTO rate_buckets (name, tokens, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at
+
+-- name: gate_usage
+-- The slots of cap :gate held, and whether step :step of run :run_id (an attempt of it)
+-- holds one.
+SELECT count(*), coalesce(max(run_id = :run_id AND step = :step), 0)
+FROM limit_slots WHERE gate = :gate
+
+-- name: prune_gate
+-- The slots of cap :gate held by runs that ended (or were deleted): a coordinator stopped
+-- before it freed them.
+DELETE FROM limit_slots
+WHERE gate = :gate
+  AND NOT EXISTS (
+      SELECT 1 FROM runs
+      WHERE runs.run_id = limit_slots.run_id
+        AND runs.status NOT IN ('succeeded', 'failed', 'cancelled')
+  )
+
+-- name: put_slot
+-- The slot that an earlier attempt of the step holds passes to the new one.
+INSERT OR REPLACE INTO limit_slots (gate, run_id, step, attempt, taken_at)
+SELECT :gate, :run_id, :step, :attempt, :now
+WHERE NOT EXISTS (
+    SELECT 1 FROM limit_slots
+    WHERE gate = :gate AND run_id = :run_id AND step = :step AND attempt = :attempt
+)
+
+-- name: drop_step_slot
+DELETE FROM limit_slots
+WHERE gate = :gate AND run_id = :run_id AND step = :step AND attempt <> :attempt
+
+-- name: release_step_slots
+DELETE FROM limit_slots WHERE run_id = ? AND step = ? AND attempt <= ?
+
+-- name: release_run_slots
+DELETE FROM limit_slots WHERE run_id = ?
+
+-- name: run_slot_steps
+SELECT DISTINCT step FROM limit_slots WHERE run_id = ?
+
+-- name: release_slots_of_step
+DELETE FROM limit_slots WHERE run_id = ? AND step = ?
+
+-- name: slot_holders
+SELECT run_id, step, attempt FROM limit_slots WHERE gate = ?
+ORDER BY taken_at, run_id, step, attempt

@@ -108,3 +108,16 @@ CREATE TABLE rate_buckets (
     tokens     REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+
+-- Slots of concurrency caps, shared by the coordinators of this store: one row per cap
+-- (gate) held by an attempt of a step, from before its dispatch until its attempt ends.
+CREATE TABLE limit_slots (
+    gate     TEXT NOT NULL,
+    run_id   TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    taken_at REAL NOT NULL,
+    PRIMARY KEY (gate, run_id, step, attempt)
+);
+
+CREATE INDEX limit_slots_by_run ON limit_slots (run_id, step);

@@ -1,0 +1,176 @@
+"""Concurrency caps hold across coordinators sharing a store (memory adapters): two
+coordinators that both drive runs, and a takeover of one of them mid-run.
+
+The step bodies record how many attempts run at once: the cap is the truth across both
+coordinators, not per coordinator, and the slots held in the store are all freed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from aexec import pipeline, step
+from aexec.coordinator import Coordinator, CoordinatorConfig
+from aexec.dsl import Pipeline
+from aexec.events import EventKind
+from aexec.objects.memory import MemoryObjectStore
+from aexec.store.memory import MemoryStore
+from aexec.testing import wait_for_event
+from aexec.transport.memory import MemoryTransport
+from aexec.waiting import waiting_for
+from aexec.worker import Worker, WorkerConfig
+
+
+class Gauge:
+    """How many attempts run at once, per name (now and at most)."""
+
+    def __init__(self) -> None:
+        self.now: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    def enter(self, name: str) -> None:
+        self.now[name] += 1
+        self.peak[name] = max(self.peak[name], self.now[name])
+
+    def leave(self, name: str) -> None:
+        self.now[name] -= 1
+
+
+@asynccontextmanager
+async def two_coordinators(
+    compiled: Any, store: MemoryStore, **config: Any
+) -> AsyncIterator[tuple[MemoryTransport, Coordinator, Coordinator]]:
+    """A worker serving ``compiled``'s steps and two coordinators "a" and "b" (both adopt)
+    on one memory transport and ``store``."""
+    transport = MemoryTransport()
+    await transport.open()
+    worker_config = WorkerConfig(name="w", heartbeat_interval=0.05, ack_after=0.1)
+    fast = {"lease": 0.3, "worker_timeout": 5.0, "adopt": True, **config}
+    try:
+        async with AsyncExitStack() as stack:
+            worker = await stack.enter_async_context(
+                Worker(transport, MemoryObjectStore(), compiled.steps, worker_config)
+            )
+            await worker.serve("default")
+            a = await stack.enter_async_context(
+                Coordinator(transport, store, CoordinatorConfig(id="a", **fast))
+            )
+            b = Coordinator(transport, store, CoordinatorConfig(id="b", **fast))
+            await stack.enter_async_context(b)
+            yield transport, a, b
+    finally:
+        await transport.close()
+
+
+def many_capped(gauge: Gauge, release: asyncio.Event | None = None) -> tuple[Any, Pipeline]:
+    @step(concurrency=2)
+    async def capped(i: int) -> int:
+        gauge.enter("capped")
+        try:
+            if release is None:
+                await asyncio.sleep(0.03)
+            else:
+                await release.wait()
+        finally:
+            gauge.leave("capped")
+        return i
+
+    @pipeline
+    def many() -> object:
+        return [capped.alias(f"c{i}")(i) for i in range(6)]
+
+    return capped, many
+
+
+async def test_two_coordinators_together_run_no_more_attempts_than_the_cap() -> None:
+    gauge = Gauge()
+    _, many = many_capped(gauge)
+    compiled = many.compile()
+    store = MemoryStore()
+    await store.open()
+    async with asyncio.timeout(25), two_coordinators(compiled, store) as (_, a, b):
+        runs = [await c.submit(compiled.plan) for c in (a, b, a, b)]
+        for run in runs:
+            await wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED)
+    assert gauge.peak["capped"] == 2  # each coordinator alone would let 2 run: 4 together
+    assert await store.slot_holders("step:capped") == []  # every slot freed
+
+
+async def test_a_named_limit_and_a_per_key_cap_hold_across_coordinators() -> None:
+    gauge = Gauge()
+
+    @step(uses="gpu")
+    async def render(i: int) -> int:
+        gauge.enter("gpu")
+        try:
+            await asyncio.sleep(0.03)
+        finally:
+            gauge.leave("gpu")
+        return i
+
+    @step(concurrency=1, limit_key="tenant")
+    async def bill(tenant: str, i: int) -> int:
+        gauge.enter(tenant)
+        try:
+            await asyncio.sleep(0.03)
+        finally:
+            gauge.leave(tenant)
+        return i
+
+    @pipeline
+    def work() -> object:
+        return [
+            *[render.alias(f"r{i}")(i) for i in range(4)],
+            *[bill.alias(f"b{i}")("acme" if i % 2 else "umbrella", i) for i in range(4)],
+        ]
+
+    compiled = work.compile()
+    store = MemoryStore()
+    await store.open()
+    async with (
+        asyncio.timeout(25),
+        two_coordinators(compiled, store, limits={"gpu": 1}) as (_, a, b),
+    ):
+        runs = [await c.submit(compiled.plan) for c in (a, b, a, b)]
+        for run in runs:
+            await wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED)
+    assert gauge.peak["gpu"] == 1
+    assert gauge.peak["acme"] == 1 and gauge.peak["umbrella"] == 1
+
+
+async def test_a_takeover_keeps_the_slots_of_running_attempts_and_frees_them_when_they_end() -> (
+    None
+):
+    gauge = Gauge()
+    release = asyncio.Event()
+    _, many = many_capped(gauge, release)
+    compiled = many.compile()
+    store = MemoryStore()
+    await store.open()
+    async with asyncio.timeout(25), two_coordinators(compiled, store) as (_, a, b):
+        first = await a.submit(compiled.plan)
+        for key in ("c0", "c1"):  # recorded as running (not only sent) before a dies
+            await wait_for_event(store.follow(first.run_id), EventKind.STEP_STARTED, step=key)
+        held = await store.slot_holders("step:capped")
+        assert sorted(h[0] for h in held) == [first.run_id] * 2
+        second = await b.submit(compiled.plan)  # its steps wait for a's slots
+        await a.abort()  # as SIGKILL would: b takes the first run over
+        await wait_for_event(store.follow(first.run_id), EventKind.RUN_RESUMED)
+        await asyncio.sleep(0.5)  # b polls the store for slots meanwhile: none is free
+        assert gauge.now["capped"] == 2
+        assert await store.slot_holders("step:capped") == held  # still held, not leaked
+        record = await store.get_run(second.run_id)
+        assert record is not None
+        reasons = waiting_for(
+            record, await store.get_steps(second.run_id), await store.get_plan(record.plan_digest)
+        )
+        assert set(reasons.values()) == {"concurrency limit capped (2)"}
+        release.set()
+        for run in (first, second):
+            await wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED)
+    assert gauge.peak["capped"] == 2
+    assert await store.slot_holders("step:capped") == []
