@@ -1564,6 +1564,7 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
         "cancel_requests",
         "webhooks",
         "rate_buckets",
+        "limit_slots",
     }
 
 
