@@ -244,6 +244,9 @@ class Batch:
         self.outgoing = [o for o in self.outgoing if o.run.run_id not in run_ids]
         self.retries = [t for t in self.retries if t.due.run_id not in run_ids]
         self.finished = [r for r in self.finished if r.run_id not in run_ids]
+        if self.slot_takes or self.slot_frees:  # the run's new driver decides those
+            self.slot_takes = [t for t in self.slot_takes if t.run_id not in run_ids]
+            self.slot_frees = [f for f in self.slot_frees if f[0] not in run_ids]
 
     def command(self, command: RunCommand) -> None:
         """Apply a command to its run; one for a run this coordinator does not drive (any

@@ -236,8 +236,9 @@ class Limiter:
         self.slots: dict[str, dict[int, int]] = {}
 
     def __bool__(self) -> bool:
-        """True while any ticket holds or waits for a gate."""
-        return bool(self._entries)
+        """True while any ticket holds or waits for a gate, or a step holds slots of caps
+        in the store that this coordinator frees."""
+        return bool(self._entries) or bool(self.slots)
 
     # -- gates -----------------------------------------------------------------------------
 
