@@ -1,14 +1,13 @@
-"""celery-floor: the Celery worker node's own ceiling, with no orchestrator at all (issue 13).
+"""celery-floor: the Celery worker node's own floor, with no orchestrator at all (issue 13).
 
 The same worker node as the Celery columns (:class:`CelerySystem`: its app, prefork pool,
-prefetch and Redis result backend).  Each repetition publishes as many ``bench.noop`` task
-messages as the workload has steps, all at once and with no dependency between them,
+prefetch and Redis result backend), driven as the raw aio-pika floor drives its workers:
+the workload's waves in turn, each wave's ``bench.noop`` task messages published at once
 straight onto the node's queue (protocol v2 built by :mod:`aexec.celery.protocol`, one
-confirmed aio-pika publish each), and ends when the node has stored every result (heard on
-their Redis channels).  No orchestrator can run the workload's tasks on this node faster:
-what is left between this column and ``celery-workers`` is the orchestration (the
-dependencies' round trips and aexec's own work); what separates it from the raw aio-pika
-floor is the Celery worker itself.
+confirmed aio-pika publish each), the next wave as soon as the node stored every result of
+the one before (heard on their Redis channels).  No orchestrator can run the workload on
+this node faster: what is left between this column and ``celery-workers`` is aexec's own
+work; what separates it from the raw floor is the Celery worker itself.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ class CeleryFloorSystem(CelerySystem):
     async def run(self, workload: Workload) -> Sample:
         import redis.asyncio
 
-        n = workload.steps_per_run
         batch = f"floor.{uuid.uuid4().hex[:12]}"
         keys = f"{self.prefix}:celery-task-meta-"
         client = redis.asyncio.Redis.from_url(self.config.redis)
@@ -54,46 +52,48 @@ class CeleryFloorSystem(CelerySystem):
         connection = await aio_pika.connect(plain_url(self.config.broker))
         try:
             await pubsub.psubscribe(f"{keys}{batch}.*")
+            results = pubsub.listen()
             channel = await connection.channel(publisher_confirms=True)
             underlay = await channel.get_underlay_channel()
-            messages = [
-                protocol.task_message("bench.noop", f"{batch}.{i}", [], {}, protocol.TaskOptions())
-                for i in range(n)
-            ]
+            waves, n = [], 0
+            for size in workload.waves:
+                waves.append([_message(f"{batch}.{n + i}") for i in range(size)])
+                n += size
             t0 = time.perf_counter()
-            heard = asyncio.ensure_future(_count(pubsub, n))
-            await asyncio.gather(
-                *(
-                    underlay.basic_publish(
-                        m.body,
-                        routing_key=self.queue,
-                        properties=Basic.Properties(
-                            content_type=m.content_type,
-                            content_encoding="utf-8",
-                            correlation_id=m.task_id,
-                            delivery_mode=2,
-                            headers=m.headers,
-                        ),
+            async with asyncio.timeout(self.config.timeout):
+                for wave in waves:
+                    await asyncio.gather(
+                        *(
+                            underlay.basic_publish(m.body, routing_key=self.queue, properties=p)
+                            for m, p in wave
+                        )
                     )
-                    for m in messages
-                )
-            )
-            published = time.perf_counter() - t0
-            await asyncio.wait_for(heard, self.config.timeout)
+                    await _results(results, len(wave))
             seconds = time.perf_counter() - t0
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
             await connection.close()
-        return Sample(seconds, extra={"published_seconds": round(published, 4)})
+        return Sample(seconds)
 
 
-async def _count(pubsub: Any, n: int) -> None:
-    """Until ``n`` results were published on the subscribed channels."""
+def _message(tid: str) -> tuple[protocol.TaskMessage, Basic.Properties]:
+    m = protocol.task_message("bench.noop", tid, [], {}, protocol.TaskOptions())
+    properties = Basic.Properties(
+        content_type=m.content_type,
+        content_encoding="utf-8",
+        correlation_id=m.task_id,
+        delivery_mode=2,
+        headers=m.headers,
+    )
+    return m, properties
+
+
+async def _results(results: Any, n: int) -> None:
+    """Until ``n`` more results were published on the subscribed channels."""
     seen = 0
-    async for message in pubsub.listen():
+    while seen < n:
+        message = await anext(results)
         if message.get("type") == "pmessage":
             seen += 1
-            if seen >= n:
-                return
