@@ -193,6 +193,13 @@ def _celery_targets(by: dict[tuple[str, str], Row]) -> dict[str, Any]:
             result["celery_workers_over_floor_chain_of_chords_100"] = {
                 "value": round(mine["seconds"] / floor["seconds"], 2)
             }
+            # The most any orchestrator of this worker node could gain over each.
+            for other in CELERY_TARGETS:
+                theirs = by.get(("chain_of_chords_100", other))
+                if theirs and theirs["status"] == "ok" and theirs["seconds"]:
+                    result[f"{other.replace('-', '_')}_over_floor_chain_of_chords_100"] = {
+                        "value": round(theirs["seconds"] / floor["seconds"], 2)
+                    }
     big = by.get(("chain_of_chords_1000", "celery-workers"))
     if big and big["status"] != "skipped":
         result["celery_workers_chain_of_chords_1000"] = {
@@ -217,8 +224,15 @@ def _celery_text(found: dict[str, Any]) -> list[str]:
     if floor:
         lines.append(
             f"celery-workers / celery-floor on chain_of_chords_100: x{floor['value']:.2f} "
-            "(the worker node alone, the same tasks without dependencies)"
+            "(the worker node's floor: its task messages wave after wave, no orchestrator)"
         )
+    for other in CELERY_TARGETS:
+        bound = found.get(f"{other.replace('-', '_')}_over_floor_chain_of_chords_100")
+        if bound:
+            lines.append(
+                f"{other} / celery-floor on chain_of_chords_100: x{bound['value']:.1f} (the "
+                "most any orchestrator of this worker node could be faster than it)"
+            )
     big = found.get("celery_workers_chain_of_chords_1000")
     if big:
         done = f"finished in {big['seconds']:.1f} s" if big["met"] else "did NOT finish"

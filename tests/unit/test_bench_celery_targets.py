@@ -29,6 +29,8 @@ def test_the_celery_targets_are_ratios_in_one_run_and_a_timeout_is_a_lower_bound
     dyrygent = found["celery_workers_vs_celery_dyrygent_chain_of_chords_100"]
     assert (dyrygent["value"], dyrygent["lower_bound"], dyrygent["met"]) == (150.0, True, True)
     assert found["celery_workers_over_floor_chain_of_chords_100"]["value"] == 2.0
+    assert found["celery_over_floor_chain_of_chords_100"]["value"] == 22.0
+    assert "celery_dyrygent_over_floor_chain_of_chords_100" not in found  # it timed out
     assert found["celery_workers_chain_of_chords_1000"] == {"seconds": 40.0, "met": True}
     text = "\n".join(table.targets_text(found))
     assert "celery-workers vs celery on chain_of_chords_100: x11.0 (target >= x10): met" in text
