@@ -53,11 +53,11 @@ def stubs(app: Celery) -> Any:
         raise AssertionError("runs on the Celery worker")
 
     class Tasks:
-        noop = app.task(name="tests.celery.tasks.noop")(remote)
-        add = app.task(name="tests.celery.tasks.add")(remote)
-        mul = app.task(name="tests.celery.tasks.mul")(remote)
-        xsum = app.task(name="tests.celery.tasks.xsum")(remote)
-        echo = app.task(name="tests.celery.tasks.echo")(remote)
+        noop = app.task(shared=False, name="tests.celery.tasks.noop")(remote)
+        add = app.task(shared=False, name="tests.celery.tasks.add")(remote)
+        mul = app.task(shared=False, name="tests.celery.tasks.mul")(remote)
+        xsum = app.task(shared=False, name="tests.celery.tasks.xsum")(remote)
+        echo = app.task(shared=False, name="tests.celery.tasks.echo")(remote)
 
     return Tasks
 
