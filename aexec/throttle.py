@@ -11,6 +11,7 @@ and no admission configured, none of this costs anything on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -42,6 +43,7 @@ class Throttle:
             config.max_concurrent_runs, config.run_limits, config.admission_aging
         )
         self.admission = Admission(policy) if policy.limited else None
+        self._slots_lock = asyncio.Lock()  # the store's slots, one pass after another
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -101,14 +103,20 @@ class Throttle:
                 self._coordinator.start_work(self._take_tokens(gate.name, gate.rate, want))
 
     def sync_slots(self, batch: Batch) -> None:
-        """Take and free in the store the slots of caps that ``batch`` decided (each a task
-        of the coordinator's; an answer to a take comes back through its inbox)."""
-        start = self._coordinator.start_work
+        """Free and take in the store the slots of caps that ``batch`` decided, in a task
+        of the coordinator's (an answer to a take comes back through its inbox)."""
+        if not (batch.slot_takes or batch.slot_frees):
+            return
         with contextlib.suppress(AexecError):  # stopping
-            for take in batch.slot_takes:
-                start(self._take_slots(take))
-            for run_id, step, attempt in batch.slot_frees:
-                start(self._free_slots(run_id, step, attempt))
+            self._coordinator.start_work(self._sync(batch.slot_frees, batch.slot_takes))
+
+    async def _sync(self, frees: list[tuple[str, str | None, int]], takes: list[SlotTake]) -> None:
+        # One pass's slots after another's, its frees first: a step that a slot freed here
+        # let go must not find that slot still taken in the store (it would wait a poll).
+        async with self._slots_lock:
+            for run_id, step, attempt in frees:
+                await self._free_slots(run_id, step, attempt)
+            await asyncio.gather(*(self._take_slots(take) for take in takes))
 
     def slots_taken(self, batch: Batch, item: SlotsTaken) -> None:
         """The store answered a take: a refused one asks again in a moment (other

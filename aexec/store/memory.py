@@ -83,6 +83,8 @@ class MemoryStore(Opened):
         self._buckets: dict[str, tuple[float, float]] = {}  # name → (tokens, updated_at)
         # cap → (run_id, step, attempt) holding its slots → when it took them
         self._slots: dict[str, dict[tuple[str, str, int], float]] = {}
+        # cap → (run_id, step) refused a slot → [since, seen_at]
+        self._waits: dict[str, dict[tuple[str, str], list[float]]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -450,18 +452,30 @@ class MemoryStore(Opened):
         self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
     ) -> bool:
         self._check_open()
-        holder = (run_id, step, attempt)
+        holder, key = (run_id, step, attempt), (run_id, step)
+        now = time.time()
+        fresh = now - shared.SLOT_WAIT_TTL
         needed: list[str] = []
         for gate, capacity in gates:
             held = self._slots.setdefault(gate, {})
-            if not any(h[0] == run_id and h[1] == step for h in held) and len(held) >= capacity:
-                for ended in [h for h in held if self._ended(h[0])]:
-                    del held[ended]
-                if len(held) >= capacity:
+            if not any(h[0] == run_id and h[1] == step for h in held):
+                waits = self._waits.setdefault(gate, {})
+                mine = waits.get(key)
+                since = now if mine is None else mine[0]
+                ahead = sum(
+                    1 for k, (s, seen) in waits.items() if k != key and seen >= fresh and s < since
+                )
+                if len(held) + ahead >= capacity and len(held) >= capacity:
+                    for ended in [h for h in held if self._ended(h[0])]:
+                        del held[ended]
+                if len(held) + ahead >= capacity:  # full, or the free slots are others' turn
+                    for stale in [k for k, (_, seen) in waits.items() if seen < fresh]:
+                        del waits[stale]
+                    waits[key] = [since, now]
                     return False
             needed.append(gate)
-        now = time.time()
         for gate in needed:
+            self._waits.get(gate, {}).pop(key, None)
             held = self._slots[gate]
             taken_at = now
             for earlier in [h for h in held if h[0] == run_id and h[1] == step]:
@@ -475,6 +489,10 @@ class MemoryStore(Opened):
 
     async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
         self._check_open()
+        if step is None:
+            for waits in self._waits.values():
+                for key in [k for k in waits if k[0] == run_id]:
+                    del waits[key]
         for held in self._slots.values():
             for holder in [h for h in held if h[0] == run_id]:
                 if step is None or (holder[1] == step and holder[2] <= attempt):

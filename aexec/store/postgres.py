@@ -155,6 +155,12 @@ class Queries(NamedTuple):
     prune_run_slots: str
     run_slot_steps: str
     slot_holders: str
+    clock: str
+    waits_ahead: str
+    drop_stale_waits: str
+    put_wait: str
+    drop_step_waits: str
+    release_run_waits: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -603,16 +609,23 @@ class PostgresStore(Opened):
         self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
     ) -> bool:
         async with self._transaction("take limit slots") as conn:
+            now = await conn.fetchval(SQL.clock)
+            fresh = now - shared.SLOT_WAIT_TTL
             needed: list[str] = []
             for gate, capacity in sorted(gates):  # locked in one order: no deadlock
                 await conn.execute(SQL.lock_gate, gate)
                 used, held = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
-                if not held and used >= capacity:
-                    await conn.execute(SQL.prune_gate, gate)
-                    used, _ = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
-                    if used >= capacity:
+                if not held:
+                    ahead = await conn.fetchval(SQL.waits_ahead, gate, run_id, step, now, fresh)
+                    if used + ahead >= capacity and used >= capacity:
+                        await conn.execute(SQL.prune_gate, gate)
+                        used, _ = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
+                    if used + ahead >= capacity:  # full, or the free slots are others' turn
+                        await conn.execute(SQL.drop_stale_waits, gate, fresh)
+                        await conn.execute(SQL.put_wait, gate, run_id, step, now)
                         return False
                 needed.append(gate)
+            await conn.execute(SQL.drop_step_waits, needed, run_id, step)
             await conn.execute(SQL.drop_step_slots, needed, run_id, step)
             await conn.execute(SQL.put_slots, needed, run_id, step, attempt)
         return True
@@ -621,6 +634,7 @@ class PostgresStore(Opened):
         async with self._transaction("release limit slots") as conn:
             if step is None:
                 await conn.execute(SQL.release_run_slots, run_id)
+                await conn.execute(SQL.release_run_waits, run_id)
             else:
                 await conn.execute(SQL.release_step_slots, run_id, step, attempt)
 

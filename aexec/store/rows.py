@@ -282,3 +282,8 @@ def take_from_bucket(
         raise StoreError("cannot take a negative number of tokens")
     tokens = float(rate.count) if stored is None else refill(stored[0], now - stored[1], rate)
     return take_tokens(tokens, want, rate)
+
+
+SLOT_WAIT_TTL = 2.0
+"""Seconds after which a step refused a slot of a cap and not asking again is no longer
+served before those that asked later (its coordinator polls every 0.25 s while it waits)."""

@@ -140,6 +140,11 @@ class Queries(NamedTuple):
     run_slot_steps: str
     release_slots_of_step: str
     slot_holders: str
+    waits_ahead: str
+    drop_stale_waits: str
+    put_wait: str
+    drop_step_wait: str
+    release_run_waits: str
 
 
 SQL = sql.load(Queries, "sqlite.sql")
@@ -515,18 +520,27 @@ class SqliteStore(Opened):
     ) -> bool:
         conn = self._connection()
         holder = {"run_id": run_id, "step": step, "attempt": attempt}
+        now = time.time()
+        fresh = now - shared.SLOT_WAIT_TTL
         with self._errors("take limit slots"), self._transaction(conn):
             needed: list[str] = []
             for gate, capacity in gates:
                 used, held = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
-                if not held and used >= capacity:
-                    conn.execute(SQL.prune_gate, {"gate": gate})
-                    used, _ = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
-                    if used >= capacity:
+                if not held:
+                    ahead = conn.execute(
+                        SQL.waits_ahead,
+                        {"gate": gate, "run_id": run_id, "step": step, "now": now, "fresh": fresh},
+                    ).fetchone()[0]
+                    if used + ahead >= capacity and used >= capacity:
+                        conn.execute(SQL.prune_gate, {"gate": gate})
+                        used, _ = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
+                    if used + ahead >= capacity:  # full, or the free slots are others' turn
+                        conn.execute(SQL.drop_stale_waits, (gate, fresh))
+                        conn.execute(SQL.put_wait, (gate, run_id, step, now, now))
                         return False
                 needed.append(gate)
-            now = time.time()
             for gate in needed:
+                conn.execute(SQL.drop_step_wait, (gate, run_id, step))
                 conn.execute(SQL.drop_step_slot, {"gate": gate, **holder})
                 conn.execute(SQL.put_slot, {"gate": gate, "now": now, **holder})
         return True
@@ -536,6 +550,7 @@ class SqliteStore(Opened):
         with self._errors("release limit slots"), self._transaction(conn):
             if step is None:
                 conn.execute(SQL.release_run_slots, (run_id,))
+                conn.execute(SQL.release_run_waits, (run_id,))
             else:
                 conn.execute(SQL.release_step_slots, (run_id, step, attempt))
 

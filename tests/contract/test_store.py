@@ -1565,6 +1565,7 @@ async def test_migrating_gives_the_schema_of_the_migration_files_run_as_scripts(
         "webhooks",
         "rate_buckets",
         "limit_slots",
+        "limit_waits",
     }
 
 
@@ -1919,3 +1920,21 @@ async def test_slots_of_a_cap_are_shared_by_every_store_on_the_same_data(
     )
     assert sum(takes) == 3
     assert len(await other_store.slot_holders("step:a")) == 3
+
+
+async def test_a_step_refused_a_slot_is_served_before_one_that_asks_later(store: Store) -> None:
+    for run_id in ("r1", "r2", "r3"):
+        await started_run(store, run_id)
+    cap = [("step:a", 1)]
+    assert await store.take_slots(cap, "r1", "a", 1)
+    assert not await store.take_slots(cap, "r2", "a", 1)  # r2 waits now
+    await store.release_slots("r1", "a", 1)
+    # r1's coordinator asks at once for its next step: r2 asked first, the slot is its turn.
+    assert not await store.take_slots(cap, "r1", "b", 1)
+    assert not await store.take_slots(cap, "r3", "a", 1)
+    assert await store.take_slots(cap, "r2", "a", 1)
+    await store.release_slots("r2", "a", 1)
+    assert not await store.take_slots(cap, "r3", "a", 1)  # r1's b asked before r3's a
+    assert await store.take_slots(cap, "r1", "b", 1)
+    await store.release_slots("r1")  # a run's end forgets its waits too
+    assert await store.take_slots(cap, "r3", "a", 1)

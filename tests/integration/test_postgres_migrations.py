@@ -119,6 +119,7 @@ async def test_migrating_an_empty_database_gives_the_schema_file(
         "aexec_webhooks",
         "aexec_rate_buckets",
         "aexec_limit_slots",
+        "aexec_limit_waits",
     }
     assert await versions(postgres_empty_dsn) == [m.version for m in migrations()]
 

@@ -47,7 +47,8 @@ async def fresh_database(private_postgres_ssl: PrivatePostgres) -> AsyncIterator
     conn = await asyncpg.connect(url(private_postgres_ssl, sslmode="require"), timeout=TIMEOUT)
     try:
         await conn.execute(
-            "DROP TABLE IF EXISTS aexec_limit_slots, aexec_rate_buckets, aexec_webhooks, "
+            "DROP TABLE IF EXISTS aexec_limit_waits, aexec_limit_slots, aexec_rate_buckets, "
+            "aexec_webhooks, "
             "aexec_cancel_requests, aexec_events, "
             "aexec_steps, aexec_runs, aexec_plans, aexec_migrations CASCADE"
         )

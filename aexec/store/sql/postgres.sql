@@ -420,3 +420,28 @@ SELECT DISTINCT step FROM aexec_limit_slots WHERE run_id = $1
 -- name: slot_holders
 SELECT run_id, step, attempt FROM aexec_limit_slots WHERE gate = $1
 ORDER BY taken_at, run_id, step, attempt
+
+-- name: clock
+SELECT extract(epoch FROM clock_timestamp())::double precision
+
+-- name: waits_ahead
+-- The steps waiting for cap $1 that asked before step $3 of run $2 did (or before now,
+-- $4, if it did not wait yet), among those asked again since $5.
+SELECT count(*)::integer FROM aexec_limit_waits AS w
+WHERE w.gate = $1 AND w.seen_at >= $5 AND NOT (w.run_id = $2 AND w.step = $3)
+  AND w.since < coalesce(
+      (SELECT since FROM aexec_limit_waits WHERE gate = $1 AND run_id = $2 AND step = $3), $4
+  )
+
+-- name: drop_stale_waits
+DELETE FROM aexec_limit_waits WHERE gate = $1 AND seen_at < $2
+
+-- name: put_wait
+INSERT INTO aexec_limit_waits (gate, run_id, step, since, seen_at) VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (gate, run_id, step) DO UPDATE SET seen_at = excluded.seen_at
+
+-- name: drop_step_waits
+DELETE FROM aexec_limit_waits WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3
+
+-- name: release_run_waits
+DELETE FROM aexec_limit_waits WHERE run_id = $1

@@ -364,3 +364,26 @@ DELETE FROM limit_slots WHERE run_id = ? AND step = ?
 -- name: slot_holders
 SELECT run_id, step, attempt FROM limit_slots WHERE gate = ?
 ORDER BY taken_at, run_id, step, attempt
+
+-- name: waits_ahead
+-- The steps waiting for cap :gate that asked before step :step of run :run_id did (or
+-- before :now if it did not wait yet), among those asked again since :fresh.
+SELECT count(*) FROM limit_waits AS w
+WHERE w.gate = :gate AND w.seen_at >= :fresh AND NOT (w.run_id = :run_id AND w.step = :step)
+  AND w.since < coalesce(
+      (SELECT since FROM limit_waits WHERE gate = :gate AND run_id = :run_id AND step = :step),
+      :now
+  )
+
+-- name: drop_stale_waits
+DELETE FROM limit_waits WHERE gate = ? AND seen_at < ?
+
+-- name: put_wait
+INSERT INTO limit_waits (gate, run_id, step, since, seen_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (gate, run_id, step) DO UPDATE SET seen_at = excluded.seen_at
+
+-- name: drop_step_wait
+DELETE FROM limit_waits WHERE gate = ? AND run_id = ? AND step = ?
+
+-- name: release_run_waits
+DELETE FROM limit_waits WHERE run_id = ?
