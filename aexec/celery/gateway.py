@@ -248,6 +248,10 @@ class CeleryGateway:
             delivery_mode=2,
             headers=message.headers,
         )
+        if not self.config.uses_rpc:
+            # Before it is sent: a result stored before the Redis listener (re)subscribed
+            # is read back only for the task ids pending when it subscribes.
+            self._pending.add(message.task_id)
         try:
             channel = await self._channel()
             underlay = await channel.get_underlay_channel()
@@ -259,6 +263,7 @@ class CeleryGateway:
                 mandatory=True,
             )
         except aiormq.exceptions.PublishError:
+            self._pending.discard(message.task_id)
             error = ErrorInfo(
                 "UnroutableError",
                 f"no Celery queue named {s.step.route!r} on {self._display}: start a Celery "
@@ -266,13 +271,12 @@ class CeleryGateway:
             )
             self._fail(s, error)
         except (TransportError, *_BROKER_ERRORS) as exc:
+            self._pending.discard(message.task_id)
             log.warning("the Celery task of step %s of run %s was not confirmed: %s",
                         key, s.run_id, exc)  # fmt: skip
             await asyncio.sleep(self.config.retry_delay)
             self._posted(Unconfirmed(s.run_id, s.index, s.attempt, str(exc) or type(exc).__name__))
         else:
-            if not self.config.uses_rpc:
-                self._pending.add(message.task_id)
             return True
         return False
 
