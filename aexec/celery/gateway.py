@@ -222,6 +222,7 @@ class CeleryGateway:
     def vouch(self, attempts: Sequence[tuple[str, str, int, str]]) -> None:
         for run_id, key, attempt, worker in attempts:
             self._started[(run_id, key, attempt)] = worker
+            self._liveness.named(worker, time.monotonic())
             if not self.config.uses_rpc:
                 with contextlib.suppress(CodecError):
                     self._pending.add(protocol.task_id(run_id, attempt, key))
@@ -369,6 +370,7 @@ class CeleryGateway:
         if result.status == protocol.STARTED:
             worker = result.worker or "celery"
             self._started[running] = worker
+            self._liveness.named(worker, time.monotonic())
             return messages.Progress(run_id, key, attempt, worker, now).encode()
         if result.status == protocol.RETRY:
             worker = self._started.get(running, result.worker or "celery")

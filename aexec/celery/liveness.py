@@ -10,9 +10,11 @@ silent for twice its heartbeat period.
 Silence is only evidence when someone was there to hear: nothing is concluded while the
 listener is not listening, nor before it has listened that long.  A worker never heard is
 judged the same way (it may have died before its first heartbeat reached the listener),
-but only once some worker was heard: where no worker sends heartbeats (``celery worker
---without-heartbeat``, or events on another exchange), nothing is known and nothing is
-concluded.  Pure bookkeeping: the caller passes the (monotonic) time.
+but only once some worker was heard, and only if it was first named (:meth:`named`: a
+task started on it) before the listener had listened long enough to hear it: a worker
+first named later than that, and never heard, sends no heartbeats (``celery worker
+--without-heartbeat``, or events to another exchange), and nothing is concluded about it.
+Pure bookkeeping: the caller passes the (monotonic) time.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class WorkerLiveness:
 
     def __init__(self) -> None:
         self._seen: dict[str, _Seen] = {}
+        self._named: dict[str, float] = {}  # when each worker was first named
         self._listening_since: float | None = None
 
     def listening(self, now: float) -> None:
@@ -50,6 +53,10 @@ class WorkerLiveness:
     def deaf(self) -> None:
         """The listener stopped: no silence means anything until it listens again."""
         self._listening_since = None
+
+    def named(self, hostname: str, now: float) -> None:
+        """A task was seen running on worker ``hostname`` at ``now``."""
+        self._named.setdefault(hostname, now)
 
     def heard(self, hostname: str, kind: str, now: float, freq: float | None = None) -> None:
         """Worker ``hostname`` sent event ``kind`` (``worker-*``) at ``now``."""
@@ -69,6 +76,8 @@ class WorkerLiveness:
             if not self._seen:
                 return None  # no worker heard at all: heartbeats are off, or go elsewhere
             freq = max(other.freq for other in self._seen.values())
+            if self._named.get(hostname, since) - since > freq * EXPIRE_WINDOW:
+                return None  # named after the listener could have heard it: no heartbeats
             silent = now - since
             if silent <= freq * EXPIRE_WINDOW:
                 return None

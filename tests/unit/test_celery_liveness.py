@@ -37,6 +37,16 @@ def test_a_worker_never_heard_is_gone_once_others_are_heard_and_it_stays_silent(
     assert live.gone("died@host", 100.0) is None
 
 
+def test_a_worker_first_named_long_after_listening_and_never_heard_sends_no_heartbeats() -> None:
+    live = WorkerLiveness()
+    live.listening(0.0)
+    live.heard("w1@host", HEARTBEAT, 1.0, 2.0)
+    live.named("quiet@host", 30.0)  # a task started on it; we have listened for 30 s
+    assert live.gone("quiet@host", 100.0) is None  # --without-heartbeat: not judged
+    live.named("early@host", 3.0)  # named within the first 4 s: it may have died unheard
+    assert live.gone("early@host", 4.5) is not None
+
+
 def test_nothing_is_concluded_while_not_listening() -> None:
     live = WorkerLiveness()
     live.listening(0.0)
