@@ -443,21 +443,35 @@ class CeleryGateway:
             )
         return by_worker
 
-    async def _listen_events(self, connection: AbstractRobustConnection) -> AbstractRobustChannel:
+    async def _listen_events(
+        self, connection: AbstractRobustConnection
+    ) -> AbstractRobustChannel | None:
         """Consume the ``worker.*`` events of Celery's event exchange into a queue of this
-        gateway's own (deleted with its connection)."""
+        gateway's own (deleted with its connection); None, with a warning, where that
+        exchange cannot be used (then no worker is ever taken for gone)."""
         channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            self.config.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        queue = await channel.declare_queue(
-            self._events_queue,
-            exclusive=True,
-            auto_delete=True,
-            arguments={"x-message-ttl": 10_000},
-        )
-        await queue.bind(exchange, "worker.#")
-        await queue.consume(self._on_event, no_ack=True)
+        try:
+            exchange = await channel.declare_exchange(
+                self.config.event_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue(
+                self._events_queue,
+                exclusive=True,
+                auto_delete=True,
+                arguments={"x-message-ttl": 10_000},
+            )
+            await queue.bind(exchange, "worker.#")
+            await queue.consume(self._on_event, no_ack=True)
+        except aiormq.exceptions.ChannelClosed as exc:  # refused, or declared otherwise
+            log.warning(
+                "cannot listen to Celery's worker events on exchange %r (%s): a task lost "
+                "with its Celery worker will not be noticed",
+                self.config.event_exchange,
+                exc,
+            )
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await channel.close()
+            return None
         self._liveness.listening(time.monotonic())
         return channel
 

@@ -4,6 +4,7 @@ RabbitMQ, results over the ``rpc://`` backend (and Redis, at the end)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -382,6 +383,27 @@ async def test_a_versioned_celery_step_runs_only_on_the_workers_of_its_version(
     assert ran_on["pinned"].startswith("v2-") and ran_on["any"].startswith("v1-")
     assert record.error is not None and record.error.type == "UnroutableError"
     assert f"no Celery queue named '{q}@3'" in record.error.message
+
+
+async def test_an_event_exchange_aexec_cannot_use_only_costs_the_lost_worker_watch(
+    celery_rpc: CeleryWorkers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange = f"{celery_rpc.prefix}.events-elsewhere"
+    connection = await aio_pika.connect(celery_rpc.broker)
+    async with connection:  # declared otherwise (fanout): aexec's declare is refused
+        channel = await connection.channel()
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    t = tasks(celery_rpc)
+
+    @pipeline
+    def one() -> Any:
+        return t["add"](20, 22)
+
+    url = f"{celery_rpc.broker}?event_exchange={exchange}"
+    workers = dataclasses.replace(celery_rpc, broker=url)
+    async with asyncio.timeout(WAIT), executor(workers, tmp_path) as ex:
+        assert await (await ex.submit(one)).result() == 42
+    assert f"cannot listen to Celery's worker events on exchange {exchange!r}" in caplog.text
 
 
 async def test_a_duplicate_result_is_never_recorded_twice(
