@@ -518,10 +518,7 @@ class CeleryGateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                await _close_redis(pubsub, client)
 
     async def _fetch_stored(self, client: Any = None) -> None:
         """Read the results already stored for the tasks sent (or vouched for) here that
@@ -587,6 +584,24 @@ def from_settings(settings: Settings, objects: ObjectStore) -> CeleryGateway | N
         heartbeat_interval=settings.heartbeat_interval,
     )
     return CeleryGateway(config, objects)
+
+
+async def _close_redis(pubsub: Any, client: Any) -> None:
+    """Close a Redis listener's connections even if the task is cancelled again meanwhile
+    (a second cancel used to leave a socket to the garbage collector)."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+    closing = asyncio.ensure_future(close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await asyncio.wait([closing])  # finish closing, then stop as asked
+        raise
 
 
 __all__ = ["KIND", "CeleryConfig", "CeleryGateway", "from_settings"]
