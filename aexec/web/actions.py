@@ -1,4 +1,4 @@
-"""The JSON API's actions: launch a run (and await it), cancel a run.
+"""The JSON API's actions: launch a run (and await it), cancel a run, rerun a run.
 
 An action always needs the bearer token (:mod:`aexec.web.app` checks it before these
 handlers run) and a JSON body, so a page of another site cannot make a browser act: it can
@@ -49,7 +49,7 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 
 class Actions:
-    """Launch and cancel runs through ``executor``.  ``pipelines`` are the pipelines a
+    """Launch, cancel and rerun runs through ``executor``.  ``pipelines`` are the pipelines a
     launch may name; with ``allow_files``, a launch may also name a Python file on the
     server (``file``) and a pipeline in it."""
 
@@ -164,6 +164,35 @@ class Actions:
         return JSONResponse(
             {"run_id": record.run_id, "status": str(RunStatus.CANCELLED), "requested": True},
             status_code=202,
+        )
+
+    async def rerun(self, request: Request) -> Response:
+        """``POST /api/runs/{id}/rerun`` ``{"from_failure": true}``: start a new run of the
+        run's pipeline, recording the run as its parent (:meth:`Executor.rerun
+        <aexec.executor.Executor.rerun>`); 201 with the new ``run_id``.  With
+        ``from_failure`` (the run must have ended), the steps that succeeded keep their
+        outputs and only the others run.  The pipeline's code comes from the pipelines this
+        server lists, when it lists the run's; without it, the run's plan in the store
+        serves (not in embedded mode, whose worker needs the code: a 400 says so)."""
+        body = await json_body(request)
+        from_failure = body.get("from_failure", False)
+        if not isinstance(from_failure, bool):
+            raise HttpError(400, "from_failure must be true or false")
+        record = await self.reads.find_run(request.path_params["run_id"])
+        try:
+            run = await self.executor.rerun(
+                record.run_id,
+                from_failure=from_failure,
+                pipeline=self.pipelines.get(record.pipeline),
+            )
+        except TransportError as exc:
+            raise HttpError(503, str(exc)) from exc
+        except AexecError as exc:
+            raise HttpError(400, str(exc)) from exc
+        log.info("run %s reruns run %s, from the UI", run.run_id, record.run_id)
+        return JSONResponse(
+            {"run_id": run.run_id, "parent": record.run_id, "from_failure": from_failure},
+            status_code=201,
         )
 
 

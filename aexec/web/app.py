@@ -4,7 +4,7 @@ Access (:class:`UiConfig`):
 
 * reading (pages' data, ``GET /api/...``) is open when ``public_reads`` (the server binds
   to localhost), and otherwise needs ``Authorization: Bearer <token>``;
-* acting (``POST /api/...``: launch, cancel) always needs the bearer token, and is refused
+* acting (``POST /api/...``: launch, cancel, rerun) always needs the bearer token, and is refused
   when no token is configured;
 * the page shell and its script and style hold no data and are always served; the script
   reads a token given in the URL fragment (``/#token=...``), keeps it in the tab's
@@ -101,6 +101,7 @@ def app(executor: Executor, config: UiConfig | None = None) -> Starlette:
         Route("/api/runs/{run_id}/timeline", read(reads.timeline), methods=["GET"]),
         Route("/api/runs/{run_id}/steps/{key:path}", read(reads.step), methods=["GET"]),
         Route("/api/runs/{run_id}/cancel", act(actions.cancel), methods=["POST"]),
+        Route("/api/runs/{run_id}/rerun", act(actions.rerun), methods=["POST"]),
         Route("/api/pipelines", read(actions.list_pipelines), methods=["GET"]),
         Route("/api/workers", read(reads.workers), methods=["GET"]),
         Route("/api/queues", read(reads.queues), methods=["GET"]),

@@ -272,6 +272,28 @@ async def test_cancel_cancels_a_running_run_and_refuses_an_ended_one(
     assert status == 409 and "already ended" in body["error"]
 
 
+async def test_rerun_needs_the_pipelines_code_in_embedded_mode_and_refuses_bad_input(
+    ex: Executor, serve_ui: Any, http: aiohttp.ClientSession
+) -> None:
+    run = await ex.submit(small, x=4)
+    await run.wait()
+    unlisted = await serve_ui(ex, ui_config())
+    status, body = await post(http, f"{unlisted}api/runs/{run.run_id}/rerun")
+    assert status == 400 and "needs the pipeline's code" in body["error"]
+    listed = await serve_ui(ex, ui_config({"small": small}))
+    status, body = await post(http, f"{listed}api/runs/{run.run_id}/rerun", {"from_failure": 1})
+    assert status == 400 and "from_failure" in body["error"]
+    status, body = await post(http, f"{listed}api/runs/feedbeef/rerun")
+    assert status == 404
+    status, body = await post(http, f"{listed}api/runs/{run.run_id}/rerun", {"from_failure": True})
+    assert status == 201 and body["parent"] == run.run_id
+    rerun = await ex.get_run(body["run_id"])
+    assert rerun is not None and rerun.parent == run.run_id
+    assert len(await ex.list_runs()) == 2
+    status, body = await post(http, f"{listed}api/runs/{run.run_id}/rerun", {}, auth=False)
+    assert status in (401, 403)  # an action always needs the token
+
+
 async def test_with_no_token_configured_every_action_is_refused(
     ex: Executor, serve_ui: Any, http: aiohttp.ClientSession
 ) -> None:

@@ -113,6 +113,47 @@ async def test_cancel_from_the_run_page_cancels_a_running_run(ui: Ui, page: Page
     await expect(page.locator("#cancel")).to_be_disabled()
 
 
+async def test_rerun_from_the_run_page_runs_only_what_failed_and_links_its_parent(
+    ex: Executor, serve_ui: Any, page: Page
+) -> None:
+    calls: list[str] = []
+
+    @step
+    async def fetch() -> int:
+        calls.append("fetch")
+        return 2
+
+    @step(retries=0)
+    async def check(x: int) -> int:
+        calls.append("check")
+        if calls.count("check") == 1:
+            raise ValueError("not yet")
+        return x * 10
+
+    @pipeline
+    def flaky() -> object:
+        return check(fetch())
+
+    url = await serve_ui(ex, ui_config({"flaky": flaky}))
+    first = await ex.submit(flaky)
+    assert (await first.wait()).status is RunStatus.FAILED
+    await page.goto(f"{url}runs/{first.run_id}#token={TOKEN}")
+    await expect(page.locator("#run-status .badge")).to_have_text("failed")
+    await expect(page.locator("#cancel")).to_be_disabled()
+    await page.click("#rerun")
+    await page.click("#rerun-no")  # the confirmation can be declined
+    assert len(await ex.list_runs()) == 1
+    await page.click("#rerun")
+    await page.click("#rerun-yes")
+    await expect(page.locator("#parent-run")).to_have_text(first.run_id)  # on the new run
+    await expect(page.locator("#run-status .badge")).to_have_text("succeeded")
+    await expect(page.locator("#result")).to_have_text("20")
+    await expect(page.locator("#rerun")).to_be_disabled()  # nothing failed to run again
+    second, _ = await ex.list_runs()
+    assert second.parent == first.run_id and page.url.endswith(f"/runs/{second.run_id}")
+    assert calls == ["fetch", "check", "check"]  # fetch's output was reused, not run again
+
+
 async def test_a_steps_progress_and_log_lines_appear_on_its_page(ui: Ui, page: Page) -> None:
     go_on, finish = asyncio.Event(), asyncio.Event()
 

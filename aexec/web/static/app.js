@@ -252,6 +252,7 @@ async function runPage(main, runId) {
   const steps = report.steps;            // key -> row, kept current by the events
   const header = el("dl", { class: "grid", id: "run-header" });
   const cancel = el("button", { class: "danger", id: "cancel", on: { click: () => confirmCancel(runId) } }, "Cancel run");
+  const rerun = el("button", { id: "rerun", on: { click: () => confirmRerun(runId) } }, "Rerun from failure");
   const statusBox = el("span", { id: "run-status" });
   const countsBox = el("div", { class: "counts", id: "step-counts" });
   const dag = new Dag(plan, steps, runId);
@@ -262,7 +263,7 @@ async function runPage(main, runId) {
   const timeline = new Timeline(timelineBox);
   main.replaceChildren(
     el("h1", {}, report.run.pipeline, " ", statusBox),
-    el("div", { class: "toolbar" }, cancel, el("a", { href: "/launch?pipeline=" + encodeURIComponent(report.run.pipeline) }, "launch again")),
+    el("div", { class: "toolbar" }, cancel, rerun, el("a", { href: "/launch?pipeline=" + encodeURIComponent(report.run.pipeline) }, "launch again")),
     header, el("h2", {}, "Steps"), countsBox, dag.element,
     el("h2", {}, "Timeline by worker"), timelineBox,
     el("h2", {}, "Result"), outcome,
@@ -275,9 +276,11 @@ async function runPage(main, runId) {
   function renderHeader() {
     statusBox.replaceChildren(badge(run.status));
     cancel.disabled = ["succeeded", "failed", "cancelled"].includes(run.status);
+    rerun.disabled = !["failed", "cancelled"].includes(run.status);  // what failed runs again
     const rows = [["run", run.run_id], ["pipeline", run.pipeline], ["priority", run.priority],
       ["params", JSON.stringify(run.params)], ["tags", tagList(run.tags)], ["created", when(run.created_at)],
       ["started", when(run.started_at)], ["finished", when(run.finished_at)], ["duration", seconds(run.duration)]];
+    if (run.parent) rows.push(["parent", el("a", { id: "parent-run", href: ROOT + "/runs/" + encodeURIComponent(run.parent) }, run.parent)]);
     if (run.error) rows.push(["error", run.error]);
     header.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, v)]));
   }
@@ -395,6 +398,25 @@ function confirmCancel(runId) {
       await post(`/api/runs/${encodeURIComponent(runId)}/cancel`);
       notice("cancellation requested", true);
     } catch (e) { notice("cannot cancel: " + e.message); }
+  });
+  dialog.showModal();
+}
+
+function confirmRerun(runId) {
+  const dialog = el("dialog", { id: "confirm-rerun" },
+    el("p", {}, "Rerun ", el("code", {}, runId), " from failure? A new run reuses the outputs of the steps that succeeded and runs the others."),
+    el("form", { method: "dialog", class: "toolbar" },
+      el("button", { value: "no", class: "plain", id: "rerun-no" }, "Not now"),
+      el("button", { value: "yes", id: "rerun-yes" }, "Rerun")));
+  document.body.append(dialog);
+  dialog.addEventListener("close", async () => {
+    const yes = dialog.returnValue === "yes";
+    dialog.remove();
+    if (!yes) return;
+    try {
+      const started = await post(`/api/runs/${encodeURIComponent(runId)}/rerun`, { from_failure: true });
+      location.href = ROOT + "/runs/" + encodeURIComponent(started.run_id);
+    } catch (e) { notice("cannot rerun: " + e.message); }
   });
   dialog.showModal();
 }
