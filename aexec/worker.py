@@ -61,6 +61,7 @@ from aexec.errors import AexecError, CodecError, UnknownStepError, UnroutableErr
 from aexec.metrics import WorkerMetrics
 from aexec.objects import ObjectStore
 from aexec.output import AttemptOutput, OutputBuffer, OutputLimits, encode_output
+from aexec.pool import DEFAULT_CANCEL_GRACE
 from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport
@@ -96,7 +97,7 @@ class WorkerConfig:
     publish_retry_max: float = 5.0
     coalesce: float = outbox.WINDOW  # how long a completion may wait to share a message; 0: never
     drain_grace: float = 60.0  # how long a stopping worker lets its steps finish
-    cancel_grace: float = 5.0  # a cancelled sync step in a child process: killed after this
+    cancel_grace: float = DEFAULT_CANCEL_GRACE  # a cancelled sync step in a child: killed after
     lost_report_timeout: float = 5.0  # how long a worker past its grace tries to report
 
     @classmethod

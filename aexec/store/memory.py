@@ -465,7 +465,7 @@ class MemoryStore(Opened):
                 ahead = sum(
                     1 for k, (s, seen) in waits.items() if k != key and seen >= fresh and s < since
                 )
-                if len(held) + ahead >= capacity and len(held) >= capacity:
+                if len(held) >= capacity:  # full: slots of ended runs go first
                     for ended in [h for h in held if self._ended(h[0])]:
                         del held[ended]
                 if len(held) + ahead >= capacity:  # full, or the free slots are others' turn
