@@ -73,6 +73,7 @@ from aexec.events import Event, EventKind
 from aexec.feed import ClientFeed
 from aexec.gateway import Gateway
 from aexec.gateways import Gateways
+from aexec.heap import Trimmer, releaser
 from aexec.inbox import (
     ConfirmsDue,
     FlushDue,
@@ -141,6 +142,7 @@ class CoordinatorConfig:
     max_concurrent_runs: int | None = None  # runs started at once; the others wait, queued
     run_limits: Mapping[str, int] = field(default_factory=dict)  # per tag (aexec.admission)
     admission_aging: float = DEFAULT_AGING  # seconds of waiting worth one priority level
+    trim_interval: float | None = 5.0  # freed memory goes back to the OS at most this often
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CoordinatorConfig:
@@ -236,6 +238,8 @@ class Coordinator:
             min(self.config.retry_backoff_max, self.config.lease / 3),
         )
         self.workers_seen: dict[str, float] = {}  # worker (instance) → monotonic time last heard
+        interval = self.config.trim_interval
+        self.heap = Trimmer(None if interval is None else releaser(), interval=interval or 0.0)
         self._tracing: Tracing | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -268,6 +272,7 @@ class Coordinator:
             background.start_loop(self._watch_workers(), name="aexec-worker-watchdog"),
             background.start_loop(self.leases.keep(), name="aexec-leases"),
             background.start_loop(self._timers.run(), name="aexec-timers"),
+            background.start_loop(self.heap.run(), name="aexec-heap"),
         )
         return self
 
@@ -939,6 +944,7 @@ class Coordinator:
             if not run.done.done():
                 run.done.set_result(run.state.run_status)
         if finished:
+            self.heap.ended(len(finished), len(self.runs))
             self.throttle.admit_after([r.run_id for r in finished])
             await self._announce_ended([(r.run_id, r.state.run_status) for r in finished])
             if self._gateways:

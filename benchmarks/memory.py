@@ -10,9 +10,13 @@ RabbitMQ, with its resident set size read from /proc at these moments:
    worker consumes, once all their step messages are in the queue: every step is dispatched
    and awaited by the coordinator.  ``(in flight - idle) / steps`` is the memory per
    in-flight step (its run's share included);
-3. **after wave k**: workers started, the runs of wave k finished, k = 1 .. ``--waves``.
-   ``(after wave 1 - idle) / runs`` is what a finished run leaves behind, and the last wave
-   against the first says whether memory stays flat (target: within 10%).
+3. **after wave k**: workers started, the runs of wave k finished, k = 1 .. ``--waves``,
+   read twice: at once (as the last result reaches the client) and ``--settle`` seconds
+   later (1 s, as the idle figure is read: the coordinator has gone idle and returned
+   what it freed to the system).  ``(after wave 1 - idle) / runs`` is what a finished run
+   leaves behind, the high-water mark of the first wave included; ``(after the last wave -
+   after the first) / (runs of waves 2..n)`` is what each later run adds; and the last wave
+   against the first, settled, says whether memory stays flat (target: within 10%).
 
 It prints one table and writes JSON (``--json``).
 """
@@ -125,7 +129,9 @@ class Bench:
         self.workers = []
 
 
-async def measure(broker: str, runs: int, steps: int, waves: int, workdir: Path) -> dict[str, Any]:
+async def measure(
+    broker: str, runs: int, steps: int, waves: int, workdir: Path, settle: float = 1.0
+) -> dict[str, Any]:
     bench = Bench(broker, workdir)
     coordinator = bench.coordinator()
     await coordinator.start()
@@ -156,9 +162,12 @@ async def measure(broker: str, runs: int, steps: int, waves: int, workdir: Path)
             in_flight = rss()
             await bench.start_workers()
             await asyncio.gather(*(run.result() for run in submitted))
-            after = [rss()]
-            for _ in range(waves - 1):
-                await wave(ex)
+            at_once, after = [rss()], []
+            for k in range(waves):
+                if k:
+                    await wave(ex)
+                    at_once.append(rss())
+                await asyncio.sleep(settle)
                 after.append(rss())
             peak = coordinator.peak_rss_bytes()
     finally:
@@ -173,8 +182,12 @@ async def measure(broker: str, runs: int, steps: int, waves: int, workdir: Path)
         "in_flight_rss_bytes": in_flight,
         "bytes_per_in_flight_step": round((in_flight - idle) / (runs * steps)),
         "bytes_per_finished_run": round((after[0] - idle) / runs),
+        "bytes_kept_per_finished_run": round((after[-1] - after[0]) / (runs * max(waves - 1, 1))),
+        "settle_seconds": settle,
         "rss_after_wave_bytes": after,
+        "rss_at_wave_end_bytes": at_once,
         "last_wave_over_first": round(after[-1] / after[0] - 1, 4),
+        "last_wave_over_first_at_once": round(at_once[-1] / at_once[0] - 1, 4),
         "flat_target": FLAT_TARGET,
         "flat": after[-1] <= after[0] * (1 + FLAT_TARGET),
         "peak_rss_bytes": peak,
@@ -184,6 +197,7 @@ async def measure(broker: str, runs: int, steps: int, waves: int, workdir: Path)
 def report(found: dict[str, Any]) -> str:
     mib = 2**20
     waves = ", ".join(f"{b / mib:.1f}" for b in found["rss_after_wave_bytes"])
+    at_once = ", ".join(f"{b / mib:.1f}" for b in found["rss_at_wave_end_bytes"])
     verdict = "met" if found["flat"] else "NOT met"
     return "\n".join(
         [
@@ -193,8 +207,12 @@ def report(found: dict[str, Any]) -> str:
             f"  in flight ({found['runs_per_wave'] * found['steps_per_run']:,} steps)"
             f"{found['in_flight_rss_bytes'] / mib:>{17 - len(str(found['runs_per_wave']))}.1f} MiB",
             f"  per in-flight step           {found['bytes_per_in_flight_step']:8,} bytes",
-            f"  per finished run (kept)      {found['bytes_per_finished_run']:8,} bytes",
-            f"  after each wave (MiB)        {waves}",
+            f"  per finished run (wave 1)    {found['bytes_per_finished_run']:8,} bytes",
+            f"  kept per run, waves 2..{found['waves']}"
+            f"{found['bytes_kept_per_finished_run']:>{17 - len(str(found['waves']))},} bytes",
+            f"  at each wave's end (MiB)     {at_once}",
+            f"  last wave over first         {found['last_wave_over_first_at_once']:+.1%}",
+            f"  {found['settle_seconds']:g} s later (MiB)".ljust(31) + waves,
             f"  last wave over first         {found['last_wave_over_first']:+.1%} "
             f"(target within {found['flat_target']:.0%}: {verdict})",
             f"  peak                         {(found['peak_rss_bytes'] or 0) / mib:8.1f} MiB",
@@ -208,10 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="runs a wave (default 200)")
     parser.add_argument("--steps", type=int, default=50, help="steps a run (default 50)")
     parser.add_argument("--waves", type=int, default=10, help="waves (default 10)")
+    parser.add_argument(
+        "--settle", type=float, default=1.0, help="seconds after a wave to read RSS again"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aexec-memory-") as tmp:
-        found = asyncio.run(measure(args.broker, args.runs, args.steps, args.waves, Path(tmp)))
+        found = asyncio.run(
+            measure(args.broker, args.runs, args.steps, args.waves, Path(tmp), args.settle)
+        )
     print(report(found))
     if args.json is not None:
         args.json.write_text(json.dumps(found, indent=2) + "\n")
