@@ -48,7 +48,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aexec import claim, codec, messages, parts, tracing
 from aexec.admission import DEFAULT_AGING, Candidate
@@ -104,7 +104,6 @@ from aexec.throttle import Throttle
 from aexec.tracing import Tracing
 from aexec.transport import Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus, check_tags
-from aexec.webhooks import Webhooks
 from aexec.wire import (
     COORDINATOR_TOPIC,
     MAX_PRIORITY,
@@ -113,6 +112,9 @@ from aexec.wire import (
     reply_queue,
     step_queue,
 )
+
+if TYPE_CHECKING:
+    from aexec.webhooks import Webhooks  # what it is given; an embedded run may have none
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aexec.objects
 import aexec.store
@@ -30,7 +30,6 @@ from aexec import messages
 from aexec.background import Background
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
-from aexec.control import cancel_run, list_workers
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import CompiledPipeline, Pipeline, StepDef
 from aexec.errors import AexecError, CodecError, ConfigError, ParameterError, PlanError
@@ -39,15 +38,15 @@ from aexec.gateway import Gateway
 from aexec.metrics import CoordinatorMetrics
 from aexec.objects import ObjectStore
 from aexec.plan import Plan
-from aexec.retention import Pruned, cutoff, prune
 from aexec.run import LocalRun, RemoteRun, Run, load_result
 from aexec.store import RunRecord, StepRecord, Store, WebhookDelivery
 from aexec.transport import Delivery, Transport
-from aexec.transport.signed import Rejection, SignedTransport
 from aexec.types import RunStatus, check_tags
-from aexec.webhooks import Deliverer, Webhooks
 from aexec.wire import MAX_PRIORITY, REQUEST_QUEUE, RUNS_ENDED_TOPIC, SUBMIT_QUEUE, step_queue
 from aexec.worker import Worker, WorkerConfig
+
+if TYPE_CHECKING:  # imported where used: an embedded run needs none of them
+    from aexec.retention import Pruned
 
 SILENCE = 10.0
 """Seconds a remote run may stay silent before its client asks about it (then doubling)."""
@@ -157,6 +156,8 @@ class Executor:
             transport = await self._open_transport()
             webhooks = None
             if settings.webhooks:
+                from aexec.webhooks import Deliverer, Webhooks
+
                 # Entered before the coordinator, so left after it: what its last commits
                 # decided gets a grace period to be sent.
                 webhooks = Webhooks(settings.webhooks)
@@ -199,7 +200,7 @@ class Executor:
                     gateways=_gateways(settings, objects),
                 )
                 await stack.enter_async_context(coordinator)
-            if isinstance(transport, SignedTransport):
+            if settings.secret is not None:
                 _record_rejections(transport, coordinator)
             self._coordinator = coordinator
             return coordinator
@@ -475,6 +476,8 @@ class Executor:
         elif coordinator is not None:
             await coordinator.cancel(run_id, reason)  # recorded, and passed on
         elif self._store is not None:
+            from aexec.control import cancel_run
+
             transport = await self._open_transport()
             await cancel_run(run_id, reason, store=self._store, transport=transport)
         else:
@@ -485,6 +488,8 @@ class Executor:
         mode, this executor's own worker once it runs)."""
         if self.settings.embedded and self._worker is None:
             return []
+        from aexec.control import list_workers
+
         return await list_workers(await self._open_transport(), wait=wait)
 
     async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
@@ -518,6 +523,8 @@ class Executor:
 
     async def _broadcast_cancel(self, run_id: str, reason: str | None) -> None:
         """A remote run's cancel: durable, whether a coordinator drives it yet or not."""
+        from aexec.control import cancel_run
+
         transport = await self._open_transport()
         await cancel_run(run_id, reason, transport=transport)
 
@@ -568,6 +575,8 @@ class Executor:
         """Delete the runs that finished more than ``older_than`` seconds ago, with their
         objects, steps and events (:func:`aexec.retention.prune`); never an unfinished run.
         With ``dry_run``, only list them."""
+        from aexec.retention import cutoff, prune
+
         return await prune(
             self.store, self.objects, finished_before=cutoff(older_than), dry_run=dry_run
         )
@@ -580,9 +589,13 @@ class Executor:
         )
 
 
-def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> None:
-    """A message refused for its signature that names one of ``coordinator``'s runs is
-    recorded on that run."""
+def _record_rejections(transport: Transport, coordinator: Coordinator) -> None:
+    """A message refused for its signature (``transport`` signs: a secret is set) that
+    names one of ``coordinator``'s runs is recorded on that run."""
+    from aexec.transport.signed import Rejection, SignedTransport
+
+    if not isinstance(transport, SignedTransport):
+        return
 
     def rejected(rejection: Rejection) -> None:
         coordinator.message_rejected(rejection.body, rejection.reason, rejection.destination)
@@ -593,6 +606,10 @@ def _record_rejections(transport: SignedTransport, coordinator: Coordinator) -> 
 def _gateways(settings: Settings, objects: ObjectStore) -> dict[str, Gateway]:
     """The gateways a coordinator built from ``settings`` sends foreign steps through:
     Celery's, when a Celery broker is configured (or aexec's broker is RabbitMQ)."""
+    from aexec.celery import gateway_wanted
+
+    if not gateway_wanted(settings):
+        return {}
     from aexec.celery.gateway import KIND, from_settings
 
     celery = from_settings(settings, objects)

@@ -19,14 +19,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aexec.objects
 import aexec.transport
 from aexec.config import Settings
-from aexec.control import list_workers, terminate_workers
 from aexec.dsl import StepDef
 from aexec.errors import ConfigError, LoadError
 from aexec.executor import Executor
 from aexec.loader import find_steps, load_module_or_file
 from aexec.messages import WorkerInfo
 from aexec.metrics import CoordinatorMetrics, WorkerMetrics
-from aexec.ops import coordinator_endpoint, worker_endpoint
 from aexec.redaction import redact
 from aexec.transport import DeadLetter, Replay, Transport
 from aexec.wire import versioned
@@ -70,6 +68,8 @@ async def run_worker(
         settings, name=name or default_worker_name(), pool=pool, modules=tuple(modules)
     )
     ready = ready or asyncio.Event()
+    from aexec.ops import worker_endpoint  # the metrics server: only a service starts one
+
     metrics = WorkerMetrics()
     started: list[Worker] = []
     async with contextlib.AsyncExitStack() as stack:
@@ -127,6 +127,8 @@ async def run_coordinator(
         redact(settings.objects_url),
     )
     ready = ready or asyncio.Event()
+    from aexec.ops import coordinator_endpoint  # the metrics server: only a service starts one
+
     metrics = CoordinatorMetrics()
     async with Executor(settings, metrics=metrics) as ex:
         await ex.start(service=True)  # an unreachable broker fails here, before anything
@@ -138,6 +140,8 @@ async def run_coordinator(
 
 async def find_workers(settings: Settings, *, wait: float) -> list[WorkerInfo]:
     """The live workers that answer a ping within ``wait`` seconds, by name."""
+    from aexec.control import list_workers
+
     require_broker(settings, "worker list")
     async with _opened_transport(settings) as transport:
         return await list_workers(transport, wait=wait)
@@ -145,6 +149,8 @@ async def find_workers(settings: Settings, *, wait: float) -> list[WorkerInfo]:
 
 async def terminate(settings: Settings, name: str | None) -> None:
     """Ask worker ``name`` (every worker, for None) to finish its in-flight steps and exit."""
+    from aexec.control import terminate_workers
+
     require_broker(settings, "worker terminate")
     async with _opened_transport(settings) as transport:
         await terminate_workers(transport, name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aexec.dsl import (
     Pipeline,
@@ -29,6 +29,9 @@ from aexec.dsl import (
     _version,
     _where,
 )
+
+if TYPE_CHECKING:
+    from aexec.config import Settings
 
 KIND = "celery"
 DEFAULT_QUEUE = "celery"
@@ -114,4 +117,13 @@ def from_canvas(
     return convert(signature, name=name, queue=queue)
 
 
-__all__ = ["KIND", "celery_step", "from_canvas"]
+def gateway_wanted(settings: Settings) -> bool:
+    """Whether a coordinator built from ``settings`` sends Celery steps: a Celery broker
+    is configured, or aexec's own broker is RabbitMQ.  Without either (embedded mode), the
+    gateway and its AMQP client are not even imported."""
+    if settings.celery_broker is not None:
+        return True
+    return settings.broker is not None and settings.broker.startswith(("amqp:", "amqps:"))
+
+
+__all__ = ["KIND", "celery_step", "from_canvas", "gateway_wanted"]

@@ -54,7 +54,7 @@ from yarl import URL
 
 from aexec import codec, messages
 from aexec.background import Background
-from aexec.celery import protocol
+from aexec.celery import gateway_wanted, protocol
 from aexec.celery.liveness import WorkerLiveness
 from aexec.config import Settings
 from aexec.errors import CodecError, ObjectStoreError, TransportError
@@ -559,12 +559,12 @@ def from_settings(settings: Settings, objects: ObjectStore) -> CeleryGateway | N
     when it is RabbitMQ (aexec's own ``prefix``/``connect_timeout`` options taken off the
     URL); None without either.  The URL's ``event_exchange`` query parameter names Celery's
     event exchange (default ``celeryev``)."""
+    if not gateway_wanted(settings):
+        return None
     broker = settings.celery_broker
     prefix = settings.queue_prefix
-    if broker is None:
-        if settings.broker is None or not settings.broker.startswith(("amqp:", "amqps:")):
-            return None
-        parts = urlsplit(settings.broker)
+    if broker is None:  # aexec's own broker, RabbitMQ
+        parts = urlsplit(settings.broker or "")
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefix = dict(query).get("prefix", prefix)
         rest = [(k, v) for k, v in query if k not in ("prefix", "connect_timeout")]

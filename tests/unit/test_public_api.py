@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,43 @@ def test_a_raised_exception_keeps_its_traceback() -> None:
     except ValueError as exc:
         info = ErrorInfo.from_exception(exc)
     assert info.type == "ValueError" and "ValueError: boom" in info.traceback
+
+
+def test_an_embedded_run_loads_no_broker_metrics_celery_or_webhook_code(tmp_path: Path) -> None:
+    """``aexec run`` embedded compiles and imports only what it uses (start-up time)."""
+    pipeline = tmp_path / "one.py"
+    pipeline.write_text(
+        "from aexec import pipeline, step\n\n"
+        "@step\nasync def one() -> int:\n    return 1\n\n"
+        "@pipeline\ndef single() -> object:\n    return one()\n"
+    )
+    unused = [
+        "aio_pika",
+        "aiormq",
+        "prometheus_client",
+        "aexec.celery.gateway",
+        "aexec.ops",
+        "aexec.webhooks",
+        "aexec.retention",
+        "aexec.transport.signed",
+        "aexec.control",
+    ]
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print(sorted(set({unused!r}) & set(sys.modules)), "
+        "file=sys.__stderr__))\n"
+        "from aexec.cli.main import main\n"
+        f"sys.exit(main(['run', {str(pipeline)!r}]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEXEC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**env, "AEXEC_HOME": str(tmp_path / "home")},
+    )
+    assert out.stdout.strip() == "1"
+    assert out.stderr.strip().splitlines()[-1] == "[]"
