@@ -36,7 +36,6 @@ from aexec.inbox import (
     RetryDue,
     RunCommand,
     SlotsDue,
-    SlotsTaken,
     Start,
     TokensGranted,
     Unconfirmed,
@@ -57,6 +56,7 @@ from aexec.scheduling import (
     Skip,
     Wait,
 )
+from aexec.store import SlotFree, SlotTake
 from aexec.stream import Subscriber
 from aexec.transport import Delivery
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -171,18 +171,6 @@ class RetryTimer:
     due: RetryDue
 
 
-@dataclass(frozen=True, slots=True)
-class SlotTake:
-    """Take one slot of each of ``caps`` (``(gate, capacity)``) in the store for ``attempt``
-    of step ``index`` (key ``step``) of run ``run_id``, before it goes out."""
-
-    run_id: str
-    index: int
-    attempt: int
-    step: str
-    caps: tuple[tuple[str, int], ...]
-
-
 class Batch:
     """What one pass of the scheduler decided; ``runs`` are the coordinator's active runs.
 
@@ -233,7 +221,7 @@ class Batch:
         # Slots of caps to take in the store before these steps go out, and to free (a
         # step's attempts up to this one; every step of the run if None).
         self.slot_takes: list[SlotTake] = []
-        self.slot_frees: list[tuple[str, str | None, int]] = []
+        self.slot_frees: list[SlotFree] = []
 
     def discard(self, run_ids: set[str]) -> None:
         """Take the runs ``run_ids`` out of the batch: their events, steps to publish,
@@ -246,7 +234,7 @@ class Batch:
         self.finished = [r for r in self.finished if r.run_id not in run_ids]
         if self.slot_takes or self.slot_frees:  # the run's new driver decides those
             self.slot_takes = [t for t in self.slot_takes if t.run_id not in run_ids]
-            self.slot_frees = [f for f in self.slot_frees if f[0] not in run_ids]
+            self.slot_frees = [f for f in self.slot_frees if f.run_id not in run_ids]
 
     def command(self, command: RunCommand) -> None:
         """Apply a command to its run; one for a run this coordinator does not drive (any
@@ -745,7 +733,7 @@ class Batch:
                     if limiter:
                         self.admitted(limiter.forget_run(run_id), ts)
                         if limiter.slots.pop(run_id, None) is not None:
-                            self.slot_frees.append((run_id, None, 0))
+                            self.slot_frees.append(SlotFree(run_id))
                     # The run ends when this pass decides it, not when the step whose
                     # completion tipped it finished (one delayed in the broker came last).
                     end = max(ts, self.now)
@@ -796,7 +784,7 @@ class Batch:
             if attempt is not None:
                 run = self.runs.get(run_id)
                 if run is not None:
-                    self.slot_frees.append((run_id, run.plan.steps[index].key, attempt))
+                    self.slot_frees.append(SlotFree(run_id, run.plan.steps[index].key, attempt))
 
     def _go(self, run: ActiveRun, index: int, attempt: int, ts: float) -> None:
         """Step ``index`` of ``run`` passed its limits here: out it goes, once the store
@@ -804,9 +792,7 @@ class Batch:
         run_id = run.run_id
         caps = self.limiter.caps((run_id, index))
         if caps:
-            self.slot_takes.append(
-                SlotTake(run_id, index, attempt, run.plan.steps[index].key, caps)
-            )
+            self.slot_takes.append(SlotTake(run_id, run.plan.steps[index].key, attempt, caps))
             return
         self._publish(run, index, attempt, ts)
 
@@ -828,19 +814,29 @@ class Batch:
             return None
         return run if self.limiter.holds((run_id, index)) else None
 
-    def slots_taken(self, item: SlotsTaken) -> bool:
-        """The store answered a request for slots: the step goes out if they were given,
-        else it asks again later (True: the caller sets that timer).  Slots given to an
-        attempt that no longer wants them are freed."""
-        run = self._slot_wanted(item.run_id, item.index, item.attempt)
-        if item.granted:
-            if run is None:
-                self.slot_frees.append((item.run_id, item.step, item.attempt))
-                return False
-            self.limiter.slots.setdefault(item.run_id, {})[item.index] = item.attempt
-            self._publish(run, item.index, item.attempt, self.now)
-            return False
-        return run is not None
+    def slot_wanted(self, take: SlotTake) -> bool:
+        """True if the attempt of ``take`` still waits for the store's slots."""
+        run = self.runs.get(take.run_id)
+        index = None if run is None else run.plan.index.get(take.step)
+        return index is not None and self._slot_wanted(take.run_id, index, take.attempt) is not None
+
+    def slots_taken(self, take: SlotTake, granted: bool) -> SlotsDue | None:
+        """The store answered ``take``: the step goes out if it got its slots; if not, it
+        asks again later (the :class:`SlotsDue` returned, for the caller's timer).  Slots
+        given to an attempt that no longer wants them are freed."""
+        run = self.runs.get(take.run_id)
+        index = None if run is None else run.plan.index.get(take.step)
+        wanted = None if index is None else self._slot_wanted(take.run_id, index, take.attempt)
+        if granted:
+            if wanted is None or index is None:
+                self.slot_frees.append(SlotFree(take.run_id, take.step, take.attempt))
+                return None
+            self.limiter.slots.setdefault(take.run_id, {})[index] = take.attempt
+            self._publish(wanted, index, take.attempt, self.now)
+            return None
+        if wanted is None or index is None:
+            return None
+        return SlotsDue(take.run_id, index, take.attempt)
 
     def slots_due(self, item: SlotsDue) -> None:
         """Ask the store again for the slots it refused (if the step still wants them)."""

@@ -83,10 +83,10 @@ from aexec.inbox import (
     MessageRejected,
     Reply,
     SlotsDue,
-    SlotsTaken,
     Start,
     TokensDue,
     TokensGranted,
+    UnfreedDue,
     WorkerLost,
 )
 from aexec.metrics import CoordinatorMetrics
@@ -754,13 +754,16 @@ class Coordinator:
                     self.throttle.let_go(batch, item.run_id)
                 case TokensGranted():
                     self.throttle.granted(batch, item)
-                case SlotsTaken():
-                    self.throttle.slots_taken(batch, item)
+                case UnfreedDue():
+                    pass  # it woke the scheduler: the slots are freed below
                 case SlotsDue():
                     batch.slots_due(item)
                 case _:
                     batch.command(item)
         self.throttle.request_tokens()
+        # The slots of caps: steps go out (and their dispatch is recorded) once the store
+        # gave them theirs; slots freed here are free for these takes and for others'.
+        await self.throttle.sync_slots(batch)
         if self.config.durable_dispatch:
             batch.confirmed, self._confirmed = self._confirmed, []
             # A step's dependents go out only once its completion is committed.
@@ -770,12 +773,10 @@ class Coordinator:
                 batch.discard(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
-            self.throttle.sync_slots(batch)  # frees after the ends of attempts are recorded
             return
         # Embedded: nothing outlives this process, so commits may trail the dispatches and
         # several waves share one transaction.
         await self._dispatch(batch, set(), strays)
-        self.throttle.sync_slots(batch)
         self._unrecorded.extend(batch.events)
         self._unfinished.extend(batch.finished)
         due = time.monotonic() - self._last_flush >= self.config.flush_interval

@@ -154,18 +154,6 @@ class TokensGranted:
 
 
 @dataclass(frozen=True, slots=True)
-class SlotsTaken:
-    """The store gave (``granted``) or refused the slots of its caps to ``attempt`` of step
-    ``index`` (key ``step``) of run ``run_id``."""
-
-    run_id: str
-    index: int
-    attempt: int
-    step: str
-    granted: bool
-
-
-@dataclass(frozen=True, slots=True)
 class SlotsDue:
     """Ask the store again for the slots it refused to ``attempt`` of step ``index`` of run
     ``run_id`` (other coordinators held them)."""
@@ -173,6 +161,12 @@ class SlotsDue:
     run_id: str
     index: int
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnfreedDue:
+    """The store could not free slots of caps in a pass: a later pass frees them (this
+    wakes the scheduler for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +199,8 @@ Item = (
     | LetGo
     | TokensGranted
     | TokensDue
-    | SlotsTaken
     | SlotsDue
+    | UnfreedDue
 )
 
 
@@ -255,10 +249,10 @@ __all__ = [
     "RetryDue",
     "RunCommand",
     "SlotsDue",
-    "SlotsTaken",
     "Start",
     "TokensDue",
     "TokensGranted",
     "Unconfirmed",
+    "UnfreedDue",
     "WorkerLost",
 ]

@@ -11,17 +11,17 @@ and no admission configured, none of this costs anything on the hot path.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from aexec.admission import Admission, AdmissionPolicy, Candidate
-from aexec.batch import Batch, SlotTake
+from aexec.batch import Batch
 from aexec.errors import AexecError, StoreError
-from aexec.inbox import Queued, SlotsDue, SlotsTaken, Start, TokensDue, TokensGranted
+from aexec.inbox import Queued, Start, TokensDue, TokensGranted, UnfreedDue
 from aexec.limits import Limiter, Rate
+from aexec.store import SlotFree
 
 if TYPE_CHECKING:
     from aexec.coordinator import Coordinator
@@ -43,7 +43,7 @@ class Throttle:
             config.max_concurrent_runs, config.run_limits, config.admission_aging
         )
         self.admission = Admission(policy) if policy.limited else None
-        self._slots_lock = asyncio.Lock()  # the store's slots, one pass after another
+        self._unfreed: list[SlotFree] = []  # slots the store could not free in a pass
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -102,60 +102,35 @@ class Throttle:
             with contextlib.suppress(AexecError):  # stopping
                 self._coordinator.start_work(self._take_tokens(gate.name, gate.rate, want))
 
-    def sync_slots(self, batch: Batch) -> None:
-        """Free and take in the store the slots of caps that ``batch`` decided, in a task
-        of the coordinator's (an answer to a take comes back through its inbox)."""
-        if not (batch.slot_takes or batch.slot_frees):
-            return
-        with contextlib.suppress(AexecError):  # stopping
-            self._coordinator.start_work(self._sync(batch.slot_frees, batch.slot_takes))
-
-    async def _sync(self, frees: list[tuple[str, str | None, int]], takes: list[SlotTake]) -> None:
-        # One pass's slots after another's, its frees first: a step that a slot freed here
-        # let go must not find that slot still taken in the store (it would wait a poll).
-        async with self._slots_lock:
-            for run_id, step, attempt in frees:
-                await self._free_slots(run_id, step, attempt)
-            await asyncio.gather(*(self._take_slots(take) for take in takes))
-
-    def slots_taken(self, batch: Batch, item: SlotsTaken) -> None:
-        """The store answered a take: a refused one asks again in a moment (other
+    async def sync_slots(self, batch: Batch) -> None:
+        """Free and take in the store, in one call, the slots of caps that ``batch`` decided
+        (and those an earlier pass could not free), before its steps go out: the steps
+        given theirs go out with ``batch``; a step refused asks again in a moment (other
         coordinators hold the slots; they free them when their attempts end)."""
-        if batch.slots_taken(item):
-            self._coordinator.after(SLOT_RETRY, SlotsDue(item.run_id, item.index, item.attempt))
-
-    async def _take_slots(self, take: SlotTake) -> None:
         coordinator = self._coordinator
+        # A step that this pass took a slot for and then let go of (cancelled) takes none.
+        takes = [take for take in batch.slot_takes if batch.slot_wanted(take)]
+        frees = self._unfreed + batch.slot_frees if self._unfreed else batch.slot_frees
+        batch.slot_takes, batch.slot_frees, self._unfreed = [], [], []
+        if not (frees or takes):
+            return
         try:
             granted = await coordinator.with_retry(
-                "take limit slots",
-                lambda: coordinator.store.take_slots(
-                    take.caps, take.run_id, take.step, take.attempt
-                ),
+                "take and free limit slots", lambda: coordinator.store.sync_slots(frees, takes)
             )
-        except StoreError as exc:
+        except StoreError as exc:  # nothing taken nor freed: the next passes try again
             log.error(
-                "coordinator %s cannot take limit slots for run %s: %s",
-                coordinator.config.id,
-                take.run_id,
-                exc,
+                "coordinator %s cannot take and free limit slots: %s", coordinator.config.id, exc
             )
-            granted = False
-        coordinator.post(SlotsTaken(take.run_id, take.index, take.attempt, take.step, granted))
-
-    async def _free_slots(self, run_id: str, step: str | None, attempt: int) -> None:
-        coordinator = self._coordinator
-        try:
-            await coordinator.with_retry(
-                "free limit slots", lambda: coordinator.store.release_slots(run_id, step, attempt)
-            )
-        except StoreError as exc:  # freed when the run ends, or by the next take of a full cap
-            log.error(
-                "coordinator %s cannot free limit slots of run %s: %s",
-                coordinator.config.id,
-                run_id,
-                exc,
-            )
+            self._unfreed, granted = frees, [False] * len(takes)
+        for take, given in zip(takes, granted, strict=True):
+            due = batch.slots_taken(take, given)
+            if due is not None:
+                coordinator.after(SLOT_RETRY, due)
+        self._unfreed.extend(batch.slot_frees)  # given to a step that did not want them
+        batch.slot_frees = []
+        if self._unfreed:
+            coordinator.after(SLOT_RETRY, UnfreedDue())
 
     async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
         coordinator = self._coordinator

@@ -90,6 +90,28 @@ from aexec.plan import Plan
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
 
+@dataclass(frozen=True, slots=True)
+class SlotFree:
+    """Free the slots of caps held by step ``step`` of run ``run_id`` (by its attempts up to
+    ``attempt``), or by every step of the run if ``step`` is None
+    (:meth:`Store.sync_slots`)."""
+
+    run_id: str
+    step: str | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotTake:
+    """Take one slot of each of ``caps`` (``(name, capacity)``) for ``attempt`` of step
+    ``step`` of run ``run_id``, before it goes out (:meth:`Store.sync_slots`)."""
+
+    run_id: str
+    step: str
+    attempt: int
+    caps: tuple[tuple[str, int], ...]
+
+
 @dataclass(slots=True)
 class RunRecord:
     run_id: str
@@ -374,19 +396,23 @@ class Store(Protocol):
         tokens granted and, when the bucket has less than one left, the seconds until it
         has one (else 0)."""
 
-    async def take_slots(
-        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
-    ) -> bool:
-        """Take one slot of each cap in ``gates`` (``(name, capacity)``, shared by every
-        coordinator of this store) for ``attempt`` of step ``step`` of run ``run_id``: all
-        of them, or none if one is full (False).  Atomic, serialised per cap; an attempt
-        that holds its slots already takes none again (True).  Slots held by runs that
-        ended are freed first when a cap is full."""
+    async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
+        """Free the slots of ``frees``, then take those of ``takes`` in their order, in one
+        transaction (one per scheduler pass); a slot freed here is free for these takes.
+        Returns whether each take got its slots.
 
-    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
-        """Free the slots held by step ``step`` of run ``run_id`` (by its attempts up to
-        ``attempt``), or by every step of the run if ``step`` is None.  Freeing slots not
-        held does nothing."""
+        A free frees the slots held by step ``step`` of run ``run_id`` (by its attempts up
+        to ``attempt``), or by every step of the run, and its waits, if ``step`` is None;
+        freeing slots not held does nothing.  A take takes one slot of each of its caps
+        (``(name, capacity)``, shared by every coordinator of this store) for ``attempt``
+        of step ``step`` of run ``run_id``: all of them, or none if one is full (False);
+        an attempt that holds its slots already takes none again (True), and a new one
+        takes over its step's slots.  Takes of one cap are serialised across
+        coordinators, and served in the order they asked: a step refused waits (recorded
+        in the store, forgotten if not asked again within ``SLOT_WAIT_TTL``), and steps
+        that ask later are refused while free slots are the turn of steps waiting longer.
+        Slots held by runs that ended are freed first when a cap is full.  Retrying a
+        call (a transient error) takes and frees nothing twice."""
 
     async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
         """Free the slots of run ``run_id`` but those of ``steps`` (a run taken over: its

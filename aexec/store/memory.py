@@ -25,6 +25,8 @@ from aexec.store import (
     Opened,
     Ownership,
     RunRecord,
+    SlotFree,
+    SlotTake,
     StepRecord,
     WebhookDelivery,
     fold,
@@ -85,6 +87,8 @@ class MemoryStore(Opened):
         self._slots: dict[str, dict[tuple[str, str, int], float]] = {}
         # cap → (run_id, step) refused a slot → [since, seen_at]
         self._waits: dict[str, dict[tuple[str, str], list[float]]] = {}
+        # The caps each run took slots of (some may be freed since): what a free looks at.
+        self._run_gates: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(runs={len(self._runs)})"
@@ -448,15 +452,19 @@ class MemoryStore(Opened):
         self._buckets[bucket] = (tokens, now)
         return granted, retry_in
 
-    async def take_slots(
-        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
-    ) -> bool:
+    async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
         self._check_open()
-        holder, key = (run_id, step, attempt), (run_id, step)
+        for free in frees:
+            self._free_slots(free)
         now = time.time()
+        return [self._take_slots(take, now) for take in takes]
+
+    def _take_slots(self, take: SlotTake, now: float) -> bool:
+        run_id, step = take.run_id, take.step
+        key = (run_id, step)
         fresh = now - shared.SLOT_WAIT_TTL
         needed: list[str] = []
-        for gate, capacity in gates:
+        for gate, capacity in take.caps:
             held = self._slots.setdefault(gate, {})
             if not any(h[0] == run_id and h[1] == step for h in held):
                 waits = self._waits.setdefault(gate, {})
@@ -480,22 +488,25 @@ class MemoryStore(Opened):
             taken_at = now
             for earlier in [h for h in held if h[0] == run_id and h[1] == step]:
                 taken_at = held.pop(earlier)  # the slot passes to the new attempt
-            held[holder] = taken_at
+            held[(run_id, step, take.attempt)] = taken_at
+        self._run_gates.setdefault(run_id, set()).update(needed)
         return True
 
     def _ended(self, run_id: str) -> bool:
         run = self._runs.get(run_id)
         return run is None or run.record.status.finished
 
-    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
-        self._check_open()
+    def _free_slots(self, free: SlotFree) -> None:
+        run_id, step = free.run_id, free.step
         if step is None:
             for waits in self._waits.values():
                 for key in [k for k in waits if k[0] == run_id]:
                     del waits[key]
-        for held in self._slots.values():
+        gates = self._run_gates.pop(run_id, set()) if step is None else self._run_gates.get(run_id)
+        for gate in gates or ():
+            held = self._slots[gate]
             for holder in [h for h in held if h[0] == run_id]:
-                if step is None or (holder[1] == step and holder[2] <= attempt):
+                if step is None or (holder[1] == step and holder[2] <= free.attempt):
                     del held[holder]
 
     async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:

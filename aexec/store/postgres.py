@@ -46,6 +46,8 @@ from aexec.store import (
     Opened,
     Ownership,
     RunRecord,
+    SlotFree,
+    SlotTake,
     StepRecord,
     WebhookDelivery,
     fold,
@@ -148,19 +150,15 @@ class Queries(NamedTuple):
     lock_gate: str
     gate_usage: str
     prune_gate: str
-    drop_step_slots: str
     put_slots: str
-    release_step_slots: str
-    release_run_slots: str
+    release_steps_slots: str
+    release_runs_slots: str
+    release_runs_waits: str
     prune_run_slots: str
     run_slot_steps: str
     slot_holders: str
     clock: str
-    waits_ahead: str
-    drop_stale_waits: str
     put_wait: str
-    drop_step_waits: str
-    release_run_waits: str
 
 
 SQL = sql.load(Queries, "postgres.sql")
@@ -605,38 +603,46 @@ class PostgresStore(Opened):
             await conn.execute(SQL.put_bucket, bucket, left, now)
         return granted, retry_in
 
-    async def take_slots(
-        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
-    ) -> bool:
-        async with self._transaction("take limit slots") as conn:
-            now = await conn.fetchval(SQL.clock)
-            fresh = now - shared.SLOT_WAIT_TTL
-            needed: list[str] = []
-            for gate, capacity in sorted(gates):  # locked in one order: no deadlock
+    async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
+        if not (frees or takes):
+            return []
+        async with self._transaction("take and free limit slots") as conn:
+            # Every cap this call takes from, locked first and in one order (no deadlock
+            # with another coordinator's call), before its frees touch any slot row.
+            for gate in sorted({gate for take in takes for gate, _ in take.caps}):
                 await conn.execute(SQL.lock_gate, gate)
-                used, held = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
-                if not held:
-                    ahead = await conn.fetchval(SQL.waits_ahead, gate, run_id, step, now, fresh)
-                    if used + ahead >= capacity and used >= capacity:
-                        await conn.execute(SQL.prune_gate, gate)
-                        used, _ = await conn.fetchrow(SQL.gate_usage, gate, run_id, step)
-                    if used + ahead >= capacity:  # full, or the free slots are others' turn
-                        await conn.execute(SQL.drop_stale_waits, gate, fresh)
-                        await conn.execute(SQL.put_wait, gate, run_id, step, now)
-                        return False
-                needed.append(gate)
-            await conn.execute(SQL.drop_step_waits, needed, run_id, step)
-            await conn.execute(SQL.drop_step_slots, needed, run_id, step)
-            await conn.execute(SQL.put_slots, needed, run_id, step, attempt)
-        return True
+            by_run = [free.run_id for free in frees if free.step is None]
+            by_step = [free for free in frees if free.step is not None]
+            if by_run:
+                await conn.execute(SQL.release_runs_slots, by_run)
+                await conn.execute(SQL.release_runs_waits, by_run)
+            if by_step:
+                await conn.execute(
+                    SQL.release_steps_slots,
+                    [free.run_id for free in by_step],
+                    [free.step for free in by_step],
+                    [free.attempt for free in by_step],
+                )
+            now = await conn.fetchval(SQL.clock)
+            return [await self._take_slots(conn, take, now) for take in takes]
 
-    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
-        async with self._transaction("release limit slots") as conn:
-            if step is None:
-                await conn.execute(SQL.release_run_slots, run_id)
-                await conn.execute(SQL.release_run_waits, run_id)
-            else:
-                await conn.execute(SQL.release_step_slots, run_id, step, attempt)
+    @staticmethod
+    async def _take_slots(conn: asyncpg.Connection, take: SlotTake, now: float) -> bool:
+        run_id, step = take.run_id, take.step
+        fresh = now - shared.SLOT_WAIT_TTL
+        needed: list[str] = []
+        for gate, capacity in take.caps:
+            used, held, ahead = await conn.fetchrow(SQL.gate_usage, gate, run_id, step, now, fresh)
+            if not held:
+                if used + ahead >= capacity and used >= capacity:
+                    await conn.execute(SQL.prune_gate, gate)
+                    used, _, _ = await conn.fetchrow(SQL.gate_usage, gate, run_id, step, now, fresh)
+                if used + ahead >= capacity:  # full, or the free slots are others' turn
+                    await conn.execute(SQL.put_wait, gate, run_id, step, now, fresh)
+                    return False
+            needed.append(gate)
+        await conn.execute(SQL.put_slots, needed, run_id, step, take.attempt)
+        return True
 
     async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
         async with self._transaction("release limit slots") as conn:

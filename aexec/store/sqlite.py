@@ -44,6 +44,8 @@ from aexec.store import (
     Opened,
     Ownership,
     RunRecord,
+    SlotFree,
+    SlotTake,
     StepRecord,
     WebhookDelivery,
     fold,
@@ -515,44 +517,44 @@ class SqliteStore(Opened):
             conn.execute(SQL.put_bucket, (bucket, tokens, now))
         return granted, retry_in
 
-    async def take_slots(
-        self, gates: Sequence[tuple[str, int]], run_id: str, step: str, attempt: int
-    ) -> bool:
+    async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
         conn = self._connection()
-        holder = {"run_id": run_id, "step": step, "attempt": attempt}
-        now = time.time()
-        fresh = now - shared.SLOT_WAIT_TTL
-        with self._errors("take limit slots"), self._transaction(conn):
-            needed: list[str] = []
-            for gate, capacity in gates:
-                used, held = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
-                if not held:
-                    ahead = conn.execute(
-                        SQL.waits_ahead,
-                        {"gate": gate, "run_id": run_id, "step": step, "now": now, "fresh": fresh},
-                    ).fetchone()[0]
-                    if used + ahead >= capacity and used >= capacity:
-                        conn.execute(SQL.prune_gate, {"gate": gate})
-                        used, _ = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
-                    if used + ahead >= capacity:  # full, or the free slots are others' turn
-                        conn.execute(SQL.drop_stale_waits, (gate, fresh))
-                        conn.execute(SQL.put_wait, (gate, run_id, step, now, now))
-                        return False
-                needed.append(gate)
-            for gate in needed:
-                conn.execute(SQL.drop_step_wait, (gate, run_id, step))
-                conn.execute(SQL.drop_step_slot, {"gate": gate, **holder})
-                conn.execute(SQL.put_slot, {"gate": gate, "now": now, **holder})
-        return True
+        with self._errors("take and free limit slots"), self._transaction(conn):
+            for free in frees:
+                if free.step is None:
+                    conn.execute(SQL.release_run_slots, (free.run_id,))
+                    conn.execute(SQL.release_run_waits, (free.run_id,))
+                else:
+                    conn.execute(SQL.release_step_slots, (free.run_id, free.step, free.attempt))
+            now = time.time()
+            return [self._take_slots(conn, take, now) for take in takes]
 
-    async def release_slots(self, run_id: str, step: str | None = None, attempt: int = 0) -> None:
-        conn = self._connection()
-        with self._errors("release limit slots"), self._transaction(conn):
-            if step is None:
-                conn.execute(SQL.release_run_slots, (run_id,))
-                conn.execute(SQL.release_run_waits, (run_id,))
-            else:
-                conn.execute(SQL.release_step_slots, (run_id, step, attempt))
+    @staticmethod
+    def _take_slots(conn: sqlite3.Connection, take: SlotTake, now: float) -> bool:
+        holder = {"run_id": take.run_id, "step": take.step, "attempt": take.attempt}
+        fresh = now - shared.SLOT_WAIT_TTL
+        needed: list[str] = []
+        for gate, capacity in take.caps:
+            used, held = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
+            if not held:
+                ahead = conn.execute(
+                    SQL.waits_ahead,
+                    {"gate": gate, "run_id": take.run_id, "step": take.step, "now": now,
+                     "fresh": fresh},
+                ).fetchone()[0]  # fmt: skip
+                if used + ahead >= capacity and used >= capacity:
+                    conn.execute(SQL.prune_gate, {"gate": gate})
+                    used, _ = conn.execute(SQL.gate_usage, {"gate": gate, **holder}).fetchone()
+                if used + ahead >= capacity:  # full, or the free slots are others' turn
+                    conn.execute(SQL.drop_stale_waits, (gate, fresh))
+                    conn.execute(SQL.put_wait, (gate, take.run_id, take.step, now, now))
+                    return False
+            needed.append(gate)
+        for gate in needed:
+            conn.execute(SQL.drop_step_wait, (gate, take.run_id, take.step))
+            conn.execute(SQL.drop_step_slot, {"gate": gate, **holder})
+            conn.execute(SQL.put_slot, {"gate": gate, "now": now, **holder})
+        return True
 
     async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
         conn = self._connection()

@@ -33,7 +33,16 @@ from aexec.limits import Rate
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan, StepSpec, build
 from aexec.run import RemoteRun
-from aexec.store import Fence, Ownership, RunRecord, StepRecord, Store, fold
+from aexec.store import (
+    Fence,
+    Ownership,
+    RunRecord,
+    SlotFree,
+    SlotTake,
+    StepRecord,
+    Store,
+    fold,
+)
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
 from aexec.store.sqlite import SqliteStore, from_url, migrations
@@ -1847,38 +1856,49 @@ async def test_a_token_bucket_refills_at_its_rate(store: Store) -> None:
 # -- slots of concurrency caps ------------------------------------------------------------
 
 
+async def take(store: Store, caps: list[tuple[str, int]], run_id: str, step: str, n: int) -> bool:
+    """One take alone in a call of its own."""
+    [granted] = await store.sync_slots([], [SlotTake(run_id, step, n, tuple(caps))])
+    return granted
+
+
+async def free(store: Store, run_id: str, step: str | None = None, attempt: int = 0) -> None:
+    """One free alone in a call of its own."""
+    assert await store.sync_slots([SlotFree(run_id, step, attempt)], []) == []
+
+
 async def test_slots_of_a_cap_are_taken_up_to_its_capacity_and_freed_per_attempt(
     store: Store,
 ) -> None:
     for run_id in ("r1", "r2"):
         await started_run(store, run_id)
     cap = [("step:a", 2)]
-    assert await store.take_slots(cap, "r1", "a", 1)
-    assert await store.take_slots(cap, "r1", "a", 1)  # held already: taken once
-    assert await store.take_slots(cap, "r2", "a", 1)
-    assert not await store.take_slots(cap, "r2", "b", 1)  # full
+    assert await take(store, cap, "r1", "a", 1)
+    assert await take(store, cap, "r1", "a", 1)  # held already: taken once
+    assert await take(store, cap, "r2", "a", 1)
+    assert not await take(store, cap, "r2", "b", 1)  # full
     assert await store.slot_holders("step:a") == [("r1", "a", 1), ("r2", "a", 1)]
     # A new attempt of a step takes over the slot of its earlier attempt.
-    assert await store.take_slots(cap, "r1", "a", 2)
+    assert await take(store, cap, "r1", "a", 2)
     assert sorted(await store.slot_holders("step:a")) == [("r1", "a", 2), ("r2", "a", 1)]
-    await store.release_slots("r1", "a", 1)  # a late free of the earlier attempt: no-op
+    await free(store, "r1", "a", 1)  # a late free of the earlier attempt: no-op
     assert len(await store.slot_holders("step:a")) == 2
-    await store.release_slots("r1", "a", 2)
-    await store.release_slots("r1", "a", 2)  # freed twice: nothing more happens
+    await free(store, "r1", "a", 2)
+    await free(store, "r1", "a", 2)  # freed twice: nothing more happens
     assert await store.slot_holders("step:a") == [("r2", "a", 1)]
-    assert await store.take_slots(cap, "r2", "b", 1)
-    await store.release_slots("r2")  # every step of the run
+    assert await take(store, cap, "r2", "b", 1)
+    await free(store, "r2")  # every step of the run
     assert await store.slot_holders("step:a") == []
 
 
 async def test_slots_of_several_caps_are_taken_all_or_none(store: Store) -> None:
     await started_run(store, "r1")
-    assert await store.take_slots([("limit:gpu", 1)], "r1", "a", 1)
+    assert await take(store, [("limit:gpu", 1)], "r1", "a", 1)
     both = [("step:b", 3), ("limit:gpu", 1)]
-    assert not await store.take_slots(both, "r1", "b", 1)
+    assert not await take(store, both, "r1", "b", 1)
     assert await store.slot_holders("step:b") == []  # nothing taken of the free cap
-    await store.release_slots("r1", "a", 1)
-    assert await store.take_slots(both, "r1", "b", 1)
+    await free(store, "r1", "a", 1)
+    assert await take(store, both, "r1", "b", 1)
     assert await store.slot_holders("step:b") == [("r1", "b", 1)]
     assert await store.slot_holders("limit:gpu") == [("r1", "b", 1)]
 
@@ -1887,11 +1907,11 @@ async def test_a_full_cap_frees_the_slots_of_runs_that_ended(store: Store) -> No
     for run_id in ("r1", "r2"):
         await started_run(store, run_id)
     cap = [("step:a", 1)]
-    assert await store.take_slots(cap, "r1", "a", 1)
-    assert not await store.take_slots(cap, "r2", "a", 1)
+    assert await take(store, cap, "r1", "a", 1)
+    assert not await take(store, cap, "r2", "a", 1)
     # r1's coordinator stopped before it freed the slot; then the run ended.
     await store.append([ev(K.RUN_CANCELLED, run_id="r1", ts=300.0)])
-    assert await store.take_slots(cap, "r2", "a", 1)
+    assert await take(store, cap, "r2", "a", 1)
     assert await store.slot_holders("step:a") == [("r2", "a", 1)]
 
 
@@ -1899,8 +1919,8 @@ async def test_a_run_taken_over_keeps_the_slots_of_the_steps_it_names(store: Sto
     await started_run(store, "r1")
     await started_run(store, "r2")
     for step in ("a", "b"):
-        assert await store.take_slots([("step:x", 5)], "r1", step, 1)
-    assert await store.take_slots([("step:x", 5)], "r2", "a", 1)
+        assert await take(store, [("step:x", 5)], "r1", step, 1)
+    assert await take(store, [("step:x", 5)], "r2", "a", 1)
     assert await store.keep_slots("r1", ["b", "c"]) == ["b"]
     assert sorted(await store.slot_holders("step:x")) == [("r1", "b", 1), ("r2", "a", 1)]
     assert await store.keep_slots("r1", []) == []
@@ -1913,10 +1933,7 @@ async def test_slots_of_a_cap_are_shared_by_every_store_on_the_same_data(
     for i in range(8):
         await started_run(store, f"r{i}")
     takes = await asyncio.gather(
-        *(
-            s.take_slots([("step:a", 3)], f"r{i}", "a", 1)
-            for i, s in enumerate((store, other_store) * 4)
-        )
+        *(take(s, [("step:a", 3)], f"r{i}", "a", 1) for i, s in enumerate((store, other_store) * 4))
     )
     assert sum(takes) == 3
     assert len(await other_store.slot_holders("step:a")) == 3
@@ -1926,15 +1943,116 @@ async def test_a_step_refused_a_slot_is_served_before_one_that_asks_later(store:
     for run_id in ("r1", "r2", "r3"):
         await started_run(store, run_id)
     cap = [("step:a", 1)]
-    assert await store.take_slots(cap, "r1", "a", 1)
-    assert not await store.take_slots(cap, "r2", "a", 1)  # r2 waits now
-    await store.release_slots("r1", "a", 1)
+    assert await take(store, cap, "r1", "a", 1)
+    assert not await take(store, cap, "r2", "a", 1)  # r2 waits now
+    await free(store, "r1", "a", 1)
     # r1's coordinator asks at once for its next step: r2 asked first, the slot is its turn.
-    assert not await store.take_slots(cap, "r1", "b", 1)
-    assert not await store.take_slots(cap, "r3", "a", 1)
-    assert await store.take_slots(cap, "r2", "a", 1)
-    await store.release_slots("r2", "a", 1)
-    assert not await store.take_slots(cap, "r3", "a", 1)  # r1's b asked before r3's a
-    assert await store.take_slots(cap, "r1", "b", 1)
-    await store.release_slots("r1")  # a run's end forgets its waits too
-    assert await store.take_slots(cap, "r3", "a", 1)
+    assert not await take(store, cap, "r1", "b", 1)
+    assert not await take(store, cap, "r3", "a", 1)
+    assert await take(store, cap, "r2", "a", 1)
+    await free(store, "r2", "a", 1)
+    assert not await take(store, cap, "r3", "a", 1)  # r1's b asked before r3's a
+    assert await take(store, cap, "r1", "b", 1)
+    await free(store, "r1")  # a run's end forgets its waits too
+    assert await take(store, cap, "r3", "a", 1)
+
+
+def slot_take(run_id: str, step: str, cap: tuple[str, int], attempt: int = 1) -> SlotTake:
+    return SlotTake(run_id, step, attempt, (cap,))
+
+
+async def test_one_call_frees_first_then_answers_each_of_its_takes_in_order(store: Store) -> None:
+    for run_id in ("r1", "r2", "r3"):
+        await started_run(store, run_id)
+    cap = ("step:a", 2)
+    assert await store.sync_slots([], [slot_take("r1", "a", cap), slot_take("r2", "a", cap)]) == [
+        True,
+        True,
+    ]
+    # The slot freed by the call is free for its takes; the first take gets it.
+    frees = [SlotFree("r1", "a", 1)]
+    takes = [slot_take("r3", "a", cap), slot_take("r3", "b", cap), slot_take("r1", "b", cap)]
+    assert await store.sync_slots(frees, takes) == [True, False, False]
+    assert sorted(await store.slot_holders("step:a")) == [("r2", "a", 1), ("r3", "a", 1)]
+    # A run's end (a free with no step) frees every slot of the run in the same call.
+    assert await store.sync_slots([SlotFree("r3")], [slot_take("r3", "b", cap)]) == [False]
+    assert await store.slot_holders("step:a") == [("r2", "a", 1)]
+    assert await store.sync_slots([], []) == []
+
+
+async def test_a_step_refused_in_one_call_is_served_before_steps_of_later_calls(
+    store: Store,
+) -> None:
+    for run_id in ("r1", "r2", "r3"):
+        await started_run(store, run_id)
+    cap = ("step:a", 1)
+    assert await store.sync_slots([], [slot_take("r1", "a", cap), slot_take("r2", "a", cap)]) == [
+        True,
+        False,  # r2 waits now
+    ]
+    frees = [SlotFree("r1", "a", 1)]
+    takes = [slot_take("r3", "a", cap), slot_take("r2", "a", cap)]
+    assert await store.sync_slots(frees, takes) == [False, True]  # r2 asked before r3
+
+
+async def test_a_call_made_again_takes_and_frees_nothing_twice(store: Store) -> None:
+    """A call retried after a transient error (it may have committed unheard of) leaves
+    the slots as one call would."""
+    for run_id in ("r1", "r2", "r3"):
+        await started_run(store, run_id)
+    cap = ("step:a", 2)
+    assert await take(store, [cap], "r1", "a", 1)
+    assert await take(store, [cap], "r1", "b", 1)
+    frees = [SlotFree("r1", "a", 1)]
+    takes = [slot_take("r2", "a", cap), slot_take("r3", "a", cap)]
+    assert await store.sync_slots(frees, takes) == [True, False]
+    assert await store.sync_slots(frees, takes) == [True, False]
+    assert sorted(await store.slot_holders("step:a")) == [("r1", "b", 1), ("r2", "a", 1)]
+    # The held step's next attempt keeps its one slot, however often it asks.
+    takes = [slot_take("r2", "a", cap, attempt=2)]
+    for _ in range(2):
+        assert await store.sync_slots([SlotFree("r1", "b", 1)], takes) == [True]
+    assert await store.slot_holders("step:a") == [("r2", "a", 2)]
+
+
+async def test_calls_of_two_stores_taking_several_caps_in_any_order_respect_each_cap(
+    store: Store, other_store: Store
+) -> None:
+    """Takes of caps named in either order, from two stores at once: none waits forever
+    for the other (the caps are locked in one order) and no cap is exceeded."""
+    for i in range(12):
+        await started_run(store, f"r{i}")
+    gpu, disk = ("limit:gpu", 3), ("limit:disk", 4)
+
+    def call(i: int) -> list[SlotTake]:
+        caps = (gpu, disk) if i % 2 else (disk, gpu)
+        return [SlotTake(f"r{i}", step, 1, caps) for step in ("a", "b")]
+
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(s.sync_slots([], call(i)) for i, s in enumerate((store, other_store) * 6))
+        ),
+        timeout=20,
+    )
+    granted = sum(sum(a) for a in answers)
+    assert granted == 3
+    assert len(await store.slot_holders("limit:gpu")) == 3
+    assert len(await store.slot_holders("limit:disk")) == 3
+
+
+async def test_a_call_the_database_refuses_midway_takes_and_frees_nothing(
+    store: Store,
+) -> None:
+    """One transaction: a take the database cannot write (PostgreSQL refuses NUL in text)
+    undoes the frees before it."""
+    if not isinstance(store, PostgresStore):
+        pytest.skip("only PostgreSQL refuses this value")
+    for run_id in ("r1", "r2"):
+        await started_run(store, run_id)
+    cap = ("step:a", 1)
+    assert await take(store, [cap], "r1", "a", 1)
+    with pytest.raises(StoreError):
+        await store.sync_slots(
+            [SlotFree("r1", "a", 1)], [slot_take("r2", "a", cap), slot_take("r2", "b\x00", cap)]
+        )
+    assert await store.slot_holders("step:a") == [("r1", "a", 1)]

@@ -380,9 +380,18 @@ UPDATE aexec_rate_buckets SET tokens = $2, updated_at = $3 WHERE name = $1
 SELECT pg_advisory_xact_lock(hashtextextended('aexec_limit_slots:' || $1, 0))
 
 -- name: gate_usage
--- The slots of cap $1 held, and whether step $3 of run $2 (an attempt of it) holds one.
-SELECT count(*)::integer, coalesce(bool_or(run_id = $2 AND step = $3), false)
-FROM aexec_limit_slots WHERE gate = $1
+-- The slots of cap $1 held; whether step $3 of run $2 (an attempt of it) holds one; and
+-- how many steps waiting for the cap asked before it did (or before now, $4, if it does
+-- not wait yet), among those asked again since $5.
+SELECT
+    (SELECT count(*)::integer FROM aexec_limit_slots WHERE gate = $1),
+    EXISTS (SELECT 1 FROM aexec_limit_slots WHERE gate = $1 AND run_id = $2 AND step = $3),
+    (SELECT count(*)::integer FROM aexec_limit_waits AS w
+     WHERE w.gate = $1 AND w.seen_at >= $5 AND NOT (w.run_id = $2 AND w.step = $3)
+       AND w.since < coalesce(
+           (SELECT since FROM aexec_limit_waits WHERE gate = $1 AND run_id = $2 AND step = $3),
+           $4
+       ))
 
 -- name: prune_gate
 -- The slots of cap $1 held by runs that ended (or were deleted): a coordinator stopped
@@ -394,21 +403,31 @@ WHERE slot.gate = $1
       WHERE run.run_id = slot.run_id AND run.status NOT IN ('succeeded', 'failed', 'cancelled')
   )
 
--- name: drop_step_slots
--- The slots that an earlier attempt of the step holds pass to the new one.
-DELETE FROM aexec_limit_slots WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3
-
 -- name: put_slots
+-- Step $3 of run $2 takes caps $1 for attempt $4: it waits for them no more, and the
+-- slots that an earlier attempt of it holds pass to this one.
+WITH waited AS (
+    DELETE FROM aexec_limit_waits WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3
+), earlier AS (
+    DELETE FROM aexec_limit_slots
+    WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3 AND attempt <> $4
+)
 INSERT INTO aexec_limit_slots (gate, run_id, step, attempt, taken_at)
 SELECT gate, $2, $3, $4, extract(epoch FROM clock_timestamp())
 FROM unnest($1::text[]) AS gate
 ON CONFLICT DO NOTHING
 
--- name: release_step_slots
-DELETE FROM aexec_limit_slots WHERE run_id = $1 AND step = $2 AND attempt <= $3
+-- name: release_steps_slots
+-- Free the slots of steps $2 of runs $1, held by their attempts up to $3 (each).
+DELETE FROM aexec_limit_slots AS slot
+USING unnest($1::text[], $2::text[], $3::integer[]) AS free (run_id, step, attempt)
+WHERE slot.run_id = free.run_id AND slot.step = free.step AND slot.attempt <= free.attempt
 
--- name: release_run_slots
-DELETE FROM aexec_limit_slots WHERE run_id = $1
+-- name: release_runs_slots
+DELETE FROM aexec_limit_slots WHERE run_id = ANY($1::text[])
+
+-- name: release_runs_waits
+DELETE FROM aexec_limit_waits WHERE run_id = ANY($1::text[])
 
 -- name: prune_run_slots
 -- A run taken over: only its steps still queued or running ($2) keep their slots.
@@ -424,24 +443,15 @@ ORDER BY taken_at, run_id, step, attempt
 -- name: clock
 SELECT extract(epoch FROM clock_timestamp())::double precision
 
--- name: waits_ahead
--- The steps waiting for cap $1 that asked before step $3 of run $2 did (or before now,
--- $4, if it did not wait yet), among those asked again since $5.
-SELECT count(*)::integer FROM aexec_limit_waits AS w
-WHERE w.gate = $1 AND w.seen_at >= $5 AND NOT (w.run_id = $2 AND w.step = $3)
-  AND w.since < coalesce(
-      (SELECT since FROM aexec_limit_waits WHERE gate = $1 AND run_id = $2 AND step = $3), $4
-  )
-
--- name: drop_stale_waits
-DELETE FROM aexec_limit_waits WHERE gate = $1 AND seen_at < $2
-
 -- name: put_wait
-INSERT INTO aexec_limit_waits (gate, run_id, step, since, seen_at) VALUES ($1, $2, $3, $4, $4)
-ON CONFLICT (gate, run_id, step) DO UPDATE SET seen_at = excluded.seen_at
-
--- name: drop_step_waits
-DELETE FROM aexec_limit_waits WHERE gate = ANY($1::text[]) AND run_id = $2 AND step = $3
-
--- name: release_run_waits
-DELETE FROM aexec_limit_waits WHERE run_id = $1
+-- Step $3 of run $2 waits for cap $1 (since now, $4, unless it asked since $5 already),
+-- and the steps that were not asked for again since $5 are forgotten.
+WITH stale AS (
+    DELETE FROM aexec_limit_waits
+    WHERE gate = $1 AND seen_at < $5 AND NOT (run_id = $2 AND step = $3)
+)
+INSERT INTO aexec_limit_waits AS w (gate, run_id, step, since, seen_at)
+VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (gate, run_id, step) DO UPDATE
+SET seen_at = excluded.seen_at,
+    since = CASE WHEN w.seen_at < $5 THEN excluded.since ELSE w.since END
