@@ -1,5 +1,7 @@
 """Concurrency caps hold across coordinators sharing a store (memory adapters): two
-coordinators that both drive runs, and a takeover of one of them mid-run.
+coordinators that both drive runs, and a takeover of one of them mid-run; and, on every
+store, the faults around the store's slots (a call failing, a coordinator killed after
+taking or freeing slots).
 
 The step bodies record how many attempts run at once: the cap is the truth across both
 coordinators, not per coordinator, and the slots held in the store are all freed at the end.
@@ -9,16 +11,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import Pipeline
+from aexec.errors import StoreUnavailableError
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
+from aexec.store import SlotFree, SlotTake
 from aexec.store.memory import MemoryStore
+from aexec.store.postgres import PostgresStore
+from aexec.store.sqlite import SqliteStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
 from aexec.waiting import waiting_for
@@ -174,3 +183,124 @@ async def test_a_takeover_keeps_the_slots_of_running_attempts_and_frees_them_whe
             await wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED)
     assert gauge.peak["capped"] == 2
     assert await store.slot_holders("step:capped") == []
+
+
+# -- faults around the store's slots, on every store -------------------------------------
+
+
+class SlotFaults:
+    """Faults of :meth:`~aexec.store.Store.sync_slots` on a real store: calls that fail
+    before reaching it, calls it committed but whose answer is lost (both transient, as a
+    dropped connection), and one call after which the coordinator making it hangs, so that
+    the test can kill it there (``hang_on``: which call, by its frees and takes)."""
+
+    fail_before = 0
+    fail_after = 0
+    calls = 0
+    hang_on: Callable[[Sequence[SlotFree], Sequence[SlotTake]], bool] | None = None
+    hung: asyncio.Event
+
+    async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
+        self.calls += 1
+        if self.fail_before and self.calls % 3 == 0:
+            self.fail_before -= 1
+            raise StoreUnavailableError("connection reset (before the call)")
+        granted: list[bool] = await super().sync_slots(frees, takes)  # type: ignore[misc]
+        if self.fail_after and self.calls % 4 == 0:
+            self.fail_after -= 1
+            raise StoreUnavailableError("connection reset (after the commit)")
+        if self.hang_on is not None and self.hang_on(frees, takes):
+            self.hang_on = None
+            self.hung.set()
+            await asyncio.Event().wait()  # the coordinator is killed here
+        return granted
+
+
+STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=STORES)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """Makes a store of each adapter, with :class:`SlotFaults` (none armed yet)."""
+    if request.param == "memory":
+        return type("FaultyMemory", (SlotFaults, MemoryStore), {})
+    if request.param == "sqlite":
+        return lambda: type("FaultySqlite", (SlotFaults, SqliteStore), {})(tmp_path / "runs.db")
+    dsn = request.getfixturevalue("postgres_dsn")
+    return lambda: type("FaultyPostgres", (SlotFaults, PostgresStore), {})(dsn)
+
+
+@pytest.fixture
+async def faulty_store(make_store: Callable[[], Any]) -> AsyncIterator[Any]:
+    store = make_store()
+    store.hung = asyncio.Event()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def finish_all(store: Any, runs: list[Any]) -> None:
+    for run in runs:
+        await wait_for_event(store.follow(run.run_id), EventKind.RUN_SUCCEEDED)
+
+
+async def test_slot_calls_that_fail_transiently_are_retried_and_leak_or_double_take_nothing(
+    faulty_store: Any,
+) -> None:
+    gauge = Gauge()
+    _, many = many_capped(gauge)
+    compiled = many.compile()
+    faulty_store.fail_before, faulty_store.fail_after = 4, 4
+    async with (
+        asyncio.timeout(40),
+        two_coordinators(compiled, faulty_store, retry_backoff=0.01) as (_, a, b),
+    ):
+        runs = [await c.submit(compiled.plan) for c in (a, b, a, b)]
+        await finish_all(faulty_store, runs)
+    assert faulty_store.fail_before == 0 and faulty_store.fail_after == 0  # all happened
+    assert gauge.peak["capped"] == 2
+    assert await faulty_store.slot_holders("step:capped") == []
+
+
+async def test_a_coordinator_killed_between_taking_slots_and_dispatching_leaks_none(
+    faulty_store: Any,
+) -> None:
+    """Its slots were taken (committed), its steps not sent: the coordinator that takes
+    its run over sends them under those slots, and every slot is freed in the end."""
+    gauge = Gauge()
+    _, many = many_capped(gauge)
+    compiled = many.compile()
+    faulty_store.hang_on = lambda frees, takes: bool(takes)
+    async with asyncio.timeout(40), two_coordinators(compiled, faulty_store) as (_, a, b):
+        run = await a.submit(compiled.plan)
+        await faulty_store.hung.wait()
+        assert len(await faulty_store.slot_holders("step:capped")) == 2  # taken, not sent
+        await a.abort()  # as SIGKILL would: b takes the run over
+        await wait_for_event(faulty_store.follow(run.run_id), EventKind.RUN_RESUMED)
+        later = await b.submit(compiled.plan)
+        await finish_all(faulty_store, [run, later])
+    assert gauge.peak["capped"] == 2
+    assert await faulty_store.slot_holders("step:capped") == []
+
+
+async def test_a_coordinator_killed_after_freeing_slots_before_recording_the_ends_leaks_none(
+    faulty_store: Any,
+) -> None:
+    """Its frees were committed, not the completions that decided them nor the takes of
+    the next steps: the run's new driver records the completions (redelivered) and runs
+    the rest under the cap, and every slot is freed in the end."""
+    gauge = Gauge()
+    _, many = many_capped(gauge)
+    compiled = many.compile()
+    faulty_store.hang_on = lambda frees, takes: bool(frees)
+    async with asyncio.timeout(40), two_coordinators(compiled, faulty_store) as (_, a, b):
+        run = await a.submit(compiled.plan)
+        await faulty_store.hung.wait()
+        await a.abort()
+        await wait_for_event(faulty_store.follow(run.run_id), EventKind.RUN_RESUMED)
+        later = await b.submit(compiled.plan)
+        await finish_all(faulty_store, [run, later])
+    assert gauge.peak["capped"] == 2
+    assert await faulty_store.slot_holders("step:capped") == []
