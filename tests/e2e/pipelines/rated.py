@@ -8,10 +8,14 @@ from pathlib import Path
 from aexec import current, pipeline, step
 
 
+def _record(folder: Path, run_id: str) -> None:
+    with open(folder / "starts", "a", encoding="utf-8") as starts:
+        starts.write(f"{time.time():.6f} {run_id}\n")
+
+
 @step(rate_limit="4/s", queue="rated")
 async def rated(folder: str, i: int) -> int:
-    with open(Path(folder) / "starts", "a", encoding="utf-8") as starts:
-        starts.write(f"{time.time():.6f} {current().run_id}\n")
+    _record(Path(folder), current().run_id)
     return i
 
 
