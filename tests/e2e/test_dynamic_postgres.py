@@ -169,7 +169,10 @@ def test_a_cache_hit_on_postgres_and_s3_is_recorded_as_an_event(pg: Cluster) -> 
 def test_a_durable_wait_survives_a_takeover_and_checks_once_per_wait(pg: Cluster) -> None:
     pg.env.update({"AEXEC_LEASE": "2", "AEXEC_HEARTBEAT_INTERVAL": "0.5"})
     pg.start_worker(worker_name(), "-A", WAIT, "-c", "1")
-    driver = pg.start("run", WAIT, "-p", "checks=2", "-p", "every=15", "--broker", pg.broker)
+    # The wait (30 s) outlasts the kill and the takeover even on a loaded machine, where a
+    # new coordinator can take 15 s to start and take the run over: the run must still be
+    # waiting when it is resumed.
+    driver = pg.start("run", WAIT, "-p", "checks=2", "-p", "every=30", "--broker", pg.broker)
     deadline = time.monotonic() + 30
     run_id = first_run_id(pg, driver, deadline)
     step: dict[str, Any] = {}
@@ -190,7 +193,7 @@ def test_a_durable_wait_survives_a_takeover_and_checks_once_per_wait(pg: Cluster
     assert resumed["steps"]["ceph_healthy"]["status"] == "retrying"
     assert resumed["steps"]["ceph_healthy"]["note"] == step["note"]  # the same pending check
 
-    report = finished(pg, run_id, 30)
+    report = finished(pg, run_id, 60)
     assert report["status"] == "succeeded", report["error"]
     assert report["result"] == "osd-7 weight 0; healthy after 2 checks; osd-7 removed"
     assert report["steps"]["ceph_healthy"] == {"status": "succeeded", "attempts": 2}
