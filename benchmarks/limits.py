@@ -1,7 +1,7 @@
 """Limits benchmarks (issue 9), embedded (memory adapters, in-process worker, no broker).
 
     python -m benchmarks.limits [--tenants 50] [--steps 200] [--repeat 3] [--json FILE]
-                                [--broker amqp://...]
+                                [--broker amqp://... [--store memory://|sqlite|URL]]
 
 Workload: one run per tenant, each of ``--steps`` independent no-op steps, all submitted
 at once, in three variants of the same step:
@@ -19,8 +19,8 @@ round run just before it (under the same load).
 Embedded (the default), the CPU is the coordinator's and the in-process worker's together
 (the worker's share is the same in every variant, so it dilutes the ratios).  With
 ``--broker``, the steps run in an ``aexec worker start`` subprocess over RabbitMQ and the
-coordinator in this process (memory store), so the CPU per step is the coordinator's alone:
-the issue's measure.
+coordinator in this process (memory store, or ``--store``), so the CPU per step is the
+coordinator's alone: the issue's measure.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import resource
 import statistics
@@ -120,9 +121,10 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def over_rabbitmq(broker: str) -> AsyncIterator[Executors]:
+async def over_rabbitmq(broker: str, store: str = "memory://") -> AsyncIterator[Executors]:
     """A worker subprocess serving this module's steps over ``broker``; yields a factory
-    of executors whose coordinator runs here (memory store)."""
+    of executors whose coordinator runs here, on ``store`` (``sqlite``: a new database
+    file per round)."""
     prefix = new_prefix()
     url = with_query(broker, prefix=prefix)
     workdir = Path(tempfile.mkdtemp(prefix="aexec-bench-limits-"))
@@ -134,10 +136,14 @@ async def over_rabbitmq(broker: str) -> AsyncIterator[Executors]:
         ready="worker bench-limits ready",
         cwd=ROOT,
     )  # fmt: skip
-    settings = Settings(broker=url, store="memory://", objects=f"file://{workdir / 'objects'}")
+    rounds = itertools.count()
 
     def executor() -> AbstractAsyncContextManager[Executor]:
-        return Executor(settings)
+        where = store
+        if store == "sqlite":
+            where = f"sqlite:///{workdir / f'runs-{next(rounds)}.db'}"
+        objects = f"file://{workdir / 'objects'}"
+        return Executor(Settings(broker=url, store=where, objects=objects))
 
     try:
         await worker.start()
@@ -151,7 +157,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         executor: Executors = aexec.testing.executor
         if args.broker:
-            executor = await stack.enter_async_context(over_rabbitmq(args.broker))
+            executor = await stack.enter_async_context(over_rabbitmq(args.broker, args.store))
         return await measure(args, executor)
 
 
@@ -193,13 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--broker", metavar="URL", help="steps in a worker subprocess over RabbitMQ (amqp://...)"
     )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default="memory://",
+        help="with --broker, the coordinator's store: memory:// (default), sqlite (a new "
+        "file per round) or a postgresql:// URL (runs accumulate in it)",
+    )
     args = parser.parse_args(argv)
     results = main_async_run(args)
     header = (
         f"{'variant':<14}{'wall s':>8}{'steps/s':>10}{'CPU us/step':>13}{'user':>7}{'sys':>6}"
         f"{'spread s':>10}{'spread %':>10}"
     )
-    where = "over RabbitMQ, coordinator CPU" if args.broker else "embedded, process CPU"
+    where = (
+        f"over RabbitMQ, coordinator CPU, store {args.store.split(':')[0]}"
+        if args.broker
+        else "embedded, process CPU"
+    )
     print(f"{args.tenants} tenants x {args.steps} steps, median of {args.repeat} ({where})")
     print(header)
     for name, r in results.items():
