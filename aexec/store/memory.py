@@ -83,8 +83,8 @@ class MemoryStore(Opened):
         self._cancel_requests: dict[str, str | None] = {}  # run id → reason
         self._deliveries: dict[str, _Delivery] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # name → (tokens, updated_at)
-        # cap → (run_id, step, attempt) holding its slots → when it took them
-        self._slots: dict[str, dict[tuple[str, str, int], float]] = {}
+        # cap → (run_id, step) holding one of its slots → (attempt, when it took it)
+        self._slots: dict[str, dict[tuple[str, str], tuple[int, float]]] = {}
         # cap → (run_id, step) refused a slot → [since, seen_at]
         self._waits: dict[str, dict[tuple[str, str], list[float]]] = {}
         # The caps each run took slots of (some may be freed since): what a free looks at.
@@ -460,13 +460,13 @@ class MemoryStore(Opened):
         return [self._take_slots(take, now) for take in takes]
 
     def _take_slots(self, take: SlotTake, now: float) -> bool:
-        run_id, step = take.run_id, take.step
-        key = (run_id, step)
+        run_id = take.run_id
+        key = (run_id, take.step)
         fresh = now - shared.SLOT_WAIT_TTL
         needed: list[str] = []
         for gate, capacity in take.caps:
             held = self._slots.setdefault(gate, {})
-            if not any(h[0] == run_id and h[1] == step for h in held):
+            if key not in held:
                 waits = self._waits.setdefault(gate, {})
                 mine = waits.get(key)
                 since = now if mine is None else mine[0]
@@ -474,7 +474,7 @@ class MemoryStore(Opened):
                     1 for k, (s, seen) in waits.items() if k != key and seen >= fresh and s < since
                 )
                 if len(held) >= capacity:  # full: slots of ended runs go first
-                    for ended in [h for h in held if self._ended(h[0])]:
+                    for ended in [k for k in held if self._ended(k[0])]:
                         del held[ended]
                 if len(held) + ahead >= capacity:  # full, or the free slots are others' turn
                     for stale in [k for k, (_, seen) in waits.items() if seen < fresh]:
@@ -485,10 +485,8 @@ class MemoryStore(Opened):
         for gate in needed:
             self._waits.get(gate, {}).pop(key, None)
             held = self._slots[gate]
-            taken_at = now
-            for earlier in [h for h in held if h[0] == run_id and h[1] == step]:
-                taken_at = held.pop(earlier)  # the slot passes to the new attempt
-            held[(run_id, step, take.attempt)] = taken_at
+            earlier = held.get(key)  # its slot passes to the new attempt
+            held[key] = (take.attempt, now if earlier is None else earlier[1])
         self._run_gates.setdefault(run_id, set()).update(needed)
         return True
 
@@ -502,29 +500,38 @@ class MemoryStore(Opened):
             for waits in self._waits.values():
                 for key in [k for k in waits if k[0] == run_id]:
                     del waits[key]
-        gates = self._run_gates.pop(run_id, set()) if step is None else self._run_gates.get(run_id)
-        for gate in gates or ():
+            for gate in self._run_gates.pop(run_id, ()):
+                held = self._slots[gate]
+                for key in [k for k in held if k[0] == run_id]:
+                    del held[key]
+            return
+        key = (run_id, step)
+        for gate in self._run_gates.get(run_id, ()):
             held = self._slots[gate]
-            for holder in [h for h in held if h[0] == run_id]:
-                if step is None or (holder[1] == step and holder[2] <= free.attempt):
-                    del held[holder]
+            holder = held.get(key)
+            if holder is not None and holder[0] <= free.attempt:
+                del held[key]
 
     async def keep_slots(self, run_id: str, steps: Iterable[str]) -> list[str]:
         self._check_open()
         keep = set(steps)
         kept: set[str] = set()
         for held in self._slots.values():
-            for holder in [h for h in held if h[0] == run_id]:
-                if holder[1] in keep:
-                    kept.add(holder[1])
+            for key in [k for k in held if k[0] == run_id]:
+                if key[1] in keep:
+                    kept.add(key[1])
                 else:
-                    del held[holder]
+                    del held[key]
         return sorted(kept)
 
     async def slot_holders(self, gate: str) -> list[tuple[str, str, int]]:
         self._check_open()
         held = self._slots.get(gate, {})
-        return sorted(held, key=lambda h: (held[h], h))
+        found = sorted(
+            (taken_at, run_id, step, attempt)
+            for (run_id, step), (attempt, taken_at) in held.items()
+        )
+        return [(run_id, step, attempt) for _, run_id, step, attempt in found]
 
     def _check_open(self) -> None:
         if not self._open:
