@@ -110,6 +110,9 @@ class StepDef(Generic[P, R]):
         self.where = where
         self.is_async = fn is not None and inspect.iscoroutinefunction(fn)
         self._signature: inspect.Signature | None = None
+        # Call shapes (positional count, keyword names) its signature accepted: binding
+        # depends on nothing else, and a pipeline calls a step in one shape thousands of times.
+        self._shapes: set[tuple[int, tuple[str, ...]]] = set()
         self.__wrapped__ = fn
         self.__doc__ = getattr(fn, "__doc__", None)
 
@@ -720,10 +723,14 @@ def _check_signature(
             signature = step._signature = inspect.signature(step.fn)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return
+    shape = (len(args), tuple(kwargs))
+    if shape in step._shapes:
+        return
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise _definition_error(f"step {step.name!r} called with bad arguments: {exc}") from None
+    step._shapes.add(shape)
 
 
 def _unencodable(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

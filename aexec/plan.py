@@ -134,6 +134,8 @@ class Plan:
     digest: str = ""
     index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     expanded: frozenset[int] = field(default=frozenset(), compare=False, repr=False)  # maps
+    # What to_bytes() returns, encoded once by build() for the digest (empty: encode again).
+    encoded: bytes = field(default=b"", compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -218,7 +220,13 @@ class Plan:
             if step.key in index_of:
                 raise PlanError(f"expanding {template.key!r} makes a duplicate key {step.key!r}")
             index_of[step.key] = step.index
-        return replace(self, steps=tuple(steps), index=index_of, expanded=self.expanded | {index})
+        return replace(
+            self,
+            steps=tuple(steps),
+            index=index_of,
+            expanded=self.expanded | {index},
+            encoded=b"",  # its encoding holds the expansion
+        )
 
     @functools.cached_property
     def map_sources(self) -> frozenset[int]:
@@ -234,7 +242,7 @@ class Plan:
         return _wire(self.pipeline, self.steps, self.result_deps, self.result, self.params)
 
     def to_bytes(self) -> bytes:
-        return codec.encode(self.to_wire())
+        return self.encoded or codec.encode(self.to_wire())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Plan:
@@ -270,7 +278,14 @@ class Plan:
             raise
         except (TypeError, ValueError, IndexError) as exc:
             raise PlanError(f"malformed plan: {exc}") from exc
-        return build(pipeline, specs, result_keys=tuple(result_keys), result=result, params=params)
+        return build(
+            pipeline,
+            specs,
+            result_keys=tuple(result_keys),
+            result=result,
+            params=params,
+            keep_encoding=False,
+        )
 
 
 _OPTIONS = frozenset(
@@ -398,11 +413,15 @@ def build(
     result_keys: tuple[str, ...] = (),
     result: bytes = NULL_RESULT,
     params: bytes | None = None,
+    keep_encoding: bool = True,
 ) -> Plan:
     """Validate ``specs`` and order them topologically into a :class:`Plan`.
 
     Raises :class:`PlanError` for duplicate keys, unknown dependencies and cycles.
-    Specs already in dependency order keep their order.
+    Specs already in dependency order keep their order.  The plan keeps the encoding its
+    digest is made of for :meth:`Plan.to_bytes` (a pipeline compiled here is stored or
+    sent next), unless ``keep_encoding`` is false (a plan read from a store or a message,
+    held as long as its runs are in flight: the bytes would be memory kept for nothing).
     """
     if not isinstance(pipeline, str) or not pipeline:
         raise PlanError("pipeline name must be a non-empty string")
@@ -459,17 +478,16 @@ def build(
     )
     params_bytes = codec.encode({}) if params is None else params
     result_deps = tuple(new_index[k] for k in result_keys)
-    digest = hashlib.sha256(
-        codec.encode(_wire(pipeline, steps, result_deps, result, params_bytes))
-    ).hexdigest()
+    encoded = codec.encode(_wire(pipeline, steps, result_deps, result, params_bytes))
     return Plan(
         pipeline=pipeline,
         steps=steps,
         result_deps=result_deps,
         result=result,
         params=params_bytes,
-        digest=digest,
+        digest=hashlib.sha256(encoded).hexdigest(),
         index=new_index,
+        encoded=encoded if keep_encoding else b"",
     )
 
 

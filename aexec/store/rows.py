@@ -21,13 +21,15 @@ from aexec.store import (
 )
 from aexec.types import ErrorInfo, RunStatus, StepStatus
 
+_JSON = json.JSONEncoder(default=str)  # one encoder: json.dumps(default=) builds one a call
+
 
 def dump_json(value: dict[str, Any], what: str) -> str:
     """JSON text of ``value``; values JSON has no type for (datetime, bytes, sets, the
     codec's other extensions) are kept as their ``str()``: rows and the log are for reading,
     and a value that can never be stored must not stall a writer that retries."""
     try:
-        return json.dumps(value, default=str)
+        return _JSON.encode(value)
     except (TypeError, ValueError) as exc:  # keys JSON cannot hold, or a reference cycle
         raise StoreError(f"{what} cannot be stored as JSON: {exc}") from exc
 
@@ -116,6 +118,35 @@ def change_rounds(events: Sequence[Event]) -> list[list[Event]]:
             rounds.append([])
         rounds[n].append(event)
     return rounds
+
+
+def row_changes(events: Sequence[Event]) -> list[Event]:
+    """The events of a batch whose row changes a store must apply: all of them but a
+    ``step_dispatched`` that the next change to its step in the batch supersedes (one for
+    the same or a later attempt).
+
+    Every step statement of the SQL stores sets the status and the attempt under one guard
+    (an unfinished step, at this attempt or an older one), and ``step_dispatched`` sets
+    nothing else: if its guard holds, the next change's holds after it and before it alike,
+    and overwrites all it set; if not, it changes nothing.  So the row ends the same, and
+    an embedded run, whose dispatches and completions share commits, updates each step
+    once instead of twice.  (The events are all logged even so.)
+    """
+    kept: list[Event | None] = []
+    dispatched: dict[tuple[str, str], int] = {}  # row -> position in kept of its dispatch
+    step_kinds = fold.STEP_STATUS
+    for event in events:
+        if event.kind in step_kinds and event.step is not None:
+            row = (event.run_id, event.step)
+            earlier = dispatched.pop(row, None)
+            if earlier is not None:
+                before = kept[earlier]
+                if before is not None and before.attempt <= event.attempt:
+                    kept[earlier] = None
+            if event.kind is EventKind.STEP_DISPATCHED:
+                dispatched[row] = len(kept)
+        kept.append(event)
+    return [event for event in kept if event is not None]
 
 
 def change_data(event: Event) -> tuple[str | None, str | None, int]:

@@ -297,11 +297,13 @@ class SqliteStore(Opened):
                 conn.executemany(SQL.insert_expanded_step, expanded)
             for statement, rows in updates:
                 conn.executemany(statement, rows)
-            conn.executemany(
-                SQL.confirm_dispatch,
-                ({"run_id": r, "key": k, "attempt": a} for r, k, a in confirmed),
-            )
-            _insert_deliveries(conn, outbox)
+            if confirmed:
+                conn.executemany(
+                    SQL.confirm_dispatch,
+                    ({"run_id": r, "key": k, "attempt": a} for r, k, a in confirmed),
+                )
+            if outbox:
+                _insert_deliveries(conn, outbox)
         for i, event in enumerate(events):
             event.seq = first + i
         for run_id in dict.fromkeys(e.run_id for e in events):
@@ -731,12 +733,13 @@ def _settled(delivery: WebhookDelivery) -> dict[str, Any]:
 
 def _row_updates(events: Sequence[Event]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The batch's row changes as ``(statement, parameter rows)`` pairs for ``executemany``,
-    in an order with the same effect as applying the events one by one: round by round
-    (:func:`~aexec.store.rows.change_rounds`), grouped by statement within a round, so a
-    batch that touches each step once costs one ``executemany`` per event kind.
+    in an order with the same effect as applying the events one by one: without the
+    dispatches a later change supersedes (:func:`~aexec.store.rows.row_changes`), round by
+    round (:func:`~aexec.store.rows.change_rounds`), grouped by statement within a round, so
+    a batch that touches each step once costs one ``executemany`` per event kind.
     """
     updates: list[tuple[str, list[dict[str, Any]]]] = []
-    for changes in shared.change_rounds(events):
+    for changes in shared.change_rounds(shared.row_changes(events)):
         by_statement: dict[str, list[dict[str, Any]]] = {}
         for event in changes:
             by_statement.setdefault(ROW_CHANGES[event.kind], []).append(_row_params(event))

@@ -740,6 +740,18 @@ def test_calling_a_step_with_wrong_arguments_is_a_definition_error(
     assert f"{HERE}:{lines[0]}:" in str(info.value)
 
 
+def test_a_step_called_well_many_times_is_still_checked_when_called_badly() -> None:
+    @pipeline
+    def p() -> None:
+        for i in range(3):
+            add.alias(f"good{i}")(i, i)
+            add.alias(f"kw{i}")(i, b=i)
+        add.alias("bad")(1, 2, 3)
+
+    with pytest.raises(DefinitionError, match="step 'add' called with bad arguments"):
+        p.compile()
+
+
 def test_two_functions_with_one_step_name_in_one_pipeline_are_a_definition_error() -> None:
     @step(name="add")
     def other_add(a: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from typing import Any
 
@@ -217,6 +218,28 @@ def test_bytes_round_trip_preserves_the_plan_and_its_digest() -> None:
     assert again.digest == plan.digest
     assert again.index == plan.index
     assert again.to_bytes() == plan.to_bytes()
+
+
+def test_a_built_plan_is_encoded_once_and_its_bytes_are_its_digests() -> None:
+    plan = rich_plan()
+    fresh = codec.encode(plan.to_wire())
+    assert plan.to_bytes() == fresh
+    assert plan.to_bytes() is plan.to_bytes()  # kept from build, not encoded again
+    assert hashlib.sha256(plan.to_bytes()).hexdigest() == plan.digest
+
+
+def test_a_plan_read_back_keeps_no_encoding_and_encodes_the_same() -> None:
+    plan = Plan.from_bytes(rich_plan().to_bytes())
+    assert plan.encoded == b""
+    assert plan.to_bytes() == rich_plan().to_bytes()
+
+
+def test_an_expanded_plan_encodes_its_expansion() -> None:
+    plan = build("p", [spec("items"), spec("each", "items", map_over="items")])
+    expanded = plan.expand(plan.index["each"], 2)
+    assert expanded.to_bytes() == codec.encode(expanded.to_wire())
+    assert expanded.to_bytes() != plan.to_bytes()
+    assert expanded.digest == plan.digest
 
 
 def test_round_trip_of_a_reordered_plan_preserves_the_digest() -> None:

@@ -7,7 +7,8 @@ from typing import NamedTuple
 
 import pytest
 
-from aexec.store import postgres, sql, sqlite
+from aexec.events import Event, EventKind
+from aexec.store import fold, postgres, rows, sql, sqlite
 
 TEXT = """-- A header: not a statement.
 
@@ -62,3 +63,52 @@ def test_both_stores_load_a_statement_for_every_name_they_declare(loaded: NamedT
 def test_a_shipped_file_that_differs_from_the_declared_names_fails_to_load(filename: str) -> None:
     with pytest.raises(RuntimeError, match=rf"{filename}: missing sections \['first', 'second'\]"):
         sql.load(Two, filename)
+
+
+GUARD = (
+    "WHERE run_id = :run_id AND key = :step AND attempts <= :attempt\n"
+    "  AND (status = 'pending' OR status = 'queued' OR status = 'running' OR status = 'retrying')"
+)
+
+
+@pytest.mark.parametrize("kind", sorted(fold.STEP_STATUS, key=lambda k: k.value))
+def test_every_sqlite_step_statement_sets_status_and_attempt_under_one_guard(
+    kind: EventKind,
+) -> None:
+    """What lets a later change supersede a dispatch in a batch (``rows.row_changes``)."""
+    text = getattr(sqlite.SQL, kind.value)
+    statement = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    statement = statement.strip()
+    assert statement.startswith("UPDATE steps SET status = ")
+    assert "attempts = :attempt" in statement
+    assert statement.endswith(GUARD)
+
+
+def test_a_dispatch_sets_nothing_but_status_and_attempt() -> None:
+    assert sqlite.SQL.step_dispatched == (
+        "UPDATE steps SET status = 'queued', attempts = :attempt\n" + GUARD
+    )
+
+
+def _event(kind: EventKind, step: str, attempt: int = 1, run: str = "r") -> Event:
+    return Event(kind, run, 0.0, step=step, attempt=attempt)
+
+
+def test_a_dispatch_the_next_change_to_its_step_supersedes_is_not_applied() -> None:
+    d1 = _event(EventKind.STEP_DISPATCHED, "a")
+    s1 = _event(EventKind.STEP_SUCCEEDED, "a")
+    other = _event(EventKind.STEP_DISPATCHED, "b")
+    elsewhere = _event(EventKind.STEP_DISPATCHED, "a", run="r2")
+    ended = Event(EventKind.RUN_SUCCEEDED, "r", 0.0)
+    assert rows.row_changes([d1, other, elsewhere, s1, ended]) == [other, elsewhere, s1, ended]
+
+
+def test_a_dispatch_stays_when_nothing_later_or_only_an_older_attempt_changes_its_step() -> None:
+    retried = _event(EventKind.STEP_RETRYING, "a", 1)
+    d2 = _event(EventKind.STEP_DISPATCHED, "a", 2)
+    late = _event(EventKind.STEP_SUCCEEDED, "a", 1)  # a stale completion: must not apply
+    assert rows.row_changes([retried, d2]) == [retried, d2]
+    assert rows.row_changes([d2, late]) == [d2, late]
+    d3 = _event(EventKind.STEP_DISPATCHED, "a", 3)
+    started = _event(EventKind.STEP_STARTED, "a", 3)
+    assert rows.row_changes([d2, d3, started]) == [started]
