@@ -70,7 +70,16 @@ class StepContext:
     threads); ``output`` receives what the step reports.
     """
 
-    __slots__ = ("_cancelled", "attempt", "logger", "name", "output", "run_id", "step_key")
+    __slots__ = (
+        "_base",
+        "_cancelled",
+        "_logger",
+        "attempt",
+        "name",
+        "output",
+        "run_id",
+        "step_key",
+    )
 
     def __init__(
         self,
@@ -87,10 +96,19 @@ class StepContext:
         self.name = name
         self.output = output
         self._cancelled = False
-        base = logger or logging.getLogger(f"aexec.step.{name}")
-        self.logger = logging.LoggerAdapter(
-            base, {"run_id": run_id, "step_key": step_key, "attempt": attempt}
-        )
+        self._base = logger
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The step's logger (``aexec.step.<name>``), its records tagged with the run id,
+        step key and attempt; made on first use (most steps never log)."""
+        if self._logger is None:
+            base = self._base or logging.getLogger(f"aexec.step.{self.name}")
+            self._logger = logging.LoggerAdapter(
+                base, {"run_id": self.run_id, "step_key": self.step_key, "attempt": self.attempt}
+            )
+        return self._logger
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Report progress: ``fraction`` in [0, 1], and/or a short message (recorded as a
