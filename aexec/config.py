@@ -40,6 +40,7 @@ _ENV = {
     "drain_grace": "AEXEC_DRAIN_GRACE",
     "cancel_grace": "AEXEC_CANCEL_GRACE",
     "coalesce": "AEXEC_COALESCE",
+    "commit_delay": "AEXEC_COMMIT_DELAY",
     "queue_prefix": "AEXEC_QUEUE_PREFIX",
     "remote": "AEXEC_REMOTE",
     "lease": "AEXEC_LEASE",
@@ -145,6 +146,10 @@ class Settings:
     drain_grace: float = 60.0  # a stopping worker's steps get this long to finish
     cancel_grace: float = 5.0  # a cancelled step in a child process is killed after this
     coalesce: float = 0.001  # how long a worker's completion may wait to share a message; 0: never
+    # how long a coordinator's pass that dispatches nothing may leave its events uncommitted
+    # for the next one that does (aexec.deferral); 0: every pass commits; None: the
+    # store's default (aexec.deferral.default_delay)
+    commit_delay: float | None = None
     lease: float = 15.0  # a coordinator's hold on its runs; a dead one's runs wait this long
     queue_prefix: str = "aexec"  # every broker queue and exchange name starts with it
     remote: bool = False  # submit to a running `aexec coordinator` instead of coordinating here
@@ -189,6 +194,8 @@ class Settings:
             raise ConfigError("cancel_grace must be >= 0")
         if not self.coalesce >= 0:
             raise ConfigError("coalesce must be >= 0")
+        if self.commit_delay is not None and not self.commit_delay >= 0:
+            raise ConfigError("commit_delay must be >= 0")
         if self.worker_timeout <= self.heartbeat_interval:
             raise ConfigError("worker_timeout must be longer than heartbeat_interval")
         if not isinstance(logging.getLevelName(self.step_log_level.upper()), int):
@@ -291,6 +298,7 @@ def _apply(settings: Settings, values: Mapping[str, Any]) -> Settings:
 
 
 _OPTIONAL_INT = frozenset({"metrics_port"})
+_OPTIONAL_FLOAT = frozenset({"commit_delay"})
 
 
 def _coerce(key: str, value: Any, settings: Settings) -> Any:
@@ -306,7 +314,12 @@ def _coerce(key: str, value: Any, settings: Settings) -> Any:
         if isinstance(value, bool) or number < 1:
             raise ConfigError(f"max_concurrent_runs must be a positive integer, not {value!r}")
         return number
-    current = 0 if key in _OPTIONAL_INT else getattr(settings, key)
+    if key in _OPTIONAL_INT:
+        current: Any = 0
+    elif key in _OPTIONAL_FLOAT:
+        current = 0.0
+    else:
+        current = getattr(settings, key)
     try:
         if isinstance(current, bool):
             if isinstance(value, str):

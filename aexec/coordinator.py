@@ -58,6 +58,7 @@ from aexec.cancels import Cancels
 from aexec.children import ChildRuns
 from aexec.client_requests import ClientRequests
 from aexec.config import MAX_MESSAGE_SIZE, Settings
+from aexec.deferral import Deferral, default_delay
 from aexec.dispatch import Dispatcher
 from aexec.errors import (
     AexecError,
@@ -75,6 +76,7 @@ from aexec.gateway import Gateway
 from aexec.gateways import Gateways
 from aexec.heap import Trimmer, releaser
 from aexec.inbox import (
+    CommitDue,
     ConfirmsDue,
     FlushDue,
     Inbox,
@@ -139,6 +141,10 @@ class CoordinatorConfig:
     adopt: bool = False  # take over the runs of coordinators whose leases ended (a service)
     durable_dispatch: bool = True  # False (embedded only): commits may trail dispatches
     flush_interval: float = 0.02  # with durable_dispatch False: the longest a commit trails
+    # With durable_dispatch: the longest a pass that dispatches nothing may leave its
+    # events uncommitted (and their replies unacked) for the next one that does (0: never;
+    # from_settings picks the store's default, aexec.deferral.default_delay).
+    commit_delay: float = 0.0
     max_message_size: int = MAX_MESSAGE_SIZE  # no message it publishes is larger
     limits: Mapping[str, int] = field(default_factory=dict)  # named limits (`uses=`)
     max_concurrent_runs: int | None = None  # runs started at once; the others wait, queued
@@ -149,11 +155,16 @@ class CoordinatorConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CoordinatorConfig:
         """The coordinator knobs that ``settings`` carries (fail_fast, worker_timeout,
-        lease); ``overrides`` set any field."""
+        lease, commit_delay, ...); ``overrides`` set any field."""
         values: dict[str, Any] = {
             "fail_fast": settings.fail_fast,
             "worker_timeout": settings.worker_timeout,
             "lease": settings.lease,
+            "commit_delay": (
+                default_delay(settings.store)
+                if settings.commit_delay is None
+                else settings.commit_delay
+            ),
             "limits": dict(settings.limits),
             "max_concurrent_runs": settings.max_concurrent_runs,
             "run_limits": dict(settings.run_limits),
@@ -212,6 +223,7 @@ class Coordinator:
         self._confirm_due = False
         self._last_flush = time.monotonic()
         self._flush_armed = False
+        self._deferral = Deferral(self.config.commit_delay)
         self._stopped: asyncio.Future[None] | None = None
         self.leases = Leases(self)
         self._cancels = Cancels(self)
@@ -741,6 +753,7 @@ class Coordinator:
 
     async def _schedule_once(self, batch: Batch) -> None:
         strays: list[Stray] = []
+        confirms_due = False
         # Everything that arrived until now is one batch: one store transaction.
         for item in self._inbox.take():
             match item:
@@ -750,6 +763,9 @@ class Coordinator:
                     pass  # it woke the scheduler: what is due is decided below
                 case ConfirmsDue():
                     self._confirm_due = False  # the next confirm arms the timer again
+                    confirms_due = True
+                case CommitDue():
+                    self._deferral.armed = False  # what is held is due: see below
                 case LetGo():
                     self.throttle.let_go(batch, item.run_id)
                 case TokensGranted():
@@ -765,6 +781,16 @@ class Coordinator:
         # gave them theirs; slots freed here are free for these takes and for others'.
         await self.throttle.sync_slots(batch)
         if self.config.durable_dispatch:
+            deferral = self._deferral
+            if deferral.hold(batch, commit=self._closing or confirms_due):
+                # Nothing this pass decided waits for its events: the next pass that does
+                # commits them first (aexec.deferral).
+                if not deferral.armed:
+                    deferral.armed = True
+                    self._timers.after(deferral.remaining(), CommitDue())
+                await self._dispatch(batch, set(), strays)
+                return
+            deferral.release_into(batch)
             batch.confirmed, self._confirmed = self._confirmed, []
             # A step's dependents go out only once its completion is committed.
             lost: set[str] = set()
@@ -988,8 +1014,11 @@ class Coordinator:
     async def _recover(self, batch: Batch) -> None:
         """A scheduler pass failed (a bug): rebuild the runs it touched from the store (what
         it decided may or may not be recorded), and hand its deliveries back (dead-letter
-        those handed back once already: they may be what the bug chokes on)."""
-        for run_id in sorted(batch.touched):
+        those handed back once already: they may be what the bug chokes on).  So are the
+        runs and deliveries of passes whose commit was deferred (aexec.deferral)."""
+        touched = batch.touched | {e.run_id for e in batch.events} | self._deferral.run_ids
+        batch.acks[:0] = self._deferral.drop()
+        for run_id in sorted(touched):
             run = self.runs.get(run_id)
             if run is None:
                 continue

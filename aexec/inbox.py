@@ -8,7 +8,8 @@ backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`Work
 the broker did not confirm a step's message (:class:`Unconfirmed`), a step could not be
 sent (:class:`DispatchFailed`), a message naming a run failed its signature
 (:class:`MessageRejected`), the trailing commits of the embedded mode may be due
-(:class:`FlushDue`), or confirmed dispatches wait to be recorded (:class:`ConfirmsDue`).
+(:class:`FlushDue`), the events of passes that dispatched nothing may be due
+(:class:`CommitDue`), or confirmed dispatches wait to be recorded (:class:`ConfirmsDue`).
 The scheduler drains the inbox in batches (see :mod:`aexec.batch`) and dispatches on these
 types.
 """
@@ -180,6 +181,12 @@ class FlushDue:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitDue:
+    """The deferral timer fired: events of passes that dispatched nothing may be due
+    (:mod:`aexec.deferral`)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConfirmsDue:
     """The confirm timer fired: dispatches the broker confirmed may wait to be recorded."""
 
@@ -194,6 +201,7 @@ class Reply:
 Item = (
     RunCommand
     | FlushDue
+    | CommitDue
     | ConfirmsDue
     | Reply
     | LetGo
@@ -236,6 +244,7 @@ class Inbox:
 
 __all__ = [
     "Cancel",
+    "CommitDue",
     "ConfirmsDue",
     "DispatchFailed",
     "FlushDue",

@@ -134,6 +134,26 @@ def test_the_coalescing_window_comes_from_the_environment_into_the_worker_config
         Settings(coalesce=-1.0)
 
 
+def test_the_commit_delay_defaults_by_store_and_comes_from_the_environment() -> None:
+    def delay(settings: Settings) -> float:
+        return CoordinatorConfig.from_settings(settings).commit_delay
+
+    # Deferred commits pay with PostgreSQL's costly commits, not with SQLite's cheap ones.
+    assert delay(Settings(store="postgresql://postgres@127.0.0.1/db")) == 0.01
+    assert delay(Settings(store="postgres://postgres@127.0.0.1/db")) == 0.01
+    assert delay(Settings(store="sqlite:///runs.db")) == 0.0
+    assert delay(Settings()) == 0.0  # the embedded default: SQLite
+    assert CoordinatorConfig().commit_delay == 0.0
+    environ = {"AEXEC_STORE": "sqlite:///runs.db", "AEXEC_COMMIT_DELAY": "0.005"}
+    assert delay(Settings.resolve(environ=environ)) == 0.005
+    environ = {"AEXEC_STORE": "postgresql://postgres@h/db", "AEXEC_COMMIT_DELAY": "0"}
+    assert delay(Settings.resolve(environ=environ)) == 0.0
+    with pytest.raises(ConfigError, match="commit_delay"):
+        Settings(commit_delay=-1.0)
+    with pytest.raises(ConfigError, match="commit_delay"):
+        Settings.resolve(environ={"AEXEC_COMMIT_DELAY": "soon"})
+
+
 def test_the_cancel_grace_comes_from_the_environment_into_the_worker_config() -> None:
     settings = Settings.resolve(environ={"AEXEC_CANCEL_GRACE": "1.5"})
     assert WorkerConfig.from_settings(settings).cancel_grace == 1.5
