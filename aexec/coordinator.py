@@ -5,7 +5,9 @@ coordinator's single scheduler task drains everything that has arrived (its
 :class:`~aexec.inbox.Inbox`), applies it to each run's pure
 :class:`~aexec.scheduling.RunState`, writes the resulting events to the store in ONE
 transaction (group commit), acks the consumed messages, and only then publishes the newly
-ready steps — so a step's dependents go out only after its completion is durable.
+ready steps — so a step's dependents go out only after its completion is durable.  A pass
+that makes no step ready may leave its events, and its replies unacked, to the next pass's
+transaction (:mod:`aexec.deferral`).
 
 Every write is fenced (:class:`~aexec.store.Fence`): the store commits a batch only while
 this coordinator still owns its runs at the epochs it holds.  A run another coordinator
