@@ -648,7 +648,16 @@ class Coordinator:
         return await self.leases.adopt(record)
 
     async def release(self) -> None:
-        """Hand this coordinator's unfinished runs over at once (a clean shutdown)."""
+        """Hand this coordinator's unfinished runs over at once (a clean shutdown), once
+        what its scheduler passes held back is committed (:mod:`aexec.deferral`; for 5 s
+        at most: what is still held then goes to the next driver as replies)."""
+        deferral = self._deferral
+        if deferral and self.running:
+            deferral.expire()
+            self._inbox.post(CommitDue())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await deferral.emptied()
         await self.leases.release()
 
     async def cancel(self, run_id: str, reason: str | None = None) -> None:

@@ -25,6 +25,8 @@ in BENCHMARKS.md, issue 15): :func:`default_delay` is the store's default.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 
 from aexec import messages
@@ -54,7 +56,7 @@ class Deferral:
     """The events and deliveries of passes that committed nothing yet, for ``delay``
     seconds at most (0: every pass commits)."""
 
-    __slots__ = ("acks", "armed", "delay", "events", "since")
+    __slots__ = ("_emptied", "acks", "armed", "delay", "events", "since")
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
@@ -62,6 +64,8 @@ class Deferral:
         self.acks: list[Ack] = []
         self.since = 0.0  # monotonic time the oldest held event was held
         self.armed = False  # a CommitDue timer is set
+        self._emptied = asyncio.Event()  # set while nothing is held
+        self._emptied.set()
 
     def __bool__(self) -> bool:
         return bool(self.events or self.acks)
@@ -94,7 +98,17 @@ class Deferral:
         self.events.extend(batch.events)
         self.acks.extend(batch.acks)
         batch.events, batch.acks = [], []
+        if self:
+            self._emptied.clear()
         return True
+
+    def expire(self) -> None:
+        """Make what is held due now: the next pass commits it."""
+        self.since = -math.inf
+
+    async def emptied(self) -> None:
+        """Return once nothing is held (committed, or dropped)."""
+        await self._emptied.wait()
 
     def remaining(self) -> float:
         """Seconds until what is held is due."""
@@ -106,11 +120,13 @@ class Deferral:
             batch.events[:0] = self.events
             batch.acks[:0] = self.acks
             self.events, self.acks = [], []
+        self._emptied.set()
 
     def drop(self) -> list[Ack]:
         """Forget the held events (their runs are rebuilt from the store); return the held
         deliveries, to hand back to the broker."""
         acks, self.acks, self.events = self.acks, [], []
+        self._emptied.set()
         return acks
 
 

@@ -241,3 +241,38 @@ async def test_a_coordinator_dying_with_completions_held_loses_none_of_them(
     steps = {s.key: s for s in await store.get_steps(run.run_id)}
     assert all(s.attempts == 1 for s in steps.values())  # the held replies reached the heir
     await transport.close()
+
+
+async def test_a_coordinator_handing_its_runs_over_commits_what_it_holds_first(
+    store: Confirming,
+) -> None:
+    gates, runs = [asyncio.Event() for _ in range(WIDTH)], Counter[str]()
+    compiled = staggered(gates, runs).compile()
+    transport = MemoryTransport()
+    await transport.open()
+    fast: dict[str, float] = {"lease": 0.3, "worker_timeout": 2.0}
+    async with Worker(transport, MemoryObjectStore(), compiled.steps, ALONE) as worker:
+        await worker.serve("default")
+        config = CoordinatorConfig(id="leaving", commit_delay=NEVER, **fast)
+        async with Observed(transport, store, config) as leaving:
+            run = await leaving.submit(compiled.plan)
+            await asyncio.wait_for(store.confirmed.wait(), WAIT)  # the dispatches are recorded
+            gates[0].set()
+            await leaving.until(applied(run, "part0"))
+            assert await recorded_parts(store, run.run_id) == set()  # held
+            # A clean shutdown: the held completion is recorded before the lease is given
+            # up (after, a coordinator quick to claim the run would fence it out).
+            await leaving.release()
+            assert await recorded_parts(store, run.run_id) == {"part0"}
+        heir = CoordinatorConfig(id="heir", adopt=True, **fast)
+        async with Observed(transport, store, heir) as heir_coordinator:
+            await heir_coordinator.until(lambda: run.run_id in heir_coordinator.runs)
+            for gate in gates:
+                gate.set()
+            ended = heir_coordinator.runs[run.run_id].done
+            assert await asyncio.wait_for(asyncio.shield(ended), WAIT) is RunStatus.SUCCEEDED
+    assert set(runs.values()) == {1}
+    events = await store.get_events(run.run_id)
+    succeeded = Counter(e.step for e in events if e.kind is EventKind.STEP_SUCCEEDED)
+    assert set(succeeded.values()) == {1} and len(succeeded) == WIDTH + 1
+    await transport.close()
