@@ -3,8 +3,9 @@ coordinator embedded in this process (``Executor.from_url``) with a fresh SQLite
 
 ``many_runs`` and the scale chain go through a long-lived ``aexec coordinator`` subprocess
 instead (clients submit with ``Settings(remote=True)``), whose peak RSS is read from /proc.
-The embedded workloads run ``Executor()`` with no broker at all, in this process, whose peak
-RSS is reset before each repetition and read after it.
+The embedded workloads run ``Executor()`` with no broker at all, each repetition in a fresh
+process of its own (:mod:`benchmarks.isolated`, as Dask's threaded sample), or in this
+process when profiled.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aexec.dsl import Pipeline
 from aexec.executor import Executor
 from aexec.metrics import CoordinatorMetrics
 from aexec.wire import SUBMIT_QUEUE, step_queue
-from benchmarks import workloads
+from benchmarks import isolated, workloads
 from benchmarks.broker import purge_queue, wait_for_consumers, with_query
 from benchmarks.cpu import trees
 from benchmarks.metrics import Scraper, free_port, in_process_registry
@@ -240,7 +241,7 @@ class AexecSystem(System):
             run = await executor.submit(pipeline, **workload.params)
             result = await run.result()
             seconds = time.perf_counter() - t0
-        _check(workload, result, len(run.plan))
+        check(workload, result, len(run.plan))
         return Sample(seconds, self._coordinator_rss())
 
     def _coordinator_rss(self) -> dict[str, Any]:
@@ -254,12 +255,16 @@ class AexecSystem(System):
         results = await asyncio.gather(*(run.result() for run in runs))
         seconds = time.perf_counter() - t0
         for result in results:
-            _check(workload, result, len(compiled.plan))
+            check(workload, result, len(compiled.plan))
         return Sample(seconds, self._coordinator_rss())
 
     async def _run_embedded(self, workload: Workload, pipeline: Pipeline) -> Sample:
         self._serial += 1
         home = self.config.workdir / f"aexec-embedded-{self._serial}"
+        if self._profiler is None:  # a process of its own, as Dask's threaded sample
+            return await isolated.sample(self.config.python, self.name, workload, home)
+        # Profiled: in this process, where the profiler is (its figures carry this
+        # process's resident state: read them for where the time goes, not as a sample).
         reset_peak_rss(os.getpid())
         async with Executor(Settings(home=str(home))) as ex:
             with self._profiled():
@@ -267,7 +272,7 @@ class AexecSystem(System):
                 run = await ex.submit(pipeline, **workload.params)
                 result = await run.result()
                 seconds = time.perf_counter() - t0
-        _check(workload, result, len(run.plan))
+        check(workload, result, len(run.plan))
         peak = peak_rss_bytes(os.getpid())
         extra = {} if peak is None else {"process_peak_rss_mb": round(peak / 2**20, 1)}
         return Sample(seconds, extra)
@@ -286,7 +291,7 @@ def _in_process(executor: Executor, metrics: CoordinatorMetrics | None) -> Any:
     return None if metrics is None else in_process_registry(executor, metrics)
 
 
-def _check(workload: Workload, result: Any, steps: int) -> None:
+def check(workload: Workload, result: Any, steps: int) -> None:
     if workload.pipeline == "mapped":  # compiled to 3 steps; the map adds the others
         steps = steps - 3 + workload.steps_per_run
     if steps != workload.steps_per_run:

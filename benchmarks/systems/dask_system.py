@@ -7,9 +7,10 @@ workload submitted as futures with ``client.submit`` (dependencies passed as fut
 - ``many_runs``: 200 maps of 50 at once.
 
 The embedded workload is the same chain as a task graph (a dict, Dask's "custom graphs")
-run by the local threaded scheduler, with no cluster.  (``dask.delayed`` would be the more
-common spelling, but building a chain of 1,000 chords with it is quadratic: 0.9 s for 100
-chords, 16.6 s for 400 here.)  The client API blocks, so each repetition runs in a thread.
+run by the local threaded scheduler, with no cluster, each repetition in a fresh process of
+its own (:mod:`benchmarks.isolated`, as aexec's embedded sample).  (``dask.delayed`` would be
+the more common spelling, but building a chain of 1,000 chords with it is quadratic: 0.9 s
+for 100 chords, 16.6 s for 400 here.)  The client API blocks, so each repetition runs in a thread.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import time
 from typing import Any
 
+from benchmarks import isolated
 from benchmarks.cpu import trees
 from benchmarks.spec import Workload
 from benchmarks.systems import BenchConfig, Sample, System
@@ -50,6 +52,7 @@ class DaskSystem(System):
         self.processes = os.cpu_count() or 1
         self.cluster: Any = None
         self.client: Any = None
+        self._serial = 0
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -118,6 +121,10 @@ class DaskSystem(System):
         await asyncio.to_thread(self.client.restart)
 
     async def run(self, workload: Workload) -> Sample:
+        if workload.embedded:
+            self._serial += 1
+            workdir = self.config.workdir / f"dask-embedded-{self._serial}"
+            return await isolated.sample(self.config.python, self.name, workload, workdir)
         return await asyncio.to_thread(self._run_blocking, workload)
 
     def _run_blocking(self, workload: Workload) -> Sample:
@@ -125,8 +132,8 @@ class DaskSystem(System):
 
         client, timeout = self.client, self.config.timeout
         name, n = workload.pipeline, workload.params.get("n", 0)
-        if workload.embedded:
-            return _run_local_graph(n)
+        if workload.embedded:  # a process of its own, as aexec's embedded sample
+            raise AssertionError("embedded samples run in benchmarks.isolated")
         t0 = time.perf_counter()
         if workload.runs > 1:
             maps = [client.map(noop, range(n), pure=False) for _ in range(workload.runs)]
@@ -154,7 +161,7 @@ class DaskSystem(System):
         return Sample(time.perf_counter() - t0)
 
 
-def _run_local_graph(n: int) -> Sample:
+def run_local_graph(n: int) -> Sample:
     from dask.threaded import get
 
     t0 = time.perf_counter()
