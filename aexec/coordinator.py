@@ -810,10 +810,12 @@ class Coordinator:
                 batch.discard(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
+            self.throttle.ended(batch)
             return
         # Embedded: nothing outlives this process, so commits may trail the dispatches and
         # several waves share one transaction.
         await self._dispatch(batch, set(), strays)
+        self.throttle.ended(batch)  # no other coordinator: nothing to lose meanwhile
         self._unrecorded.extend(batch.events)
         self._unfinished.extend(batch.finished)
         due = time.monotonic() - self._last_flush >= self.config.flush_interval

@@ -110,8 +110,15 @@ class Throttle:
         coordinator = self._coordinator
         # A step that this pass took a slot for and then let go of (cancelled) takes none.
         takes = [take for take in batch.slot_takes if batch.slot_wanted(take)]
-        frees = self._unfreed + batch.slot_frees if self._unfreed else batch.slot_frees
-        batch.slot_takes, batch.slot_frees, self._unfreed = [], [], []
+        # The slots of an attempt that ended are free whatever this pass's commit does
+        # (the attempt is over); those of a run that ended are freed once that end is
+        # recorded (:meth:`ended`): were the run lost to another coordinator meanwhile,
+        # they would be those its new driver took.
+        frees = [free for free in batch.slot_frees if free.step is not None]
+        if self._unfreed:
+            frees = self._unfreed + frees
+        batch.slot_takes, self._unfreed = [], []
+        batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
         if not (frees or takes):
             return
         try:
@@ -127,10 +134,20 @@ class Throttle:
             due = batch.slots_taken(take, given)
             if due is not None:
                 coordinator.after(SLOT_RETRY, due)
-        self._unfreed.extend(batch.slot_frees)  # given to a step that did not want them
-        batch.slot_frees = []
+        wasted = [free for free in batch.slot_frees if free.step is not None]
+        if wasted:  # given to a step that did not want them
+            self._unfreed.extend(wasted)
+            batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
         if self._unfreed:
             coordinator.after(SLOT_RETRY, UnfreedDue())
+
+    def ended(self, batch: Batch) -> None:
+        """``batch`` is recorded (its runs lost to other coordinators taken out of it): the
+        slots of its runs that ended are freed by the next pass, at once."""
+        if batch.slot_frees:
+            self._unfreed.extend(batch.slot_frees)
+            batch.slot_frees = []
+            self._coordinator.post(UnfreedDue())
 
     async def _take_tokens(self, gate: str, rate: Rate, want: int) -> None:
         coordinator = self._coordinator

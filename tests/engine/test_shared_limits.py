@@ -22,11 +22,12 @@ from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.dsl import Pipeline
 from aexec.errors import StoreUnavailableError
-from aexec.events import EventKind
+from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store import SlotFree, SlotTake
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
+from aexec.store.rows import lease_lost
 from aexec.store.sqlite import SqliteStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -199,6 +200,25 @@ class SlotFaults:
     calls = 0
     hang_on: Callable[[Sequence[SlotFree], Sequence[SlotTake]], bool] | None = None
     hung: asyncio.Event
+    # The commit that ends a run finds it taken over (fenced out), by a driver that took a
+    # slot for it ("x", attempt 9) meanwhile (when its first steps were dispatched).
+    lose_on_end = False
+    lost: asyncio.Event
+    ended: asyncio.Event
+
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        if self.lose_on_end:
+            started = [e.run_id for e in events if e.kind is EventKind.STEP_DISPATCHED]
+            if started and not self.lost.is_set():  # the other driver's slot, early on
+                new_driver = SlotTake(started[0], "x", 9, (("step:capped", 10),))
+                await super().sync_slots([], [new_driver])  # type: ignore[misc]
+                self.lost.set()
+            ended = [e.run_id for e in events if e.kind is EventKind.RUN_SUCCEEDED]
+            if ended:
+                self.lose_on_end = False
+                self.ended.set()
+                raise lease_lost(ended[:1])
+        await super().append(events, **options)  # type: ignore[misc]
 
     async def sync_slots(self, frees: Sequence[SlotFree], takes: Sequence[SlotTake]) -> list[bool]:
         self.calls += 1
@@ -233,7 +253,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], A
 @pytest.fixture
 async def faulty_store(make_store: Callable[[], Any]) -> AsyncIterator[Any]:
     store = make_store()
-    store.hung = asyncio.Event()
+    store.hung, store.lost, store.ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
     await store.open()
     try:
         yield store
@@ -304,3 +324,24 @@ async def test_a_coordinator_killed_after_freeing_slots_before_recording_the_end
         await finish_all(faulty_store, [run, later])
     assert gauge.peak["capped"] == 2
     assert await faulty_store.slot_holders("step:capped") == []
+
+
+async def test_a_run_lost_as_it_ends_leaves_the_slots_of_its_new_driver_alone(
+    faulty_store: Any,
+) -> None:
+    """The pass that ends a run frees the run's slots only once that end is recorded: its
+    commit found the run taken over, and the slot the new driver took stays held."""
+    gauge = Gauge()
+    _, many = many_capped(gauge)
+    compiled = many.compile()
+    faulty_store.lose_on_end = True
+    async with (
+        asyncio.timeout(40),
+        two_coordinators(compiled, faulty_store, adopt=False) as (_, a, _b),
+    ):
+        run = await a.submit(compiled.plan)
+        await faulty_store.ended.wait()
+        await asyncio.sleep(0.5)  # a lets go of the run (a free of its slots would be done)
+        assert run.run_id not in a.runs
+        assert await faulty_store.slot_holders("step:capped") == [(run.run_id, "x", 9)]
+    assert gauge.peak["capped"] == 2
