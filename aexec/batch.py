@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
 from aexec import codec, messages, telemetry
@@ -56,7 +56,7 @@ from aexec.scheduling import (
     Skip,
     Wait,
 )
-from aexec.store import SlotFree, SlotTake
+from aexec.store import RunRecord, SlotFree, SlotTake
 from aexec.stream import Subscriber
 from aexec.transport import Delivery
 from aexec.types import ErrorInfo, RunStatus, StepStatus
@@ -96,6 +96,7 @@ class ActiveRun:
         "notify",
         "notify_lost",
         "priority",
+        "record",
         "run_id",
         "running_on",
         "spilled",
@@ -124,6 +125,9 @@ class ActiveRun:
         # A run not started yet is then cancelled instead of started.
         self.cancel: str | None = None
         self.trace: str | None = None  # its span's traceparent, when the coordinator traces
+        # The run's row as this coordinator created it, its run events folded in as they
+        # are committed (None for a run taken over: its waiters read the store).
+        self.record: RunRecord | None = None
 
     @property
     def plan(self) -> Plan:
@@ -133,6 +137,17 @@ class ActiveRun:
     @property
     def status(self) -> RunStatus:
         return self.state.run_status
+
+    def final_record(self) -> RunRecord | None:
+        """A copy of the run's row as committed at its end, if this coordinator created
+        the run and ended it with a commit that it folded in (else None: read the store).
+        Its ``lease_until`` is the one the run was created with."""
+        record, done = self.record, self.done
+        if record is None or not done.done() or done.cancelled() or done.exception():
+            return None
+        if not record.status.finished or record.status is not done.result():
+            return None
+        return replace(record, params=dict(record.params), tags=dict(record.tags))
 
 
 class Epochs(Mapping[str, int]):

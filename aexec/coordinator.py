@@ -99,7 +99,7 @@ from aexec.plan import CHILD, Plan
 from aexec.recording import Recorder
 from aexec.rerun import reused_outputs
 from aexec.scheduling import RunState
-from aexec.store import Fence, RunRecord, Store
+from aexec.store import Fence, RunRecord, Store, fold
 from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
 from aexec.submissions import Submissions
@@ -613,6 +613,7 @@ class Coordinator:
             )
             state.reuse(reuse)
         run = ActiveRun(run_id, plan, priority, state, record.epoch)
+        run.record = record
         run.notify = notify
         self.trace(run)
         await self.notify(run, [submitted])  # before the run starts: the client sees it first
@@ -973,6 +974,8 @@ class Coordinator:
             target = self.runs.get(event.run_id)
             if target is None:
                 continue
+            if event.step is None and target.record is not None:
+                fold.apply_to_run(target.record, event)  # its waiter reads no store
             for subscriber in target.subscribers:
                 subscriber.put(event)
             if target.notify is not None:

@@ -103,9 +103,13 @@ class LocalRun:
 
     async def wait(self) -> RunRecord:
         """Wait for the run to end.  If another coordinator takes it over meanwhile, it is
-        followed in the store until it ends there."""
+        followed in the store until it ends there.  A run that this coordinator ended is
+        returned as it committed the end, without reading the store back."""
         try:
             await asyncio.shield(self._active.done)
+            final = self._active.final_record()
+            if final is not None:
+                return final
         except LeaseLostError:
             followed = self._store.follow(self.run_id)
             try:
