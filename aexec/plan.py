@@ -373,8 +373,11 @@ def _validate_spec(spec: StepSpec) -> None:
         or not spec.timeout > 0  # also refuses NaN
     ):
         raise PlanError(f"step {spec.key!r}: timeout must be a positive number of seconds")
-    if not isinstance(spec.deps, tuple) or not all(isinstance(d, str) for d in spec.deps):
+    if not isinstance(spec.deps, tuple):
         raise PlanError(f"step {spec.key!r}: deps must be a tuple of step keys")
+    for dep in spec.deps:  # a loop, not all(...): this runs once per step of every plan
+        if not isinstance(dep, str):
+            raise PlanError(f"step {spec.key!r}: deps must be a tuple of step keys")
     if not isinstance(spec.call, bytes):
         raise PlanError(f"step {spec.key!r}: call template must be bytes")
     if spec.when is not None and spec.when not in spec.deps:
@@ -395,14 +398,19 @@ def _validate_spec(spec: StepSpec) -> None:
         raise PlanError(f"step {spec.key!r}: accept_missing must be a boolean")
     if not isinstance(spec.kind, str):
         raise PlanError(f"step {spec.key!r}: kind must be a string")
-    if not isinstance(spec.task_options, tuple) or not all(
-        isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in spec.task_options
+    if not isinstance(spec.task_options, tuple) or (
+        spec.task_options
+        and not all(
+            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str)
+            for o in spec.task_options
+        )
     ):
         raise PlanError(f"step {spec.key!r}: task options must be (name, value) pairs")
-    try:
-        check_version(spec.version)
-    except CodecError as exc:
-        raise PlanError(f"step {spec.key!r}: {exc}") from None
+    if spec.version is not None:
+        try:
+            check_version(spec.version)
+        except CodecError as exc:
+            raise PlanError(f"step {spec.key!r}: {exc}") from None
     if spec.limits is not None:
         try:
             spec.limits.check()

@@ -13,6 +13,7 @@ import pytest
 from aexec import codec
 from aexec.codec import Slot
 from aexec.errors import PlanError
+from aexec.limits import StepLimits
 from aexec.plan import EMPTY_CALL, MAX_PRIORITY, NULL_RESULT, Plan, StepSpec, build
 from aexec.retry import RetryPolicy
 
@@ -364,3 +365,39 @@ MALFORMED = {
 def test_malformed_bytes_raise_plan_error(data: bytes) -> None:
     with pytest.raises(PlanError):
         Plan.from_bytes(data)
+
+
+def test_a_plan_using_every_option_keeps_its_steps_and_its_pinned_digest() -> None:
+    """The wire form feeds digests that stores keep: a plan built with every option set
+    (made before build() took its specs positionally) must build the same, bit for bit."""
+    specs = [
+        StepSpec("items", "items", timeout=5),
+        StepSpec("ok", "check", deps=("items",)),
+        StepSpec(
+            "each",
+            "each",
+            deps=("items", "ok"),
+            when="ok",
+            accept_missing=True,
+            map_over="items",
+            max_wait=60,
+            map_key="id",
+            kind="celery",
+            task_options=(("b", 2), ("a", 1)),
+            version="2",
+            retry=RetryPolicy(3, 1, 30),
+            limits=StepLimits(concurrency=2),
+        ),
+        StepSpec("end", "join", deps=("each",), call=codec.encode([[Slot(0)], {}])),
+    ]
+    plan = build("pinned", specs, result_keys=("end",))
+    assert plan.digest == "2551796485e4199df632521f06d37e850fcb87b97ff90c223d69b546cf1c40a9"
+    each = plan.steps[plan.index["each"]]
+    assert (each.index, each.deps, each.dependents) == (2, (0, 1), (3,))
+    assert (each.when, each.map_over, each.element, each.accept_missing) == (1, 0, None, True)
+    assert (each.max_wait, each.map_key, each.kind, each.version) == (60.0, "id", "celery", "2")
+    assert each.task_options == (("a", 1), ("b", 2))
+    assert each.retry == RetryPolicy(3, 1, 30) and each.limits == StepLimits(concurrency=2)
+    assert plan.steps[0].timeout == 5.0 and isinstance(plan.steps[0].timeout, float)
+    assert plan.steps[0].dependents == (1, 2)
+    assert Plan.from_bytes(plan.to_bytes()) == plan
