@@ -83,6 +83,19 @@ def worker_key(worker: str, instance: str) -> str:
     return f"{worker}#{instance}" if instance else worker
 
 
+@dataclass(slots=True)
+class Creation:
+    """A new run whose rows are written in the transaction of the scheduler pass that
+    starts it, with its first dispatches: ``submitted`` is its first event, and
+    ``committed`` resolves once that transaction commits (or fails with why the run could
+    not be created: nothing of it was recorded or sent)."""
+
+    record: RunRecord
+    plan: Plan
+    submitted: Event
+    committed: asyncio.Future[None]
+
+
 class ActiveRun:
     """A run this coordinator drives: its schedule, waiters and event subscribers.
 
@@ -91,6 +104,7 @@ class ActiveRun:
     __slots__ = (
         "cancel",
         "created_at",
+        "creation",
         "done",
         "epoch",
         "notify",
@@ -128,6 +142,8 @@ class ActiveRun:
         # The run's row as this coordinator created it, its run events folded in as they
         # are committed (None for a run taken over: its waiters read the store).
         self.record: RunRecord | None = None
+        # Set while the run's creation waits to be committed with its first dispatch.
+        self.creation: Creation | None = None
 
     @property
     def plan(self) -> Plan:

@@ -49,13 +49,13 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aexec import claim, codec, messages, parts, tracing
 from aexec.admission import DEFAULT_AGING, Candidate
 from aexec.background import Background, Timers
-from aexec.batch import ActiveRun, Batch, Epochs
+from aexec.batch import ActiveRun, Batch, Creation, Epochs
 from aexec.cancels import Cancels
 from aexec.children import ChildRuns
 from aexec.client_requests import ClientRequests
@@ -99,7 +99,7 @@ from aexec.plan import CHILD, Plan
 from aexec.recording import Recorder
 from aexec.rerun import reused_outputs
 from aexec.scheduling import RunState
-from aexec.store import Fence, RunRecord, Store, fold
+from aexec.store import Fence, RunRecord, Store, fold, rows
 from aexec.strays import Stray, Strays
 from aexec.stream import Subscriber, run_events
 from aexec.submissions import Submissions
@@ -222,6 +222,10 @@ class Coordinator:
         # Dispatches the broker confirmed, recorded with the next commit (at the latest
         # CONFIRM_DELAY after the first of them: they wake no scheduler pass of their own).
         self._confirmed: list[tuple[str, str, int]] = []
+        # New runs whose creation is committed by the next scheduler pass (with their first
+        # dispatches), and those the pass in flight commits.
+        self._creating: dict[str, ActiveRun] = {}
+        self._creating_now: dict[str, ActiveRun] = {}
         self._confirm_due = False
         self._last_flush = time.monotonic()
         self._flush_armed = False
@@ -417,9 +421,14 @@ class Coordinator:
         fail them with ``error``)."""
         runs = list(self.runs.values())
         self.runs.clear()
+        self._creating.clear()
+        self._creating_now.clear()
         for run in runs:
             for subscriber in run.subscribers:
                 subscriber.close()
+            creation, run.creation = run.creation, None
+            if creation is not None and not creation.committed.done():
+                _fail(creation.committed, error or AexecError("the coordinator stopped"))
             if not run.done.done():
                 if error is None:
                     run.done.cancel()
@@ -575,6 +584,13 @@ class Coordinator:
         await self.open_gateways(plan)
         for queue in plan.queues:
             await self.declare(queue)
+        if (
+            retry
+            and not given
+            and not from_failure
+            and self._creates_with_dispatch(plan, parent_step)
+        ):
+            return await self._create_with_dispatch(record, plan, notify)
 
         async def create() -> Event:
             return await self.store.create_run(record, plan, notify=notify)
@@ -627,6 +643,70 @@ class Coordinator:
         else:
             self.throttle.start_or_queue(Candidate(run_id, priority, now, record.tags))
         return run
+
+    def _creates_with_dispatch(self, plan: Plan, parent_step: str | None) -> bool:
+        """Whether a new run of ``plan`` is created in the transaction of its first
+        dispatches (one commit before its first step leaves instead of two): with durable
+        dispatch, for a run started at once (no admission control, not a child run) whose
+        steps take no slots (a slot is taken in the store before its run's first commit)."""
+        return (
+            self.config.durable_dispatch
+            and parent_step is None
+            and self.throttle.admission is None
+            and all(spec.limits is None for spec in plan.steps)
+        )
+
+    async def _create_with_dispatch(
+        self, record: RunRecord, plan: Plan, notify: str | None
+    ) -> ActiveRun:
+        """Start a new run whose rows the scheduler pass that starts it commits with its
+        first dispatches; return once that commit is done.  If it cannot be (the store
+        refused the run, the coordinator stopped), nothing of the run was recorded or
+        sent, and the error is raised to the caller."""
+        run = ActiveRun(
+            record.run_id,
+            plan,
+            record.priority,
+            RunState(plan, fail_fast=self.config.fail_fast),
+            record.epoch,
+        )
+        run.record = record
+        run.notify = notify
+        committed = asyncio.get_running_loop().create_future()
+        run.creation = Creation(
+            replace(record), plan, rows.submitted(record, plan, notify), committed
+        )
+        self.trace(run)
+        self.drive(run)
+        self._creating[run.run_id] = run
+        self._inbox.post(Start(run.run_id))
+        await asyncio.shield(committed)
+        return run
+
+    def _created(self, run_ids: set[str]) -> None:
+        """The pass in flight committed the creation of its new runs but ``run_ids``."""
+        creating, self._creating_now = self._creating_now, {}
+        for run_id, run in creating.items():
+            creation = run.creation
+            if run_id in run_ids or creation is None:
+                continue
+            run.creation = None
+            if not creation.committed.done():
+                creation.committed.set_result(None)
+
+    def refuse_creation(self, run_id: str, error: Exception) -> None:
+        """The run ``run_id``, created in the pass in flight, cannot be created (``error``):
+        forget it (nothing of it was recorded or sent) and raise ``error`` to its submitter."""
+        run = self._creating_now.pop(run_id, None) or self._creating.pop(run_id, None)
+        if run is None or self.runs.get(run_id) is not run:
+            return
+        del self.runs[run_id]
+        self._inbox.post(LetGo(run_id))
+        creation, run.creation = run.creation, None
+        if creation is not None and not creation.committed.done():
+            _fail(creation.committed, error)
+        if not run.done.done():
+            _fail(run.done, error)
 
     def trace(self, run: ActiveRun, *, resumed: bool = False) -> None:
         """Give ``run`` a span (when tracing is on), ended when this coordinator is done
@@ -766,7 +846,10 @@ class Coordinator:
     async def _schedule_once(self, batch: Batch) -> None:
         strays: list[Stray] = []
         confirms_due = False
-        # Everything that arrived until now is one batch: one store transaction.
+        # Everything that arrived until now is one batch: one store transaction.  New runs
+        # posted their Start before this take: their rows go in that transaction too.
+        creating = self._creating_now = self._creating
+        self._creating = {}
         for item in self._inbox.take():
             match item:
                 case Reply():
@@ -794,7 +877,10 @@ class Coordinator:
         await self.throttle.sync_slots(batch)
         if self.config.durable_dispatch:
             deferral = self._deferral
-            if deferral.hold(batch, commit=self._closing or confirms_due):
+            created = [c for c in (run.creation for run in creating.values()) if c is not None]
+            if created:
+                batch.events[:0] = [c.submitted for c in created]  # each run's first event
+            if deferral.hold(batch, commit=self._closing or confirms_due or bool(created)):
                 # Nothing this pass decided waits for its events: the next pass that does
                 # commits them first (aexec.deferral).
                 if not deferral.armed:
@@ -807,8 +893,11 @@ class Coordinator:
             # A step's dependents go out only once its completion is committed.
             lost: set[str] = set()
             if batch.events or batch.confirmed:
-                lost, failed = await self._recorder.commit(batch.events, batch.confirmed)
+                lost, failed = await self._recorder.commit(
+                    batch.events, batch.confirmed, [(c.record, c.plan) for c in created]
+                )
                 batch.discard(lost | failed)
+                self._created(lost | failed)
             await self._dispatch(batch, lost, strays)
             await self._recorded(batch.events, batch.finished)
             self.throttle.ended(batch)
@@ -1034,6 +1123,8 @@ class Coordinator:
         runs and deliveries of passes whose commit was deferred (aexec.deferral)."""
         touched = batch.touched | {e.run_id for e in batch.events} | self._deferral.run_ids
         batch.acks[:0] = self._deferral.drop()
+        for run_id in list(self._creating_now):  # not created: nothing of them was recorded
+            self.refuse_creation(run_id, AexecError("the run could not be created (a bug)"))
         for run_id in sorted(touched):
             run = self.runs.get(run_id)
             if run is None:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 from aexec.errors import LeaseLostError, StoreError, StoreUnavailableError
 from aexec.events import Event
-from aexec.store import WebhookDelivery
+from aexec.plan import Plan
+from aexec.store import RunRecord, WebhookDelivery
 from aexec.store.rows import failed_event
 
 if TYPE_CHECKING:
@@ -40,22 +41,37 @@ class Recorder:
         self._coordinator = coordinator
 
     async def commit(
-        self, events: list[Event], confirmed: Sequence[tuple[str, str, int]] = ()
+        self,
+        events: list[Event],
+        confirmed: Sequence[tuple[str, str, int]] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> tuple[set[str], set[str]]:
-        """Record ``events``, fenced, and the dispatches the broker ``confirmed``; return
-        the runs whose events were not recorded: ``(lost, failed)``, runs taken over by
-        another coordinator (let go of) and runs whose events the store refused for good
-        (ended failed).  Confirmations go with the events, or are dropped with a batch the
-        store refused (a takeover then dispatches those steps again)."""
+        """Record ``events``, fenced, the dispatches the broker ``confirmed`` and the new
+        runs ``created`` (whose first events are among ``events``); return the runs whose
+        events were not recorded: ``(lost, failed)``, runs taken over by another
+        coordinator (let go of) and runs whose events the store refused for good (ended
+        failed, or, for a new run, not created: its submitter gets the error).
+        Confirmations go with the events, or are dropped with a batch the store refused (a
+        takeover then dispatches those steps again)."""
         coordinator = self._coordinator
         lost: set[str] = set()
+        not_created: set[str] = set()
         delay = coordinator.config.retry_backoff
         outbox = self._outbox(events)
         while events or confirmed:
             try:
-                await coordinator.store.append(
-                    events, fence=coordinator.fence, confirmed=confirmed, outbox=outbox
-                )
+                if created:
+                    await coordinator.store.append(
+                        events,
+                        fence=coordinator.fence,
+                        confirmed=confirmed,
+                        outbox=outbox,
+                        created=created,
+                    )
+                else:
+                    await coordinator.store.append(
+                        events, fence=coordinator.fence, confirmed=confirmed, outbox=outbox
+                    )
                 self._recorded(outbox)
                 break
             except LeaseLostError as exc:
@@ -66,9 +82,52 @@ class Recorder:
             except StoreUnavailableError as exc:
                 delay = await self.backoff("record events", exc, delay)
             except StoreError as exc:
+                if created:  # the new runs alone first: one of them may be what is refused
+                    apart, refused = await self._create_apart(events, created)
+                    created = ()
+                    events = [e for e in events if e.run_id not in apart]
+                    outbox = [d for d in outbox if d.run_id not in apart]
+                    not_created |= refused
+                    continue
                 more, failed = await self._commit_apart(events, exc)
-                return lost | more, failed
-        return lost, set()
+                return lost | more, failed | not_created
+        return lost, not_created
+
+    async def _create_apart(
+        self, events: list[Event], created: Sequence[tuple[RunRecord, Plan]]
+    ) -> tuple[set[str], set[str]]:
+        """A batch with new runs was refused: create each new run with its own events in a
+        transaction of its own; return the runs so done, and those of them refused (their
+        submitters get the store's error)."""
+        coordinator = self._coordinator
+        done: set[str] = set()
+        refused: set[str] = set()
+        for record, plan in created:
+            run_id = record.run_id
+            of_run = [e for e in events if e.run_id == run_id]
+            outbox = self._outbox(of_run)
+            delay = coordinator.config.retry_backoff
+            while True:
+                try:
+                    await coordinator.store.append(
+                        of_run, fence=coordinator.fence, outbox=outbox, created=[(record, plan)]
+                    )
+                    self._recorded(outbox)
+                except StoreUnavailableError as exc:
+                    delay = await self.backoff("create a run", exc, delay)
+                    continue
+                except StoreError as exc:
+                    log.error(
+                        "coordinator %s could not create run %s: %s",
+                        coordinator.config.id,
+                        run_id,
+                        exc,
+                    )
+                    coordinator.refuse_creation(run_id, exc)
+                    refused.add(run_id)
+                break
+            done.add(run_id)
+        return done, refused
 
     async def _commit_apart(
         self, events: list[Event], refused: StoreError

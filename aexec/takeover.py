@@ -67,7 +67,8 @@ class Leases:
         took over (the store no longer gives them to this one at the epoch it holds)."""
         coordinator = self._coordinator
         runs = coordinator.runs
-        held = {run_id: run.epoch for run_id, run in runs.items()}  # before the call
+        # Before the call; a run whose creation is not committed yet has no lease to renew.
+        held = {run_id: run.epoch for run_id, run in runs.items() if run.creation is None}
         if not held:
             return
         config = coordinator.config

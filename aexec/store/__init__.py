@@ -249,10 +249,17 @@ class Store(Protocol):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
         """Log ``events`` and apply them to run and step rows, and add the ``outbox``
         deliveries (those whose id exists already are left as they are), in one
         transaction.
+
+        ``created`` are new runs, recorded first in the same transaction as
+        :meth:`create_run` records one, except that their ``run_submitted`` events (from
+        :func:`aexec.store.rows.submitted`) are among ``events``: a coordinator creates a
+        run in the commit of its first dispatches.  A run that exists already is a
+        :class:`~aexec.errors.StoreError`, and nothing is committed.
 
         With ``fence``, only if ``fence.owner`` still owns every run of the batch at the
         epoch the fence gives it, checked after locking the run rows; otherwise nothing is

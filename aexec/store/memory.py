@@ -102,6 +102,19 @@ class MemoryStore(Opened):
 
     async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         self._check_open()
+        params = self._creatable(run, plan)
+        self._insert_run(run, plan, params)
+        submitted = shared.submitted(run, plan, notify)
+        submitted.seq = self._last_seq + 1
+        logged = _LoggedEvent(
+            submitted.seq, submitted.kind, submitted.ts, None, 0, json.dumps(submitted.data)
+        )
+        self._runs[run.run_id].events.append(logged)
+        self._last_seq = submitted.seq
+        return submitted
+
+    def _creatable(self, run: RunRecord, plan: Plan) -> str:
+        """The params of a run to create; a StoreError if it cannot be."""
         if run.plan_digest != plan.digest:
             raise StoreError(
                 f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
@@ -109,21 +122,23 @@ class MemoryStore(Opened):
         params = shared.dump_json(run.params, "run params")
         if run.run_id in self._runs:
             raise StoreError(f"run {run.run_id!r} already exists")
-        if plan.digest not in self._plans:
-            self._plans[plan.digest] = plan.to_bytes()
+        return params
+
+    def _insert_run(self, run: RunRecord, plan: Plan, params: str) -> None:
+        self._add(self._new_run(run, plan, params, len(self._runs)), plan)
+
+    @staticmethod
+    def _new_run(run: RunRecord, plan: Plan, params: str, order: int) -> _Run:
         steps = {
             s.key: StepRecord(run_id=run.run_id, key=s.key, name=s.name, queue=s.queue)
             for s in plan.steps
         }
-        record = replace(run, params={}, tags=dict(run.tags))
-        submitted = shared.submitted(run, plan, notify)
-        submitted.seq = self._last_seq + 1
-        logged = _LoggedEvent(
-            submitted.seq, submitted.kind, submitted.ts, None, 0, json.dumps(submitted.data)
-        )
-        self._runs[run.run_id] = _Run(record, params, len(self._runs), steps, [logged])
-        self._last_seq = submitted.seq
-        return submitted
+        return _Run(replace(run, params={}, tags=dict(run.tags)), params, order, steps, [])
+
+    def _add(self, run: _Run, plan: Plan) -> None:
+        if plan.digest not in self._plans:
+            self._plans[plan.digest] = plan.to_bytes()
+        self._runs[run.record.run_id] = run
 
     async def append(
         self,
@@ -132,23 +147,35 @@ class MemoryStore(Opened):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
         self._check_open()
         # Everything that can fail is checked before anything changes, as a rollback would.
+        new: dict[str, tuple[_Run, Plan]] = {}
+        for record, plan in created:
+            params = self._creatable(record, plan)
+            if record.run_id in new:
+                raise StoreError(f"run {record.run_id!r} already exists")
+            order = len(self._runs) + len(new)
+            new[record.run_id] = (self._new_run(record, plan, params, order), plan)
         logged_data = [
             shared.dump_json(e.data, f"{e.kind} event data") if e.data else None for e in events
         ]
         runs: list[_Run] = []
         for event in events:
             run = self._runs.get(event.run_id)
+            if run is None and event.run_id in new:
+                run = new[event.run_id][0]
             if run is None:
                 raise StoreError(f"cannot append events: unknown run {event.run_id!r}")
             runs.append(run)
         if fence is not None:
             self._check_fence(fence, {run.record.run_id: run for run in runs}.values())
         for delivery in outbox:
-            if delivery.run_id not in self._runs:
+            if delivery.run_id not in self._runs and delivery.run_id not in new:
                 raise StoreError(f"cannot add a delivery: unknown run {delivery.run_id!r}")
+        for run, plan in new.values():
+            self._add(run, plan)
         for delivery in outbox:
             if delivery.id not in self._deliveries:
                 self._deliveries[delivery.id] = _Delivery(replace(delivery))

@@ -287,36 +287,35 @@ class PostgresStore(Opened):
 
     async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         self._check_open()
-        if run.plan_digest != plan.digest:
-            raise StoreError(
-                f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
-            )
-        params = shared.dump_json(run.params, "run params")
-        steps = plan.steps
+        columns = _creatable(run, plan)
         submitted = shared.submitted(run, plan, notify)
-        columns = [_text(c) if isinstance(c, str) else c for c in shared.run_columns(run, params)]
         async with self._transaction(f"create run {run.run_id!r}") as conn:
-            await conn.execute(SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes())
-            try:
-                created = await conn.fetchval(SQL.insert_run, *columns)
-            except asyncpg.ForeignKeyViolationError as exc:
-                # The plan was there a statement ago: a prune deleted it (no run used it).
-                raise StoreUnavailableError(
-                    f"PostgreSQL store {self._name}: cannot create run {run.run_id!r}: its "
-                    "plan was deleted meanwhile by a prune (try again)"
-                ) from exc
-            if created is None:
-                raise StoreError(f"run {run.run_id!r} already exists")
-            await conn.execute(
-                SQL.insert_steps,
-                _text(run.run_id),
-                [s.index for s in steps],
-                [_text(s.key) for s in steps],
-                [_text(s.name) for s in steps],
-                [_text(s.queue) for s in steps],
-            )
+            await self._insert_run(conn, run, plan, columns)
             submitted.seq = await conn.fetchval(SQL.insert_events, *_event_columns([submitted]))
         return submitted
+
+    async def _insert_run(self, conn: Any, run: RunRecord, plan: Plan, columns: list[Any]) -> None:
+        """The rows of a new run (its plan once per digest, the run, its steps)."""
+        steps = plan.steps
+        await conn.execute(SQL.insert_plan, plan.digest, _text(plan.pipeline), plan.to_bytes())
+        try:
+            created = await conn.fetchval(SQL.insert_run, *columns)
+        except asyncpg.ForeignKeyViolationError as exc:
+            # The plan was there a statement ago: a prune deleted it (no run used it).
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self._name}: cannot create run {run.run_id!r}: its "
+                "plan was deleted meanwhile by a prune (try again)"
+            ) from exc
+        if created is None:
+            raise StoreError(f"run {run.run_id!r} already exists")
+        await conn.execute(
+            SQL.insert_steps,
+            _text(run.run_id),
+            [s.index for s in steps],
+            [_text(s.key) for s in steps],
+            [_text(s.name) for s in steps],
+            [_text(s.queue) for s in steps],
+        )
 
     async def append(
         self,
@@ -325,10 +324,12 @@ class PostgresStore(Opened):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
         self._check_open()
-        if not events and not confirmed and not outbox:
+        if not events and not confirmed and not outbox and not created:
             return
+        creating = [(run, plan, _creatable(run, plan)) for run, plan in created]
         logged = _event_columns(events)
         rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
         run_ids = sorted({e.run_id for e in events} | {d.run_id for d in outbox})
@@ -337,6 +338,8 @@ class PostgresStore(Opened):
         try:
             async with self._transaction("append events", commit=commit) as conn:
                 commit.begun(await conn.fetchval(SQL.current_transaction), conn)
+                for run, plan, columns in creating:
+                    await self._insert_run(conn, run, plan, columns)
                 seqs = await self._append(conn, events, run_ids, fence, logged, rounds, confirmed)
                 if outbox:
                     await conn.execute(SQL.insert_deliveries, *_delivery_columns(outbox))
@@ -925,6 +928,14 @@ def _delivery_columns(outbox: Sequence[WebhookDelivery]) -> list[list[Any]]:
         [d.created_at for d in outbox],
         [d.next_at for d in outbox],
     ]
+
+
+def _creatable(run: RunRecord, plan: Plan) -> list[Any]:
+    """The columns of a run to create; a StoreError if it names another plan."""
+    if run.plan_digest != plan.digest:
+        raise StoreError(f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given")
+    params = shared.dump_json(run.params, "run params")
+    return [_text(c) if isinstance(c, str) else c for c in shared.run_columns(run, params)]
 
 
 def _event_columns(events: Sequence[Event]) -> list[list[Any]]:

@@ -240,25 +240,26 @@ class SqliteStore(Opened):
 
     async def create_run(self, run: RunRecord, plan: Plan, *, notify: str | None = None) -> Event:
         conn = self._connection()
-        if run.plan_digest != plan.digest:
-            raise StoreError(
-                f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given"
-            )
-        params = shared.dump_json(run.params, "run params")
+        params = _creatable(run, plan)
         submitted = shared.submitted(run, plan, notify)
         with self._errors(f"create run {run.run_id!r}"), self._transaction(conn):
-            if conn.execute(SQL.run_exists, (run.run_id,)).fetchone() is not None:
-                raise StoreError(f"run {run.run_id!r} already exists")
-            if conn.execute(SQL.plan_exists, (plan.digest,)).fetchone() is None:
-                conn.execute(SQL.insert_plan, (plan.digest, plan.pipeline, plan.to_bytes()))
-            conn.execute(SQL.insert_run, shared.run_columns(run, params))
-            conn.executemany(
-                SQL.insert_step,
-                ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
-            )
+            self._insert_run(conn, run, plan, params)
             conn.execute(SQL.insert_event, _event_rows([submitted])[0])
             submitted.seq = conn.execute(SQL.last_insert).fetchone()[0]
         return submitted
+
+    @staticmethod
+    def _insert_run(conn: sqlite3.Connection, run: RunRecord, plan: Plan, params: str) -> None:
+        """The rows of a new run (its plan once per digest, the run, its steps)."""
+        if conn.execute(SQL.run_exists, (run.run_id,)).fetchone() is not None:
+            raise StoreError(f"run {run.run_id!r} already exists")
+        if conn.execute(SQL.plan_exists, (plan.digest,)).fetchone() is None:
+            conn.execute(SQL.insert_plan, (plan.digest, plan.pipeline, plan.to_bytes()))
+        conn.execute(SQL.insert_run, shared.run_columns(run, params))
+        conn.executemany(
+            SQL.insert_step,
+            ((run.run_id, s.index, s.key, s.name, s.queue) for s in plan.steps),
+        )
 
     async def append(
         self,
@@ -267,10 +268,12 @@ class SqliteStore(Opened):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
         conn = self._connection()
-        if not events and not confirmed and not outbox:
+        if not events and not confirmed and not outbox and not created:
             return
+        creating = [(run, plan, _creatable(run, plan)) for run, plan in created]
         logged = _event_rows(events)
         updates = _row_updates(events)
         expanded = [
@@ -281,6 +284,8 @@ class SqliteStore(Opened):
         ]
         first = 0
         with self._errors("append events"), self._transaction(conn):
+            for run, plan, params in creating:
+                self._insert_run(conn, run, plan, params)
             if fence is not None and events:  # under the write lock: nobody claims a run
                 self._check_fence(conn, fence, dict.fromkeys(e.run_id for e in events))
             try:
@@ -759,6 +764,13 @@ def _row_params(event: Event) -> dict[str, Any]:
         "worker": worker,
         "error": error,
     }
+
+
+def _creatable(run: RunRecord, plan: Plan) -> str:
+    """The params of a run to create, as stored; a StoreError if it names another plan."""
+    if run.plan_digest != plan.digest:
+        raise StoreError(f"run {run.run_id!r} names plan {run.plan_digest!r}, not the plan given")
+    return shared.dump_json(run.params, "run params")
 
 
 def _event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:

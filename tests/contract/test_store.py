@@ -42,6 +42,7 @@ from aexec.store import (
     StepRecord,
     Store,
     fold,
+    rows,
 )
 from aexec.store.memory import MemoryStore
 from aexec.store.postgres import PostgresStore
@@ -215,6 +216,40 @@ async def test_a_run_that_cannot_be_created_logs_nothing(store: Store) -> None:
         await store.create_run(new_run("run-0002", params={(1, 2): "tuple key"}), PLAN)
     assert await store.get_events("run-0001") == [first]
     assert await store.get_events("run-0002") == []
+
+
+async def test_a_run_created_by_an_append_is_recorded_with_its_events_in_one_transaction(
+    store: Store,
+) -> None:
+    run = new_run(owner="c1", lease_until=50.0, created_at=12.5)
+    submitted = rows.submitted(run, PLAN)
+    started, dispatched = ev(K.RUN_STARTED, ts=13.0), ev(K.STEP_DISPATCHED, "a", 1, ts=13.0)
+    await store.append(
+        [submitted, started, dispatched], fence=Fence("c1", {run.run_id: 1}), created=[(run, PLAN)]
+    )
+    assert 0 < submitted.seq < started.seq < dispatched.seq
+    assert await store.get_events(run.run_id) == [submitted, started, dispatched]
+    row = await run_row(store)
+    assert row == replace(run, status=RunStatus.RUNNING, started_at=13.0)
+    assert [(s.key, s.status, s.attempts) for s in await store.get_steps(run.run_id)] == [
+        ("a", StepStatus.QUEUED, 1),
+        ("b", StepStatus.PENDING, 0),
+    ]
+    assert await store.get_plan(PLAN.digest) == PLAN
+
+
+async def test_an_append_creating_a_run_that_exists_commits_nothing(store: Store) -> None:
+    await started_run(store, "run-0002")
+    await store.create_run(new_run(), PLAN)
+    other = ev(K.STEP_DISPATCHED, "a", 1, run_id="run-0002")
+    again = new_run(priority=3)
+    with pytest.raises(StoreError, match="already exists"):
+        await store.append(
+            [rows.submitted(again, PLAN), other, ev(K.RUN_STARTED)], created=[(again, PLAN)]
+        )
+    assert (await run_row(store)).priority == 0
+    assert [e.kind for e in await store.get_events("run-0001")] == [K.RUN_SUBMITTED]
+    assert (await step_row(store, "a", "run-0002")).status is StepStatus.PENDING
 
 
 async def test_a_run_must_name_the_digest_of_its_plan(store: Store) -> None:

@@ -18,7 +18,8 @@ from aexec.batch import ActiveRun, Batch
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.store import Fence, WebhookDelivery
+from aexec.plan import Plan
+from aexec.store import Fence, RunRecord, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -47,8 +48,11 @@ class Confirming(MemoryStore):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
-        await super().append(events, fence=fence, confirmed=confirmed, outbox=outbox)
+        await super().append(
+            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
+        )
         if confirmed:
             self.confirmed.set()
 

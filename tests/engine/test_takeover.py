@@ -11,6 +11,7 @@ from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
+from aexec.plan import Plan
 from aexec.store import Fence, RunRecord, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
@@ -100,8 +101,9 @@ class Unconfirming(MemoryStore):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
-        await super().append(events, fence=fence, outbox=outbox)
+        await super().append(events, fence=fence, outbox=outbox, created=created)
 
 
 class Confirming(MemoryStore):
@@ -118,8 +120,11 @@ class Confirming(MemoryStore):
         fence: Fence | None = None,
         confirmed: Sequence[tuple[str, str, int]] = (),
         outbox: Sequence[WebhookDelivery] = (),
+        created: Sequence[tuple[RunRecord, Plan]] = (),
     ) -> None:
-        await super().append(events, fence=fence, confirmed=confirmed, outbox=outbox)
+        await super().append(
+            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
+        )
         if confirmed:
             self.confirmed.set()
 
