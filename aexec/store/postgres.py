@@ -332,7 +332,14 @@ class PostgresStore(Opened):
         creating = [(run, plan, _creatable(run, plan)) for run, plan in created]
         logged = _event_columns(events)
         rounds = [_round_columns(changes) for changes in shared.change_rounds(events)]
-        run_ids = sorted({e.run_id for e in events} | {d.run_id for d in outbox})
+        # The runs created here are this transaction's own: fenced by their new rows, not
+        # locked (nobody else sees them before the commit).
+        fresh = {run.run_id for run, _ in created}
+        if fence is not None and created:
+            lost = shared.fence_lost(fence, [(r.run_id, r.owner, r.epoch) for r, _ in created])
+            if lost:
+                raise shared.lease_lost(lost)
+        run_ids = sorted(({e.run_id for e in events} | {d.run_id for d in outbox}) - fresh)
         seqs: list[int] = []
         commit = _Commit()
         try:
@@ -365,7 +372,8 @@ class PostgresStore(Opened):
         """The statements of :meth:`append`, on ``conn`` in its transaction; the seqs."""
         seqs: list[int] = []
         if events:
-            await self._lock_runs(conn, run_ids, fence)
+            if run_ids:
+                await self._lock_runs(conn, run_ids, fence)
             seqs = [row[0] for row in await conn.fetch(SQL.insert_events, *logged)]
         for event in events:
             if event.kind is EventKind.STEP_EXPANDED:  # the steps of a map, before their changes

@@ -287,7 +287,15 @@ class SqliteStore(Opened):
             for run, plan, params in creating:
                 self._insert_run(conn, run, plan, params)
             if fence is not None and events:  # under the write lock: nobody claims a run
-                self._check_fence(conn, fence, dict.fromkeys(e.run_id for e in events))
+                # The runs created here are fenced by their new rows.
+                fresh = {run.run_id for run, _, _ in creating}
+                held = [(r.run_id, r.owner, r.epoch) for r, _, _ in creating]
+                lost = shared.fence_lost(fence, held)
+                if lost:
+                    raise shared.lease_lost(lost)
+                older = [r for r in dict.fromkeys(e.run_id for e in events) if r not in fresh]
+                if older:
+                    self._check_fence(conn, fence, older)
             try:
                 conn.executemany(SQL.insert_event, logged)
             except sqlite3.IntegrityError as exc:  # events.run_id is a foreign key

@@ -238,6 +238,20 @@ async def test_a_run_created_by_an_append_is_recorded_with_its_events_in_one_tra
     assert await store.get_plan(PLAN.digest) == PLAN
 
 
+async def test_an_append_creating_a_run_its_fence_does_not_hold_commits_nothing(
+    store: Store,
+) -> None:
+    run = new_run(owner="c2", lease_until=50.0)
+    with pytest.raises(LeaseLostError):
+        await store.append(
+            [rows.submitted(run, PLAN), ev(K.RUN_STARTED)],
+            fence=Fence("c1", {run.run_id: 1}),
+            created=[(run, PLAN)],
+        )
+    assert await store.get_run(run.run_id) is None
+    assert await store.get_events(run.run_id) == []
+
+
 async def test_an_append_creating_a_run_that_exists_commits_nothing(store: Store) -> None:
     await started_run(store, "run-0002")
     await store.create_run(new_run(), PLAN)
