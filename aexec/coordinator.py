@@ -1032,10 +1032,18 @@ class Coordinator:
             else:
                 done.append(delivery)
         if done:
+            # A coalesced reply is acked once all its completions are: with the others.
+            done, rejects = parts.acks(done)
             try:  # one frame for many, where the broker allows
-                await self.transport.ack_many(done)
+                if done:
+                    await self.transport.ack_many(done)
             except TransportError as exc:
                 log.info("could not ack replies (the broker gives them back): %s", exc)
+            for whole in rejects:
+                try:
+                    await whole.settle()
+                except TransportError as exc:
+                    log.info("could not settle a reply (the broker gives it back): %s", exc)
         for timer in batch.retries:
             self._timers.after(timer.delay, timer.due)
         if strays:

@@ -38,8 +38,11 @@ class _Whole:
     async def settled(self) -> None:
         """One more part is settled; the last one settles the delivery."""
         self.left -= 1
-        if self.left:
-            return
+        if not self.left:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Every part is settled: settle the delivery as they decided."""
         if self.requeue:
             await self.delivery.reject(requeue=True)
         elif self.reject:
@@ -85,10 +88,36 @@ class Part:
         await whole.settled()
 
 
+def acks(deliveries: list[Delivery]) -> tuple[list[Delivery], list[_Whole]]:
+    """Ack ``deliveries``, parts and others, as far as that needs no broker frame: the
+    deliveries to ack with :meth:`~aexec.transport.Transport.ack_many` (the others, and the
+    whole deliveries whose last part this acks, none handed back or dead-lettered: one frame
+    for them all instead of one each), and the wholes whose last part this acked that must
+    be rejected (settle each)."""
+    plain: list[Delivery] = []
+    rejects: list[_Whole] = []
+    for delivery in deliveries:
+        if not isinstance(delivery, Part):
+            plain.append(delivery)
+            continue
+        if delivery._done:
+            continue
+        delivery._done = True
+        whole = delivery._whole
+        whole.left -= 1
+        if whole.left:
+            continue
+        if whole.requeue or whole.reject:
+            rejects.append(whole)
+        else:
+            plain.append(whole.delivery)
+    return plain, rejects
+
+
 def split(delivery: Delivery, batch: messages.Completions) -> list[Part]:
     """A part for each completion of ``batch``, the message ``delivery`` carries."""
     whole = _Whole(delivery, len(batch.items))
     return [Part(whole, item) for item in batch.items]
 
 
-__all__ = ["Part", "split"]
+__all__ = ["Part", "acks", "split"]

@@ -716,7 +716,10 @@ class AmqpTransport:
                 delivery.settled = True
             try:
                 channel = max(covered, key=_tag)._message.channel
-                await channel.basic_ack(delivery_tag=highest, multiple=True)
+                # Not waiting for the frame to drain to the socket: that is no receipt
+                # either (an ack has none; one lost redelivers its messages) and cost the
+                # caller a wake-up or two of the writer task per ack.
+                await channel.basic_ack(delivery_tag=highest, multiple=True, wait=False)
             except _BROKER_ERRORS as exc:
                 failure = failure or TransportError(
                     f"cannot ack: {_reason(exc)} (the broker will redeliver the messages)"
