@@ -61,6 +61,28 @@ class _Wire:
         return body
 
 
+class Carried(bytes):
+    """The body :meth:`StepMessage.encode`, :meth:`Completion.encode` and
+    :func:`completions_body` return: the encoded bytes, carrying the message they were
+    encoded from.  A transport that hands bodies over within the process (the memory
+    transport: an embedded run) delivers this very object, and :func:`decode` returns the
+    message without unpacking and validating its own encoding again.  Everything encoding
+    checks is checked as before (the body is encoded all the same, and its size is checked
+    on decoding); a broker, or signing, carries only the bytes, decoded in full.
+
+    Only messages a coordinator or a worker makes from its own typed values carry
+    themselves: step messages and completions (a step's reports carry data it gave, and
+    are always decoded)."""
+
+    message: Message
+
+    @staticmethod
+    def of(body: bytes, message: Message) -> Carried:
+        carried = Carried(body)
+        carried.message = message
+        return carried
+
+
 @dataclass(slots=True)
 class StepMessage(_Wire):
     """Run ``attempt`` of step ``step_key`` (code name ``name``) of run ``run_id``.
@@ -97,6 +119,9 @@ class StepMessage(_Wire):
         if self.trace is not None:
             fields.append(self.trace)
         return fields
+
+    def encode(self) -> Carried:
+        return Carried.of(_Wire.encode(self), self)
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
@@ -152,6 +177,9 @@ class Completion(_Wire):
             self.finished_at,
             self.instance,
         ]
+
+    def encode(self) -> Carried:
+        return Carried.of(_Wire.encode(self), self)
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Self:
@@ -582,6 +610,8 @@ def decode(body: bytes) -> Message:
     """Decode and validate one message; :class:`CodecError` for anything malformed."""
     if len(body) > MAX_BODY:
         raise CodecError(f"message of {len(body)} bytes exceeds the {MAX_BODY}-byte limit")
+    if type(body) is Carried:  # handed over in this process: encoded from this message
+        return body.message
     try:
         m = msgpack.unpackb(body, raw=False, ext_hook=_reject_ext, strict_map_key=True)
     except CodecError:
@@ -615,9 +645,9 @@ def pack_completion(completion: Completion) -> bytes:
     return item
 
 
-def completions_body(items: Sequence[bytes]) -> bytes:
-    """The body of a :class:`Completions` message whose items :func:`pack_completion`
-    packed already (at least one), without packing them again."""
+def completions_body(items: Sequence[bytes], completions: Sequence[Completion]) -> Carried:
+    """The body of a :class:`Completions` message of ``completions``, whose items
+    :func:`pack_completion` packed already (at least one), without packing them again."""
     packer = msgpack.Packer(use_bin_type=True)
     parts: list[bytes] = [
         packer.pack_array_header(3),
@@ -626,7 +656,7 @@ def completions_body(items: Sequence[bytes]) -> bytes:
         packer.pack_array_header(len(items)),
         *items,
     ]
-    return b"".join(parts)
+    return Carried.of(b"".join(parts), Completions(list(completions)))
 
 
 # -- validation ----------------------------------------------------------------------------

@@ -164,8 +164,9 @@ class Outbox:
         if len(chunk) == 1:
             body = chunk[0].completion.encode()
         else:
+            completions = [pending.completion for pending in chunk]
             body = messages.completions_body(
-                [messages.pack_completion(pending.completion) for pending in chunk]
+                [messages.pack_completion(c) for c in completions], completions
             )
         await self._publish(reply_to, body, chunk)
         deliveries = [pending.delivery for pending in chunk if pending.delivery is not None]

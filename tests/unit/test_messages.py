@@ -89,7 +89,7 @@ EXAMPLES: dict[str, Any] = {
 
 @pytest.mark.parametrize("message", EXAMPLES.values(), ids=EXAMPLES.keys())
 def test_every_message_kind_round_trips(message: Any) -> None:
-    decoded = messages.decode(message.encode())
+    decoded = messages.decode(bytes(message.encode()))  # the wire's path
     assert decoded == message
     assert type(decoded) is type(message)
 
@@ -415,7 +415,7 @@ def decode_or_codec_error(body: bytes) -> None:
         | Events,
     )
     # Anything accepted encodes again to a body that decodes to the same message.
-    again = messages.decode(message.encode())
+    again = messages.decode(bytes(message.encode()))
     assert repr(again) == repr(message)
 
 
@@ -455,7 +455,7 @@ def test_mutated_valid_messages_decode_or_raise_codec_error(
 def test_a_workers_instance_id_travels_and_a_worker_that_predates_it_is_still_understood(
     message: Any,
 ) -> None:
-    assert messages.decode(message.encode()) == message
+    assert messages.decode(bytes(message.encode())) == message
     older = msgpack.packb([messages.VERSION, message.KIND, *message.to_wire()[:-1]])
     assert messages.decode(older) == dataclasses.replace(message, instance="")
     newer = msgpack.packb([messages.VERSION, message.KIND, *message.to_wire(), "extra"])
@@ -484,8 +484,9 @@ def test_a_submit_with_malformed_tags_is_refused(tags: Any) -> None:
 
 def test_a_completions_body_built_from_packed_items_decodes_to_those_completions() -> None:
     items = [DONE_OK, DONE_ERROR]
-    body = messages.completions_body([messages.pack_completion(c) for c in items])
+    body = messages.completions_body([messages.pack_completion(c) for c in items], items)
     assert body == Completions(items).encode()
+    assert messages.decode(bytes(body)) == Completions(items)
     assert messages.decode(body) == Completions(items)
 
 
@@ -504,3 +505,35 @@ def test_a_malformed_completions_message_is_a_codec_error_naming_the_item(
 ) -> None:
     with pytest.raises(CodecError, match=f"malformed dones message: {problem}"):
         messages.decode(packed(messages.VERSION, "dones", items))
+
+
+# -- bodies handed over in the process ---------------------------------------------------
+
+
+def test_a_body_handed_over_in_the_process_decodes_to_the_message_it_was_encoded_from() -> None:
+    step = STEP
+    body = step.encode()
+    assert isinstance(body, messages.Carried)
+    assert bytes(body) == msgpack.packb([messages.VERSION, "step", *step.to_wire()])
+    assert messages.decode(body) is step  # not unpacked and validated again
+    assert messages.decode(bytes(body)) == step  # the bytes alone: the wire's path
+    done = DONE_OK.encode()
+    assert messages.decode(done) is DONE_OK
+    both = messages.completions_body([messages.pack_completion(c) for c in [DONE_OK]], [DONE_OK])
+    assert messages.decode(both) == Completions([DONE_OK])
+
+
+def test_a_handed_over_body_over_the_size_limit_is_refused_as_on_the_wire() -> None:
+    huge = dataclasses.replace(DONE_OK, output=b"x" * (messages.MAX_BODY + 1))
+    body = huge.encode()
+    assert isinstance(body, messages.Carried)
+    for handed in (body, bytes(body)):
+        with pytest.raises(CodecError, match="exceeds the"):
+            messages.decode(handed)
+
+
+def test_only_step_messages_and_completions_carry_themselves() -> None:
+    # A step's reports carry data it gave: always unpacked and checked.
+    for message in EXAMPLES.values():
+        carried = isinstance(message.encode(), messages.Carried)
+        assert carried == isinstance(message, StepMessage | Completion)

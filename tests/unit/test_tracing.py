@@ -51,5 +51,5 @@ def test_a_step_message_carries_a_traceparent_only_when_tracing() -> None:
         "r", "k", 1, "n", b"", [], None, "q", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
     )
     assert len(plain.to_wire()) == 8  # the same bytes as before tracing existed
-    assert messages.decode(traced.encode()) == traced
-    assert messages.decode(plain.encode()) == plain
+    assert messages.decode(bytes(traced.encode())) == traced
+    assert messages.decode(bytes(plain.encode())) == plain
