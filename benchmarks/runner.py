@@ -96,28 +96,48 @@ async def run_all(
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Result rows (workload-major) and each system's description."""
-    rows: list[dict[str, Any]] = []
+    found: dict[str, dict[str, dict[str, Any]]] = {}  # workload -> system -> row
     described: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
-    async with contextlib.AsyncExitStack() as stack:
-        systems: list[System] = []
-        for cls in classes:
-            reason = cls.unavailable()
-            if reason is None:
-                reason = await _start(stack, cls(config), systems, progress)
-            if reason is not None:
-                progress(f"{cls.name}: skipped ({reason})")
-                unavailable[cls.name] = reason
-        for system in systems:
+    for cls in classes:
+        reason = cls.unavailable()
+        if reason is not None:
+            progress(f"{cls.name}: skipped ({reason})")
+            unavailable[cls.name] = reason
+    # Embedded workloads first, before any system starts its workers or cluster: each of
+    # their samples is a process of its own (benchmarks.isolated), and none should share
+    # the machine with the other systems' resident processes either.
+    embedded = [w for w in workloads if w.embedded]
+    if embedded:
+        idle = [cls(config) for cls in classes if cls.name not in unavailable]
+        for system in idle:
             described[system.name] = {**system.describe(), "load_average": os.getloadavg()}
-        for workload in workloads:
-            found = await _run_workload(systems, workload, quick, config, progress)
+        for workload in embedded:
+            found[workload.name] = await _run_workload(idle, workload, quick, config, progress)
+    others = [w for w in workloads if not w.embedded]
+    if others:
+        async with contextlib.AsyncExitStack() as stack:
+            systems: list[System] = []
             for cls in classes:
-                if cls.name in unavailable:
-                    note = unavailable[cls.name]
-                    rows.append(result_row(workload, cls.name, [], status="skipped", note=note))
-                else:
-                    rows.append(found[cls.name])
+                if cls.name not in unavailable:
+                    reason = await _start(stack, cls(config), systems, progress)
+                    if reason is not None:
+                        progress(f"{cls.name}: skipped ({reason})")
+                        unavailable[cls.name] = reason
+            for system in systems:
+                described[system.name] = {**system.describe(), "load_average": os.getloadavg()}
+            for workload in others:
+                found[workload.name] = await _run_workload(
+                    systems, workload, quick, config, progress
+                )
+    rows: list[dict[str, Any]] = []
+    for workload in workloads:
+        for cls in classes:
+            row = found[workload.name].get(cls.name)
+            if row is None:
+                note = unavailable[cls.name]
+                row = result_row(workload, cls.name, [], status="skipped", note=note)
+            rows.append(row)
     return rows, described
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import isolated
-from benchmarks.spec import BY_NAME
+from benchmarks import isolated, runner
+from benchmarks.spec import BY_NAME, Workload
+from benchmarks.systems import BenchConfig, Sample, System
 
 EMBEDDED = BY_NAME["embedded_chain_of_chords_1000"]
 
@@ -32,3 +33,35 @@ def test_a_failing_sample_is_an_error_naming_its_system(
     monkeypatch.setenv("PYTHONPATH", os.getcwd())
     with pytest.raises(RuntimeError, match="isolated nosuch sample exited"):
         asyncio.run(isolated.sample(sys.executable, "nosuch", EMBEDDED, tmp_path / "b"))
+
+
+class _Recording(System):
+    """A system that records when it is started and what it runs."""
+
+    name = "recording"
+    log: list[str] = []
+
+    async def __aenter__(self) -> System:
+        self.log.append("start")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.log.append("stop")
+
+    async def run(self, workload: Workload) -> Sample:
+        self.log.append(workload.name)
+        return Sample(0.01)
+
+
+def test_embedded_workloads_run_before_any_system_starts_its_workers(tmp_path: Path) -> None:
+    _Recording.log = []
+    config = BenchConfig(broker="amqp://unused", prefix="t", workdir=tmp_path)
+    chosen = [BY_NAME["roundtrip"], EMBEDDED]
+    rows, described = asyncio.run(
+        runner.run_all([_Recording], config, chosen, quick=True, progress=lambda _: None)
+    )
+    embedded_runs = [EMBEDDED.name] * EMBEDDED.quick_repetitions
+    assert _Recording.log[: len(embedded_runs) + 1] == [*embedded_runs, "start"]
+    assert _Recording.log[-1] == "stop"
+    assert [row["workload"] for row in rows] == ["roundtrip", EMBEDDED.name]  # as chosen
+    assert "recording" in described
