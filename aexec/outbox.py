@@ -128,9 +128,12 @@ class Outbox:
             self._in_flight[reply_to] -= 1  # stopping: the flushers in flight take them
 
     async def _flush(self, reply_to: str) -> None:
-        """Publish what waits for ``reply_to``, then what gathered meanwhile, until none."""
+        """Publish what waits for ``reply_to``, then what gathered meanwhile, until none.
+        If that fails unexpectedly (a bug: transport errors are retried), its senders and
+        those waiting behind them get the error instead of waiting forever."""
+        batch: list[_Pending] = []
         try:
-            while batch := self._pending.pop(reply_to, None):
+            while batch := self._pending.pop(reply_to, []):
                 timer = self._timers.pop(reply_to, None)
                 if timer is not None:
                     timer.cancel()
@@ -140,6 +143,11 @@ class Outbox:
                     chunks = self._chunks(batch)
                 for chunk in chunks:
                     await self._deliver(reply_to, chunk)
+        except Exception as exc:
+            for pending in batch + self._pending.pop(reply_to, []):
+                if not pending.sent.done():
+                    pending.sent.set_exception(exc)
+            raise
         finally:
             self._in_flight[reply_to] -= 1
             if not self._in_flight[reply_to]:

@@ -392,3 +392,24 @@ async def test_a_coalesced_delivery_is_settled_once_every_completion_in_it_is(
         ["reply for unknown run 'r'"] if outcome == "dead-lettered" else []
     )
     await transport.close()
+
+
+class Broken(MemoryTransport):
+    """A broker whose publishes to ``reply`` fail with a bug (not a transport error)."""
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = 0) -> None:
+        if queue == "reply":
+            raise TypeError("a bug in the publish path")
+        await super().publish(queue, body, priority=priority)
+
+
+async def test_a_bug_in_the_publish_path_reaches_every_sender_instead_of_hanging_them() -> None:
+    transport = Broken()
+    await transport.open()
+    outbox, _ = await start_outbox(transport)
+    held = (await held_deliveries(transport, 3)).deliveries
+    sends = [asyncio.ensure_future(outbox.send("reply", completion(i), held[i])) for i in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), WAIT)
+    assert [type(r) for r in results] == [TypeError] * 3
+    assert all(unacked(d) for d in held)  # nothing published: the broker keeps the steps
+    await transport.close()
