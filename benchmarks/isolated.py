@@ -53,7 +53,10 @@ async def sample(python: str, system: str, workload: Workload, workdir: Path) ->
         last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"isolated {system} sample exited {process.returncode}: {last[0]}")
     found = json.loads(out.decode().strip().splitlines()[-1])
-    return Sample(float(found["seconds"]), dict(found["extra"]))
+    extra = dict(found["extra"])
+    # The work ran in that process: its CPU over the timed span is the sample's CPU (the
+    # benchmark's own processes, which the runner would meter, did nothing meanwhile).
+    return Sample(float(found["seconds"]), extra, {"process": float(extra["process_cpu_s"])})
 
 
 def _cpu() -> float:

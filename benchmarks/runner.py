@@ -219,7 +219,8 @@ async def _one(entry: _Entry, workload: Workload, config: BenchConfig, progress:
         # Systems whose client blocks enforce config.timeout themselves; the margin lets
         # them report it before this (which cannot stop a thread) fires.
         sample = await asyncio.wait_for(system.run(workload), cap(workload, config) + 30)
-        sample.cpu_seconds = meter.spent(before, meter.snapshot())
+        if not sample.cpu_seconds:  # an isolated sample measured its own process's
+            sample.cpu_seconds = meter.spent(before, meter.snapshot())
     except TimeoutError as exc:
         entry.status, entry.note = "timeout", f"no result within {cap(workload, config):g} s"
         log.debug("%s %s timed out: %s", system.name, workload.name, exc)

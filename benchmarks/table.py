@@ -56,6 +56,7 @@ def _order(rows: Sequence[Row], key: str) -> list[str]:
 
 ROLE_ABBREVIATIONS = {
     "client": "c",
+    "process": "p",
     "coordinator": "co",
     "workers": "w",
     "rabbitmq": "mq",

@@ -23,6 +23,10 @@ def test_an_aexec_sample_runs_in_another_process_and_reports_its_own_figures(
     sample = asyncio.run(isolated.sample(sys.executable, "aexec", EMBEDDED, tmp_path / "a"))
     assert 0 < sample.seconds < 120
     assert sample.extra["process_cpu_s"] > 0
+    # the table's CPU per step is that process's, not the benchmark's idle one
+    assert sample.cpu_seconds == {"process": sample.extra["process_cpu_s"]}
+    row = runner.result_row(EMBEDDED, "aexec", [sample])
+    assert row["cpu_ms_per_step"]["process"] > 0
     assert sample.extra["process_peak_rss_mb"] > 10
     assert list((tmp_path / "a").iterdir()), "the run's home is in the given directory"
 
