@@ -60,18 +60,13 @@ class Recorder:
         outbox = self._outbox(events)
         while events or confirmed:
             try:
-                if created:
-                    await coordinator.store.append(
-                        events,
-                        fence=coordinator.fence,
-                        confirmed=confirmed,
-                        outbox=outbox,
-                        created=created,
-                    )
-                else:
-                    await coordinator.store.append(
-                        events, fence=coordinator.fence, confirmed=confirmed, outbox=outbox
-                    )
+                await coordinator.store.append(
+                    events,
+                    fence=coordinator.fence,
+                    confirmed=confirmed,
+                    outbox=outbox,
+                    created=created,
+                )
                 self._recorded(outbox)
                 break
             except LeaseLostError as exc:

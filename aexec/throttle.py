@@ -32,6 +32,14 @@ SLOT_RETRY = 0.25
 """Seconds before a step the store refused the slots of its caps asks again."""
 
 
+def _attempts_ended(batch: Batch) -> list[SlotFree]:
+    """Take out of ``batch`` the frees of attempts' slots, leaving those of whole runs."""
+    ended = [free for free in batch.slot_frees if free.step is not None]
+    if ended:
+        batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
+    return ended
+
+
 class Throttle:
     """Admission and limits for ``coordinator``'s runs, as its config sets them."""
 
@@ -114,11 +122,8 @@ class Throttle:
         # (the attempt is over); those of a run that ended are freed once that end is
         # recorded (:meth:`ended`): were the run lost to another coordinator meanwhile,
         # they would be those its new driver took.
-        frees = [free for free in batch.slot_frees if free.step is not None]
-        if self._unfreed:
-            frees = self._unfreed + frees
+        frees = self._unfreed + _attempts_ended(batch)
         batch.slot_takes, self._unfreed = [], []
-        batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
         if not (frees or takes):
             return
         try:
@@ -134,10 +139,7 @@ class Throttle:
             due = batch.slots_taken(take, given)
             if due is not None:
                 coordinator.after(SLOT_RETRY, due)
-        wasted = [free for free in batch.slot_frees if free.step is not None]
-        if wasted:  # given to a step that did not want them
-            self._unfreed.extend(wasted)
-            batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
+        self._unfreed.extend(_attempts_ended(batch))  # given to steps that did not want them
         if self._unfreed:
             coordinator.after(SLOT_RETRY, UnfreedDue())
 

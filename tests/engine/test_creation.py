@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from aexec.errors import AexecError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.plan import Plan
-from aexec.store import Fence, RunRecord, WebhookDelivery
+from aexec.store import RunRecord
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -59,15 +60,8 @@ class Writes(MemoryStore):
         self.writes.append(("create_run", [EventKind.RUN_SUBMITTED]))
         return await super().create_run(run, plan, notify=notify)
 
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        fence: Fence | None = None,
-        confirmed: Sequence[tuple[str, str, int]] = (),
-        outbox: Sequence[WebhookDelivery] = (),
-        created: Sequence[tuple[RunRecord, Plan]] = (),
-    ) -> None:
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        created = options.get("created", ())
         if created and self.unavailable:
             self.unavailable -= 1
             raise StoreUnavailableError("the database is away")
@@ -78,9 +72,7 @@ class Writes(MemoryStore):
         if created and self.hold_before:
             self.held.set()
             await asyncio.Event().wait()  # until the coordinator is aborted
-        await super().append(
-            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
-        )
+        await super().append(events, **options)
         if events:
             self.writes.append(("append", [e.kind for e in events]))
         if created and self.hold_after:

@@ -18,8 +18,6 @@ from aexec.batch import ActiveRun, Batch
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.plan import Plan
-from aexec.store import Fence, RunRecord, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -41,18 +39,9 @@ class Confirming(MemoryStore):
         super().__init__()
         self.confirmed = asyncio.Event()
 
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        fence: Fence | None = None,
-        confirmed: Sequence[tuple[str, str, int]] = (),
-        outbox: Sequence[WebhookDelivery] = (),
-        created: Sequence[tuple[RunRecord, Plan]] = (),
-    ) -> None:
-        await super().append(
-            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
-        )
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        confirmed = options.get("confirmed", ())
+        await super().append(events, **options)
         if confirmed:
             self.confirmed.set()
 

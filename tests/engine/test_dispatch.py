@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -15,8 +16,6 @@ from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.errors import PublishError
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.plan import Plan
-from aexec.store import Fence, RunRecord, WebhookDelivery
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -151,18 +150,9 @@ class RecordsConfirms(MemoryStore):
         self.confirmed: set[tuple[str, str, int]] = set()
         self.recorded = asyncio.Event()
 
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        fence: Fence | None = None,
-        confirmed: Sequence[tuple[str, str, int]] = (),
-        outbox: Sequence[WebhookDelivery] = (),
-        created: Sequence[tuple[RunRecord, Plan]] = (),
-    ) -> None:
-        await super().append(
-            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
-        )
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        confirmed = options.get("confirmed", ())
+        await super().append(events, **options)
         self.confirmed.update(confirmed)
         self.recorded.set()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import aexec
 from aexec import pipeline, step
 from aexec.coordinator import Coordinator, CoordinatorConfig
 from aexec.events import Event, EventKind
 from aexec.objects.memory import MemoryObjectStore
-from aexec.plan import Plan
-from aexec.store import Fence, RunRecord, WebhookDelivery
+from aexec.store import RunRecord
 from aexec.store.memory import MemoryStore
 from aexec.testing import wait_for_event
 from aexec.transport.memory import MemoryTransport
@@ -94,16 +94,8 @@ async def test_a_run_whose_coordinator_died_is_taken_over_and_finished() -> None
 class Unconfirming(MemoryStore):
     """Never records a confirmed dispatch: as if its coordinator died before it could."""
 
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        fence: Fence | None = None,
-        confirmed: Sequence[tuple[str, str, int]] = (),
-        outbox: Sequence[WebhookDelivery] = (),
-        created: Sequence[tuple[RunRecord, Plan]] = (),
-    ) -> None:
-        await super().append(events, fence=fence, outbox=outbox, created=created)
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        await super().append(events, **{**options, "confirmed": ()})
 
 
 class Confirming(MemoryStore):
@@ -113,18 +105,9 @@ class Confirming(MemoryStore):
         super().__init__()
         self.confirmed = asyncio.Event()
 
-    async def append(
-        self,
-        events: Sequence[Event],
-        *,
-        fence: Fence | None = None,
-        confirmed: Sequence[tuple[str, str, int]] = (),
-        outbox: Sequence[WebhookDelivery] = (),
-        created: Sequence[tuple[RunRecord, Plan]] = (),
-    ) -> None:
-        await super().append(
-            events, fence=fence, confirmed=confirmed, outbox=outbox, created=created
-        )
+    async def append(self, events: Sequence[Event], **options: Any) -> None:
+        confirmed = options.get("confirmed", ())
+        await super().append(events, **options)
         if confirmed:
             self.confirmed.set()
 
