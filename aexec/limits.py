@@ -167,7 +167,7 @@ class Gate:
         self.in_use = 0
         self.tokens = 0
         self.requesting = False  # a request for tokens is out
-        self.retry_at = 0.0  # no request for tokens before this (monotonic seconds)
+        self.retry_at = 0.0  # no request for tokens before this (seconds on the event loop's clock)
         # fairness key → its waiting tickets; the dict's order is the round-robin order
         self.waiting: dict[str, collections.deque[Ticket]] = {}
 
@@ -337,7 +337,8 @@ class Limiter:
 
     def grant(self, gate_name: str, tokens: int, retry_in: float, now: float) -> list[Ticket]:
         """``tokens`` of rate gate ``gate_name`` came from the store; more may be asked for
-        in ``retry_in`` seconds (from ``now``, monotonic).  Returns the tickets admitted."""
+        in ``retry_in`` seconds (from ``now``, on the event loop's clock).  Returns the
+        tickets admitted."""
         gate = self._gates.get(gate_name)
         if gate is None:
             return []
@@ -357,7 +358,8 @@ class Limiter:
         return wanted
 
     def next_request(self) -> float | None:
-        """When (monotonic) a rate gate that waits may ask for tokens again, if one does."""
+        """When (on the event loop's clock) a rate gate that waits may ask for tokens
+        again, if one does."""
         times = [
             g.retry_at for g in self._rated if g.waiting and not g.requesting and g.retry_at > 0
         ]

@@ -11,6 +11,7 @@ and no admission configured, none of this costs anything on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -96,7 +97,10 @@ class Throttle:
     def granted(self, batch: Batch, item: TokensGranted) -> None:
         """Tokens came from the store: the steps they let go go out with ``batch``; the
         store's advice on when to ask again is a timer."""
-        batch.tokens(item, time.monotonic())
+        # The loop's clock, which the coordinator's timers run on: on another one (uvloop's
+        # counts whole milliseconds) the timer could wake a pass just before the gate is
+        # due, that pass would not ask, and nothing would wake another.
+        batch.tokens(item, asyncio.get_running_loop().time())
         if item.retry_in > 0:
             self._coordinator.after(item.retry_in, TokensDue())
 
@@ -105,7 +109,8 @@ class Throttle:
         request a task of the coordinator's; the answer comes back through its inbox)."""
         if not self.limiter:
             return
-        for gate, want in self.limiter.token_requests(time.monotonic()):
+        now = asyncio.get_running_loop().time()  # the clock granted() times against
+        for gate, want in self.limiter.token_requests(now):
             assert gate.rate is not None
             with contextlib.suppress(AexecError):  # stopping
                 self._coordinator.start_work(self._take_tokens(gate.name, gate.rate, want))
