@@ -81,6 +81,8 @@ from aexec.inbox import (
     CommitDue,
     ConfirmsDue,
     FlushDue,
+    Handed,
+    HandedOver,
     Inbox,
     Item,
     LetGo,
@@ -208,6 +210,7 @@ class Coordinator:
         self.runs: dict[str, ActiveRun] = {}
         self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
+        self._handed_over = HandedOver()
         self._gateways = Gateways(self.gateways, self._inbox.post)
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()
@@ -800,6 +803,22 @@ class Coordinator:
         """The handler of the reply queues this coordinator consumes."""
         self._inbox.post(Reply(delivery))
 
+    def hand_over(self, reply_to: str, completion: messages.Completion) -> bool:
+        """Take ``completion``, addressed to ``reply_to``, from a worker in this process (the
+        embedded mode) as it is: applied and recorded as if it had come through the reply
+        queue, without encoding, queueing and decoding it.  False, and nothing done, unless
+        ``reply_to`` is this coordinator's reply queue, it runs, and it drives the run: the
+        worker then publishes the completion as over a broker."""
+        if (
+            reply_to != self.reply_queue
+            or self._closing
+            or self._background is None
+            or completion.run_id not in self.runs
+        ):
+            return False
+        self._inbox.post(Handed(completion))
+        return True
+
     @property
     def queues(self) -> list[str]:
         """The step queues it has published to (declared)."""
@@ -854,6 +873,8 @@ class Coordinator:
             match item:
                 case Reply():
                     await self._take_reply(batch, item.delivery, strays)
+                case Handed():
+                    await self._take_handed(batch, item.completion, strays)
                 case FlushDue() | TokensDue():
                     pass  # it woke the scheduler: what is due is decided below
                 case ConfirmsDue():
@@ -949,6 +970,31 @@ class Coordinator:
                     type(msg).__name__,
                 )
                 await settle(delivery, reject=True, reason=f"a {msg.KIND} message on a reply queue")
+
+    async def _take_handed(
+        self, batch: Batch, completion: messages.Completion, strays: list[Stray]
+    ) -> None:
+        """Apply a completion handed over in the process; one about a run this coordinator
+        no longer drives (it ended meanwhile) goes the ordinary way, through the reply
+        queue, to be settled as any stray reply is."""
+        if completion.run_id in self.runs:
+            await self._take_report(batch, self._handed_over, completion, strays)
+            return
+        with contextlib.suppress(AexecError):  # stopping: nobody would read it
+            self._require_running().start_work(self._publish_reply(completion))
+
+    async def _publish_reply(self, completion: messages.Completion) -> None:
+        try:
+            await self.transport.publish(self.reply_queue, completion.encode())
+        except AexecError as exc:
+            log.warning(
+                "coordinator %s dropped the completion of step %s (attempt %d) of run %s: %s",
+                self.config.id,
+                completion.step_key,
+                completion.attempt,
+                completion.run_id,
+                exc,
+            )
 
     async def _take_report(
         self,

@@ -184,6 +184,9 @@ class Executor:
                     webhooks=webhooks,
                     gateways=_gateways(settings, objects),
                 )
+                # Its completions go to the coordinator as they are, not through the
+                # transport (the step messages do: priorities, prefetch, redelivery).
+                worker.hand_over_to(coordinator.hand_over)
                 # Exits run in reverse: the worker drains before the coordinator stops.
                 await stack.enter_async_context(coordinator)
                 await stack.enter_async_context(worker)
@@ -281,6 +284,11 @@ class Executor:
     def coordinator(self) -> Coordinator | None:
         """The coordinator it runs, once started (by the first submission, or :meth:`serve`)."""
         return self._coordinator
+
+    @property
+    def worker(self) -> Worker | None:
+        """The worker it runs in this process (embedded mode), once started."""
+        return self._worker
 
     # -- submitting ------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Everything that changes a run's schedule reaches the scheduler through its :class:`Inbox`,
 in arrival order: a delivery from a reply queue (:class:`Reply`: a worker's completion,
-progress or heartbeat), or a command the coordinator posts itself — a run was submitted
-(:class:`Start`) or taken over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
+progress or heartbeat), a completion the embedded worker handed over (:class:`Handed`),
+or a command the coordinator posts itself — a run was submitted (:class:`Start`) or taken
+over (:class:`Resume`), cancelled (:class:`Cancel`), a retry's
 backoff elapsed (:class:`RetryDue`), a worker stopped heartbeating (:class:`WorkerLost`),
 the broker did not confirm a step's message (:class:`Unconfirmed`), a step could not be
 sent (:class:`DispatchFailed`), a message naming a run failed its signature
@@ -21,6 +22,7 @@ import collections
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from aexec.messages import Completion
 from aexec.scheduling import Action
 from aexec.transport import Delivery
 from aexec.types import ErrorInfo
@@ -198,12 +200,42 @@ class Reply:
     delivery: Delivery
 
 
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A completion the worker in this process handed over as it is (the embedded mode), in
+    place of a :class:`Reply` carrying it: nothing to decode, nothing to settle."""
+
+    completion: Completion
+
+
+class HandedOver:
+    """The delivery of a :class:`Handed` completion: it came through no queue, so settling
+    it does nothing."""
+
+    __slots__ = ()
+
+    @property
+    def body(self) -> bytes:
+        return b""
+
+    @property
+    def redelivered(self) -> bool:
+        return False
+
+    async def ack(self) -> None:
+        return None
+
+    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
+        return None
+
+
 Item = (
     RunCommand
     | FlushDue
     | CommitDue
     | ConfirmsDue
     | Reply
+    | Handed
     | LetGo
     | TokensGranted
     | TokensDue
@@ -248,6 +280,8 @@ __all__ = [
     "ConfirmsDue",
     "DispatchFailed",
     "FlushDue",
+    "Handed",
+    "HandedOver",
     "Inbox",
     "Item",
     "LetGo",

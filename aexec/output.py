@@ -168,6 +168,7 @@ class OutputBuffer:
         pending = self._attempts.get(owner.key)
         if pending is None:
             pending = self._attempts[owner.key] = _Pending(owner.reply_to)
+            owner.reported = True
         return pending
 
     def _admit(self, pending: _Pending, size: int) -> bool:
@@ -317,13 +318,14 @@ class AttemptOutput:
     """The :class:`~aexec.context.StepOutput` of one attempt: what it reports goes to its
     worker's :class:`OutputBuffer`.  Never raises, never blocks on I/O."""
 
-    __slots__ = ("_buffer", "closed", "key", "reply_to")
+    __slots__ = ("_buffer", "closed", "key", "reply_to", "reported")
 
     def __init__(self, buffer: OutputBuffer, key: AttemptKey, reply_to: str) -> None:
         self._buffer = buffer
         self.key = key
         self.reply_to = reply_to
         self.closed = False  # set by the buffer, under its lock
+        self.reported = False  # it reported something (set by the buffer, under its lock)
 
     def finish(self) -> tuple[str, list[list[Any]]]:
         """The attempt ended: its reply queue and its last entries (see

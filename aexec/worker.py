@@ -48,12 +48,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aexec import capture, context, messages, outbox, tracing
 from aexec.background import Background
+from aexec.codec import DEFAULT_MAX_BODY
 from aexec.config import DEFAULT_MAX_VALUE_SIZE, Settings
 from aexec.dsl import StepDef
 from aexec.ended import EndedRuns
@@ -120,6 +121,9 @@ class WorkerConfig:
         }
         return cls(**(values | overrides))
 
+
+HandOver = Callable[[str, messages.Completion], bool]
+"""Takes a completion addressed to a reply queue in this process, or returns False."""
 
 AttemptKey = tuple[str, str, int]
 """``(run id, step key, attempt)``: one attempt of one step, as heartbeats name it."""
@@ -195,6 +199,9 @@ class Worker:
         self._loop_thread = 0
         self.terminated = asyncio.Event()
         self.metrics: WorkerMetrics | None = None  # counts finished attempts when set
+        self._hand_over: HandOver | None = None
+        self.handed = 0
+        """Completions handed over in the process so far (see :meth:`hand_over_to`)."""
         self._consuming = False
         if steps:
             self.add_steps(steps.values())
@@ -277,6 +284,14 @@ class Worker:
                 if step.version is not None:  # messages for that version name it
                     self._steps[versioned(step.name, step.version)] = step
 
+    def hand_over_to(self, hand_over: HandOver) -> None:
+        """Give the completions of attempts to ``hand_over``, a coordinator in this process
+        (the embedded mode), as they are: it returns False for those it does not take,
+        which are published as over a broker.  Only successful completions of attempts
+        that reported nothing are handed over (see :meth:`_hands_over`); the step message
+        is acked once its completion is handed over, as once it is published."""
+        self._hand_over = hand_over
+
     async def serve(self, queue: str) -> None:
         """Start consuming the step queue for ``queue`` (idempotent)."""
         if queue in self._subscriptions:
@@ -342,10 +357,11 @@ class Worker:
             await self._drop_consumers()
             await self._stop_listening()
             log.info(
-                "worker %s sent %d completion(s) in %d message(s)",
+                "worker %s sent %d completion(s) in %d message(s), handed %d over in the process",
                 self.name,
                 self.outbox.completions,
                 self.outbox.messages,
+                self.handed,
             )
         finally:
             self._background = None
@@ -568,7 +584,30 @@ class Worker:
             self.metrics.finished(step.queue, step.name, outcome, seconds)
         delivery = None if attempt.acked else attempt.delivery
         attempt.acked = attempt.sent = True  # from here on the outbox settles the delivery
+        if self._hands_over(msg.reply_to, completion, reported):
+            if delivery is not None:
+                await self._settle(delivery)
+            return
         await self.outbox.send(msg.reply_to, completion, delivery)
+
+    def _hands_over(
+        self, reply_to: str, completion: messages.Completion, output: AttemptOutput
+    ) -> bool:
+        """Hand ``completion`` to a coordinator in this process, if there is one for
+        ``reply_to`` (see :meth:`hand_over_to`) and nothing the completion must follow in
+        the reply queue: what its attempt reported went (or goes) there, so it follows
+        that; a failure goes there too, as does one that might not fit in a message."""
+        hand_over = self._hand_over
+        if (
+            hand_over is None
+            or output.reported
+            or completion.error is not None
+            or not _fits(completion)
+            or not hand_over(reply_to, completion)
+        ):
+            return False
+        self.handed += 1
+        return True
 
     async def _cancelled(self, attempt: _Attempt) -> None:
         """The worker cancelled ``attempt``: report it lost if ``on_cancel`` says so (within
@@ -785,6 +824,17 @@ _LOST_REASONS = {
     "crashed": "the child process running it died",
     "stopped": "the worker is stopping and its grace ran out",
 }
+
+
+def _fits(completion: messages.Completion) -> bool:
+    """Surely encodes within a message's size limit (its texts at 4 bytes a character)."""
+    texts = (
+        len(completion.run_id)
+        + len(completion.step_key)
+        + len(completion.worker)
+        + len(completion.instance)
+    )
+    return len(completion.output or b"") + 4 * texts + 128 <= DEFAULT_MAX_BODY
 
 
 def _cancelling() -> bool:
