@@ -808,7 +808,9 @@ class Batch:
 
     def _release(self, run_id: str, index: int, ts: float) -> None:
         limiter = self.limiter
-        self.admitted(limiter.release((run_id, index)), ts)
+        admitted = limiter.release((run_id, index))
+        if admitted:
+            self.admitted(admitted, ts)
         held = limiter.slots.get(run_id)
         if held is not None:
             attempt = held.pop(index, None)
@@ -845,27 +847,37 @@ class Batch:
             return None
         return run if self.limiter.holds((run_id, index)) else None
 
-    def slot_wanted(self, take: SlotTake) -> bool:
-        """True if the attempt of ``take`` still waits for the store's slots."""
-        run = self.runs.get(take.run_id)
-        index = None if run is None else run.plan.index.get(take.step)
-        return index is not None and self._slot_wanted(take.run_id, index, take.attempt) is not None
+    def wanted_takes(self) -> list[tuple[SlotTake, int]]:
+        """Take the pass's slot takes out of the batch, each with its step's index, less
+        those whose attempt no longer waits for the store's slots (a step this pass took a
+        slot for and then let go of: cancelled)."""
+        takes, self.slot_takes = self.slot_takes, []
+        wanted: list[tuple[SlotTake, int]] = []
+        for take in takes:
+            run = self.runs.get(take.run_id)
+            index = None if run is None else run.plan.index.get(take.step)
+            if index is not None and self._slot_wanted(take.run_id, index, take.attempt):
+                wanted.append((take, index))
+        return wanted
 
-    def slots_taken(self, take: SlotTake, granted: bool) -> SlotsDue | None:
-        """The store answered ``take``: the step goes out if it got its slots; if not, it
-        asks again later (the :class:`SlotsDue` returned, for the caller's timer).  Slots
-        given to an attempt that no longer wants them are freed."""
-        run = self.runs.get(take.run_id)
-        index = None if run is None else run.plan.index.get(take.step)
-        wanted = None if index is None else self._slot_wanted(take.run_id, index, take.attempt)
+    def slots_taken(self, take: SlotTake, index: int, granted: bool) -> SlotsDue | None:
+        """The store answered ``take`` (of step ``index``, as :meth:`wanted_takes` found
+        it): the step goes out if it got its slots; if not, it asks again later (the
+        :class:`SlotsDue` returned, for the caller's timer).  Slots given to an attempt
+        that no longer wants them are freed."""
+        wanted = self._slot_wanted(take.run_id, index, take.attempt)
         if granted:
-            if wanted is None or index is None:
+            if wanted is None:
                 self.slot_frees.append(SlotFree(take.run_id, take.step, take.attempt))
                 return None
-            self.limiter.slots.setdefault(take.run_id, {})[index] = take.attempt
+            held = self.limiter.slots.get(take.run_id)
+            if held is None:
+                self.limiter.slots[take.run_id] = {index: take.attempt}
+            else:
+                held[index] = take.attempt
             self._publish(wanted, index, take.attempt, self.now)
             return None
-        if wanted is None or index is None:
+        if wanted is None:
             return None
         return SlotsDue(take.run_id, index, take.attempt)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,9 +206,27 @@ class Gate:
         return sum(len(q) for q in self.waiting.values())
 
 
+class Gates:
+    """The gates of one step (with one limit key), as :meth:`Limiter.gates` finds them once
+    and a ticket carries them: all of them, and the caps among them (the gates a holder
+    takes a slot of, which it takes in the store too)."""
+
+    __slots__ = ("all", "capped", "caps")
+
+    def __init__(self, gates: tuple[Gate, ...]) -> None:
+        self.all = gates
+        self.capped = tuple(g for g in gates if g.rate is None)
+        self.caps: tuple[tuple[str, int], ...] = tuple(
+            (g.name, g.capacity) for g in self.capped if g.capacity is not None
+        )
+
+    def __iter__(self) -> Iterator[Gate]:
+        return iter(self.all)
+
+
 @dataclass(slots=True)
 class _Entry:
-    gates: tuple[Gate, ...]
+    gates: Gates
     fairness: str
     held: bool = False
     waits_on: Gate | None = None
@@ -228,7 +246,7 @@ class Limiter:
         self._capacities = dict(capacities or {})
         self._gates: dict[str, Gate] = {}
         self._rated: list[Gate] = []  # the token buckets among the gates (asked each pass)
-        self._cache: dict[tuple[str, StepLimits, str | None], tuple[Gate, ...]] = {}
+        self._cache: dict[tuple[str, StepLimits, str | None], Gates] = {}
         self._entries: dict[Ticket, _Entry] = {}
         self._runs: dict[str, set[Ticket]] = {}
         # run → step index → the attempt whose slots of caps in the store this coordinator
@@ -242,7 +260,7 @@ class Limiter:
 
     # -- gates -----------------------------------------------------------------------------
 
-    def gates(self, name: str, limits: StepLimits, key: str | None) -> tuple[Gate, ...]:
+    def gates(self, name: str, limits: StepLimits, key: str | None) -> Gates:
         """The gates of step ``name`` with ``limits`` and limit key ``key``."""
         cached = self._cache.get((name, limits, key))
         if cached is not None:
@@ -257,7 +275,7 @@ class Limiter:
                 found.append(self._gate(f"limit:{use}", capacity=capacity))
         if limits.rate is not None:
             found.append(self._gate(f"rate:{name}", rate=limits.rate))
-        gates = self._cache[(name, limits, key)] = tuple(found)
+        gates = self._cache[(name, limits, key)] = Gates(tuple(found))
         return gates
 
     def _gate(self, name: str, capacity: int | None = None, rate: Rate | None = None) -> Gate:
@@ -270,7 +288,7 @@ class Limiter:
 
     # -- tickets ---------------------------------------------------------------------------
 
-    def admit(self, ticket: Ticket, gates: tuple[Gate, ...], fairness: str) -> bool:
+    def admit(self, ticket: Ticket, gates: Gates, fairness: str) -> bool:
         """Step ``ticket`` is ready: True if it may go now (it holds its gates until
         :meth:`release`), False if it waits (it is returned by a later call once it may).
         A ticket that holds its gates already (a new attempt of a step whose attempt was
@@ -283,24 +301,24 @@ class Limiter:
         self._runs.setdefault(ticket[0], set()).add(ticket)
         return self._try(ticket, entry)
 
-    def occupy(self, ticket: Ticket, gates: tuple[Gate, ...]) -> None:
+    def occupy(self, ticket: Ticket, gates: Gates) -> None:
         """Step ``ticket`` is running already (a run taken over): it holds its caps, even
         over their capacity, and takes no token."""
         if ticket in self._entries:
             return
         self._entries[ticket] = _Entry(gates, ticket[0], held=True)
         self._runs.setdefault(ticket[0], set()).add(ticket)
-        for gate in gates:
-            if gate.rate is None:
-                gate.in_use += 1
+        for gate in gates.capped:
+            gate.in_use += 1
 
     def _try(self, ticket: Ticket, entry: _Entry) -> bool:
-        for gate in entry.gates:
+        gates = entry.gates.all
+        for gate in gates:
             if not gate.free:
                 entry.waits_on = gate
                 gate.wait(entry.fairness, ticket)
                 return False
-        for gate in entry.gates:
+        for gate in gates:
             gate.take()
         entry.held = True
         entry.waits_on = None
@@ -321,7 +339,7 @@ class Limiter:
             if entry.waits_on is not None:
                 _unqueue(entry.waits_on, entry.fairness, ticket)
             return []
-        freed = [gate for gate in entry.gates if gate.rate is None]
+        freed = entry.gates.capped
         for gate in freed:
             gate.in_use -= 1
         return self._serve(freed)
@@ -368,6 +386,8 @@ class Limiter:
     def _serve(self, gates: Iterable[Gate]) -> list[Ticket]:
         admitted: list[Ticket] = []
         for gate in gates:
+            if not gate.waiting:
+                continue
             while gate.free:
                 ticket = gate.next_waiting()
                 if ticket is None:
@@ -387,11 +407,7 @@ class Limiter:
         """The caps (``(gate name, capacity)``) that ``ticket`` holds or waits for: those
         whose slots it takes in the store too, so that they hold across coordinators."""
         entry = self._entries.get(ticket)
-        if entry is None:
-            return ()
-        return tuple(
-            (g.name, g.capacity) for g in entry.gates if g.rate is None and g.capacity is not None
-        )
+        return () if entry is None else entry.gates.caps
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -440,6 +456,7 @@ def take_tokens(tokens: float, want: int, rate: Rate) -> tuple[float, int, float
 
 __all__ = [
     "Gate",
+    "Gates",
     "Limiter",
     "Rate",
     "StepLimits",

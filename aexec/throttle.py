@@ -35,9 +35,14 @@ SLOT_RETRY = 0.25
 
 def _attempts_ended(batch: Batch) -> list[SlotFree]:
     """Take out of ``batch`` the frees of attempts' slots, leaving those of whole runs."""
-    ended = [free for free in batch.slot_frees if free.step is not None]
-    if ended:
-        batch.slot_frees = [free for free in batch.slot_frees if free.step is None]
+    frees = batch.slot_frees
+    if not frees:
+        return []
+    ended = [free for free in frees if free.step is not None]
+    if len(ended) == len(frees):
+        batch.slot_frees = []
+    elif ended:
+        batch.slot_frees = [free for free in frees if free.step is None]
     return ended
 
 
@@ -121,27 +126,29 @@ class Throttle:
         given theirs go out with ``batch``; a step refused asks again in a moment (other
         coordinators hold the slots; they free them when their attempts end)."""
         coordinator = self._coordinator
-        # A step that this pass took a slot for and then let go of (cancelled) takes none.
-        takes = [take for take in batch.slot_takes if batch.slot_wanted(take)]
+        takes = batch.wanted_takes()
         # The slots of an attempt that ended are free whatever this pass's commit does
         # (the attempt is over); those of a run that ended are freed once that end is
         # recorded (:meth:`ended`): were the run lost to another coordinator meanwhile,
         # they would be those its new driver took.
-        frees = self._unfreed + _attempts_ended(batch)
-        batch.slot_takes, self._unfreed = [], []
+        frees = _attempts_ended(batch)
+        if self._unfreed:
+            frees[:0], self._unfreed = self._unfreed, []
         if not (frees or takes):
             return
+        store = coordinator.store
+        asked = [take for take, _ in takes]
         try:
             granted = await coordinator.with_retry(
-                "take and free limit slots", lambda: coordinator.store.sync_slots(frees, takes)
+                "take and free limit slots", lambda: store.sync_slots(frees, asked)
             )
         except StoreError as exc:  # nothing taken nor freed: the next passes try again
             log.error(
                 "coordinator %s cannot take and free limit slots: %s", coordinator.config.id, exc
             )
             self._unfreed, granted = frees, [False] * len(takes)
-        for take, given in zip(takes, granted, strict=True):
-            due = batch.slots_taken(take, given)
+        for (take, index), given in zip(takes, granted, strict=True):
+            due = batch.slots_taken(take, index, given)
             if due is not None:
                 coordinator.after(SLOT_RETRY, due)
         self._unfreed.extend(_attempts_ended(batch))  # given to steps that did not want them

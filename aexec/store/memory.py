@@ -489,32 +489,47 @@ class MemoryStore(Opened):
     def _take_slots(self, take: SlotTake, now: float) -> bool:
         run_id = take.run_id
         key = (run_id, take.step)
-        fresh = now - shared.SLOT_WAIT_TTL
         needed: list[str] = []
         for gate, capacity in take.caps:
-            held = self._slots.setdefault(gate, {})
+            held = self._slots.get(gate)
+            if held is None:
+                held = self._slots[gate] = {}
             if key not in held:
-                waits = self._waits.setdefault(gate, {})
-                mine = waits.get(key)
+                waits = self._waits.get(gate)
+                mine = None if not waits else waits.get(key)
                 since = now if mine is None else mine[0]
-                ahead = sum(
-                    1 for k, (s, seen) in waits.items() if k != key and seen >= fresh and s < since
-                )
+                ahead = 0
+                if waits:  # steps refused earlier, and still asking, go first
+                    fresh = now - shared.SLOT_WAIT_TTL
+                    ahead = sum(
+                        1
+                        for k, (s, seen) in waits.items()
+                        if k != key and seen >= fresh and s < since
+                    )
                 if len(held) >= capacity:  # full: slots of ended runs go first
                     for ended in [k for k in held if self._ended(k[0])]:
                         del held[ended]
                 if len(held) + ahead >= capacity:  # full, or the free slots are others' turn
+                    if waits is None:
+                        waits = self._waits[gate] = {}
+                    fresh = now - shared.SLOT_WAIT_TTL
                     for stale in [k for k, (_, seen) in waits.items() if seen < fresh]:
                         del waits[stale]
                     waits[key] = [since, now]
                     return False
             needed.append(gate)
         for gate in needed:
-            self._waits.get(gate, {}).pop(key, None)
+            waits = self._waits.get(gate)
+            if waits:
+                waits.pop(key, None)
             held = self._slots[gate]
             earlier = held.get(key)  # its slot passes to the new attempt
             held[key] = (take.attempt, now if earlier is None else earlier[1])
-        self._run_gates.setdefault(run_id, set()).update(needed)
+        taken = self._run_gates.get(run_id)
+        if taken is None:
+            self._run_gates[run_id] = set(needed)
+        else:
+            taken.update(needed)
         return True
 
     def _ended(self, run_id: str) -> bool:
