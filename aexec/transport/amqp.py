@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import (
@@ -92,6 +93,7 @@ from aexec.transport import (
     Handler,
     Replay,
     ack_each,
+    amqp_batch,
     retained_queue,
 )
 from aexec.wire import (
@@ -509,6 +511,7 @@ class AmqpTransport:
         self._queues: dict[str, _QueueSpec] = {}
         self._subscriptions: set[AmqpSubscription] = set()
         self._followers: set[AmqpFollower] = set()
+        self._message_ids = itertools.count(1)  # of batched publishes (see amqp_batch)
 
     @classmethod
     def from_url(cls, url: str) -> AmqpTransport:
@@ -679,23 +682,86 @@ class AmqpTransport:
             raise TransportError(f"cannot publish to {routing_key!r}: {_reason(exc)}") from exc
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
-        """Publish concurrently: the broker confirms the batch in about one round trip."""
+        """Publish in one socket write (:mod:`aexec.transport.amqp_batch`), the confirms
+        awaited together: the broker confirms the batch in about one round trip."""
         if len(messages) == 1:
             queue, body, priority = messages[0]
             await self.publish(queue, body, priority=priority)
-        elif messages:
+            return
+        if not messages:
+            return
+        channel = self._require(self._publisher)
+        try:
+            if channel.is_closed:  # reconnecting: wait (bounded) for the channel to come back
+                await self._ready(channel)
+            underlay = await channel.get_underlay_channel()
+        except (TransportError, *_BROKER_ERRORS) as exc:
+            raise PublishError(
+                f"{len(messages)} of {len(messages)} messages were not confirmed: "
+                f"{exc if isinstance(exc, TransportError) else _reason(exc)}",
+                list(messages),
+            ) from exc
+        if not amqp_batch.batchable(underlay):
             results = await asyncio.gather(
                 *(self.publish(q, b, priority=p) for q, b, p in messages), return_exceptions=True
             )
-            failed = [(m, r) for m, r in zip(messages, results, strict=True) if r is not None]
-            for _, result in failed:
-                if not isinstance(result, TransportError):
-                    raise result  # not the broker's doing: a bug, or cancellation
-            if failed:
-                raise PublishError(
-                    f"{len(failed)} of {len(messages)} messages were not confirmed: {failed[0][1]}",
-                    [m for m, _ in failed],
+        else:
+            results = await self._publish_batch(cast(aiormq.Channel, underlay), messages)
+        failed = [(m, r) for m, r in zip(messages, results, strict=True) if r is not None]
+        for _, result in failed:
+            if not isinstance(result, TransportError):
+                raise result  # not the broker's doing: a bug, or cancellation
+        if failed:
+            raise PublishError(
+                f"{len(failed)} of {len(messages)} messages were not confirmed: {failed[0][1]}",
+                [m for m, _ in failed],
+            )
+
+    async def _publish_batch(
+        self, underlay: aiormq.Channel, messages: Sequence[tuple[str, bytes, int]]
+    ) -> list[BaseException | None]:
+        """Publish ``messages`` in one write; each one's outcome: None (confirmed) or the
+        error :meth:`publish` would have raised for it."""
+        publishes = [
+            (
+                self.broker_name(queue),
+                body,
+                Basic.Properties(
+                    delivery_mode=2,
+                    priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT),
+                    message_id=f"b{next(self._message_ids)}",
+                ),
+            )
+            for queue, body, priority in messages
+        ]
+        try:
+            confirmations = await amqp_batch.put_publishes(underlay, publishes)
+        except _BROKER_ERRORS as exc:
+            unsent = TransportError(f"cannot publish: {_reason(exc)}")
+            unsent.__cause__ = exc
+            return [unsent] * len(messages)
+        outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
+        results: list[BaseException | None] = []
+        for (queue, _, _), (routing_key, _, _), outcome in zip(
+            messages, publishes, outcomes, strict=True
+        ):
+            if not isinstance(outcome, BaseException):
+                results.append(None)
+                continue
+            if isinstance(outcome, aiormq.exceptions.PublishError):
+                error: BaseException = UnroutableError(
+                    f"no queue named {queue!r} ({routing_key!r}): the message was not routed"
                 )
+            elif isinstance(outcome, aiormq.exceptions.DeliveryError):
+                error = TransportError(f"RabbitMQ refused a message for {routing_key!r}")
+            elif isinstance(outcome, _BROKER_ERRORS):
+                error = TransportError(f"cannot publish to {routing_key!r}: {_reason(outcome)}")
+            else:
+                results.append(outcome)  # cancellation, or a bug: raised as it is
+                continue
+            error.__cause__ = outcome
+            results.append(error)
+        return results
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """One ``basic.ack`` with ``multiple`` per consumer for its oldest unsettled

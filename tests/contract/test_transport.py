@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from aexec.errors import ConfigError, TransportError
+from aexec.errors import ConfigError, PublishError, TransportError
 from aexec.transport import (
     DEAD_LETTER_LIMITS,
     DEAD_LETTER_QUEUE,
@@ -254,6 +254,30 @@ async def test_publishing_to_an_undeclared_queue_raises_and_keeps_the_transport_
     await transport.consume("work", inbox, prefetch=1)
     await transport.publish("work", b"still works")
     assert [d.body for d in await inbox.wait_for(1)] == [b"still works"]
+
+
+async def test_a_batch_is_delivered_whole_by_priority_then_in_publication_order(
+    transport: Transport,
+) -> None:
+    await transport.declare_queue("work", max_priority=10)
+    await transport.declare_queue("other", max_priority=10)
+    batch = [
+        ("work", b"a0", 0),
+        ("other", b"o", 2),
+        ("work", b"b5", 5),
+        ("work", b"c9", 9),
+        ("work", b"d5", 5),
+        ("work", b"e0", 0),
+    ]
+    await transport.publish_many(batch)
+    work, other = Inbox(), Inbox()
+    await transport.consume("work", work, prefetch=1)
+    await transport.consume("other", other, prefetch=1)
+    await work.wait_for(5)
+    assert work.bodies == [b"c9", b"b5", b"d5", b"a0", b"e0"]
+    assert [d.body for d in await other.wait_for(1)] == [b"o"]
+    await asyncio.sleep(QUIET)
+    assert len(work.deliveries) == 5 and len(other.deliveries) == 1
 
 
 async def test_consuming_from_an_undeclared_queue_raises(transport: Transport) -> None:
@@ -842,6 +866,27 @@ async def silent_server() -> AsyncIterator[tuple[str, int]]:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.rabbitmq
+async def test_a_batch_with_a_message_for_a_missing_queue_names_it_alone_unsent(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        inbox = Inbox()
+        await transport.consume("work", inbox, prefetch=10)
+        batch = [("work", b"a", 0), ("nowhere", b"lost", 3), ("work", b"b", 0)]
+        with pytest.raises(PublishError, match="1 of 3") as raised:
+            await transport.publish_many(batch)
+        assert raised.value.unsent == [("nowhere", b"lost", 3)]
+        assert [d.body for d in await inbox.wait_for(2)] == [b"a", b"b"]
+        await transport.publish_many([("work", b"c", 0), ("work", b"d", 0)])
+        assert [d.body for d in await inbox.wait_for(4)] == [b"a", b"b", b"c", b"d"]
+    finally:
+        await tear_down(transport)
 
 
 def closed_port() -> int:
