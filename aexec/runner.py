@@ -36,7 +36,7 @@ from aexec.errors import (
     StepTimeoutError,
     ValueTooLargeError,
 )
-from aexec.objects import ObjectStore, load_value, output_key
+from aexec.objects import ObjectStore, output_key, resolve_refs
 from aexec.output import OutputLimits
 from aexec.pool import DEFAULT_CANCEL_GRACE, ChildDied, ProcessPool
 from aexec.types import ErrorInfo
@@ -102,7 +102,12 @@ class StepRunner:
         records, what it prints, custom events)."""
         limit = self._max_value_size
         try:
-            inputs = [await load_value(self._objects, blob, max_size=limit) for blob in msg.inputs]
+            inputs = []
+            for blob in msg.inputs:  # as load_value, without a coroutine for an inline one
+                value, has_refs = codec.decode_with_refs(blob, max_size=limit)
+                if has_refs:
+                    value = await resolve_refs(self._objects, value, max_size=limit)
+                inputs.append(value)
         except (CodecError, ValueError, TypeError) as exc:
             raise StepFailure(
                 ErrorInfo.from_exception(

@@ -537,8 +537,9 @@ class Worker:
             raise
         finally:
             self._running.pop(key, None)
-            if attempt.output is not None:
-                attempt.output.finish()  # what is left of a cancelled attempt is dropped
+            output = attempt.output
+            if output is not None and not output.closed:
+                output.finish()  # what is left of a cancelled attempt is dropped
 
     async def _attempt(self, attempt: _Attempt, step: StepDef[Any, Any]) -> None:
         msg = attempt.msg

@@ -65,6 +65,14 @@ async def load_value(
     value, has_refs = codec.decode_with_refs(encoded, max_size=max_size)
     if not has_refs:
         return value
+    return await resolve_refs(objects, value, max_size=max_size)
+
+
+async def resolve_refs(
+    objects: ObjectStore, value: Any, *, max_size: int = codec.DEFAULT_MAX_BODY
+) -> Any:
+    """``value``, decoded by :func:`~aexec.codec.decode_with_refs` and found to hold claim
+    checks, with each fetched from ``objects`` (see :func:`load_value`)."""
     return await _resolve(objects, value, max_size, MAX_REF_DEPTH)
 
 

@@ -335,12 +335,19 @@ class MemoryTransport:
         self._dispatch(q)
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
-        for queue, body, priority in messages:
-            q = self._queues.get(queue)
-            if q is None:
-                raise UnroutableError(f"no queue named {queue!r}: the message was not routed")
-            self._push(q, body, priority, False, None)
-            self._dispatch(q)
+        # All queued first, then handed to consumers once a queue: the consumers take them
+        # in priority order, as they would from a broker that had them all waiting.
+        touched: dict[str, _Queue] = {}
+        try:
+            for queue, body, priority in messages:
+                q = self._queues.get(queue)
+                if q is None:
+                    raise UnroutableError(f"no queue named {queue!r}: the message was not routed")
+                self._push(q, body, priority, False, None)
+                touched[queue] = q
+        finally:
+            for q in touched.values():
+                self._dispatch(q)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_each(deliveries)
