@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from aexec import codec
 from aexec.errors import AexecError, CodecError, DefinitionError, ParameterError, PlanError
 from aexec.limits import Rate, StepLimits, key_text
-from aexec.plan import CHILD, DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build
+from aexec.plan import CHILD, DEFAULT_QUEUE, NATIVE, Plan, StepSpec, build, make_spec
 from aexec.retry import RetryPolicy
 from aexec.wire import MAX_PRIORITY, check_version
 
@@ -575,7 +575,7 @@ class _Builder:
         self.keys.add(key)
         self.calls.setdefault((self.prefix, step.name), []).append(key)
         self.nodes.append(
-            StepSpec(
+            make_spec(  # StepSpec(...), every field in order
                 key,
                 step.name,
                 step.queue,

@@ -14,7 +14,7 @@ from aexec import codec
 from aexec.codec import Slot
 from aexec.errors import PlanError
 from aexec.limits import StepLimits
-from aexec.plan import EMPTY_CALL, MAX_PRIORITY, NULL_RESULT, Plan, StepSpec, build
+from aexec.plan import EMPTY_CALL, MAX_PRIORITY, NULL_RESULT, Plan, StepSpec, build, make_spec
 from aexec.retry import RetryPolicy
 
 
@@ -401,3 +401,17 @@ def test_a_plan_using_every_option_keeps_its_steps_and_its_pinned_digest() -> No
     assert plan.steps[0].timeout == 5.0 and isinstance(plan.steps[0].timeout, float)
     assert plan.steps[0].dependents == (1, 2)
     assert Plan.from_bytes(plan.to_bytes()) == plan
+
+
+def test_make_spec_builds_the_frozen_spec_the_constructor_builds() -> None:
+    values = [f.default for f in dataclasses.fields(StepSpec)]
+    values[:2] = ["k", "n"]
+    values[6] = ("a", "b")
+    made = make_spec(*values)
+    assert made == StepSpec(*values)
+    assert hash(made) == hash(StepSpec(*values))
+    assert type(made) is StepSpec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.key = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        make_spec("k", "n")  # every field, in order
