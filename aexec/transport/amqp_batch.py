@@ -11,7 +11,8 @@ The broker sees the same methods in the same order as from separate publishes, a
 confirms each as before; nothing here waits for the write (the confirms are what tell).
 
 It uses aiormq's channel attributes that ``basic_publish`` uses (``lock``,
-``delivery_tag``, ``confirmations``, ``message_id_delivery_tag``, ``write_queue``):
+``delivery_tag``, ``confirmations``, ``message_id_delivery_tag``, ``write_queue``,
+``_split_body``):
 :func:`batchable` checks that the channel has them, and callers fall back to one
 ``basic_publish`` per message when it does not (another aiormq version).
 """
@@ -27,7 +28,14 @@ from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-_NEEDED = ("lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "write_queue")
+_NEEDED = (
+    "lock",
+    "delivery_tag",
+    "confirmations",
+    "message_id_delivery_tag",
+    "write_queue",
+    "_split_body",
+)
 
 Publish = tuple[str, bytes, Basic.Properties]
 """``(routing key, body, properties)`` of one mandatory publish to the default exchange;
