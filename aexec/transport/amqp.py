@@ -511,7 +511,10 @@ class AmqpTransport:
         self._queues: dict[str, _QueueSpec] = {}
         self._subscriptions: set[AmqpSubscription] = set()
         self._followers: set[AmqpFollower] = set()
-        self._message_ids = itertools.count(1)  # of batched publishes (see amqp_batch)
+        # Message ids of batched publishes (see amqp_batch): unique on a channel, and with
+        # a random prefix unique across processes too, as aiormq's random ones are.
+        self._id_prefix = uuid4().hex[:12]
+        self._message_ids = itertools.count(1)
 
     @classmethod
     def from_url(cls, url: str) -> AmqpTransport:
@@ -729,7 +732,7 @@ class AmqpTransport:
                 Basic.Properties(
                     delivery_mode=2,
                     priority=min(max(priority, 0), _AMQP_PRIORITY_LIMIT),
-                    message_id=f"b{next(self._message_ids)}",
+                    message_id=f"{self._id_prefix}.{next(self._message_ids)}",
                 ),
             )
             for queue, body, priority in messages
