@@ -2,6 +2,7 @@
 
     python -m benchmarks.limits [--tenants 50] [--steps 200] [--repeat 3] [--json FILE]
                                 [--broker amqp://... [--store memory://|sqlite|URL]]
+                                [--variants unlimited,per_tenant_2,global_64]
 
 Workload: one run per tenant, each of ``--steps`` independent no-op steps, all submitted
 at once, in three variants of the same step:
@@ -9,6 +10,10 @@ at once, in three variants of the same step:
 - ``unlimited``: no limit (the hot path as it is without limits);
 - ``per_tenant_2``: ``@step(concurrency=2, limit_key="tenant")``, 2 running per tenant;
 - ``global_64``: ``@step(concurrency=64)``, 64 running in all.
+
+``--variants`` picks others too: ``global_32`` and ``global_100`` are ``global_64`` with
+another cap (32 or 100 running in all), which shows what a cap costs by the number of
+steps it leaves in flight (``per_tenant_2`` has 100 in flight with 50 tenants).
 
 For each: wall time, steps per second, process CPU per step, and fairness: the spread of
 the tenants' completion times (max - min, and as a share of the wall time; the tenants'
@@ -68,6 +73,26 @@ async def per_tenant(i: int) -> int:
 @step(name="global_cap", concurrency=64)
 async def global_cap(i: int) -> int:
     return i
+
+
+@step(name="global_cap_32", concurrency=32)
+async def global_cap_32(i: int) -> int:
+    return i
+
+
+@step(name="global_cap_100", concurrency=100)
+async def global_cap_100(i: int) -> int:
+    return i
+
+
+VARIANTS: dict[str, StepDef[Any, Any]] = {
+    "unlimited": free,
+    "per_tenant_2": per_tenant,
+    "global_64": global_cap,
+    "global_32": global_cap_32,
+    "global_100": global_cap_100,
+}
+DEFAULT_VARIANTS = ("unlimited", "per_tenant_2", "global_64")
 
 
 def tenant_pipeline(name: str, work: StepDef[Any, Any], steps: int) -> Pipeline:
@@ -162,7 +187,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure(args: argparse.Namespace, executor: Executors) -> dict[str, Any]:
-    variants = {"unlimited": free, "per_tenant_2": per_tenant, "global_64": global_cap}
+    variants = {name: VARIANTS[name] for name in args.variants}
     results: dict[str, Any] = {}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     await one_round("warm-up", free, 2, 10, executor)
@@ -174,7 +199,7 @@ async def measure(args: argparse.Namespace, executor: Executors) -> dict[str, An
     # Ratios to the unlimited round of the same repeat (run next to it, under the same
     # load), then their median: steadier than a ratio of medians on a shared machine.
     base = rounds["unlimited"]
-    for name in ("per_tenant_2", "global_64"):
+    for name in [n for n in variants if n != "unlimited"]:
         pairs = list(zip(rounds[name], base, strict=True))
         results[name]["throughput_vs_unlimited"] = statistics.median(
             r["steps_per_s"] / b["steps_per_s"] for r, b in pairs
@@ -206,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --broker, the coordinator's store: memory:// (default), sqlite (a new "
         "file per round) or a postgresql:// URL (runs accumulate in it)",
     )
+    parser.add_argument(
+        "--variants",
+        type=_variants,
+        default=DEFAULT_VARIANTS,
+        help=f"comma-separated, among {', '.join(VARIANTS)} (unlimited is always run: "
+        f"the ratios are to it); default {','.join(DEFAULT_VARIANTS)}",
+    )
     args = parser.parse_args(argv)
     results = main_async_run(args)
     header = (
@@ -225,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['user_us_per_step']:>7.0f}{r['system_us_per_step']:>6.0f}"
             f"{r['tenant_spread_s']:>10.2f}{r['tenant_spread_share'] * 100:>9.1f}%"
         )
-    for name in ("per_tenant_2", "global_64"):
+    for name in [n for n in results if n != "unlimited"]:
         r = results[name]
         print(
             f"{name}: throughput {r['throughput_vs_unlimited']:.2f}x unlimited, "
@@ -239,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                 {"tenants": args.tenants, "steps": args.steps, "results": results}, fh, indent=2
             )
     return 0
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variants {unknown}: pick among {list(VARIANTS)}")
+    return ("unlimited", *[name for name in dict.fromkeys(names) if name != "unlimited"])
 
 
 def main_async_run(args: argparse.Namespace) -> dict[str, Any]:
