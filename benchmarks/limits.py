@@ -36,6 +36,7 @@ import contextlib
 import gc
 import itertools
 import json
+import math
 import resource
 import statistics
 import sys
@@ -207,7 +208,7 @@ async def measure(args: argparse.Namespace, executor: Executors) -> dict[str, An
         for measure in ("cpu", "user", "system"):
             key = f"{measure}_us_per_step"
             results[name][f"{measure}_vs_unlimited"] = statistics.median(
-                r[key] / b[key] for r, b in pairs
+                _ratio(r[key], b[key]) for r, b in pairs
             )
         results[name]["cpu_vs_unlimited_each"] = [
             round(r["cpu_us_per_step"] / b["cpu_us_per_step"], 3) for r, b in pairs
@@ -271,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                 {"tenants": args.tenants, "steps": args.steps, "results": results}, fh, indent=2
             )
     return 0
+
+
+def _ratio(value: float, base: float) -> float:
+    """``value / base``; NaN if ``base`` is 0 (a short round's system CPU can be)."""
+    return value / base if base else math.nan
 
 
 def _variants(text: str) -> tuple[str, ...]:

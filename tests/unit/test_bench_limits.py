@@ -18,7 +18,7 @@ def test_variants_always_include_unlimited_first_and_refuse_unknown_names() -> N
 
 
 def test_each_variant_asked_for_gets_its_rounds_and_its_ratios_to_unlimited() -> None:
-    args = argparse.Namespace(tenants=3, steps=4, repeat=2, variants=("unlimited", "global_32"))
+    args = argparse.Namespace(tenants=3, steps=20, repeat=2, variants=("unlimited", "global_32"))
     results = asyncio.run(limits.measure(args, limits.aexec.testing.executor))
     assert list(results) == ["unlimited", "global_32"]
     capped = results["global_32"]
