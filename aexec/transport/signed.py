@@ -41,6 +41,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+from aexec.errors import PublishError
 from aexec.transport import DeadLetter, Delivery, Handler, Replay, Subscription, Transport
 from aexec.wire import MAX_PRIORITY
 
@@ -163,7 +164,15 @@ class SignedTransport:
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
         signed = [(q, sign(self._key, f"q:{q}", b), p) for q, b, p in messages]
-        await self.inner.publish_many(signed)
+        try:
+            await self.inner.publish_many(signed)
+        except PublishError as exc:
+            # The caller knows its messages, not their signed bodies: name its own unsent.
+            originals = {
+                id(body): message for (_, body, _), message in zip(signed, messages, strict=True)
+            }
+            unsent = [originals[id(body)] for _, body, _ in exc.unsent if id(body) in originals]
+            raise PublishError(str(exc), unsent) from exc
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         destination = f"q:{queue}"

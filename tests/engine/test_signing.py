@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -17,6 +17,7 @@ import aexec.testing
 from aexec import messages, pipeline, step
 from aexec.coordinator import Coordinator
 from aexec.dsl import CompiledPipeline
+from aexec.errors import PublishError
 from aexec.events import EventKind
 from aexec.objects.memory import MemoryObjectStore
 from aexec.store.memory import MemoryStore
@@ -354,3 +355,26 @@ async def test_an_unsigned_run_ended_announcement_is_dropped_and_a_signed_one_ob
         done = messages.decode(await asyncio.wait_for(replies.get(), WAIT))
         assert isinstance(done, messages.Completion) and done.run_id == "forged"
         assert calls == ["legit"]  # the forged announcement skipped nothing; "ended" ran not
+
+
+class _HalfConfirmed(MemoryTransport):
+    """A broker that confirms every other message of a batch (the rest are unsent)."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+        await super().publish_many(messages[::2])
+        raise PublishError("not confirmed", messages[1::2])
+
+
+async def test_a_batch_partly_unconfirmed_names_the_callers_own_messages_unsent() -> None:
+    inner = _HalfConfirmed()
+    await inner.open()
+    try:
+        await inner.declare_queue("q")
+        signed = SignedTransport(inner, SECRET)
+        batch = [("q", b"a", 0), ("q", b"b", 1), ("q", b"c", 2), ("q", b"d", 3)]
+        with pytest.raises(PublishError) as raised:
+            await signed.publish_many(batch)
+        assert raised.value.unsent == [batch[1], batch[3]]
+        assert all(a is b for a, b in zip(raised.value.unsent, [batch[1], batch[3]], strict=True))
+    finally:
+        await inner.close()
