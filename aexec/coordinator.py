@@ -82,7 +82,6 @@ from aexec.inbox import (
     ConfirmsDue,
     FlushDue,
     Handed,
-    HandedOver,
     Inbox,
     Item,
     LetGo,
@@ -108,7 +107,7 @@ from aexec.submissions import Submissions
 from aexec.takeover import Leases
 from aexec.throttle import Throttle
 from aexec.tracing import Tracing
-from aexec.transport import Delivery, Subscription, Transport, settle
+from aexec.transport import Announcement, Delivery, Subscription, Transport, settle
 from aexec.types import ErrorInfo, RunStatus, check_tags
 from aexec.wire import (
     COORDINATOR_TOPIC,
@@ -210,7 +209,9 @@ class Coordinator:
         self.runs: dict[str, ActiveRun] = {}
         self.fence = Fence(self.config.id, Epochs(self.runs))
         self._inbox = Inbox()
-        self._handed_over = HandedOver()
+        # The delivery of a handed-over completion: it came through no queue, so settling
+        # it does nothing (as for the announcements children and gateways post).
+        self._handed_over = Announcement(b"")
         self._gateways = Gateways(self.gateways, self._inbox.post)
         self._timers: Timers[Item] = Timers(self._inbox.post)
         self._declared: set[str] = set()

@@ -208,27 +208,6 @@ class Handed:
     completion: Completion
 
 
-class HandedOver:
-    """The delivery of a :class:`Handed` completion: it came through no queue, so settling
-    it does nothing."""
-
-    __slots__ = ()
-
-    @property
-    def body(self) -> bytes:
-        return b""
-
-    @property
-    def redelivered(self) -> bool:
-        return False
-
-    async def ack(self) -> None:
-        return None
-
-    async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
-        return None
-
-
 Item = (
     RunCommand
     | FlushDue
@@ -281,7 +260,6 @@ __all__ = [
     "DispatchFailed",
     "FlushDue",
     "Handed",
-    "HandedOver",
     "Inbox",
     "Item",
     "LetGo",
