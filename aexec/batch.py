@@ -251,7 +251,7 @@ class Batch:
         self.output_budget = OUTPUT_BUDGET
         # Slots of caps to take in the store before these steps go out, and to free (a
         # step's attempts up to this one; every step of the run if None).
-        self.slot_takes: list[SlotTake] = []
+        self.slot_takes: list[tuple[SlotTake, int]] = []  # each with its step's index
         self.slot_frees: list[SlotFree] = []
 
     def discard(self, run_ids: set[str]) -> None:
@@ -264,7 +264,7 @@ class Batch:
         self.retries = [t for t in self.retries if t.due.run_id not in run_ids]
         self.finished = [r for r in self.finished if r.run_id not in run_ids]
         if self.slot_takes or self.slot_frees:  # the run's new driver decides those
-            self.slot_takes = [t for t in self.slot_takes if t.run_id not in run_ids]
+            self.slot_takes = [t for t in self.slot_takes if t[0].run_id not in run_ids]
             self.slot_frees = [f for f in self.slot_frees if f.run_id not in run_ids]
 
     def command(self, command: RunCommand) -> None:
@@ -476,7 +476,7 @@ class Batch:
             if actions is None:
                 return  # a duplicate or a superseded attempt: recorded once already
             if self.limiter:
-                self._release(run.run_id, index, msg.finished_at)
+                self._release(run.run_id, index, msg.finished_at, msg.step_key)
             self.events.append(
                 Event(
                     EventKind.STEP_SUCCEEDED,
@@ -806,7 +806,10 @@ class Batch:
             gates = self.limiter.gates(steps[index].name, limits, key)
             self.limiter.occupy((run.run_id, index), gates)
 
-    def _release(self, run_id: str, index: int, ts: float) -> None:
+    def _release(self, run_id: str, index: int, ts: float, key: str | None = None) -> None:
+        """Step ``index`` (``key``, if the caller knows it) of run ``run_id`` let go of its
+        limits: the steps they held back may go, and the slots it held in the store are
+        freed."""
         limiter = self.limiter
         admitted = limiter.release((run_id, index))
         if admitted:
@@ -815,27 +818,29 @@ class Batch:
         if held is not None:
             attempt = held.pop(index, None)
             if attempt is not None:
-                run = self.runs.get(run_id)
-                if run is not None:
-                    self.slot_frees.append(SlotFree(run_id, run.plan.steps[index].key, attempt))
+                if key is None:
+                    run = self.runs.get(run_id)
+                    if run is None:
+                        return
+                    key = run.plan.steps[index].key
+                self.slot_frees.append(SlotFree(run_id, key, attempt))
 
     def _go(self, run: ActiveRun, index: int, attempt: int, ts: float) -> None:
         """Step ``index`` of ``run`` passed its limits here: out it goes, once the store
         gave it the slots of its caps if it has any (they hold across coordinators)."""
         run_id = run.run_id
         caps = self.limiter.caps((run_id, index))
+        key = run.plan.steps[index].key
         if caps:
-            self.slot_takes.append(SlotTake(run_id, run.plan.steps[index].key, attempt, caps))
+            self.slot_takes.append((SlotTake(run_id, key, attempt, caps), index))
             return
-        self._publish(run, index, attempt, ts)
+        self._publish(run, index, attempt, ts, key)
 
-    def _publish(self, run: ActiveRun, index: int, attempt: int, ts: float) -> None:
+    def _publish(self, run: ActiveRun, index: int, attempt: int, ts: float, key: str) -> None:
         run_id = run.run_id
         self.touched.add(run_id)
         self.outgoing.append(Outgoing(run, index, attempt))
-        self.events.append(
-            Event(EventKind.STEP_DISPATCHED, run_id, ts, run.plan.steps[index].key, attempt)
-        )
+        self.events.append(Event(EventKind.STEP_DISPATCHED, run_id, ts, key, attempt))
 
     def _slot_wanted(self, run_id: str, index: int, attempt: int) -> ActiveRun | None:
         """The run of step ``index`` if its ``attempt`` still waits for the store's slots."""
@@ -852,13 +857,11 @@ class Batch:
         those whose attempt no longer waits for the store's slots (a step this pass took a
         slot for and then let go of: cancelled)."""
         takes, self.slot_takes = self.slot_takes, []
-        wanted: list[tuple[SlotTake, int]] = []
-        for take in takes:
-            run = self.runs.get(take.run_id)
-            index = None if run is None else run.plan.index.get(take.step)
-            if index is not None and self._slot_wanted(take.run_id, index, take.attempt):
-                wanted.append((take, index))
-        return wanted
+        return [
+            (take, index)
+            for take, index in takes
+            if self._slot_wanted(take.run_id, index, take.attempt) is not None
+        ]
 
     def slots_taken(self, take: SlotTake, index: int, granted: bool) -> SlotsDue | None:
         """The store answered ``take`` (of step ``index``, as :meth:`wanted_takes` found
@@ -875,7 +878,7 @@ class Batch:
                 self.limiter.slots[take.run_id] = {index: take.attempt}
             else:
                 held[index] = take.attempt
-            self._publish(wanted, index, take.attempt, self.now)
+            self._publish(wanted, index, take.attempt, self.now, take.step)
             return None
         if wanted is None:
             return None
