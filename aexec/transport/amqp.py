@@ -78,6 +78,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustQueue,
 )
+from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 from yarl import URL
 
@@ -158,10 +159,10 @@ class _Unsettled:
     delivered the latest one: what a ``basic.ack`` with ``multiple`` may cover.
 
     RabbitMQ numbers a channel's deliveries 1, 2, 3...; an ack with ``multiple`` settles
-    every unsettled one up to its tag.  Tags are noted as aio-pika hands the messages over
-    (in delivery order), so the dict keeps them in ascending order.  A restored channel
-    numbers from 1 again, and the deliveries of the closed one are the broker's again: they
-    are forgotten."""
+    every unsettled one up to its tag.  Tags are noted as aiormq hands the messages over (in
+    delivery order: one task a delivery, started in order, notes its tag first), so the dict
+    keeps them in ascending order.  A restored channel numbers from 1 again, and the
+    deliveries of the closed one are the broker's again: they are forgotten."""
 
     __slots__ = ("_channel", "_tags")
 
@@ -174,7 +175,7 @@ class _Unsettled:
         """The channel whose deliveries it notes (the latest one's)."""
         return self._channel
 
-    def add(self, message: AbstractIncomingMessage) -> None:
+    def add(self, message: DeliveredMessage) -> None:
         channel = _channel(message)
         if channel is not self._channel:
             self._channel = channel
@@ -182,11 +183,11 @@ class _Unsettled:
         if message.delivery_tag is not None:
             self._tags[message.delivery_tag] = None
 
-    def discard(self, message: AbstractIncomingMessage) -> None:
+    def discard(self, message: DeliveredMessage) -> None:
         if _channel(message) is self._channel and message.delivery_tag is not None:
             self._tags.pop(message.delivery_tag, None)
 
-    def cover(self, messages: list[AbstractIncomingMessage]) -> int | None:
+    def cover(self, messages: list[DeliveredMessage]) -> int | None:
         """The highest tag an ack with ``multiple`` may carry to settle (some of)
         ``messages`` and nothing else — the longest run of the oldest unsettled tags that
         are all theirs — or None; the tags it covers are forgotten."""
@@ -205,22 +206,26 @@ class _Unsettled:
 
 
 class AmqpDelivery:
-    """One message handed to a handler.  Settling it twice is a no-op, as in memory."""
+    """One message handed to a handler (aiormq's, as delivered: no aio-pika message is built
+    for it).  Settling it twice is a no-op, as in memory."""
 
     __slots__ = ("_message", "_queue", "_transport", "_unsettled", "settled")
 
     def __init__(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         transport: AmqpTransport | None = None,
         queue: str | None = None,
         unsettled: _Unsettled | None = None,
+        *,
+        settled: bool = False,
     ) -> None:
         self._message = message
         self._transport = transport  # dead-letters through it (None: a broadcast)
         self._queue = queue  # the logical queue it came from
         self._unsettled = unsettled  # its consumer's (None: nothing to ack many with)
-        self.settled = bool(message.processed)  # here, or by an ack with ``multiple``
+        # Here, or by an ack with ``multiple``; an auto-acked delivery is settled already.
+        self.settled = settled
 
     @property
     def body(self) -> bytes:
@@ -232,7 +237,7 @@ class AmqpDelivery:
 
     def _settling(self) -> bool:
         """Claim the settling of this delivery: False if it is settled already."""
-        if self.settled or self._message.processed:
+        if self.settled:
             return False
         self.settled = True
         if self._unsettled is not None:
@@ -243,7 +248,7 @@ class AmqpDelivery:
         if not self._settling():
             return
         try:
-            await self._message.ack()
+            await _settle(self._message, ack=True)
         except _BROKER_ERRORS as exc:
             raise TransportError(
                 f"cannot ack: {_reason(exc)} (the broker will redeliver the message)"
@@ -251,12 +256,12 @@ class AmqpDelivery:
 
     async def reject(self, requeue: bool = False, *, reason: str | None = None) -> None:
         message = self._message
-        if self.settled or message.processed:
+        if self.settled:
             return
         if not requeue and self._transport is not None and self._queue is not None:
             try:
                 await self._transport._dead_letter(
-                    self._queue, message.body, message.priority or 0, reason or "rejected"
+                    self._queue, message.body, _priority(message), reason or "rejected"
                 )
             except TransportError as exc:
                 raise TransportError(
@@ -267,7 +272,7 @@ class AmqpDelivery:
         if not self._settling():
             return
         try:
-            await message.reject(requeue=requeue)
+            await _settle(message, ack=False, requeue=requeue)
         except _BROKER_ERRORS as exc:
             raise TransportError(
                 f"cannot reject: {_reason(exc)} (the broker will redeliver the message)"
@@ -280,6 +285,15 @@ Republish = Callable[[bytes, int], Awaitable[None]]
 
 class AmqpSubscription:
     """A consumer on its own channel, owning the tasks that run its handler.
+
+    The consumer is registered on the robust channel's aiormq channel directly, with a
+    callback that takes aiormq's delivered message as it is: no aio-pika message, and no
+    task of aio-pika's between aiormq's task for the delivery and the handler's.  So this
+    subscription re-registers it itself, with the same tag: when the robust channel is
+    reopened (after a reconnect, or after the broker closed the channel; the channel's
+    prefetch and the queue's declaration and bindings are restored by then), and, a reconnect
+    interval later, when the broker cancels it (its queue deleted, say), re-declaring the
+    queue first, as aio-pika's robust queue did.
 
     Handlers run in tasks of this subscription, not in aiormq's consumer tasks, so a
     connection loss does not cancel a running handler (its ack then fails with
@@ -310,19 +324,74 @@ class AmqpSubscription:
         self._ready_timeout = ready_timeout
         self._running: set[asyncio.Task[None]] = set()
         self._handing_back: set[asyncio.Task[None]] = set()
+        self._recovering: set[asyncio.Task[None]] = set()
         self._active = True
         self._stopped = False
-        self._consumer: tuple[AbstractRobustQueue, str] | None = None  # (queue, consumer tag)
+        self._source: AbstractRobustQueue | None = None  # the queue consumed
+        self._no_ack = queue is None  # a topic's deliveries are auto-acked
+        self._tag: str | None = None  # the broker consumer's tag, once consuming
         # What an ack with ``multiple`` may cover (a topic's deliveries are auto-acked).
         self._unsettled = _Unsettled() if queue is not None else None
 
-    def consuming(self, queue: AbstractRobustQueue, tag: str) -> None:
-        """The broker consumer this subscription stands for (``stop()`` cancels it)."""
-        self._consumer = (queue, tag)
+    async def start(self, source: AbstractRobustQueue) -> None:
+        """Consume ``source`` (declared on this subscription's channel)."""
+        self._source = source
+        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        await self._register(underlay)
+        self._channel.reopen_callbacks.add(self._reopened)
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        """aio-pika's callback.  Tasks start in creation order, so handlers start in
-        delivery order."""
+    async def _register(self, underlay: aiormq.Channel) -> None:
+        assert self._source is not None
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        ok = await underlay.basic_consume(
+            self._source.name, self._on_delivery, no_ack=self._no_ack, consumer_tag=self._tag
+        )
+        self._tag = ok.consumer_tag
+
+    async def _reopened(self, _: object) -> None:
+        """The robust channel's reopen callback: consume again on the restored channel."""
+        if self._stopped or not self._active or self._tag is None:
+            return
+        try:
+            underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            if self._tag not in underlay.consumers:
+                await self._register(underlay)
+        except _BROKER_ERRORS as exc:  # aio-pika drops a reopen callback's failure: retry
+            logger.info("consuming %s on the restored channel: %s", self._label, _reason(exc))
+            self._recover()
+
+    def _cancelled_by_broker(self, frame: Basic.Cancel) -> None:
+        if frame.consumer_tag != self._tag or self._stopped or not self._active:
+            return
+        logger.warning("the broker cancelled the consumer of %s: consuming again", self._label)
+        self._recover()
+
+    def _recover(self) -> None:
+        if not self._recovering:  # one at a time: two would register the tag twice
+            self._start(self._reconsume(), self._recovering)
+
+    async def _reconsume(self) -> None:
+        """After the broker cancelled the consumer: declare its queue again (and bind it),
+        then consume, every reconnect interval until it works or the subscription stops."""
+        assert self._source is not None
+        while not self._stopped and self._active:
+            await asyncio.sleep(DEFAULT_RECONNECT_INTERVAL)
+            if self._stopped or not self._active:
+                return
+            try:
+                await self._ready()
+                underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+                if self._tag in underlay.consumers:
+                    return  # consuming again already (the channel was reopened)
+                await self._source.restore()  # declares, binds; it has no consumers itself
+                await self._register(underlay)
+                return
+            except (TimeoutError, *_BROKER_ERRORS) as exc:
+                logger.info("consuming %s again: %s", self._label, _reason(exc))
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        """aiormq's consumer callback, in aiormq's task for the delivery (one each, started
+        in delivery order).  Handlers start in delivery order, in tasks of their own."""
         if self._unsettled is not None:
             self._unsettled.add(message)  # first: before any later message is handled
         if not self._active:
@@ -337,36 +406,40 @@ class AmqpSubscription:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+    async def _hand_back(self, message: DeliveredMessage) -> None:
         """Give back a delivery the handler never saw.  One that is marked redelivered
         already is requeued (it keeps its mark); any other is published again with its
         priority, then acked, so that it is not mistaken for one a crashed consumer held."""
+        if self._no_ack:
+            return  # auto-acked: nothing to give back
         if self._unsettled is not None:
             self._unsettled.discard(message)
         try:
             if self._republish is None or message.redelivered:
-                await message.reject(requeue=True)
+                await _settle(message, ack=False, requeue=True)
                 return
             try:
-                await self._republish(message.body, message.priority or 0)
+                await self._republish(message.body, _priority(message))
             except TransportError as exc:
                 logger.warning("cannot hand a delivery back to %s: %s", self._label, exc)
-                await message.reject(requeue=True)  # marked redelivered, but not lost
+                await _settle(message, ack=False, requeue=True)  # marked, but not lost
                 return
-            await message.ack()
+            await _settle(message, ack=True)
         except _BROKER_ERRORS as exc:  # the channel died: the broker requeues it anyway
             logger.debug("handing a delivery back to %s: %s", self._label, _reason(exc))
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: DeliveredMessage) -> None:
         if self._stopped:  # stopped after it arrived, before its handler started
             # In a task of its own: cancel() cancels handlers, not hand-backs.
             self._start(self._hand_back(message), self._handing_back)
             return
-        delivery = AmqpDelivery(message, self._transport, self.queue, self._unsettled)
+        delivery = AmqpDelivery(
+            message, self._transport, self.queue, self._unsettled, settled=self._no_ack
+        )
         try:
             await self._handler(delivery)
         except Exception as failure:
-            if delivery.settled or message.processed:  # by the handler, or auto-acked
+            if delivery.settled:  # by the handler, or auto-acked
                 logger.exception("handler for %s failed", self._label)
                 return
             logger.exception("handler for %s failed; dead-lettering its delivery", self._label)
@@ -380,16 +453,18 @@ class AmqpSubscription:
         if self._stopped or not self._active:
             return
         self._stopped = True
-        if self._consumer is None:  # a topic subscriber holds nothing: stopping is cancelling
+        if self.queue is None:  # a topic subscriber holds nothing: stopping is cancelling
             await self.cancel()
             return
-        queue, tag = self._consumer
+        if self._tag is None:
+            return
         try:
             await self._ready()
-            await queue.cancel(tag)
-        except (TransportError, *_BROKER_ERRORS) as exc:
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.basic_cancel(self._tag)
+        except (TimeoutError, TransportError, *_BROKER_ERRORS) as exc:
             # The channel is gone: the broker has requeued what it held, and a restored
-            # channel does not consume for a cancelled consumer.
+            # channel does not consume for a stopped subscription.
             logger.debug("stopping %s: %s", self._label, exc)
 
     async def _ready(self) -> None:
@@ -403,8 +478,9 @@ class AmqpSubscription:
             return
         self._active = False
         self._owner.discard(self)
+        self._channel.reopen_callbacks.discard(self._reopened)
         current = asyncio.current_task()
-        running = [task for task in self._running if task is not current]
+        running = [task for task in self._running | self._recovering if task is not current]
         for task in running:
             task.cancel()
         try:
@@ -831,10 +907,9 @@ class AmqpTransport:
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
             amqp_queue = await self._consumer_queue(channel, queue, spec)
-            # A robust queue re-registers this consumer (same tag, same callback) after a
-            # reconnect, on the restored channel with the same prefetch.
-            tag = await amqp_queue.consume(subscription.on_message)
-            subscription.consuming(amqp_queue, tag)
+            # The robust channel restores the prefetch and the queue after a reconnect; the
+            # subscription then consumes again with the same tag.
+            await subscription.start(amqp_queue)
         except BaseException as exc:
             await self._abandon(channel)
             if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
@@ -871,7 +946,7 @@ class AmqpTransport:
             await self._ready(channel)
             queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
             await queue.bind(exchange, routing_key=topic)
-            await queue.consume(subscription.on_message, no_ack=True)
+            await subscription.start(queue)
         except BaseException as exc:
             await self._abandon(channel)
             if isinstance(exc, _BROKER_ERRORS):
@@ -1250,19 +1325,27 @@ class AmqpTransport:
         return text.replace(password, "***") if password else text
 
 
-_CLOSED = object()
-
-
-def _channel(message: AbstractIncomingMessage) -> object:
-    """The channel that delivered ``message``, or :data:`_CLOSED` once it closed."""
-    try:
-        return message.channel
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return _CLOSED
+def _channel(message: DeliveredMessage) -> object:
+    """The aiormq channel that delivered ``message`` (a restored channel is another one)."""
+    return message.channel
 
 
 def _tag(delivery: AmqpDelivery) -> int:
     return delivery._message.delivery_tag or 0
+
+
+def _priority(message: DeliveredMessage) -> int:
+    return message.header.properties.priority or 0
+
+
+async def _settle(message: DeliveredMessage, *, ack: bool, requeue: bool = False) -> None:
+    """Ack or reject one delivery on the channel that delivered it (raises aiormq's
+    ``ChannelInvalidStateError`` if that channel closed: the broker requeued it)."""
+    channel = cast(aiormq.Channel, message.channel)
+    if ack:
+        await channel.basic_ack(message.delivery_tag or 0)
+    else:
+        await channel.basic_reject(message.delivery_tag or 0, requeue=requeue)
 
 
 def _display(url: str) -> str:

@@ -1167,3 +1167,51 @@ async def test_a_broker_set_up_by_an_earlier_version_keeps_working_and_its_dead_
     finally:
         await transport.delete_queues([LEGACY_DEAD_LETTER_QUEUE])
         await tear_down(transport)
+
+
+@pytest.mark.rabbitmq
+async def test_a_queue_deleted_while_consumed_is_declared_again_and_consumed(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    """The broker cancels the consumer of a deleted queue (no reconnect): the subscription
+    declares the queue again and consumes it with the same handler."""
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        inbox = Inbox()
+        await transport.consume("work", inbox, prefetch=1)
+        await transport.publish("work", b"before")
+        await inbox.wait_for(1)
+        await delete_queues(amqp_url, [transport.broker_name("work")])
+
+        await publish_with_retry(transport, "work", b"after")  # unroutable until declared
+        assert [d.body for d in await inbox.wait_for(2)] == [b"before", b"after"]
+    finally:
+        await transport.delete_topology()
+        await transport.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_stopped_consumer_does_not_consume_again_after_a_reconnect(
+    amqp_url: str, amqp_prefix: str
+) -> None:
+    transport = AmqpTransport(amqp_url, prefix=amqp_prefix, connect_timeout=5.0)
+    await transport.open()
+    try:
+        await transport.declare_queue("work")
+        stopped = Inbox()
+        subscription = await transport.consume("work", stopped, prefetch=1)
+        await transport.publish("work", b"before")
+        await stopped.wait_for(1)
+        await subscription.stop()
+        assert await close_connections(amqp_prefix) == 1
+
+        await publish_with_retry(transport, "work", b"after")
+        fresh = Inbox()
+        await transport.consume("work", fresh, prefetch=1)
+        assert [d.body for d in await fresh.wait_for(1)] == [b"after"]
+        assert [d.body for d in stopped.deliveries] == [b"before"]
+    finally:
+        await transport.delete_topology()
+        await transport.close()
