@@ -819,7 +819,7 @@ class AmqpTransport:
             unsent = TransportError(f"cannot publish: {_reason(exc)}")
             unsent.__cause__ = exc
             return [unsent] * len(messages)
-        outcomes = await _outcomes(confirmations)
+        outcomes = await amqp_batch.outcomes(confirmations)
         results: list[BaseException | None] = []
         for (queue, _, _), (routing_key, _, _), outcome in zip(
             messages, publishes, outcomes, strict=True
@@ -1332,27 +1332,6 @@ def _channel(message: DeliveredMessage) -> object:
 
 def _tag(delivery: AmqpDelivery) -> int:
     return delivery._message.delivery_tag or 0
-
-
-async def _outcomes(futures: list[asyncio.Future[Any]]) -> list[Any]:
-    """What ``asyncio.gather(*futures, return_exceptions=True)`` returns, the futures awaited
-    one after the other instead: the broker confirms a batch at once (aiormq resolves every
-    future of an ack with ``multiple`` in one loop round), so only the first await suspends,
-    and no gathering future costs a loop round and a callback a future more.  Cancelled, the
-    caller is cancelled as with gather (the future it awaited is cancelled; aiormq resolves
-    the others, and nobody reads them)."""
-    outcomes: list[Any] = []
-    task = asyncio.current_task()
-    for future in futures:
-        try:
-            outcomes.append(await future)
-        except asyncio.CancelledError as exc:
-            if task is not None and task.cancelling():
-                raise  # the caller was cancelled
-            outcomes.append(exc)  # the future was (a closing channel's)
-        except Exception as exc:
-            outcomes.append(exc)
-    return outcomes
 
 
 def _priority(message: DeliveredMessage) -> int:

@@ -108,4 +108,25 @@ def _forgetter(channel: aiormq.Channel, message_id: str, tag: int) -> Any:
     return forget
 
 
-__all__ = ["Publish", "batchable", "put_publishes"]
+async def outcomes(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """What ``asyncio.gather(*futures, return_exceptions=True)`` returns for the confirmations
+    :func:`put_publishes` returns, the futures awaited one after the other instead.  The
+    broker confirms a batch at once (aiormq resolves every future of an ack with
+    ``multiple`` in one loop round), so only the first await suspends, and no gathering
+    future costs a loop round more and a callback a future.  A cancelled caller is cancelled
+    as with gather: the future it awaited is cancelled; aiormq resolves the others, unread."""
+    results: list[Any] = []
+    task = asyncio.current_task()
+    for future in futures:
+        try:
+            results.append(await future)
+        except asyncio.CancelledError as exc:
+            if task is not None and task.cancelling():
+                raise  # the caller was cancelled
+            results.append(exc)  # the future was (a closing channel's)
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+__all__ = ["Publish", "batchable", "outcomes", "put_publishes"]

@@ -12,7 +12,7 @@ import pytest
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from aexec.transport.amqp_batch import batchable, put_publishes
+from aexec.transport.amqp_batch import batchable, outcomes, put_publishes
 
 
 class FakeChannel:
@@ -118,3 +118,27 @@ async def test_a_closed_channel_is_refused_before_anything_is_taken() -> None:
 def test_only_aiormq_channels_with_confirms_are_batched() -> None:
     assert not batchable(FakeChannel())  # not an aiormq channel
     assert not batchable(object())
+
+
+async def test_outcomes_are_what_gather_with_exceptions_returns() -> None:
+    loop = asyncio.get_running_loop()
+    confirmed, refused, dropped, late = (loop.create_future() for _ in range(4))
+    confirmed.set_result("ack")
+    refused.set_exception(aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=2)))
+    dropped.cancel()  # as a closing channel's confirmation may be
+    loop.call_soon(late.set_result, "late ack")
+    results = await outcomes([confirmed, refused, dropped, late])
+    assert results[0] == "ack"
+    assert isinstance(results[1], aiormq.exceptions.DeliveryError)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert results[3] == "late ack"
+
+
+async def test_outcomes_awaited_by_a_cancelled_caller_raise_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+    pending = [loop.create_future(), loop.create_future()]
+    waiter = asyncio.create_task(outcomes(pending))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
