@@ -12,6 +12,11 @@ No step message is larger than ``max_message_size``: one that would be has its l
 inline inputs moved to the object store first (:mod:`aexec.claim`), or, when that cannot be
 done, its step fails (:class:`~aexec.inbox.DispatchFailed`) with a clear error.
 
+A transport whose consumers are in this process (the memory transport: an embedded run) is
+handed the step messages as objects (:class:`~aexec.transport.HandsOver`): nothing is
+encoded or decoded on the way, unless a message might be over the size limit (it goes the
+ordinary way, encoded and measured).
+
 Steps of another kind (Celery tasks) go to the gateway for their kind
 (:mod:`aexec.gateway`) instead of a step queue; one whose kind has no gateway here fails.
 """
@@ -37,7 +42,7 @@ from aexec.inbox import DispatchFailed, Item, Unconfirmed
 from aexec.objects import ObjectStore
 from aexec.plan import NATIVE
 from aexec.recording import one_line
-from aexec.transport import Transport
+from aexec.transport import HandsOver, Transport
 from aexec.types import ErrorInfo
 from aexec.wire import MAX_PRIORITY, step_queue
 
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 
 StepMessage = tuple[str, bytes, int]
 """``(queue, body, priority)``: one step message, as the transport publishes it."""
+
+Publish = Callable[[list[tuple[str, Any, int]]], Coroutine[Any, Any, None]]
+"""``publish_many``, or ``hand_many`` of a transport that takes messages as objects."""
 
 
 class Dispatcher:
@@ -79,12 +87,15 @@ class Dispatcher:
         self._limit = max_message_size
         self._confirmed = confirmed
         self._gateways = dict(gateways or {})
+        self._hand = transport.hand_many if isinstance(transport, HandsOver) else None
 
     def send(self, outgoing: list[Outgoing]) -> Coroutine[Any, Any, None]:
         """Build the messages of ``outgoing`` now (their inputs are the run's outputs now)
         and return the coroutine that publishes them: native steps to their step queues,
         the others through their gateways."""
         if all(o.run.plan.steps[o.index].kind == NATIVE for o in outgoing):
+            if self._hand is not None:
+                return self._hand_over(outgoing, [self._message(o) for o in outgoing])
             return self.publish(outgoing, [self.message(o) for o in outgoing])
         native = [o for o in outgoing if o.run.plan.steps[o.index].kind == NATIVE]
         foreign: dict[str, list[GatewayStep]] = {}
@@ -128,9 +139,16 @@ class Dispatcher:
     def message(self, outgoing: Outgoing, inputs: list[bytes] | None = None) -> StepMessage:
         """The step message for ``outgoing`` (built when it is decided: its inputs are the
         run's outputs now, or ``inputs``)."""
+        queue, message, priority = self._message(outgoing, inputs)
+        return queue, message.encode(), priority
+
+    def _message(
+        self, outgoing: Outgoing, inputs: list[bytes] | None = None
+    ) -> tuple[str, messages.StepMessage, int]:
+        """:meth:`message`, not encoded."""
         run = outgoing.run
         step = run.plan.steps[outgoing.index]
-        body = messages.StepMessage(
+        message = messages.StepMessage(
             run.run_id,
             step.key,
             outgoing.attempt,
@@ -140,8 +158,26 @@ class Dispatcher:
             step.timeout,
             self._reply_to,
             run.trace,
-        ).encode()
-        return step_queue(step.route), body, min(MAX_PRIORITY, run.priority + step.priority)
+        )
+        return step_queue(step.route), message, min(MAX_PRIORITY, run.priority + step.priority)
+
+    async def _hand_over(
+        self, outgoing: list[Outgoing], handed: list[tuple[str, messages.StepMessage, int]]
+    ) -> None:
+        """Hand the messages ``handed`` of ``outgoing`` to the transport as objects; one that
+        might be over the size limit goes the ordinary way (:meth:`publish`)."""
+        assert self._hand is not None
+        limit = self._limit
+        if all(_surely_fits(message, limit) for _, message, _ in handed):
+            await self._publish(outgoing, handed, self._hand)
+            return
+        small = [_surely_fits(message, limit) for _, message, _ in handed]
+        large = [o for o, fits in zip(outgoing, small, strict=True) if not fits]
+        await self.publish(large, [self.message(o) for o in large])
+        outgoing = [o for o, fits in zip(outgoing, small, strict=True) if fits]
+        if outgoing:
+            handed = [h for h, fits in zip(handed, small, strict=True) if fits]
+            await self._publish(outgoing, handed, self._hand)
 
     async def publish(self, outgoing: list[Outgoing], bodies: list[StepMessage]) -> None:
         """Publish the messages ``bodies`` of ``outgoing``; those not confirmed are posted
@@ -182,9 +218,16 @@ class Dispatcher:
             return
         await self._publish([outgoing], [message])
 
-    async def _publish(self, outgoing: list[Outgoing], bodies: list[StepMessage]) -> None:
+    async def _publish(
+        self,
+        outgoing: list[Outgoing],
+        bodies: list[tuple[str, Any, int]],
+        publish: Publish | None = None,
+    ) -> None:
+        """Publish ``bodies`` (or hand them over, with ``publish``) and tell ``confirmed``;
+        those not confirmed are posted as :class:`Unconfirmed` after the backoff."""
         try:
-            await self._transport.publish_many(bodies)
+            await (publish or self._transport.publish_many)(bodies)
         except PublishError as exc:
             unsent = {id(body) for _, body, _ in exc.unsent}
             failed = [
@@ -212,6 +255,20 @@ class Dispatcher:
         await asyncio.sleep(delay)
         for o in failed:
             self._post(Unconfirmed(o.run.run_id, o.index, o.attempt, reason))
+
+
+def _surely_fits(message: messages.StepMessage, limit: int) -> bool:
+    """``message`` surely encodes within ``limit`` bytes (its texts at 4 bytes a character,
+    8 bytes of framing an input)."""
+    texts = (
+        len(message.run_id)
+        + len(message.step_key)
+        + len(message.name)
+        + len(message.reply_to)
+        + len(message.trace or "")
+    )
+    size = len(message.call) + sum(len(i) + 8 for i in message.inputs)
+    return size + 4 * texts + 128 <= limit
 
 
 def _inputs(run: ActiveRun, index: int) -> list[bytes]:

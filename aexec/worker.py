@@ -65,7 +65,7 @@ from aexec.output import AttemptOutput, OutputBuffer, OutputLimits, encode_outpu
 from aexec.pool import DEFAULT_CANCEL_GRACE
 from aexec.runner import LostAttempt, StepFailure, StepRunner
 from aexec.tracing import Tracing
-from aexec.transport import Delivery, Subscription, Transport
+from aexec.transport import Delivery, Subscription, Transport, handed
 from aexec.types import ErrorInfo
 from aexec.wire import CONTROL_TOPIC, RUNS_ENDED_TOPIC, step_queue, versioned
 
@@ -414,8 +414,10 @@ class Worker:
         background = self._background
         if background is None:
             return  # stopping: unacked, the delivery goes back when its consumer is cancelled
+        msg = handed(delivery)  # from a coordinator in this process, as it is
         try:
-            msg = messages.decode(delivery.body)
+            if msg is None:
+                msg = messages.decode(delivery.body)
         except CodecError as exc:
             log.error("worker %s dead-lettered a malformed message: %s", self.name, exc)
             await self._settle(delivery, reject=True, reason=f"malformed: {exc}")
@@ -426,7 +428,7 @@ class Worker:
                 self.name,
                 type(msg).__name__,
             )
-            reason = f"a {msg.KIND} message on a step queue"
+            reason = f"a {getattr(msg, 'KIND', type(msg).__name__)} message on a step queue"
             await self._settle(delivery, reject=True, reason=reason)
             return
         if msg.run_id in self._ended:

@@ -31,6 +31,11 @@ Semantics every adapter keeps:
   :data:`~aexec.wire.RETAINED_MAX_BYTES` bytes per topic.  A follower may be handed an
   announcement again (after a reconnection): handlers are idempotent.
 
+A transport whose consumers are all in this process (the memory transport: an embedded run,
+the engine tests) may also take a message as the object it is (:class:`HandsOver`): queued
+and delivered under the rules above, it is encoded only if it must become bytes (read as
+``body``, dead-lettered).
+
 Dead letters are bounded: :data:`DEAD_LETTER_QUEUE` keeps at most 10,000 messages and
 1 GiB (the oldest go first), each for at most 14 days (:data:`DEAD_LETTER_LIMITS`).
 ``dead_letters()`` lists them without taking them off the queue; ``replay_dead_letters()``
@@ -42,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aexec.errors import TransportError
@@ -239,6 +244,30 @@ class Transport(Protocol):
         """Publish the dead letters ``ids`` names (every one for None) back to the queue
         each came from, as they were, and take them off the dead-letter queue; ids that
         name no dead letter are ignored.  A letter whose queue is unknown or gone stays."""
+
+
+class Encodable(Protocol):
+    """A message as an object, which :meth:`HandsOver.hand_many` queues as it is."""
+
+    def encode(self) -> bytes: ...
+
+
+@runtime_checkable
+class HandsOver(Protocol):
+    """A transport whose consumers are in this process, which can carry messages as
+    objects, with no encoding and no decoding on the way (:func:`handed`)."""
+
+    async def hand_many(self, messages: Sequence[tuple[str, Encodable, int]]) -> None:
+        """Queue ``(queue, message, priority)`` as :meth:`Transport.publish_many` queues
+        bodies (priorities, prefetch, redelivery and stopping alike); a consumer's delivery
+        carries ``message`` itself (:func:`handed`), and its ``body`` is ``message``
+        encoded, when read."""
+
+
+def handed(delivery: Delivery) -> object | None:
+    """The message ``delivery`` carries as an object (:meth:`HandsOver.hand_many`), None
+    for a delivery of bytes (a delivery of such a transport names it ``carried``)."""
+    return getattr(delivery, "carried", None)
 
 
 def from_url(url: str | None, *, prefix: str | None = None, secret: str | None = None) -> Transport:

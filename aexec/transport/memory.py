@@ -6,6 +6,10 @@ without giving back what they hold, dead-lettering on ``reject(requeue=False)`` 
 bounded dead-letter queue (its length, bytes and message TTL as on RabbitMQ: the oldest go
 first; an expired message goes when it reaches the head), an error when publishing to an
 undeclared queue, and retained topics with RabbitMQ's retention (by age and by size).
+
+Its consumers are in this process, so it also carries messages as objects
+(:meth:`MemoryTransport.hand_many`): the queues hold them as they are, and a delivery
+encodes its message only when its ``body`` is read (or it is dead-lettered).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aexec.transport import (
     DeadLetter,
     DeadLetterLimits,
     Delivery,
+    Encodable,
     Handler,
     Replay,
     ack_each,
@@ -50,9 +55,10 @@ class _Letter:
     priority: int
 
 
-# (-priority, seq, body, redelivered, dead letter info): seq is unique, so tuples never
-# compare past it.
-_Entry = tuple[int, int, bytes, bool, "_Letter | None"]
+# (-priority, seq, body or message object, redelivered, dead letter info): seq is unique,
+# so tuples never compare past it.  The dead-letter queue holds bodies only.
+_Payload = bytes | Encodable
+_Entry = tuple[int, int, _Payload, bool, "_Letter | None"]
 
 
 @dataclass(slots=True)
@@ -122,7 +128,11 @@ class _Consumer:
             delivery.consumer = None
             self.unacked.discard(delivery)
             self.transport._push(
-                self.queue, delivery.body, delivery.priority, delivery.redelivered, delivery.letter
+                self.queue,
+                delivery.payload,
+                delivery.priority,
+                delivery.redelivered,
+                delivery.letter,
             )
         self.transport._dispatch(self.queue)
 
@@ -135,7 +145,7 @@ class _Consumer:
         for delivery in list(self.unacked):
             delivery.consumer = None
             self.transport._push(
-                self.queue, delivery.body, delivery.priority, True, delivery.letter
+                self.queue, delivery.payload, delivery.priority, True, delivery.letter
             )
         self.unacked.clear()
         self.ready.clear()
@@ -146,22 +156,40 @@ class _Consumer:
 
 
 class MemoryDelivery:
-    __slots__ = ("body", "consumer", "handed", "letter", "priority", "redelivered")
+    __slots__ = ("_body", "carried", "consumer", "handed", "letter", "priority", "redelivered")
 
     def __init__(
         self,
-        body: bytes,
+        payload: _Payload,
         priority: int,
         redelivered: bool,
         consumer: _Consumer,
         letter: _Letter | None = None,
     ) -> None:
-        self.body = body
+        if isinstance(payload, bytes):
+            self._body: bytes | None = payload
+            self.carried: Encodable | None = None
+        else:  # handed as an object (see :meth:`MemoryTransport.hand_many`)
+            self._body = None
+            self.carried = payload
         self.priority = priority
         self.redelivered = redelivered
         self.consumer: _Consumer | None = consumer
         self.letter = letter
         self.handed = False  # given to the handler (stop() keeps it with its consumer)
+
+    @property
+    def body(self) -> bytes:
+        body = self._body
+        if body is None:
+            assert self.carried is not None
+            body = self._body = self.carried.encode()
+        return body
+
+    @property
+    def payload(self) -> _Payload:
+        """What was queued: the body, or the message handed as an object."""
+        return self.body if self.carried is None else self.carried
 
     async def ack(self) -> None:
         consumer = self.consumer
@@ -179,7 +207,7 @@ class MemoryDelivery:
         consumer.unacked.discard(self)
         transport = consumer.transport
         if requeue:
-            transport._push(consumer.queue, self.body, self.priority, True, self.letter)
+            transport._push(consumer.queue, self.payload, self.priority, True, self.letter)
         else:
             transport._dead_letter(consumer.queue, self.body, self.priority, reason)
         transport._dispatch(consumer.queue)
@@ -334,7 +362,7 @@ class MemoryTransport:
         self._push(q, body, priority, False, None)
         self._dispatch(q)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes, int]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, _Payload, int]]) -> None:
         # All queued first, then handed to consumers once a queue: the consumers take them
         # in priority order, as they would from a broker that had them all waiting.
         touched: dict[str, _Queue] = {}
@@ -348,6 +376,11 @@ class MemoryTransport:
         finally:
             for q in touched.values():
                 self._dispatch(q)
+
+    async def hand_many(self, messages: Sequence[tuple[str, Encodable, int]]) -> None:
+        """Queue messages as objects, as :meth:`publish_many` queues bodies (see
+        :class:`~aexec.transport.HandsOver`)."""
+        await self.publish_many(messages)
 
     async def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         await ack_each(deliveries)
@@ -431,7 +464,7 @@ class MemoryTransport:
             self._dispatch(target)
             done.append(Replay(letter))
         dead.heap = kept  # sorted: a heap
-        dead.size = sum(len(entry[2]) for entry in kept)
+        dead.size = sum(len(_bytes(entry[2])) for entry in kept)
         return done
 
     async def announce(self, topic: str, body: bytes) -> None:
@@ -497,12 +530,14 @@ class MemoryTransport:
         self._dispatch(dead)
 
     def _push(
-        self, q: _Queue, body: bytes, priority: int, redelivered: bool, letter: _Letter | None
+        self, q: _Queue, body: _Payload, priority: int, redelivered: bool, letter: _Letter | None
     ) -> None:
         priority = min(max(priority, 0), q.max_priority)
-        heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered, letter))
-        if q.bounds is not None:  # the dead-letter queue: sizes are counted, bounds kept
+        if q.bounds is not None:  # the dead-letter queue: bytes, sizes counted, bounds kept
+            body = _bytes(body)
             q.size += len(body)
+        heapq.heappush(q.heap, (-priority, next(self._seq), body, redelivered, letter))
+        if q.bounds is not None:
             self._expire(q)
             # Over a bound, the oldest go first (RabbitMQ's drop-head overflow).
             while len(q.heap) > q.bounds.max_length or q.size > q.bounds.max_bytes:
@@ -511,7 +546,7 @@ class MemoryTransport:
     def _pop(self, q: _Queue) -> _Entry:
         entry = heapq.heappop(q.heap)
         if q.bounds is not None:
-            q.size -= len(entry[2])
+            q.size -= len(_bytes(entry[2]))
         return entry
 
     def _expire(self, q: _Queue) -> None:
@@ -541,8 +576,13 @@ class MemoryTransport:
             self._wakes[consumer].set()
 
 
+def _bytes(payload: _Payload) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.encode()
+
+
 def _dead_letter(entry: _Entry) -> DeadLetter:
-    neg_priority, seq, body, _, letter = entry
+    neg_priority, seq, payload, _, letter = entry
+    body = _bytes(payload)
     if letter is None:  # published to the dead-letter queue directly
         return DeadLetter(f"m{seq}", None, "published here", None, body, -neg_priority)
     return DeadLetter(letter.id, letter.queue, letter.reason, letter.dead_at, body, letter.priority)

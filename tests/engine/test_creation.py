@@ -88,9 +88,11 @@ class Published(MemoryTransport):
         self.store = store
         self.writes_at_publish: list[int] = []
 
-    async def publish_many(self, batch: Sequence[tuple[str, bytes, int]]) -> None:
-        for _, body, _ in batch:
-            if isinstance(messages.decode(body), messages.StepMessage):
+    async def publish_many(self, batch: Sequence[tuple[str, Any, int]]) -> None:
+        for _, body, _ in batch:  # handed over as objects, or encoded
+            if isinstance(body, messages.StepMessage) or isinstance(
+                messages.decode(body), messages.StepMessage
+            ):
                 self.writes_at_publish.append(len(self.store.writes))
         await super().publish_many(batch)
 

@@ -63,9 +63,9 @@ class Checking(MemoryTransport):
         self.store = store
         self.recorded_at_dispatch: list[set[str]] = []
 
-    async def publish_many(self, batch: Sequence[tuple[str, bytes, int]]) -> None:
-        for _, body, _ in batch:
-            msg = messages.decode(body)
+    async def publish_many(self, batch: Sequence[tuple[str, Any, int]]) -> None:
+        for _, body, _ in batch:  # handed over as objects, or encoded
+            msg = body if isinstance(body, messages.StepMessage) else messages.decode(body)
             if isinstance(msg, messages.StepMessage) and msg.step_key == "total":
                 self.recorded_at_dispatch.append(await recorded_parts(self.store, msg.run_id))
         await super().publish_many(batch)

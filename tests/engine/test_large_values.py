@@ -64,7 +64,11 @@ class SizedTransport(MemoryTransport):
         self.step_bodies: list[int] = []
 
     async def publish_many(self, messages: Any) -> None:
-        self.step_bodies += [len(body) for queue, body, _ in messages if queue.startswith("step.")]
+        self.step_bodies += [
+            len(body if isinstance(body, bytes) else body.encode())  # or handed as an object
+            for queue, body, _ in messages
+            if queue.startswith("step.")
+        ]
         await super().publish_many(messages)
 
 
