@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aexec.objects
 import aexec.store
 import aexec.transport
-from aexec import messages
+from aexec import collector, messages
 from aexec.background import Background
 from aexec.claim import ENVELOPE
 from aexec.config import MAX_MESSAGE_SIZE, Settings
@@ -95,6 +95,10 @@ class Executor:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
+            if self.settings.embedded:
+                # Compiling and running allocate steadily, and the objects die young or
+                # live as long as a run: fewer young collections (see aexec.collector).
+                stack.enter_context(collector.relaxed())
             if not self.settings.remote or self.settings.store is not None:
                 store = aexec.store.from_url(self.settings.store_url)
                 await store.open()
