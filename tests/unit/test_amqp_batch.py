@@ -142,3 +142,27 @@ async def test_outcomes_awaited_by_a_cancelled_caller_raise_cancellation() -> No
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+class BareChannel(aiormq.Channel):
+    """An aiormq channel type whose instances set up only what batching needs (no
+    connection): ``publisher_confirms`` and, unless told otherwise, the attributes."""
+
+    def __init__(self, *, confirms: bool = True, complete: bool = True) -> None:
+        self.publisher_confirms = confirms
+        if complete:
+            self.confirmations, self.message_id_delivery_tag = {}, {}
+            self.delivery_tag, self.write_queue = 0, asyncio.Queue()
+
+
+class IncompleteChannel(BareChannel):
+    def __init__(self) -> None:
+        super().__init__(complete=False)
+
+
+def test_a_channel_type_is_checked_for_what_batching_needs_once_and_confirms_each_time() -> None:
+    assert batchable(BareChannel())
+    assert batchable(BareChannel())  # from what was found for its type
+    assert not batchable(BareChannel(confirms=False))
+    assert not batchable(IncompleteChannel())  # another aiormq version, say
+    assert not batchable(IncompleteChannel())
