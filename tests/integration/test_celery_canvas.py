@@ -43,6 +43,10 @@ def close_backend(app: Celery) -> None:
     consumer = getattr(backend, "result_consumer", None)
     if consumer is not None:
         consumer.stop()
+        # A result still subscribed unsubscribes when the collector takes it
+        # (``AsyncResult.__del__``), on a new connection if the pubsub is closed: the
+        # socket a later test would meet.  Nothing is subscribed once it is stopped.
+        consumer.subscribed_to.clear()
     backend.client.connection_pool.disconnect()
 
 
