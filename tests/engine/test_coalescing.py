@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import pytest
@@ -30,14 +30,6 @@ WAIT = 10.0  # bound on every wait for something that should happen
 QUIET = 0.3  # how long to watch for something that should not happen
 QUICK = {"heartbeat_interval": 0.05}
 WIDTH = 20
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
 
 
 class Recording(MemoryTransport):

@@ -28,14 +28,6 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def test_steps_of_a_worker_that_stops_heartbeating_run_again_elsewhere(
     transport: MemoryTransport, store: MemoryStore
 ) -> None:

@@ -5,10 +5,8 @@ process does not vouch for the steps its previous process lost."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import pytest
 
 import aexec
 from aexec import pipeline, step
@@ -38,14 +36,6 @@ class LostConfirm(MemoryTransport):
         if self.armed:
             self.armed = False
             raise PublishError("the connection closed before the confirms", list(messages))
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_dispatch_whose_confirm_was_lost_goes_again_as_a_new_attempt(

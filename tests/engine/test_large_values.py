@@ -80,14 +80,6 @@ async def transport() -> AsyncIterator[SizedTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def drive(
     transport: MemoryTransport,
     store: MemoryStore,

@@ -62,14 +62,6 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 @step(name="only")
 async def one_step() -> str:
     return "done"

@@ -225,14 +225,6 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def test_cancelling_a_run_kills_its_stubborn_step_stops_its_polite_one_and_spares_others(
     module: Path, tmp_path: Path, transport: MemoryTransport, store: MemoryStore
 ) -> None:

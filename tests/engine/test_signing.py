@@ -41,14 +41,6 @@ async def broker() -> AsyncIterator[MemoryTransport]:
     await transport.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 def touching(calls: list[str]) -> CompiledPipeline:
     @step
     async def touch(tag: str) -> str:

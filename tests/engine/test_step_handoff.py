@@ -36,14 +36,6 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 class _Taken:
     """A handler that keeps every delivery, unsettled, and can wait for a count of them."""
 

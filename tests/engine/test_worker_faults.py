@@ -42,14 +42,6 @@ async def transport() -> AsyncIterator[MemoryTransport]:
     await t.close()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    s = MemoryStore()
-    await s.open()
-    yield s
-    await s.close()
-
-
 class FailingReplies(MemoryTransport):
     """A broker that cannot take anything for the queue ``reply`` (as when it is away)."""
 
