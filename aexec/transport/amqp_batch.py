@@ -43,22 +43,14 @@ its properties carry a ``message_id`` unique on the channel (a returned message 
 to its confirmation by it)."""
 
 
-_HAS_NEEDED: dict[type[object], bool] = {}
-"""Whether instances of a channel type have the attributes in ``_NEEDED`` (set up in their
-``__init__``): looked up once per type, not per publish (six ``hasattr`` a call cost a
-capped coordinator about 1 % of its CPU)."""
-
-
 def batchable(channel: object) -> bool:
     """True if ``channel`` is an aiormq channel with confirms whose publishes
     :func:`put_publishes` can batch."""
-    if not isinstance(channel, aiormq.Channel) or not channel.publisher_confirms:
-        return False
-    kind = type(channel)
-    has = _HAS_NEEDED.get(kind)
-    if has is None:
-        has = _HAS_NEEDED[kind] = all(hasattr(channel, name) for name in _NEEDED)
-    return has
+    return (
+        isinstance(channel, aiormq.Channel)
+        and bool(channel.publisher_confirms)
+        and all(hasattr(channel, name) for name in _NEEDED)
+    )
 
 
 async def put_publishes(

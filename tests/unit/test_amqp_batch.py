@@ -160,9 +160,9 @@ class IncompleteChannel(BareChannel):
         super().__init__(complete=False)
 
 
-def test_a_channel_type_is_checked_for_what_batching_needs_once_and_confirms_each_time() -> None:
+def test_a_channel_without_confirms_or_what_batching_needs_is_not_batched() -> None:
     assert batchable(BareChannel())
-    assert batchable(BareChannel())  # from what was found for its type
+    assert batchable(BareChannel())  # again: nothing about the channel changed
     assert not batchable(BareChannel(confirms=False))
     assert not batchable(IncompleteChannel())  # another aiormq version, say
     assert not batchable(IncompleteChannel())
