@@ -1,4 +1,5 @@
-"""The limits benchmark (issue 9) runs the variants it is asked for, against unlimited."""
+"""The limits benchmarks (issue 9): the broker one runs the variants it is asked for, against
+unlimited; the offline one drives every step to its end under its cap."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from benchmarks import limits
+from benchmarks import limits, limits_offline
 
 
 def test_variants_always_include_unlimited_first_and_refuse_unknown_names() -> None:
@@ -26,3 +27,27 @@ def test_each_variant_asked_for_gets_its_rounds_and_its_ratios_to_unlimited() ->
     assert len(capped["cpu_vs_unlimited_each"]) == 2
     assert capped["throughput_vs_unlimited"] > 0
     assert "cpu_vs_unlimited" not in results["unlimited"]
+
+
+def test_offline_rounds_take_one_slot_per_capped_step_and_keep_to_the_cap() -> None:
+    for variant, cap in (("per_tenant_2", 2), ("global_64", 64)):
+        elapsed, tally = asyncio.run(limits_offline.one_round(variant, 3, 100, 5))
+        assert elapsed > 0
+        assert tally.takes == 300  # every capped step asks the store once, and only once
+        most = tally.most_per_tenant if variant == "per_tenant_2" else tally.most_in_flight
+        assert most == min(cap, 100)  # filled up to the cap, never past it
+    _, free = asyncio.run(limits_offline.one_round("unlimited", 3, 100, 5))
+    assert free.takes == 0 and free.most_in_flight == 300
+
+
+def test_offline_main_prints_each_variant_and_refuses_a_group_of_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert limits_offline.main(["--tenants", "2", "--steps", "10", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("unlimited", "per_tenant_2", "global_64"):
+        assert f"\n{variant} " in out
+    with pytest.raises(SystemExit) as exc:
+        limits_offline.main(["--group", "0"])
+    assert exc.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
