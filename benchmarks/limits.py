@@ -1,11 +1,13 @@
 """Limits benchmarks (issue 9), embedded (memory adapters, in-process worker, no broker).
 
-    python -m benchmarks.limits [--tenants 50] [--steps 200] [--repeat 3] [--json FILE]
+    python -m benchmarks.limits [--tenants 50] [--steps 200] [--step-ms 0] [--repeat 3]
+                                [--by-task N] [--json FILE]
                                 [--broker amqp://... [--store memory://|sqlite|URL]]
                                 [--variants unlimited,per_tenant_2,global_64]
 
-Workload: one run per tenant, each of ``--steps`` independent no-op steps, all submitted
-at once, in three variants of the same step:
+Workload: one run per tenant, each of ``--steps`` independent steps (no-ops, or each
+awaiting ``--step-ms`` milliseconds), all submitted at once, in three variants of the same
+step:
 
 - ``unlimited``: no limit (the hot path as it is without limits);
 - ``per_tenant_2``: ``@step(concurrency=2, limit_key="tenant")``, 2 running per tenant;
@@ -25,7 +27,9 @@ Embedded (the default), the CPU is the coordinator's and the in-process worker's
 (the worker's share is the same in every variant, so it dilutes the ratios).  With
 ``--broker``, the steps run in an ``aexec worker start`` subprocess over RabbitMQ and the
 coordinator in this process (memory store, or ``--store``), so the CPU per step is the
-coordinator's alone: the issue's measure.
+coordinator's alone: the issue's measure.  ``--by-task N`` also prints where that CPU went:
+the N tasks and callbacks of the loop that took the most in each variant's last round
+(:mod:`benchmarks.loopcpu`; it adds two clock reads per handle).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from aexec.config import Settings
 from aexec.dsl import Pipeline, StepDef
 from aexec.executor import Executor
 from aexec.wire import step_queue
+from benchmarks import loopcpu
 from benchmarks.broker import delete_prefixed, new_prefix, with_query
 from benchmarks.procs import Child, stop_all
 
@@ -61,29 +66,35 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 Executors = Callable[[], AbstractAsyncContextManager[Executor]]
 
 
-@step
-async def free(i: int) -> int:
+async def _work(i: int, ms: float) -> int:
+    if ms:
+        await asyncio.sleep(ms / 1000)
     return i
+
+
+@step
+async def free(i: int, ms: float = 0.0) -> int:
+    return await _work(i, ms)
 
 
 @step(name="per_tenant", concurrency=2, limit_key="tenant")
-async def per_tenant(i: int) -> int:
-    return i
+async def per_tenant(i: int, ms: float = 0.0) -> int:
+    return await _work(i, ms)
 
 
 @step(name="global_cap", concurrency=64)
-async def global_cap(i: int) -> int:
-    return i
+async def global_cap(i: int, ms: float = 0.0) -> int:
+    return await _work(i, ms)
 
 
 @step(name="global_cap_32", concurrency=32)
-async def global_cap_32(i: int) -> int:
-    return i
+async def global_cap_32(i: int, ms: float = 0.0) -> int:
+    return await _work(i, ms)
 
 
 @step(name="global_cap_100", concurrency=100)
-async def global_cap_100(i: int) -> int:
-    return i
+async def global_cap_100(i: int, ms: float = 0.0) -> int:
+    return await _work(i, ms)
 
 
 VARIANTS: dict[str, StepDef[Any, Any]] = {
@@ -96,10 +107,15 @@ VARIANTS: dict[str, StepDef[Any, Any]] = {
 DEFAULT_VARIANTS = ("unlimited", "per_tenant_2", "global_64")
 
 
-def tenant_pipeline(name: str, work: StepDef[Any, Any], steps: int) -> Pipeline:
+def tenant_pipeline(
+    name: str, work: StepDef[Any, Any], steps: int, step_ms: float = 0.0
+) -> Pipeline:
     def body(tenant: str) -> None:
         for i in range(steps):
-            work.alias(f"s{i}")(i)
+            if step_ms:
+                work.alias(f"s{i}")(i, step_ms)
+            else:
+                work.alias(f"s{i}")(i)
 
     body.__name__ = name
     return pipeline(body)
@@ -111,8 +127,9 @@ async def one_round(
     tenants: int,
     steps: int,
     executor: Executors = aexec.testing.executor,
+    step_ms: float = 0.0,
 ) -> dict[str, Any]:
-    flow = tenant_pipeline(variant, work, steps)
+    flow = tenant_pipeline(variant, work, steps, step_ms)
     compiled = [flow.compile(tenant=f"t{t}") for t in range(tenants)]
     async with executor() as ex:
         gc.collect()
@@ -191,12 +208,26 @@ async def measure(args: argparse.Namespace, executor: Executors) -> dict[str, An
     variants = {name: VARIANTS[name] for name in args.variants}
     results: dict[str, Any] = {}
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    step_ms = getattr(args, "step_ms", 0.0)
     await one_round("warm-up", free, 2, 10, executor)
+    by_task = getattr(args, "by_task", 0)
+    tallies: dict[str, loopcpu.Tally] = {}
     for _ in range(args.repeat):  # the variants interleaved: a burst of load hits them all
         for name, work in variants.items():
-            rounds[name].append(await one_round(name, work, args.tenants, args.steps, executor))
+            with loopcpu.handle_cpu() if by_task else contextlib.nullcontext() as tally:
+                rounds[name].append(
+                    await one_round(name, work, args.tenants, args.steps, executor, step_ms)
+                )
+            if tally is not None:
+                tallies[name] = tally  # the last round's
     for name in variants:
         results[name] = median_of(rounds[name])
+        if name in tallies:
+            total = args.tenants * args.steps
+            results[name]["by_task_us_per_step"] = {
+                task: [seconds / total * 1e6, runs / total]
+                for task, seconds, runs in tallies[name].top(by_task)
+            }
     # Ratios to the unlimited round of the same repeat (run next to it, under the same
     # load), then their median: steadier than a ratio of medians on a shared machine.
     base = rounds["unlimited"]
@@ -220,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.limits", description=__doc__)
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="each step awaits this many milliseconds (default 0: no-op steps)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument(
@@ -231,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         default="memory://",
         help="with --broker, the coordinator's store: memory:// (default), sqlite (a new "
         "file per round) or a postgresql:// URL (runs accumulate in it)",
+    )
+    parser.add_argument(
+        "--by-task",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print, per variant, the N tasks and callbacks of the coordinator's loop "
+        "that took the most CPU in its last round (us a step, and runs a step)",
     )
     parser.add_argument(
         "--variants",
@@ -250,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.broker
         else "embedded, process CPU"
     )
-    print(f"{args.tenants} tenants x {args.steps} steps, median of {args.repeat} ({where})")
+    work = f"{args.step_ms:g} ms steps" if args.step_ms else "no-op steps"
+    print(f"{args.tenants} tenants x {args.steps} {work}, median of {args.repeat} ({where})")
     print(header)
     for name, r in results.items():
         print(
@@ -266,10 +312,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['user_vs_unlimited']:.2f}x, system {r['system_vs_unlimited']:.2f}x; "
             f"each round {r['cpu_vs_unlimited_each']})"
         )
+    for name, r in results.items():
+        if "by_task_us_per_step" in r:
+            print(f"{name}, the loop's CPU by task or callback (us a step, runs a step):")
+            for task, (us, runs) in r["by_task_us_per_step"].items():
+                print(f"  {us:8.1f} {runs:7.3f}  {task}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(
-                {"tenants": args.tenants, "steps": args.steps, "results": results}, fh, indent=2
+                {
+                    "tenants": args.tenants,
+                    "steps": args.steps,
+                    "step_ms": args.step_ms,
+                    "results": results,
+                },
+                fh,
+                indent=2,
             )
     return 0
 

@@ -51,3 +51,13 @@ def test_offline_main_prints_each_variant_and_refuses_a_group_of_zero(
         limits_offline.main(["--group", "0"])
     assert exc.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_step_ms_makes_every_step_await_that_long(capsys: pytest.CaptureFixture[str]) -> None:
+    # Each of the tenant's steps sleeps 30 ms: even all at once, the run takes that long.
+    slow = asyncio.run(limits.one_round("unlimited", limits.free, 1, 3, step_ms=30.0))
+    assert slow["wall_s"] >= 0.03
+    argv = ["--tenants", "2", "--steps", "3", "--repeat", "1", "--step-ms", "5"]
+    assert limits.main([*argv, "--variants", "global_32"]) == 0
+    out = capsys.readouterr().out
+    assert "2 tenants x 3 5 ms steps" in out and "\nglobal_32 " in out
