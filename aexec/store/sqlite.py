@@ -61,6 +61,9 @@ URL_PREFIX = "sqlite:///"
 IN_MEMORY = ":memory:"
 DEFAULT_TIMEOUT = 0.2  # a busy wait blocks the event loop: retry asynchronously instead
 """Seconds a writer waits for another process's write lock before failing."""
+OPEN_WAIT = 30.0
+"""Seconds :meth:`SqliteStore.open` keeps trying while another process holds the lock
+(migrating a new file, say, when two processes start on it at once) before it fails."""
 FOLLOW_POLL_INTERVAL = 0.2
 """Seconds between two looks at ``PRAGMA data_version`` by a follower."""
 
@@ -205,9 +208,16 @@ def from_url(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> SqliteStore:
 class SqliteStore(Opened):
     """The run store in one SQLite file (or ``":memory:"``); parent folders are created."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        open_wait: float = OPEN_WAIT,
+    ) -> None:
         self.path = os.fspath(path)
         self.timeout = timeout
+        self.open_wait = open_wait
         self._conn: sqlite3.Connection | None = None
         self._wakeups = Wakeups()
 
@@ -228,8 +238,21 @@ class SqliteStore(Opened):
         return f"SqliteStore({self.path!r})"
 
     async def open(self) -> None:
-        if self._conn is None:
-            self._conn = self._connect()
+        """Connect (and migrate); while another process holds the database's lock, try
+        again, without blocking the loop, for up to ``open_wait`` seconds."""
+        if self._conn is not None:
+            return
+        deadline = time.monotonic() + self.open_wait
+        pause = 0.05
+        while True:
+            try:
+                self._conn = self._connect()
+                return
+            except StoreUnavailableError:
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aexec.errors import ConfigError, LeaseLostError, StoreError
+from aexec.errors import ConfigError, LeaseLostError, StoreError, StoreUnavailableError
 from aexec.events import Event, EventKind, from_record, to_record
 from aexec.limits import Rate
 from aexec.objects.memory import MemoryObjectStore
@@ -1513,6 +1513,41 @@ async def test_a_sqlite_plan_is_stored_once_per_digest(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM plans").fetchone()[0] == 1
     finally:
         conn.close()
+
+
+async def test_opening_a_sqlite_file_another_process_has_locked_waits_for_the_lock(
+    tmp_path: Path,
+) -> None:
+    # Two processes starting on one new file at once: the second waits for the first's
+    # migration instead of failing with "database is locked".
+    path = tmp_path / "runs.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.6, holder.execute, "COMMIT")
+    started = time.monotonic()
+    try:
+        async with SqliteStore(path) as s:
+            assert time.monotonic() - started >= 0.5
+            await s.create_run(new_run("r1"), PLAN)
+    finally:
+        holder.close()
+
+
+async def test_opening_a_sqlite_file_locked_for_longer_than_open_wait_fails(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    store = SqliteStore(path, open_wait=0.5)
+    try:
+        with pytest.raises(StoreUnavailableError, match="database is locked"):
+            await store.open()
+    finally:
+        holder.close()
+    await store.open()  # the lock is gone: it opens now
+    await store.close()
 
 
 async def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
