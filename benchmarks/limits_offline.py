@@ -40,9 +40,6 @@ from aexec.scheduling import RunState
 from aexec.store.memory import MemoryStore
 from benchmarks.limits import DEFAULT_VARIANTS, VARIANTS, tenant_pipeline
 
-CAPS = {"unlimited": None, "per_tenant_2": 2, "global_64": 64}
-"""Each variant's cap on steps in flight: per tenant, or in all (``global_``)."""
-
 
 class Tally:
     """What a round counted: passes, slot takes asked of the store, most steps in flight."""
@@ -80,7 +77,8 @@ async def one_round(variant: str, tenants: int, steps: int, group: int) -> tuple
     await store.open()
     in_flight: collections.deque[Outgoing] = collections.deque()
     per_run: collections.Counter[str] = collections.Counter()
-    cap = CAPS.get(variant)
+    limits = plans[0].steps[0].limits  # the variant's step's, as it declares them
+    cap = None if limits is None else limits.concurrency
     now = time.time()
     finished = 0
 
@@ -124,7 +122,8 @@ async def one_round(variant: str, tenants: int, steps: int, group: int) -> tuple
     if finished != tenants:
         raise RuntimeError(f"{variant}: {tenants - finished} of {tenants} runs did not finish")
     if cap is not None:
-        most = tally.most_per_tenant if variant.startswith("per_tenant") else tally.most_in_flight
+        assert limits is not None
+        most = tally.most_per_tenant if limits.key_name else tally.most_in_flight
         if most > cap:
             raise RuntimeError(f"{variant}: {most} steps in flight, over the cap of {cap}")
     return elapsed, tally

@@ -1515,14 +1515,20 @@ async def test_a_sqlite_plan_is_stored_once_per_digest(tmp_path: Path) -> None:
         conn.close()
 
 
+def locked(path: Path) -> sqlite3.Connection:
+    """A connection holding ``path``'s exclusive lock, as another process's would."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
 async def test_opening_a_sqlite_file_another_process_has_locked_waits_for_the_lock(
     tmp_path: Path,
 ) -> None:
     # Two processes starting on one new file at once: the second waits for the first's
     # migration instead of failing with "database is locked".
     path = tmp_path / "runs.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = locked(path)
     loop = asyncio.get_running_loop()
     loop.call_later(0.6, holder.execute, "COMMIT")
     started = time.monotonic()
@@ -1538,8 +1544,7 @@ async def test_opening_a_sqlite_file_locked_for_longer_than_open_wait_fails(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "runs.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")
+    holder = locked(path)
     store = SqliteStore(path, open_wait=0.5)
     try:
         with pytest.raises(StoreUnavailableError, match="database is locked"):
